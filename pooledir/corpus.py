@@ -1,0 +1,138 @@
+"""Read documents from BEIR folders, jsonl, tsv and folders of text files.
+
+Every reader yields :class:`Document` objects; errors name the file and the
+line so a user can fix a 5 GB corpus without bisecting it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pooledir.errors import InputError
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: an external id, the text to encode, and free metadata."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def document_from_record(record: dict[str, Any], where: str = "record") -> Document:
+    """Build a Document from a BEIR/jsonl-style dict (``_id`` or ``id``, ``title``, ``text``).
+
+    The encoded text is ``title + " " + text`` (BEIR's rule); the title and any
+    other fields go to ``metadata``.
+    """
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    doc_id = record.get("_id", record.get("id"))
+    if doc_id is None or str(doc_id).strip() == "":
+        raise InputError(f"{where}: missing document id (field '_id' or 'id')")
+    text = record.get("text")
+    if not isinstance(text, str):
+        raise InputError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
+    title = record.get("title") or ""
+    if not isinstance(title, str):
+        raise InputError(f"{where}: field 'title' must be a string, got {type(title).__name__}")
+    metadata = dict(record.get("metadata") or {})
+    if title:
+        metadata["title"] = title
+    full = f"{title} {text}".strip() if title else text
+    return Document(id=str(doc_id), text=full, metadata=metadata)
+
+
+def _read_jsonl(path: Path) -> Iterator[Document]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: malformed JSON ({e.msg})") from None
+            yield document_from_record(record, where)
+
+
+def _read_tsv(path: Path) -> Iterator[Document]:
+    """Rows of ``id<TAB>text[<TAB>title]``; a header row starting with ``id`` or ``_id`` is skipped."""
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8", newline="") as f:
+        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not row or not "".join(row).strip():
+                continue
+            if lineno == 1 and row[0].strip().lower() in ("id", "_id", "docid", "doc_id"):
+                continue
+            if len(row) < 2:
+                raise InputError(f"{path}:{lineno}: expected 'id<TAB>text[<TAB>title]', got {len(row)} column")
+            record = {"_id": row[0], "text": row[1], "title": row[2] if len(row) > 2 else ""}
+            yield document_from_record(record, f"{path}:{lineno}")
+
+
+def _read_txt_folder(path: Path) -> Iterator[Document]:
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    for p in files:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        yield Document(id=str(p.relative_to(path).with_suffix("")), text=text, metadata={"path": str(p)})
+
+
+def iter_corpus(path: str | Path) -> Iterator[Document]:
+    """Yield the documents of ``path``.
+
+    ``path`` may be a BEIR dataset folder (with ``corpus.jsonl``), a ``.jsonl``
+    or ``.tsv`` file, or a folder of ``.txt`` files (id = relative path without
+    the suffix).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"corpus not found: {path}")
+    if path.is_dir():
+        if (path / "corpus.jsonl").is_file():
+            return _read_jsonl(path / "corpus.jsonl")
+        if any(path.rglob("*.txt")):
+            return _read_txt_folder(path)
+        raise InputError(f"{path}: a corpus folder needs corpus.jsonl (BEIR layout) or .txt files")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return _read_jsonl(path)
+    if suffix in (".tsv", ".tab"):
+        return _read_tsv(path)
+    if suffix == ".txt":
+        return iter([Document(id=path.stem, text=path.read_text(encoding="utf-8"), metadata={"path": str(path)})])
+    raise InputError(f"{path}: unknown corpus format '{suffix}'; use .jsonl, .tsv, a .txt folder or a BEIR folder")
+
+
+def check_documents(docs: Iterable[Document], source: str = "corpus") -> list[Document]:
+    """Materialise ``docs``, rejecting duplicate ids and an empty result."""
+    out: list[Document] = []
+    seen: set[str] = set()
+    for d in docs:
+        if d.id in seen:
+            raise InputError(f"{source}: duplicate document id {d.id!r}")
+        seen.add(d.id)
+        out.append(d)
+    if not out:
+        raise InputError(f"{source}: no documents found")
+    return out
+
+
+def read_corpus(path: str | Path, limit: int | None = None) -> list[Document]:
+    """Read and check a whole corpus (see :func:`iter_corpus`), keeping the first ``limit`` documents."""
+    if limit is not None and limit <= 0:
+        raise InputError(f"limit={limit} must be a positive number of documents")
+    docs = iter_corpus(path)
+    if limit is not None:
+        docs = (d for i, d in zip(range(limit), docs))
+    return check_documents(docs, str(path))

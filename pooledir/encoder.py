@@ -1,0 +1,181 @@
+"""Encode text into ColBERT token vectors, following colbert-ai's conventions.
+
+The conventions are colbert-ai 0.2.x's (tested equal to its ``Checkpoint``):
+a ``[Q]``/``[D]`` marker after ``[CLS]``, queries padded to ``query_maxlen``
+with ``[MASK]`` (not attended to, but their vectors kept), punctuation
+dropped from documents, L2-normalised vectors. Unlike colbert-ai, documents
+are sorted by length and padded per batch, so short documents cost little.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pooledir.checkpoint import (
+    ColBERTSettings,
+    load_state_dict,
+    punctuation_ids,
+    resolve_checkpoint,
+    split_colbert_weights,
+)
+from pooledir.errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
+
+#: weight keys that may be absent from a checkpoint without changing the token outputs
+_OPTIONAL_KEYS = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
+
+
+def resolve_device(device: str) -> str:
+    """Map ``"auto"`` to ``"cuda"`` when torch sees a GPU, else ``"cpu"``; reject a missing CUDA."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise InputError(f"device={device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+    return device
+
+
+class ColBERTEncoder:
+    """A ColBERT checkpoint ready to encode queries and documents.
+
+    Parameters
+    ----------
+    checkpoint
+        A local checkpoint folder or a Hugging Face hub id.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda[:N]"``.
+    batch_size
+        Texts per forward pass.
+    doc_maxlen, query_maxlen
+        Override the checkpoint's lengths (in tokens, markers included).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike[str],
+        device: str = "auto",
+        batch_size: int = 32,
+        doc_maxlen: int | None = None,
+        query_maxlen: int | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if batch_size <= 0:
+            raise InputError(f"batch_size={batch_size} must be positive")
+        self.path: Path = resolve_checkpoint(checkpoint)
+        self.checkpoint = str(checkpoint)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+
+        encoder_state, linear = split_colbert_weights(load_state_dict(self.path))
+        settings = ColBERTSettings.from_metadata(self.path, dim=int(linear.shape[0]))
+        overrides = {k: v for k, v in (("doc_maxlen", doc_maxlen), ("query_maxlen", query_maxlen)) if v}
+        self.settings = ColBERTSettings(**{**settings.__dict__, **overrides})
+
+        config = AutoConfig.from_pretrained(self.path)
+        self.model = AutoModel.from_config(config)
+        missing, unexpected = self.model.load_state_dict(encoder_state, strict=False)
+        missing = [k for k in missing if not k.startswith(_OPTIONAL_KEYS)]
+        if missing:
+            raise CheckpointError(f"{self.path}: weights missing for {missing[:5]} ({len(missing)} in all)")
+        if unexpected:
+            log.debug("ignoring unexpected weights %s", unexpected[:5])
+        self.linear = torch.nn.Linear(linear.shape[1], linear.shape[0], bias=False)
+        self.linear.weight.data.copy_(linear.float())
+        self.model.eval().to(self.device)
+        self.linear.eval().to(self.device)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        tok = self.tokenizer
+        self.q_marker = tok.convert_tokens_to_ids(self.settings.query_token_id)
+        self.d_marker = tok.convert_tokens_to_ids(self.settings.doc_token_id)
+        skip = punctuation_ids(tok) if self.settings.mask_punctuation else set()
+        self._skip_ids = np.array(sorted(skip | {tok.pad_token_id}), dtype=np.int64)
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the output vectors."""
+        return self.settings.dim
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray):
+        """Run encoder + projection + L2 norm on one padded batch; returns a float32 tensor (B, L, dim)."""
+        import torch
+
+        ids_t = torch.from_numpy(ids).to(self.device)
+        mask_t = torch.from_numpy(mask).to(self.device)
+        with torch.inference_mode(), torch.autocast("cuda", enabled=self.device.startswith("cuda")):
+            hidden = self.model(input_ids=ids_t, attention_mask=mask_t)[0]
+            out = self.linear(hidden)
+        return torch.nn.functional.normalize(out.float(), p=2, dim=2)
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Encode queries into an array of shape (n, query_maxlen, dim), float32.
+
+        Every position is kept, [MASK] padding included (colbert-ai's query augmentation).
+        """
+        queries = _check_texts(queries, "query")
+        tok, L = self.tokenizer, self.settings.query_maxlen
+        enc = tok([". " + q for q in queries], padding="max_length", truncation=True, max_length=L, return_tensors="np")
+        ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        ids[:, 1] = self.q_marker
+        ids[ids == tok.pad_token_id] = tok.mask_token_id
+        if self.settings.attend_to_mask_tokens:
+            mask[ids == tok.mask_token_id] = 1
+        out = [
+            self._forward(ids[s : s + self.batch_size], mask[s : s + self.batch_size]).cpu().numpy()
+            for s in range(0, len(queries), self.batch_size)
+        ]
+        return np.concatenate(out)
+
+    def encode_documents(self, documents: Sequence[str], show_progress: bool = False) -> list[np.ndarray]:
+        """Encode documents into one float16 array (n_tokens, dim) per document, in input order.
+
+        Documents are sorted by token count and padded per batch; punctuation and padding are dropped.
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        documents = _check_texts(documents, "document", allow_empty=True)
+        tok = self.tokenizer
+        ids_list = tok([". " + d for d in documents], truncation=True, max_length=self.settings.doc_maxlen)["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
+        order = np.argsort(-lengths, kind="stable")
+        out: list[np.ndarray | None] = [None] * len(documents)
+        bar = tqdm(total=len(documents), desc="encode", unit="doc", disable=not show_progress)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            width = int(lengths[batch[0]])
+            ids = np.full((len(batch), width), tok.pad_token_id, dtype=np.int64)
+            for row, i in enumerate(batch):
+                ids[row, : lengths[i]] = ids_list[i]
+            ids[:, 1] = self.d_marker
+            mask = (np.arange(width)[None, :] < lengths[batch][:, None]).astype(np.int64)
+            vecs = self._forward(ids, mask).to(torch.float16).cpu().numpy()
+            keep = ~np.isin(ids, self._skip_ids) & mask.astype(bool)
+            for row, i in enumerate(batch):
+                out[i] = vecs[row][keep[row]]
+            bar.update(len(batch))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+
+def _check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> list[str]:
+    if isinstance(texts, str):
+        raise InputError(f"expected a list of {what} texts, got a single string")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"{what} {i} is {type(t).__name__}, expected a string")
+        if not allow_empty and not t.strip():
+            raise InputError(f"{what} {i} is empty")
+    return texts

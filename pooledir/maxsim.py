@@ -1,0 +1,31 @@
+"""MaxSim (late interaction) over packed document vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def maxsim(queries: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Score every query against every document by MaxSim.
+
+    Parameters
+    ----------
+    queries : (nq, Lq, d) float
+        Query token vectors.
+    vectors : (N, d) float
+        All documents' vectors, packed one document after another.
+    offsets : (n_docs + 1,) int
+        Document ``j`` owns ``vectors[offsets[j]:offsets[j + 1]]``; every document has >= 1 vector.
+
+    Returns
+    -------
+    (nq, n_docs) float32
+        ``sum over query tokens of max over the document's vectors of q · v``.
+    """
+    offsets = np.asarray(offsets)
+    if offsets[-1] != len(vectors) or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
+        raise ValueError("offsets must start at 0, end at len(vectors) and give every document >= 1 vector")
+    nq, lq, d = queries.shape
+    sims = queries.reshape(nq * lq, d).astype(np.float32) @ vectors.astype(np.float32).T  # (nq*Lq, N)
+    per_doc = np.maximum.reduceat(sims, offsets[:-1], axis=1)  # (nq*Lq, n_docs): max over each doc's vectors
+    return per_doc.reshape(nq, lq, -1).sum(axis=1)

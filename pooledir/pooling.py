@@ -1,0 +1,245 @@
+"""Token pooling: shrink each document's vectors by Ward clustering (Clavié et al. 2024).
+
+A document of ``n`` vectors keeps its first ``protected_tokens`` vectors as
+they are and replaces the rest by ``max(1, (n - protected) // pool_factor)``
+cluster means, each re-normalised to unit length (re-normalising measured
+better than raw means; see NOTES/README).
+
+Two implementations give the same clusters as scipy's
+``linkage(X, "ward")`` + ``fcluster(k, "maxclust")``:
+
+* CPU: scipy's Ward on distances from one BLAS matmul, documents spread over
+  a thread pool (scipy releases the GIL).
+* torch (CUDA): a batched Lance-Williams Ward over padded documents, one
+  merge step per iteration for the whole batch, so pooling keeps up with a
+  GPU encoder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+
+from pooledir.errors import InputError
+
+
+def n_clusters(n_tokens: int, pool_factor: int, protected_tokens: int = 1) -> int:
+    """Number of vectors a document of ``n_tokens`` keeps after pooling (protected ones included)."""
+    rest = n_tokens - protected_tokens
+    if rest <= 0 or pool_factor == 1:
+        return n_tokens
+    return min(n_tokens, protected_tokens + max(1, rest // pool_factor))
+
+
+def ward_labels(X: np.ndarray, k: int) -> np.ndarray:
+    """Cluster labels (0..k-1) of the rows of ``X`` cut from Ward's tree at ``k`` clusters.
+
+    Equal to ``fcluster(linkage(X, "ward"), k, "maxclust") - 1``, with the
+    Euclidean distances computed by one matmul instead of ``pdist``.
+    """
+    n = len(X)
+    if k >= n:
+        return np.arange(n)
+    X64 = X.astype(np.float64)
+    sq = np.einsum("ij,ij->i", X64, X64)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (X64 @ X64.T)
+    np.fill_diagonal(d2, 0.0)
+    dist = squareform(np.sqrt(np.maximum(d2, 0.0)), checks=False)
+    return fcluster(linkage(dist, "ward"), k, "maxclust") - 1
+
+
+def _cluster_means(X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Unit-normalised mean of each label's rows, in label order."""
+    k = int(labels.max()) + 1
+    onehot = np.zeros((k, len(X)), dtype=np.float32)
+    onehot[labels, np.arange(len(X))] = 1.0
+    means = onehot @ X.astype(np.float32)
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return means
+
+
+def pool_document(X: np.ndarray, pool_factor: int, protected_tokens: int = 1) -> np.ndarray:
+    """Pool one document's vectors (n, dim) on the CPU; returns float16 (m, dim)."""
+    k = n_clusters(len(X), pool_factor, protected_tokens) - protected_tokens
+    rest = X[protected_tokens:]
+    if k >= len(rest):
+        return X.astype(np.float16, copy=False)
+    means = _cluster_means(rest, ward_labels(rest, k))
+    return np.concatenate([X[:protected_tokens].astype(np.float32), means]).astype(np.float16)
+
+
+def _check(pool_factor: int, protected_tokens: int) -> None:
+    if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
+        raise InputError(f"pool_factor={pool_factor!r} must be an integer >= 1 (1 = no pooling)")
+    if protected_tokens < 0:
+        raise InputError(f"protected_tokens={protected_tokens} must be >= 0")
+
+
+def resolve_pool_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pool_embeddings(
+    embeddings: Sequence[np.ndarray],
+    pool_factor: int = 2,
+    protected_tokens: int = 1,
+    device: str = "cpu",
+    method: str = "auto",
+    batch_size: int = 256,
+    num_threads: int | None = None,
+    show_progress: bool = False,
+) -> list[np.ndarray]:
+    """Pool every document's vectors; returns float16 arrays in input order.
+
+    Parameters
+    ----------
+    embeddings
+        One (n_tokens, dim) array per document, unit-normalised rows.
+    pool_factor
+        Target shrink factor; 1 returns the input unchanged.
+    protected_tokens
+        Leading vectors kept as they are (1: the [CLS] vector).
+    device
+        ``"cpu"``, ``"cuda"``/``"cuda:N"`` or ``"auto"`` (CUDA when torch sees one).
+    method
+        ``"scipy"`` (per document, thread pool), ``"torch"`` (batched on ``device``) or
+        ``"auto"``: torch on CUDA, scipy on the CPU, where it is the faster of the two.
+    batch_size
+        Documents per batch on the torch path.
+    num_threads
+        CPU threads (default: all cores).
+    show_progress
+        Show a tqdm bar.
+    """
+    from tqdm.auto import tqdm
+
+    _check(pool_factor, protected_tokens)
+    if pool_factor == 1:
+        return [np.asarray(e, dtype=np.float16) for e in embeddings]
+    device = resolve_pool_device(device)
+    if method not in ("auto", "scipy", "torch"):
+        raise InputError(f"method={method!r} is not one of 'auto', 'scipy', 'torch'")
+    if method == "auto":
+        method = "scipy" if device == "cpu" else "torch"
+    if method == "scipy" and device != "cpu":
+        raise InputError(f"method='scipy' runs on the CPU; got device={device!r}")
+    bar = tqdm(total=len(embeddings), desc=f"pool x{pool_factor}", unit="doc", disable=not show_progress)
+    if method == "scipy":
+        from threadpoolctl import threadpool_limits
+
+        workers = num_threads or os.cpu_count() or 1
+        # one BLAS thread per worker: BLAS threads on top of pool threads oversubscribe the cores
+        with threadpool_limits(1 if workers > 1 else None), ThreadPoolExecutor(workers) as ex:
+            out = []
+            for pooled in ex.map(lambda X: pool_document(X, pool_factor, protected_tokens), embeddings, chunksize=64):
+                out.append(pooled)
+                bar.update(1)
+    else:
+        out = _pool_torch(embeddings, pool_factor, protected_tokens, device, batch_size, bar)
+    bar.close()
+    return out
+
+
+def _pool_torch(embeddings, pool_factor, protected_tokens, device, batch_size, bar) -> list[np.ndarray]:
+    import torch
+
+    lengths = np.array([len(e) for e in embeddings])
+    order = np.argsort(-lengths, kind="stable")
+    out: list[np.ndarray | None] = [None] * len(embeddings)
+    dtype = torch.float32 if device.startswith("cuda") else torch.float64
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        rest = [np.asarray(embeddings[i][protected_tokens:], dtype=np.float32) for i in idx]
+        lens = torch.tensor([len(r) for r in rest], device=device)
+        k = torch.tensor(
+            [n_clusters(len(embeddings[i]), pool_factor, protected_tokens) - protected_tokens for i in idx],
+            device=device,
+        )
+        width = max(1, int(lens.max()))
+        dim = np.asarray(embeddings[idx[0]]).shape[1]
+        X = torch.zeros((len(idx), width, dim), dtype=dtype, device=device)
+        for row, r in enumerate(rest):
+            X[row, : len(r)] = torch.from_numpy(r).to(device=device, dtype=dtype)
+        labels, alive = ward_labels_torch(X, lens, k)
+        means = _torch_cluster_means(X, labels, alive)
+        counts = alive.sum(1).tolist()
+        flat = means[alive].float().cpu().numpy()
+        for i, chunk in zip(idx, np.split(flat, np.cumsum(counts)[:-1])):
+            head = np.asarray(embeddings[i][:protected_tokens], dtype=np.float32)
+            out[i] = np.concatenate([head, chunk]).astype(np.float16)
+        bar.update(len(idx))
+    return out  # type: ignore[return-value]
+
+
+def ward_labels_torch(X, lengths, k):
+    """Batched Ward clustering of padded documents.
+
+    Parameters
+    ----------
+    X : tensor (B, n, d)
+        Padded vectors; rows past ``lengths[b]`` are ignored.
+    lengths, k : tensor (B,)
+        Valid rows and wanted clusters per document.
+
+    Returns
+    -------
+    labels : tensor (B, n)
+        The slot (a representative row index) each row's cluster lives in.
+    alive : tensor (B, n) bool
+        The live slots: ``alive[b].sum() == min(k[b], lengths[b])``.
+
+    Lance-Williams on squared Ward heights; each iteration merges the closest
+    pair of every document still above its ``k``.
+    """
+    import torch
+
+    B, n, _ = X.shape
+    dev = X.device
+    ar = torch.arange(n, device=dev)
+    bidx = torch.arange(B, device=dev)
+    sq = (X * X).sum(-1)
+    D = (sq[:, :, None] + sq[:, None, :] - 2 * X @ X.transpose(1, 2)).clamp_min_(0)
+    valid = ar[None, :] < lengths[:, None]
+    pair = valid[:, :, None] & valid[:, None, :] & (ar[:, None] != ar[None, :])
+    D.masked_fill_(~pair, float("inf"))
+    size = valid.to(X.dtype)
+    labels = ar.expand(B, n).clone()
+    merges = (lengths - torch.minimum(k, lengths)).clamp_min(0)
+    for step in range(int(merges.max().item()) if B else 0):
+        active = merges > step
+        flat = D.view(B, -1).argmin(1)
+        a = torch.minimum(flat // n, flat % n)
+        b = torch.maximum(flat // n, flat % n)
+        na, nb = size[bidx, a][:, None], size[bidx, b][:, None]
+        dka, dkb, dab = D[bidx, a], D[bidx, b], D[bidx, a, b][:, None]
+        new = ((na + size) * dka + (nb + size) * dkb - size * dab) / (na + nb + size)
+        new = torch.where(active[:, None], new, dka)
+        new[bidx, a] = torch.where(active, float("inf"), dka[bidx, a])
+        D[bidx, a, :] = new
+        D[bidx, :, a] = new
+        dead = torch.where(active[:, None], float("inf"), D[bidx, b])
+        D[bidx, b, :] = dead
+        D[bidx, :, b] = dead
+        size[bidx, a] += torch.where(active, size[bidx, b], 0)
+        size[bidx, b] = torch.where(active, 0, size[bidx, b])
+        labels = torch.where(active[:, None] & (labels == b[:, None]), a[:, None], labels)
+    return labels, size > 0
+
+
+def _torch_cluster_means(X, labels, alive):
+    """Unit-normalised means per slot (B, n, d); slots that are not alive hold zeros."""
+    import torch
+
+    sums = torch.zeros_like(X).scatter_add_(1, labels[..., None].expand_as(X), X)
+    sums = sums * alive[..., None]
+    return torch.nn.functional.normalize(sums, p=2, dim=-1)

@@ -1,0 +1,103 @@
+"""Late-interaction search: per-token ANN candidates, then MaxSim on the best of them.
+
+1. Every query token asks the vector backend for its ``candidates_per_token``
+   nearest vectors (``nprobe`` lists for IVF-PQ); their documents are the
+   candidates.
+2. Each candidate gets an approximate MaxSim from those hits alone: per query
+   token, its best hit, or, where none of its vectors came back, that token's
+   lowest returned score (an upper bound on what it could have had). The best
+   ``rerank`` candidates go on.
+3. Those are scored by full MaxSim over all their vectors (decoded from PQ,
+   or the exact float16 copy) and the top ``k`` are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pooledir.errors import InputError
+from pooledir.index.base import VectorBackend, doc_of
+from pooledir.maxsim import maxsim
+
+#: fetch(doc_ints) -> (packed vectors (N, d), offsets (len(doc_ints) + 1,))
+Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Knobs of one search.
+
+    Attributes
+    ----------
+    k : documents returned per query.
+    nprobe : IVF lists visited per query token (ignored by the flat backend).
+    candidates_per_token : nearest vectors fetched per query token.
+    rerank : candidate documents scored by full MaxSim.
+    """
+
+    k: int = 10
+    nprobe: int = 32
+    candidates_per_token: int = 64
+    rerank: int = 256
+
+    def check(self, n_documents: int) -> None:
+        """Raise :class:`InputError` naming the bad value and the allowed range."""
+        for name in ("k", "nprobe", "candidates_per_token", "rerank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise InputError(f"{name}={value!r} must be a positive integer")
+        if self.k > n_documents:
+            raise InputError(
+                f"k={self.k} is larger than the {n_documents} documents in the index; pass k <= {n_documents}"
+            )
+
+
+def approximate_scores(scores: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate documents of one query and their approximate MaxSim.
+
+    Parameters
+    ----------
+    scores, docs : (Lq, k') arrays
+        Per query token, the scores of its nearest vectors and their documents (-1: no hit).
+
+    Returns
+    -------
+    (candidates (n,), approx (n,))
+    """
+    lq, kp = scores.shape
+    valid = docs >= 0
+    if not valid.any():
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    token = np.broadcast_to(np.arange(lq)[:, None], (lq, kp))[valid]
+    cands, inverse = np.unique(docs[valid], return_inverse=True)
+    floor = np.where(valid, scores, np.inf).min(axis=1)  # a token's worst returned score bounds what it missed
+    floor[~np.isfinite(floor)] = 0.0
+    best = np.broadcast_to(floor, (len(cands), lq)).copy()
+    np.maximum.at(best, (inverse, token), scores[valid])
+    return cands, best.sum(axis=1)
+
+
+def search_embeddings(
+    queries: np.ndarray, backend: VectorBackend, fetch: Fetch, params: SearchParams
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Search encoded queries (nq, Lq, d); returns per query (doc_ints, scores), best first."""
+    nq, lq, dim = queries.shape
+    kp = params.candidates_per_token
+    scores, ids = backend.search(queries.reshape(nq * lq, dim), kp, params.nprobe)
+    scores, docs = scores.reshape(nq, lq, kp), doc_of(ids).reshape(nq, lq, kp)
+    results = []
+    for q in range(nq):
+        cands, approx = approximate_scores(scores[q], docs[q])
+        if len(cands) > params.rerank:
+            cands = cands[np.argpartition(-approx, params.rerank - 1)[: params.rerank]]
+        if len(cands) == 0:
+            results.append((np.empty(0, np.int64), np.empty(0, np.float32)))
+            continue
+        vectors, offsets = fetch(cands)
+        exact = maxsim(queries[q : q + 1], vectors, offsets)[0]
+        top = np.argsort(-exact, kind="stable")[: params.k]
+        results.append((cands[top], exact[top]))
+    return results

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pooledir.beir import load_qrels, load_queries
+from pooledir.corpus import Document, read_corpus
+from pooledir.errors import InputError
+
+
+def test_beir_folder_joins_title_and_text(tiny_beir):
+    docs = read_corpus(tiny_beir)
+    assert len(docs) == 40
+    assert docs[0].id == "c0"
+    assert docs[0].text.startswith("title 0 ")
+    assert docs[0].metadata["title"] == "title 0"
+
+
+def test_limit_keeps_first_documents(tiny_beir):
+    assert [d.id for d in read_corpus(tiny_beir, limit=3)] == ["c0", "c1", "c2"]
+
+
+def test_tsv_and_txt_folder(tmp_path):
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("id\ttext\ttitle\n1\thello world\tgreeting\n2\tsecond doc\n")
+    docs = read_corpus(tsv)
+    assert docs == [Document("1", "greeting hello world", {"title": "greeting"}), Document("2", "second doc", {})]
+    folder = tmp_path / "txt"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    (folder / "sub" / "b.txt").write_text("beta")
+    assert [(d.id, d.text) for d in read_corpus(folder)] == [("a", "alpha"), ("sub/b", "beta")]
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    fp = tmp_path / "c.jsonl"
+    fp.write_text(json.dumps({"_id": "1", "text": "ok"}) + "\n{not json\n")
+    with pytest.raises(InputError, match=r"c\.jsonl:2: malformed JSON"):
+        read_corpus(fp)
+
+
+def test_missing_text_field_names_line(tmp_path):
+    fp = tmp_path / "c.jsonl"
+    fp.write_text(json.dumps({"_id": "1", "body": "no text"}) + "\n")
+    with pytest.raises(InputError, match=r"c\.jsonl:1: field 'text' must be a string"):
+        read_corpus(fp)
+
+
+def test_duplicate_ids_empty_and_missing(tmp_path):
+    fp = tmp_path / "c.jsonl"
+    fp.write_text(json.dumps({"_id": "1", "text": "a"}) + "\n" + json.dumps({"_id": "1", "text": "b"}) + "\n")
+    with pytest.raises(InputError, match="duplicate document id '1'"):
+        read_corpus(fp)
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(InputError, match="no documents found"):
+        read_corpus(empty)
+    with pytest.raises(InputError, match="corpus not found"):
+        read_corpus(tmp_path / "nope.jsonl")
+    with pytest.raises(InputError, match="unknown corpus format"):
+        (tmp_path / "x.csv").write_text("a,b")
+        read_corpus(tmp_path / "x.csv")
+
+
+def test_qrels_keep_every_judgment(tiny_beir):
+    qrels = load_qrels(tiny_beir)
+    assert qrels["q0"] == {"c0": 1, "c10": 2}
+    assert len(load_queries(tiny_beir)) == 5
+
+
+def test_bad_qrels_line(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tc1\n")
+    with pytest.raises(InputError, match=r"test\.tsv:2: expected"):
+        load_qrels(tmp_path)

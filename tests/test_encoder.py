@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pooledir.checkpoint import convert_checkpoint, orthogonal_projection
+from pooledir.encoder import ColBERTEncoder
+from pooledir.errors import CheckpointError, InputError
+
+TEXTS = [
+    "The tumor cells, in mice, showed increased expression!",
+    "a b c",
+    "vitamin d and bone density: a study of patients with heart disease; results? reduced risk.",
+    "",
+]
+QUERIES = ["does vitamin d reduce risk?", "cancer", "immune response of t cells to virus infection in humans"]
+
+
+def test_equal_to_colbert_ai(tiny_ckpt, tiny_encoder):
+    """Our loader + tokenization must reproduce colbert-ai's Checkpoint output."""
+    from colbert.infra import ColBERTConfig
+    from colbert.modeling.checkpoint import Checkpoint
+
+    meta = json.loads((tiny_ckpt / "artifact.metadata").read_text())
+    ck = Checkpoint(
+        str(tiny_ckpt), colbert_config=ColBERTConfig(doc_maxlen=meta["doc_maxlen"], query_maxlen=meta["query_maxlen"])
+    )
+    ref, doclens = ck.docFromText(TEXTS, bsize=2, keep_dims="flatten")
+    ours = tiny_encoder.encode_documents(TEXTS)
+    assert [len(d) for d in ours] == list(doclens)
+    assert np.allclose(np.concatenate(ours).astype(np.float32), ref.float().numpy(), atol=2e-3)
+    q_ref = ck.queryFromText(QUERIES).float().numpy()
+    q_ours = tiny_encoder.encode_queries(QUERIES)
+    assert q_ours.shape == q_ref.shape == (3, 16, 16)
+    assert np.allclose(q_ours, q_ref, atol=1e-5)
+
+
+def test_documents_keep_input_order_and_are_unit_float16(tiny_encoder):
+    docs = ["short", "a much longer document about protein expression in cells", "mid size text"]
+    out = tiny_encoder.encode_documents(docs)
+    single = [tiny_encoder.encode_documents([d])[0] for d in docs]
+    for a, b in zip(out, single):
+        assert a.dtype == np.float16
+        assert np.allclose(a, b, atol=2e-3)
+        assert np.allclose(np.linalg.norm(a.astype(np.float32), axis=1), 1, atol=1e-2)
+
+
+def test_bad_texts(tiny_encoder):
+    with pytest.raises(InputError, match="query 0 is empty"):
+        tiny_encoder.encode_queries(["  "])
+    with pytest.raises(InputError, match="single string"):
+        tiny_encoder.encode_queries("one string")
+
+
+def test_hub_id_offline_says_to_pass_a_local_folder():
+    with pytest.raises(CheckpointError, match="pass a local checkpoint folder"):
+        ColBERTEncoder("colbert-ir/colbertv2.0", device="cpu")
+
+
+def test_missing_checkpoint_and_cuda(tmp_path, tiny_ckpt):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        ColBERTEncoder(tmp_path / "nope" / "deeper", device="cpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="torch sees no CUDA GPU"):
+            ColBERTEncoder(tiny_ckpt, device="cuda")
+
+
+def test_projection_is_seeded_and_orthonormal():
+    a = orthogonal_projection(32, 16, seed=3)
+    assert np.allclose(a @ a.T, np.eye(16), atol=1e-5)
+    assert np.array_equal(a, orthogonal_projection(32, 16, seed=3))
+    assert not np.array_equal(a, orthogonal_projection(32, 16, seed=4))
+    with pytest.raises(CheckpointError, match="larger than the encoder's hidden size"):
+        orthogonal_projection(16, 32, seed=0)
+
+
+def test_convert_rejects_non_encoder(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        convert_checkpoint(tmp_path, tmp_path / "out")

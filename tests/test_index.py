@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pooledir.corpus import Document
+from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
+from pooledir.index.base import doc_of, vector_ids
+from pooledir.index.flat import FlatBackend
+from pooledir.index.ivfpq import IVFPQBackend, default_nlist, default_pq_m
+from pooledir.pooled_index import IndexConfig, PooledIndex
+from pooledir.search import SearchParams, approximate_scores
+
+
+def unit_rows(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_embeddings(tiny_encoder, tiny_docs):
+    return tiny_encoder.encode_documents([d.text for d in tiny_docs])
+
+
+def make_index(path, tiny_encoder, tiny_docs, tiny_embeddings, **config):
+    idx = PooledIndex.create(path, config=IndexConfig(**config), device="cpu", encoder=tiny_encoder)
+    idx.add(tiny_docs, embeddings=tiny_embeddings)
+    return idx
+
+
+def ids_of(hits):
+    return [h.id for h in hits]
+
+
+# -- vector ids and backends -------------------------------------------------------------------------------------
+def test_vector_ids_round_trip():
+    ids = vector_ids(np.array([3, 7]), np.array([2, 3]))
+    assert ids.tolist() == [3 << 16, (3 << 16) | 1, 7 << 16, (7 << 16) | 1, (7 << 16) | 2]
+    assert doc_of(np.append(ids, -1)).tolist() == [3, 3, 7, 7, 7, -1]
+
+
+def test_defaults():
+    assert default_pq_m(128) == 16 and default_pq_m(96) == 12 and default_pq_m(384) == 48
+    assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2 and default_nlist(5) == 1
+
+
+@pytest.mark.parametrize("cls", [FlatBackend, IVFPQBackend])
+def test_backend_save_load_round_trip(tmp_path, cls):
+    rng = np.random.default_rng(0)
+    x = unit_rows(rng, 3000, 32)
+    ids = vector_ids(np.arange(30), np.full(30, 100))
+    b = cls(32)
+    b.train(x)
+    b.add(ids, x)
+    s1, i1 = b.search(x[:5], 10, 8)
+    b.save(tmp_path / "v.faiss")
+    b2 = cls.load(tmp_path / "v.faiss", {}, use_gpu=False)
+    s2, i2 = b2.search(x[:5], 10, 8)
+    assert np.array_equal(i1, i2) and np.allclose(s1, s2)
+    assert np.allclose(b2.reconstruct(ids[:50]), b.reconstruct(ids[:50]))
+    assert b2.remove(ids[:100]) == 100 and b2.ntotal == 2900
+
+
+def test_ivfpq_neighbours_agree_with_flat():
+    rng = np.random.default_rng(1)
+    x = unit_rows(rng, 20_000, 64)
+    ids = np.arange(len(x), dtype=np.int64)
+    flat, ivf = FlatBackend(64), IVFPQBackend(64)
+    ivf.train(x)
+    for b in (flat, ivf):
+        b.add(ids, x)
+    q = x[:50] + 0.05 * unit_rows(rng, 50, 64)
+    _, exact = flat.search(q, 1, 0)
+    _, approx = ivf.search(q, 10, 32)
+    recall = np.mean([exact[i, 0] in approx[i] for i in range(50)])
+    assert recall >= 0.9
+    err = np.linalg.norm(ivf.reconstruct(ids[:500]) - x[:500], axis=1).mean()
+    # random unit vectors are sqrt(2) apart; PQ must decode far closer to the original than that
+    assert err < 0.5 * np.sqrt(2)
+
+
+def test_approximate_scores_imputes_missing_tokens():
+    scores = np.array([[0.9, 0.5], [0.8, 0.7]], dtype=np.float32)
+    docs = np.array([[1, 2], [2, -1]])
+    cands, approx = approximate_scores(scores, docs)
+    assert cands.tolist() == [1, 2]
+    # doc 1 missed token 1: imputed with that token's lowest returned score (0.8)
+    assert np.allclose(approx, [0.9 + 0.8, 0.5 + 0.8])
+
+
+# -- the pooled index ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["flat", "ivfpq"])
+def test_build_search_reopen(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings, backend):
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend=backend)
+    info = idx.info()
+    assert info["documents"] == 120
+    assert info["vectors"] < info["vectors_before_pooling"]
+    hits = idx.search([tiny_docs[5].text, tiny_docs[17].text], k=5)
+    assert len(hits) == 2 and all(len(h) == 5 for h in hits)
+    assert hits[0][0].score >= hits[0][-1].score
+    idx.close()
+    again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
+    assert ids_of(again.search([tiny_docs[5].text, tiny_docs[17].text], k=5)[0]) == ids_of(hits[0])
+    assert again.get("d3") == tiny_docs[3]
+
+
+def test_exact_scores_equal_maxsim_over_pooled_vectors(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    from pooledir.maxsim import maxsim
+    from pooledir.pooling import pool_embeddings
+
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend="flat")
+    Q = tiny_encoder.encode_queries([tiny_docs[9].text])
+    pooled = pool_embeddings(tiny_embeddings, 2)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
+    ref = maxsim(Q, np.concatenate(pooled).astype(np.float32), offsets)[0]
+    params = SearchParams(k=10, candidates_per_token=2000, rerank=120)
+    hits = idx.search_embeddings(Q, params)[0]
+    best = np.argsort(-ref)[:10]
+    assert ids_of(hits) == [tiny_docs[i].id for i in best]
+    assert np.allclose([h.score for h in hits], ref[best], atol=1e-2)
+
+
+def test_keep_exact_store(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    """With every document a candidate, exact.f16 must score exactly as the flat index, across writes."""
+    exact = make_index(tmp_path / "e", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq", keep_exact=True)
+    flat = make_index(tmp_path / "f", tiny_encoder, tiny_docs, tiny_embeddings, backend="flat")
+    for idx in (exact, flat):
+        idx.add([Document("new", "protein expression in brain cells")])
+        idx.delete(["d0"])
+    exact = PooledIndex.open(tmp_path / "e", device="cpu", encoder=tiny_encoder)
+    everything = SearchParams(k=20, nprobe=10_000, candidates_per_token=5000, rerank=1000)
+    for q in ["protein expression in brain cells", tiny_docs[40].text]:
+        Q = tiny_encoder.encode_queries([q])
+        a, b = exact.search_embeddings(Q, everything)[0], flat.search_embeddings(Q, everything)[0]
+        assert ids_of(a) == ids_of(b)
+        assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
+
+
+def test_add_delete_replace_without_retraining(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs[:100], tiny_embeddings[:100], backend="ivfpq")
+    trained = idx.backend.index.nlist
+    idx.add(tiny_docs[100:])
+    assert len(idx) == 120 and idx.backend.index.nlist == trained
+    before = idx.store.lookup(["d50"])["d50"][0]
+    idx.delete(["d3", "d4"])
+    assert len(idx) == 118
+    with pytest.raises(DocumentNotFoundError):
+        idx.get("d3")
+    assert idx.store.lookup(["d50"])["d50"][0] == before  # ids stay stable across deletes
+    idx.add([Document("d5", "a replaced document about vitamin bone")])
+    assert len(idx) == 118 and idx.get("d5").text == "a replaced document about vitamin bone"
+    assert idx.backend.ntotal == idx.info()["vectors"]
+    hits = idx.search(["a replaced document about vitamin bone"], k=118)[0]
+    assert "d3" not in ids_of(hits) and "d5" in ids_of(hits)
+    reopened = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
+    assert len(reopened) == 118 and reopened.get("d5").text.startswith("a replaced")
+
+
+# -- bad input: clear errors, nothing already indexed lost -------------------------------------------------------
+@pytest.fixture()
+def built(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq")
+    expected = ids_of(idx.search(["cancer cells"], k=5)[0])
+    return idx, expected
+
+
+def assert_intact(path, encoder, expected, n=120):
+    idx = PooledIndex.open(path, device="cpu", encoder=encoder)
+    assert len(idx) == n
+    assert ids_of(idx.search(["cancer cells"], k=5)[0]) == expected
+
+
+def test_bad_search_parameters(built, tiny_encoder):
+    idx, expected = built
+    for kwargs, msg in [
+        ({"k": 0}, "k=0 must be a positive integer"),
+        ({"k": 500}, "k=500 is larger than the 120 documents in the index; pass k <= 120"),
+    ]:
+        with pytest.raises(InputError, match=msg):
+            idx.search(["cancer"], **kwargs)
+    with pytest.raises(InputError, match="nprobe=-1"):
+        idx.search(["cancer"], params=SearchParams(nprobe=-1))
+    with pytest.raises(InputError, match="query 0 is empty"):
+        idx.search([""])
+    assert_intact(idx.path, tiny_encoder, expected)
+
+
+def test_bad_adds_change_nothing(built, tiny_encoder):
+    idx, expected = built
+    with pytest.raises(InputError, match="duplicate document id 'x'"):
+        idx.add([Document("x", "a"), Document("x", "b")])
+    with pytest.raises(InputError, match="no documents found"):
+        idx.add([])
+    with pytest.raises(InputError, match=r"embedding shape \(3, 5\)"):
+        idx.add([Document("y", "a")], embeddings=[np.ones((3, 5), np.float16)])
+    with pytest.raises(DocumentNotFoundError, match="unknown document id"):
+        idx.delete(["d1", "nope"])
+    assert idx.get("d1").id == "d1"
+    assert_intact(idx.path, tiny_encoder, expected)
+
+
+def test_bad_configs(tmp_path, tiny_encoder):
+    for config, msg in [
+        (IndexConfig(pool_factor=0), "pool_factor=0"),
+        (IndexConfig(pool_factor=-2), "pool_factor"),
+        (IndexConfig(backend="hnsw"), "backend='hnsw'"),
+    ]:
+        with pytest.raises(InputError, match=msg):
+            PooledIndex.create(tmp_path / "x", config=config, device="cpu", encoder=tiny_encoder)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(InputError, match="exists and is not empty"):
+        PooledIndex.create(tmp_path / "full", device="cpu", encoder=tiny_encoder)
+
+
+def test_crash_during_write_leaves_previous_index(built, tiny_encoder, monkeypatch):
+    idx, expected = built
+
+    def boom(self, path):
+        path.write_bytes(b"half a faiss file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(IVFPQBackend, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        idx.add([Document("new", "vitamin bone study")])
+    with pytest.raises(OSError, match="disk full"):
+        idx.delete(["d1"])
+    monkeypatch.undo()
+    # the live object recovered from disk and still answers, unchanged
+    assert len(idx) == 120 and ids_of(idx.search(["cancer cells"], k=5)[0]) == expected
+    assert sorted(p.name for p in idx.path.glob("vectors.*")) == [f"vectors.{idx.generation}.faiss"]
+    assert_intact(idx.path, tiny_encoder, expected)
+
+
+@pytest.mark.parametrize(
+    "damage, msg",
+    [
+        (lambda p: (p / "manifest.json").write_text("{trunc"), "manifest.json is corrupt"),
+        (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),
+        (
+            lambda p: (p / "manifest.json").write_text(json.dumps({"format": "pooledir-index", "format_version": 99})),
+            "format_version 99",
+        ),
+        (
+            lambda p: next(p.glob("vectors.*.faiss")).write_bytes(next(p.glob("vectors.*.faiss")).read_bytes()[:500]),
+            "corrupt or truncated",
+        ),
+        (lambda p: next(p.glob("vectors.*.faiss")).unlink(), "is missing"),
+    ],
+)
+def test_corrupt_index_fails_clearly(built, tiny_encoder, damage, msg):
+    idx, _ = built
+    idx.close()
+    damage(idx.path)
+    with pytest.raises(IndexCorruptError, match=msg):
+        PooledIndex.open(idx.path, device="cpu", encoder=tiny_encoder)
+
+
+def test_mismatched_vectors_fail_clearly(built, tiny_encoder):
+    idx, _ = built
+    idx.store.conn.execute("UPDATE docs SET n_vectors = n_vectors + 1 WHERE ext_id = 'd1'")
+    idx.close()
+    with pytest.raises(IndexCorruptError, match="mismatched"):
+        PooledIndex.open(idx.path, device="cpu", encoder=tiny_encoder)
+
+
+def test_open_missing_folder(tmp_path):
+    with pytest.raises(InputError, match="no index at"):
+        PooledIndex.open(tmp_path / "none")

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from pooledir.errors import InputError
+from pooledir.pooling import n_clusters, pool_embeddings, ward_labels, ward_labels_torch
+
+
+def unit(rng, n, d=16):
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def canonical(labels) -> list[int]:
+    """Relabel by first appearance so partitions compare equal whatever the label numbers."""
+    seen: dict[int, int] = {}
+    return [seen.setdefault(int(v), len(seen)) for v in labels]
+
+
+def scipy_labels(X, k):
+    return fcluster(linkage(X.astype(np.float64), "ward"), k, "maxclust") - 1
+
+
+@given(n=st.integers(2, 60), k=st.integers(1, 60), seed=st.integers(0, 10_000))
+@settings(max_examples=60, deadline=None)
+def test_cpu_labels_equal_scipy(n, k, seed):
+    X = unit(np.random.default_rng(seed), n)
+    k = min(k, n)
+    assert canonical(ward_labels(X, k)) == canonical(scipy_labels(X, k))
+
+
+def test_torch_batched_labels_equal_scipy():
+    rng = np.random.default_rng(0)
+    docs = [unit(rng, n) for n in (1, 2, 5, 17, 40, 64)]
+    width = max(len(d) for d in docs)
+    X = torch.zeros(len(docs), width, 16, dtype=torch.float64)
+    for i, d in enumerate(docs):
+        X[i, : len(d)] = torch.from_numpy(d).double()
+    lengths = torch.tensor([len(d) for d in docs])
+    for factor in (2, 3, 4):
+        k = (lengths // factor).clamp(min=1)
+        labels, alive = ward_labels_torch(X, lengths, k)
+        for i, d in enumerate(docs):
+            ref = scipy_labels(d, int(k[i])) if len(d) > 1 else [0]
+            assert canonical(labels[i, : len(d)].tolist()) == canonical(ref)
+            assert int(alive[i].sum()) == min(int(k[i]), len(d))
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_counts_norms_and_protected_token(factor):
+    rng = np.random.default_rng(1)
+    docs = [unit(rng, n) for n in (1, 2, 3, 10, 57, 200)]
+    pooled = pool_embeddings(docs, factor, protected_tokens=1)
+    for d, p in zip(docs, pooled):
+        assert len(p) == n_clusters(len(d), factor, 1) == (1 + max(1, (len(d) - 1) // factor) if len(d) > 1 else 1)
+        assert p.dtype == np.float16
+        assert np.allclose(np.linalg.norm(p.astype(np.float32), axis=1), 1, atol=2e-3)
+        assert np.allclose(p[0], d[0], atol=1e-3)  # [CLS] kept as it is
+
+
+def test_pooled_means_are_cluster_means():
+    rng = np.random.default_rng(2)
+    d = unit(rng, 30)
+    p = pool_embeddings([d], 3, protected_tokens=0)[0].astype(np.float32)
+    labels = scipy_labels(d, 10)
+    expected = np.stack([d[labels == c].mean(0) for c in range(10)])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(p, expected, atol=2e-3)
+
+
+def test_torch_path_matches_cpu_path():
+    rng = np.random.default_rng(3)
+    docs = [unit(rng, n) for n in (1, 2, 9, 33, 70)]
+    cpu = pool_embeddings(docs, 2)
+    tor = pool_embeddings(docs, 2, method="torch", batch_size=2)
+    for a, b in zip(cpu, tor):
+        rows_a = sorted(map(tuple, np.round(a.astype(np.float32), 2)))
+        rows_b = sorted(map(tuple, np.round(b.astype(np.float32), 2)))
+        assert rows_a == rows_b
+
+
+def test_identity_and_edge_documents():
+    rng = np.random.default_rng(4)
+    docs = [unit(rng, 12), unit(rng, 1)]
+    same = pool_embeddings(docs, 1)
+    assert all(np.array_equal(a.astype(np.float16), b) for a, b in zip(docs, same))
+    protected_only = pool_embeddings([unit(rng, 2)], 2, protected_tokens=2)[0]
+    assert len(protected_only) == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_pool_factor(bad):
+    with pytest.raises(InputError, match="pool_factor"):
+        pool_embeddings([np.ones((3, 4), np.float32)], bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_pooling_matches_cpu():
+    rng = np.random.default_rng(5)
+    docs = [unit(rng, n, 128) for n in (5, 80, 240)]
+    gpu = pool_embeddings(docs, 2, device="cuda")
+    cpu = pool_embeddings(docs, 2, device="cpu")
+    for a, b in zip(gpu, cpu):
+        assert a.shape == b.shape
