@@ -34,6 +34,8 @@ _EXPORTS = {
     "Hit": "pooledir.pooled_index",
     "IndexConfig": "pooledir.pooled_index",
     "PooledIndex": "pooledir.pooled_index",
+    "read_manifest": "pooledir.pooled_index",
+    "check_texts": "pooledir.encoder",
     "pool_embeddings": "pooledir.pooling",
     "SearchParams": "pooledir.search",
 }

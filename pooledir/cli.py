@@ -162,6 +162,33 @@ def info(
     typer.echo(f"backend: {json.dumps(data['backend'])}")
 
 
+@app.command()
+def serve(
+    index_dirs: Annotated[
+        list[Path], typer.Argument(metavar="INDEX...", help="Index folders; each is served under its folder name.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    device: Device = "auto",
+) -> None:
+    """Serve indexes over HTTP (FastAPI + uvicorn; needs the `service` extra)."""
+    from pooledir.errors import InputError
+    from pooledir.pooled_index import read_manifest
+
+    for d in index_dirs:
+        read_manifest(d)  # fail here, in one line, rather than inside a worker
+    try:
+        import uvicorn
+    except ImportError:
+        raise InputError('the service needs its extra: pip install "pooledir[service]"') from None
+    # the service reads its settings from the environment, also in worker processes
+    os.environ["POOLEDIR_INDEXES"] = json.dumps([str(d.resolve()) for d in index_dirs])
+    os.environ["POOLEDIR_DEVICE"] = device
+    # the library never imports the service: uvicorn loads it by name
+    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
 @app.command("convert-checkpoint")
 def convert_checkpoint_cmd(
     src: Annotated[Path | None, typer.Argument(help="Plain BERT-style encoder folder (omit with --minilm).")] = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,6 +97,8 @@ class ColBERTEncoder:
         self.linear.eval().to(self.device)
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        # HF fast tokenizers fail ("Already borrowed") when threads change truncation/padding concurrently
+        self._tokenizer_lock = threading.Lock()
         tok = self.tokenizer
         self.q_marker = tok.convert_tokens_to_ids(self.settings.query_token_id)
         self.d_marker = tok.convert_tokens_to_ids(self.settings.doc_token_id)
@@ -123,9 +126,12 @@ class ColBERTEncoder:
 
         Every position is kept, [MASK] padding included (colbert-ai's query augmentation).
         """
-        queries = _check_texts(queries, "query")
+        queries = check_texts(queries, "query")
         tok, L = self.tokenizer, self.settings.query_maxlen
-        enc = tok([". " + q for q in queries], padding="max_length", truncation=True, max_length=L, return_tensors="np")
+        with self._tokenizer_lock:
+            enc = tok(
+                [". " + q for q in queries], padding="max_length", truncation=True, max_length=L, return_tensors="np"
+            )
         ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
         ids[:, 1] = self.q_marker
         ids[ids == tok.pad_token_id] = tok.mask_token_id
@@ -145,9 +151,12 @@ class ColBERTEncoder:
         import torch
         from tqdm.auto import tqdm
 
-        documents = _check_texts(documents, "document", allow_empty=True)
+        documents = check_texts(documents, "document", allow_empty=True)
         tok = self.tokenizer
-        ids_list = tok([". " + d for d in documents], truncation=True, max_length=self.settings.doc_maxlen)["input_ids"]
+        with self._tokenizer_lock:
+            ids_list = tok([". " + d for d in documents], truncation=True, max_length=self.settings.doc_maxlen)[
+                "input_ids"
+            ]
         lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
         order = np.argsort(-lengths, kind="stable")
         out: list[np.ndarray | None] = [None] * len(documents)
@@ -169,7 +178,8 @@ class ColBERTEncoder:
         return out  # type: ignore[return-value]
 
 
-def _check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> list[str]:
+def check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> list[str]:
+    """Return ``texts`` as a list of strings, or raise InputError naming the first bad one."""
     if isinstance(texts, str):
         raise InputError(f"expected a list of {what} texts, got a single string")
     texts = list(texts)

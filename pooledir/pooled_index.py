@@ -93,7 +93,9 @@ class Hit:
     metadata: dict[str, Any] | None = field(default=None)
 
 
-def _manifest(path: Path) -> dict:
+def read_manifest(path: str | os.PathLike[str]) -> dict:
+    """Read and check an index folder's manifest.json (format and version)."""
+    path = Path(path)
     mf = path / "manifest.json"
     if not path.is_dir():
         raise InputError(f"no index at {path}: not a folder")
@@ -134,6 +136,8 @@ class PooledIndex:
         self.dim = int(manifest["encoder"]["dim"])
         self.store = store
         self.device = device
+        if encoder is not None and encoder.dim != self.dim:
+            raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder
         self._load_state()
 
@@ -183,7 +187,7 @@ class PooledIndex:
         import sqlite3
 
         path = Path(path)
-        manifest = _manifest(path)
+        manifest = read_manifest(path)
         if not (path / "docs.sqlite").is_file():
             raise IndexCorruptError(f"{path}: docs.sqlite is missing")
         try:
@@ -253,6 +257,17 @@ class PooledIndex:
             raise IndexCorruptError(f"{fp} has dimension {backend.dim}, the manifest says {self.dim}")
         return backend
 
+    def is_stale(self) -> bool:
+        """True when another process has committed a write this object has not loaded."""
+        return int(self.store.get_meta("generation", "0")) != self.generation
+
+    def refresh(self) -> bool:
+        """Catch up with writes another process committed; returns True if anything was reloaded."""
+        if not self.is_stale():
+            return False
+        self._load_state()
+        return True
+
     @property
     def encoder(self):
         """The ColBERT encoder, loaded from the manifest's checkpoint on first use."""
@@ -289,8 +304,7 @@ class PooledIndex:
         """Hold the folder's write lock; catch up with writes other processes made meanwhile."""
         with open(self.path / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if int(self.store.get_meta("generation", "0")) != self.generation:
-                self._load_state()
+            self.refresh()
             try:
                 yield
             except BaseException:

@@ -81,3 +81,17 @@ def test_projection_is_seeded_and_orthonormal():
 def test_convert_rejects_non_encoder(tmp_path):
     with pytest.raises(CheckpointError, match="config.json is missing"):
         convert_checkpoint(tmp_path, tmp_path / "out")
+
+
+def test_encoder_is_safe_to_share_between_threads(tiny_encoder):
+    """Concurrent query and document encoding (as the service does) must not trip the tokenizer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i):
+        if i % 2:
+            return tiny_encoder.encode_queries([f"cancer cells {i}"]).shape
+        return len(tiny_encoder.encode_documents([f"vitamin bone study {i}"] * 3))
+
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(work, range(64)))
+    assert all(r == (1, 16, 16) for r in results[1::2]) and all(r == 3 for r in results[0::2])

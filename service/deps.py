@@ -1,0 +1,54 @@
+"""Dependencies: the settings, the registry, one index by name, and the API key check."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.registry import IndexHandle, Registry
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    return request.app.state.settings
+
+
+def get_registry(request: Request) -> Registry:
+    """The open indexes."""
+    return request.app.state.registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def get_index(name: str, registry: RegistryDep) -> IndexHandle:
+    """The index named in the path, or 404 listing the served ones."""
+    handle = registry.handles.get(name)
+    if handle is None:
+        known = ", ".join(sorted(registry.handles)) or "none"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown index {name!r}; served: {known}")
+    return handle
+
+
+IndexDep = Annotated[IndexHandle, Depends(get_index)]
+
+
+def require_api_key(
+    settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """When POOLEDIR_API_KEY is set, demand ``Authorization: Bearer <key>`` (compared in constant time)."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    given = (creds.credentials if creds else "").encode()
+    if not secrets.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
+        )

@@ -1,0 +1,40 @@
+"""Index listing and stats."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import IndexDep, RegistryDep
+from service.registry import IndexHandle
+from service.schemas import IndexList, IndexStats
+
+router = APIRouter(tags=["indexes"])
+
+
+def stats(handle: IndexHandle) -> IndexStats:
+    """Stats of one index, read under its read lock."""
+    info = handle.read(lambda index: index.info())
+    return IndexStats(
+        name=handle.name,
+        documents=info["documents"],
+        vectors_before_pooling=info["vectors_before_pooling"],
+        vectors=info["vectors"],
+        pool_factor=info["pool_factor"],
+        index_bytes=info["index_bytes"],
+        backend=info["backend"],
+        device=handle.index.device,
+        checkpoint=info["checkpoint"],
+    )
+
+
+@router.get("/indexes", response_model=IndexList)
+async def list_indexes(registry: RegistryDep) -> IndexList:
+    """Every served index with its stats."""
+    return IndexList(indexes=[await run_in_threadpool(stats, h) for h in registry.handles.values()])
+
+
+@router.get("/indexes/{name}", response_model=IndexStats)
+async def index_stats(handle: IndexDep) -> IndexStats:
+    """Documents, vectors before and after pooling, pool factor, bytes, device, checkpoint."""
+    return await run_in_threadpool(stats, handle)

@@ -1,0 +1,71 @@
+"""MaxSim search, one query or a batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from fastapi import APIRouter, HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from pooledir import SearchParams
+from service.deps import IndexDep, SettingsDep
+from service.registry import IndexHandle
+from service.schemas import BatchSearchRequest, BatchSearchResponse, Hit, SearchOptions, SearchRequest, SearchResponse
+
+router = APIRouter(tags=["search"])
+
+
+def _params(opts: SearchOptions, max_k: int) -> SearchParams:
+    if opts.k > max_k:
+        raise HTTPException(422, f"k={opts.k} is above this service's limit {max_k}")
+    params = SearchParams(k=opts.k)
+    overrides = {n: getattr(opts, n) for n in ("nprobe", "candidates_per_token", "rerank") if getattr(opts, n)}
+    return replace(params, **overrides)
+
+
+def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, max_k: int) -> list[list[Hit]]:
+    params = _params(opts, max_k)
+    if not opts.filter:
+        results = handle.search(queries, params, with_text=opts.with_text)
+        return [[Hit(**h.__dict__) for h in hits] for hits in results]
+    # post-filter: rank deeper, keep hits whose metadata matches, cut to k
+    n_docs = handle.read(len)
+    deep = replace(params, k=min(n_docs, max(params.k * 10, params.rerank)))
+    results = handle.search(queries, deep, with_text=True)
+    out = []
+    for hits in results:
+        kept = [h for h in hits if all((h.metadata or {}).get(f) == v for f, v in opts.filter.items())][: params.k]
+        out.append(
+            [
+                Hit(
+                    id=h.id,
+                    score=h.score,
+                    text=h.text if opts.with_text else None,
+                    metadata=h.metadata if opts.with_text else None,
+                )
+                for h in kept
+            ]
+        )
+    return out
+
+
+@router.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_none=True)
+async def search(req: SearchRequest, handle: IndexDep, settings: SettingsDep) -> SearchResponse:
+    """Top-k documents for one query by MaxSim."""
+    t = time.perf_counter()
+    results = await run_in_threadpool(_run, handle, [req.query], req, settings.max_k)
+    return SearchResponse(results=results[0], took_ms=(time.perf_counter() - t) * 1000)
+
+
+@router.post("/indexes/{name}/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True)
+async def search_batch(req: BatchSearchRequest, handle: IndexDep, settings: SettingsDep) -> BatchSearchResponse:
+    """Top-k documents for each of several queries; one result list per query, in order."""
+    if len(req.queries) > settings.max_batch_queries:
+        raise HTTPException(
+            413,
+            f"{len(req.queries)} queries in one batch; at most {settings.max_batch_queries}",
+        )
+    t = time.perf_counter()
+    results = await run_in_threadpool(_run, handle, req.queries, req, settings.max_k)
+    return BatchSearchResponse(results=results, took_ms=(time.perf_counter() - t) * 1000)

@@ -1,0 +1,29 @@
+"""Service settings, read from the environment (prefix ``POOLEDIR_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; ``POOLEDIR_INDEXES='["/data/scifact"]'`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="POOLEDIR_")
+
+    indexes: list[Path] = []
+    #: encode with this checkpoint instead of the path in each index's manifest (e.g. mounted elsewhere in a container)
+    checkpoint: Path | None = None
+    device: str = "auto"
+    api_key: SecretStr | None = None
+    max_k: int = 1000
+    max_batch_queries: int = 64
+    max_batch_documents: int = 256
+    max_query_chars: int = 2_000
+    max_document_chars: int = 100_000
+    max_body_bytes: int = 8 * 1024 * 1024
+    # micro-batching of concurrent queries into one encoder call
+    batch_window_ms: float = 2.0
+    micro_batching: bool = True
