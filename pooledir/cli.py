@@ -213,6 +213,89 @@ def convert_checkpoint_cmd(
     typer.echo(f"wrote ColBERT checkpoint {path} (dim {dim}, zero-shot: a trained checkpoint retrieves better)")
 
 
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate on BEIR datasets and report.")
+app.add_typer(eval_app, name="eval")
+
+
+def _int_list(value: str, what: str) -> list[int]:
+    from pooledir.errors import InputError
+
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {value!r}") from None
+
+
+@eval_app.command("beir")
+def eval_beir(
+    dataset: Annotated[Path, typer.Argument(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results JSON; TREC run files go beside it.")],
+    checkpoint: Checkpoint = None,
+    pool_factors: Annotated[str, typer.Option(help="Comma-separated pool factors.")] = "1,2,3,4",
+    index_types: Annotated[str, typer.Option("--index", help="Comma-separated: ivfpq, flat.")] = "ivfpq,flat",
+    split: Annotated[str, typer.Option(help="qrels split to score.")] = "test",
+    corpus_sample: Annotated[int | None, typer.Option(help="Judged documents plus a seeded sample up to N.")] = None,
+    queries_sample: Annotated[int | None, typer.Option(help="A seeded sample of N judged queries.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    compare: Annotated[str, typer.Option(help="Baselines to run on the same vectors: plaid.")] = "",
+    plaid_nbits: Annotated[str, typer.Option(help="PLAID residual bits to run.")] = "2,4",
+    nprobe: Annotated[int, typer.Option(help="IVF lists probed per query token.")] = 32,
+    candidates: Annotated[int, typer.Option(help="Nearest vectors per query token.")] = 64,
+    rerank: Annotated[int, typer.Option(help="Candidates scored by full MaxSim.")] = 256,
+    latency_queries: Annotated[int, typer.Option(help="Queries timed one by one.")] = 100,
+    cache_dir: Annotated[Path, typer.Option(help="Embedding cache.")] = Path(".cache/pooledir-eval"),
+    device: Device = "auto",
+) -> None:
+    """Score a BEIR dataset (nDCG@10, Recall@100) across pool factors and index types."""
+    from pooledir.errors import InputError
+    from pooledir.evaluate import EvalConfig, evaluate
+    from pooledir.search import SearchParams
+
+    baselines = [c for c in compare.split(",") if c]
+    if set(baselines) - {"plaid"}:
+        raise InputError(f"--compare {compare!r}: the only baseline is 'plaid'")
+    cfg = EvalConfig(
+        dataset=dataset,
+        checkpoint=str(checkpoint or default_checkpoint()),
+        pool_factors=_int_list(pool_factors, "--pool-factors"),
+        indexes=[x for x in index_types.split(",") if x],
+        split=split,
+        corpus_sample=corpus_sample,
+        queries_sample=queries_sample,
+        seed=seed,
+        search=SearchParams(k=100, nprobe=nprobe, candidates_per_token=candidates, rerank=rerank),
+        latency_queries=latency_queries,
+        compare=baselines,
+        plaid_nbits=_int_list(plaid_nbits, "--plaid-nbits"),
+        device=device,
+        cache_dir=cache_dir,
+        runs_dir=out.parent / "runs",
+        show_progress=True,
+    )
+    result = evaluate(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    from pooledir.report import markdown_table
+
+    typer.echo(markdown_table([result]))
+    typer.echo(f"wrote {out}")
+
+
+@eval_app.command("report")
+def eval_report(
+    results: Annotated[list[Path], typer.Argument(metavar="RESULTS...", help="JSON files from `eval beir`.")],
+    out_dir: Annotated[Path, typer.Option(help="Where the table and plots go.")] = Path("eval/results"),
+) -> None:
+    """Write a Markdown table and PNG plots from evaluation results."""
+    from pooledir.report import load_results, markdown_table, plots
+
+    data = load_results(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(markdown_table(data))
+    for p in [out_dir / "report.md", *plots(data, out_dir)]:
+        typer.echo(f"wrote {p}")
+
+
 def main() -> None:
     """Console entry point: run the app, turning pooledir errors into one line and exit code 2."""
     from pooledir.errors import PooledirError

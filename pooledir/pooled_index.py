@@ -139,6 +139,7 @@ class PooledIndex:
         if encoder is not None and encoder.dim != self.dim:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder
+        self.last_timings: dict[str, float] = {}
         self._load_state()
 
     # -- opening ----------------------------------------------------------------------------------------------
@@ -329,8 +330,10 @@ class PooledIndex:
         ``embeddings`` (one unpooled (n_tokens, dim) array per document) skips
         encoding, e.g. to reuse cached vectors. The first add trains IVF-PQ on
         a sample of its vectors; later adds reuse the trained index.
+        Seconds spent encoding, pooling and writing are left in ``last_timings``.
         """
         docs = check_documents(documents, "documents")
+        t0 = time.perf_counter()
         if embeddings is None:
             embeddings = self.encoder.encode_documents([d.text for d in docs], show_progress=show_progress)
         elif len(embeddings) != len(docs):
@@ -338,6 +341,7 @@ class PooledIndex:
         for d, e in zip(docs, embeddings):
             if e.ndim != 2 or e.shape[1] != self.dim or len(e) == 0:
                 raise InputError(f"document {d.id!r}: embedding shape {e.shape} is not (n >= 1, {self.dim})")
+        t1 = time.perf_counter()
         pooled = pool_embeddings(
             embeddings,
             self.config.pool_factor,
@@ -345,6 +349,7 @@ class PooledIndex:
             device=self.device,
             show_progress=show_progress,
         )
+        t2 = time.perf_counter()
         counts = np.array([len(p) for p in pooled], dtype=np.int64)
         if counts.max() >= MAX_VECTORS_PER_DOC:
             raise InputError(f"a document has {counts.max()} vectors; at most {MAX_VECTORS_PER_DOC - 1} fit")
@@ -370,6 +375,7 @@ class PooledIndex:
                 self.backend.add(vector_ids(np.array(new_ints), counts), flat)
 
             self._commit(changes)
+        self.last_timings = {"encode_s": t1 - t0, "pool_s": t2 - t1, "write_s": time.perf_counter() - t2}
         return len(docs)
 
     def _commit(self, changes) -> None:
