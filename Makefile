@@ -12,7 +12,7 @@ DEMO   ?= .cache/demo
 CKPT   := $(DEMO)/minilm-colbert-128
 INDEX  := $(DEMO)/scifact-pf2
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench eval clean
 
 install: $(VENV)/.installed
 
@@ -42,9 +42,20 @@ demo: install
 		"Do microRNAs regulate cancer cell proliferation?" \
 		"vitamin D deficiency and bone density" \
 		"How do T cells recognise antigens?"
+	$(BIN)/python eval/demo_http.py $(INDEX) "Do microRNAs regulate cancer cell proliferation?"
 
 bench: install
 	$(BIN)/python eval/bench_pooling.py
+
+# The BEIR sweep and PLAID comparison behind eval/results/ (long: about an hour on 2 CPU cores).
+DATASETS ?= scifact nfcorpus
+eval: install
+	@test -f $(CKPT)/artifact.metadata || $(BIN)/pooledir convert-checkpoint --minilm $(CKPT)
+	for d in $(DATASETS); do \
+		$(BIN)/pooledir eval beir ../shared/data/beir/$$d --out eval/results/$$d.cpu.json --checkpoint $(CKPT) \
+			--pool-factors 1,2,3,4 --index ivfpq,flat --compare plaid --device cpu || exit 1; \
+	done
+	$(BIN)/pooledir eval report $(foreach d,$(DATASETS),eval/results/$(d).cpu.json) --out-dir eval/results
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

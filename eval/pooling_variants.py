@@ -29,7 +29,7 @@ from scipy.cluster.vq import kmeans2
 from scipy.spatial.distance import pdist
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams
-from pooledir.evaluate import cache_key, cached, load_beir, score_run
+from pooledir.evaluate import encode_cached, load_beir, score_run
 
 
 def labels_for(method: str, X: np.ndarray, k: int) -> np.ndarray:
@@ -86,21 +86,9 @@ def main() -> None:
 
     data = load_beir(args.dataset, args.split, args.corpus_sample)
     encoder = ColBERTEncoder(args.checkpoint, device="cpu")
-    texts = [d.text for d in data.documents]
-    docs, _ = cached(
-        args.cache_dir,
-        cache_key(encoder.path, texts, encoder.settings.__dict__ | {"kind": "documents"}),
-        lambda: encoder.encode_documents(texts, show_progress=True),
-    )
-    qtexts = list(data.queries.values())
-    (qflat,), _ = cached(
-        args.cache_dir,
-        cache_key(encoder.path, qtexts, encoder.settings.__dict__ | {"kind": "queries"}),
-        lambda: [encoder.encode_queries(qtexts).reshape(-1, encoder.dim)],
-    )
-    Q = np.asarray(qflat, np.float32).reshape(len(qtexts), -1, encoder.dim)
+    docs, _, Q = encode_cached(encoder, data, args.cache_dir, show_progress=True)
     # exact MaxSim over every candidate a query token can reach: a flat index with deep candidate lists
-    params = SearchParams(k=10, candidates_per_token=256, rerank=1000)
+    params = SearchParams(k=10, candidates_per_token=256, rerank=300)
 
     base = score(data, encoder, docs, Q, params)
     print(f"{data.name}: {len(data.documents)} documents, {len(data.queries)} queries; unpooled nDCG@10 {base:.4f}")

@@ -26,8 +26,29 @@ app = typer.Typer(
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
 Checkpoint = Annotated[
     str | None,
-    typer.Option(help="ColBERT checkpoint folder or hub id [default: $POOLEDIR_CHECKPOINT, else zero-shot MiniLM]."),
+    typer.Option(help="ColBERT checkpoint folder or hub id (default: $POOLEDIR_CHECKPOINT, else zero-shot MiniLM)."),
 ]
+
+
+NProbe = Annotated[
+    int | None, typer.Option(help="IVF lists probed per query token (default: the library's SearchParams).")
+]
+Candidates = Annotated[
+    int | None, typer.Option(help="Nearest vectors per query token (default: the library's SearchParams).")
+]
+Rerank = Annotated[
+    int | None, typer.Option(help="Candidates scored by full MaxSim (default: the library's SearchParams).")
+]
+
+
+def search_params(k: int, nprobe: int | None, candidates: int | None, rerank: int | None):
+    """SearchParams with the library's defaults for every option not given."""
+    from dataclasses import replace
+
+    from pooledir.search import SearchParams
+
+    given = {"nprobe": nprobe, "candidates_per_token": candidates, "rerank": rerank}
+    return replace(SearchParams(k=k), **{n: v for n, v in given.items() if v is not None})
 
 
 def default_checkpoint() -> Path:
@@ -57,8 +78,8 @@ def index(
     pool_factor: Annotated[int, typer.Option(help="Shrink factor of each document's vectors (1 = none).")] = 2,
     index_type: Annotated[str, typer.Option("--index", help="ivfpq (compressed) or flat (exact).")] = "ivfpq",
     keep_exact: Annotated[bool, typer.Option(help="Also store float16 vectors for exact MaxSim.")] = False,
-    nlist: Annotated[int | None, typer.Option(help="IVF lists [default: ≈4·√vectors].")] = None,
-    pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers [default: dim/8].")] = None,
+    nlist: Annotated[int | None, typer.Option(help="IVF lists (default: ≈4·√vectors).")] = None,
+    pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers (default: dim/8).")] = None,
     limit: Annotated[int | None, typer.Option(help="Index only the first N documents.")] = None,
     batch_size: Annotated[int, typer.Option(help="Documents per encoder batch.")] = 32,
     device: Device = "auto",
@@ -92,17 +113,16 @@ def search(
     index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.")],
     queries: Annotated[list[str], typer.Argument(metavar="QUERY...", help="One or more queries.")],
     k: Annotated[int, typer.Option("-k", help="Results per query.")] = 10,
-    nprobe: Annotated[int, typer.Option(help="IVF lists probed per query token.")] = 32,
-    candidates: Annotated[int, typer.Option(help="Nearest vectors per query token.")] = 64,
-    rerank: Annotated[int, typer.Option(help="Candidate documents scored by full MaxSim.")] = 256,
+    nprobe: NProbe = None,
+    candidates: Candidates = None,
+    rerank: Rerank = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     device: Device = "auto",
 ) -> None:
     """Search an index; prints rank, score, id and the start of each document."""
     from pooledir.pooled_index import PooledIndex
-    from pooledir.search import SearchParams
 
-    params = SearchParams(k=k, nprobe=nprobe, candidates_per_token=candidates, rerank=rerank)
+    params = search_params(k, nprobe, candidates, rerank)
     with PooledIndex.open(index_dir, device=device) as idx:
         results = idx.search(queries, k=k, params=params, with_text=True)
     for query, hits in zip(queries, results):
@@ -239,9 +259,9 @@ def eval_beir(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     compare: Annotated[str, typer.Option(help="Baselines to run on the same vectors: plaid.")] = "",
     plaid_nbits: Annotated[str, typer.Option(help="PLAID residual bits to run.")] = "2,4",
-    nprobe: Annotated[int, typer.Option(help="IVF lists probed per query token.")] = 32,
-    candidates: Annotated[int, typer.Option(help="Nearest vectors per query token.")] = 64,
-    rerank: Annotated[int, typer.Option(help="Candidates scored by full MaxSim.")] = 256,
+    nprobe: NProbe = None,
+    candidates: Candidates = None,
+    rerank: Rerank = None,
     latency_queries: Annotated[int, typer.Option(help="Queries timed one by one.")] = 100,
     cache_dir: Annotated[Path, typer.Option(help="Embedding cache.")] = Path(".cache/pooledir-eval"),
     device: Device = "auto",
@@ -249,7 +269,6 @@ def eval_beir(
     """Score a BEIR dataset (nDCG@10, Recall@100) across pool factors and index types."""
     from pooledir.errors import InputError
     from pooledir.evaluate import EvalConfig, evaluate
-    from pooledir.search import SearchParams
 
     baselines = [c for c in compare.split(",") if c]
     if set(baselines) - {"plaid"}:
@@ -263,7 +282,7 @@ def eval_beir(
         corpus_sample=corpus_sample,
         queries_sample=queries_sample,
         seed=seed,
-        search=SearchParams(k=100, nprobe=nprobe, candidates_per_token=candidates, rerank=rerank),
+        search=search_params(100, nprobe, candidates, rerank),
         latency_queries=latency_queries,
         compare=baselines,
         plaid_nbits=_int_list(plaid_nbits, "--plaid-nbits"),
@@ -300,6 +319,9 @@ def main() -> None:
     """Console entry point: run the app, turning pooledir errors into one line and exit code 2."""
     from pooledir.errors import PooledirError
 
+    # torch and faiss each run an OpenMP pool; busy-waiting workers of one steal the cores from the
+    # other (measured: one query 99 ms -> 71 ms on 2 cores). Must be set before either loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=os.environ.get("POOLEDIR_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
     try:
         app(standalone_mode=False)

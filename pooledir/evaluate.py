@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +164,17 @@ def cached(cache_dir: Path, key: str, compute: Callable[[], list[np.ndarray]]) -
     return arrays, seconds
 
 
+def encode_cached(encoder, data: BeirData, cache_dir: Path, show_progress: bool = False):
+    """Document vectors, the seconds their encoding took, and query vectors (nq, Lq, dim), through the cache."""
+    texts = [d.text for d in data.documents]
+    key = cache_key(encoder.path, texts, encoder.settings.__dict__ | {"kind": "documents"})
+    doc_vecs, encode_s = cached(cache_dir, key, lambda: encoder.encode_documents(texts, show_progress=show_progress))
+    qtexts = list(data.queries.values())
+    qkey = cache_key(encoder.path, qtexts, encoder.settings.__dict__ | {"kind": "queries"})
+    (qflat,), _ = cached(cache_dir, qkey, lambda: [encoder.encode_queries(qtexts).reshape(-1, encoder.dim)])
+    return doc_vecs, encode_s, np.asarray(qflat, dtype=np.float32).reshape(len(qtexts), -1, encoder.dim)
+
+
 # -- metrics ------------------------------------------------------------------------------------------------------
 def score_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """Mean nDCG@10 and Recall@100 over the judged queries (pytrec_eval)."""
@@ -245,7 +256,7 @@ def run_pooledir(
     index.add(data.documents, embeddings=doc_vecs)
     build_s = time.perf_counter() - t - index.last_timings["pool_s"]
     pool_s = index.last_timings["pool_s"]
-    params = cfg.search if cfg.search.k <= len(index) else SearchParams(**{**cfg.search.__dict__, "k": len(index)})
+    params = replace(cfg.search, k=min(cfg.search.k, len(index)))
     qids = list(data.queries)
     results = index.search_embeddings(Q, params)
     run = {q: drop_self_hits(q, {h.id: h.score for h in hits}) for q, hits in zip(qids, results)}
@@ -281,21 +292,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             raise InputError(f"index {b!r} is not one of 'ivfpq', 'flat'")
     data = load_beir(cfg.dataset, cfg.split, cfg.corpus_sample, cfg.queries_sample, cfg.seed)
     encoder = ColBERTEncoder(cfg.checkpoint, device=cfg.device, batch_size=cfg.batch_size)
-    settings = encoder.settings.__dict__ | {"kind": "documents"}
-    texts = [d.text for d in data.documents]
-    doc_vecs, encode_s = cached(
-        cfg.cache_dir,
-        cache_key(encoder.path, texts, settings),
-        lambda: encoder.encode_documents(texts, show_progress=cfg.show_progress),
-    )
-    qtexts = list(data.queries.values())
-    qsettings = encoder.settings.__dict__ | {"kind": "queries"}
-    (Qflat,), _ = cached(
-        cfg.cache_dir,
-        cache_key(encoder.path, qtexts, qsettings),
-        lambda: [encoder.encode_queries(qtexts).reshape(-1, encoder.dim)],
-    )
-    Q = np.asarray(Qflat, dtype=np.float32).reshape(len(qtexts), -1, encoder.dim)
+    doc_vecs, encode_s, Q = encode_cached(encoder, data, cfg.cache_dir, cfg.show_progress)
 
     rows, runs = [], {}
     with tempfile.TemporaryDirectory(prefix="pooledir-eval-") as tmp:

@@ -26,6 +26,7 @@ def maxsim(queries: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.
     if offsets[-1] != len(vectors) or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
         raise ValueError("offsets must start at 0, end at len(vectors) and give every document >= 1 vector")
     nq, lq, d = queries.shape
-    sims = queries.reshape(nq * lq, d).astype(np.float32) @ vectors.astype(np.float32).T  # (nq*Lq, N)
+    q = np.asarray(queries, dtype=np.float32).reshape(nq * lq, d)  # asarray: no copy when already float32
+    sims = q @ np.asarray(vectors, dtype=np.float32).T  # (nq*Lq, N)
     per_doc = np.maximum.reduceat(sims, offsets[:-1], axis=1)  # (nq*Lq, n_docs): max over each doc's vectors
     return per_doc.reshape(nq, lq, -1).sum(axis=1)

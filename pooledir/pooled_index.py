@@ -358,7 +358,7 @@ class PooledIndex:
             if not self.backend.is_trained:
                 rng = np.random.default_rng(0)
                 n = min(len(flat), self.config.train_sample)
-                self.backend.train(flat[np.sort(rng.choice(len(flat), n, replace=False))])
+                self.backend.train(flat[np.sort(rng.choice(len(flat), n, replace=False))], n_total=len(flat))
             replaced = self.store.lookup([d.id for d in docs])
             exact_start = self._append_exact(pooled) if self.config.keep_exact else None
 
@@ -458,30 +458,59 @@ class PooledIndex:
         k: int = 10,
         params: SearchParams | None = None,
         with_text: bool = False,
+        filter: dict[str, Any] | None = None,
     ) -> list[list[Hit]]:
-        """Search one query or a batch; returns one ranked list of :class:`Hit` per query."""
+        """Search one query or a batch; returns one ranked list of :class:`Hit` per query (see search_embeddings)."""
         if isinstance(queries, str):
             queries = [queries]
         params = replace(params or SearchParams(), k=k)
         params.check(len(self))
         Q = self.encoder.encode_queries(list(queries))
-        return self.search_embeddings(Q, params, with_text=with_text)
+        return self.search_embeddings(Q, params, with_text=with_text, filter=filter)
 
     def search_embeddings(
-        self, Q: np.ndarray, params: SearchParams | None = None, with_text: bool = False
+        self,
+        Q: np.ndarray,
+        params: SearchParams | None = None,
+        with_text: bool = False,
+        filter: dict[str, Any] | None = None,
     ) -> list[list[Hit]]:
-        """Search already-encoded queries (nq, Lq, dim)."""
+        """Search already-encoded queries (nq, Lq, dim).
+
+        With ``filter`` (metadata field -> value), only documents whose metadata equals every field are
+        ranked, each by exact MaxSim over its stored vectors; fewer than ``k`` come back if fewer match.
+        """
         params = params or SearchParams()
         params.check(len(self))
         if Q.ndim != 3 or Q.shape[2] != self.dim:
             raise InputError(f"query embeddings of shape {Q.shape} are not (nq, Lq, {self.dim})")
+        if filter:
+            ranked = self._search_filtered(Q, params.k, filter)
+        else:
+            ranked = search_embeddings(Q, self.backend, self._fetch, params)
         out = []
-        for doc_ints, scores in search_embeddings(Q, self.backend, self._fetch, params):
+        for doc_ints, scores in ranked:
             if with_text:
                 rows = self.store.rows(doc_ints)
                 out.append([Hit(r.id, float(s), r.text, r.metadata) for r, s in zip(rows, scores)])
             else:
                 out.append([Hit(i, float(s)) for i, s in zip(self.store.ext_ids(doc_ints), scores)])
+        return out
+
+    def _search_filtered(self, Q: np.ndarray, k: int, filter: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Exact MaxSim over the documents matching ``filter``, in chunks to bound memory."""
+        from pooledir.maxsim import maxsim
+
+        docs = self.store.matching(filter)
+        scores = np.empty((len(Q), len(docs)), dtype=np.float32)
+        for start in range(0, len(docs), 1024):
+            chunk = docs[start : start + 1024]
+            vectors, offsets = self._fetch(chunk)
+            scores[:, start : start + len(chunk)] = maxsim(Q, vectors, offsets)
+        out = []
+        for row in scores:
+            top = np.argsort(-row, kind="stable")[:k]
+            out.append((docs[top], row[top]))
         return out
 
     def info(self) -> dict[str, Any]:

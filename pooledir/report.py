@@ -28,6 +28,12 @@ def _label(run: dict) -> str:
     return f"pooledir {run['index']} pool x{run['pool_factor']}"
 
 
+def _short(run: dict) -> str:
+    if run["system"] == "plaid":
+        return f"PLAID {run['nbits']}b" + (f" x{run['pool_factor']}" if run["pool_factor"] > 1 else "")
+    return f"{run['index']} x{run['pool_factor']}"
+
+
 def markdown_table(results: list[dict]) -> str:
     """One row per run, per dataset, with quality relative to the unpooled flat run."""
     lines = []
@@ -87,26 +93,21 @@ def plots(results: list[dict], out_dir: Path) -> list[Path]:
     written.append(_save(fig, out_dir / "ndcg_vs_pool_factor.png"))
 
     for name, x, xlabel, logx in (
-        ("ndcg_vs_bytes.png", "index_bytes", "index size (MB)", True),
-        ("latency_vs_ndcg.png", "latency_ms_p50", "p50 latency, one query (ms)", False),
+        ("ndcg_vs_bytes.png", "index_bytes", "index size on disk (MB)", True),
+        ("latency_vs_ndcg.png", "latency_ms_p50", "p50 latency, one query (ms)", True),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for res in results:
+        fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+        for ax, res in zip(axes[0], results):
             for r in res["runs"]:
                 xv = r[x] / 1e6 if x == "index_bytes" else r[x]
-                marker = "s" if r["system"] == "plaid" else "o"
-                ax.scatter(xv, r["ndcg@10"], marker=marker)
-                ax.annotate(
-                    f"{res['dataset']}: {_label(r)}",
-                    (xv, r["ndcg@10"]),
-                    fontsize=6,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                )
-        if logx:
-            ax.set_xscale("log")
-        ax.set(xlabel=xlabel, ylabel="nDCG@10", title="Quality vs " + xlabel.split(",")[0])
-        ax.grid(alpha=0.3)
+                style = {"plaid": ("s", "tab:red"), "ivfpq": ("o", "tab:blue"), "flat": ("^", "tab:gray")}
+                marker, colour = style["plaid" if r["system"] == "plaid" else r["index"]]
+                ax.scatter(xv, r["ndcg@10"], marker=marker, color=colour)
+                ax.annotate(_short(r), (xv, r["ndcg@10"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
+            if logx:
+                ax.set_xscale("log")
+            ax.set(xlabel=xlabel, ylabel="nDCG@10", title=f"{res['dataset']}: quality vs {xlabel.split(' (')[0]}")
+            ax.grid(alpha=0.3)
         written.append(_save(fig, out_dir / name))
     return written
 

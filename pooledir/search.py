@@ -35,13 +35,15 @@ class SearchParams:
     k : documents returned per query.
     nprobe : IVF lists visited per query token (ignored by the flat backend).
     candidates_per_token : nearest vectors fetched per query token.
-    rerank : candidate documents scored by full MaxSim.
+    rerank : candidate documents scored by full MaxSim (at least ``k``).
     """
 
     k: int = 10
+    # tuned on SciFact train qrels (eval/results/tune_scifact_train.json): more candidates or reranked
+    # documents bought no nDCG@10 there, only time; see the README's "Tuning" for how these were chosen
     nprobe: int = 32
-    candidates_per_token: int = 64
-    rerank: int = 256
+    candidates_per_token: int = 32
+    rerank: int = 64
 
     def check(self, n_documents: int) -> None:
         """Raise :class:`InputError` naming the bad value and the allowed range."""
@@ -91,8 +93,9 @@ def search_embeddings(
     results = []
     for q in range(nq):
         cands, approx = approximate_scores(scores[q], docs[q])
-        if len(cands) > params.rerank:
-            cands = cands[np.argpartition(-approx, params.rerank - 1)[: params.rerank]]
+        depth = max(params.rerank, params.k)
+        if len(cands) > depth:
+            cands = cands[np.argpartition(-approx, depth - 1)[:depth]]
         if len(cands) == 0:
             results.append((np.empty(0, np.int64), np.empty(0, np.float32)))
             continue

@@ -114,6 +114,17 @@ class DocStore:
             found.update(dict(self.conn.execute(q, chunk).fetchall()))
         return [found[int(d)] for d in doc_ints]
 
+    def matching(self, where: dict[str, Any]) -> np.ndarray:
+        """Internal numbers of the documents whose metadata equals every ``where`` field."""
+        if not where:
+            raise ValueError("empty filter")
+        clauses = " AND ".join("json_extract(metadata, ?) = ?" for _ in where)
+        args: list[Any] = []
+        for key, value in where.items():
+            args += ['$."' + key.replace('"', '""') + '"', value]
+        rows = self.conn.execute(f"SELECT doc_int FROM docs WHERE {clauses}", args).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
     def layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(doc_ints, n_vectors, exact_offsets) of every document, for the in-memory tables."""
         rows = self.conn.execute("SELECT doc_int, n_vectors, COALESCE(exact_offset, -1) FROM docs").fetchall()

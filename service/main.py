@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import os
 
-from fastapi import Depends, FastAPI, Request, status
-from fastapi.responses import JSONResponse
+# torch and faiss each run an OpenMP pool; passive waiting stops them stealing each other's cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pooledir import DocumentNotFoundError, IndexCorruptError, InputError
-from service.deps import require_api_key
-from service.registry import Registry
-from service.routes import documents, health, indexes, search
-from service.settings import Settings
+from contextlib import asynccontextmanager  # noqa: E402
+
+from fastapi import Depends, FastAPI, Request, status  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+
+from pooledir import DocumentNotFoundError, IndexCorruptError, InputError  # noqa: E402
+from service.deps import require_api_key  # noqa: E402
+from service.registry import Registry  # noqa: E402
+from service.routes import documents, health, indexes, search  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -144,13 +144,12 @@ class IndexHandle:
             with self.lock.writing():
                 self.index.refresh()
 
-    def search(self, queries: list[str], params, with_text: bool):
+    def search(self, queries: list[str], params, with_text: bool, filter: dict | None = None):
         """Encode (batched with other requests), then search under the read lock."""
         Q = self.encode_queries(queries)
         self.refresh()
-        with self.lock.reading():
-            params.check(len(self.index))
-            return self.index.search_embeddings(Q, params, with_text=with_text)
+        with self.lock.reading():  # search_embeddings checks params against the current document count
+            return self.index.search_embeddings(Q, params, with_text=with_text, filter=filter)
 
     def upsert(self, documents: Sequence[Document]) -> int:
         """Encode outside the lock, then add under the write lock; durable on return."""

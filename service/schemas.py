@@ -26,7 +26,7 @@ class SearchOptions(BaseModel):
     rerank: int | None = Field(None, ge=1, le=100_000, description="candidates scored by full MaxSim")
     with_text: bool = False
     filter: dict[str, Scalar] | None = Field(
-        None, description="keep hits whose metadata equals every given field (applied after ranking)"
+        None, description="rank only documents whose metadata equals every given field (exact MaxSim over them)"
     )
 
 

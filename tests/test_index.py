@@ -269,3 +269,28 @@ def test_mismatched_vectors_fail_clearly(built, tiny_encoder):
 def test_open_missing_folder(tmp_path):
     with pytest.raises(InputError, match="no index at"):
         PooledIndex.open(tmp_path / "none")
+
+
+def test_metadata_filter_ranks_only_matching_documents_exactly(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    from pooledir.maxsim import maxsim
+    from pooledir.pooling import pool_embeddings
+
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq", keep_exact=True)
+    idx.add([Document("tagged", "vitamin bone study", {"src": "api", "ok": True})])
+    assert ids_of(idx.search(["cancer cells"], k=5, filter={"n": 7})[0]) == ["d7"]
+    assert ids_of(idx.search(["cancer cells"], k=5, filter={"src": "api", "ok": True})[0]) == ["tagged"]
+    assert idx.search(["cancer cells"], k=5, filter={"n": 7, "src": "api"})[0] == []
+    # the order among matches is exact MaxSim over their (exact) vectors
+    wanted = [i for i in range(120) if i < 30]
+    Q = tiny_encoder.encode_queries(["protein expression"])
+    hits = idx.search_embeddings(Q, SearchParams(k=5), filter=None)  # unfiltered still works
+    assert len(hits[0]) == 5
+    pooled = pool_embeddings([tiny_embeddings[i] for i in wanted], 2)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
+    ref = maxsim(Q, np.concatenate(pooled).astype(np.float32), offsets)[0]
+    for i in wanted:
+        idx.store.conn.execute(
+            "UPDATE docs SET metadata = json_set(metadata, '$.grp', 'a') WHERE ext_id = ?", (f"d{i}",)
+        )
+    got = idx.search_embeddings(Q, SearchParams(k=5), filter={"grp": "a"})[0]
+    assert ids_of(got) == [f"d{wanted[j]}" for j in np.argsort(-ref, kind="stable")[:5]]

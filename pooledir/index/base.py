@@ -61,8 +61,8 @@ class VectorBackend(ABC):
         """Whether ``add`` may be called (exact backends need no training)."""
         return True
 
-    def train(self, vectors: np.ndarray) -> None:  # noqa: B027 (a deliberate no-op default)
-        """Learn whatever the backend needs from a sample of vectors (no-op for exact backends)."""
+    def train(self, vectors: np.ndarray, n_total: int | None = None) -> None:  # noqa: B027 (a deliberate no-op)
+        """Learn whatever the backend needs from a sample of the ``n_total`` vectors (no-op for exact backends)."""
 
     @abstractmethod
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:

@@ -23,7 +23,12 @@ GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
 
 
 def default_nlist(n_vectors: int) -> int:
-    """≈ 4·√N lists, but never so many that a list gets fewer than 39 training vectors."""
+    """≈ 4·√N lists, but never so many that a list gets fewer than 39 training vectors.
+
+    On SciFact train qrels 2,048 lists beat 4·√N = 3,129 for 611,980 pooled vectors
+    (eval/results/tune_scifact_train.json), but rounding down to a power of two cost IVF-PQ 4% of
+    nDCG@10 on a 500-document index (512 lists instead of 966), so the rule stays 4·√N.
+    """
     return max(1, min(int(round(4 * math.sqrt(max(n_vectors, 1)))), n_vectors // 39))
 
 
@@ -77,12 +82,13 @@ class IVFPQBackend(VectorBackend):
     def is_trained(self) -> bool:  # noqa: D102
         return self.index is not None and self.index.is_trained
 
-    def train(self, vectors: np.ndarray) -> None:
-        """Train coarse centroids and PQ codebooks on ``vectors`` (a sample of the corpus)."""
+    def train(self, vectors: np.ndarray, n_total: int | None = None) -> None:
+        """Train coarse centroids and PQ codebooks on ``vectors``, a sample of ``n_total`` (default: all)."""
         import faiss
 
         n = len(vectors)
-        nlist = min(self.nlist or default_nlist(n), max(1, n))
+        # size the lists for the whole collection, but never beyond what the sample can train
+        nlist = min(self.nlist or default_nlist(max(n_total or n, n)), max(1, n))
         nbits = self.pq_nbits
         if n < (1 << nbits):  # faiss needs >= 2**nbits training points per codebook
             nbits = max(1, int(math.log2(max(n, 2))))

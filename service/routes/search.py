@@ -25,29 +25,8 @@ def _params(opts: SearchOptions, max_k: int) -> SearchParams:
 
 
 def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, max_k: int) -> list[list[Hit]]:
-    params = _params(opts, max_k)
-    if not opts.filter:
-        results = handle.search(queries, params, with_text=opts.with_text)
-        return [[Hit(**h.__dict__) for h in hits] for hits in results]
-    # post-filter: rank deeper, keep hits whose metadata matches, cut to k
-    n_docs = handle.read(len)
-    deep = replace(params, k=min(n_docs, max(params.k * 10, params.rerank)))
-    results = handle.search(queries, deep, with_text=True)
-    out = []
-    for hits in results:
-        kept = [h for h in hits if all((h.metadata or {}).get(f) == v for f, v in opts.filter.items())][: params.k]
-        out.append(
-            [
-                Hit(
-                    id=h.id,
-                    score=h.score,
-                    text=h.text if opts.with_text else None,
-                    metadata=h.metadata if opts.with_text else None,
-                )
-                for h in kept
-            ]
-        )
-    return out
+    results = handle.search(queries, _params(opts, max_k), with_text=opts.with_text, filter=opts.filter)
+    return [[Hit(**h.__dict__) for h in hits] for hits in results]
 
 
 @router.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_none=True)
