@@ -395,6 +395,7 @@ class PooledIndex:
             raise
         old, self.generation = self.generation, new_gen
         self._faiss_path(old).unlink(missing_ok=True)
+        self.store.checkpoint()
         self._load_tables()
         self._write_manifest()
 

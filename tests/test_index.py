@@ -63,6 +63,29 @@ def test_backend_save_load_round_trip(tmp_path, cls):
     assert b2.remove(ids[:100]) == 100 and b2.ntotal == 2900
 
 
+def test_ivfpq_file_leaves_out_the_direct_map_and_old_files_still_load(tmp_path):
+    import faiss
+
+    from pooledir.index.base import atomic_write_index
+
+    rng = np.random.default_rng(0)
+    x = unit_rows(rng, 3000, 32)
+    ids = vector_ids(np.arange(30), np.full(30, 100))
+    b = IVFPQBackend(32)
+    b.train(x)
+    b.add(ids, x)
+    b.save(tmp_path / "new.faiss")
+    assert faiss.extract_index_ivf(b.index).direct_map.type == faiss.DirectMap.Hashtable  # still usable in memory
+    on_disk = faiss.read_index(str(tmp_path / "new.faiss"))
+    assert faiss.extract_index_ivf(on_disk).direct_map.type == faiss.DirectMap.NoMap
+    atomic_write_index(b.index, tmp_path / "old.faiss")  # the layout pooledir wrote before: map included
+    # the hashtable costs 16 bytes a vector, as much as the 8-byte ids plus 8 one-byte PQ codes
+    assert (tmp_path / "old.faiss").stat().st_size - (tmp_path / "new.faiss").stat().st_size >= 16 * len(x)
+    for name in ("new.faiss", "old.faiss"):
+        loaded = IVFPQBackend.load(tmp_path / name, {}, use_gpu=False)
+        assert np.array_equal(loaded.reconstruct(ids[::7]), b.reconstruct(ids[::7]))
+
+
 def test_ivfpq_neighbours_agree_with_flat():
     rng = np.random.default_rng(1)
     x = unit_rows(rng, 20_000, 64)
@@ -100,6 +123,9 @@ def test_build_search_reopen(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings,
     hits = idx.search([tiny_docs[5].text, tiny_docs[17].text], k=5)
     assert len(hits) == 2 and all(len(h) == 5 for h in hits)
     assert hits[0][0].score >= hits[0][-1].score
+    # the bulk add's sqlite WAL is folded into the database: the folder holds the index's real size
+    wal = tmp_path / "i" / "docs.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
     idx.close()
     again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
     assert ids_of(again.search([tiny_docs[5].text, tiny_docs[17].text], k=5)[0]) == ids_of(hits[0])

@@ -1,8 +1,11 @@
 """FAISS IVF-PQ over inner product: the compressed backend pooledir is built around.
 
 The CPU index is the source of truth (it keeps a hashtable direct map so
-vectors can be decoded by id for MaxSim). When faiss sees a GPU, training and
-search run on a GPU copy; the copy is rebuilt lazily after a write.
+vectors can be decoded by id for MaxSim). The file is written without the
+map: it is 16 bytes per vector, as much as the PQ codes, and faiss rebuilds
+it from the inverted lists in ~0.1 s per 600k vectors at load. When faiss
+sees a GPU, training and search run on a GPU copy; the copy is rebuilt
+lazily after a write.
 """
 
 from __future__ import annotations
@@ -144,7 +147,14 @@ class IVFPQBackend(VectorBackend):
         return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
 
     def save(self, path: Path) -> None:  # noqa: D102
-        atomic_write_index(self.index, path)
+        import faiss
+
+        ivf = faiss.extract_index_ivf(self.index)
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # the map is derived data: keep it off the disk
+        try:
+            atomic_write_index(self.index, path)
+        finally:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
 
     @classmethod
     def load(cls, path: Path, config: dict, use_gpu: bool) -> IVFPQBackend:  # noqa: D102
@@ -152,6 +162,8 @@ class IVFPQBackend(VectorBackend):
 
         index = faiss.read_index(str(path))
         ivf = faiss.extract_index_ivf(index)
+        if ivf.direct_map.type != faiss.DirectMap.Hashtable:  # pooledir writes the file without it (older files had it)
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         pq = faiss.downcast_index(index).pq
         return cls(index.d, nlist=ivf.nlist, pq_m=pq.M, pq_nbits=pq.nbits, use_gpu=use_gpu, index=index)
 
