@@ -36,7 +36,12 @@ TOKENIZER_FILES = (
 
 @dataclass(frozen=True)
 class ColBERTSettings:
-    """The part of colbert-ai's ColBERTConfig that changes how text is encoded."""
+    """The part of colbert-ai's ColBERTConfig that changes how text is encoded.
+
+    ``query_augmentation`` and ``markers`` are pooledir's own switches (colbert-ai
+    always does both): a checkpoint trained as ColBERT keeps them on; a zero-shot
+    encoder that never saw [MASK] padding or [Q]/[D] markers may do better without.
+    """
 
     dim: int = 128
     doc_maxlen: int = 180
@@ -45,6 +50,8 @@ class ColBERTSettings:
     attend_to_mask_tokens: bool = False
     query_token_id: str = "[unused0]"
     doc_token_id: str = "[unused1]"
+    query_augmentation: bool = True
+    markers: bool = True
 
     @classmethod
     def from_metadata(cls, path: Path, dim: int) -> ColBERTSettings:
@@ -143,13 +150,17 @@ def convert_checkpoint(
     seed: int = 0,
     doc_maxlen: int = 300,
     query_maxlen: int = 32,
+    query_augmentation: bool = True,
+    markers: bool = True,
+    mask_punctuation: bool = True,
 ) -> Path:
     """Wrap a plain BERT-style encoder folder as a ColBERT checkpoint.
 
     The result is a zero-shot late-interaction encoder: the encoder's token
     outputs through a fixed, seeded orthogonal projection to ``dim``. It is
     what demos and tests use offline; real users pass a trained ColBERT
-    checkpoint instead.
+    checkpoint instead. ``query_augmentation``, ``markers`` and
+    ``mask_punctuation`` are recorded in ``artifact.metadata`` (see ColBERTSettings).
     """
     import torch
     from safetensors.torch import save_file
@@ -177,7 +188,14 @@ def convert_checkpoint(
         raise CheckpointError(f"{src}: no tokenizer files found")
     for f in copied:
         shutil.copy2(src / f, tmp / f)
-    settings = ColBERTSettings(dim=dim, doc_maxlen=doc_maxlen, query_maxlen=query_maxlen)
+    settings = ColBERTSettings(
+        dim=dim,
+        doc_maxlen=doc_maxlen,
+        query_maxlen=query_maxlen,
+        mask_punctuation=mask_punctuation,
+        query_augmentation=query_augmentation,
+        markers=markers,
+    )
     meta = asdict(settings) | {
         "checkpoint": str(out.resolve()),
         "query_token": "[Q]",

@@ -218,6 +218,11 @@ def convert_checkpoint_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the fixed orthogonal projection.")] = 0,
     doc_maxlen: Annotated[int, typer.Option(help="Document length in tokens.")] = 300,
     query_maxlen: Annotated[int, typer.Option(help="Query length in tokens.")] = 32,
+    query_augmentation: Annotated[
+        bool, typer.Option(help="Pad queries with [MASK] and keep those vectors, as colbert-ai does.")
+    ] = True,
+    markers: Annotated[bool, typer.Option(help="Insert colbert-ai's [Q]/[D] marker after [CLS].")] = True,
+    mask_punctuation: Annotated[bool, typer.Option(help="Drop punctuation tokens from documents.")] = True,
 ) -> None:
     """Wrap a plain encoder as a zero-shot ColBERT checkpoint (encoder + fixed projection)."""
     from pooledir.checkpoint import convert_checkpoint, minilm_path
@@ -229,7 +234,17 @@ def convert_checkpoint_cmd(
         src = minilm_path()
     if src is None or out is None:
         raise InputError("usage: pooledir convert-checkpoint SRC OUT, or pooledir convert-checkpoint --minilm OUT")
-    path = convert_checkpoint(src, out, dim=dim, seed=seed, doc_maxlen=doc_maxlen, query_maxlen=query_maxlen)
+    path = convert_checkpoint(
+        src,
+        out,
+        dim=dim,
+        seed=seed,
+        doc_maxlen=doc_maxlen,
+        query_maxlen=query_maxlen,
+        query_augmentation=query_augmentation,
+        markers=markers,
+        mask_punctuation=mask_punctuation,
+    )
     typer.echo(f"wrote ColBERT checkpoint {path} (dim {dim}, zero-shot: a trained checkpoint retrieves better)")
 
 

@@ -5,6 +5,10 @@ a ``[Q]``/``[D]`` marker after ``[CLS]``, queries padded to ``query_maxlen``
 with ``[MASK]`` (not attended to, but their vectors kept), punctuation
 dropped from documents, L2-normalised vectors. Unlike colbert-ai, documents
 are sorted by length and padded per batch, so short documents cost little.
+
+A checkpoint (or the caller) can switch markers, query augmentation and
+punctuation masking off; without augmentation a query's padding rows are
+zero vectors, which add nothing to any MaxSim score and search skips.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class ColBERTEncoder:
         Texts per forward pass.
     doc_maxlen, query_maxlen
         Override the checkpoint's lengths (in tokens, markers included).
+    query_augmentation, markers, mask_punctuation
+        Override the checkpoint's conventions (None: as its ``artifact.metadata`` says).
     """
 
     def __init__(
@@ -67,6 +73,9 @@ class ColBERTEncoder:
         batch_size: int = 32,
         doc_maxlen: int | None = None,
         query_maxlen: int | None = None,
+        query_augmentation: bool | None = None,
+        markers: bool | None = None,
+        mask_punctuation: bool | None = None,
     ) -> None:
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -80,7 +89,17 @@ class ColBERTEncoder:
 
         encoder_state, linear = split_colbert_weights(load_state_dict(self.path))
         settings = ColBERTSettings.from_metadata(self.path, dim=int(linear.shape[0]))
-        overrides = {k: v for k, v in (("doc_maxlen", doc_maxlen), ("query_maxlen", query_maxlen)) if v}
+        overrides = {
+            k: v
+            for k, v in (
+                ("doc_maxlen", doc_maxlen),
+                ("query_maxlen", query_maxlen),
+                ("query_augmentation", query_augmentation),
+                ("markers", markers),
+                ("mask_punctuation", mask_punctuation),
+            )
+            if v is not None
+        }
         self.settings = ColBERTSettings(**{**settings.__dict__, **overrides})
 
         config = AutoConfig.from_pretrained(self.path)
@@ -121,27 +140,37 @@ class ColBERTEncoder:
             out = self.linear(hidden)
         return torch.nn.functional.normalize(out.float(), p=2, dim=2)
 
+    def _tokenize(self, texts: list[str], **kwargs) -> dict:
+        """Tokenize with room for the marker: colbert-ai's ". " placeholder, overwritten after [CLS]."""
+        prefix = ". " if self.settings.markers else ""
+        with self._tokenizer_lock:
+            return self.tokenizer([prefix + t for t in texts], truncation=True, **kwargs)
+
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Encode queries into an array of shape (n, query_maxlen, dim), float32.
 
-        Every position is kept, [MASK] padding included (colbert-ai's query augmentation).
+        With query augmentation every position is kept, [MASK] padding included
+        (colbert-ai); without it the padding rows are zero vectors.
         """
         queries = check_texts(queries, "query")
-        tok, L = self.tokenizer, self.settings.query_maxlen
-        with self._tokenizer_lock:
-            enc = tok(
-                [". " + q for q in queries], padding="max_length", truncation=True, max_length=L, return_tensors="np"
-            )
+        tok, s = self.tokenizer, self.settings
+        enc = self._tokenize(queries, padding="max_length", max_length=s.query_maxlen, return_tensors="np")
         ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
-        ids[:, 1] = self.q_marker
-        ids[ids == tok.pad_token_id] = tok.mask_token_id
-        if self.settings.attend_to_mask_tokens:
-            mask[ids == tok.mask_token_id] = 1
-        out = [
-            self._forward(ids[s : s + self.batch_size], mask[s : s + self.batch_size]).cpu().numpy()
-            for s in range(0, len(queries), self.batch_size)
-        ]
-        return np.concatenate(out)
+        if s.markers:
+            ids[:, 1] = self.q_marker
+        if s.query_augmentation:
+            ids[ids == tok.pad_token_id] = tok.mask_token_id
+            if s.attend_to_mask_tokens:
+                mask[ids == tok.mask_token_id] = 1
+        out = np.concatenate(
+            [
+                self._forward(ids[b : b + self.batch_size], mask[b : b + self.batch_size]).cpu().numpy()
+                for b in range(0, len(queries), self.batch_size)
+            ]
+        )
+        if not s.query_augmentation:
+            out[mask == 0] = 0.0
+        return out
 
     def encode_documents(self, documents: Sequence[str], show_progress: bool = False) -> list[np.ndarray]:
         """Encode documents into one float16 array (n_tokens, dim) per document, in input order.
@@ -153,10 +182,7 @@ class ColBERTEncoder:
 
         documents = check_texts(documents, "document", allow_empty=True)
         tok = self.tokenizer
-        with self._tokenizer_lock:
-            ids_list = tok([". " + d for d in documents], truncation=True, max_length=self.settings.doc_maxlen)[
-                "input_ids"
-            ]
+        ids_list = self._tokenize(documents, max_length=self.settings.doc_maxlen)["input_ids"]
         lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
         order = np.argsort(-lengths, kind="stable")
         out: list[np.ndarray | None] = [None] * len(documents)
@@ -167,7 +193,8 @@ class ColBERTEncoder:
             ids = np.full((len(batch), width), tok.pad_token_id, dtype=np.int64)
             for row, i in enumerate(batch):
                 ids[row, : lengths[i]] = ids_list[i]
-            ids[:, 1] = self.d_marker
+            if self.settings.markers:
+                ids[:, 1] = self.d_marker
             mask = (np.arange(width)[None, :] < lengths[batch][:, None]).astype(np.int64)
             vecs = self._forward(ids, mask).to(torch.float16).cpu().numpy()
             keep = ~np.isin(ids, self._skip_ids) & mask.astype(bool)

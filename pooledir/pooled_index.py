@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "pooledir-index"
 FORMAT_VERSION = 1
+#: encoder settings an index records, so that queries are encoded the way its documents were
+ENCODER_SETTINGS = ("doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
 BACKENDS: dict[str, type[VectorBackend]] = {"ivfpq": IVFPQBackend, "flat": FlatBackend}
 
 
@@ -170,11 +172,7 @@ class PooledIndex:
             "format_version": FORMAT_VERSION,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "checkpoint": str(Path(encoder.path).resolve()),
-            "encoder": {
-                "dim": encoder.dim,
-                "doc_maxlen": encoder.settings.doc_maxlen,
-                "query_maxlen": encoder.settings.query_maxlen,
-            },
+            "encoder": {"dim": encoder.dim} | {k: getattr(encoder.settings, k) for k in ENCODER_SETTINGS},
             "config": asdict(config),
         }
         store = DocStore(path / "docs.sqlite")
@@ -276,11 +274,9 @@ class PooledIndex:
             from pooledir.encoder import ColBERTEncoder
 
             enc = self.manifest["encoder"]
+            # the index's own record wins over the checkpoint's metadata; older manifests lack some keys
             self._encoder = ColBERTEncoder(
-                self.manifest["checkpoint"],
-                device=self.device,
-                doc_maxlen=enc["doc_maxlen"],
-                query_maxlen=enc["query_maxlen"],
+                self.manifest["checkpoint"], device=self.device, **{k: enc.get(k) for k in ENCODER_SETTINGS}
             )
             if self._encoder.dim != self.dim:
                 raise IndexCorruptError(f"checkpoint dim {self._encoder.dim} != index dim {self.dim}")

@@ -88,7 +88,12 @@ def search_embeddings(
     """Search encoded queries (nq, Lq, d); returns per query (doc_ints, scores), best first."""
     nq, lq, dim = queries.shape
     kp = params.candidates_per_token
-    scores, ids = backend.search(queries.reshape(nq * lq, dim), kp, params.nprobe)
+    tokens = queries.reshape(nq * lq, dim)
+    # zero rows (padding of queries encoded without augmentation) match nothing: they fetch no candidates
+    live = np.flatnonzero(np.any(tokens != 0, axis=1))
+    scores, ids = np.zeros((nq * lq, kp), np.float32), np.full((nq * lq, kp), -1, np.int64)
+    if len(live):
+        scores[live], ids[live] = backend.search(tokens[live], kp, params.nprobe)
     scores, docs = scores.reshape(nq, lq, kp), doc_of(ids).reshape(nq, lq, kp)
     results = []
     for q in range(nq):

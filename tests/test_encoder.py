@@ -95,3 +95,44 @@ def test_encoder_is_safe_to_share_between_threads(tiny_encoder):
     with ThreadPoolExecutor(8) as ex:
         results = list(ex.map(work, range(64)))
     assert all(r == (1, 16, 16) for r in results[1::2]) and all(r == 3 for r in results[0::2])
+
+
+def plain_token_vectors(encoder: ColBERTEncoder, text: str) -> np.ndarray:
+    """The encoder's token outputs with no ColBERT conventions: plain transformers, projected, normalised."""
+    import torch
+
+    enc = encoder.tokenizer([text], return_tensors="pt", truncation=True, max_length=encoder.settings.query_maxlen)
+    with torch.inference_mode():
+        out = encoder.linear(encoder.model(**enc)[0])
+    return torch.nn.functional.normalize(out, dim=2)[0].numpy()
+
+
+def test_conventions_off_give_plain_token_vectors_and_zero_padding(tiny_ckpt):
+    enc = ColBERTEncoder(tiny_ckpt, device="cpu", query_augmentation=False, markers=False, mask_punctuation=False)
+    Q = enc.encode_queries(QUERIES)
+    assert Q.shape == (3, 16, 16)
+    for q, text in zip(Q, QUERIES):
+        plain = plain_token_vectors(enc, text)
+        n = len(plain)
+        assert np.allclose(q[:n], plain, atol=1e-5)
+        assert not np.any(q[n:])  # padding rows are zero: they add nothing to any MaxSim score
+    doc = enc.encode_documents([TEXTS[0]])[0]
+    full = enc.tokenizer(TEXTS[0], truncation=True, max_length=enc.settings.doc_maxlen)["input_ids"]
+    assert len(doc) == len(full)  # punctuation kept, no marker inserted
+    # the colbert-ai defaults differ: the marker replaces a token and [MASK] rows fill the query
+    default = ColBERTEncoder(tiny_ckpt, device="cpu").encode_queries(QUERIES)
+    assert np.all(np.any(default != 0, axis=2)) and not np.allclose(default[:, :3], Q[:, :3], atol=1e-3)
+
+
+def test_conventions_come_from_the_checkpoint_and_yield_to_overrides(tmp_path, tiny_ckpt):
+    from tests.conftest import make_tiny_bert
+
+    ckpt = convert_checkpoint(
+        make_tiny_bert(tmp_path / "bert"), tmp_path / "ck", dim=16, query_augmentation=False, markers=False
+    )
+    meta = json.loads((ckpt / "artifact.metadata").read_text())
+    assert meta["query_augmentation"] is False and meta["markers"] is False and meta["mask_punctuation"] is True
+    s = ColBERTEncoder(ckpt, device="cpu").settings
+    assert (s.query_augmentation, s.markers) == (False, False)
+    s = ColBERTEncoder(ckpt, device="cpu", markers=True).settings
+    assert (s.query_augmentation, s.markers) == (False, True)

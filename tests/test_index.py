@@ -148,6 +148,33 @@ def test_exact_scores_equal_maxsim_over_pooled_vectors(tmp_path, tiny_encoder, t
     assert np.allclose([h.score for h in hits], ref[best], atol=1e-2)
 
 
+def test_zero_query_rows_fetch_nothing_and_score_nothing(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq")
+    Q = tiny_encoder.encode_queries([tiny_docs[9].text, tiny_docs[40].text])
+    padded = np.concatenate([Q, np.zeros((2, 5, Q.shape[2]), np.float32)], axis=1)  # padding without augmentation
+    searched = []
+    real_search = idx.backend.search
+    idx.backend.search = lambda x, k, nprobe: searched.append(len(x)) or real_search(x, k, nprobe)
+    a, b = idx.search_embeddings(Q), idx.search_embeddings(padded)
+    assert searched == [2 * Q.shape[1], 2 * Q.shape[1]]  # the zero rows never reached the ANN index
+    for ha, hb in zip(a, b):
+        assert ids_of(ha) == ids_of(hb) and np.allclose([h.score for h in ha], [h.score for h in hb], atol=1e-5)
+
+
+def test_index_records_the_encoding_conventions(tmp_path, tiny_ckpt, tiny_docs):
+    from pooledir.encoder import ColBERTEncoder
+
+    enc = ColBERTEncoder(tiny_ckpt, device="cpu", query_augmentation=False, markers=False)
+    idx = PooledIndex.create(tmp_path / "i", config=IndexConfig(backend="flat"), device="cpu", encoder=enc)
+    idx.add(tiny_docs[:20])
+    hits = idx.search(tiny_docs[3].text, k=3)[0]
+    idx.close()
+    again = PooledIndex.open(tmp_path / "i", device="cpu")  # loads the encoder from the manifest
+    s = again.encoder.settings
+    assert (s.query_augmentation, s.markers) == (False, False)
+    assert ids_of(again.search(tiny_docs[3].text, k=3)[0]) == ids_of(hits)
+
+
 def test_keep_exact_store(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
     """With every document a candidate, exact.f16 must score exactly as the flat index, across writes."""
     exact = make_index(tmp_path / "e", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq", keep_exact=True)

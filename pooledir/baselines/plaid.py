@@ -3,8 +3,9 @@
 colbert-ai would encode the collection itself; instead its collection-encoding
 step is replaced for the run by a lookup into our cached embeddings, so both
 engines index identical vectors and encoding is not paid twice. Queries are
-encoded by colbert-ai's own Checkpoint (tested equal to ours), inside the
-timed search, as in pooledir's latency numbers.
+encoded by our encoder (equal to colbert-ai's Checkpoint under colbert-ai's
+conventions, tested; and it also honours a checkpoint that switches them
+off), inside the timed search, as in pooledir's latency numbers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from pooledir.evaluate import BeirData, EvalConfig, drop_self_hits, folder_bytes, latency, score_run
+
+
+def _query_encoder(encoder):
+    """colbert-ai's ``Searcher.encode`` through our encoder: (1, live tokens, dim), zero padding rows dropped."""
+    import torch
+
+    def encode(text, full_length_search=False):
+        Q = encoder.encode_queries(text if isinstance(text, list) else [text])
+        live = np.any(Q != 0, axis=2).any(axis=0)
+        return torch.from_numpy(np.ascontiguousarray(Q[:, live]))
+
+    return encode
 
 
 @contextmanager
@@ -81,6 +94,7 @@ def run_plaid(
             indexer.index(name=name, collection=texts, overwrite=True)
         build_s = time.perf_counter() - t
         searcher = Searcher(index=name, config=config, collection=texts, verbose=0)
+        searcher.encode = _query_encoder(encoder)
         qids = list(data.queries)
         k = min(cfg.search.k, len(texts))
         run = {}
