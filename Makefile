@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 CORPUS ?= ../shared/data/beir/scifact
 LIMIT  ?= 1000
 DEMO   ?= .cache/demo
-CKPT   := $(DEMO)/minilm-colbert-128
+CKPT   := $(DEMO)/minilm-colbert-128-plain
 INDEX  := $(DEMO)/scifact-pf2
 
 .PHONY: install test lint demo bench eval clean
@@ -50,7 +50,7 @@ bench: install
 # The BEIR sweep and PLAID comparison behind eval/results/ (long: about an hour on 2 CPU cores).
 DATASETS ?= scifact nfcorpus
 eval: install
-	@test -f $(CKPT)/artifact.metadata || $(BIN)/pooledir convert-checkpoint --minilm $(CKPT)
+	$(BIN)/pooledir convert-checkpoint --minilm $(CKPT)
 	for d in $(DATASETS); do \
 		$(BIN)/pooledir eval beir ../shared/data/beir/$$d --out eval/results/$$d.cpu.json --checkpoint $(CKPT) \
 			--pool-factors 1,2,3,4 --index ivfpq,flat --compare plaid --device cpu || exit 1; \

@@ -3,12 +3,15 @@
     python eval/pooling_variants.py ../shared/data/beir/scifact --checkpoint CKPT [--factors 2,3,4]
                                     [--split test] [--corpus-sample N] [--out eval/results/pooling_variants.json]
 
+With --out, rows already in that file (same factor, method and means) are kept and skipped, so a long sweep can
+be finished in parts; the file and a Markdown table beside it (same name, .md) are rewritten after every row.
+
 Every variant pools the same cached document vectors (one [CLS] vector protected, max(1, n // factor)
 clusters), the pooled vectors go into an exact (flat) index as they are (pool factor 1), and the judged
 queries are scored by MaxSim. Variants:
 
-* ward-unit: Ward on the unit vectors themselves (Euclidean) -- pooledir's default
-* ward-cosine: Ward on condensed cosine distances (PyLate 1.6)
+* ward-unit: Ward on the unit vectors themselves (Euclidean) -- pooledir's default until this comparison
+* ward-cosine: Ward on condensed cosine distances (PyLate 1.6) -- pooledir's default since (best at factor 4)
 * ward-square: Ward with the rows of the n x n (1 - cos) matrix as observations (colbert-ai / PyLate before 2026)
 * kmeans: k-means on the unit vectors (the Token Pooling paper's weaker baseline)
 
@@ -92,10 +95,13 @@ def main() -> None:
 
     base = score(data, encoder, docs, Q, params)
     print(f"{data.name}: {len(data.documents)} documents, {len(data.queries)} queries; unpooled nDCG@10 {base:.4f}")
-    rows = []
+    rows = json.loads(args.out.read_text())["rows"] if args.out and args.out.exists() else []
+    done = {(r["factor"], r["method"], r["renorm"]) for r in rows}
     for factor in [int(f) for f in args.factors.split(",")]:
         for method in args.methods.split(","):
             for renorm in (True, False):
+                if (factor, method, renorm) in done:
+                    continue
                 t = time.perf_counter()
                 pooled = [pool(x, factor, method, renorm) for x in docs]
                 pool_s = time.perf_counter() - t
@@ -111,28 +117,44 @@ def main() -> None:
                 }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    print("\n| factor | method | means | nDCG@10 | vs unpooled | pool s (1 core) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+                if args.out:
+                    write(args.out, data, args.split, base, rows)
+    print(table(data, args.split, base, rows))
+
+
+def table(data, split: str, base: float, rows: list[dict]) -> str:
+    """Markdown table of the rows, ordered by factor, method, then re-normalised before raw means."""
+    order = {m: i for i, m in enumerate(["ward-unit", "ward-cosine", "ward-square", "kmeans"])}
+    rows = sorted(rows, key=lambda r: (r["factor"], order.get(r["method"], 99), not r["renorm"]))
+    lines = [
+        f"Unpooled exact nDCG@10 {base:.4f} ({data.name} {split} qrels, {len(data.queries)} queries, "
+        f"{len(data.documents):,} documents)",
+        "",
+        "| factor | Ward input / method | means | nDCG@10 | vs unpooled | pool s (1 core) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        print(
-            f"| {r['factor']} | {r['method']} | {'re-normalised' if r['renorm'] else 'raw'} | {r['ndcg@10']:.4f} | "
-            f"{r['relative']:.1%} | {r['pool_s']:.0f} |"
-        )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "dataset": data.name,
-                    "split": args.split,
-                    "documents": len(data.documents),
-                    "queries": len(data.queries),
-                    "unpooled_ndcg@10": base,
-                    "rows": rows,
-                },
-                indent=2,
-            )
-        )
+        means = "re-normalised" if r["renorm"] else "raw"
+        score = f"{r['ndcg@10']:.4f} | {r['relative']:.1%}"
+        lines.append(f"| {r['factor']} | {r['method']} | {means} | {score} | {r['pool_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, data, split: str, base: float, rows: list[dict]) -> None:
+    """Rewrite the JSON and its Markdown table (temp file + replace, so an interrupted sweep keeps its rows)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "dataset": data.name,
+        "split": split,
+        "documents": len(data.documents),
+        "queries": len(data.queries),
+        "unpooled_ndcg@10": base,
+        "rows": rows,
+    }
+    for path, text in ((out, json.dumps(payload, indent=2)), (out.with_suffix(".md"), table(data, split, base, rows))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def default_checkpoint() -> Path:
     env = os.environ.get("POOLEDIR_CHECKPOINT")
     if env:
         return Path(env)
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pooledir" / "minilm-colbert-128"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pooledir" / "minilm-colbert-128-plain"
     if not (cache / "artifact.metadata").is_file():
         convert_checkpoint(minilm_path(), cache, dim=128)
     typer.secho(
@@ -220,9 +220,9 @@ def convert_checkpoint_cmd(
     query_maxlen: Annotated[int, typer.Option(help="Query length in tokens.")] = 32,
     query_augmentation: Annotated[
         bool, typer.Option(help="Pad queries with [MASK] and keep those vectors, as colbert-ai does.")
-    ] = True,
-    markers: Annotated[bool, typer.Option(help="Insert colbert-ai's [Q]/[D] marker after [CLS].")] = True,
-    mask_punctuation: Annotated[bool, typer.Option(help="Drop punctuation tokens from documents.")] = True,
+    ] = False,
+    markers: Annotated[bool, typer.Option(help="Insert colbert-ai's [Q]/[D] marker after [CLS].")] = False,
+    mask_punctuation: Annotated[bool, typer.Option(help="Drop punctuation tokens from documents.")] = False,
 ) -> None:
     """Wrap a plain encoder as a zero-shot ColBERT checkpoint (encoder + fixed projection)."""
     from pooledir.checkpoint import convert_checkpoint, minilm_path

@@ -53,7 +53,17 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny")
     bert = make_tiny_bert(root / "bert")
-    return convert_checkpoint(bert, root / "colbert", dim=16, doc_maxlen=64, query_maxlen=16)
+    # colbert-ai's conventions on, so that its Checkpoint is a reference for our encoder
+    return convert_checkpoint(
+        bert,
+        root / "colbert",
+        dim=16,
+        doc_maxlen=64,
+        query_maxlen=16,
+        query_augmentation=True,
+        markers=True,
+        mask_punctuation=True,
+    )
 
 
 @pytest.fixture(scope="session")

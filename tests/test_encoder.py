@@ -131,7 +131,7 @@ def test_conventions_come_from_the_checkpoint_and_yield_to_overrides(tmp_path, t
         make_tiny_bert(tmp_path / "bert"), tmp_path / "ck", dim=16, query_augmentation=False, markers=False
     )
     meta = json.loads((ckpt / "artifact.metadata").read_text())
-    assert meta["query_augmentation"] is False and meta["markers"] is False and meta["mask_punctuation"] is True
+    assert meta["query_augmentation"] is False and meta["markers"] is False and meta["mask_punctuation"] is False
     s = ColBERTEncoder(ckpt, device="cpu").settings
     assert (s.query_augmentation, s.markers) == (False, False)
     s = ColBERTEncoder(ckpt, device="cpu", markers=True).settings

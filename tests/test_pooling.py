@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
 
 from pooledir.errors import InputError
 from pooledir.pooling import n_clusters, pool_embeddings, ward_labels, ward_labels_torch
@@ -23,7 +24,8 @@ def canonical(labels) -> list[int]:
 
 
 def scipy_labels(X, k):
-    return fcluster(linkage(X.astype(np.float64), "ward"), k, "maxclust") - 1
+    """Ward on condensed cosine distances (PyLate 1.6's input), scipy's reference implementation."""
+    return fcluster(linkage(pdist(X.astype(np.float64), "cosine"), "ward"), k, "maxclust") - 1
 
 
 @given(n=st.integers(2, 60), k=st.integers(1, 60), seed=st.integers(0, 10_000))
