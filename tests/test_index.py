@@ -46,14 +46,19 @@ def test_defaults():
     assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2 and default_nlist(5) == 1
 
 
-@pytest.mark.parametrize("cls", [FlatBackend, IVFPQBackend])
-def test_backend_save_load_round_trip(tmp_path, cls):
-    rng = np.random.default_rng(0)
-    x = unit_rows(rng, 3000, 32)
+def filled_backend(cls):
+    """A trained backend holding 3,000 random 32-d unit vectors of 30 documents; returns (backend, x, ids)."""
+    x = unit_rows(np.random.default_rng(0), 3000, 32)
     ids = vector_ids(np.arange(30), np.full(30, 100))
     b = cls(32)
     b.train(x)
     b.add(ids, x)
+    return b, x, ids
+
+
+@pytest.mark.parametrize("cls", [FlatBackend, IVFPQBackend])
+def test_backend_save_load_round_trip(tmp_path, cls):
+    b, x, ids = filled_backend(cls)
     s1, i1 = b.search(x[:5], 10, 8)
     b.save(tmp_path / "v.faiss")
     b2 = cls.load(tmp_path / "v.faiss", {}, use_gpu=False)
@@ -68,12 +73,7 @@ def test_ivfpq_file_leaves_out_the_direct_map_and_old_files_still_load(tmp_path)
 
     from pooledir.index.base import atomic_write_index
 
-    rng = np.random.default_rng(0)
-    x = unit_rows(rng, 3000, 32)
-    ids = vector_ids(np.arange(30), np.full(30, 100))
-    b = IVFPQBackend(32)
-    b.train(x)
-    b.add(ids, x)
+    b, x, ids = filled_backend(IVFPQBackend)
     b.save(tmp_path / "new.faiss")
     assert faiss.extract_index_ivf(b.index).direct_map.type == faiss.DirectMap.Hashtable  # still usable in memory
     on_disk = faiss.read_index(str(tmp_path / "new.faiss"))
