@@ -105,7 +105,13 @@ def plots(results: list[dict], out_dir: Path) -> list[Path]:
                 ax.scatter(xv, r["ndcg@10"], marker=marker, color=colour)
                 ax.annotate(_short(r), (xv, r["ndcg@10"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
             if logx:
+                from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
                 ax.set_xscale("log")
+                # plain numbers at 1, 2, 5 x 10^k: matplotlib's labelled minor ticks (2x10^1, 3x10^1...) overlap
+                ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set(xlabel=xlabel, ylabel="nDCG@10", title=f"{res['dataset']}: quality vs {xlabel.split(' (')[0]}")
             ax.grid(alpha=0.3)
         written.append(_save(fig, out_dir / name))
