@@ -32,7 +32,7 @@ from scipy.cluster.vq import kmeans2
 from scipy.spatial.distance import pdist
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams
-from pooledir.evaluate import encode_cached, load_beir, score_run
+from pooledir.evaluate import encode_cached, load_beir, run_from_hits, score_run
 
 
 def labels_for(method: str, X: np.ndarray, k: int) -> np.ndarray:
@@ -70,7 +70,7 @@ def score(data, encoder, vectors, Q, params) -> float:
         )
         index.add(data.documents, embeddings=vectors)
         results = index.search_embeddings(Q, params)
-        run = {q: {h.id: h.score for h in hits if h.id != q} for q, hits in zip(data.queries, results)}
+        run = run_from_hits(data.queries, results)
         index.close()
     return score_run(run, data.qrels)["ndcg@10"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams
-from pooledir.evaluate import encode_cached, load_beir, score_run
+from pooledir.evaluate import encode_cached, load_beir, run_from_hits, score_run
 
 
 def sweep_point(index, data, Q, nprobe: int, cands: int, rerank: int) -> dict:
@@ -31,10 +31,10 @@ def sweep_point(index, data, Q, nprobe: int, cands: int, rerank: int) -> dict:
         t = time.perf_counter()
         results.extend(index.search_embeddings(Q[i : i + 1], p10))
         times.append(time.perf_counter() - t)
-    run10 = {q: {h.id: h.score for h in hits if h.id != q} for q, hits in zip(data.queries, results)}
+    run10 = run_from_hits(data.queries, results)
     p100 = SearchParams(k=100, nprobe=nprobe, candidates_per_token=cands, rerank=max(rerank, 100))
     hits100 = index.search_embeddings(Q, p100)
-    run100 = {q: {h.id: h.score for h in hits if h.id != q} for q, hits in zip(data.queries, hits100)}
+    run100 = run_from_hits(data.queries, hits100)
     return {
         "nlist": index.backend.describe()["nlist"],
         "nprobe": nprobe,

@@ -195,6 +195,11 @@ def drop_self_hits(qid: str, hits: dict[str, float]) -> dict[str, float]:
     return {d: s for d, s in hits.items() if d != qid}
 
 
+def run_from_hits(qids, results) -> dict[str, dict[str, float]]:
+    """A run (qid -> doc id -> score) from one ranked list of hits per query, BEIR's self-hit rule applied."""
+    return {q: drop_self_hits(q, {h.id: h.score for h in hits}) for q, hits in zip(qids, results)}
+
+
 def write_trec_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
     """A TREC run file: ``qid Q0 docid rank score tag``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +264,7 @@ def run_pooledir(
     params = replace(cfg.search, k=min(cfg.search.k, len(index)))
     qids = list(data.queries)
     results = index.search_embeddings(Q, params)
-    run = {q: drop_self_hits(q, {h.id: h.score for h in hits}) for q, hits in zip(qids, results)}
+    run = run_from_hits(qids, results)
     lat_queries = [data.queries[q] for q in qids[: cfg.latency_queries]]
     info = index.info()
     row = {
