@@ -41,16 +41,6 @@ Rerank = Annotated[
 ]
 
 
-def search_params(k: int, nprobe: int | None, candidates: int | None, rerank: int | None):
-    """SearchParams with the library's defaults for every option not given."""
-    from dataclasses import replace
-
-    from pooledir.search import SearchParams
-
-    given = {"nprobe": nprobe, "candidates_per_token": candidates, "rerank": rerank}
-    return replace(SearchParams(k=k), **{n: v for n, v in given.items() if v is not None})
-
-
 def default_checkpoint() -> Path:
     """``$POOLEDIR_CHECKPOINT``, else the MiniLM checkpoint, converted once into the user cache."""
     from pooledir.checkpoint import convert_checkpoint, minilm_path
@@ -121,8 +111,9 @@ def search(
 ) -> None:
     """Search an index; prints rank, score, id and the start of each document."""
     from pooledir.pooled_index import PooledIndex
+    from pooledir.search import SearchParams
 
-    params = search_params(k, nprobe, candidates, rerank)
+    params = SearchParams.from_optional(k, nprobe, candidates, rerank)
     with PooledIndex.open(index_dir, device=device) as idx:
         results = idx.search(queries, k=k, params=params, with_text=True)
     for query, hits in zip(queries, results):
@@ -284,6 +275,7 @@ def eval_beir(
     """Score a BEIR dataset (nDCG@10, Recall@100) across pool factors and index types."""
     from pooledir.errors import InputError
     from pooledir.evaluate import EvalConfig, evaluate
+    from pooledir.search import SearchParams
 
     baselines = [c for c in compare.split(",") if c]
     if set(baselines) - {"plaid"}:
@@ -297,7 +289,7 @@ def eval_beir(
         corpus_sample=corpus_sample,
         queries_sample=queries_sample,
         seed=seed,
-        search=search_params(100, nprobe, candidates, rerank),
+        search=SearchParams.from_optional(100, nprobe, candidates, rerank),
         latency_queries=latency_queries,
         compare=baselines,
         plaid_nbits=_int_list(plaid_nbits, "--plaid-nbits"),

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,6 +44,18 @@ class SearchParams:
     nprobe: int = 32
     candidates_per_token: int = 32
     rerank: int = 64
+
+    @classmethod
+    def from_optional(
+        cls,
+        k: int = 10,
+        nprobe: int | None = None,
+        candidates_per_token: int | None = None,
+        rerank: int | None = None,
+    ) -> SearchParams:
+        """These defaults for every knob given as None (an option the CLI or an HTTP request left out)."""
+        knobs = {"nprobe": nprobe, "candidates_per_token": candidates_per_token, "rerank": rerank}
+        return replace(cls(k=k), **{n: v for n, v in knobs.items() if v is not None})
 
     def check(self, n_documents: int) -> None:
         """Raise :class:`InputError` naming the bad value and the allowed range."""

@@ -104,6 +104,12 @@ def test_ivfpq_neighbours_agree_with_flat():
     assert err < 0.5 * np.sqrt(2)
 
 
+def test_search_params_from_optional_keeps_defaults_for_missing_knobs():
+    default = SearchParams()
+    p = SearchParams.from_optional(5, nprobe=None, candidates_per_token=7, rerank=None)
+    assert (p.k, p.nprobe, p.candidates_per_token, p.rerank) == (5, default.nprobe, 7, default.rerank)
+
+
 def test_approximate_scores_imputes_missing_tokens():
     scores = np.array([[0.9, 0.5], [0.8, 0.7]], dtype=np.float32)
     docs = np.array([[1, 2], [2, -1]])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
@@ -19,9 +18,7 @@ router = APIRouter(tags=["search"])
 def _params(opts: SearchOptions, max_k: int) -> SearchParams:
     if opts.k > max_k:
         raise HTTPException(422, f"k={opts.k} is above this service's limit {max_k}")
-    params = SearchParams(k=opts.k)
-    overrides = {n: getattr(opts, n) for n in ("nprobe", "candidates_per_token", "rerank") if getattr(opts, n)}
-    return replace(params, **overrides)
+    return SearchParams.from_optional(opts.k, opts.nprobe, opts.candidates_per_token, opts.rerank)
 
 
 def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, max_k: int) -> list[list[Hit]]:
