@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_queries": "pooledir.beir",
     "convert_checkpoint": "pooledir.checkpoint",
     "Document": "pooledir.corpus",
+    "document_from_record": "pooledir.corpus",
     "iter_corpus": "pooledir.corpus",
     "read_corpus": "pooledir.corpus",
     "ColBERTEncoder": "pooledir.encoder",

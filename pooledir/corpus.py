@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,15 +16,51 @@ from pathlib import Path
 from typing import Any
 
 from pooledir.errors import InputError
+from pooledir.textcheck import check_str, lone_surrogate
 
 
 @dataclass(frozen=True)
 class Document:
-    """One document: an external id, the text to encode, and free metadata."""
+    """One document: an external id, the text to encode, and free metadata.
+
+    Checked when built, so a bad value fails here, naming the document, rather than deep inside a
+    write: the id is a non-blank string, the text a string, both valid Unicode (no lone
+    surrogates), and the metadata a JSON-serialisable dict.
+    """
 
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_str(self.id, "document id", allow_blank=False)
+        check_str(self.text, f"document {self.id!r}: text")
+        check_metadata(self.metadata, f"document {self.id!r}: metadata")
+
+
+def check_metadata(metadata: object, what: str) -> None:
+    """Raise :class:`InputError` unless ``metadata`` is a dict that JSON (and sqlite) can store."""
+    if not isinstance(metadata, dict):
+        raise InputError(f"{what} must be a JSON object (a dict), got {type(metadata).__name__}")
+    try:
+        dumped = json.dumps(metadata, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InputError(f"{what} cannot be stored as JSON: {str(e)[:200]}") from None
+    if lone_surrogate(dumped) is not None:
+        raise InputError(f"{what} holds a lone surrogate (invalid Unicode); fix the text's encoding")
+
+
+def document_id(value: object, where: str) -> str:
+    """The document id of a record: a string, or a JSON number written as Python writes it (7 -> "7").
+
+    Lists, objects, booleans and null are refused rather than stored as their Python repr.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        what = "null" if value is None else type(value).__name__
+        raise InputError(f"{where}: document id (field '_id' or 'id') must be a string or a number, got {what}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}: document id {value!r} is not a finite number")
+    return value if isinstance(value, str) else str(value)
 
 
 def document_from_record(record: dict[str, Any], where: str = "record") -> Document:
@@ -35,57 +72,90 @@ def document_from_record(record: dict[str, Any], where: str = "record") -> Docum
     if not isinstance(record, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
     doc_id = record.get("_id", record.get("id"))
-    if doc_id is None or str(doc_id).strip() == "":
+    if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
         raise InputError(f"{where}: missing document id (field '_id' or 'id')")
+    doc_id = document_id(doc_id, where)
     text = record.get("text")
     if not isinstance(text, str):
         raise InputError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
     title = record.get("title") or ""
     if not isinstance(title, str):
         raise InputError(f"{where}: field 'title' must be a string, got {type(title).__name__}")
-    metadata = dict(record.get("metadata") or {})
+    metadata = record.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise InputError(f"{where}: field 'metadata' must be a JSON object, got {type(metadata).__name__}")
+    metadata = dict(metadata)
     if title:
         metadata["title"] = title
     full = f"{title} {text}".strip() if title else text
-    return Document(id=str(doc_id), text=full, metadata=metadata)
+    try:
+        return Document(id=doc_id, text=full, metadata=metadata)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
+def _not_utf8(path: Path) -> InputError:
+    """The error for a file that is not UTF-8, naming its first bad line (found by a second, binary pass)."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return InputError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)")
+    return InputError(f"{path}: not UTF-8 text")
 
 
 def _read_jsonl(path: Path) -> Iterator[Document]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: malformed JSON ({e.msg})") from None
-            yield document_from_record(record, where)
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as e:
+                    raise InputError(f"{where}: malformed JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
+                yield document_from_record(record, where)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _read_tsv(path: Path) -> Iterator[Document]:
     """Rows of ``id<TAB>text[<TAB>title]``; a header row starting with ``id`` or ``_id`` is skipped."""
     csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not row or not "".join(row).strip():
-                continue
-            if lineno == 1 and row[0].strip().lower() in ("id", "_id", "docid", "doc_id"):
-                continue
-            if len(row) < 2:
-                raise InputError(f"{path}:{lineno}: expected 'id<TAB>text[<TAB>title]', got {len(row)} column")
-            record = {"_id": row[0], "text": row[1], "title": row[2] if len(row) > 2 else ""}
-            yield document_from_record(record, f"{path}:{lineno}")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+                if not row or not "".join(row).strip():
+                    continue
+                if lineno == 1 and row[0].strip().lower() in ("id", "_id", "docid", "doc_id"):
+                    continue
+                if len(row) < 2:
+                    raise InputError(f"{path}:{lineno}: expected 'id<TAB>text[<TAB>title]', got {len(row)} column")
+                record = {"_id": row[0], "text": row[1], "title": row[2] if len(row) > 2 else ""}
+                yield document_from_record(record, f"{path}:{lineno}")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _read_txt(path: Path, doc_id: str) -> Document:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return Document(id=doc_id, text=text, metadata={"path": str(path)})
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def _read_txt_folder(path: Path) -> Iterator[Document]:
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     for p in files:
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        yield Document(id=str(p.relative_to(path).with_suffix("")), text=text, metadata={"path": str(p)})
+        yield _read_txt(p, str(p.relative_to(path).with_suffix("")))
 
 
 def iter_corpus(path: str | Path) -> Iterator[Document]:
@@ -110,15 +180,22 @@ def iter_corpus(path: str | Path) -> Iterator[Document]:
     if suffix in (".tsv", ".tab"):
         return _read_tsv(path)
     if suffix == ".txt":
-        return iter([Document(id=path.stem, text=path.read_text(encoding="utf-8"), metadata={"path": str(path)})])
+        return iter([_read_txt(path, path.stem)])
     raise InputError(f"{path}: unknown corpus format '{suffix}'; use .jsonl, .tsv, a .txt folder or a BEIR folder")
 
 
 def check_documents(docs: Iterable[Document], source: str = "corpus") -> list[Document]:
-    """Materialise ``docs``, rejecting duplicate ids and an empty result."""
+    """Materialise ``docs``, rejecting anything but :class:`Document`, duplicate ids and an empty result."""
     out: list[Document] = []
     seen: set[str] = set()
-    for d in docs:
+    if isinstance(docs, (str, bytes, dict, Document)):
+        raise InputError(f"{source}: expected a list of Documents, got one {type(docs).__name__}")
+    for i, d in enumerate(docs):
+        if not isinstance(d, Document):
+            raise InputError(
+                f"{source}: item {i} is a {type(d).__name__}, not a Document; build one with "
+                "Document(id, text, metadata), or document_from_record() for a BEIR-style dict"
+            )
         if d.id in seen:
             raise InputError(f"{source}: duplicate document id {d.id!r}")
         seen.add(d.id)

@@ -29,6 +29,7 @@ from pooledir.checkpoint import (
     split_colbert_weights,
 )
 from pooledir.errors import CheckpointError, InputError
+from pooledir.textcheck import check_str
 
 log = logging.getLogger(__name__)
 
@@ -215,4 +216,5 @@ def check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> l
             raise InputError(f"{what} {i} is {type(t).__name__}, expected a string")
         if not allow_empty and not t.strip():
             raise InputError(f"{what} {i} is empty")
+        check_str(t, f"{what} {i}")  # lone surrogates: the tokenizer cannot encode them
     return texts
