@@ -17,6 +17,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def lone_surrogate(text: str) -> int | None:
     """Index of the first lone surrogate in ``text``, or None when it is valid Unicode."""
+    if text.isascii():  # constant time in CPython, and most text is
+        return None
     m = _SURROGATE.search(text)
     return None if m is None else m.start()
 
