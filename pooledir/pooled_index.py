@@ -58,6 +58,9 @@ class IndexConfig:
     nlist, pq_m, pq_nbits : IVF-PQ shape; ``None`` = ≈4·√N lists and dim/8 sub-quantizers.
     keep_exact : also keep float16 vectors so MaxSim scores exactly (more disk).
     train_sample : vectors sampled to train IVF-PQ.
+    passage_stride : None (default) truncates documents longer than the encoder's ``doc_maxlen``; a number
+        of tokens splits them into passages starting that far apart, searched by their best passage
+        (see :mod:`pooledir.passages`).
     """
 
     backend: str = "ivfpq"
@@ -68,6 +71,7 @@ class IndexConfig:
     pq_nbits: int = 8
     keep_exact: bool = False
     train_sample: int = 262_144
+    passage_stride: int | None = None
 
     def check(self) -> None:
         """Raise :class:`InputError` for values that cannot work."""
@@ -83,6 +87,9 @@ class IndexConfig:
             raise InputError(f"pq_nbits={self.pq_nbits} must be between 1 and 16")
         if self.train_sample < 1:
             raise InputError(f"train_sample={self.train_sample} must be >= 1")
+        stride = self.passage_stride
+        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
+            raise InputError(f"passage_stride={stride!r} must be a positive number of tokens, or None for no passages")
 
 
 @dataclass(frozen=True)
@@ -118,11 +125,21 @@ def read_manifest(path: str | os.PathLike[str]) -> dict:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written copy
+        raise
+
+
+def _resolve_device(device: str) -> str:
+    from pooledir.encoder import resolve_device
+
+    return resolve_device(device)
 
 
 class PooledIndex:
@@ -137,7 +154,7 @@ class PooledIndex:
         self.config = IndexConfig(**manifest["config"])
         self.dim = int(manifest["encoder"]["dim"])
         self.store = store
-        self.device = device
+        self.device = device if device == "cpu" else _resolve_device(device)  # what info() reports: never "auto"
         if encoder is not None and encoder.dim != self.dim:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder
@@ -166,6 +183,10 @@ class PooledIndex:
             if checkpoint is None:
                 raise InputError("pass a checkpoint (folder or hub id) or an encoder")
             encoder = ColBERTEncoder(checkpoint, device=device)
+        if config.passage_stride is not None:
+            from pooledir.passages import check_stride
+
+            check_stride(config.passage_stride, encoder)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": FORMAT,
@@ -207,7 +228,7 @@ class PooledIndex:
         import sqlite3
 
         try:
-            self.generation = int(self.store.get_meta("generation", "0"))
+            self.generation = self._stored_generation()
         except sqlite3.DatabaseError as e:
             raise IndexCorruptError(f"{self.path}/docs.sqlite is corrupt: {e}") from None
         self.backend = self._read_backend(self.generation)
@@ -256,9 +277,18 @@ class PooledIndex:
             raise IndexCorruptError(f"{fp} has dimension {backend.dim}, the manifest says {self.dim}")
         return backend
 
+    def _stored_generation(self) -> int:
+        value = self.store.get_meta("generation", "0")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise IndexCorruptError(
+                f"{self.path}/docs.sqlite is corrupt: its generation {value!r} is not a number"
+            ) from None
+
     def is_stale(self) -> bool:
         """True when another process has committed a write this object has not loaded."""
-        return int(self.store.get_meta("generation", "0")) != self.generation
+        return self._stored_generation() != self.generation
 
     def refresh(self) -> bool:
         """Catch up with writes another process committed; returns True if anything was reloaded."""
@@ -329,9 +359,17 @@ class PooledIndex:
         Seconds spent encoding, pooling and writing are left in ``last_timings``.
         """
         docs = check_documents(documents, "documents")
+        given = [d.id for d in docs]
+        texts = [d.text for d in docs]
+        if self.config.passage_stride is not None:  # long documents become passages (pooledir/passages.py)
+            from pooledir.passages import split_documents
+
+            if embeddings is not None:
+                raise InputError("this index splits documents into passages: pass documents, not embeddings")
+            docs, texts = split_documents(docs, self.encoder, self.config.passage_stride)
         t0 = time.perf_counter()
         if embeddings is None:
-            embeddings = self.encoder.encode_documents([d.text for d in docs], show_progress=show_progress)
+            embeddings = self.encoder.encode_documents(texts, show_progress=show_progress)
         elif len(embeddings) != len(docs):
             raise InputError(f"got {len(embeddings)} embeddings for {len(docs)} documents")
         for d, e in zip(docs, embeddings):
@@ -355,7 +393,7 @@ class PooledIndex:
                 rng = np.random.default_rng(0)
                 n = min(len(flat), self.config.train_sample)
                 self.backend.train(flat[np.sort(rng.choice(len(flat), n, replace=False))], n_total=len(flat))
-            replaced = self.store.lookup([d.id for d in docs])
+            replaced = self.store.lookup(self._stored_ids(given))
             exact_start = self._append_exact(pooled) if self.config.keep_exact else None
 
             def changes() -> None:
@@ -372,7 +410,15 @@ class PooledIndex:
 
             self._commit(changes)
         self.last_timings = {"encode_s": t1 - t0, "pool_s": t2 - t1, "write_s": time.perf_counter() - t2}
-        return len(docs)
+        return len(given)
+
+    def _stored_ids(self, ids: Sequence[str]) -> list[str]:
+        """The rows that hold ``ids``: with passages, a split document's are its passages."""
+        if self.config.passage_stride is None:
+            return list(ids)
+        from pooledir.passages import stored_ids
+
+        return stored_ids(self, ids)
 
     def _commit(self, changes) -> None:
         """Apply ``changes`` (rows and backend) and switch to the next generation in one sqlite commit.
@@ -415,8 +461,9 @@ class PooledIndex:
         if not ids:
             raise InputError("no document ids given")
         with self._writing():
-            found = self.store.lookup(ids)
-            missing = [i for i in ids if i not in found]
+            rows = self._stored_ids(ids)
+            found = self.store.lookup(rows)
+            missing = [i for i in rows if i not in found]
             if missing:
                 more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
                 raise DocumentNotFoundError(f"unknown document id(s): {', '.join(map(repr, missing[:5]))}{more}")
@@ -433,6 +480,10 @@ class PooledIndex:
     def get(self, id: str) -> Document:
         """The stored document with external id ``id``."""
         found = self.store.lookup([id])
+        if id not in found and self.config.passage_stride is not None:
+            from pooledir.passages import parent_document
+
+            return parent_document(self, id)
         if id not in found:
             raise DocumentNotFoundError(f"unknown document id {id!r}")
         row = self.store.rows([found[id][0]])[0]
@@ -458,11 +509,14 @@ class PooledIndex:
         filter: dict[str, Any] | None = None,
     ) -> list[list[Hit]]:
         """Search one query or a batch; returns one ranked list of :class:`Hit` per query (see search_embeddings)."""
+        from pooledir.encoder import check_texts
+
         if isinstance(queries, str):
             queries = [queries]
+        queries = check_texts(queries, "query")  # before the encoder loads: that takes seconds
         params = replace(params or SearchParams(), k=k)
-        params.check(len(self))
-        Q = self.encoder.encode_queries(list(queries))
+        params.check()
+        Q = self.encoder.encode_queries(queries)
         return self.search_embeddings(Q, params, with_text=with_text, filter=filter)
 
     def search_embeddings(
@@ -475,12 +529,25 @@ class PooledIndex:
         """Search already-encoded queries (nq, Lq, dim).
 
         With ``filter`` (metadata field -> value), only documents whose metadata equals every field are
-        ranked, each by exact MaxSim over its stored vectors; fewer than ``k`` come back if fewer match.
+        ranked, each by exact MaxSim over its stored vectors; fewer than ``k`` come back if fewer match
+        (or if the index holds fewer than ``k`` documents).
         """
         params = params or SearchParams()
-        params.check(len(self))
+        params.check()
         if Q.ndim != 3 or Q.shape[2] != self.dim:
             raise InputError(f"query embeddings of shape {Q.shape} are not (nq, Lq, {self.dim})")
+        if len(self) == 0:
+            return [[] for _ in range(len(Q))]
+        if self.config.passage_stride is not None:
+            from pooledir.passages import search_parents
+
+            return search_parents(self, Q, params, with_text, filter)
+        return self._search_hits(Q, params, with_text, filter)
+
+    def _search_hits(
+        self, Q: np.ndarray, params: SearchParams, with_text: bool, filter: dict[str, Any] | None
+    ) -> list[list[Hit]]:
+        """One hit per stored row (document or passage), best first."""
         if filter:
             ranked = self._search_filtered(Q, params.k, filter)
         else:
@@ -516,6 +583,7 @@ class PooledIndex:
         files = [p for p in self.path.iterdir() if p.is_file() and not p.name.endswith(".tmp")]
         return {
             "path": str(self.path),
+            "device": self.device,
             "checkpoint": self.manifest["checkpoint"],
             "documents": counts["documents"],
             "vectors_before_pooling": counts["tokens"],

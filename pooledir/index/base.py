@@ -33,14 +33,37 @@ def doc_of(ids: np.ndarray) -> np.ndarray:
 
 
 def atomic_write_index(index, path: Path) -> None:
-    """Write a faiss index to ``path`` through a temp file, fsync and ``os.replace``."""
+    """Write a faiss index to ``path`` through a temp file, fsync and ``os.replace``.
+
+    On any failure the temp file is removed (a full disk must not stay full of it), and faiss's
+    ``RuntimeError`` for a failed write becomes the ``OSError`` it is.
+    """
     import faiss
 
     tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as e:
+            raise _write_error(e, tmp) from None
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_error(e: RuntimeError, path: Path) -> OSError:
+    """The OSError behind faiss's RuntimeError("... write error in F: 12 != 40 (No space left on device)")."""
+    import errno
+    import re
+
+    reason = re.search(r"\(([^()]*)\)\s*$", str(e))
+    if reason is None:
+        return OSError(f"{path}: {str(e).strip().splitlines()[-1][:300]}")
+    codes = {os.strerror(code): code for code in errno.errorcode}
+    return OSError(codes.get(reason.group(1), errno.EIO), reason.group(1), str(path))
 
 
 class VectorBackend(ABC):
