@@ -11,8 +11,9 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -23,12 +24,41 @@ app = typer.Typer(
     help="Multi-vector (ColBERT) retrieval with token pooling: build, update and search pooled indexes.",
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from pooledir import __version__
+
+        typer.echo(f"pooledir {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Multi-vector (ColBERT) retrieval with token pooling: build, update and search pooled indexes."""
+
+
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
 Checkpoint = Annotated[
     str | None,
     typer.Option(help="ColBERT checkpoint folder or hub id (default: $POOLEDIR_CHECKPOINT, else zero-shot MiniLM)."),
 ]
 
+
+SplitPassages = Annotated[
+    bool,
+    typer.Option(
+        help="Split documents longer than the checkpoint's doc_maxlen into overlapping passages, indexed under "
+        "the document's id and scored by their best passage (default: such documents are truncated)."
+    ),
+]
+PassageStride = Annotated[
+    int | None,
+    typer.Option(help="Tokens from one passage's start to the next's (implies --split-passages; default: half)."),
+]
 
 NProbe = Annotated[
     int | None, typer.Option(help="IVF lists probed per query token (default: the library's SearchParams).")
@@ -63,7 +93,7 @@ def default_checkpoint() -> Path:
 @app.command()
 def index(
     corpus: Annotated[Path, typer.Argument(help="BEIR folder, corpus .jsonl/.tsv, or a folder of .txt files.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New index folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New (or empty) index folder.")],
     checkpoint: Checkpoint = None,
     pool_factor: Annotated[int, typer.Option(help="Shrink factor of each document's vectors (1 = none).")] = 2,
     index_type: Annotated[str, typer.Option("--index", help="ivfpq (compressed) or flat (exact).")] = "ivfpq",
@@ -72,27 +102,71 @@ def index(
     pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers (default: dim/8).")] = None,
     limit: Annotated[int | None, typer.Option(help="Index only the first N documents.")] = None,
     batch_size: Annotated[int, typer.Option(help="Documents per encoder batch.")] = 32,
+    split_passages: SplitPassages = False,
+    passage_stride: PassageStride = None,
     device: Device = "auto",
 ) -> None:
-    """Build a pooled index from a corpus."""
+    """Build a pooled index from a corpus.
+
+    The index is built into a new or empty folder; if the build fails or is interrupted,
+    what it wrote is removed, so the same command can simply be run again.
+    """
     from pooledir.corpus import read_corpus
     from pooledir.encoder import ColBERTEncoder
+    from pooledir.outdir import claim_output_folder, cleanup_on_failure
     from pooledir.pooled_index import IndexConfig, PooledIndex
 
-    config = IndexConfig(backend=index_type, pool_factor=pool_factor, keep_exact=keep_exact, nlist=nlist, pq_m=pq_m)
+    config = IndexConfig(
+        backend=index_type,
+        pool_factor=pool_factor,
+        keep_exact=keep_exact,
+        nlist=nlist,
+        pq_m=pq_m,
+        passage_stride=passage_stride,
+    )
     config.check()
     docs = read_corpus(corpus, limit=limit)
-    encoder = ColBERTEncoder(checkpoint or default_checkpoint(), device=device, batch_size=batch_size)
-    with PooledIndex.create(out, config=config, device=device, encoder=encoder) as idx:
-        idx.add(docs, show_progress=True)
-        _print_summary(idx.info())
+    created = claim_output_folder(out)
+    try:
+        encoder = ColBERTEncoder(checkpoint or default_checkpoint(), device=device, batch_size=batch_size)
+        if split_passages and passage_stride is None:
+            from pooledir.passages import default_stride
+
+            config = replace(config, passage_stride=default_stride(encoder))
+        n_long = encoder.count_truncated([d.text for d in docs])
+        with PooledIndex.create(out, config=config, device=device, encoder=encoder) as idx:
+            idx.add(docs, show_progress=True)
+            info = idx.info()
+    except BaseException:
+        cleanup_on_failure(out, created)  # a failed build leaves nothing that blocks the retry
+        raise
+    _print_summary(info, documents=len(docs))
+    _print_long_documents(n_long, encoder.settings.doc_maxlen, config.passage_stride)
 
 
-def _print_summary(info: dict) -> None:
+def _print_long_documents(n_long: int, doc_maxlen: int, passage_stride: int | None) -> None:
+    if not n_long:
+        return
+    if passage_stride is None:
+        typer.echo(
+            f"{n_long} documents were longer than doc_maxlen={doc_maxlen} tokens and were truncated "
+            "(see --split-passages)"
+        )
+    else:
+        typer.echo(
+            f"{n_long} documents were longer than doc_maxlen={doc_maxlen} tokens and were split into "
+            "overlapping passages"
+        )
+
+
+def _print_summary(info: dict, documents: int | None = None) -> None:
     before, after = info["vectors_before_pooling"], info["vectors"]
     f16 = 2 * info["backend"]["dim"]  # bytes of one float16 vector
+    stored = info["documents"]
+    # with passages, stored rows are passages and short documents: name both counts
+    what = f"{documents} documents ({stored} passages)" if documents not in (None, stored) else f"{stored} documents"
     typer.echo(
-        f"{info['documents']} documents: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
+        f"{what}: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
         f"{after} after pooling x{info['pool_factor']} ({after * f16 / 1e6:.1f} MB, {after / max(before, 1):.1%}); "
         f"{info['backend']['kind']} index on disk {info['index_bytes'] / 1e6:.2f} MB at {info['path']}"
     )
@@ -138,8 +212,11 @@ def add(
 
     docs = read_corpus(corpus)
     with PooledIndex.open(index_dir, device=device) as idx:
+        n_long = idx.encoder.count_truncated([d.text for d in docs])
         n = idx.add(docs, show_progress=True)
-        typer.echo(f"added {n} documents; the index now holds {len(idx)}")
+        held = "" if idx.config.passage_stride is None else " entries (documents and passages)"
+        typer.echo(f"added {n} documents; the index now holds {len(idx)}{held}")
+        _print_long_documents(n_long, idx.encoder.settings.doc_maxlen, idx.config.passage_stride)
 
 
 @app.command()
@@ -169,6 +246,7 @@ def info(
         typer.echo(json.dumps(data, indent=2))
         return
     _print_summary(data)
+    typer.echo(f"device: {data['device']}")
     typer.echo(f"checkpoint: {data['checkpoint']}")
     typer.echo(f"backend: {json.dumps(data['backend'])}")
 
@@ -185,10 +263,13 @@ def serve(
 ) -> None:
     """Serve indexes over HTTP (FastAPI + uvicorn; needs the `service` extra)."""
     from pooledir.errors import InputError
-    from pooledir.pooled_index import read_manifest
+    from pooledir.pooled_index import PooledIndex
 
     for d in index_dirs:
-        read_manifest(d)  # fail here, in one line, rather than inside a worker
+        # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
+        # line, rather than as a traceback from inside the server's start-up
+        with PooledIndex.open(d, device="cpu"):
+            pass
     try:
         import uvicorn
     except ImportError:
@@ -323,7 +404,12 @@ def eval_report(
 
 
 def main() -> None:
-    """Console entry point: run the app, turning pooledir errors into one line and exit code 2."""
+    """Console entry point: run the app; errors a user can fix become one line and exit code 2.
+
+    pooledir's own errors and the file system's (a full disk, a missing permission) print
+    ``error: ...`` and exit 2; Ctrl-C prints ``interrupted`` and exits 130. Anything else is a
+    bug and keeps its traceback.
+    """
     from pooledir.errors import PooledirError
 
     # torch and faiss each run an OpenMP pool; busy-waiting workers of one steal the cores from the
@@ -331,18 +417,72 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=os.environ.get("POOLEDIR_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except PooledirError as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
+        _fail(str(e))
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    except OSError as e:
+        _fail(os_error_line(e))
     except Exception as e:
+        line = sqlite_error_line(e)
+        if line is not None:
+            _fail(line)
         # usage errors of the click typer vendors (typer._click): they know how to show themselves
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise
+    # typer answers a KeyboardInterrupt with Exit(130), which standalone_mode=False returns as a code
+    if code == 130:
+        _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    _close_progress_bars()
+    typer.secho(f"error: {message}" if code == 2 else message, err=True, fg="red")
+    sys.exit(code)
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars a failure left open, so the message starts on a line of its own.
+
+    A bar that the failure's traceback kept alive sits in a reference cycle; collecting it runs its
+    close(), which ends its line.
+    """
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:
+        return
+    import gc
+
+    gc.collect()
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        bar.close()
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system error: the path, what went wrong, and for a full disk what to do."""
+    import errno
+
+    what = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what += " (free some space, then run the command again; nothing committed was lost)"
+    where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{where}: {what}" if where else what
+
+
+#: sqlite's messages for a problem with the machine (disk, permissions), not with pooledir's SQL
+_SQLITE_ENVIRONMENT = ("disk is full", "disk i/o error", "readonly database", "unable to open database", "locked")
+
+
+def sqlite_error_line(e: BaseException) -> str | None:
+    """One line for an sqlite error that the machine caused (a full disk, a read-only file), else None."""
+    import sqlite3
+
+    if isinstance(e, sqlite3.OperationalError) and any(m in str(e).lower() for m in _SQLITE_ENVIRONMENT):
+        return f"the document store failed: {e}"
+    return None
 
 
 if __name__ == "__main__":
