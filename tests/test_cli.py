@@ -163,23 +163,34 @@ def test_bad_corpus_files_are_one_line(tmp_path, built, capsys):
 
 
 def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, built, capsys, monkeypatch):
-    import errno
+    from tests.test_pooled_index import disk_full_after
 
-    import faiss
-
-    def full_disk(index, path):
-        with open(path, "wb") as f:
-            f.write(b"x" * 4096)
-        raise OSError(errno.ENOSPC, "No space left on device", path)
-
-    monkeypatch.setattr(faiss, "write_index", full_disk)
+    disk_full_after(monkeypatch, 4096)
     (tmp_path / "new.jsonl").write_text(json.dumps({"_id": "n1", "text": "brain heart study"}) + "\n")
     code, _, err = cli(capsys, "add", built, tmp_path / "new.jsonl", "--device", "cpu")
-    one_error_line(code, err, "No space left on device (free some space")
+    one_error_line(code, err, "vectors.2.faiss: No space left on device (free some space")
     monkeypatch.undo()
     assert not list(built.glob("*.tmp"))
     code, out, _ = cli(capsys, "info", built, "--json")
     assert json.loads(out)["documents"] == 40
+
+
+def test_a_file_size_limit_fails_the_write_instead_of_committing_a_truncated_file(tmp_path, built):
+    """A real failed write (the OS refuses bytes past RLIMIT_FSIZE): faiss's own writer only printed it."""
+    import resource
+
+    vectors = next(built.glob("vectors.*.faiss"))
+    limit = vectors.stat().st_size - 1  # the next vector file (one more document) cannot be written whole
+    (tmp_path / "new.jsonl").write_text(json.dumps({"_id": "n1", "text": "brain heart study"}) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pooledir.cli", "add", str(built), str(tmp_path / "new.jsonl"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    one_error_line(proc.returncode, proc.stderr, "File too large")
+    assert sorted(p.name for p in built.glob("vectors.*")) == [vectors.name]
+    assert json.loads(run("info", built, "--json").stdout)["documents"] == 40
 
 
 def test_corrupt_indexes_are_one_line_for_every_command(built, capsys):

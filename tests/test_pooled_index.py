@@ -58,33 +58,36 @@ def test_non_documents_and_bad_ids_fail_early(flat):
     assert len(flat) == 30
 
 
-def test_a_full_disk_keeps_the_old_index_and_removes_the_temp_file(flat, monkeypatch):
+def disk_full_after(monkeypatch, limit: int) -> None:
+    """Make every faiss file write fail with ENOSPC once ``limit`` bytes of it are on the disk."""
     import faiss
 
+    real = faiss.PyCallbackIOWriter
+
+    def writer(callback, *args):
+        written = [0]
+
+        def write(data):
+            if written[0] + len(data) > limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written[0] += len(data)
+            return callback(data)
+
+        return real(write, *args)
+
+    monkeypatch.setattr(faiss, "PyCallbackIOWriter", writer)
+
+
+def test_a_full_disk_keeps_the_old_index_and_removes_the_temp_file(flat, monkeypatch):
     expected = ids_of(flat.search(["cancer cells"], k=5)[0])
-
-    def full_disk(index, path):
-        with open(path, "wb") as f:
-            f.write(b"x" * 4096)  # what a write got onto the disk before it filled up
-        raise OSError(errno.ENOSPC, "No space left on device", path)
-
-    monkeypatch.setattr(faiss, "write_index", full_disk)
-    with pytest.raises(OSError) as err:
-        flat.add([Document("new", "vitamin bone study")])
-    assert err.value.errno == errno.ENOSPC
-    # faiss's own report of a failed write (a RuntimeError) becomes the OSError it is
-    monkeypatch.setattr(
-        faiss,
-        "write_index",
-        lambda index, path: (_ for _ in ()).throw(
-            RuntimeError("Error in faiss::write_index: write error in x: 0 != 16 (No space left on device)")
-        ),
-    )
-    with pytest.raises(OSError) as err:
-        flat.delete(["d1"])
-    assert err.value.errno == errno.ENOSPC and err.value.strerror == "No space left on device"
+    disk_full_after(monkeypatch, 4096)
+    for write in (lambda: flat.add([Document("new", "vitamin bone study")]), lambda: flat.delete(["d1"])):
+        with pytest.raises(OSError) as err:
+            write()
+        assert err.value.errno == errno.ENOSPC and err.value.filename.endswith(".faiss")
+        assert not list(flat.path.glob("*.tmp"))  # the partly written file is gone: the disk is not kept full
     monkeypatch.undo()
-    assert not list(flat.path.glob("*.tmp"))
+    assert len(flat) == 30 and ids_of(flat.search(["cancer cells"], k=5)[0]) == expected
     flat.close()
     again = PooledIndex.open(flat.path, device="cpu", encoder=flat._encoder)
     assert len(again) == 30 and ids_of(again.search(["cancer cells"], k=5)[0]) == expected

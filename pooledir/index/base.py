@@ -35,35 +35,28 @@ def doc_of(ids: np.ndarray) -> np.ndarray:
 def atomic_write_index(index, path: Path) -> None:
     """Write a faiss index to ``path`` through a temp file, fsync and ``os.replace``.
 
-    On any failure the temp file is removed (a full disk must not stay full of it), and faiss's
-    ``RuntimeError`` for a failed write becomes the ``OSError`` it is.
+    The bytes go through a Python file object: faiss's own writer only prints an error when
+    ``fclose`` fails (a full disk can leave a truncated file that looks written), while Python
+    raises ``OSError`` for any failed write, flush or fsync. On failure the temp file is removed,
+    so a full disk does not stay full of it.
     """
     import faiss
 
     tmp = path.with_name(path.name + ".tmp")
     try:
-        try:
-            faiss.write_index(index, str(tmp))
-        except RuntimeError as e:
-            raise _write_error(e, tmp) from None
-        with open(tmp, "rb") as f:
+        with open(tmp, "wb") as f:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed f.write names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _write_error(e: RuntimeError, path: Path) -> OSError:
-    """The OSError behind faiss's RuntimeError("... write error in F: 12 != 40 (No space left on device)")."""
-    import errno
-    import re
-
-    reason = re.search(r"\(([^()]*)\)\s*$", str(e))
-    if reason is None:
-        return OSError(f"{path}: {str(e).strip().splitlines()[-1][:300]}")
-    codes = {os.strerror(code): code for code in errno.errorcode}
-    return OSError(codes.get(reason.group(1), errno.EIO), reason.group(1), str(path))
 
 
 class VectorBackend(ABC):
