@@ -550,6 +550,8 @@ class PooledIndex:
         """One hit per stored row (document or passage), best first."""
         if filter:
             ranked = self._search_filtered(Q, params.k, filter)
+        elif params.k >= len(self):  # every document was asked for: rank them all, exactly
+            ranked = self._search_filtered(Q, params.k, None, docs=np.flatnonzero(self._n_vectors))
         else:
             ranked = search_embeddings(Q, self.backend, self._fetch, params)
         out = []
@@ -561,11 +563,13 @@ class PooledIndex:
                 out.append([Hit(i, float(s)) for i, s in zip(self.store.ext_ids(doc_ints), scores)])
         return out
 
-    def _search_filtered(self, Q: np.ndarray, k: int, filter: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Exact MaxSim over the documents matching ``filter``, in chunks to bound memory."""
+    def _search_filtered(
+        self, Q: np.ndarray, k: int, filter: dict[str, Any] | None, docs: np.ndarray | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Exact MaxSim over the documents matching ``filter`` (or the given ``docs``), in chunks to bound memory."""
         from pooledir.maxsim import maxsim
 
-        docs = self.store.matching(filter)
+        docs = self.store.matching(filter) if docs is None else docs
         scores = np.empty((len(Q), len(docs)), dtype=np.float32)
         for start in range(0, len(docs), 1024):
             chunk = docs[start : start + 1024]
