@@ -1,4 +1,4 @@
-"""The ``pooledir`` command line: index, search, add, delete, info, convert-checkpoint.
+"""The ``pooledir`` command line: index, search, add, delete, compact, info, convert-checkpoint.
 
 Heavy modules (torch, faiss, transformers) are imported inside the commands so
 ``pooledir --help`` stays instant. Every error pooledir raises on purpose
@@ -138,7 +138,7 @@ def add(
 
     docs = read_corpus(corpus)
     with PooledIndex.open(index_dir, device=device) as idx:
-        n = idx.add(docs, show_progress=True)
+        n = idx.add(docs, show_progress=True).documents
         typer.echo(f"added {n} documents; the index now holds {len(idx)}")
 
 
@@ -153,6 +153,26 @@ def delete(
     with PooledIndex.open(index_dir, device="cpu") as idx:
         n = idx.delete(ids)
         typer.echo(f"deleted {n} documents; the index now holds {len(idx)}")
+
+
+@app.command()
+def compact(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.")],
+    retrain: Annotated[
+        bool | None, typer.Option("--retrain/--no-retrain", help="Re-train the quantizer (default: when due).")
+    ] = None,
+) -> None:
+    """Merge an index's segments into one, dropping deleted vectors (re-training when it has outgrown its sample)."""
+    from pooledir.pooled_index import PooledIndex
+
+    with PooledIndex.open(index_dir, device="cpu") as idx:
+        before = idx.info()
+        idx.compact(retrain=retrain)
+        after = idx.info()
+    typer.echo(
+        f"compacted {len(before['segments'])} segment(s) with {before['deleted_vectors']} deleted vectors into "
+        f"{len(after['segments'])}; {after['documents']} documents, {after['index_bytes'] / 1e6:.2f} MB on disk"
+    )
 
 
 @app.command()

@@ -258,9 +258,8 @@ def run_pooledir(
         path, config=IndexConfig(backend=backend, pool_factor=pool_factor), device=cfg.device, encoder=encoder
     )
     t = time.perf_counter()
-    index.add(data.documents, embeddings=doc_vecs)
-    build_s = time.perf_counter() - t - index.last_timings["pool_s"]
-    pool_s = index.last_timings["pool_s"]
+    pool_s = index.add(data.documents, embeddings=doc_vecs).pool_s
+    build_s = time.perf_counter() - t - pool_s
     params = replace(cfg.search, k=min(cfg.search.k, len(index)))
     qids = list(data.queries)
     results = index.search_embeddings(Q, params)
@@ -273,8 +272,8 @@ def run_pooledir(
         "pool_factor": pool_factor,
         "nbits": None,
         "vectors": info["vectors"],
-        "index_bytes": sum(v for k, v in info["bytes"].items() if k.startswith(("vectors.", "docs.sqlite", "exact"))),
-        "vector_bytes": sum(v for k, v in info["bytes"].items() if k.startswith(("vectors.", "exact"))),
+        "index_bytes": info["index_bytes"],
+        "vector_bytes": sum(v for k, v in info["bytes"].items() if k.startswith(("segments", "quantizer"))),
         "encode_s": None,
         "pool_s": pool_s,
         "build_s": build_s,
