@@ -247,9 +247,14 @@ class DocStore:
         """Move committed pages from the WAL into the database and truncate the WAL (best effort).
 
         A bulk add commits in one transaction, which leaves a WAL as large as the
-        documents beside the database; readers in other processes may hold it back.
+        documents beside the database. Readers in other processes pin snapshots: then the
+        checkpoint gives up at once (no busy wait) and a later one folds the WAL.
         """
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            self.conn.execute("PRAGMA busy_timeout = 60000")
 
     def counts(self) -> dict[str, int]:
         """Documents, tokens before pooling and vectors after."""

@@ -332,4 +332,3 @@ def ensure_layout(path: Path) -> None:
     """Create the segments folder of a new index."""
     (path / SEGMENTS).mkdir(parents=True, exist_ok=True)
     fsync_dir(path)
-
