@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pooledir.errors import InputError
+from pooledir.errors import DocumentNotFoundError, InputError
 from pooledir.index.detached import build_segment
 from pooledir.pooled_index import PooledIndex
 from tests.index.test_folder import ROOT, FakeEncoder, add, create, doc_vectors, queries, results
@@ -93,7 +93,7 @@ def test_bad_segments_are_refused_and_nothing_is_lost(tmp_path, index, how, msg)
         index.attach_segments([good, bad])
     assert len(index) == 40 and results(index, queries()) == before
     assert sorted(p.name for p in (index.path / "segments").iterdir()) == files
-    with pytest.raises(Exception):
+    with pytest.raises(DocumentNotFoundError):
         index.get("g0")  # the good one was not attached alone either: one commit or none
     again = PooledIndex.open(index.path, device="cpu", encoder=FakeEncoder())
     assert len(again) == 40 and results(again, queries()) == before
