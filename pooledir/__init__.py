@@ -31,6 +31,7 @@ _EXPORTS = {
     "InputError": "pooledir.errors",
     "PooledirError": "pooledir.errors",
     "maxsim": "pooledir.maxsim",
+    "AddResult": "pooledir.pooled_index",
     "Hit": "pooledir.pooled_index",
     "IndexConfig": "pooledir.pooled_index",
     "PooledIndex": "pooledir.pooled_index",
