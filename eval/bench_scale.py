@@ -68,7 +68,10 @@ def make_docs(start: int, n: int, c: np.ndarray):
     docs, vecs = [], []
     for i, length in enumerate(lens):
         topics = rng.integers(0, N_CLUSTERS, 4)
-        v = c[rng.choice(topics, length)] + 0.35 * rng.standard_normal((length, DIM)).astype(np.float32) / np.sqrt(DIM) * 4
+        v = (
+            c[rng.choice(topics, length)]
+            + 0.35 * rng.standard_normal((length, DIM)).astype(np.float32) / np.sqrt(DIM) * 4
+        )
         vecs.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32))
         docs.append(Document(f"doc{start + i}", f"synthetic document {start + i}", {}))
     return docs, vecs
@@ -134,10 +137,10 @@ def worker_build(design: str, size: int, folder: Path, chunk_docs: int) -> dict:
 
 
 def worker_ops(design: str, size: int, folder: Path) -> dict:
+    import faiss  # noqa: F401 - loaded before the clock starts: open time is the index's, not the import's
+
     from pooledir.pooled_index import PooledIndex
     from pooledir.search import SearchParams
-
-    import faiss  # noqa: F401 - loaded before the clock starts: open time is the index's, not the import's
 
     c = centers()
     base = rss_mb()
