@@ -33,7 +33,7 @@ lint: install
 
 demo: install
 	@mkdir -p $(DEMO)
-	@test -d "$(CORPUS)" || $(BIN)/python -c "from pooledir.beir import download_beir; download_beir('scifact', '$(DEMO)')"
+	@test -d "$(CORPUS)" || $(BIN)/python -c "from pooledir.evaluation.beir import download_beir; download_beir('scifact', '$(DEMO)')"
 	$(eval CORPUS_DIR := $(if $(wildcard $(CORPUS)),$(CORPUS),$(DEMO)/scifact))
 	$(BIN)/pooledir convert-checkpoint --minilm $(CKPT)
 	rm -rf $(INDEX)

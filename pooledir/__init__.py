@@ -18,8 +18,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_qrels": "pooledir.beir",
-    "load_queries": "pooledir.beir",
+    "load_qrels": "pooledir.evaluation.beir",
+    "load_queries": "pooledir.evaluation.beir",
     "convert_checkpoint": "pooledir.checkpoint",
     "Document": "pooledir.corpus",
     "iter_corpus": "pooledir.corpus",

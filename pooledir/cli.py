@@ -274,7 +274,7 @@ def eval_beir(
 ) -> None:
     """Score a BEIR dataset (nDCG@10, Recall@100) across pool factors and index types."""
     from pooledir.errors import InputError
-    from pooledir.evaluate import EvalConfig, evaluate
+    from pooledir.evaluation.harness import EvalConfig, evaluate
     from pooledir.search import SearchParams
 
     baselines = [c for c in compare.split(",") if c]
@@ -301,7 +301,7 @@ def eval_beir(
     result = evaluate(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    from pooledir.report import markdown_table
+    from pooledir.evaluation.report import markdown_table
 
     typer.echo(markdown_table([result]))
     typer.echo(f"wrote {out}")
@@ -313,7 +313,7 @@ def eval_report(
     out_dir: Annotated[Path, typer.Option(help="Where the table and plots go.")] = Path("eval/results"),
 ) -> None:
     """Write a Markdown table and PNG plots from evaluation results."""
-    from pooledir.report import load_results, markdown_table, plots
+    from pooledir.evaluation.report import load_results, markdown_table, plots
 
     data = load_results(results)
     out_dir.mkdir(parents=True, exist_ok=True)

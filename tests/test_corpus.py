@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pooledir.beir import load_qrels, load_queries
+from pooledir.evaluation.beir import load_qrels, load_queries
 from pooledir.corpus import Document, read_corpus
 from pooledir.errors import InputError
 

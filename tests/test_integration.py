@@ -23,7 +23,7 @@ def ndcg10(run: dict, qrels: dict) -> float:
 
 @pytest.fixture(scope="module")
 def scifact_sample(minilm_ckpt):
-    from pooledir.beir import load_qrels, load_queries
+    from pooledir.evaluation.beir import load_qrels, load_queries
     from pooledir.corpus import read_corpus
     from pooledir.encoder import ColBERTEncoder
 

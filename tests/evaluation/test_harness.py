@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pooledir.errors import InputError
-from pooledir.evaluate import RUN_KEYS, EvalConfig, cache_key, evaluate, load_beir
+from pooledir.evaluation.harness import RUN_KEYS, EvalConfig, cache_key, evaluate, load_beir
 
 
 def make_config(tiny_beir, tiny_ckpt, tmp_path, **kw):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pooledir.evaluate import BeirData, EvalConfig, drop_self_hits, folder_bytes, latency, score_run
+from pooledir.evaluation.harness import BeirData, EvalConfig, drop_self_hits, folder_bytes, latency, score_run
 
 
 def _query_encoder(encoder):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pooledir.beir import load_qrels, load_queries
+from pooledir.evaluation.beir import load_qrels, load_queries
 from pooledir.corpus import Document, read_corpus
 from pooledir.errors import InputError
 from pooledir.search import SearchParams
@@ -309,7 +309,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 rows.append(row)
                 runs[f"pooledir-{backend}-pf{pf}"] = run
         if "plaid" in cfg.compare:
-            from pooledir.baselines.plaid import run_plaid
+            from pooledir.evaluation.systems.plaid import run_plaid
 
             for nbits in cfg.plaid_nbits:
                 log.info("PLAID nbits=%d", nbits)
