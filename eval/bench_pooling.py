@@ -46,8 +46,7 @@ def synthetic(n_docs: int, seed: int = 0) -> list[np.ndarray]:
 def real(n_docs: int) -> list[np.ndarray]:
     import tempfile
 
-    from pooledir import ColBERTEncoder, convert_checkpoint, read_corpus
-    from pooledir.checkpoint import minilm_path
+    from pooledir import ColBERTEncoder, convert_checkpoint, minilm_path, read_corpus
 
     ckpt = convert_checkpoint(minilm_path(), os.path.join(tempfile.mkdtemp(), "ckpt"), dim=128)
     docs = read_corpus("../shared/data/beir/scifact", limit=n_docs)

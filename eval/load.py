@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from pooledir import load_queries
+from pooledir.evaluation import load_queries
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_qrels": "pooledir.evaluation.beir",
     "load_queries": "pooledir.evaluation.beir",
     "convert_checkpoint": "pooledir.checkpoint",
+    "minilm_path": "pooledir.checkpoint",
     "Document": "pooledir.corpus",
     "iter_corpus": "pooledir.corpus",
     "read_corpus": "pooledir.corpus",

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from pooledir.evaluation.beir import load_qrels, load_queries
 from pooledir.corpus import Document, read_corpus
 from pooledir.errors import InputError
 
@@ -61,16 +60,3 @@ def test_duplicate_ids_empty_and_missing(tmp_path):
     with pytest.raises(InputError, match="unknown corpus format"):
         (tmp_path / "x.csv").write_text("a,b")
         read_corpus(tmp_path / "x.csv")
-
-
-def test_qrels_keep_every_judgment(tiny_beir):
-    qrels = load_qrels(tiny_beir)
-    assert qrels["q0"] == {"c0": 1, "c10": 2}
-    assert len(load_queries(tiny_beir)) == 5
-
-
-def test_bad_qrels_line(tmp_path):
-    (tmp_path / "qrels").mkdir()
-    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tc1\n")
-    with pytest.raises(InputError, match=r"test\.tsv:2: expected"):
-        load_qrels(tmp_path)

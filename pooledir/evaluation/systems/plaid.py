@@ -6,6 +6,8 @@ engines index identical vectors and encoding is not paid twice. Queries are
 encoded by our encoder (equal to colbert-ai's Checkpoint under colbert-ai's
 conventions, tested; and it also honours a checkpoint that switches them
 off), inside the timed search, as in pooledir's latency numbers.
+
+Needs the ``eval`` extra (colbert-ai, ninja).
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pooledir.evaluation.harness import BeirData, EvalConfig, drop_self_hits, folder_bytes, latency, score_run
+from pooledir.corpus import Document
+from pooledir.errors import InputError
+from pooledir.evaluation.metrics import folder_bytes
+from pooledir.evaluation.systems.base import Context
+from pooledir.pooled_index import Hit
 
 
 def _query_encoder(encoder):
@@ -34,7 +42,7 @@ def _query_encoder(encoder):
 
 
 @contextmanager
-def _precomputed_passages(texts: list[str], vectors: list[np.ndarray]):
+def _precomputed_passages(texts: list[str], vectors: Sequence[np.ndarray]):
     """Make colbert-ai's CollectionEncoder return our vectors for the passages it is asked to encode."""
     import torch
     from colbert.indexing import collection_encoder
@@ -56,68 +64,93 @@ def _precomputed_passages(texts: list[str], vectors: list[np.ndarray]):
         collection_encoder.CollectionEncoder.encode_passages = original
 
 
-def run_plaid(
-    data: BeirData,
-    encoder,
-    doc_vecs: list[np.ndarray],
-    nbits: int,
-    cfg: EvalConfig,
-    workdir: Path,
-    pool_factor: int = 1,
-) -> tuple[dict, dict]:
-    """Index ``doc_vecs`` with PLAID at ``nbits`` and measure it like a pooledir run; returns (row, run)."""
-    from colbert import Indexer, Searcher
-    from colbert.infra import ColBERTConfig, Run, RunConfig
+class PlaidSystem:
+    """colbert-ai's PLAID at ``nbits`` residual bits, optionally on pooled vectors."""
 
-    from pooledir.pooling import pool_embeddings
+    def __init__(self, nbits: int, pool_factor: int = 1) -> None:
+        self.nbits = nbits
+        self.pool_factor = pool_factor
+        self.name = f"plaid-nbits{nbits}" + (f"-pf{pool_factor}" if pool_factor > 1 else "")
+        self._row: dict[str, Any] = {}
 
-    t = time.perf_counter()
-    vecs = pool_embeddings(doc_vecs, pool_factor, device=cfg.device) if pool_factor > 1 else doc_vecs
-    pool_s = time.perf_counter() - t
-    texts = [d.text for d in data.documents]
-    name = f"plaid-nbits{nbits}-pf{pool_factor}"
-    s = encoder.settings
-    config = ColBERTConfig(
-        nbits=nbits,
-        dim=s.dim,
-        doc_maxlen=s.doc_maxlen,
-        query_maxlen=s.query_maxlen,
-        avoid_fork_if_possible=True,
-        index_root=str(workdir / "plaid"),
-    )
-    quiet = contextlib.redirect_stdout(io.StringIO())  # colbert-ai prints a great deal
-    run_config = RunConfig(nranks=1, experiment="pooledir-eval", root=str(workdir), avoid_fork_if_possible=True)
-    with Run().context(run_config), quiet:
+    def _quiet(self):
+        """colbert-ai's run context, with its many prints swallowed."""
+        from colbert.infra import Run
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(Run().context(self._run_config))
+        stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        return stack
+
+    def build(self, context: Context, documents: Sequence[Document], vectors: Sequence[np.ndarray]) -> None:  # noqa: D102
+        try:
+            from colbert import Indexer
+            from colbert.infra import ColBERTConfig, RunConfig
+        except ImportError:
+            raise InputError('PLAID needs colbert-ai, in the eval extra: pip install "pooledir[eval]"') from None
+
+        from pooledir.pooling import pool_embeddings
+
         t = time.perf_counter()
-        with _precomputed_passages(texts, vecs):
-            indexer = Indexer(checkpoint=str(encoder.path), config=config, verbose=0)
-            indexer.index(name=name, collection=texts, overwrite=True)
-        build_s = time.perf_counter() - t
-        searcher = Searcher(index=name, config=config, collection=texts, verbose=0)
-        searcher.encode = _query_encoder(encoder)
-        qids = list(data.queries)
-        k = min(cfg.search.k, len(texts))
-        run = {}
-        for qid in qids:
-            pids, _, scores = searcher.search(data.queries[qid], k=k)
-            run[qid] = drop_self_hits(qid, {data.documents[p].id: float(sc) for p, sc in zip(pids, scores)})
-        lat = latency(lambda q: searcher.search(q, k=10), [data.queries[q] for q in qids[: cfg.latency_queries]])
-    index_path = Path(indexer.get_index())
-    row = {
-        "system": "plaid",
-        "index": "plaid",
-        "pool_factor": pool_factor,
-        "nbits": nbits,
-        "vectors": int(sum(len(v) for v in vecs)),
-        "index_bytes": folder_bytes(index_path),
-        "vector_bytes": folder_bytes(index_path, "*.codes.pt")
-        + folder_bytes(index_path, "*.residuals.pt")
-        + folder_bytes(index_path, "centroids.pt")
-        + folder_bytes(index_path, "buckets.pt"),
-        "encode_s": None,
-        "pool_s": pool_s,
-        "build_s": build_s,
-        **lat,
-        **score_run(run, data.qrels),
-    }
-    return row, run
+        vecs = pool_embeddings(vectors, self.pool_factor, device=context.device) if self.pool_factor > 1 else vectors
+        pool_s = time.perf_counter() - t
+        self.documents = list(documents)
+        self.texts = [d.text for d in self.documents]
+        self.encoder = context.encoder
+        s = context.encoder.settings
+        self._config = ColBERTConfig(
+            nbits=self.nbits,
+            dim=s.dim,
+            doc_maxlen=s.doc_maxlen,
+            query_maxlen=s.query_maxlen,
+            avoid_fork_if_possible=True,
+            index_root=str(context.workdir / "plaid"),
+        )
+        self._run_config = RunConfig(
+            nranks=1, experiment="pooledir-eval", root=str(context.workdir), avoid_fork_if_possible=True
+        )
+        with self._quiet(), _precomputed_passages(self.texts, vecs):
+            indexer = Indexer(checkpoint=str(context.encoder.path), config=self._config, verbose=0)
+            indexer.index(name=self.name, collection=self.texts, overwrite=True)
+        self._index_path = Path(indexer.get_index())
+        self._searcher = None
+        self._row = {
+            "system": "plaid",
+            "index": "plaid",
+            "pool_factor": self.pool_factor,
+            "nbits": self.nbits,
+            "vectors": int(sum(len(v) for v in vecs)),
+            "pool_s": pool_s,
+        }
+
+    def search(self, queries: Sequence[str], k: int, vectors: np.ndarray | None = None) -> list[list[Hit]]:  # noqa: D102
+        from colbert import Searcher
+
+        with self._quiet():
+            if self._searcher is None:  # loaded on first search, outside the build time (as before)
+                self._searcher = Searcher(index=self.name, config=self._config, collection=self.texts, verbose=0)
+                self._searcher.encode = _query_encoder(self.encoder)
+            out = []
+            for q in queries:  # colbert-ai's Searcher takes one query at a time
+                pids, _, scores = self._searcher.search(q, k=k)
+                out.append([Hit(self.documents[p].id, float(sc)) for p, sc in zip(pids, scores)])
+        return out
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return dict(self._row)
+
+    def bytes(self) -> dict[str, int]:  # noqa: D102
+        path = self._index_path
+        parts = ("*.codes.pt", "*.residuals.pt", "centroids.pt", "buckets.pt")
+        return {"index_bytes": folder_bytes(path), "vector_bytes": sum(folder_bytes(path, p) for p in parts)}
+
+    def close(self) -> None:  # noqa: D102
+        self._searcher = None
+
+
+def systems(nbits: Sequence[int] = (2, 4), pool_factor: int = 1) -> list[PlaidSystem]:
+    """One PLAID system per residual bit count."""
+    for b in nbits:
+        if b not in (1, 2, 4, 8):  # colbert-ai packs 8 // nbits residual codes per byte
+            raise InputError(f"PLAID nbits={b!r} is not one of 1, 2, 4, 8")
+    return [PlaidSystem(b, pool_factor) for b in nbits]
