@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from pooledir.corpus import Document, check_documents
+from pooledir.device import resolve_device
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.index.base import MAX_VECTORS_PER_DOC, VectorBackend, vector_ids
 from pooledir.index.flat import FlatBackend
@@ -137,7 +138,7 @@ class PooledIndex:
         self.config = IndexConfig(**manifest["config"])
         self.dim = int(manifest["encoder"]["dim"])
         self.store = store
-        self.device = device
+        self.device = resolve_device(device)  # 'auto' becomes the device in use
         if encoder is not None and encoder.dim != self.dim:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder

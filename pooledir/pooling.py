@@ -30,6 +30,7 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
+from pooledir.device import resolve_device
 from pooledir.errors import InputError
 
 
@@ -90,15 +91,6 @@ def _check(pool_factor: int, protected_tokens: int) -> None:
         raise InputError(f"protected_tokens={protected_tokens} must be >= 0")
 
 
-def resolve_pool_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def pool_embeddings(
     embeddings: Sequence[np.ndarray],
     pool_factor: int = 2,
@@ -136,7 +128,7 @@ def pool_embeddings(
     _check(pool_factor, protected_tokens)
     if pool_factor == 1:
         return [np.asarray(e, dtype=np.float16) for e in embeddings]
-    device = resolve_pool_device(device)
+    device = resolve_device(device)
     if method not in ("auto", "scipy", "torch"):
         raise InputError(f"method={method!r} is not one of 'auto', 'scipy', 'torch'")
     if method == "auto":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pooledir.device import faiss_gpu_available
 from pooledir.errors import InputError
 from pooledir.index.base import VectorBackend, atomic_write_index
 
@@ -43,13 +44,6 @@ def default_pq_m(dim: int) -> int:
     return 1
 
 
-def gpu_available() -> bool:
-    """True when this faiss build has GPU support and sees a GPU."""
-    import faiss
-
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
 class IVFPQBackend(VectorBackend):
     """``IndexIVFPQ`` (inner product, residual PQ) with id-addressable vectors."""
 
@@ -70,7 +64,7 @@ class IVFPQBackend(VectorBackend):
         if dim % self.pq_m:
             raise InputError(f"pq_m={self.pq_m} must divide the vector dimension {dim}")
         self.pq_nbits = pq_nbits
-        self.use_gpu = use_gpu and gpu_available()
+        self.use_gpu = use_gpu and faiss_gpu_available()
         if use_gpu and not self.use_gpu:
             log.info("faiss sees no GPU; IVF-PQ runs on the CPU")
         self.index = index
