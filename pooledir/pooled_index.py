@@ -34,7 +34,7 @@ from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.index.base import MAX_VECTORS_PER_DOC, VectorBackend, vector_ids
 from pooledir.index.flat import FlatBackend
 from pooledir.index.ivfpq import IVFPQBackend
-from pooledir.pooling import pool_embeddings
+from pooledir.pooling import check_pool_factor, pool_embeddings
 from pooledir.search import SearchParams, search_embeddings
 from pooledir.store import DocStore
 
@@ -74,8 +74,7 @@ class IndexConfig:
         """Raise :class:`InputError` for values that cannot work."""
         if self.backend not in BACKENDS:
             raise InputError(f"backend={self.backend!r} is not one of {sorted(BACKENDS)}")
-        if isinstance(self.pool_factor, bool) or not isinstance(self.pool_factor, int) or self.pool_factor < 1:
-            raise InputError(f"pool_factor={self.pool_factor!r} must be an integer >= 1 (1 = no pooling)")
+        object.__setattr__(self, "pool_factor", check_pool_factor(self.pool_factor))  # a numpy int becomes an int
         if self.protected_tokens < 0:
             raise InputError(f"protected_tokens={self.protected_tokens} must be >= 0")
         if self.nlist is not None and self.nlist < 1:

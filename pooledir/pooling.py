@@ -84,9 +84,15 @@ def pool_document(X: np.ndarray, pool_factor: int, protected_tokens: int = 1) ->
     return np.concatenate([X[:protected_tokens].astype(np.float32), means]).astype(np.float16)
 
 
-def _check(pool_factor: int, protected_tokens: int) -> None:
-    if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
+def check_pool_factor(pool_factor) -> int:
+    """``pool_factor`` as an int, or :class:`InputError`: an integer >= 1 (numpy ints too; not bools or floats)."""
+    if isinstance(pool_factor, (bool, np.bool_)) or not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
         raise InputError(f"pool_factor={pool_factor!r} must be an integer >= 1 (1 = no pooling)")
+    return int(pool_factor)
+
+
+def _check(pool_factor: int, protected_tokens: int) -> None:
+    check_pool_factor(pool_factor)
     if protected_tokens < 0:
         raise InputError(f"protected_tokens={protected_tokens} must be >= 0")
 
