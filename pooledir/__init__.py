@@ -23,6 +23,7 @@ _EXPORTS = {
     "convert_checkpoint": "pooledir.checkpoint",
     "minilm_path": "pooledir.checkpoint",
     "Document": "pooledir.corpus",
+    "document_text": "pooledir.corpus",
     "iter_corpus": "pooledir.corpus",
     "read_corpus": "pooledir.corpus",
     "ColBERTEncoder": "pooledir.encoder",

@@ -60,3 +60,13 @@ def test_duplicate_ids_empty_and_missing(tmp_path):
     with pytest.raises(InputError, match="unknown corpus format"):
         (tmp_path / "x.csv").write_text("a,b")
         read_corpus(tmp_path / "x.csv")
+
+
+def test_one_title_and_text_rule():
+    from pooledir.corpus import document_from_record, document_text
+
+    assert document_text("Bone", "vitamin d") == "Bone vitamin d"
+    assert document_text(None, "vitamin d") == document_text("", "vitamin d") == "vitamin d"
+    record = {"_id": 7, "title": "Bone", "text": "vitamin d", "metadata": {"src": "x", "title": "old"}}
+    doc = Document.from_parts("7", "vitamin d", "Bone", {"src": "x", "title": "old"})
+    assert doc == document_from_record(record) == Document("7", "Bone vitamin d", {"src": "x", "title": "Bone"})
