@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import subprocess
 import sys
 import threading
@@ -24,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from pooledir.evaluation import load_queries, running_server
+from pooledir.evaluation import load_queries, machine_info, running_server
 
 
 def level(url: str, name: str, queries: list[str], concurrency: int, n_requests: int, max_s: float) -> dict:
@@ -120,11 +118,7 @@ def main() -> None:
             json.dumps(
                 {
                     "index": {k: info[k] for k in ("documents", "vectors", "pool_factor", "index_bytes", "backend")},
-                    "machine": {
-                        "cpu": platform.processor() or platform.machine(),
-                        "cores": os.cpu_count(),
-                        "gpu": None,
-                    },
+                    "machine": machine_info(),
                     "note": "load generator and server on the same machine; loopback only",
                     "runs": rows,
                 },

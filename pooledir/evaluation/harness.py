@@ -13,8 +13,6 @@ them by name. Hits whose id equals the query id are dropped (BEIR's rule).
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import numpy as np
 
 from pooledir.evaluation.beir import BeirData, load_beir
 from pooledir.evaluation.cache import encode_cached
+from pooledir.evaluation.machine import machine_info
 from pooledir.evaluation.metrics import latency, run_from_hits, score_run, write_trec_run
 from pooledir.evaluation.systems import Context, System, get_system
 from pooledir.search import SearchParams
@@ -87,14 +86,6 @@ class EvalConfig:
         return out
 
 
-def machine() -> dict[str, str | None]:
-    """What the numbers were measured on."""
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "gpu": gpu}
-
-
 def measure(
     system: System, context: Context, data: BeirData, doc_vecs: list[np.ndarray], Q: np.ndarray, cfg: EvalConfig
 ) -> tuple[dict, dict]:
@@ -140,6 +131,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         "checkpoint": str(encoder.path),
         "documents": len(data.documents),
         "queries": len(data.queries),
-        "machine": machine(),
+        "machine": machine_info(),
         "runs": [{k: r.get(k) for k in RUN_KEYS} for r in rows],
     }
