@@ -33,7 +33,8 @@ lint: install
 
 demo: install
 	@mkdir -p $(DEMO)
-	@test -d "$(CORPUS)" || $(BIN)/python -c "from pooledir.evaluation.beir import download_beir; download_beir('scifact', '$(DEMO)')"
+	@test -d "$(CORPUS)" || $(BIN)/python -c "from pooledir.evaluation import download_beir; download_beir('scifact', '$(DEMO)')" \
+		|| { echo "offline? point CORPUS= at a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)" >&2; exit 2; }
 	$(eval CORPUS_DIR := $(if $(wildcard $(CORPUS)),$(CORPUS),$(DEMO)/scifact))
 	$(BIN)/pooledir convert-checkpoint --minilm $(CKPT)
 	rm -rf $(INDEX)

@@ -117,3 +117,22 @@ def test_index_and_search_with_colbert_ai_unimportable(tiny_ckpt, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == ["d0", "d1", "d2"]  # the tiny checkpoint is random: any order
+
+
+def test_library_error_messages_name_no_cli_flags_or_make_variables():
+    """A library user has no flags to pass: messages say the value, the limit and the fix in library terms."""
+    import re
+
+    pattern = re.compile(r"(?<![\w-])--[a-z]|\b(CORPUS|LIMIT|DEMO|CKPT|DATASETS)=")
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "cli.py":  # the CLI may name its own flags
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                for const in ast.walk(node.exc):
+                    if isinstance(const, ast.Constant) and isinstance(const.value, str):
+                        text = const.value.replace("pip install --", "pip install ")  # pip's own flags are fine
+                        if pattern.search(text):
+                            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {const.value!r}")
+    assert found == []

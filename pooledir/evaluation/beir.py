@@ -72,7 +72,7 @@ def download_beir(name: str, dest: str | Path) -> Path:
                 shutil.copyfileobj(r, f)
         except OSError as e:
             raise InputError(
-                f"could not download {url} ({e}); offline, point CORPUS= at a BEIR folder "
+                f"could not download {url} ({e}); offline, use a local BEIR folder instead "
                 "(corpus.jsonl, queries.jsonl, qrels/test.tsv)"
             ) from None
         with zipfile.ZipFile(zpath) as z:
