@@ -13,7 +13,7 @@ Names are imported on first use, so ``import pooledir`` (and the CLI's
 
 from __future__ import annotations
 
-import importlib
+from pooledir._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -43,14 +43,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pooledir' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -11,7 +11,7 @@ imported on first use, as in :mod:`pooledir`.
 
 from __future__ import annotations
 
-import importlib
+from pooledir._lazy import lazy_exports
 
 _EXPORTS = {
     "BeirData": "pooledir.evaluation.beir",
@@ -47,14 +47,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pooledir.evaluation' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
