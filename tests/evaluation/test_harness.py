@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pooledir.evaluation import RUN_KEYS, EvalConfig, evaluate
+from pooledir.evaluation import RUN_KEYS, EvalConfig, evaluate, markdown_table
 
 
 def make_config(tiny_beir, tiny_ckpt, tmp_path, **kw):
@@ -165,8 +165,10 @@ def test_peers_are_pluggable_systems(tiny_beir, tiny_ckpt, tmp_path, monkeypatch
 
     monkeypatch.setitem(systems.SYSTEMS, "exact", lambda: [ExactSystem()])
     cfg = make_config(tiny_beir, tiny_ckpt, tmp_path, pool_factors=[1], indexes=["flat"], compare=["exact"])
-    runs = evaluate(cfg)["runs"]
+    result = evaluate(cfg)
+    runs = result["runs"]
     assert [r["system"] for r in runs] == ["pooledir", "exact"]
+    assert "| exact | " in markdown_table([result])
     exact, flat = runs[1], runs[0]
     assert tuple(exact) == RUN_KEYS and exact["pool_s"] is None and exact["build_s"] >= 0
     # the same vectors scored exactly by both: the same quality
