@@ -26,20 +26,17 @@ def load_results(paths: list[Path]) -> list[dict]:
 DISPLAY_NAMES = {"plaid": "PLAID"}
 
 
-def _label(run: dict) -> str:
+def _label(run: dict, short: bool = False) -> str:
+    """``pooledir ivfpq pool x2`` / ``PLAID nbits=2`` for tables; ``ivfpq x2`` / ``PLAID 2b`` for plots."""
+    pf = run.get("pool_factor") or 1
     if run["system"] == "pooledir":
-        return f"pooledir {run['index']} pool x{run['pool_factor']}"
+        return f"{run['index']} x{pf}" if short else f"pooledir {run['index']} pool x{pf}"
     name = DISPLAY_NAMES.get(run["system"], run["system"])
-    bits = f" nbits={run['nbits']}" if run.get("nbits") is not None else ""
-    return name + bits + (f" pool x{run['pool_factor']}" if (run.get("pool_factor") or 1) > 1 else "")
-
-
-def _short(run: dict) -> str:
-    if run["system"] == "pooledir":
-        return f"{run['index']} x{run['pool_factor']}"
-    name = DISPLAY_NAMES.get(run["system"], run["system"])
-    bits = f" {run['nbits']}b" if run.get("nbits") is not None else ""
-    return name + bits + (f" x{run['pool_factor']}" if (run.get("pool_factor") or 1) > 1 else "")
+    if run.get("nbits") is not None:
+        name += f" {run['nbits']}b" if short else f" nbits={run['nbits']}"
+    if pf > 1:
+        name += f" x{pf}" if short else f" pool x{pf}"
+    return name
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -112,7 +109,9 @@ def plots(results: list[dict], out_dir: Path) -> list[Path]:
                 key = r["index"] if r["system"] == "pooledir" else r["system"]
                 marker, colour = style.get(key, ("D", "tab:green"))  # any other peer
                 ax.scatter(xv, r["ndcg@10"], marker=marker, color=colour)
-                ax.annotate(_short(r), (xv, r["ndcg@10"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
+                ax.annotate(
+                    _label(r, short=True), (xv, r["ndcg@10"]), fontsize=7, xytext=(4, -3), textcoords="offset points"
+                )
             if logx:
                 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
