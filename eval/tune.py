@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams
-from pooledir.evaluate import encode_cached, load_beir, run_from_hits, score_run
+from pooledir.evaluation import encode_cached, load_beir, run_from_hits, score_run
 
 
 def sweep_point(index, data, Q, nprobe: int, cands: int, rerank: int) -> dict:

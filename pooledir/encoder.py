@@ -28,25 +28,13 @@ from pooledir.checkpoint import (
     resolve_checkpoint,
     split_colbert_weights,
 )
+from pooledir.device import resolve_device
 from pooledir.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
 
 #: weight keys that may be absent from a checkpoint without changing the token outputs
 _OPTIONAL_KEYS = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
-
-
-def resolve_device(device: str) -> str:
-    """Map ``"auto"`` to ``"cuda"`` when torch sees a GPU, else ``"cpu"``; reject a missing CUDA."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device={device!r} but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise InputError(f"device={device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
-    return device
 
 
 class ColBERTEncoder:

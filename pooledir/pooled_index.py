@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from pooledir.corpus import Document, check_documents
+from pooledir.device import faiss_gpu_available, resolve_device
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.index.folder import Batch, IndexFolder, ensure_layout
 from pooledir.index.manifest import ENCODER_SETTINGS, IndexConfig, Manifest, read_manifest
-from pooledir.index.segments import describe_quantizer, gpu_available
+from pooledir.index.segments import describe_quantizer
 from pooledir.pooling import pool_embeddings
 from pooledir.search import SearchParams, exact_search, search_embeddings
 from pooledir.store import DocStore
@@ -64,7 +65,7 @@ class PooledIndex:
         self.manifest = manifest
         self.config = manifest.config
         self.dim = manifest.dim
-        self.device = device
+        self.device = resolve_device(device)  # 'auto' becomes the device in use
         if encoder is not None and encoder.dim != self.dim:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder
@@ -301,7 +302,7 @@ class PooledIndex:
         backend: dict[str, Any] = {"kind": self.config.backend, "dim": self.dim, "trained": snap.quantizer is not None}
         if snap.quantizer is not None:
             backend |= describe_quantizer(snap.quantizer)
-            backend["device"] = "gpu" if self.device != "cpu" and gpu_available() else "cpu"
+            backend["device"] = "gpu" if self.device != "cpu" and faiss_gpu_available() else "cpu"
         return {
             "path": str(self.path),
             "checkpoint": self.manifest.checkpoint,

@@ -23,9 +23,9 @@ def ndcg10(run: dict, qrels: dict) -> float:
 
 @pytest.fixture(scope="module")
 def scifact_sample(minilm_ckpt):
-    from pooledir.beir import load_qrels, load_queries
     from pooledir.corpus import read_corpus
     from pooledir.encoder import ColBERTEncoder
+    from pooledir.evaluation import load_qrels, load_queries
 
     qrels = load_qrels(SCIFACT)
     docs = read_corpus(SCIFACT)

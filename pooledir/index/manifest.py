@@ -16,6 +16,7 @@ from typing import Any
 
 from pooledir.errors import IndexCorruptError, InputError
 from pooledir.index.segments import fsync_dir
+from pooledir.pooling import check_pool_factor
 
 FORMAT = "pooledir-index"
 FORMAT_VERSION = 2
@@ -61,8 +62,7 @@ class IndexConfig:
         """Raise :class:`InputError` for values that cannot work."""
         if self.backend not in ("ivfpq", "flat"):
             raise InputError(f"backend={self.backend!r} is not one of ['flat', 'ivfpq']")
-        if isinstance(self.pool_factor, bool) or not isinstance(self.pool_factor, int) or self.pool_factor < 1:
-            raise InputError(f"pool_factor={self.pool_factor!r} must be an integer >= 1 (1 = no pooling)")
+        object.__setattr__(self, "pool_factor", check_pool_factor(self.pool_factor))  # a numpy int becomes an int
         if self.protected_tokens < 0:
             raise InputError(f"protected_tokens={self.protected_tokens} must be >= 0")
         if self.nlist is not None and self.nlist < 1:

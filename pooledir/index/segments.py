@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pooledir.device import faiss_gpu_available
 from pooledir.errors import IndexCorruptError
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,6 @@ def default_pq_m(dim: int) -> int:
         if m <= max(1, dim // 8) and dim % m == 0:
             return m
     return 1
-
-
-def gpu_available() -> bool:
-    """True when this faiss build has GPU support and sees a GPU."""
-    import faiss
-
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 # -- durable files ------------------------------------------------------------------------------------------------
@@ -125,7 +119,7 @@ def train_quantizer(
     index.own_fields = True
     quantizer.this.disown()
     x = np.ascontiguousarray(sample, dtype=np.float32)
-    if use_gpu and nbits == 8 and gpu_available():
+    if use_gpu and nbits == 8 and faiss_gpu_available():
         res = faiss.StandardGpuResources()
         gpu = faiss.index_cpu_to_gpu(res, 0, index)
         gpu.train(x)
