@@ -12,7 +12,7 @@ DEMO   ?= .cache/demo
 CKPT   := $(DEMO)/minilm-colbert-128-plain
 INDEX  := $(DEMO)/scifact-pf2
 
-.PHONY: install test lint demo bench eval clean
+.PHONY: install test lint demo bench eval clean pylate-fixtures
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ eval: install
 			--pool-factors 1,2,3,4 --index ivfpq,flat --compare plaid --device cpu || exit 1; \
 	done
 	$(BIN)/pooledir eval report $(foreach d,$(DATASETS),eval/results/$(d).cpu.json) --out-dir eval/results
+
+# Tiny checkpoints saved by PyLate and its reference encodings (tests/fixtures/pylate): run once by hand,
+# never in CI; it makes its own virtual environment, since PyLate needs transformers 5.
+pylate-fixtures:
+	$(PYTHON) eval/make_pylate_fixtures.py --venv /tmp/pylate-venv
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
