@@ -214,3 +214,17 @@ def test_cli_indexes_and_searches_with_a_pylate_checkpoint(tmp_path, tiny_beir):
         json.loads(x) for x in run("search", out, "cancer cells", "-k", "3", "--json", "--device", "cpu").splitlines()
     ]
     assert len(lines) == 1 and len(lines[0]["results"]) == 3
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_onnx_query_backend_equals_torch(tmp_path, monkeypatch, model):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    torch_enc = ColBERTEncoder(FIXTURES / model, device="cpu")
+    onnx_enc = ColBERTEncoder(FIXTURES / model, device="cpu", query_backend="onnx")
+    queries = TEXTS["queries"] + ["a query long enough to be cut at the query length of twelve tokens, surely"]
+    assert np.abs(onnx_enc.encode_queries(queries) - torch_enc.encode_queries(queries)).max() <= 1e-4
+    assert_equal_to_pylate(onnx_enc, reference(model, "default"))
+    assert len(list((tmp_path / "cache" / "pooledir" / "onnx").glob("*.onnx"))) == 1  # exported once, cached
+    again = ColBERTEncoder(FIXTURES / model, device="cpu", query_backend="onnx")
+    assert again._query_runtime.path == onnx_enc._query_runtime.path
