@@ -37,6 +37,14 @@ class Document:
         check_str(self.text, f"document {self.id!r}: text")
         check_metadata(self.metadata, f"document {self.id!r}: metadata")
 
+    @classmethod
+    def from_parts(
+        cls, id: str, text: str, title: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Document:
+        """A document from BEIR-style parts: encoded as :func:`document_text`, the title kept in ``metadata``."""
+        metadata = dict(metadata or {}) | ({"title": title} if title else {})
+        return cls(id, document_text(title, text), metadata)
+
 
 def check_metadata(metadata: object, what: str) -> None:
     """Raise :class:`InputError` unless ``metadata`` is a dict that JSON (and sqlite) can store."""
@@ -63,6 +71,11 @@ def document_id(value: object, where: str) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def document_text(title: str | None, text: str) -> str:
+    """The text pooledir encodes for a titled document: ``title + " " + text`` (BEIR's rule), else ``text``."""
+    return f"{title} {text}".strip() if title else text
+
+
 def document_from_record(record: dict[str, Any], where: str = "record") -> Document:
     """Build a Document from a BEIR/jsonl-style dict (``_id`` or ``id``, ``title``, ``text``).
 
@@ -86,12 +99,8 @@ def document_from_record(record: dict[str, Any], where: str = "record") -> Docum
         metadata = {}
     if not isinstance(metadata, dict):
         raise InputError(f"{where}: field 'metadata' must be a JSON object, got {type(metadata).__name__}")
-    metadata = dict(metadata)
-    if title:
-        metadata["title"] = title
-    full = f"{title} {text}".strip() if title else text
     try:
-        return Document(id=doc_id, text=full, metadata=metadata)
+        return Document.from_parts(doc_id, text, title, metadata)
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
 

@@ -57,7 +57,7 @@ def parent_id(id: str) -> str:
 def window_tokens(encoder: ColBERTEncoder) -> int:
     """Text tokens one passage holds: ``doc_maxlen`` less the special tokens the encoder adds."""
     m = encoder.settings.doc_maxlen
-    return m - len(encoder._tokenize([""], max_length=m)["input_ids"][0])
+    return m - len(encoder._tokenize([""], False, m)["input_ids"][0])
 
 
 def default_stride(encoder: ColBERTEncoder) -> int:
@@ -76,9 +76,7 @@ def check_stride(stride: int, encoder: ColBERTEncoder) -> None:
         )
 
 
-def split_documents(
-    docs: Sequence[Document], encoder: ColBERTEncoder, stride: int
-) -> tuple[list[Document], list[str]]:
+def split_documents(docs: Sequence[Document], encoder: ColBERTEncoder, stride: int) -> tuple[list[Document], list[str]]:
     """The rows to store for ``docs`` and the text to encode for each row (see the module docstring)."""
     window = window_tokens(encoder)
     rows: list[Document] = []
@@ -156,12 +154,13 @@ def _token_offsets(text: str, encoder: ColBERTEncoder) -> tuple[np.ndarray, np.n
 
 def stored_ids(index: PooledIndex, ids: Sequence[str]) -> list[str]:
     """The rows of ``ids``: a stored row's own id, a split document's passage ids; unknown ids as given."""
-    found = index.store.lookup(list(ids))
+    store = index.folder.store
+    found = store.lookup(list(ids))
     missing = [i for i in ids if i not in found and not is_passage_id(i)]
-    first = index.store.lookup([f"{i}#p0" for i in missing])
+    first = store.lookup([f"{i}#p0" for i in missing])
     counts: dict[str, int] = {}
     if first:
-        rows = index.store.rows([v[0] for v in first.values()])
+        rows = store.rows(list(first.values()))
         counts = {r.metadata["parent_id"]: int(r.metadata["n_passages"]) for r in rows}
     out: list[str] = []
     for i in ids:

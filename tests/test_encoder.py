@@ -186,3 +186,17 @@ def test_tokenizing_a_20mb_document_costs_bounded_memory_and_time(tiny_ckpt):
         assert r["truncated"] == 1 and r["vectors"] > 0, (name, r)
         assert r["mb"] < 100, (name, r)  # peak resident memory it added, beside the 20 MB text itself
         assert r["s"] < 20, (name, r)
+
+
+def test_onnx_query_backends(tmp_path, monkeypatch, tiny_ckpt, tiny_encoder):
+    """fp32 ONNX Runtime gives torch's vectors; INT8 is close but not equal (lossy: opt-in only)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ref = tiny_encoder.encode_queries(QUERIES)
+    fast = ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="onnx").encode_queries(QUERIES)
+    assert np.abs(fast - ref).max() <= 1e-4
+    int8 = ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="onnx-int8").encode_queries(QUERIES)
+    assert int8.shape == ref.shape and np.abs(int8 - ref).max() > 1e-4
+    assert np.allclose(np.linalg.norm(int8, axis=2), 1, atol=1e-4)
+    with pytest.raises(InputError, match="query_backend='tensorrt' is not one of torch, onnx, onnx-int8"):
+        ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="tensorrt")

@@ -81,11 +81,12 @@ def disk_full_after(monkeypatch, limit: int) -> None:
 def test_a_full_disk_keeps_the_old_index_and_removes_the_temp_file(flat, monkeypatch):
     expected = ids_of(flat.search(["cancer cells"], k=5)[0])
     disk_full_after(monkeypatch, 4096)
-    for write in (lambda: flat.add([Document("new", "vitamin bone study")]), lambda: flat.delete(["d1"])):
-        with pytest.raises(OSError) as err:
-            write()
-        assert err.value.errno == errno.ENOSPC and err.value.filename.endswith(".faiss")
-        assert not list(flat.path.glob("*.tmp"))  # the partly written file is gone: the disk is not kept full
+    segments = sorted(flat.path.rglob("*.faiss"))
+    with pytest.raises(OSError) as err:
+        flat.add([Document(f"new{i}", "vitamin bone study " * 5) for i in range(30)])  # a segment over 4 kB
+    assert err.value.errno == errno.ENOSPC and err.value.filename.endswith(".faiss")
+    assert not list(flat.path.rglob("*.tmp"))  # the partly written file is gone: the disk is not kept full
+    assert sorted(flat.path.rglob("*.faiss")) == segments
     monkeypatch.undo()
     assert len(flat) == 30 and ids_of(flat.search(["cancer cells"], k=5)[0]) == expected
     flat.close()
@@ -93,10 +94,10 @@ def test_a_full_disk_keeps_the_old_index_and_removes_the_temp_file(flat, monkeyp
     assert len(again) == 30 and ids_of(again.search(["cancer cells"], k=5)[0]) == expected
 
 
-def test_a_generation_that_is_not_a_number_is_corruption(flat, tiny_encoder):
-    flat.store.conn.execute("UPDATE meta SET value = 'x1' WHERE key = 'generation'")
+def test_a_commit_that_is_not_a_number_is_corruption(flat, tiny_encoder):
+    flat.folder.store.conn.execute("UPDATE meta SET value = 'x1' WHERE key = 'commit'")
     flat.close()
-    with pytest.raises(IndexCorruptError, match="generation 'x1' is not a number"):
+    with pytest.raises(IndexCorruptError, match="commit 'x1' is not a number"):
         PooledIndex.open(flat.path, device="cpu", encoder=tiny_encoder)
 
 
@@ -140,9 +141,10 @@ def test_passages_are_stored_under_the_parent(tmp_path, tiny_encoder, long_corpu
     window = window_tokens(tiny_encoder)
     assert window == 64 - 3  # [CLS], the marker and [SEP]
     assert n_passages >= (420 - window) // 30 + 1
-    first = idx.store.rows([idx.store.lookup(["long#p0"])["long#p0"][0]])[0]
+    store = idx.folder.store
+    first = store.rows([store.lookup(["long#p0"])["long#p0"]])[0]
     assert first.metadata["parent_id"] == "long" and first.metadata["n_passages"] == n_passages
-    last = idx.store.rows([idx.store.lookup([f"long#p{n_passages - 1}"])[f"long#p{n_passages - 1}"][0]])[0]
+    last = store.rows([store.lookup([f"long#p{n_passages - 1}"])[f"long#p{n_passages - 1}"]])[0]
     start, end = last.metadata["span"]
     assert last.text == "" and long_corpus[-1].text[start:end].endswith(long_corpus[-1].text.split()[-1])
     assert idx.get("long") == long_corpus[-1] and idx.get("d3") == long_corpus[3]
@@ -177,3 +179,10 @@ def test_passage_settings_and_ids_are_checked(tmp_path, tiny_encoder):
         idx.add([Document("x#p3", "cancer")])
     with pytest.raises(InputError, match="pass documents, not embeddings"):
         idx.add([Document("x", "cancer")], embeddings=[np.ones((3, 16), np.float16)])
+
+
+def test_pq_m_must_divide_the_dimension_at_creation(tmp_path, tiny_encoder):
+    """faiss would only fail when the index trains, thousands of documents later."""
+    with pytest.raises(InputError, match=r"pq_m=7 must divide the vector dimension 16; pass a divisor such as 2"):
+        PooledIndex.create(tmp_path / "i", config=IndexConfig(pq_m=7), device="cpu", encoder=tiny_encoder)
+    assert not (tmp_path / "i").exists()

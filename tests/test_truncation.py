@@ -25,7 +25,7 @@ PIECES = [
 
 def full_ids(encoder, text: str) -> list[int]:
     """The reference: tokenize the whole text, then truncate (what the encoder did before clipping)."""
-    return encoder._tokenize([text], max_length=encoder.settings.doc_maxlen)["input_ids"][0]
+    return encoder._tokenize([text], False, encoder.settings.doc_maxlen)["input_ids"][0]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -40,7 +40,7 @@ def test_clipped_text_keeps_the_same_tokens(tiny_encoder, pieces, no_space, min_
     m = tiny_encoder.settings.doc_maxlen
 
     def head(s: str) -> list[int]:
-        return tiny_encoder._tokenize([s], max_length=m + 1)["input_ids"][0]
+        return tiny_encoder._tokenize([s], False, m + 1)["input_ids"][0]
 
     clipped = clip_text(text, m, head, min_chars=min_chars)
     assert text.startswith(clipped)
@@ -53,7 +53,7 @@ def test_encoder_ids_and_truncation_flags_match_whole_text_tokenization(tiny_enc
     text = "".join(pieces)
     ids, truncated = tiny_encoder._document_ids([text])
     assert ids[0] == full_ids(tiny_encoder, text)
-    untruncated = tiny_encoder._tokenize([text], max_length=10**6)["input_ids"][0]
+    untruncated = tiny_encoder._tokenize([text], False, 10**6)["input_ids"][0]
     assert truncated[0] == (len(untruncated) > tiny_encoder.settings.doc_maxlen)
 
 
