@@ -28,12 +28,14 @@ from pooledir.checkpoint import (
     resolve_checkpoint,
     split_colbert_weights,
 )
-from pooledir.errors import CheckpointError, InputError
+from pooledir.errors import CheckpointError, IndexCorruptError, InputError
 
 log = logging.getLogger(__name__)
 
 #: weight keys that may be absent from a checkpoint without changing the token outputs
 _OPTIONAL_KEYS = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
+#: encoder settings an index records, so that queries are encoded the way its documents were
+ENCODER_SETTINGS = ("doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
 
 
 def resolve_device(device: str) -> str:
@@ -203,6 +205,50 @@ class ColBERTEncoder:
             bar.update(len(batch))
         bar.close()
         return out  # type: ignore[return-value]
+
+
+def _recorded_settings(manifest: dict) -> dict:
+    """The encoder settings an index manifest records; keys older manifests lack are None (the checkpoint decides)."""
+    enc = manifest.get("encoder")
+    if not isinstance(enc, dict) or not manifest.get("checkpoint"):
+        raise IndexCorruptError("the index manifest lacks its 'encoder' settings or its 'checkpoint'")
+    return {k: enc.get(k) for k in ENCODER_SETTINGS}
+
+
+def encoder_key(manifest: dict, checkpoint: str | os.PathLike[str] | None = None) -> tuple:
+    """What makes two indexes' encoders interchangeable: the same weights and the same recorded settings.
+
+    Indexes with equal keys can share one :func:`encoder_for_index` result.
+    """
+    settings = _recorded_settings(manifest)
+    source = Path(checkpoint or manifest["checkpoint"]).expanduser()
+    name = str(source.resolve()) if source.exists() else str(checkpoint or manifest["checkpoint"])
+    return (name, *sorted(settings.items()))
+
+
+def encoder_for_index(
+    manifest: dict, device: str = "auto", checkpoint: str | os.PathLike[str] | None = None, **kwargs
+) -> ColBERTEncoder:
+    """The encoder that encodes queries and documents the way an index's documents were encoded.
+
+    The index's recorded settings (lengths, query augmentation, markers,
+    punctuation masking) win over the checkpoint's own metadata, so pointing
+    ``checkpoint`` at another copy of the weights (e.g. a container mount)
+    changes where they are read from, never how text is encoded.
+
+    Parameters
+    ----------
+    manifest
+        The index's manifest (:func:`pooledir.read_manifest`).
+    device
+        As for :class:`ColBERTEncoder`.
+    checkpoint
+        Load the weights from here instead of the manifest's checkpoint path.
+    **kwargs
+        Passed on to :class:`ColBERTEncoder` (e.g. ``batch_size``).
+    """
+    settings = _recorded_settings(manifest)
+    return ColBERTEncoder(checkpoint or manifest["checkpoint"], device=device, **(kwargs | settings))
 
 
 def check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> list[str]:

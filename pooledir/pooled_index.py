@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from pooledir.corpus import Document, check_documents
+from pooledir.encoder import ENCODER_SETTINGS
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.index.base import MAX_VECTORS_PER_DOC, VectorBackend, vector_ids
 from pooledir.index.flat import FlatBackend
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "pooledir-index"
 FORMAT_VERSION = 1
-#: encoder settings an index records, so that queries are encoded the way its documents were
-ENCODER_SETTINGS = ("doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
 BACKENDS: dict[str, type[VectorBackend]] = {"ivfpq": IVFPQBackend, "flat": FlatBackend}
 
 
@@ -271,13 +270,9 @@ class PooledIndex:
     def encoder(self):
         """The ColBERT encoder, loaded from the manifest's checkpoint on first use."""
         if self._encoder is None:
-            from pooledir.encoder import ColBERTEncoder
+            from pooledir.encoder import encoder_for_index
 
-            enc = self.manifest["encoder"]
-            # the index's own record wins over the checkpoint's metadata; older manifests lack some keys
-            self._encoder = ColBERTEncoder(
-                self.manifest["checkpoint"], device=self.device, **{k: enc.get(k) for k in ENCODER_SETTINGS}
-            )
+            self._encoder = encoder_for_index(self.manifest, self.device)
             if self._encoder.dim != self.dim:
                 raise IndexCorruptError(f"checkpoint dim {self._encoder.dim} != index dim {self.dim}")
         return self._encoder

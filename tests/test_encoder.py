@@ -136,3 +136,18 @@ def test_conventions_come_from_the_checkpoint_and_yield_to_overrides(tmp_path, t
     assert (s.query_augmentation, s.markers) == (False, False)
     s = ColBERTEncoder(ckpt, device="cpu", markers=True).settings
     assert (s.query_augmentation, s.markers) == (False, True)
+
+
+def test_encoder_for_index_follows_the_manifest_over_the_checkpoint(tiny_ckpt):
+    from pooledir.encoder import encoder_for_index, encoder_key
+    from pooledir.errors import IndexCorruptError
+
+    recorded = {"doc_maxlen": 40, "query_maxlen": 8, "query_augmentation": False, "markers": False}
+    manifest = {"checkpoint": str(tiny_ckpt), "encoder": {"dim": 16, **recorded}}
+    s = encoder_for_index(manifest, "cpu").settings
+    assert {k: getattr(s, k) for k in recorded} == recorded
+    assert s.mask_punctuation is True  # not recorded (an older manifest): the checkpoint's metadata decides
+    assert encoder_key(manifest) == encoder_key(manifest, tiny_ckpt.parent / ".." / tiny_ckpt.parent.name / "colbert")
+    assert encoder_key(manifest) != encoder_key({**manifest, "encoder": {**manifest["encoder"], "markers": True}})
+    with pytest.raises(IndexCorruptError, match="'encoder' settings"):
+        encoder_key({"checkpoint": str(tiny_ckpt)})
