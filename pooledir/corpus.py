@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pooledir.errors import InputError
+
+#: metadata nested deeper than this is refused (Python's json and sqlite's JSON functions give up near 1000)
+MAX_METADATA_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,57 @@ def iter_corpus(path: str | Path) -> Iterator[Document]:
     raise InputError(f"{path}: unknown corpus format '{suffix}'; use .jsonl, .tsv, a .txt folder or a BEIR folder")
 
 
+def check_utf8(text: str, what: str) -> str:
+    """Return ``text``, or raise InputError if it is not a string that UTF-8 can store (a lone surrogate)."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} is {type(text).__name__}, expected a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} is not valid Unicode: a lone surrogate {text[e.start]!r} at character {e.start}; "
+            "send UTF-8 text"
+        ) from None
+    return text
+
+
+def check_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
+    """Return ``metadata``, or raise InputError unless it is a JSON object that stores and reads back unchanged.
+
+    That is: string keys, UTF-8 strings, finite numbers, at most ``MAX_METADATA_DEPTH`` levels of nesting.
+    """
+    if not isinstance(metadata, dict):
+        raise InputError(f"{what} must be an object (dict), got {type(metadata).__name__}")
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:  # a loop, not recursion: deep nesting must give this error, not a RecursionError
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list, tuple)) and depth > MAX_METADATA_DEPTH:
+            raise InputError(f"{what} is nested more than {MAX_METADATA_DEPTH} levels deep; flatten it")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                check_utf8(key, f"{what} key {key!r}")
+                stack.append((item, depth + 1))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            check_utf8(value, f"{what} value")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{what} holds {value}; JSON has no NaN or infinity")
+        elif value is not None and not isinstance(value, (bool, int, float)):
+            raise InputError(
+                f"{what} holds a {type(value).__name__}; only objects, lists, strings, numbers, booleans and null"
+            )
+    return metadata
+
+
 def check_documents(docs: Iterable[Document], source: str = "corpus") -> list[Document]:
-    """Materialise ``docs``, rejecting duplicate ids and an empty result."""
+    """Materialise ``docs``, rejecting duplicate ids, text or metadata that cannot be stored, and an empty result."""
     out: list[Document] = []
     seen: set[str] = set()
     for d in docs:
+        check_utf8(d.id, f"{source}: a document id")
+        check_utf8(d.text, f"{source}: document {d.id!r} text")
+        check_metadata(d.metadata, f"{source}: document {d.id!r} metadata")
         if d.id in seen:
             raise InputError(f"{source}: duplicate document id {d.id!r}")
         seen.add(d.id)

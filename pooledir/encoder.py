@@ -28,6 +28,7 @@ from pooledir.checkpoint import (
     resolve_checkpoint,
     split_colbert_weights,
 )
+from pooledir.corpus import check_utf8
 from pooledir.errors import CheckpointError, IndexCorruptError, InputError
 
 log = logging.getLogger(__name__)
@@ -257,8 +258,7 @@ def check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> l
         raise InputError(f"expected a list of {what} texts, got a single string")
     texts = list(texts)
     for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise InputError(f"{what} {i} is {type(t).__name__}, expected a string")
+        check_utf8(t, f"{what} {i}")
         if not allow_empty and not t.strip():
             raise InputError(f"{what} {i} is empty")
     return texts

@@ -21,8 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pooledir import ColBERTEncoder, Document, PooledIndex, check_texts, read_manifest
-from pooledir.encoder import encoder_for_index, encoder_key
+from pooledir import (
+    ColBERTEncoder,
+    Document,
+    PooledIndex,
+    check_texts,
+    encoder_for_index,
+    encoder_key,
+    read_manifest,
+)
 from pooledir.errors import InputError
 
 

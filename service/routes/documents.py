@@ -1,9 +1,12 @@
-"""Document upsert, delete and lookup."""
+"""Document upsert, delete and lookup.
+
+Plain ``def`` routes: they wait on the index's locks, so FastAPI runs them in
+its thread pool and the event loop (health checks included) never waits.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
-from starlette.concurrency import run_in_threadpool
 
 from pooledir import Document, InputError
 from service.deps import IndexDep, SettingsDep
@@ -13,7 +16,7 @@ router = APIRouter(tags=["documents"])
 
 
 @router.post("/indexes/{name}/documents", response_model=UpsertResponse)
-async def upsert(req: UpsertRequest, handle: IndexDep, settings: SettingsDep) -> UpsertResponse:
+def upsert(req: UpsertRequest, handle: IndexDep, settings: SettingsDep) -> UpsertResponse:
     """Add or replace documents by id; durable on disk before the answer."""
     if len(req.documents) > settings.max_batch_documents:
         raise HTTPException(
@@ -26,19 +29,19 @@ async def upsert(req: UpsertRequest, handle: IndexDep, settings: SettingsDep) ->
             raise InputError(f"document {d.id!r} has more than {settings.max_document_chars} characters")
         metadata = dict(d.metadata or {}) | ({"title": d.title} if d.title else {})
         docs.append(Document(d.id, f"{d.title} {d.text}".strip() if d.title else d.text, metadata))
-    n = await run_in_threadpool(handle.upsert, docs)
+    n = handle.upsert(docs)
     return UpsertResponse(upserted=n, documents=handle.read(len))
 
 
 @router.delete("/indexes/{name}/documents", response_model=DeleteResponse)
-async def delete(req: DeleteRequest, handle: IndexDep) -> DeleteResponse:
+def delete(req: DeleteRequest, handle: IndexDep) -> DeleteResponse:
     """Delete documents by id; any unknown id fails the whole request (404) before anything is deleted."""
-    n = await run_in_threadpool(handle.delete, req.ids)
+    n = handle.delete(req.ids)
     return DeleteResponse(deleted=n, documents=handle.read(len))
 
 
-@router.get("/indexes/{name}/documents/{doc_id}", response_model=DocumentOut)
-async def get_document(doc_id: str, handle: IndexDep) -> DocumentOut:
-    """One stored document."""
-    doc = await run_in_threadpool(handle.read, lambda index: index.get(doc_id))
+@router.get("/indexes/{name}/documents/{doc_id:path}", response_model=DocumentOut)
+def get_document(doc_id: str, handle: IndexDep) -> DocumentOut:
+    """One stored document; ids may contain ``/`` (a folder of .txt files makes such ids)."""
+    doc = handle.read(lambda index: index.get(doc_id))
     return DocumentOut(id=doc.id, text=doc.text, metadata=doc.metadata)
