@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -35,6 +36,12 @@ def _not_blank(v: str) -> str:
     return v
 
 
+def _not_an_int(v: Any) -> Any:
+    if isinstance(v, int):  # strict floats take ints: keep them in the 64-bit integer branch and its bounds
+        raise ValueError("an integer is not a float here")
+    return v
+
+
 _PATH_UNSAFE = re.compile(r'["\\\x00-\x1f]')
 
 
@@ -49,7 +56,7 @@ NonBlank = Annotated[StrictStr, StringConstraints(min_length=1), AfterValidator(
 DocId = Annotated[NonBlank, StringConstraints(max_length=512)]
 Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
-FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False), BeforeValidator(_not_an_int)]
 FilterValue = Text | Int64 | FiniteFloat | StrictBool
 FilterField = Annotated[
     StrictStr, StringConstraints(max_length=256), AfterValidator(_utf8), AfterValidator(_filter_field)
