@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -14,6 +15,18 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+
+def search_request(url: str, index_name: str, query: str) -> tuple[str, str, dict[str, str]]:
+    """The demo's search: (url, JSON body, headers), as sent and as printed."""
+    body = json.dumps({"query": query, "k": 3, "with_text": True})
+    return f"{url}/indexes/{index_name}/search", body, {"Content-Type": "application/json"}
+
+
+def curl_command(url: str, body: str, headers: dict[str, str]) -> str:
+    """A curl line a user can paste: the same body and headers, quoted for a POSIX shell."""
+    parts = ["curl", "-s", url] + [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")] + ["-d", body]
+    return shlex.join(parts)
 
 
 def main() -> None:
@@ -34,11 +47,9 @@ def main() -> None:
                 time.sleep(0.5)
         else:
             raise SystemExit("the service did not become ready in 60 s")
-        body = json.dumps({"query": query, "k": 3, "with_text": True}).encode()
-        print(f'$ curl -s {url}/indexes/{index.name}/search -d \'{{"query": "{query}", "k": 3, "with_text": true}}\'')
-        req = urllib.request.Request(
-            f"{url}/indexes/{index.name}/search", data=body, headers={"content-type": "application/json"}
-        )
+        search_url, body, headers = search_request(url, index.name, query)
+        print("$", curl_command(search_url, body, headers))
+        req = urllib.request.Request(search_url, data=body.encode(), headers=headers)
         answer = json.load(urllib.request.urlopen(req, timeout=60))
         for rank, hit in enumerate(answer["results"], 1):
             print(f"{rank:3d}  {hit['score']:8.3f}  {hit['id']}  {' '.join(hit['text'].split())[:80]}")
