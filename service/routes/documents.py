@@ -7,12 +7,30 @@ its thread pool and the event loop (health checks included) never waits.
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
+from starlette.convertors import Convertor, register_url_convertor
 
 from pooledir import Document, InputError
 from service.deps import IndexDep, SettingsDep
 from service.schemas import DeleteRequest, DeleteResponse, DocumentOut, UpsertRequest, UpsertResponse
 
 router = APIRouter(tags=["documents"])
+
+
+class DocIdConvertor(Convertor[str]):
+    """Any id, '/' and newlines included: starlette's ``path`` (``.*``) stops at a newline and drops a final one."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        """The id as given."""
+        return value
+
+    def to_string(self, value: str) -> str:
+        """The id as given."""
+        return value
+
+
+register_url_convertor("doc_id", DocIdConvertor())
 
 
 @router.post("/indexes/{name}/documents", response_model=UpsertResponse)
@@ -40,7 +58,7 @@ def delete(req: DeleteRequest, handle: IndexDep) -> DeleteResponse:
     return DeleteResponse(deleted=n, documents=handle.read(len))
 
 
-@router.get("/indexes/{name}/documents/{doc_id:path}", response_model=DocumentOut)
+@router.get("/indexes/{name}/documents/{doc_id:doc_id}", response_model=DocumentOut)
 def get_document(doc_id: str, handle: IndexDep) -> DocumentOut:
     """One stored document; ids may contain ``/`` (a folder of .txt files makes such ids)."""
     doc = handle.read(lambda index: index.get(doc_id))
