@@ -58,7 +58,7 @@ def test_metadata_is_refused_or_round_trips_through_sqlite_json():
     conn.execute("CREATE TABLE t (m TEXT)")
 
     @given(metadata=st.dictionaries(TEXT, JSONISH, max_size=4))
-    @settings(max_examples=200, deadline=None, database=None)
+    @settings(max_examples=150, deadline=None, database=None)
     def check(metadata):
         try:
             check_metadata(metadata)
@@ -84,7 +84,7 @@ def test_index_add_refuses_or_stores_exactly(tmp_path, tiny_encoder):
         idx.add([Document("base", "cancer cells study", {"n": 1})])
 
         @given(doc_id=TEXT.filter(str.strip), text=TEXT, metadata=st.dictionaries(TEXT, JSONISH, max_size=3))
-        @settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def check(doc_id, text, metadata):
             before = len(idx)
             doc = Document(doc_id, text, metadata)
