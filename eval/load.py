@@ -13,10 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,32 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from pooledir import load_queries
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(index_dir: Path, micro_batching: bool) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", POOLEDIR_MICRO_BATCHING=str(micro_batching).lower()
-    )
-    cmd = [sys.executable, "-m", "pooledir.cli", "serve", str(index_dir), "--port", str(port), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("server did not become ready in 120 s")
+from pooledir.evaluation import load_queries, machine_info, running_server
 
 
 def level(url: str, name: str, queries: list[str], concurrency: int, n_requests: int, max_s: float) -> dict:
@@ -98,18 +69,15 @@ def level(url: str, name: str, queries: list[str], concurrency: int, n_requests:
 
 
 def run(index_dir: Path, queries: list[str], levels: list[int], n: int, max_s: float, micro_batching: bool) -> list:
-    proc, url = start(index_dir, micro_batching)
-    try:
-        level(url, index_dir.name, queries, 2, 10, 30)  # warm-up
+    env = {"POOLEDIR_MICRO_BATCHING": str(micro_batching).lower()}
+    with running_server([index_dir], env=env, ready_timeout=120) as server:
+        level(server.url, index_dir.name, queries, 2, 10, 30)  # warm-up
         rows = []
         for c in levels:
-            row = level(url, index_dir.name, queries, c, n, max_s) | {"micro_batching": micro_batching}
+            row = level(server.url, index_dir.name, queries, c, n, max_s) | {"micro_batching": micro_batching}
             print(json.dumps(row), flush=True)
             rows.append(row)
         return rows
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def main() -> None:
@@ -150,11 +118,7 @@ def main() -> None:
             json.dumps(
                 {
                     "index": {k: info[k] for k in ("documents", "vectors", "pool_factor", "index_bytes", "backend")},
-                    "machine": {
-                        "cpu": platform.processor() or platform.machine(),
-                        "cores": os.cpu_count(),
-                        "gpu": None,
-                    },
+                    "machine": machine_info(),
                     "note": "load generator and server on the same machine; loopback only",
                     "runs": rows,
                 },

@@ -32,7 +32,7 @@ from scipy.cluster.vq import kmeans2
 from scipy.spatial.distance import pdist
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams
-from pooledir.evaluate import encode_cached, load_beir, run_from_hits, score_run
+from pooledir.evaluation import encode_cached, load_beir, run_from_hits, score_run
 
 
 def labels_for(method: str, X: np.ndarray, k: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams
-from pooledir.evaluate import encode_cached, load_beir, run_from_hits, score_run
+from pooledir.evaluation import encode_cached, load_beir, run_from_hits, score_run
 
 
 def sweep_point(index, data, Q, nprobe: int, cands: int, rerank: int) -> dict:
@@ -36,7 +36,7 @@ def sweep_point(index, data, Q, nprobe: int, cands: int, rerank: int) -> dict:
     hits100 = index.search_embeddings(Q, p100)
     run100 = run_from_hits(data.queries, hits100)
     return {
-        "nlist": index.backend.describe()["nlist"],
+        "nlist": index.info()["backend"]["nlist"],
         "nprobe": nprobe,
         "candidates_per_token": cands,
         "rerank": rerank,
@@ -75,7 +75,7 @@ def main() -> None:
             index.add(data.documents, embeddings=docs)
             print(
                 f"{data.name} {args.split}: {len(data.documents)} documents, {len(data.queries)} queries, "
-                f"{index.backend.describe()}"
+                f"{index.info()['backend']}"
             )
             grid = itertools.product(*(map(int, g.split(",")) for g in (args.nprobe, args.candidates, args.rerank)))
             for nprobe, cands, rerank in grid:

@@ -13,17 +13,19 @@ Names are imported on first use, so ``import pooledir`` (and the CLI's
 
 from __future__ import annotations
 
-import importlib
+from pooledir._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_qrels": "pooledir.beir",
-    "load_queries": "pooledir.beir",
+    "load_qrels": "pooledir.evaluation.beir",
+    "load_queries": "pooledir.evaluation.beir",
     "convert_checkpoint": "pooledir.checkpoint",
+    "minilm_path": "pooledir.checkpoint",
     "Document": "pooledir.corpus",
     "check_metadata": "pooledir.corpus",
     "check_utf8": "pooledir.corpus",
+    "document_text": "pooledir.corpus",
     "iter_corpus": "pooledir.corpus",
     "read_corpus": "pooledir.corpus",
     "ColBERTEncoder": "pooledir.encoder",
@@ -35,6 +37,7 @@ _EXPORTS = {
     "InputError": "pooledir.errors",
     "PooledirError": "pooledir.errors",
     "maxsim": "pooledir.maxsim",
+    "AddResult": "pooledir.pooled_index",
     "Hit": "pooledir.pooled_index",
     "IndexConfig": "pooledir.pooled_index",
     "PooledIndex": "pooledir.pooled_index",
@@ -45,14 +48,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pooledir' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -84,7 +84,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
         raise CheckpointError(
             f"could not download checkpoint {name!r} from the Hugging Face hub ({type(e).__name__}); "
-            "offline, pass a local checkpoint folder instead, e.g. one made by 'pooledir convert-checkpoint'"
+            "offline, pass a local checkpoint folder instead, e.g. one written by convert_checkpoint"
         ) from None
 
 
@@ -136,7 +136,7 @@ def _plain_encoder_weights(src: Path) -> dict:
 def orthogonal_projection(hidden: int, dim: int, seed: int) -> np.ndarray:
     """A fixed (dim, hidden) matrix with orthonormal rows: a seeded random projection."""
     if dim > hidden:
-        raise CheckpointError(f"--dim {dim} is larger than the encoder's hidden size {hidden}")
+        raise CheckpointError(f"dim={dim} is larger than the encoder's hidden size {hidden}; pass dim <= {hidden}")
     rng = np.random.default_rng(seed)
     q, r = np.linalg.qr(rng.standard_normal((hidden, dim)))
     q *= np.sign(np.diag(r))  # make the QR unique, so the seed alone fixes the matrix

@@ -1,4 +1,4 @@
-"""The ``pooledir`` command line: index, search, add, delete, info, convert-checkpoint.
+"""The ``pooledir`` command line: index, search, add, delete, compact, info, convert-checkpoint.
 
 Heavy modules (torch, faiss, transformers) are imported inside the commands so
 ``pooledir --help`` stays instant. Every error pooledir raises on purpose
@@ -138,7 +138,7 @@ def add(
 
     docs = read_corpus(corpus)
     with PooledIndex.open(index_dir, device=device) as idx:
-        n = idx.add(docs, show_progress=True)
+        n = idx.add(docs, show_progress=True).documents
         typer.echo(f"added {n} documents; the index now holds {len(idx)}")
 
 
@@ -153,6 +153,26 @@ def delete(
     with PooledIndex.open(index_dir, device="cpu") as idx:
         n = idx.delete(ids)
         typer.echo(f"deleted {n} documents; the index now holds {len(idx)}")
+
+
+@app.command()
+def compact(
+    index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.")],
+    retrain: Annotated[
+        bool | None, typer.Option("--retrain/--no-retrain", help="Re-train the quantizer (default: when due).")
+    ] = None,
+) -> None:
+    """Merge an index's segments into one, dropping deleted vectors (re-training when it has outgrown its sample)."""
+    from pooledir.pooled_index import PooledIndex
+
+    with PooledIndex.open(index_dir, device="cpu") as idx:
+        before = idx.info()
+        idx.compact(retrain=retrain)
+        after = idx.info()
+    typer.echo(
+        f"compacted {len(before['segments'])} segment(s) with {before['deleted_vectors']} deleted vectors into "
+        f"{len(after['segments'])}; {after['documents']} documents, {after['index_bytes'] / 1e6:.2f} MB on disk"
+    )
 
 
 @app.command()
@@ -263,7 +283,7 @@ def eval_beir(
     corpus_sample: Annotated[int | None, typer.Option(help="Judged documents plus a seeded sample up to N.")] = None,
     queries_sample: Annotated[int | None, typer.Option(help="A seeded sample of N judged queries.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    compare: Annotated[str, typer.Option(help="Baselines to run on the same vectors: plaid.")] = "",
+    compare: Annotated[str, typer.Option(help="Peer systems to run on the same vectors: plaid.")] = "",
     plaid_nbits: Annotated[str, typer.Option(help="PLAID residual bits to run.")] = "2,4",
     nprobe: NProbe = None,
     candidates: Candidates = None,
@@ -273,13 +293,12 @@ def eval_beir(
     device: Device = "auto",
 ) -> None:
     """Score a BEIR dataset (nDCG@10, Recall@100) across pool factors and index types."""
-    from pooledir.errors import InputError
-    from pooledir.evaluate import EvalConfig, evaluate
+    from pooledir.evaluation import EvalConfig, evaluate, markdown_table
     from pooledir.search import SearchParams
 
-    baselines = [c for c in compare.split(",") if c]
-    if set(baselines) - {"plaid"}:
-        raise InputError(f"--compare {compare!r}: the only baseline is 'plaid'")
+    peers = {c: {} for c in compare.split(",") if c}
+    if "plaid" in peers:
+        peers["plaid"] = {"nbits": _int_list(plaid_nbits, "--plaid-nbits")}
     cfg = EvalConfig(
         dataset=dataset,
         checkpoint=str(checkpoint or default_checkpoint()),
@@ -291,8 +310,7 @@ def eval_beir(
         seed=seed,
         search=SearchParams.from_optional(100, nprobe, candidates, rerank),
         latency_queries=latency_queries,
-        compare=baselines,
-        plaid_nbits=_int_list(plaid_nbits, "--plaid-nbits"),
+        compare=peers,
         device=device,
         cache_dir=cache_dir,
         runs_dir=out.parent / "runs",
@@ -301,8 +319,6 @@ def eval_beir(
     result = evaluate(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    from pooledir.report import markdown_table
-
     typer.echo(markdown_table([result]))
     typer.echo(f"wrote {out}")
 
@@ -313,7 +329,7 @@ def eval_report(
     out_dir: Annotated[Path, typer.Option(help="Where the table and plots go.")] = Path("eval/results"),
 ) -> None:
     """Write a Markdown table and PNG plots from evaluation results."""
-    from pooledir.report import load_results, markdown_table, plots
+    from pooledir.evaluation import load_results, markdown_table, plots
 
     data = load_results(results)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,19 @@ class Document:
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_parts(
+        cls, id: str, text: str, title: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Document:
+        """A document from BEIR-style parts: encoded as :func:`document_text`, the title kept in ``metadata``."""
+        metadata = dict(metadata or {}) | ({"title": title} if title else {})
+        return cls(id, document_text(title, text), metadata)
+
+
+def document_text(title: str | None, text: str) -> str:
+    """The text pooledir encodes for a titled document: ``title + " " + text`` (BEIR's rule), else ``text``."""
+    return f"{title} {text}".strip() if title else text
+
 
 def document_from_record(record: dict[str, Any], where: str = "record") -> Document:
     """Build a Document from a BEIR/jsonl-style dict (``_id`` or ``id``, ``title``, ``text``).
@@ -47,11 +60,7 @@ def document_from_record(record: dict[str, Any], where: str = "record") -> Docum
     title = record.get("title") or ""
     if not isinstance(title, str):
         raise InputError(f"{where}: field 'title' must be a string, got {type(title).__name__}")
-    metadata = dict(record.get("metadata") or {})
-    if title:
-        metadata["title"] = title
-    full = f"{title} {text}".strip() if title else text
-    return Document(id=str(doc_id), text=full, metadata=metadata)
+    return Document.from_parts(str(doc_id), text, title, record.get("metadata"))
 
 
 def _read_jsonl(path: Path) -> Iterator[Document]:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,27 +30,14 @@ from pooledir.checkpoint import (
     split_colbert_weights,
 )
 from pooledir.corpus import check_utf8
+from pooledir.device import resolve_device
 from pooledir.errors import CheckpointError, IndexCorruptError, InputError
+from pooledir.index.manifest import ENCODER_SETTINGS, Manifest
 
 log = logging.getLogger(__name__)
 
 #: weight keys that may be absent from a checkpoint without changing the token outputs
 _OPTIONAL_KEYS = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
-#: encoder settings an index records, so that queries are encoded the way its documents were
-ENCODER_SETTINGS = ("doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
-
-
-def resolve_device(device: str) -> str:
-    """Map ``"auto"`` to ``"cuda"`` when torch sees a GPU, else ``"cpu"``; reject a missing CUDA."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device={device!r} but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise InputError(f"device={device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
-    return device
 
 
 class ColBERTEncoder:
@@ -208,27 +196,33 @@ class ColBERTEncoder:
         return out  # type: ignore[return-value]
 
 
-def _recorded_settings(manifest: dict) -> dict:
-    """The encoder settings an index manifest records; keys older manifests lack are None (the checkpoint decides)."""
-    enc = manifest.get("encoder")
-    if not isinstance(enc, dict) or not manifest.get("checkpoint"):
+def _recorded(manifest: Manifest | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(checkpoint, recorded encoder settings) of a manifest; settings older manifests lack are None."""
+    try:
+        checkpoint, enc = manifest["checkpoint"], manifest["encoder"]
+    except (KeyError, TypeError):
+        checkpoint, enc = None, None
+    if not isinstance(enc, dict) or not checkpoint:
         raise IndexCorruptError("the index manifest lacks its 'encoder' settings or its 'checkpoint'")
-    return {k: enc.get(k) for k in ENCODER_SETTINGS}
+    return str(checkpoint), {k: enc.get(k) for k in ENCODER_SETTINGS}
 
 
-def encoder_key(manifest: dict, checkpoint: str | os.PathLike[str] | None = None) -> tuple:
+def encoder_key(manifest: Manifest | Mapping[str, Any], checkpoint: str | os.PathLike[str] | None = None) -> tuple:
     """What makes two indexes' encoders interchangeable: the same weights and the same recorded settings.
 
     Indexes with equal keys can share one :func:`encoder_for_index` result.
     """
-    settings = _recorded_settings(manifest)
-    source = Path(checkpoint or manifest["checkpoint"]).expanduser()
-    name = str(source.resolve()) if source.exists() else str(checkpoint or manifest["checkpoint"])
-    return (name, *sorted(settings.items()))
+    recorded_checkpoint, settings = _recorded(manifest)
+    source = str(checkpoint or recorded_checkpoint)
+    path = Path(source).expanduser()
+    return (str(path.resolve()) if path.exists() else source, *sorted(settings.items()))
 
 
 def encoder_for_index(
-    manifest: dict, device: str = "auto", checkpoint: str | os.PathLike[str] | None = None, **kwargs
+    manifest: Manifest | Mapping[str, Any],
+    device: str = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
 ) -> ColBERTEncoder:
     """The encoder that encodes queries and documents the way an index's documents were encoded.
 
@@ -240,7 +234,7 @@ def encoder_for_index(
     Parameters
     ----------
     manifest
-        The index's manifest (:func:`pooledir.read_manifest`).
+        The index's manifest (:func:`pooledir.read_manifest`, or its JSON as a dict).
     device
         As for :class:`ColBERTEncoder`.
     checkpoint
@@ -248,8 +242,8 @@ def encoder_for_index(
     **kwargs
         Passed on to :class:`ColBERTEncoder` (e.g. ``batch_size``).
     """
-    settings = _recorded_settings(manifest)
-    return ColBERTEncoder(checkpoint or manifest["checkpoint"], device=device, **(kwargs | settings))
+    recorded_checkpoint, settings = _recorded(manifest)
+    return ColBERTEncoder(checkpoint or recorded_checkpoint, device=device, **(kwargs | settings))
 
 
 def check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> list[str]:

@@ -30,6 +30,7 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
+from pooledir.device import resolve_device
 from pooledir.errors import InputError
 
 
@@ -83,20 +84,17 @@ def pool_document(X: np.ndarray, pool_factor: int, protected_tokens: int = 1) ->
     return np.concatenate([X[:protected_tokens].astype(np.float32), means]).astype(np.float16)
 
 
-def _check(pool_factor: int, protected_tokens: int) -> None:
-    if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
+def check_pool_factor(pool_factor) -> int:
+    """``pool_factor`` as an int, or :class:`InputError`: an integer >= 1 (numpy ints too; not bools or floats)."""
+    if isinstance(pool_factor, (bool, np.bool_)) or not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
         raise InputError(f"pool_factor={pool_factor!r} must be an integer >= 1 (1 = no pooling)")
+    return int(pool_factor)
+
+
+def _check(pool_factor: int, protected_tokens: int) -> None:
+    check_pool_factor(pool_factor)
     if protected_tokens < 0:
         raise InputError(f"protected_tokens={protected_tokens} must be >= 0")
-
-
-def resolve_pool_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def pool_embeddings(
@@ -136,7 +134,7 @@ def pool_embeddings(
     _check(pool_factor, protected_tokens)
     if pool_factor == 1:
         return [np.asarray(e, dtype=np.float16) for e in embeddings]
-    device = resolve_pool_device(device)
+    device = resolve_device(device)
     if method not in ("auto", "scipy", "torch"):
         raise InputError(f"method={method!r} is not one of 'auto', 'scipy', 'torch'")
     if method == "auto":

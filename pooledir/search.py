@@ -1,14 +1,17 @@
 """Late-interaction search: per-token ANN candidates, then MaxSim on the best of them.
 
-1. Every query token asks the vector backend for its ``candidates_per_token``
-   nearest vectors (``nprobe`` lists for IVF-PQ); their documents are the
-   candidates.
+1. Every query token asks the index for its ``candidates_per_token`` nearest
+   vectors (``nprobe`` lists for IVF-PQ, over every segment); their documents
+   are the candidates.
 2. Each candidate gets an approximate MaxSim from those hits alone: per query
    token, its best hit, or, where none of its vectors came back, that token's
    lowest returned score (an upper bound on what it could have had). The best
    ``rerank`` candidates go on.
 3. Those are scored by full MaxSim over all their vectors (decoded from PQ,
    or the exact float16 copy) and the top ``k`` are returned.
+
+With a metadata filter, :func:`exact_search` instead scores every matching
+document by full MaxSim.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pooledir.errors import InputError
-from pooledir.index.base import VectorBackend, doc_of
 from pooledir.maxsim import maxsim
 
 #: fetch(doc_ints) -> (packed vectors (N, d), offsets (len(doc_ints) + 1,))
 Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ann(tokens (n, d), k, nprobe) -> (scores (n, k), doc_ints (n, k)); -1 = no hit
+Ann = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ def approximate_scores(scores: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray
 
 
 def search_embeddings(
-    queries: np.ndarray, backend: VectorBackend, fetch: Fetch, params: SearchParams
+    queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Search encoded queries (nq, Lq, d); returns per query (doc_ints, scores), best first."""
     nq, lq, dim = queries.shape
@@ -103,10 +107,10 @@ def search_embeddings(
     tokens = queries.reshape(nq * lq, dim)
     # zero rows (padding of queries encoded without augmentation) match nothing: they fetch no candidates
     live = np.flatnonzero(np.any(tokens != 0, axis=1))
-    scores, ids = np.zeros((nq * lq, kp), np.float32), np.full((nq * lq, kp), -1, np.int64)
+    scores, docs = np.zeros((nq * lq, kp), np.float32), np.full((nq * lq, kp), -1, np.int64)
     if len(live):
-        scores[live], ids[live] = backend.search(tokens[live], kp, params.nprobe)
-    scores, docs = scores.reshape(nq, lq, kp), doc_of(ids).reshape(nq, lq, kp)
+        scores[live], docs[live] = ann(tokens[live], kp, params.nprobe)
+    scores, docs = scores.reshape(nq, lq, kp), docs.reshape(nq, lq, kp)
     results = []
     for q in range(nq):
         cands, approx = approximate_scores(scores[q], docs[q])
@@ -121,3 +125,20 @@ def search_embeddings(
         top = np.argsort(-exact, kind="stable")[: params.k]
         results.append((cands[top], exact[top]))
     return results
+
+
+def exact_search(queries: np.ndarray, doc_ints: np.ndarray, fetch: Fetch, k: int, chunk: int = 1024):
+    """Rank ``doc_ints`` (e.g. those a filter matched) by exact MaxSim, in chunks to bound memory.
+
+    Returns per query (doc_ints, scores), best first, at most ``k``.
+    """
+    scores = np.empty((len(queries), len(doc_ints)), dtype=np.float32)
+    for start in range(0, len(doc_ints), chunk):
+        part = doc_ints[start : start + chunk]
+        vectors, offsets = fetch(part)
+        scores[:, start : start + len(part)] = maxsim(queries, vectors, offsets)
+    out = []
+    for row in scores:
+        top = np.argsort(-row, kind="stable")[:k]
+        out.append((doc_ints[top], row[top]))
+    return out

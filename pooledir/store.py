@@ -1,9 +1,14 @@
-"""The document store: ids, text and metadata in stdlib sqlite3.
+"""The document store and commit point: documents, segments and meta in stdlib sqlite3.
 
-Each document gets a stable internal number (``doc_int``, never reused, so
-vector ids stay valid across deletes) beside its external id. The store also
-holds the index's ``generation``, the number of the faiss file that matches
-its rows, so one sqlite commit switches documents and vectors together.
+Each document gets a stable internal number (``doc_int``, never reused) beside
+its external id, and says where its vectors are: ``segment`` and the first
+local id ``seg_start`` there. The ``segments`` table lists the live segment
+files; ``meta`` holds the commit counter and the current quantizer. One sqlite
+transaction therefore switches documents, segments and quantizer together.
+
+A reader pins a snapshot (:meth:`DocStore.pin`): one open read transaction,
+so everything it reads (rows for hits, ``get``) is the commit its segments
+came from, whatever other processes commit meanwhile (sqlite WAL).
 """
 
 from __future__ import annotations
@@ -25,7 +30,17 @@ CREATE TABLE IF NOT EXISTS docs (
     metadata TEXT NOT NULL,
     n_tokens INTEGER NOT NULL,
     n_vectors INTEGER NOT NULL,
-    exact_offset INTEGER
+    segment INTEGER NOT NULL,
+    seg_start INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS docs_segment ON docs (segment, seg_start);
+CREATE TABLE IF NOT EXISTS segments (
+    seg_id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    n_vectors INTEGER NOT NULL,
+    n_docs INTEGER NOT NULL,
+    quantizer INTEGER,
+    exact INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -43,22 +58,74 @@ class DocRow:
     n_vectors: int
 
 
+@dataclass(frozen=True)
+class SegmentRow:
+    """A committed segment: ``segments/<seg_id>.faiss`` (+ ``.f16`` when ``exact``)."""
+
+    seg_id: int
+    kind: str  # "pq" or "flat"
+    n_vectors: int
+    n_docs: int
+    quantizer: int | None
+    exact: bool
+
+
+@dataclass(frozen=True)
+class NewDoc:
+    """A row to insert: a document and where its vectors went."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    n_tokens: int
+    n_vectors: int
+    segment: int
+    seg_start: int
+
+
 class DocStore:
-    """sqlite3 database of documents; all writes go through :meth:`transaction`."""
+    """sqlite3 database of one index; all writes go through :meth:`transaction`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=60)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(SCHEMA)
+        self._pinned = False
+        self._probe: sqlite3.Connection | None = None
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
+        self.unpin()
         self.conn.close()
+        if self._probe is not None:
+            self._probe.close()
+
+    # -- snapshots --------------------------------------------------------------------------------------------
+    def pin(self) -> None:
+        """Start a read transaction: later reads see this commit until :meth:`unpin`."""
+        self.unpin()
+        self.conn.execute("BEGIN")
+        self.conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # a read takes the WAL snapshot
+        self._pinned = True
+
+    def unpin(self) -> None:
+        """End the pinned read transaction (before a write, or to load a newer commit)."""
+        if self._pinned:
+            self.conn.execute("COMMIT")
+            self._pinned = False
+
+    def latest_commit(self) -> int:
+        """The newest commit on disk, read outside the pinned snapshot."""
+        if self._probe is None:
+            self._probe = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=60)
+        row = self._probe.execute("SELECT value FROM meta WHERE key = 'commit'").fetchone()
+        return int(row[0]) if row else 0
 
     def transaction(self) -> _Transaction:
         """``with store.transaction():`` commits on success, rolls back on any error."""
+        self.unpin()
         return _Transaction(self.conn)
 
     # -- meta -------------------------------------------------------------------------------------------------
@@ -71,27 +138,73 @@ class DocStore:
         """Write a meta value (inside the caller's transaction)."""
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    # -- documents --------------------------------------------------------------------------------------------
-    def insert(
-        self, id: str, text: str, metadata: dict, n_tokens: int, n_vectors: int, exact_offset: int | None
-    ) -> int:
-        """Insert one document; returns its new internal number."""
-        cur = self.conn.execute(
-            "INSERT INTO docs (ext_id, text, metadata, n_tokens, n_vectors, exact_offset) VALUES (?,?,?,?,?,?)",
-            (id, text, json.dumps(metadata, ensure_ascii=False), n_tokens, n_vectors, exact_offset),
+    def bump_commit(self) -> int:
+        """Advance the commit counter (inside the caller's transaction); returns the new value."""
+        n = int(self.get_meta("commit", "0")) + 1
+        self.set_meta("commit", str(n))
+        return n
+
+    def next_segment_id(self) -> int:
+        """A segment id never used before (inside the writer's lock)."""
+        n = int(self.get_meta("next_segment", "1"))
+        return n
+
+    # -- segments ---------------------------------------------------------------------------------------------
+    def segments(self) -> list[SegmentRow]:
+        """The committed segments, oldest first."""
+        rows = self.conn.execute(
+            "SELECT seg_id, kind, n_vectors, n_docs, quantizer, exact FROM segments ORDER BY seg_id"
         )
-        return int(cur.lastrowid)
+        return [SegmentRow(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+
+    def add_segment(self, seg: SegmentRow) -> None:
+        """Reference a segment file (inside the caller's transaction)."""
+        self.conn.execute(
+            "INSERT INTO segments (seg_id, kind, n_vectors, n_docs, quantizer, exact) VALUES (?,?,?,?,?,?)",
+            (seg.seg_id, seg.kind, seg.n_vectors, seg.n_docs, seg.quantizer, int(seg.exact)),
+        )
+        self.set_meta("next_segment", str(max(seg.seg_id + 1, int(self.get_meta("next_segment", "1")))))
+
+    def drop_segments(self, seg_ids: Iterable[int]) -> None:
+        """Stop referencing segments (inside the caller's transaction)."""
+        self.conn.executemany("DELETE FROM segments WHERE seg_id = ?", [(int(s),) for s in seg_ids])
+
+    # -- documents --------------------------------------------------------------------------------------------
+    def insert_many(self, docs: Sequence[NewDoc]) -> None:
+        """Insert documents (inside the caller's transaction)."""
+        self.conn.executemany(
+            "INSERT INTO docs (ext_id, text, metadata, n_tokens, n_vectors, segment, seg_start) VALUES (?,?,?,?,?,?,?)",
+            [
+                (
+                    d.id,
+                    d.text,
+                    json.dumps(d.metadata, ensure_ascii=False),
+                    d.n_tokens,
+                    d.n_vectors,
+                    d.segment,
+                    d.seg_start,
+                )
+                for d in docs
+            ],
+        )
+
+    def move(self, doc_ints: np.ndarray, segment: int, seg_starts: np.ndarray) -> None:
+        """Point documents at their new place after a merge (inside the caller's transaction)."""
+        self.conn.executemany(
+            "UPDATE docs SET segment = ?, seg_start = ? WHERE doc_int = ?",
+            [(segment, int(s), int(d)) for d, s in zip(doc_ints, seg_starts)],
+        )
 
     def delete(self, doc_ints: Iterable[int]) -> None:
-        """Delete documents by internal number."""
+        """Delete documents by internal number: their vectors become tombstones until compaction."""
         self.conn.executemany("DELETE FROM docs WHERE doc_int = ?", [(int(d),) for d in doc_ints])
 
-    def lookup(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """Map the known external ids among ``ids`` to (doc_int, n_vectors)."""
-        out: dict[str, tuple[int, int]] = {}
+    def lookup(self, ids: Sequence[str]) -> dict[str, int]:
+        """Map the known external ids among ``ids`` to their doc_int."""
+        out: dict[str, int] = {}
         for chunk in _chunks(list(ids), 500):
-            q = f"SELECT ext_id, doc_int, n_vectors FROM docs WHERE ext_id IN ({','.join('?' * len(chunk))})"
-            out.update({r[0]: (r[1], r[2]) for r in self.conn.execute(q, chunk)})
+            q = f"SELECT ext_id, doc_int FROM docs WHERE ext_id IN ({','.join('?' * len(chunk))})"
+            out.update(dict(self.conn.execute(q, chunk).fetchall()))
         return out
 
     def rows(self, doc_ints: Sequence[int]) -> list[DocRow]:
@@ -125,20 +238,23 @@ class DocStore:
         rows = self.conn.execute(f"SELECT doc_int FROM docs WHERE {clauses}", args).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
-    def layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(doc_ints, n_vectors, exact_offsets) of every document, for the in-memory tables."""
-        rows = self.conn.execute("SELECT doc_int, n_vectors, COALESCE(exact_offset, -1) FROM docs").fetchall()
-        arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
-        return arr[:, 0], arr[:, 1], arr[:, 2]
+    def layout(self) -> np.ndarray:
+        """(n, 4) int64: doc_int, segment, seg_start, n_vectors of every document, by segment then start."""
+        rows = self.conn.execute("SELECT doc_int, segment, seg_start, n_vectors FROM docs ORDER BY segment, seg_start")
+        return np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 4)
 
     def checkpoint(self) -> None:
-        """Move committed pages from the WAL into the database and truncate the WAL.
+        """Move committed pages from the WAL into the database and truncate the WAL (best effort).
 
         A bulk add commits in one transaction, which leaves a WAL as large as the
-        documents beside the database; without this the folder would be ~2x its real size
-        until the last connection closes. Best effort: readers in other processes may keep it.
+        documents beside the database. Readers in other processes pin snapshots: then the
+        checkpoint gives up at once (no busy wait) and a later one folds the WAL.
         """
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            self.conn.execute("PRAGMA busy_timeout = 60000")
 
     def counts(self) -> dict[str, int]:
         """Documents, tokens before pooling and vectors after."""

@@ -164,7 +164,7 @@ class IndexHandle:
         with self.write_lock:
             embeddings = self.index.encoder.encode_documents([d.text for d in documents])
             with self.lock.writing():
-                return self.index.add(documents, embeddings=embeddings)
+                return self.index.add(documents, embeddings=embeddings).documents
 
     def delete(self, ids: list[str]) -> int:
         """Delete under the write lock; durable on return."""

@@ -11,7 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-BEIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "beir"
+# the shared data beside the checkout; POOLEDIR_BEIR_DIR points elsewhere (e.g. from a git worktree)
+BEIR = Path(
+    os.environ.get("POOLEDIR_BEIR_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "beir")
+)
 
 WORDS = (
     "the a of and to in is for on with as by at from that this are be was it an or which cell cells protein "

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from pooledir.beir import load_qrels, load_queries
 from pooledir.corpus import Document, read_corpus
 from pooledir.errors import InputError
 
@@ -63,14 +62,11 @@ def test_duplicate_ids_empty_and_missing(tmp_path):
         read_corpus(tmp_path / "x.csv")
 
 
-def test_qrels_keep_every_judgment(tiny_beir):
-    qrels = load_qrels(tiny_beir)
-    assert qrels["q0"] == {"c0": 1, "c10": 2}
-    assert len(load_queries(tiny_beir)) == 5
+def test_one_title_and_text_rule():
+    from pooledir.corpus import document_from_record, document_text
 
-
-def test_bad_qrels_line(tmp_path):
-    (tmp_path / "qrels").mkdir()
-    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tc1\n")
-    with pytest.raises(InputError, match=r"test\.tsv:2: expected"):
-        load_qrels(tmp_path)
+    assert document_text("Bone", "vitamin d") == "Bone vitamin d"
+    assert document_text(None, "vitamin d") == document_text("", "vitamin d") == "vitamin d"
+    record = {"_id": 7, "title": "Bone", "text": "vitamin d", "metadata": {"src": "x", "title": "old"}}
+    doc = Document.from_parts("7", "vitamin d", "Bone", {"src": "x", "title": "old"})
+    assert doc == document_from_record(record) == Document("7", "Bone vitamin d", {"src": "x", "title": "Bone"})

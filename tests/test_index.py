@@ -7,11 +7,23 @@ import pytest
 
 from pooledir.corpus import Document
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
-from pooledir.index.base import doc_of, vector_ids
-from pooledir.index.flat import FlatBackend
-from pooledir.index.ivfpq import IVFPQBackend, default_nlist, default_pq_m
+from pooledir.index.segments import default_nlist, default_pq_m
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, approximate_scores
+
+
+class FakeEncoder:
+    """Just what an index records of an encoder, for vectors given directly (no model)."""
+
+    path = "."
+
+    def __init__(self, dim):
+        from types import SimpleNamespace
+
+        self.dim = dim
+        self.settings = SimpleNamespace(
+            doc_maxlen=300, query_maxlen=32, query_augmentation=False, markers=False, mask_punctuation=False
+        )
 
 
 def unit_rows(rng, n, d):
@@ -25,6 +37,8 @@ def tiny_embeddings(tiny_encoder, tiny_docs):
 
 
 def make_index(path, tiny_encoder, tiny_docs, tiny_embeddings, **config):
+    # the tiny corpus holds ~1,500 vectors: let IVF-PQ train on them rather than stay exact
+    config.setdefault("train_min_vectors", 500)
     idx = PooledIndex.create(path, config=IndexConfig(**config), device="cpu", encoder=tiny_encoder)
     idx.add(tiny_docs, embeddings=tiny_embeddings)
     return idx
@@ -34,74 +48,32 @@ def ids_of(hits):
     return [h.id for h in hits]
 
 
-# -- vector ids and backends -------------------------------------------------------------------------------------
-def test_vector_ids_round_trip():
-    ids = vector_ids(np.array([3, 7]), np.array([2, 3]))
-    assert ids.tolist() == [3 << 16, (3 << 16) | 1, 7 << 16, (7 << 16) | 1, (7 << 16) | 2]
-    assert doc_of(np.append(ids, -1)).tolist() == [3, 3, 7, 7, 7, -1]
-
-
+# -- defaults and search helpers ----------------------------------------------------------------------------------
 def test_defaults():
     assert default_pq_m(128) == 16 and default_pq_m(96) == 12 and default_pq_m(384) == 48
     assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2 and default_nlist(5) == 1
 
 
-def filled_backend(cls):
-    """A trained backend holding 3,000 random 32-d unit vectors of 30 documents; returns (backend, x, ids)."""
-    x = unit_rows(np.random.default_rng(0), 3000, 32)
-    ids = vector_ids(np.arange(30), np.full(30, 100))
-    b = cls(32)
-    b.train(x)
-    b.add(ids, x)
-    return b, x, ids
-
-
-@pytest.mark.parametrize("cls", [FlatBackend, IVFPQBackend])
-def test_backend_save_load_round_trip(tmp_path, cls):
-    b, x, ids = filled_backend(cls)
-    s1, i1 = b.search(x[:5], 10, 8)
-    b.save(tmp_path / "v.faiss")
-    b2 = cls.load(tmp_path / "v.faiss", {}, use_gpu=False)
-    s2, i2 = b2.search(x[:5], 10, 8)
-    assert np.array_equal(i1, i2) and np.allclose(s1, s2)
-    assert np.allclose(b2.reconstruct(ids[:50]), b.reconstruct(ids[:50]))
-    assert b2.remove(ids[:100]) == 100 and b2.ntotal == 2900
-
-
-def test_ivfpq_file_leaves_out_the_direct_map_and_old_files_still_load(tmp_path):
-    import faiss
-
-    from pooledir.index.base import atomic_write_index
-
-    b, x, ids = filled_backend(IVFPQBackend)
-    b.save(tmp_path / "new.faiss")
-    assert faiss.extract_index_ivf(b.index).direct_map.type == faiss.DirectMap.Hashtable  # still usable in memory
-    on_disk = faiss.read_index(str(tmp_path / "new.faiss"))
-    assert faiss.extract_index_ivf(on_disk).direct_map.type == faiss.DirectMap.NoMap
-    atomic_write_index(b.index, tmp_path / "old.faiss")  # the layout pooledir wrote before: map included
-    # the hashtable costs 16 bytes a vector, as much as the 8-byte ids plus 8 one-byte PQ codes
-    assert (tmp_path / "old.faiss").stat().st_size - (tmp_path / "new.faiss").stat().st_size >= 16 * len(x)
-    for name in ("new.faiss", "old.faiss"):
-        loaded = IVFPQBackend.load(tmp_path / name, {}, use_gpu=False)
-        assert np.array_equal(loaded.reconstruct(ids[::7]), b.reconstruct(ids[::7]))
-
-
-def test_ivfpq_neighbours_agree_with_flat():
+def test_ivfpq_segments_agree_with_flat(tmp_path):
+    """Nearest neighbours through a pq segment (shared quantizer, preassigned lists) vs exact ones."""
     rng = np.random.default_rng(1)
     x = unit_rows(rng, 20_000, 64)
-    ids = np.arange(len(x), dtype=np.int64)
-    flat, ivf = FlatBackend(64), IVFPQBackend(64)
-    ivf.train(x)
-    for b in (flat, ivf):
-        b.add(ids, x)
+    docs = [Document(f"v{i}", "") for i in range(len(x))]
+    out = {}
+    for backend in ("flat", "ivfpq"):
+        idx = PooledIndex.create(
+            tmp_path / backend, config=IndexConfig(backend=backend), device="cpu", encoder=FakeEncoder(64)
+        )
+        idx.add(docs, embeddings=list(x[:, None, :]), pooled=True)
+        out[backend] = idx
+    assert out["ivfpq"].info()["backend"]["trained"]
     q = x[:50] + 0.05 * unit_rows(rng, 50, 64)
-    _, exact = flat.search(q, 1, 0)
-    _, approx = ivf.search(q, 10, 32)
-    recall = np.mean([exact[i, 0] in approx[i] for i in range(50)])
-    assert recall >= 0.9
-    err = np.linalg.norm(ivf.reconstruct(ids[:500]) - x[:500], axis=1).mean()
+    _, exact = out["flat"].folder.snapshot.ann(q, 1, 0)
+    _, approx = out["ivfpq"].folder.snapshot.ann(q, 10, 32)
+    assert np.mean([exact[i, 0] in approx[i] for i in range(50)]) >= 0.9
+    decoded, _ = out["ivfpq"].folder.snapshot.fetch(np.arange(1, 501))  # doc_ints start at 1
     # random unit vectors are sqrt(2) apart; PQ must decode far closer to the original than that
-    assert err < 0.5 * np.sqrt(2)
+    assert np.linalg.norm(decoded - x[:500], axis=1).mean() < 0.5 * np.sqrt(2)
 
 
 def test_search_params_from_optional_keeps_defaults_for_missing_knobs():
@@ -159,8 +131,9 @@ def test_zero_query_rows_fetch_nothing_and_score_nothing(tmp_path, tiny_encoder,
     Q = tiny_encoder.encode_queries([tiny_docs[9].text, tiny_docs[40].text])
     padded = np.concatenate([Q, np.zeros((2, 5, Q.shape[2]), np.float32)], axis=1)  # padding without augmentation
     searched = []
-    real_search = idx.backend.search
-    idx.backend.search = lambda x, k, nprobe: searched.append(len(x)) or real_search(x, k, nprobe)
+    snap = idx.folder.snapshot
+    real_ann = snap.ann
+    snap.ann = lambda x, k, nprobe: searched.append(len(x)) or real_ann(x, k, nprobe)
     a, b = idx.search_embeddings(Q), idx.search_embeddings(padded)
     assert searched == [2 * Q.shape[1], 2 * Q.shape[1]]  # the zero rows never reached the ANN index
     for ha, hb in zip(a, b):
@@ -199,18 +172,19 @@ def test_keep_exact_store(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
 
 def test_add_delete_replace_without_retraining(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
     idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs[:100], tiny_embeddings[:100], backend="ivfpq")
-    trained = idx.backend.index.nlist
+    trained = idx.info()["backend"]["nlist"]
     idx.add(tiny_docs[100:])
-    assert len(idx) == 120 and idx.backend.index.nlist == trained
-    before = idx.store.lookup(["d50"])["d50"][0]
+    assert len(idx) == 120 and idx.info()["backend"]["nlist"] == trained
+    before = idx.folder.store.lookup(["d50"])["d50"]
     idx.delete(["d3", "d4"])
     assert len(idx) == 118
     with pytest.raises(DocumentNotFoundError):
         idx.get("d3")
-    assert idx.store.lookup(["d50"])["d50"][0] == before  # ids stay stable across deletes
+    assert idx.folder.store.lookup(["d50"])["d50"] == before  # ids stay stable across deletes
     idx.add([Document("d5", "a replaced document about vitamin bone")])
     assert len(idx) == 118 and idx.get("d5").text == "a replaced document about vitamin bone"
-    assert idx.backend.ntotal == idx.info()["vectors"]
+    info = idx.info()
+    assert sum(s["live_vectors"] for s in info["segments"]) == info["vectors"]
     hits = idx.search(["a replaced document about vitamin bone"], k=118)[0]
     assert "d3" not in ids_of(hits) and "d5" in ids_of(hits)
     reopened = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
@@ -275,21 +249,31 @@ def test_bad_configs(tmp_path, tiny_encoder):
 
 
 def test_crash_during_write_leaves_previous_index(built, tiny_encoder, monkeypatch):
-    idx, expected = built
+    import pooledir.index.folder as folder_mod
 
-    def boom(self, path):
+    idx, expected = built
+    files_before = sorted(p.name for p in (idx.path / "segments").iterdir())
+
+    def boom(index, path):
         path.write_bytes(b"half a faiss file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(IVFPQBackend, "save", boom)
+    def commit_fails(self):
+        raise OSError("disk full at commit")
+
+    monkeypatch.setattr(folder_mod, "write_segment", boom)
     with pytest.raises(OSError, match="disk full"):
         idx.add([Document("new", "vitamin bone study")])
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.undo()
+    monkeypatch.setattr(type(idx.folder.store), "bump_commit", commit_fails)
+    with pytest.raises(OSError, match="disk full at commit"):
+        idx.add([Document("new", "vitamin bone study")])
+    with pytest.raises(OSError, match="disk full at commit"):
         idx.delete(["d1"])
     monkeypatch.undo()
-    # the live object recovered from disk and still answers, unchanged
+    # the live object recovered from disk and still answers, unchanged; no stray segment file is left
     assert len(idx) == 120 and ids_of(idx.search(["cancer cells"], k=5)[0]) == expected
-    assert sorted(p.name for p in idx.path.glob("vectors.*")) == [f"vectors.{idx.generation}.faiss"]
+    assert sorted(p.name for p in (idx.path / "segments").iterdir()) == files_before
     assert_intact(idx.path, tiny_encoder, expected)
 
 
@@ -303,10 +287,15 @@ def test_crash_during_write_leaves_previous_index(built, tiny_encoder, monkeypat
             "format_version 99",
         ),
         (
-            lambda p: next(p.glob("vectors.*.faiss")).write_bytes(next(p.glob("vectors.*.faiss")).read_bytes()[:500]),
+            lambda p: next(p.glob("segments/*.faiss")).write_bytes(next(p.glob("segments/*.faiss")).read_bytes()[:500]),
             "corrupt or truncated",
         ),
-        (lambda p: next(p.glob("vectors.*.faiss")).unlink(), "is missing"),
+        (lambda p: next(p.glob("segments/*.faiss")).unlink(), "is missing"),
+        (lambda p: next(p.glob("quantizer.*.faiss")).write_bytes(b"junk"), "corrupt or truncated"),
+        (
+            lambda p: (p / "manifest.json").write_text(json.dumps({"format": "pooledir-index", "format_version": 1})),
+            "format_version 1 index .* Rebuild it",
+        ),
     ],
 )
 def test_corrupt_index_fails_clearly(built, tiny_encoder, damage, msg):
@@ -319,7 +308,8 @@ def test_corrupt_index_fails_clearly(built, tiny_encoder, damage, msg):
 
 def test_mismatched_vectors_fail_clearly(built, tiny_encoder):
     idx, _ = built
-    idx.store.conn.execute("UPDATE docs SET n_vectors = n_vectors + 1 WHERE ext_id = 'd1'")
+    idx.folder.store.unpin()
+    idx.folder.store.conn.execute("UPDATE docs SET n_vectors = n_vectors + 1 WHERE ext_id = 'd1'")
     idx.close()
     with pytest.raises(IndexCorruptError, match="mismatched"):
         PooledIndex.open(idx.path, device="cpu", encoder=tiny_encoder)
@@ -347,8 +337,9 @@ def test_metadata_filter_ranks_only_matching_documents_exactly(tmp_path, tiny_en
     pooled = pool_embeddings([tiny_embeddings[i] for i in wanted], 2)
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
     ref = maxsim(Q, np.concatenate(pooled).astype(np.float32), offsets)[0]
+    idx.folder.store.unpin()
     for i in wanted:
-        idx.store.conn.execute(
+        idx.folder.store.conn.execute(
             "UPDATE docs SET metadata = json_set(metadata, '$.grp', 'a') WHERE ext_id = ?", (f"d{i}",)
         )
     got = idx.search_embeddings(Q, SearchParams(k=5), filter={"grp": "a"})[0]

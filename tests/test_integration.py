@@ -23,9 +23,9 @@ def ndcg10(run: dict, qrels: dict) -> float:
 
 @pytest.fixture(scope="module")
 def scifact_sample(minilm_ckpt):
-    from pooledir.beir import load_qrels, load_queries
     from pooledir.corpus import read_corpus
     from pooledir.encoder import ColBERTEncoder
+    from pooledir.evaluation import load_qrels, load_queries
 
     qrels = load_qrels(SCIFACT)
     docs = read_corpus(SCIFACT)
@@ -59,3 +59,24 @@ def test_pooling_and_ivfpq_keep_quality(tmp_path, scifact_sample):
     assert exact > 0.5  # a working zero-shot pipeline on this sample; a broken one scores near 0
     assert pooled >= 0.98 * exact
     assert ivfpq >= 0.97 * pooled
+
+
+def test_index_grown_one_document_at_a_time_ends_as_good_as_a_bulk_build(tmp_path, scifact_sample):
+    """Exact until there are enough vectors to train, trained on a sample then, re-trained as it outgrows it."""
+    from pooledir import IndexConfig, PooledIndex, SearchParams
+
+    encoder, docs, embeddings, qids, Q, qrels = scifact_sample
+    scores = {}
+    for name in ("bulk", "grown"):
+        idx = PooledIndex.create(tmp_path / name, config=IndexConfig(), device="cpu", encoder=encoder)
+        if name == "bulk":
+            idx.add(docs, embeddings=embeddings)
+        else:
+            for d, e in zip(docs, embeddings):
+                idx.add([d], embeddings=[e])
+            assert not idx.info()["retrain_recommended"]
+        results = idx.search_embeddings(Q, SearchParams(k=10))
+        run = {q: {h.id: h.score for h in hits if h.id != q} for q, hits in zip(qids, results)}
+        scores[name] = ndcg10(run, qrels)
+    print(f"nDCG@10 bulk {scores['bulk']:.4f}  grown one at a time {scores['grown']:.4f}")
+    assert abs(scores["grown"] - scores["bulk"]) <= 0.005

@@ -110,3 +110,28 @@ def test_cuda_pooling_matches_cpu():
     cpu = pool_embeddings(docs, 2, device="cpu")
     for a, b in zip(gpu, cpu):
         assert a.shape == b.shape
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, np.bool_(True), 2.0, np.float32(2), "2", None])
+def test_one_pool_factor_rule_for_pooling_and_index_config(bad):
+    from pooledir.pooled_index import IndexConfig
+
+    x = unit(np.random.default_rng(0), 6)
+    with pytest.raises(InputError, match=r"pool_factor=.* must be an integer >= 1"):
+        pool_embeddings([x], bad)
+    with pytest.raises(InputError, match=r"pool_factor=.* must be an integer >= 1"):
+        IndexConfig(pool_factor=bad).check()
+
+
+def test_numpy_int_pool_factor_is_accepted_everywhere(tiny_encoder, tiny_docs, tmp_path):
+    import json
+
+    from pooledir.pooled_index import IndexConfig, PooledIndex
+
+    x = unit(np.random.default_rng(0), 9)
+    assert len(pool_embeddings([x], np.int64(2))[0]) == len(pool_embeddings([x], 2)[0])
+    config = IndexConfig(backend="flat", pool_factor=np.int64(2))
+    with PooledIndex.create(tmp_path / "i", config=config, device="cpu", encoder=tiny_encoder) as idx:
+        idx.add(tiny_docs[:5])
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    assert manifest["config"]["pool_factor"] == 2

@@ -45,8 +45,7 @@ def upsert(req: UpsertRequest, handle: IndexDep, settings: SettingsDep) -> Upser
     for d in req.documents:
         if len(d.text) + len(d.title or "") > settings.max_document_chars:
             raise InputError(f"document {d.id!r} has more than {settings.max_document_chars} characters")
-        metadata = dict(d.metadata or {}) | ({"title": d.title} if d.title else {})
-        docs.append(Document(d.id, f"{d.title} {d.text}".strip() if d.title else d.text, metadata))
+        docs.append(Document.from_parts(d.id, d.text, d.title, d.metadata))
     n = handle.upsert(docs)
     return UpsertResponse(upserted=n, documents=handle.read(len))
 

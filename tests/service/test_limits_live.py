@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.service.test_live import free_port, server_log, start_server, stop
+from pooledir.evaluation import start_server
 
 pytestmark = pytest.mark.slow
 
@@ -103,11 +103,9 @@ def keyed_server(tmp_path_factory, tiny_encoder, tiny_docs):
     path = tmp_path_factory.mktemp("limits") / "tiny"
     with PooledIndex.create(path, config=IndexConfig(pool_factor=2), device="cpu", encoder=tiny_encoder) as idx:
         idx.add(tiny_docs[:30])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("POOLEDIR_API_KEY", KEY)
-        proc, url = start_server(path, free_port())
-    yield proc, url
-    stop(proc)
+    server = start_server([path], env={"POOLEDIR_API_KEY": KEY}, log_path=path.parent / "server.log")
+    yield server
+    server.stop()
 
 
 def count_documents(url: str) -> int:
@@ -118,7 +116,7 @@ def count_documents(url: str) -> int:
 @pytest.mark.parametrize("method, path", BODY_ROUTES)
 @pytest.mark.parametrize("with_key", [False, True], ids=["no-key", "key"])
 def test_chunked_body_over_the_limit_is_refused_early(keyed_server, method, path, with_key):
-    proc, url = keyed_server
+    proc, url = keyed_server.proc, keyed_server.url
     port = int(url.rsplit(":", 1)[1])
     headers = {"Authorization": f"Bearer {KEY}"} if with_key else {}
     reset_peak(proc.pid)
@@ -133,7 +131,7 @@ def test_chunked_body_over_the_limit_is_refused_early(keyed_server, method, path
     assert status == (413 if with_key else 401), body[:300]
     detail = json.loads(body)["detail"]
     assert ("request body over 8388608 bytes" if with_key else "API key") in detail
-    assert elapsed < 1.0 and grew_mib < 20, server_log(proc)
+    assert elapsed < 1.0 and grew_mib < 20, keyed_server.log()
     assert sent < 64 << 20  # refused at the limit (8 MiB) or before the body, not after reading it
     assert count_documents(url) == 30  # nothing written
     assert proc.poll() is None
@@ -142,7 +140,7 @@ def test_chunked_body_over_the_limit_is_refused_early(keyed_server, method, path
 @pytest.mark.parametrize("path", ["/healthz", "/indexes"])
 def test_routes_without_a_body_answer_and_stop_reading(keyed_server, path):
     """A body sent where none is read: the answer comes at once and the connection closes."""
-    proc, url = keyed_server
+    proc, url = keyed_server.proc, keyed_server.url
     port = int(url.rsplit(":", 1)[1])
     reset_peak(proc.pid)
     before = rss_kib(proc.pid)
@@ -154,7 +152,7 @@ def test_routes_without_a_body_answer_and_stop_reading(keyed_server, path):
 
 
 def test_declared_length_over_the_limit_is_refused_before_reading(keyed_server):
-    proc, url = keyed_server
+    proc, url = keyed_server.proc, keyed_server.url
     r = httpx.post(
         f"{url}/indexes/tiny/documents",
         content=b"{}",

@@ -2,63 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
+from pooledir.evaluation import free_port, start_server
+
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(index_dir, port):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    log = open(index_dir.parent / f"server-{port}.log", "w")  # a file, not a pipe nobody drains
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pooledir.cli", "serve", str(index_dir), "--port", str(port), "--device", "cpu"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    proc.log_path = log.name
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {server_log(proc)}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 90 s")
-
-
-def server_log(proc) -> str:
-    with open(proc.log_path) as f:
-        return f.read()[-3000:]
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def start(index_dir, port=None):
+    port = port or free_port()
+    return start_server([index_dir], port=port, log_path=index_dir.parent / f"server-{port}.log")
 
 
 SEARCHERS, WRITERS = 13, 3  # 16 clients on one worker
@@ -66,7 +24,8 @@ SEARCHERS, WRITERS = 13, 3  # 16 clients on one worker
 
 def test_concurrent_searches_during_writes(served_index):
     """16 clients mix single and batch searches, upserts and deletes; bounded in count, not in time."""
-    proc, url = start_server(served_index, free_port())
+    server = start(served_index)
+    url = server.url
     errors, acked_upserts, acked_deletes = [], [], []
     stop_flag = threading.Event()
     try:
@@ -104,7 +63,7 @@ def test_concurrent_searches_during_writes(served_index):
         for t in threads:
             t.join(timeout=240)
         stop_flag.set()
-        assert errors == [], server_log(proc)
+        assert errors == [], server.log()
         assert len(acked_upserts) == 4 * WRITERS and len(acked_deletes) == 2 * WRITERS
         with httpx.Client(base_url=url, timeout=30) as c:
             for doc_id in acked_upserts:
@@ -113,12 +72,12 @@ def test_concurrent_searches_during_writes(served_index):
                 assert c.get(f"/indexes/tiny/documents/{doc_id}").status_code == 404
             assert c.get("/indexes/tiny").json()["documents"] == 120 + 4 * WRITERS - 2 * WRITERS
     finally:
-        stop(proc)
+        server.stop()
 
 
 def test_kill_9_during_upsert_keeps_acknowledged_documents(served_index):
-    port = free_port()
-    proc, url = start_server(served_index, port)
+    server = start(served_index)
+    url = server.url
     acked = []
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
@@ -140,22 +99,22 @@ def test_kill_9_during_upsert_keeps_acknowledged_documents(served_index):
         t = threading.Thread(target=fire)
         t.start()
         time.sleep(1.0)  # the upsert is being encoded / written
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
         t.join(30)
     finally:
-        stop(proc)
+        server.stop()
 
     from pooledir import PooledIndex
 
     with PooledIndex.open(served_index, device="cpu") as idx:  # loadable, consistent
         n = len(idx)
         assert n in (123, 323)  # the killed upsert is all there or not at all
-    proc, url = start_server(served_index, free_port())
+    server = start(served_index)
     try:
-        with httpx.Client(base_url=url, timeout=30) as c:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
             for doc_id in acked:
                 assert c.get(f"/indexes/tiny/documents/{doc_id}").status_code == 200
             assert c.post("/indexes/tiny/search", json={"query": "heart study", "k": 3}).status_code == 200
     finally:
-        stop(proc)
+        server.stop()

@@ -4,10 +4,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from pooledir.errors import InputError
-from pooledir.evaluate import RUN_KEYS, EvalConfig, cache_key, evaluate, load_beir
+from pooledir.evaluation import RUN_KEYS, EvalConfig, evaluate, markdown_table
 
 
 def make_config(tiny_beir, tiny_ckpt, tmp_path, **kw):
@@ -61,20 +61,6 @@ def test_end_to_end_keys_runs_cache(tiny_beir, tiny_ckpt, tmp_path):
     assert again["runs"][0]["ndcg@10"] == flat1["ndcg@10"]
 
 
-def test_cache_key_changes_with_text_checkpoint_and_settings(tiny_ckpt, tmp_path):
-    import shutil
-
-    key = cache_key(tiny_ckpt, ["a", "b"], {"doc_maxlen": 64})
-    assert key == cache_key(tiny_ckpt, ["a", "b"], {"doc_maxlen": 64})
-    assert key != cache_key(tiny_ckpt, ["a", "c"], {"doc_maxlen": 64})
-    assert key != cache_key(tiny_ckpt, ["a", "b"], {"doc_maxlen": 65})
-    other = tmp_path / "ck"
-    shutil.copytree(tiny_ckpt, other)
-    meta = json.loads((other / "artifact.metadata").read_text()) | {"note": "changed"}
-    (other / "artifact.metadata").write_text(json.dumps(meta))
-    assert key != cache_key(other, ["a", "b"], {"doc_maxlen": 64})
-
-
 def test_query_id_hits_are_dropped(tiny_beir, tiny_ckpt, tmp_path):
     # a corpus document whose id is a query id and whose text is that query: BEIR drops it from results
     queries = [json.loads(x) for x in (tiny_beir / "queries.jsonl").read_text().splitlines()]
@@ -83,32 +69,6 @@ def test_query_id_hits_are_dropped(tiny_beir, tiny_ckpt, tmp_path):
     evaluate(make_config(tiny_beir, tiny_ckpt, tmp_path, pool_factors=[1], indexes=["flat"]))
     lines = (tmp_path / "runs" / "beir.pooledir-flat-pf1.trec").read_text().splitlines()
     assert lines and not any(line.split()[0] == "q0" and line.split()[2] == "q0" for line in lines)
-
-
-def test_corpus_sample_keeps_judged_documents(tiny_beir):
-    data = load_beir(tiny_beir, corpus_sample=12, seed=3)
-    judged = {d for rel in data.qrels.values() for d in rel}
-    ids = {d.id for d in data.documents}
-    assert judged <= ids and len(ids) == 12
-    assert [d.id for d in load_beir(tiny_beir, corpus_sample=12, seed=3).documents] == [d.id for d in data.documents]
-    assert len(load_beir(tiny_beir, queries_sample=2).queries) == 2
-
-
-def test_bad_dataset_folders(tiny_beir):
-    (tiny_beir / "qrels" / "test.tsv").rename(tiny_beir / "qrels" / "dev.tsv")
-    with pytest.raises(InputError, match=r"qrels/test.tsv is missing"):
-        load_beir(tiny_beir)
-    (tiny_beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq9\tc1\t1\n")
-    with pytest.raises(InputError, match="missing from queries.jsonl, e.g. 'q9'"):
-        load_beir(tiny_beir)
-    (tiny_beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
-    with pytest.raises(InputError, match="has no judgments"):
-        load_beir(tiny_beir)
-    (tiny_beir / "qrels" / "test.tsv").write_text("q1\tc1\t1\n")
-    with open(tiny_beir / "queries.jsonl", "a") as f:
-        f.write("{broken\n")
-    with pytest.raises(InputError, match=r"queries.jsonl:6: malformed query line"):
-        load_beir(tiny_beir)
 
 
 def test_cli_eval_and_report(tiny_beir, tiny_ckpt, tmp_path):
@@ -168,3 +128,63 @@ def test_cli_eval_and_report(tiny_beir, tiny_ckpt, tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "is not a BEIR dataset folder" in bad.stderr
+
+
+class ExactSystem:
+    """A peer written outside pooledir: brute-force MaxSim over the unpooled vectors."""
+
+    name = "exact-peer"
+
+    def build(self, context, documents, vectors):
+        from pooledir.maxsim import maxsim
+
+        self.encoder, self.ids = context.encoder, [d.id for d in documents]
+        self.vectors = np.concatenate(vectors).astype(np.float32)
+        self.offsets = np.concatenate([[0], np.cumsum([len(v) for v in vectors])])
+        self.maxsim = maxsim
+
+    def search(self, queries, k, vectors=None):
+        from pooledir import Hit
+
+        Q = self.encoder.encode_queries(list(queries)) if vectors is None else vectors
+        scores = self.maxsim(Q, self.vectors, self.offsets)
+        return [[Hit(self.ids[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in scores]
+
+    def describe(self):
+        return {"system": "exact", "index": "exact", "pool_factor": 1, "nbits": None, "vectors": len(self.vectors)}
+
+    def bytes(self):
+        return {"index_bytes": self.vectors.nbytes, "vector_bytes": self.vectors.nbytes}
+
+    def close(self):
+        pass
+
+
+def test_peers_are_pluggable_systems(tiny_beir, tiny_ckpt, tmp_path, monkeypatch):
+    from pooledir.evaluation import systems
+
+    monkeypatch.setitem(systems.SYSTEMS, "exact", lambda: [ExactSystem()])
+    cfg = make_config(tiny_beir, tiny_ckpt, tmp_path, pool_factors=[1], indexes=["flat"], compare=["exact"])
+    result = evaluate(cfg)
+    runs = result["runs"]
+    assert [r["system"] for r in runs] == ["pooledir", "exact"]
+    assert "| exact | " in markdown_table([result])
+    exact, flat = runs[1], runs[0]
+    assert tuple(exact) == RUN_KEYS and exact["pool_s"] is None and exact["build_s"] >= 0
+    # the same vectors scored exactly by both: the same quality
+    assert exact["ndcg@10"] == pytest.approx(flat["ndcg@10"], abs=1e-6)
+    assert (tmp_path / "runs" / "beir.exact-peer.trec").is_file()
+
+
+def test_unknown_system_and_bad_options_fail_before_any_work(tiny_beir, tmp_path):
+    from pooledir.errors import InputError
+
+    missing = tmp_path / "no-checkpoint"  # never loaded: the systems are checked first
+    with pytest.raises(InputError, match="unknown system 'colbert'; known systems: .*plaid"):
+        evaluate(make_config(tiny_beir, missing, tmp_path, compare=["colbert"]))
+    with pytest.raises(InputError, match="pool_factor=0"):
+        evaluate(make_config(tiny_beir, missing, tmp_path, pool_factors=[0]))
+    with pytest.raises(InputError, match="backend='hnsw'"):
+        evaluate(make_config(tiny_beir, missing, tmp_path, indexes=["hnsw"]))
+    with pytest.raises(InputError, match="PLAID nbits=3"):
+        evaluate(make_config(tiny_beir, missing, tmp_path, compare={"plaid": {"nbits": [3]}}))

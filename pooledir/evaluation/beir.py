@@ -1,4 +1,4 @@
-"""BEIR datasets: queries, qrels, and fetching a dataset when it is not on disk."""
+"""BEIR datasets: queries, qrels, a (sampled) split, and fetching a dataset when it is not on disk."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import tempfile
 import urllib.request
 import zipfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from pooledir.corpus import Document, read_corpus
 from pooledir.errors import InputError
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -68,7 +72,7 @@ def download_beir(name: str, dest: str | Path) -> Path:
                 shutil.copyfileobj(r, f)
         except OSError as e:
             raise InputError(
-                f"could not download {url} ({e}); offline, point CORPUS= at a BEIR folder "
+                f"could not download {url} ({e}); offline, use a local BEIR folder instead "
                 "(corpus.jsonl, queries.jsonl, qrels/test.tsv)"
             ) from None
         with zipfile.ZipFile(zpath) as z:
@@ -76,3 +80,50 @@ def download_beir(name: str, dest: str | Path) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         shutil.move(str(Path(tmp) / name), target)
     return target
+
+
+@dataclass
+class BeirData:
+    """A (sampled) BEIR split: documents, the judged queries and their qrels."""
+
+    name: str
+    documents: list[Document]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_beir(
+    dataset: Path,
+    split: str = "test",
+    corpus_sample: int | None = None,
+    queries_sample: int | None = None,
+    seed: int = 0,
+) -> BeirData:
+    """Load a BEIR folder, keeping judged queries; samples keep every judged document."""
+    dataset = Path(dataset)
+    for part in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+        if not (dataset / part).is_file():
+            raise InputError(f"{dataset} is not a BEIR dataset folder: {part} is missing")
+    qrels = load_qrels(dataset, split)
+    queries = load_queries(dataset)
+    unknown = sorted(set(qrels) - set(queries))
+    if unknown:
+        raise InputError(
+            f"{dataset}/qrels/{split}.tsv judges {len(unknown)} query id(s) missing from queries.jsonl, "
+            f"e.g. {unknown[0]!r}"
+        )
+    if not qrels:
+        raise InputError(f"{dataset}/qrels/{split}.tsv has no judgments")
+    rng = np.random.default_rng(seed)
+    qids = sorted(qrels)
+    if queries_sample is not None and queries_sample < len(qids):
+        qids = sorted(rng.choice(qids, queries_sample, replace=False).tolist())
+    documents = read_corpus(dataset)
+    if corpus_sample is not None and corpus_sample < len(documents):
+        judged = {d for q in qids for d in qrels[q]}
+        keep = [i for i, d in enumerate(documents) if d.id in judged]
+        rest = [i for i, d in enumerate(documents) if d.id not in judged]
+        extra = max(0, corpus_sample - len(keep))
+        keep += rng.choice(rest, min(extra, len(rest)), replace=False).tolist()
+        documents = [documents[i] for i in sorted(keep)]
+    return BeirData(dataset.name, documents, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids})

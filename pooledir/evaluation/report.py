@@ -22,16 +22,21 @@ def load_results(paths: list[Path]) -> list[dict]:
     return out
 
 
-def _label(run: dict) -> str:
-    if run["system"] == "plaid":
-        return f"PLAID nbits={run['nbits']}" + (f" pool x{run['pool_factor']}" if run["pool_factor"] > 1 else "")
-    return f"pooledir {run['index']} pool x{run['pool_factor']}"
+#: how a peer system's name is printed (any other name is printed as it is)
+DISPLAY_NAMES = {"plaid": "PLAID"}
 
 
-def _short(run: dict) -> str:
-    if run["system"] == "plaid":
-        return f"PLAID {run['nbits']}b" + (f" x{run['pool_factor']}" if run["pool_factor"] > 1 else "")
-    return f"{run['index']} x{run['pool_factor']}"
+def _label(run: dict, short: bool = False) -> str:
+    """``pooledir ivfpq pool x2`` / ``PLAID nbits=2`` for tables; ``ivfpq x2`` / ``PLAID 2b`` for plots."""
+    pf = run.get("pool_factor") or 1
+    if run["system"] == "pooledir":
+        return f"{run['index']} x{pf}" if short else f"pooledir {run['index']} pool x{pf}"
+    name = DISPLAY_NAMES.get(run["system"], run["system"])
+    if run.get("nbits") is not None:
+        name += f" {run['nbits']}b" if short else f" nbits={run['nbits']}"
+    if pf > 1:
+        name += f" x{pf}" if short else f" pool x{pf}"
+    return name
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -56,7 +61,7 @@ def markdown_table(results: list[dict]) -> str:
             lines.append(
                 f"| {_label(r)} | {r['vectors']:,} | {r['index_bytes'] / 1e6:.1f} | {r['ndcg@10']:.4f} | {rel} | "
                 f"{r['recall@100']:.4f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {r['qps']:.1f} | "
-                f"{r['pool_s']:.1f} | {r['build_s']:.1f} |"
+                f"{r['pool_s'] or 0:.1f} | {r['build_s']:.1f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -100,10 +105,13 @@ def plots(results: list[dict], out_dir: Path) -> list[Path]:
         for ax, res in zip(axes[0], results):
             for r in res["runs"]:
                 xv = r[x] / 1e6 if x == "index_bytes" else r[x]
-                style = {"plaid": ("s", "tab:red"), "ivfpq": ("o", "tab:blue"), "flat": ("^", "tab:gray")}
-                marker, colour = style["plaid" if r["system"] == "plaid" else r["index"]]
+                style = {"ivfpq": ("o", "tab:blue"), "flat": ("^", "tab:gray"), "plaid": ("s", "tab:red")}
+                key = r["index"] if r["system"] == "pooledir" else r["system"]
+                marker, colour = style.get(key, ("D", "tab:green"))  # any other peer
                 ax.scatter(xv, r["ndcg@10"], marker=marker, color=colour)
-                ax.annotate(_short(r), (xv, r["ndcg@10"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
+                ax.annotate(
+                    _label(r, short=True), (xv, r["ndcg@10"]), fontsize=7, xytext=(4, -3), textcoords="offset points"
+                )
             if logx:
                 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 

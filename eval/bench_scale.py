@@ -1,0 +1,297 @@
+"""Scale benchmark of the index engine: synthetic pooled vectors straight into the index (no encoder).
+
+For each size (pooled 128-d vectors, ~100 per document, clustered unit vectors) one subprocess
+builds the index in chunks of ``--chunk-docs`` documents through ``PooledIndex.add(pooled=True)``
+(its peak RSS is the build's), and a second subprocess opens it and measures: open time and RSS
+after open, search p50 (same SearchParams at every size), p50 of 20 single-document upserts and of
+20 deletes, and compaction time. ``--design single`` runs the same steps against the previous
+single-file engine (commit 6e06448, checked out with ``git worktree`` into ``--old-tree``).
+
+    python eval/bench_scale.py --sizes 100000,1000000 --design both
+    python eval/bench_scale.py --sizes 10000000 --design segments
+    python eval/bench_scale.py --plot-only
+
+Results are merged into eval/results/bench_scale.cpu.json (keyed by design and size) and plotted
+into eval/results/bench_scale.png. This is a benchmark, never part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results" / "bench_scale.cpu.json"
+PLOT = ROOT / "eval" / "results" / "bench_scale.png"
+OLD_COMMIT = "6e06448"
+DIM = 128
+PER_DOC = 100
+N_CLUSTERS = 4096
+SEARCH = {"k": 10, "nprobe": 32, "candidates_per_token": 32, "rerank": 64}
+
+
+class FakeEncoder:
+    """What an index records of an encoder; vectors are given directly."""
+
+    path = "."
+    dim = DIM
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.settings = SimpleNamespace(
+            doc_maxlen=300, query_maxlen=32, query_augmentation=False, markers=False, mask_punctuation=False
+        )
+
+
+def centers() -> np.ndarray:
+    rng = np.random.default_rng(12345)
+    c = rng.standard_normal((N_CLUSTERS, DIM)).astype(np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def make_docs(start: int, n: int, c: np.ndarray):
+    """Documents start..start+n: each draws ~100 vectors around a few topic centres (seeded by index)."""
+    from pooledir.corpus import Document
+
+    rng = np.random.default_rng(start)
+    lens = rng.integers(PER_DOC - 20, PER_DOC + 21, n)
+    docs, vecs = [], []
+    for i, length in enumerate(lens):
+        topics = rng.integers(0, N_CLUSTERS, 4)
+        v = (
+            c[rng.choice(topics, length)]
+            + 0.35 * rng.standard_normal((length, DIM)).astype(np.float32) / np.sqrt(DIM) * 4
+        )
+        vecs.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32))
+        docs.append(Document(f"doc{start + i}", f"synthetic document {start + i}", {}))
+    return docs, vecs
+
+
+def rss_mb() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def n_docs_for(size: int) -> int:
+    return max(1, size // PER_DOC)
+
+
+def nlist_for(size: int) -> int:
+    from math import sqrt
+
+    # faiss's 4*sqrt(N), capped at 4096: at 10^7 the uncapped 12,649 lists cost ~3e13 flops of
+    # assignment alone on 2 CPU cores; the cap is the same for both designs
+    return min(int(round(4 * sqrt(size))), 4096)
+
+
+def add(index, docs, vecs, design: str):
+    if design == "segments":
+        index.add(docs, embeddings=vecs, pooled=True)
+    else:
+        index.add(docs, embeddings=vecs)  # the old engine pools; pool_factor=1 keeps the vectors as they are
+
+
+# -- workers ------------------------------------------------------------------------------------------------------
+def worker_build(design: str, size: int, folder: Path, chunk_docs: int) -> dict:
+    from pooledir.pooled_index import IndexConfig, PooledIndex
+
+    c = centers()
+    n_docs = n_docs_for(size)
+    config = IndexConfig(pool_factor=1, nlist=nlist_for(size))
+    index = PooledIndex.create(folder, config=config, device="cpu", encoder=FakeEncoder())
+    t0 = time.perf_counter()
+    vectors = 0
+    for start in range(0, n_docs, chunk_docs):
+        docs, vecs = make_docs(start, min(chunk_docs, n_docs - start), c)
+        vectors += sum(len(v) for v in vecs)
+        add(index, docs, vecs, design)
+        print(f"[{design} {size}] {start + len(docs)}/{n_docs} docs, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    build_s = time.perf_counter() - t0
+    index.close()
+    return {
+        "vectors": vectors,
+        "documents": n_docs,
+        "nlist": config.nlist,
+        "build_s": build_s,
+        "build_vectors_per_s": vectors / build_s,
+        "build_peak_rss_mb": peak_mb(),
+        "disk_bytes": folder_bytes(folder),
+    }
+
+
+def worker_ops(design: str, size: int, folder: Path) -> dict:
+    import faiss  # noqa: F401 - loaded before the clock starts: open time is the index's, not the import's
+
+    from pooledir.pooled_index import PooledIndex
+    from pooledir.search import SearchParams
+
+    c = centers()
+    base = rss_mb()
+    t = time.perf_counter()
+    index = PooledIndex.open(folder, device="cpu", encoder=FakeEncoder())
+    open_s = time.perf_counter() - t
+    open_rss = rss_mb()
+    rng = np.random.default_rng(7)
+    n_docs = n_docs_for(size)
+    params = SearchParams(**SEARCH)
+    qdocs, qvecs = make_docs(int(rng.integers(0, n_docs - 30)), 30, c)
+    lat = []
+    for v in qvecs:  # warm-up, then 20 timed single-query searches
+        Q = v[None, :32] + 0.02 * rng.standard_normal((1, 32, DIM)).astype(np.float32)
+        t = time.perf_counter()
+        index.search_embeddings(Q, params)
+        lat.append(time.perf_counter() - t)
+    search_ms = 1000 * float(np.median(lat[10:]))
+    up = []
+    for i in range(20):
+        target = int(rng.integers(0, n_docs))
+        docs, vecs = make_docs(n_docs + 1000 + i, 1, c)
+        docs = [type(docs[0])(f"doc{target}", docs[0].text, {})]  # replace an existing document
+        t = time.perf_counter()
+        add(index, docs, vecs, design)
+        up.append(time.perf_counter() - t)
+    de = []
+    victims = rng.choice(n_docs, 40, replace=False)
+    for i in range(20):
+        t = time.perf_counter()
+        index.delete([f"doc{victims[i]}"])
+        de.append(time.perf_counter() - t)
+    out = {
+        "open_s": open_s,
+        "open_rss_mb": open_rss - base,
+        "process_rss_after_open_mb": open_rss,
+        "search_p50_ms": search_ms,
+        "upsert_p50_ms": 1000 * float(np.median(up)),
+        "upsert_max_ms": 1000 * float(np.max(up)),
+        "delete_p50_ms": 1000 * float(np.median(de)),
+        "delete_max_ms": 1000 * float(np.max(de)),
+        "compact_s": None,
+    }
+    if design == "segments":
+        t = time.perf_counter()
+        index.compact(retrain=False)
+        out["compact_s"] = time.perf_counter() - t
+        out["segments_after_compact"] = len(index.info()["segments"])
+    index.close()
+    return out
+
+
+# -- driver -------------------------------------------------------------------------------------------------------
+def run_worker(args: list[str], design: str, old_tree: Path, pre: list[str] = ()) -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    env["PYTHONPATH"] = str(old_tree if design == "single" else ROOT)
+    cmd = [sys.executable, str(Path(__file__).resolve()), *pre, "--worker", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT))
+    sys.stderr.write(proc.stderr[-2000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args} failed with {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ensure_old_tree(old_tree: Path) -> None:
+    if not (old_tree / "pooledir" / "pooled_index.py").is_file():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), OLD_COMMIT], check=True)
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
+
+
+def save_result(row: dict) -> None:
+    data = load_results()
+    data["runs"] = [r for r in data["runs"] if (r["design"], r["size"]) != (row["design"], row["size"])] + [row]
+    data["runs"].sort(key=lambda r: (r["design"], r["size"]))
+    data["machine"] = f"{os.cpu_count()} CPU cores (shared), no GPU"
+    data["search_params"] = SEARCH
+    data["vectors"] = f"{DIM}-d unit vectors, ~{PER_DOC} per document, around {N_CLUSTERS} random centres"
+    RESULTS.write_text(json.dumps(data, indent=2))
+
+
+def plot() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load_results()["runs"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for design, style in (("segments", "o-"), ("single", "s--")):
+        rows = sorted((r for r in runs if r["design"] == design and "open_s" in r), key=lambda r: r["vectors"])
+        if not rows:
+            continue
+        x = [r["vectors"] for r in rows]
+        label = "segments (this engine)" if design == "segments" else "single file (6e06448)"
+        axes[0].plot(x, [r["build_peak_rss_mb"] for r in rows], style, label=f"{label}: build peak")
+        axes[0].plot(x, [r["process_rss_after_open_mb"] for r in rows], style, alpha=0.5, label=f"{label}: after open")
+        axes[1].plot(x, [r["upsert_p50_ms"] for r in rows], style, label=f"{label}: upsert")
+        axes[1].plot(x, [r["delete_p50_ms"] for r in rows], style, alpha=0.5, label=f"{label}: delete")
+        axes[2].plot(x, [r["search_p50_ms"] for r in rows], style, label=label)
+    titles = ["RSS (MB)", "single-document write p50 (ms)", "search p50 (ms)"]
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("pooled vectors in the index")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("pooledir index engine at scale (synthetic 128-d vectors, 2 shared CPU cores)")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--design", choices=["segments", "single", "both"], default="segments")
+    ap.add_argument("--chunk-docs", type=int, default=2000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pooledir-bench-scale"))
+    ap.add_argument("--old-tree", type=Path, default=Path("/tmp/pooledir-old-6e06448"))
+    ap.add_argument("--keep", action="store_true", help="keep the built index folders")
+    ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--worker", nargs=4, metavar=("STEP", "DESIGN", "SIZE", "FOLDER"))
+    args = ap.parse_args()
+    if args.worker:
+        step, design, size, folder = args.worker
+        fn = worker_build if step == "build" else worker_ops
+        extra = (args.chunk_docs,) if step == "build" else ()
+        print(json.dumps(fn(design, int(float(size)), Path(folder), *extra)))
+        return
+    if not args.plot_only:
+        designs = ["segments", "single"] if args.design == "both" else [args.design]
+        if "single" in designs:
+            ensure_old_tree(args.old_tree)
+        for size in [int(float(s)) for s in args.sizes.split(",")]:
+            for design in designs:
+                folder = args.work / f"{design}-{size}"
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                chunk = ["--chunk-docs", str(args.chunk_docs)]
+                row = {"design": design, "size": size}
+                row |= run_worker(["build", design, str(size), str(folder)], design, args.old_tree, chunk)
+                row |= run_worker(["ops", design, str(size), str(folder)], design, args.old_tree)
+                save_result(row)
+                print(json.dumps(row), flush=True)
+                if not args.keep:
+                    shutil.rmtree(folder, ignore_errors=True)
+    plot()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Segments built outside the index (other processes, other machines) and attached in one commit.
+
+A detached segment is a folder::
+
+    segment.json    {"format": "pooledir-segment", "format_version": 1, "kind": "pq" | "flat",
+                     "dim", "n_vectors", "n_docs", "quantizer": fingerprint of the quantizer used | null,
+                     "exact": whether segment.f16 is there}
+    segment.faiss   the vectors, local ids 0..n-1 in document order (the segment file format)
+    segment.f16     optional float16 copy, same rows (when the index keeps exact vectors)
+    docs.jsonl      one {"id", "text", "metadata", "n_tokens", "n_vectors"} per document, in segment order
+
+:func:`build_segment` writes one against an index's current quantizer (read, never
+changed); :func:`attach` checks every file and switches them all in with one commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pooledir.corpus import Document, check_documents
+from pooledir.errors import IndexCorruptError, InputError
+from pooledir.index.segments import encode_segment, file_digest, fsync_dir, open_segment, write_array, write_segment
+from pooledir.index.snapshot import quantizer_path, segment_path
+from pooledir.store import NewDoc, SegmentRow
+
+FORMAT = "pooledir-segment"
+FORMAT_VERSION = 1
+
+
+def build_segment(
+    out_dir: str | os.PathLike[str],
+    index_path: str | os.PathLike[str],
+    documents: Sequence[Document],
+    vectors: Sequence[np.ndarray],
+    n_tokens: Sequence[int] | None = None,
+) -> Path:
+    """Write a detached segment of already-pooled ``vectors`` encoded for the index at ``index_path``.
+
+    Safe beside writers of that index: only its manifest and current quantizer are read.
+    """
+    from pooledir.pooled_index import PooledIndex
+
+    docs = check_documents(documents, "documents")
+    if len(vectors) != len(docs) or (n_tokens is not None and len(n_tokens) != len(docs)):
+        raise InputError(
+            f"got {len(vectors)} vector arrays and {len(n_tokens or docs)} counts for {len(docs)} documents"
+        )
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} exists and is not empty; pick a new folder for the segment")
+    with PooledIndex.open(index_path, device="cpu") as index:
+        for d, v in zip(docs, vectors):
+            if v.ndim != 2 or v.shape[1] != index.dim or len(v) == 0:
+                raise InputError(f"document {d.id!r}: vectors of shape {v.shape} are not (n >= 1, {index.dim})")
+        snap = index.folder.snapshot
+        quantizer = snap.quantizer if index.config.backend == "ivfpq" else None
+        digest = file_digest(quantizer_path(index.path, snap.quantizer_id)) if quantizer is not None else None
+        keep_exact = index.config.keep_exact
+        packed = np.concatenate(vectors).astype(np.float32, copy=False)
+        out.mkdir(parents=True, exist_ok=True)
+        write_segment(encode_segment(packed, quantizer), out / "segment.faiss")
+        if keep_exact:
+            write_array(packed.astype(np.float16), out / "segment.f16")
+        dim = index.dim
+    with open(out / "docs.jsonl", "w") as f:
+        for i, (d, v) in enumerate(zip(docs, vectors)):
+            n = int(n_tokens[i]) if n_tokens is not None else len(v)
+            row = {"id": d.id, "text": d.text, "metadata": d.metadata, "n_tokens": n, "n_vectors": len(v)}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "pq" if quantizer is not None else "flat",
+        "dim": dim,
+        "n_vectors": len(packed),
+        "n_docs": len(docs),
+        "quantizer": digest,
+        "exact": keep_exact,
+    }
+    (out / "segment.json").write_text(json.dumps(meta, indent=2))  # written last: its presence means complete
+    fsync_dir(out)
+    return out
+
+
+def _read_detached(path: Path, dim: int) -> tuple[dict, list[dict]]:
+    """segment.json and docs.jsonl of a detached segment, checked against each other."""
+    try:
+        meta = json.loads((path / "segment.json").read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} is not a detached segment: segment.json is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}/segment.json is corrupt: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path}/segment.json is not a pooledir segment (format {FORMAT} version {FORMAT_VERSION})")
+    if meta.get("dim") != dim:
+        raise InputError(f"{path} holds {meta.get('dim')}-d vectors; this index holds {dim}-d ones")
+    rows = []
+    try:
+        with open(path / "docs.jsonl") as f:
+            for line in f:
+                r = json.loads(line)
+                rows.append(r)
+                if not isinstance(r.get("n_vectors"), int) or r["n_vectors"] < 1 or not isinstance(r.get("id"), str):
+                    raise InputError(f"{path}/docs.jsonl line {len(rows)}: bad id or n_vectors")
+    except FileNotFoundError:
+        raise InputError(f"{path}: docs.jsonl is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}/docs.jsonl line {len(rows) + 1} is corrupt: {e}") from None
+    total = sum(r["n_vectors"] for r in rows)
+    if len(rows) != meta.get("n_docs") or total != meta.get("n_vectors"):
+        raise InputError(
+            f"{path}: docs.jsonl lists {len(rows)} documents with {total} vectors, but segment.json says "
+            f"{meta.get('n_docs')} documents with {meta.get('n_vectors')} vectors; rebuild the segment"
+        )
+    return meta, rows
+
+
+def _copy_durably(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def attach(folder, paths: Sequence[Path]) -> int:
+    """Check detached segments, copy them in, and reference them all in one commit; returns documents attached."""
+    if not paths:
+        raise InputError("no segment folders given")
+    with folder.writing():
+        snap, config = folder.snapshot, folder.config
+        want_kind = "pq" if config.backend == "ivfpq" and snap.quantizer is not None else "flat"
+        digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if want_kind == "pq" else None
+        checked, seen = [], set()
+        for path in paths:
+            meta, rows = _read_detached(path, folder.dim)
+            if meta["kind"] != want_kind or meta.get("quantizer") != digest:
+                raise InputError(
+                    f"{path} was built for another quantizer ({meta['kind']}, {meta.get('quantizer')}) than this "
+                    f"index's ({want_kind}, {digest}); build it again against the index as it is now"
+                )
+            if bool(meta.get("exact")) != config.keep_exact:
+                raise InputError(
+                    f"{path}: exact copy {bool(meta.get('exact'))}, the index keeps_exact={config.keep_exact}"
+                )
+            dupes = seen & {r["id"] for r in rows}
+            if dupes or len({r["id"] for r in rows}) != len(rows):
+                raise InputError(f"{path}: document id {sorted(dupes)[:1] or 'repeated'} appears twice in the segments")
+            seen |= {r["id"] for r in rows}
+            counts = np.array([r["n_vectors"] for r in rows], dtype=np.int64)
+            starts = np.cumsum(counts) - counts
+            exact = path / "segment.f16" if config.keep_exact else None
+            try:  # maps the file and checks kind, dimension, vector count and quantizer shape
+                open_segment(
+                    path / "segment.faiss",
+                    meta["kind"],
+                    meta["n_vectors"],
+                    folder.dim,
+                    snap.quantizer,
+                    np.arange(len(rows)),
+                    starts,
+                    counts,
+                    exact,
+                ).close()
+            except (IndexCorruptError, FileNotFoundError, ValueError) as e:
+                raise InputError(f"{path}: the segment file is unreadable or does not match docs.jsonl: {e}") from None
+            checked.append((path, meta, rows, starts))
+        new_files: list[Path] = []
+        docs, segs = [], []
+        next_id = folder.store.next_segment_id()
+        try:
+            for j, (path, meta, rows, starts) in enumerate(checked):
+                seg_id = next_id + j
+                new_files.append(segment_path(folder.path, seg_id))
+                _copy_durably(path / "segment.faiss", new_files[-1])
+                if config.keep_exact:
+                    new_files.append(segment_path(folder.path, seg_id, ".f16"))
+                    _copy_durably(path / "segment.f16", new_files[-1])
+                q = snap.quantizer_id if meta["kind"] == "pq" else None
+                segs.append(SegmentRow(seg_id, meta["kind"], meta["n_vectors"], len(rows), q, config.keep_exact))
+                docs += [
+                    NewDoc(
+                        r["id"],
+                        r.get("text", ""),
+                        r.get("metadata") or {},
+                        int(r.get("n_tokens", r["n_vectors"])),
+                        r["n_vectors"],
+                        seg_id,
+                        int(s),
+                    )
+                    for r, s in zip(rows, starts)
+                ]
+            fsync_dir(segment_path(folder.path, 0).parent)
+        except BaseException:
+            for f in new_files:
+                f.unlink(missing_ok=True)
+            raise
+        replaced = folder.store.lookup([d.id for d in docs])
+
+        def change() -> None:
+            folder.store.delete(replaced.values())
+            folder.store.insert_many(docs)
+            for s in segs:
+                folder.store.add_segment(s)
+
+        folder._commit(new_files, change)
+    folder.maintain()
+    return len(docs)

@@ -1,0 +1,334 @@
+"""The write side of an index folder: segments in, segments merged, one sqlite commit each time.
+
+Folder layout (format_version 2)::
+
+    manifest.json            format, config, encoder (written once, at creation)
+    docs.sqlite              documents, the live segments, the commit counter, the current quantizer
+    quantizer.<q>.faiss      trained, empty IVF-PQ: coarse centroids + PQ codebooks (a new <q> per training)
+    segments/<id>.faiss      immutable segment files (pq codes or flat float32), local ids 0..n-1
+    segments/<id>.f16        optional exact float16 copy of a segment's vectors (keep_exact)
+    .lock                    serialises writers across processes (fcntl)
+
+The protocol, for every write (add, delete, merge, compaction, training, attach):
+
+1. take the lock and load the newest commit;
+2. write any new file under a fresh id (temp name, fsync, rename, fsync the folder);
+3. one sqlite transaction changes the document rows, the segment rows and the counter;
+4. only then unlink files the commit no longer references.
+
+A crash before 3 leaves unreferenced files, removed by the next writer; a crash
+after 3 leaves the new commit complete. Readers never see a file change: files
+are never rewritten, and the ones they map stay readable after the unlink.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pooledir.errors import IndexCorruptError, InputError
+from pooledir.index.manifest import IndexConfig
+from pooledir.index.segments import (
+    encode_segment,
+    fsync_dir,
+    merge_pq,
+    ranges,
+    train_quantizer,
+    write_array,
+    write_faiss,
+    write_segment,
+)
+from pooledir.index.snapshot import SEGMENTS, Snapshot, load_snapshot, quantizer_path, segment_path
+from pooledir.store import DocStore, NewDoc, SegmentRow
+
+log = logging.getLogger(__name__)
+
+#: vectors decoded at a time while re-encoding (bounds the memory of compaction and training)
+CHUNK = 262_144
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Documents to write, each with its pooled vectors (float32 or float16, (n_i, dim))."""
+
+    ids: list[str]
+    texts: list[str]
+    metadata: list[dict]
+    n_tokens: list[int]
+    vectors: list[np.ndarray]
+
+
+class IndexFolder:
+    """One index folder: its store, its current snapshot and the writes that change them."""
+
+    def __init__(self, path: Path, store: DocStore, config: IndexConfig, dim: int, use_gpu: bool = False) -> None:
+        self.path = path
+        self.store = store
+        self.config = config
+        self.dim = dim
+        self.use_gpu = use_gpu
+        self.snapshot: Snapshot = self._load()
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def _load(self, attempts: int = 20) -> Snapshot:
+        """Pin the newest commit and map its files; a file unlinked under us means a newer commit: retry."""
+        for _ in range(attempts):
+            self.store.pin()
+            try:
+                return load_snapshot(self.path, self.store, self.dim)
+            except FileNotFoundError:
+                continue
+        raise IndexCorruptError(f"{self.path}: a file the latest commit lists is missing")
+
+    def is_stale(self) -> bool:
+        """True when another process committed since this snapshot was loaded."""
+        return self.store.latest_commit() != self.snapshot.commit
+
+    def refresh(self) -> bool:
+        """Load the newest commit if there is one; returns True when something changed."""
+        if not self.is_stale():
+            return False
+        self.snapshot = self._load()
+        return True
+
+    # -- the write protocol -----------------------------------------------------------------------------------
+    @contextmanager
+    def writing(self):
+        """Hold the folder's write lock with the newest commit loaded; reload it whatever happens."""
+        with open(self.path / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.refresh()
+            self._remove_unreferenced()
+            try:
+                yield
+            finally:
+                self.snapshot = self._load()
+
+    def _commit(self, new_files: list[Path], change) -> None:
+        """Run ``change`` (row edits) and bump the counter in one transaction; on error drop ``new_files``."""
+        try:
+            with self.store.transaction():
+                change()
+                self.store.bump_commit()
+        except BaseException:
+            for f in new_files:
+                f.unlink(missing_ok=True)
+            raise
+        self.store.checkpoint()
+
+    def _remove_unreferenced(self) -> None:
+        """Files of segments or quantizers no commit refers to (a crashed write, or dropped ones)."""
+        seg_dir = self.path / SEGMENTS
+        seg_dir.mkdir(exist_ok=True)
+        keep = {segment_path(self.path, r.seg_id).name for r in self.snapshot.rows}
+        keep |= {segment_path(self.path, r.seg_id, ".f16").name for r in self.snapshot.rows if r.exact}
+        removed = False
+        for f in seg_dir.iterdir():
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
+                removed = True
+        q = self.snapshot.quantizer_id
+        for f in self.path.glob("quantizer.*"):
+            if q is None or f.name != quantizer_path(self.path, q).name:
+                f.unlink(missing_ok=True)
+                removed = True
+        if removed:
+            fsync_dir(seg_dir)
+            fsync_dir(self.path)
+
+    def _write_segment_files(self, seg_id: int, index, exact: np.ndarray | None) -> list[Path]:
+        files = [segment_path(self.path, seg_id)]
+        try:
+            write_segment(index, files[0])
+            if exact is not None:
+                files.append(segment_path(self.path, seg_id, ".f16"))
+                write_array(exact.astype(np.float16), files[1])
+        except BaseException:
+            for f in files:
+                f.unlink(missing_ok=True)
+            raise
+        return files
+
+    def _target_quantizer(self):
+        """The quantizer new vectors are encoded with: None = keep them exact (flat backend, or not yet trained)."""
+        return self.snapshot.quantizer if self.config.backend == "ivfpq" else None
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def upsert(self, batch: Batch) -> int:
+        """Write the batch as one new segment; documents with known ids are replaced. Returns how many replaced."""
+        with self.writing():
+            replaced = self.store.lookup(batch.ids)
+            packed = np.concatenate(batch.vectors).astype(np.float32, copy=False)
+            counts = np.array([len(v) for v in batch.vectors], dtype=np.int64)
+            seg_id = self.store.next_segment_id()
+            quantizer = self._target_quantizer()
+            files = self._write_segment_files(
+                seg_id, encode_segment(packed, quantizer), packed if self.config.keep_exact else None
+            )
+            starts = np.cumsum(counts) - counts
+            rows = [
+                NewDoc(i, t, m, int(n), int(c), seg_id, int(s))
+                for i, t, m, n, c, s in zip(batch.ids, batch.texts, batch.metadata, batch.n_tokens, counts, starts)
+            ]
+            seg = SegmentRow(
+                seg_id,
+                "pq" if quantizer is not None else "flat",
+                len(packed),
+                len(rows),
+                self.snapshot.quantizer_id if quantizer is not None else None,
+                self.config.keep_exact,
+            )
+
+            def change() -> None:
+                self.store.delete(replaced.values())
+                self.store.insert_many(rows)
+                self.store.add_segment(seg)
+
+            self._commit(files, change)
+        self.maintain()
+        return len(replaced)
+
+    def delete(self, doc_ints: Sequence[int]) -> None:
+        """Tombstone documents: their rows go in one commit; their vectors wait for compaction."""
+        with self.writing():
+            self._commit([], lambda: self.store.delete(doc_ints))
+        self.maintain()
+
+    def maintain(self) -> None:
+        """The automatic triggers, after a write: train, compact past the tombstone share, merge small segments."""
+        snap, c = self.snapshot, self.config
+        if c.backend == "ivfpq" and snap.quantizer is None and snap.n_live >= c.train_min_vectors:
+            self.compact()
+        elif self.retrain_recommended() or snap.n_stored - snap.n_live > c.max_dead_fraction * max(snap.n_stored, 1):
+            self.compact()
+        elif len(snap.segments) > c.max_segments:
+            by_size = sorted(range(len(snap.segments)), key=lambda i: snap.segments[i].n_vectors)
+            self.merge([snap.segments[i].seg_id for i in by_size[: len(snap.segments) - c.max_segments // 2 + 1]])
+
+    def retrain_recommended(self) -> bool:
+        """True when the index holds ``retrain_factor`` times more vectors than its quantizer was trained for."""
+        snap = self.snapshot
+        return snap.quantizer is not None and snap.n_live > self.config.retrain_factor * max(snap.trained_vectors, 1)
+
+    def compact(self, retrain: bool | None = None) -> None:
+        """Merge every segment into one without deleted vectors; train first when due (or ``retrain``)."""
+        with self.writing():
+            snap, c = self.snapshot, self.config
+            untrained = c.backend == "ivfpq" and snap.quantizer is None
+            if retrain is None:
+                retrain = self.retrain_recommended() or (untrained and snap.n_live >= c.train_min_vectors)
+            if c.backend != "ivfpq" or (untrained and snap.n_live < c.train_min_vectors):
+                retrain = False
+            self._merge_locked([r.seg_id for r in snap.rows], retrain)
+
+    def merge(self, seg_ids: list[int]) -> None:
+        """Merge some segments into one (the tiered policy), dropping their deleted vectors."""
+        with self.writing():
+            live = {r.seg_id for r in self.snapshot.rows}
+            self._merge_locked([s for s in seg_ids if s in live], retrain=False)
+
+    def _merge_locked(self, seg_ids: list[int], retrain: bool) -> None:
+        snap = self.snapshot
+        idx = [i for i, s in enumerate(snap.segments) if s.seg_id in set(seg_ids)]
+        if not idx or (len(idx) == 1 and snap.segments[idx[0]].live is None and not retrain):
+            return  # nothing to gain
+        quantizer, q_id, q_files = snap.quantizer, snap.quantizer_id, []
+        if retrain:
+            quantizer = self._train(idx)
+            q_id = (snap.quantizer_id or 0) + 1
+            q_files = [quantizer_path(self.path, q_id)]
+            write_faiss(quantizer, q_files[0])
+        if self.config.backend != "ivfpq":
+            quantizer = None
+        seg_id = self.store.next_segment_id()
+        kinds = {snap.segments[i].kind for i in idx}
+        if quantizer is not None and not retrain and kinds == {"pq"}:
+            parts = [(snap.segments[i], snap.segments[i].starts, snap.segments[i].counts) for i in idx]
+            index = merge_pq(parts, quantizer)  # codes copied, not re-encoded
+        else:
+            index = encode_segment(np.empty((0, self.dim), np.float32), quantizer)
+            done = 0
+            for i in idx:
+                for chunk in snap.vectors_of_segment(i, CHUNK):
+                    if quantizer is None:
+                        index.add(chunk)
+                    else:
+                        index.add_with_ids(chunk, np.arange(done, done + len(chunk), dtype=np.int64))
+                    done += len(chunk)
+        exact = None
+        if self.config.keep_exact:
+            exact = np.concatenate(
+                [
+                    np.asarray(snap.segments[i].exact[ranges(snap.segments[i].starts, snap.segments[i].counts)])
+                    for i in idx
+                ]
+            )
+        try:
+            files = self._write_segment_files(seg_id, index, exact) + q_files
+        except BaseException:
+            for f in q_files:
+                f.unlink(missing_ok=True)
+            raise
+        doc_ints = np.concatenate([snap.segments[i].doc_ints for i in idx])
+        counts = np.concatenate([snap.segments[i].counts for i in idx])
+        starts = np.cumsum(counts) - counts
+        kind = "pq" if quantizer is not None else "flat"
+        row = SegmentRow(
+            seg_id, kind, int(counts.sum()), len(doc_ints), q_id if kind == "pq" else None, exact is not None
+        )
+        old = [snap.segments[i].seg_id for i in idx]
+
+        def change() -> None:
+            self.store.drop_segments(old)
+            self.store.add_segment(row)
+            self.store.move(doc_ints, seg_id, starts)
+            if retrain:
+                self.store.set_meta("quantizer", str(q_id))
+                self.store.set_meta("trained_vectors", str(snap.n_live))
+
+        self._commit(files, change)
+        log.info(
+            "merged %d segment(s) into %d (%d vectors)%s",
+            len(old),
+            seg_id,
+            row.n_vectors,
+            " retrained" if retrain else "",
+        )
+        self.snapshot = self._load()
+        self._remove_unreferenced()
+
+    def _train(self, idx: list[int]):
+        """Train a quantizer on a sample of the live vectors (exact where kept, else decoded)."""
+        snap, c = self.snapshot, self.config
+        sizes = np.array([snap.segments[i].n_live for i in idx], dtype=np.int64)
+        total = int(sizes.sum())
+        if total == 0:
+            raise InputError("the index holds no vectors to train on")
+        rng = np.random.default_rng(0)
+        pick = np.sort(rng.choice(total, min(total, c.train_sample), replace=False))
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        sample = []
+        for j, i in enumerate(idx):
+            mine = pick[(pick >= bounds[j]) & (pick < bounds[j + 1])] - bounds[j]
+            if len(mine):
+                seg = snap.segments[i]
+                local = ranges(seg.starts, seg.counts)[mine]
+                sample.append(seg.reconstruct(local))
+        return train_quantizer(np.concatenate(sample), total, c.nlist, c.pq_m, c.pq_nbits, self.use_gpu)
+
+    def close(self) -> None:
+        """Release the snapshot and the store."""
+        self.snapshot.close()
+        self.store.close()
+
+
+def ensure_layout(path: Path) -> None:
+    """Create the segments folder of a new index."""
+    (path / SEGMENTS).mkdir(parents=True, exist_ok=True)
+    fsync_dir(path)

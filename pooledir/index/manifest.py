@@ -1,0 +1,153 @@
+"""manifest.json: what an index folder is (format, config, encoder), written once at creation.
+
+What changes with every write (documents, segments, the quantizer) lives in
+docs.sqlite, the commit point; the manifest only describes the folder, so it
+never has to agree with a commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pooledir.errors import IndexCorruptError, InputError
+from pooledir.index.segments import fsync_dir
+from pooledir.pooling import check_pool_factor
+
+FORMAT = "pooledir-index"
+FORMAT_VERSION = 2
+#: encoder settings an index records, so that queries are encoded the way its documents were
+ENCODER_SETTINGS = ("doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How an index stores vectors; fixed at creation and saved in the manifest.
+
+    Attributes
+    ----------
+    backend : ``"ivfpq"`` (compressed, default) or ``"flat"`` (exact).
+    pool_factor : shrink factor of each document's vectors (1 = no pooling).
+    protected_tokens : leading vectors never pooled (1 = [CLS]).
+    nlist, pq_m, pq_nbits : IVF-PQ shape; ``None`` = ≈4·√N lists (N at training) and dim/8 sub-quantizers.
+    keep_exact : also keep float16 vectors so MaxSim scores exactly (more disk).
+    train_sample : vectors sampled to train IVF-PQ.
+    train_min_vectors : an IVF-PQ index keeps its vectors exact (flat segments) until it holds this
+        many, then trains on a sample of them; fewer cannot train 256-entry PQ codebooks well
+        (faiss asks for 39 points per centroid: 39·256 ≈ 10,000).
+    retrain_factor : compaction re-trains when the index has grown this many times past the
+        vectors its quantizer was trained for (``info()`` says ``retrain_recommended``).
+    max_segments : past this many segments, a write merges the smallest ones (tiered merging).
+    max_dead_fraction : past this share of deleted vectors still on disk, a write compacts.
+    """
+
+    backend: str = "ivfpq"
+    pool_factor: int = 2
+    protected_tokens: int = 1
+    nlist: int | None = None
+    pq_m: int | None = None
+    pq_nbits: int = 8
+    keep_exact: bool = False
+    train_sample: int = 262_144
+    train_min_vectors: int = 10_000
+    retrain_factor: float = 4.0
+    max_segments: int = 16
+    max_dead_fraction: float = 0.2
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for values that cannot work."""
+        if self.backend not in ("ivfpq", "flat"):
+            raise InputError(f"backend={self.backend!r} is not one of ['flat', 'ivfpq']")
+        object.__setattr__(self, "pool_factor", check_pool_factor(self.pool_factor))  # a numpy int becomes an int
+        if self.protected_tokens < 0:
+            raise InputError(f"protected_tokens={self.protected_tokens} must be >= 0")
+        if self.nlist is not None and self.nlist < 1:
+            raise InputError(f"nlist={self.nlist} must be >= 1")
+        if not 1 <= self.pq_nbits <= 16:
+            raise InputError(f"pq_nbits={self.pq_nbits} must be between 1 and 16")
+        if self.train_sample < 1:
+            raise InputError(f"train_sample={self.train_sample} must be >= 1")
+        if self.train_min_vectors < 1:
+            raise InputError(f"train_min_vectors={self.train_min_vectors} must be >= 1")
+        if self.retrain_factor <= 1:
+            raise InputError(f"retrain_factor={self.retrain_factor} must be > 1")
+        if self.max_segments < 2:
+            raise InputError(f"max_segments={self.max_segments} must be >= 2")
+        if not 0 < self.max_dead_fraction <= 1:
+            raise InputError(f"max_dead_fraction={self.max_dead_fraction} must be in (0, 1]")
+
+
+@dataclass
+class Manifest:
+    """The folder's description: format, the encoder that made its vectors, and the config."""
+
+    checkpoint: str
+    encoder: dict[str, Any]
+    config: IndexConfig
+    created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return int(self.encoder["dim"])
+
+    def __getitem__(self, key: str) -> Any:
+        """Dict-style access (``manifest["encoder"]``), as callers of the format-1 dict read it."""
+        return self.to_json()[key]
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest.json content."""
+        return asdict(self) | {"config": asdict(self.config)}
+
+    def write(self, folder: Path) -> None:
+        """Write manifest.json atomically and durably."""
+        path = folder / "manifest.json"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and check an index folder's manifest.json (format and version)."""
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not path.is_dir():
+        raise InputError(f"no index at {path}: not a folder")
+    if not mf.is_file():
+        raise IndexCorruptError(f"{path} is not a pooledir index: manifest.json is missing")
+    try:
+        data = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexCorruptError(f"{mf} is corrupt: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise IndexCorruptError(f"{mf} is not a pooledir manifest")
+    version = data.get("format_version")
+    if version == 1:
+        raise IndexCorruptError(
+            f"{path} is a format_version 1 index (one faiss file per generation); this pooledir reads "
+            f"format_version {FORMAT_VERSION} (segments). Rebuild it: create a new index from the same "
+            "corpus and checkpoint (the old folder's docs.sqlite still holds every document's text)"
+        )
+    if version != FORMAT_VERSION:
+        raise IndexCorruptError(f"{mf} has format_version {version}, this pooledir reads {FORMAT_VERSION}")
+    try:
+        known = set(IndexConfig.__dataclass_fields__)
+        config = IndexConfig(**{k: v for k, v in data["config"].items() if k in known})
+        return Manifest(
+            checkpoint=data["checkpoint"],
+            encoder=dict(data["encoder"]),
+            config=config,
+            created_at=data.get("created_at", ""),
+        )
+    except (KeyError, TypeError, AttributeError) as e:
+        raise IndexCorruptError(f"{mf} lacks or mangles a field: {e}") from None

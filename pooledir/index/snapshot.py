@@ -1,0 +1,180 @@
+"""The read side: one commit's segments, memory-mapped, and the tables that find a document's vectors.
+
+A :class:`Snapshot` is immutable. Readers keep searching the snapshot they
+loaded while other processes write or compact: its segment files stay mapped
+(an unlinked file stays readable on Linux while it is mapped), and the store's
+pinned read transaction keeps the matching document rows. Loading a newer
+commit builds a new snapshot; the old one goes when nothing refers to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pooledir.errors import IndexCorruptError
+from pooledir.index.segments import SegmentReader, open_segment, ranges, read_quantizer
+from pooledir.store import DocStore, SegmentRow
+
+SEGMENTS = "segments"
+
+
+def segment_path(folder: Path, seg_id: int, suffix: str = ".faiss") -> Path:
+    """``segments/<id>.faiss`` (or ``.f16``, the exact sidecar)."""
+    return folder / SEGMENTS / f"{seg_id:08d}{suffix}"
+
+
+def quantizer_path(folder: Path, q_id: int) -> Path:
+    """``quantizer.<id>.faiss``: a new id each time the index is (re)trained."""
+    return folder / f"quantizer.{q_id}.faiss"
+
+
+@dataclass
+class Snapshot:
+    """Segments and document tables of one commit.
+
+    ``seg_of[doc_int]`` is the position in ``segments`` of the document's segment (-1: no such
+    document), ``start_of``/``count_of`` its first local id there and its number of vectors.
+    """
+
+    commit: int
+    dim: int
+    segments: list[SegmentReader]
+    rows: list[SegmentRow]
+    quantizer: object | None
+    quantizer_id: int | None
+    trained_vectors: int
+    seg_of: np.ndarray
+    start_of: np.ndarray
+    count_of: np.ndarray
+    n_docs: int
+    _keep: list = field(default_factory=list)
+
+    @property
+    def n_live(self) -> int:
+        """Vectors that belong to a document."""
+        return int(self.count_of.sum())
+
+    @property
+    def n_stored(self) -> int:
+        """Vectors in segment files, deleted ones included."""
+        return sum(s.n_vectors for s in self.segments)
+
+    # -- search -----------------------------------------------------------------------------------------------
+    def ann(self, tokens: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, doc_ints) per token over every segment; the shared quantizer runs once.
+
+        Deleted vectors are skipped inside faiss (a bitmap selector), so they never take a
+        candidate's place. Missing hits have doc -1.
+        """
+        x = np.ascontiguousarray(tokens, dtype=np.float32)
+        assign = coarse = None
+        if self.quantizer is not None and any(s.kind == "pq" for s in self.segments):
+            coarse, assign = self.quantizer.quantizer.search(x, min(nprobe, self.quantizer.nlist))
+        scores, docs = [], []
+        for seg in self.segments:
+            if seg.n_live == 0:
+                continue
+            D, ids = seg.search(x, k, assign, coarse)
+            scores.append(D)
+            docs.append(seg.docs_of(ids))
+        if not scores:
+            return np.zeros((len(x), k), np.float32), np.full((len(x), k), -1, np.int64)
+        S, ids = np.hstack(scores), np.hstack(docs)
+        S = np.where(ids < 0, -np.inf, S)
+        if S.shape[1] > k:
+            part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+            S, ids = np.take_along_axis(S, part, 1), np.take_along_axis(ids, part, 1)
+        elif S.shape[1] < k:
+            pad = k - S.shape[1]
+            S = np.hstack([S, np.full((len(x), pad), -np.inf, np.float32)])
+            ids = np.hstack([ids, np.full((len(x), pad), -1, np.int64)])
+        order = np.argsort(-S, axis=1, kind="stable")
+        S, ids = np.take_along_axis(S, order, 1), np.take_along_axis(ids, order, 1)
+        return np.where(ids < 0, 0.0, S).astype(np.float32), ids
+
+    def fetch(self, doc_ints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Packed float32 vectors of the documents, in the order given, and their offsets."""
+        doc_ints = np.asarray(doc_ints, dtype=np.int64)
+        counts = self.count_of[doc_ints]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        out = np.empty((int(offsets[-1]), self.dim), dtype=np.float32)
+        segs = self.seg_of[doc_ints]
+        for s in np.unique(segs):
+            mine = np.flatnonzero(segs == s)
+            local = ranges(self.start_of[doc_ints[mine]], counts[mine])
+            out[ranges(offsets[mine], counts[mine])] = self.segments[s].reconstruct(local)
+        return out, offsets
+
+    def vectors_of_segment(self, i: int, chunk: int = 65_536):
+        """Yield the live vectors of segment ``i`` in document order, in chunks (decoded or exact)."""
+        seg = self.segments[i]
+        local = ranges(seg.starts, seg.counts)
+        for start in range(0, len(local), chunk):
+            yield seg.reconstruct(local[start : start + chunk])
+
+    def close(self) -> None:
+        """Release the segment mappings."""
+        for s in self.segments:
+            s.close()
+
+
+def load_snapshot(folder: Path, store: DocStore, dim: int) -> Snapshot:
+    """Build the snapshot of the commit ``store`` has pinned (the caller pins and retries)."""
+    commit = int(store.get_meta("commit", "0"))
+    q_raw = store.get_meta("quantizer")
+    q_id = int(q_raw) if q_raw is not None else None
+    quantizer = read_quantizer(quantizer_path(folder, q_id)) if q_id is not None else None
+    if quantizer is not None and quantizer.d != dim:
+        raise IndexCorruptError(f"{folder}: the quantizer has dimension {quantizer.d}, the manifest says {dim}")
+    rows = store.segments()
+    layout = store.layout()  # doc_int, segment, seg_start, n_vectors; sorted by segment, start
+    size = int(layout[:, 0].max()) + 1 if len(layout) else 0
+    seg_of = np.full(size, -1, dtype=np.int32)
+    start_of = np.zeros(size, dtype=np.int64)
+    count_of = np.zeros(size, dtype=np.int64)
+    known = {r.seg_id: i for i, r in enumerate(rows)}
+    unknown = set(np.unique(layout[:, 1]).tolist()) - set(known)
+    if unknown:
+        raise IndexCorruptError(f"{folder}: documents point at segment(s) {sorted(unknown)[:5]} no commit lists")
+    readers: list[SegmentReader] = []
+    try:
+        for i, r in enumerate(rows):
+            lo, hi = np.searchsorted(layout[:, 1], [r.seg_id, r.seg_id + 1])
+            part = layout[lo:hi]
+            doc_ints, starts, counts = part[:, 0], part[:, 2], part[:, 3]
+            if len(part) and (starts[-1] + counts[-1] > r.n_vectors or np.any(starts[1:] < starts[:-1] + counts[:-1])):
+                raise IndexCorruptError(
+                    f"{folder}: documents of segment {r.seg_id} overlap or run past its {r.n_vectors} vectors; "
+                    "the index is mismatched"
+                )
+            if r.kind == "pq" and (quantizer is None or r.quantizer != q_id):
+                raise IndexCorruptError(f"{folder}: segment {r.seg_id} was encoded with another quantizer")
+            exact = segment_path(folder, r.seg_id, ".f16") if r.exact else None
+            reader = open_segment(
+                segment_path(folder, r.seg_id), r.kind, r.n_vectors, dim, quantizer, doc_ints, starts, counts, exact
+            )
+            reader.seg_id = r.seg_id
+            readers.append(reader)
+            seg_of[doc_ints] = i
+            start_of[doc_ints] = starts
+            count_of[doc_ints] = counts
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    return Snapshot(
+        commit=commit,
+        dim=dim,
+        segments=readers,
+        rows=rows,
+        quantizer=quantizer,
+        quantizer_id=q_id,
+        trained_vectors=int(store.get_meta("trained_vectors", "0")),
+        seg_of=seg_of,
+        start_of=start_of,
+        count_of=count_of,
+        n_docs=len(layout),
+    )

@@ -1,0 +1,283 @@
+"""The segment engine: O(batch) writes, tombstones, compaction, crashes, several processes on one folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pooledir.corpus import Document
+from pooledir.pooled_index import IndexConfig, PooledIndex
+from pooledir.search import SearchParams
+
+ROOT = Path(__file__).resolve().parents[2]
+DIM = 16
+
+
+class FakeEncoder:
+    """What an index records of an encoder; vectors are given directly."""
+
+    path = "."
+    dim = DIM
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.settings = SimpleNamespace(
+            doc_maxlen=300, query_maxlen=32, query_augmentation=False, markers=False, mask_punctuation=False
+        )
+
+
+def doc_vectors(seed: int, n: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n or int(rng.integers(3, 12)), DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def create(path: Path, **config) -> PooledIndex:
+    return PooledIndex.create(path, config=IndexConfig(pool_factor=1, **config), device="cpu", encoder=FakeEncoder())
+
+
+def add(idx: PooledIndex, ids: list[str], seeds: list[int]):
+    docs = [Document(i, f"text of {i}", {"seed": s}) for i, s in zip(ids, seeds)]
+    return idx.add(docs, embeddings=[doc_vectors(s) for s in seeds], pooled=True)
+
+
+EVERYTHING = SearchParams(k=10, nprobe=4096, candidates_per_token=4096, rerank=4096)
+
+
+def results(idx: PooledIndex, queries: np.ndarray, params: SearchParams = EVERYTHING):
+    return [[(h.id, round(h.score, 4)) for h in hits] for hits in idx.search_embeddings(queries, params)]
+
+
+def queries(n: int = 6) -> np.ndarray:
+    return np.stack([doc_vectors(10_000 + i, 5) for i in range(n)])
+
+
+def test_add_writes_one_small_segment_and_leaves_old_files_alone(tmp_path):
+    idx = create(tmp_path / "i", backend="flat")
+    add(idx, [f"d{i}" for i in range(50)], list(range(50)))
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "i" / "segments").iterdir()}
+    result = add(idx, ["new"], [999])
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "i" / "segments").iterdir()}
+    assert result.documents == 1 and result.replaced == 0 and result.vectors == len(doc_vectors(999))
+    assert result.write_s > 0 and result.pool_s >= 0 and result.encode_s >= 0
+    assert {k: v for k, v in after.items() if k in before} == before  # old segment files untouched
+    (new,) = set(after) - set(before)
+    assert (tmp_path / "i" / "segments" / new).stat().st_size < 4096  # the batch's vectors only
+    idx.delete(["d3"])
+    assert set(p.name for p in (tmp_path / "i" / "segments").iterdir()) == set(after)  # a delete writes no file
+    info = idx.info()
+    assert info["deleted_vectors"] == len(doc_vectors(3)) and len(idx) == 50
+
+
+@pytest.mark.parametrize("backend", ["flat", "ivfpq"])
+def test_small_upserts_and_deletes_then_compaction_match_a_fresh_build(tmp_path, backend):
+    """Tombstones, replaced ids and merges change nothing a search sees; compaction drops the dead vectors."""
+    config = {"backend": backend, "train_min_vectors": 200, "max_segments": 6, "max_dead_fraction": 0.9}
+    idx = create(tmp_path / "grown", **config)
+    rng = np.random.default_rng(0)
+    final: dict[str, int] = {}
+    seed = 0
+    for step in range(40):
+        ids = [f"d{int(i)}" for i in rng.choice(80, int(rng.integers(1, 5)), replace=False)]
+        seeds = list(range(seed, seed + len(ids)))
+        seed += len(ids)
+        add(idx, ids, seeds)
+        final.update(zip(ids, seeds))
+        if step % 4 == 3:
+            gone = [i for i in list(final)[:2]]
+            idx.delete(gone)
+            for g in gone:
+                del final[g]
+    assert len(idx.info()["segments"]) <= 6  # the merge policy kept the count bounded
+    assert idx.info()["deleted_vectors"] > 0
+    Q = queries()
+    before = results(idx, Q)
+    idx.compact()
+    info = idx.info()
+    assert len(info["segments"]) == 1 and info["deleted_vectors"] == 0 and len(idx) == len(final)
+    assert results(idx, Q) == before
+    if backend == "flat":  # the exact oracle: same results as one bulk build of the final documents
+        fresh = create(tmp_path / "fresh", backend="flat")
+        add(fresh, list(final), list(final.values()))
+        assert results(fresh, Q) == before
+    reopened = PooledIndex.open(tmp_path / "grown", device="cpu", encoder=FakeEncoder())
+    assert results(reopened, Q) == before
+
+
+def test_delete_never_starves_candidates(tmp_path):
+    """When the nearest vectors all belong to deleted documents, the next live ones are found."""
+    idx = create(tmp_path / "i", backend="flat")
+    q = doc_vectors(1, 1)
+    near = [Document(f"near{i}", "x") for i in range(20)]
+    idx.add(near, embeddings=[q + 0.01 * doc_vectors(100 + i, 1) for i in range(20)], pooled=True)
+    idx.add([Document("far", "x")], embeddings=[doc_vectors(7, 1)], pooled=True)
+    idx.delete([f"near{i}" for i in range(20)])
+    hits = idx.search_embeddings(q[None], SearchParams(k=1, candidates_per_token=4, rerank=4))[0]
+    assert [h.id for h in hits] == ["far"]
+
+
+def test_untrained_ivfpq_stays_exact_then_trains_once_big_enough(tmp_path):
+    idx = create(tmp_path / "i", backend="ivfpq", train_min_vectors=300)
+    add(idx, ["a"], [1])
+    info = idx.info()
+    assert not info["backend"]["trained"] and {s["kind"] for s in info["segments"]} == {"flat"}
+    add(idx, [f"d{i}" for i in range(60)], list(range(60)))  # ~420 vectors: past the threshold
+    info = idx.info()
+    assert info["backend"]["trained"] and info["trained_vectors"] == info["vectors"]
+    assert [s["kind"] for s in info["segments"]] == ["pq"]
+    assert info["backend"]["pq_nbits"] == 8  # trained on enough vectors for full codebooks
+    add(idx, ["b"], [2])
+    assert [s["kind"] for s in idx.info()["segments"]] == ["pq", "pq"]
+    assert not idx.info()["retrain_recommended"]
+
+
+def test_retrain_when_outgrown(tmp_path):
+    idx = create(tmp_path / "i", backend="ivfpq", train_min_vectors=200, retrain_factor=2.0, max_segments=64)
+    add(idx, [f"a{i}" for i in range(40)], list(range(40)))
+    first = idx.info()["trained_vectors"]
+    assert first > 0
+    add(idx, [f"b{i}" for i in range(80)], list(range(100, 180)))  # past 2x: the next write re-trains
+    info = idx.info()
+    assert info["trained_vectors"] == info["vectors"] > 2 * first and not info["retrain_recommended"]
+    assert len(info["segments"]) == 1
+
+
+def _child(code: str, path: Path, *args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    prelude = textwrap.dedent(f"""
+        import sys, os, signal, time
+        import numpy as np
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_folder import FakeEncoder, add, doc_vectors
+        from pooledir.pooled_index import PooledIndex
+        idx = PooledIndex.open({str(path)!r}, device="cpu", encoder=FakeEncoder())
+    """)
+    return subprocess.Popen(
+        [sys.executable, "-c", prelude + textwrap.dedent(code), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("moment", ["before_commit", "after_commit"])
+def test_kill_9_during_compaction_keeps_every_acknowledged_document(tmp_path, moment):
+    idx = create(tmp_path / "i", backend="ivfpq", train_min_vectors=150, max_dead_fraction=0.9)
+    for b in range(6):
+        add(idx, [f"d{b}_{i}" for i in range(10)], list(range(b * 10, b * 10 + 10)))
+    idx.delete(["d0_0", "d1_1"])
+    Q = queries()
+    expected = results(idx, Q)
+    segments_before = sorted(p.name for p in (tmp_path / "i" / "segments").iterdir())
+    idx.close()
+    code = {
+        # the merged segment is written and fsynced, the commit has not happened
+        "before_commit": """
+            import pooledir.index.folder as f
+            real = f.IndexFolder._commit
+            def die(self, files, change):
+                if files:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(self, files, change)
+            f.IndexFolder._commit = die
+            idx.compact()
+        """,
+        # committed, the old files not yet removed
+        "after_commit": """
+            import pooledir.index.folder as f
+            f.IndexFolder._remove_unreferenced = lambda self: os.kill(os.getpid(), signal.SIGKILL)
+            idx.folder._merge_locked([r.seg_id for r in idx.folder.snapshot.rows], retrain=False)
+        """,
+    }[moment]
+    proc = _child(code, tmp_path / "i")
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=FakeEncoder())
+    assert len(again) == 58 and again.get("d5_9").text == "text of d5_9"
+    assert results(again, Q) == expected
+    segments = len(again.info()["segments"])
+    assert segments == (len(segments_before) if moment == "before_commit" else 1)
+    add(again, ["later"], [777])  # the next writer removes whatever the crash left unreferenced
+    referenced = {f"{s['id']:08d}.faiss" for s in again.info()["segments"]}
+    assert {p.name for p in (tmp_path / "i" / "segments").iterdir()} == referenced
+
+
+def test_kill_9_at_any_moment_of_writes_and_compactions(tmp_path):
+    idx = create(tmp_path / "i", backend="ivfpq", train_min_vectors=100, max_segments=4)
+    add(idx, ["seed"], [0])
+    idx.close()
+    writer = """
+        i = 0
+        while True:
+            add(idx, [f"w{i}"], [i + 1])
+            print(f"w{i}", flush=True)
+            if i % 5 == 4:
+                idx.delete([f"w{i - 2}"])
+                print(f"-w{i - 2}", flush=True)
+            if i % 7 == 6:
+                idx.compact()
+            i += 1
+    """
+    proc = _child(writer, tmp_path / "i")
+    acked: list[str] = []
+    deadline = time.time() + 60
+    while len(acked) < 25 and time.time() < deadline:
+        acked.append(proc.stdout.readline().strip())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(acked) >= 25, proc.stderr.read()
+    again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=FakeEncoder())
+    deleted = {a[1:] for a in acked if a.startswith("-")}
+    for a in acked:
+        if not a.startswith("-") and a not in deleted:
+            assert again.get(a).id == a
+    assert len(again.search_embeddings(queries(2), SearchParams(k=5))[0]) == 5
+
+
+def test_two_processes_one_writing_one_searching(tmp_path):
+    """A reader keeps answering from its snapshot while another process adds, deletes and compacts."""
+    idx = create(tmp_path / "i", backend="ivfpq", train_min_vectors=150, max_segments=4, max_dead_fraction=0.3)
+    add(idx, [f"base{i}" for i in range(40)], list(range(40)))
+    writer = """
+        end = time.time() + float(sys.argv[1])
+        i = 0
+        while time.time() < end:
+            add(idx, [f"w{i}", f"base{i % 40}"], [1000 + i, 2000 + i])
+            if i % 3 == 2:
+                idx.delete([f"w{i - 1}"])
+            if i % 10 == 9:
+                idx.compact()
+            i += 1
+        print(i, idx.info()["commit"], flush=True)
+    """
+    proc = _child(writer, tmp_path / "i", 12)
+    Q = queries(3)
+    searches, failures, refreshed = 0, [], 0
+    end = time.time() + 12
+    while time.time() < end or proc.poll() is None:
+        try:
+            refreshed += idx.refresh()
+            hits = idx.search_embeddings(Q, SearchParams(k=5))
+            assert all(len(h) == 5 for h in hits)
+            idx.search_embeddings(Q, SearchParams(k=5), filter={"seed": 3}, with_text=True)
+            searches += 1
+        except Exception as e:  # noqa: BLE001 - every failure counts
+            failures.append(repr(e))
+        if time.time() > end + 60:
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    writes = int(out.split()[0])
+    assert failures == [] and searches > 10 and writes > 5 and refreshed > 1
+    assert idx.refresh() or not idx.is_stale()
+    assert len(idx) == len(PooledIndex.open(tmp_path / "i", device="cpu", encoder=FakeEncoder()))

@@ -1,0 +1,138 @@
+"""The package's seams: what the core imports, what it depends on, and that it runs without colbert-ai."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pooledir"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, top_level_only: bool) -> set[str]:
+    """pooledir modules ``path`` imports (``from pkg import sub`` counts as pkg.sub when sub is a module)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    return {m for m in out if m in modules}
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
+
+
+def test_core_never_imports_evaluation_or_service():
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if name.startswith("pooledir.evaluation") or name == "pooledir.cli":  # the CLI's eval commands, lazily
+            continue
+        bad = {m for m in imports(path, top_level_only=False) if m.startswith(("pooledir.evaluation", "service"))}
+        assert not bad, f"{name} imports {bad}"
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt, path + [nxt])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [node])):
+            return cycle
+    return None
+
+
+def test_no_import_cycles():
+    """None among module-level imports; none through the evaluation package even counting lazy imports."""
+    paths = list(PACKAGE.rglob("*.py"))
+    assert find_cycle({module_name(p): imports(p, top_level_only=True) for p in paths}) is None
+    lazy = {module_name(p): imports(p, top_level_only=False) for p in paths}
+    evaluation = {m: {n for n in deps if n.startswith("pooledir.evaluation")} for m, deps in lazy.items()}
+    assert find_cycle({m: deps for m, deps in evaluation.items() if m.startswith("pooledir.evaluation")}) is None
+    # and the core reaches evaluation only from the CLI, which evaluation never imports
+    assert not any(m.startswith("pooledir.evaluation") and "pooledir.cli" in deps for m, deps in lazy.items())
+    assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]  # the checker itself finds one
+
+
+def test_importing_the_library_and_cli_loads_no_evaluation_colbert_or_service():
+    r = run_python(
+        """
+        import json, sys
+        import pooledir, pooledir.cli, pooledir.pooled_index, pooledir.encoder, pooledir.corpus, pooledir.pooling
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith(("pooledir.evaluation", "colbert", "service")))))
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
+
+
+def test_runtime_dependencies_leave_colbert_ai_to_the_extras():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(project["dependencies"]).lower()
+    assert "colbert" not in runtime and "ninja" not in runtime
+    for extra in ("eval", "dev"):
+        assert any(d.startswith("colbert-ai") for d in project["optional-dependencies"][extra])
+
+
+def test_index_and_search_with_colbert_ai_unimportable(tiny_ckpt, tmp_path):
+    r = run_python(
+        f"""
+        import sys
+        sys.modules["colbert"] = None  # `import colbert` now raises ImportError
+        from pooledir import ColBERTEncoder, Document, IndexConfig, PooledIndex
+        encoder = ColBERTEncoder({str(tiny_ckpt)!r}, device="cpu")
+        texts = ["cancer cells grow", "vitamin d and bone", "heart"]
+        docs = [Document(f"d{{i}}", t) for i, t in enumerate(texts)]
+        with PooledIndex.create({str(tmp_path / "idx")!r}, config=IndexConfig(backend="flat"), encoder=encoder) as idx:
+            idx.add(docs)
+            print(*[h.id for h in idx.search("bone vitamin", k=3)[0]])
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == ["d0", "d1", "d2"]  # the tiny checkpoint is random: any order
+
+
+def test_library_error_messages_name_no_cli_flags_or_make_variables():
+    """A library user has no flags to pass: messages say the value, the limit and the fix in library terms."""
+    import re
+
+    pattern = re.compile(r"(?<![\w-])--[a-z]|\b(CORPUS|LIMIT|DEMO|CKPT|DATASETS)=")
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "cli.py":  # the CLI may name its own flags
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                for const in ast.walk(node.exc):
+                    if isinstance(const, ast.Constant) and isinstance(const.value, str):
+                        text = const.value.replace("pip install --", "pip install ")  # pip's own flags are fine
+                        if pattern.search(text):
+                            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {const.value!r}")
+    assert found == []
