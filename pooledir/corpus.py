@@ -135,8 +135,7 @@ def check_utf8(text: str, what: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise InputError(
-            f"{what} is not valid Unicode: a lone surrogate {text[e.start]!r} at character {e.start}; "
-            "send UTF-8 text"
+            f"{what} is not valid Unicode: a lone surrogate {text[e.start]!r} at character {e.start}; send UTF-8 text"
         ) from None
     return text
 

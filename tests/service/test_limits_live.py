@@ -152,7 +152,7 @@ def test_routes_without_a_body_answer_and_stop_reading(keyed_server, path):
 
 
 def test_declared_length_over_the_limit_is_refused_before_reading(keyed_server):
-    proc, url = keyed_server.proc, keyed_server.url
+    url = keyed_server.url
     r = httpx.post(
         f"{url}/indexes/tiny/documents",
         content=b"{}",
