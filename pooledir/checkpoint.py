@@ -1,6 +1,8 @@
-"""ColBERT checkpoints in colbert-ai's HF_ColBERT layout: resolve, load, convert.
+"""ColBERT checkpoints: resolve, load (dispatching on the folder's layout), convert.
 
-A checkpoint folder holds ``config.json``, the tokenizer files, the weights
+Two layouts load: PyLate's sentence-transformers folders (``modules.json``; see
+``pooledir.checkpoint_pylate``) and colbert-ai's HF_ColBERT layout. A colbert-ai
+checkpoint folder holds ``config.json``, the tokenizer files, the weights
 (``model.safetensors`` or ``pytorch_model.bin``: the encoder under its base
 prefix, e.g. ``bert.``, plus ``linear.weight`` of shape (dim, hidden), no
 bias) and colbert-ai's ``artifact.metadata`` (its ColBERTConfig as JSON).
@@ -52,6 +54,12 @@ class ColBERTSettings:
     doc_token_id: str = "[unused1]"
     query_augmentation: bool = True
     markers: bool = True
+    #: ``"colbert-ai"``: the marker overwrites a ". " placeholder; ``"pylate"``: the prefix token is inserted
+    layout: str = "colbert-ai"
+    #: tokens dropped from documents (PyLate's skiplist); None: colbert-ai's first token of each punctuation mark
+    skiplist_words: tuple[str, ...] | None = None
+    #: lowercase texts before tokenizing (sentence-transformers' ``do_lower_case``)
+    do_lower_case: bool = False
 
     @classmethod
     def from_metadata(cls, path: Path, dim: int) -> ColBERTSettings:
@@ -67,11 +75,51 @@ class ColBERTSettings:
         return cls(**known)
 
 
+@dataclass
+class LoadedCheckpoint:
+    """What an encoder needs from a checkpoint folder, whatever its layout."""
+
+    model: object  # a transformers AutoModel, float32, eval mode
+    projection: object  # a torch module from hidden size to ``settings.dim``
+    tokenizer: object
+    settings: ColBERTSettings
+
+
+def load_checkpoint(path: Path) -> LoadedCheckpoint:
+    """Load a resolved checkpoint folder: PyLate layout when ``modules.json`` names a Dense module, else colbert-ai."""
+    from pooledir.checkpoint_pylate import is_pylate_folder, load_pylate
+
+    return load_pylate(path) if is_pylate_folder(path) else load_colbert_ai(path)
+
+
+def load_colbert_ai(path: Path) -> LoadedCheckpoint:
+    """Load colbert-ai's HF_ColBERT layout: ``bert.``-prefixed encoder, ``linear.weight``, ``artifact.metadata``."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    encoder_state, linear = split_colbert_weights(load_state_dict(path))
+    settings = ColBERTSettings.from_metadata(path, dim=int(linear.shape[0]))
+    model = AutoModel.from_config(AutoConfig.from_pretrained(path))
+    missing, unexpected = model.load_state_dict(encoder_state, strict=False)
+    missing = [k for k in missing if not k.startswith(_OPTIONAL_KEYS)]
+    if missing:
+        raise CheckpointError(f"{path}: weights missing for {missing[:5]} ({len(missing)} in all)")
+    if unexpected:
+        log.debug("ignoring unexpected weights %s", unexpected[:5])
+    projection = torch.nn.Linear(linear.shape[1], linear.shape[0], bias=False)
+    projection.weight.data.copy_(linear.float())
+    return LoadedCheckpoint(model.eval(), projection.eval(), AutoTokenizer.from_pretrained(path), settings)
+
+
+#: weight keys that may be absent from a checkpoint without changing the token outputs
+_OPTIONAL_KEYS = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
+
+
 def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
     """Return a local folder for a checkpoint given as a folder or a Hugging Face hub id."""
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
             raise CheckpointError(f"{path} is not a checkpoint folder: config.json is missing")
         return path
     name = str(name_or_path)

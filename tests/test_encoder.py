@@ -138,6 +138,20 @@ def test_conventions_come_from_the_checkpoint_and_yield_to_overrides(tmp_path, t
     assert (s.query_augmentation, s.markers) == (False, True)
 
 
+def test_onnx_query_backends(tmp_path, monkeypatch, tiny_ckpt, tiny_encoder):
+    """fp32 ONNX Runtime gives torch's vectors; INT8 is close but not equal (lossy: opt-in only)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ref = tiny_encoder.encode_queries(QUERIES)
+    fast = ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="onnx").encode_queries(QUERIES)
+    assert np.abs(fast - ref).max() <= 1e-4
+    int8 = ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="onnx-int8").encode_queries(QUERIES)
+    assert int8.shape == ref.shape and np.abs(int8 - ref).max() > 1e-4
+    assert np.allclose(np.linalg.norm(int8, axis=2), 1, atol=1e-4)
+    with pytest.raises(InputError, match="query_backend='tensorrt' is not one of torch, onnx, onnx-int8"):
+        ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="tensorrt")
+
+
 def test_encoder_for_index_follows_the_manifest_over_the_checkpoint(tiny_ckpt):
     from pooledir.encoder import encoder_for_index, encoder_key
     from pooledir.errors import IndexCorruptError

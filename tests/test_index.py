@@ -22,7 +22,12 @@ class FakeEncoder:
 
         self.dim = dim
         self.settings = SimpleNamespace(
-            doc_maxlen=300, query_maxlen=32, query_augmentation=False, markers=False, mask_punctuation=False
+            layout="colbert-ai",
+            doc_maxlen=300,
+            query_maxlen=32,
+            query_augmentation=False,
+            markers=False,
+            mask_punctuation=False,
         )
 
 

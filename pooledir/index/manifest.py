@@ -21,7 +21,7 @@ from pooledir.pooling import check_pool_factor
 FORMAT = "pooledir-index"
 FORMAT_VERSION = 2
 #: encoder settings an index records, so that queries are encoded the way its documents were
-ENCODER_SETTINGS = ("doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
+ENCODER_SETTINGS = ("layout", "doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
 
 
 @dataclass(frozen=True)

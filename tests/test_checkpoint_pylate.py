@@ -1,0 +1,230 @@
+"""PyLate-layout checkpoints: pooledir's vectors against PyLate's own, on checkpoints PyLate saved.
+
+The fixtures under tests/fixtures/pylate/ come from eval/make_pylate_fixtures.py (PyLate 1.6,
+transformers 5, run once in its own virtual environment): two tiny random checkpoints (BERT with one
+Dense, ModernBERT with two Dense modules, the first with bias and Tanh) and PyLate's ``encode`` of
+texts.json with the checkpoint's settings and with each convention changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pooledir.encoder import ColBERTEncoder
+from pooledir.errors import CheckpointError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pylate"
+TEXTS = json.loads((FIXTURES / "texts.json").read_text())
+MODELS = ("bert", "modernbert")
+#: how each PyLate reference variant reads in config_sentence_transformers.json
+VARIANT_CONFIG = {
+    "default": {},
+    "no_expansion": {"do_query_expansion": False},
+    "attend_expansion": {"attend_to_expansion_tokens": True},
+    "no_skiplist": {"skiplist_words": []},
+    "no_prefix": {"query_prefix": "", "document_prefix": ""},
+}
+#: the same variants as ColBERTEncoder overrides (attending to expansion tokens has none)
+VARIANT_OVERRIDES = {
+    "no_expansion": {"query_augmentation": False},
+    "no_skiplist": {"mask_punctuation": False},
+    "no_prefix": {"markers": False},
+}
+
+
+def reference(model: str, variant: str) -> dict:
+    return dict(np.load(FIXTURES / f"{model}.{variant}.npz"))
+
+
+def copy_with_config(tmp_path: Path, model: str, **changes) -> Path:
+    """A copy of a fixture checkpoint with ``config_sentence_transformers.json`` changed."""
+    out = tmp_path / model
+    shutil.copytree(FIXTURES / model, out)
+    cfg = out / "config_sentence_transformers.json"
+    cfg.write_text(json.dumps(json.loads(cfg.read_text()) | changes))
+    return out
+
+
+def assert_equal_to_pylate(enc: ColBERTEncoder, ref: dict) -> None:
+    Q = enc.encode_queries(TEXTS["queries"])
+    assert Q.shape[:2] == (len(TEXTS["queries"]), enc.settings.query_maxlen)
+    q_lengths = ref["queries_lengths"]
+    q_ref = np.split(ref["queries"], np.cumsum(q_lengths)[:-1])
+    for q, r in zip(Q, q_ref):
+        assert np.abs(q[: len(r)] - r).max() <= 1e-4
+        assert not np.any(q[len(r) :])  # PyLate drops what pooledir zeroes: padding not expanded
+    docs = enc.encode_documents(TEXTS["documents"], dtype="float32")
+    assert [len(d) for d in docs] == list(ref["documents_lengths"])
+    assert np.abs(np.concatenate(docs) - ref["documents"]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("variant", list(VARIANT_CONFIG))
+def test_equal_to_pylate(tmp_path, model, variant):
+    """Each convention, as the checkpoint's config states it, gives PyLate's vectors."""
+    path = copy_with_config(tmp_path, model, **VARIANT_CONFIG[variant]) if variant != "default" else FIXTURES / model
+    enc = ColBERTEncoder(path, device="cpu", batch_size=2)
+    assert enc.settings.layout == "pylate"
+    assert_equal_to_pylate(enc, reference(model, variant))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("variant", list(VARIANT_OVERRIDES))
+def test_overrides_equal_pylate_settings(model, variant):
+    enc = ColBERTEncoder(FIXTURES / model, device="cpu", **VARIANT_OVERRIDES[variant])
+    assert_equal_to_pylate(enc, reference(model, variant))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_convention_changes_the_vectors(model):
+    """The references differ from the default where PyLate's convention acts, so the tests above bite."""
+    base = reference(model, "default")
+    changed = {
+        "no_expansion": ("queries",),
+        "attend_expansion": ("queries",),
+        "no_skiplist": ("documents",),
+        "no_prefix": ("queries", "documents"),
+    }
+    for variant, parts in changed.items():
+        ref = reference(model, variant)
+        for part in parts:
+            a, b = ref[part], base[part]
+            assert a.shape != b.shape or np.abs(a - b).max() > 1e-3, (variant, part)
+    assert list(reference(model, "no_skiplist")["documents_lengths"]) != list(base["documents_lengths"])
+
+
+def test_layout_traps_are_read(tmp_path):
+    """Saved by transformers 5: gamma/beta LayerNorm names, added prefix tokens, [MASK] padding, rope_parameters."""
+    from safetensors.numpy import load_file
+
+    keys = set(load_file(str(FIXTURES / "bert" / "model.safetensors")))
+    assert any(k.endswith("LayerNorm.gamma") for k in keys) and not any(k.startswith("bert.") for k in keys)
+    enc = ColBERTEncoder(FIXTURES / "bert", device="cpu")
+    assert enc.tokenizer.pad_token == "[MASK]"
+    assert enc.tokenizer.convert_ids_to_tokens(int(enc.q_marker)) == "[Q] "
+    config = json.loads((FIXTURES / "modernbert" / "config.json").read_text())
+    assert config["rope_parameters"]["full_attention"]["rope_theta"] == 160000.0
+    assert ColBERTEncoder(FIXTURES / "modernbert", device="cpu").model.config.global_rope_theta == 160000.0
+
+
+def test_fixed_padding_and_truncation_in_tokenizer_json_do_not_leak(tmp_path):
+    """Published tokenizer.json files keep the base model's fixed padding/truncation; each call sets its own."""
+    path = copy_with_config(tmp_path, "bert")
+    tok_file = path / "tokenizer.json"
+    tok = json.loads(tok_file.read_text())
+    tok["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    tok["padding"] = {
+        "strategy": {"Fixed": 64},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "[PAD]",
+    }
+    tok_file.write_text(json.dumps(tok))
+    assert_equal_to_pylate(ColBERTEncoder(path, device="cpu"), reference("bert", "default"))
+
+
+def test_encoder_weights_with_a_base_prefix_load_too(tmp_path):
+    """Folders that ship both layouts (``bert.``-prefixed weights + linear.weight, and 1_Dense/) load as PyLate."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = copy_with_config(tmp_path, "bert")
+    state = load_file(str(path / "model.safetensors"))
+    state = {f"bert.{k}": v for k, v in state.items()} | {"linear.weight": torch.zeros(16, 32)}
+    save_file(state, str(path / "model.safetensors"))
+    assert_equal_to_pylate(ColBERTEncoder(path, device="cpu"), reference("bert", "default"))
+
+
+def _edit_json(file: Path, fn) -> None:
+    file.write_text(json.dumps(fn(json.loads(file.read_text()))))
+
+
+def test_malformed_folders_name_the_file(tmp_path):
+    path = copy_with_config(tmp_path, "modernbert")
+
+    (path / "2_Dense" / "model.safetensors").rename(tmp_path / "moved")
+    with pytest.raises(CheckpointError, match=r"2_Dense/model\.safetensors is missing"):
+        ColBERTEncoder(path, device="cpu")
+    (tmp_path / "moved").rename(path / "2_Dense" / "model.safetensors")
+
+    _edit_json(path / "2_Dense" / "config.json", lambda c: c | {"in_features": 32})
+    with pytest.raises(CheckpointError, match=r"2_Dense/config\.json: in_features=32 but .* outputs 24"):
+        ColBERTEncoder(path, device="cpu")
+    _edit_json(path / "2_Dense" / "config.json", lambda c: c | {"in_features": 24, "out_features": 8})
+    with pytest.raises(CheckpointError, match=r"2_Dense: linear.weight has shape \(16, 24\), config.json says \(8"):
+        ColBERTEncoder(path, device="cpu")
+    _edit_json(path / "2_Dense" / "config.json", lambda c: c | {"out_features": 16, "activation_function": "os.system"})
+    with pytest.raises(CheckpointError, match=r"2_Dense/config\.json: unknown activation_function 'os.system'"):
+        ColBERTEncoder(path, device="cpu")
+    _edit_json(path / "2_Dense" / "config.json", lambda c: c | {"activation_function": "torch.nn.Identity"})
+
+    modules = json.loads((path / "modules.json").read_text())
+    pooled = modules + [{"idx": 3, "name": "3", "path": "3_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (path / "modules.json").write_text(json.dumps(pooled))
+    with pytest.raises(CheckpointError, match=r"modules\.json: module 3 has type 'sentence_transformers.models.Pool"):
+        ColBERTEncoder(path, device="cpu")
+    (path / "modules.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"modules\.json: not a sentence-transformers module list"):
+        ColBERTEncoder(path, device="cpu")
+
+
+def test_hub_id_offline_says_to_pass_a_local_folder():
+    with pytest.raises(CheckpointError, match="pass a local checkpoint folder"):
+        ColBERTEncoder("lightonai/GTE-ModernColBERT-v1", device="cpu")
+
+
+def test_index_records_the_layout_and_refuses_another(tmp_path, tiny_ckpt):
+    from pooledir import Document, IndexConfig, PooledIndex
+
+    docs = [Document(f"d{i}", t) for i, t in enumerate(TEXTS["documents"])]
+    with PooledIndex.create(
+        tmp_path / "idx",
+        checkpoint=FIXTURES / "modernbert",
+        device="cpu",
+        config=IndexConfig(backend="flat", pool_factor=1),
+    ) as index:
+        index.add(docs)
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["encoder"]["layout"] == "pylate" and manifest["encoder"]["query_maxlen"] == 12
+    with PooledIndex.open(tmp_path / "idx", device="cpu") as index:
+        hits = index.search([TEXTS["queries"][0]], k=2)[0]
+        assert len(hits) == 2
+    with pytest.raises(CheckpointError, match="is a colbert-ai checkpoint but the vectors were made with a pylate"):
+        ColBERTEncoder(tiny_ckpt, device="cpu", layout="pylate")
+
+
+def test_cli_indexes_and_searches_with_a_pylate_checkpoint(tmp_path, tiny_beir):
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "pooledir.cli", *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    out = tmp_path / "idx"
+    assert "40 documents" in run("index", tiny_beir, "--out", out, "--checkpoint", FIXTURES / "bert", "--device", "cpu")
+    lines = [
+        json.loads(x) for x in run("search", out, "cancer cells", "-k", "3", "--json", "--device", "cpu").splitlines()
+    ]
+    assert len(lines) == 1 and len(lines[0]["results"]) == 3
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_onnx_query_backend_equals_torch(tmp_path, monkeypatch, model):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    torch_enc = ColBERTEncoder(FIXTURES / model, device="cpu")
+    onnx_enc = ColBERTEncoder(FIXTURES / model, device="cpu", query_backend="onnx")
+    queries = TEXTS["queries"] + ["a query long enough to be cut at the query length of twelve tokens, surely"]
+    assert np.abs(onnx_enc.encode_queries(queries) - torch_enc.encode_queries(queries)).max() <= 1e-4
+    assert_equal_to_pylate(onnx_enc, reference(model, "default"))
+    assert len(list((tmp_path / "cache" / "pooledir" / "onnx").glob("*.onnx"))) == 1  # exported once, cached
+    again = ColBERTEncoder(FIXTURES / model, device="cpu", query_backend="onnx")
+    assert again._query_runtime.path == onnx_enc._query_runtime.path
