@@ -14,6 +14,7 @@ came from, whatever other processes commit meanwhile (sqlite WAL).
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pooledir.corpus import check_utf8
+from pooledir.errors import InputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -200,8 +204,10 @@ class DocStore:
         self.conn.executemany("DELETE FROM docs WHERE doc_int = ?", [(int(d),) for d in doc_ints])
 
     def lookup(self, ids: Sequence[str]) -> dict[str, int]:
-        """Map the known external ids among ``ids`` to their doc_int."""
+        """Map the known external ids among ``ids`` to their doc_int (an id sqlite cannot hold raises InputError)."""
         out: dict[str, int] = {}
+        for i in ids:
+            check_utf8(i, "a document id")
         for chunk in _chunks(list(ids), 500):
             q = f"SELECT ext_id, doc_int FROM docs WHERE ext_id IN ({','.join('?' * len(chunk))})"
             out.update(dict(self.conn.execute(q, chunk).fetchall()))
@@ -229,8 +235,7 @@ class DocStore:
 
     def matching(self, where: dict[str, Any]) -> np.ndarray:
         """Internal numbers of the documents whose metadata equals every ``where`` field."""
-        if not where:
-            raise ValueError("empty filter")
+        check_filter(where)
         clauses = " AND ".join("json_extract(metadata, ?) = ?" for _ in where)
         args: list[Any] = []
         for key, value in where.items():
@@ -262,6 +267,36 @@ class DocStore:
             "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0), COALESCE(SUM(n_vectors), 0) FROM docs"
         ).fetchone()
         return {"documents": n, "tokens": tok, "vectors": vec}
+
+
+#: sqlite integers are signed 64-bit
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def check_filter(where: Any) -> None:
+    """Raise InputError unless ``where`` is a non-empty {field: str | int | float | bool} sqlite can match.
+
+    Field names become JSON paths, so quotes, backslashes and control characters are refused rather than
+    silently matching nothing; integers must fit sqlite's 64 bits and floats must be finite.
+    """
+    if not isinstance(where, dict) or not where:
+        raise InputError(f"a filter is a non-empty object of metadata field -> value, got {where!r:.80}")
+    for key, value in where.items():
+        check_utf8(key, "a filter field name")
+        if not key or any(c in key for c in '"\\') or any(ord(c) < 32 for c in key):
+            raise InputError(f"filter field {key!r:.80} is empty or has quotes, backslashes or control characters")
+        if isinstance(value, str):
+            check_utf8(value, f"filter value of {key!r:.40}")
+        elif isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise InputError(f"filter value {value} of {key!r:.40} is outside the 64-bit integer range")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InputError(f"filter value {value} of {key!r:.40} is not a finite number")
+        else:
+            raise InputError(f"filter value of {key!r:.40} is {type(value).__name__}; use a string, number or bool")
 
 
 class _Transaction:
