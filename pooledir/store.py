@@ -243,6 +243,13 @@ class DocStore:
         rows = self.conn.execute("SELECT doc_int, segment, seg_start, n_vectors FROM docs ORDER BY segment, seg_start")
         return np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 4)
 
+    def segment_layout(self, segment: int) -> np.ndarray:
+        """(n, 3) int64: doc_int, seg_start, n_vectors of one segment's documents, by start (uses the index)."""
+        rows = self.conn.execute(
+            "SELECT doc_int, seg_start, n_vectors FROM docs WHERE segment = ? ORDER BY seg_start", (int(segment),)
+        )
+        return np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 3)
+
     def checkpoint(self) -> None:
         """Move committed pages from the WAL into the database and truncate the WAL (best effort).
 
