@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: vectors decoded at a time while re-encoding (bounds the memory of compaction and training)
 CHUNK = 262_144
+#: segments under this many vectors are "small": they count apart for tiered merging (see merge_choice)
+TAIL_VECTORS = 65_536
 #: writes of fewer documents than this leave the sqlite WAL to sqlite's own checkpoints
 SMALL_WRITE = 64
 
@@ -250,9 +252,10 @@ class IndexFolder:
             self.compact()
         elif self._sample_outgrown() or snap.n_stored - snap.n_live > c.max_dead_fraction * max(snap.n_stored, 1):
             self.compact()
-        elif len(snap.segments) > c.max_segments:
-            by_size = sorted(range(len(snap.segments)), key=lambda i: snap.segments[i].n_vectors)
-            self.merge([snap.segments[i].seg_id for i in by_size[: len(snap.segments) - c.max_segments // 2 + 1]])
+        else:
+            group = merge_choice([s.n_vectors for s in snap.segments], c.max_segments)
+            if group:
+                self.merge([snap.segments[i].seg_id for i in group])
 
     def _sample_outgrown(self) -> bool:
         """True when a new training sample would be ``retrain_factor`` times larger than the quantizer's was.
@@ -390,6 +393,22 @@ class IndexFolder:
         """Release the snapshot and the store."""
         self.snapshot.close()
         self.store.close()
+
+
+def merge_choice(sizes: Sequence[int], max_segments: int, tail: int = TAIL_VECTORS) -> list[int]:
+    """Positions of the segments a write should merge (tiered), or [] when none need to.
+
+    Segments under ``tail`` vectors (what single-document writes make) and larger ones are
+    counted apart, each kind up to ``max_segments``: past that, the smallest of the kind merge
+    into one, leaving ``max_segments // 2``. Small writes therefore only ever merge small
+    segments: an index whose large segments are at the bound (a bulk build) does not copy
+    millions of vectors on the next single-document write.
+    """
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    for kind in ([i for i in order if sizes[i] < tail], [i for i in order if sizes[i] >= tail]):
+        if len(kind) > max_segments:
+            return kind[: len(kind) - max_segments // 2 + 1]
+    return []
 
 
 def ensure_layout(path: Path) -> None:

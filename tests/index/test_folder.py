@@ -320,3 +320,14 @@ def test_snapshot_after_each_write_equals_one_loaded_from_disk(tmp_path, backend
     assert results(idx, queries()) == results(
         PooledIndex.open(idx.path, device="cpu", encoder=FakeEncoder()), queries()
     )
+
+
+def test_merge_choice_keeps_small_writes_off_large_segments():
+    from pooledir.index.folder import merge_choice
+
+    big = [2_000_000] * 16
+    assert merge_choice(big + [100], 16) == []  # a small write next to a bulk build merges nothing big
+    small = [100 + i for i in range(17)]
+    chosen = merge_choice(big + small, 16)
+    assert sorted(chosen) == list(range(16, 26))  # the 10 smallest small ones, never a big one
+    assert merge_choice([5_000_000] + [70_000 + i for i in range(17)] + [100], 16) == list(range(1, 12))
