@@ -208,18 +208,29 @@ class SegmentFile:
             index.quantizer = quantizer.quantizer
             self._shared = quantizer  # the shared quantizer outlives this segment
 
-    def reconstruct(self, local: np.ndarray) -> np.ndarray:
-        """float32 vectors of local ids: the exact sidecar when kept, else decoded."""
+    def _direct_map(self) -> None:
         import faiss
 
-        if self.exact is not None:
-            return np.asarray(self.exact[local], dtype=np.float32)
-        if self.kind == "pq" and not self._dm_ready:
+        if not self._dm_ready:
             with self._dm_lock:
                 if not self._dm_ready:  # 8 bytes a vector, built from the mapped lists on first decode
                     self.index.set_direct_map_type(faiss.DirectMap.Array)
                     self._dm_ready = True
+
+    def reconstruct(self, local: np.ndarray) -> np.ndarray:
+        """float32 vectors of local ids: the exact sidecar when kept, else decoded."""
+        if self.exact is not None:
+            return np.asarray(self.exact[local], dtype=np.float32)
+        if self.kind == "pq":
+            self._direct_map()
         return self.index.reconstruct_batch(np.ascontiguousarray(local, dtype=np.int64))
+
+    def lists_used(self) -> np.ndarray:
+        """The inverted lists (pq) that hold at least one of this segment's vectors, from the DirectMap."""
+        import faiss
+
+        self._direct_map()
+        return np.unique(faiss.vector_to_array(self.index.direct_map.array) >> 32)
 
     def __del__(self) -> None:
         if self._placeholder is not None and self.index is not None:
@@ -441,7 +452,11 @@ def merge_pq(parts: list[tuple[SegmentReader, np.ndarray, np.ndarray]], quantize
         new_of_old[keep] = offset + np.arange(len(keep))
         offset += len(keep)
         inv = reader.index.invlists
-        for lst in range(out.nlist):
+        # a small segment touches few lists: visit only those (a merge of many one-document segments
+        # would otherwise pay nlist Python-level calls per segment)
+        lists = reader.file.lists_used() if reader.n_vectors < out.nlist else range(out.nlist)
+        for lst in lists:
+            lst = int(lst)
             size = inv.list_size(lst)
             if not size:
                 continue

@@ -331,3 +331,22 @@ def test_merge_choice_keeps_small_writes_off_large_segments():
     chosen = merge_choice(big + small, 16)
     assert sorted(chosen) == list(range(16, 26))  # the 10 smallest small ones, never a big one
     assert merge_choice([5_000_000] + [70_000 + i for i in range(17)] + [100], 16) == list(range(1, 12))
+
+
+def test_merging_small_segments_copies_their_codes_exactly(tmp_path):
+    """Segments smaller than nlist are merged list by list from their DirectMap; nothing may change."""
+    idx = create(tmp_path / "i", backend="ivfpq", nlist=64, train_min_vectors=1500, max_segments=4)
+    add(idx, [f"b{i}" for i in range(250)], list(range(250)))
+    assert idx.info()["backend"]["trained"]
+    before = []
+    for i in range(12):
+        add(idx, [f"s{i}"], [5000 + i])
+        before.append(idx.folder.snapshot.fetch(np.array([idx.folder.store.lookup([f"s{i}"])[f"s{i}"]]))[0])
+    assert len(idx.info()["segments"]) <= 4 + 1  # small ones were merged
+    for i, vecs in enumerate(before):
+        after = idx.folder.snapshot.fetch(np.array([idx.folder.store.lookup([f"s{i}"])[f"s{i}"]]))[0]
+        assert np.array_equal(after, vecs)
+    Q = queries()
+    hits = results(idx, Q)
+    idx.compact()
+    assert results(idx, Q) == hits
