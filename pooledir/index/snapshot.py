@@ -190,6 +190,8 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
     if quantizer is not None and quantizer.d != dim:
         raise IndexCorruptError(f"{folder}: the quantizer has dimension {quantizer.d}, the manifest says {dim}")
     rows = store.segments()
+    if reusable and commit >= previous.commit:
+        return _refresh(folder, store, dim, previous, commit, rows)
     layout = store.layout()  # doc_int, segment, seg_start, n_vectors; sorted by segment, start
     size = int(layout[:, 0].max()) + 1 if len(layout) else 0
     seg_of = np.full(size, -1, dtype=np.int32)
@@ -242,4 +244,85 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
         start_of=start_of,
         count_of=count_of,
         n_docs=len(layout),
+    )
+
+
+def _refresh(folder: Path, store: DocStore, dim: int, previous: Snapshot, commit: int, rows: list) -> Snapshot:
+    """A newer commit with the same quantizer, from ``previous``: reads only new or touched segments' rows.
+
+    Segments no commit after ``previous`` touched (lost documents) keep their readers; documents
+    of dropped or touched segments are cleared, then those of new or touched ones are read
+    (one indexed query per segment), so a refresh after another process's small write costs
+    O(what it changed), not a scan of every document.
+    """
+    touched = store.touched_since(previous.commit)
+    size = max(len(previous.seg_of), store.max_doc_int() + 1)
+    old = {r.seg_id: r for r in previous.segments}
+    pos = {r.seg_id: i for i, r in enumerate(rows)}
+    remap = np.array([pos.get(r.seg_id, -1) for r in previous.segments] + [-1], dtype=np.int32)
+    seg_of = np.full(size, -1, dtype=np.int32)
+    start_of = np.zeros(size, dtype=np.int64)
+    count_of = np.zeros(size, dtype=np.int64)
+    seg_of[: len(previous.seg_of)] = remap[previous.seg_of]  # -1 indexes the trailing -1
+    start_of[: len(previous.start_of)] = previous.start_of
+    count_of[: len(previous.count_of)] = previous.count_of
+    keep = {
+        r.seg_id
+        for r in rows
+        if r.seg_id in old
+        and r.seg_id not in touched
+        and old[r.seg_id].kind == r.kind
+        and old[r.seg_id].n_vectors == r.n_vectors
+        and old[r.seg_id].file is not None
+    }
+    for reader in previous.segments:
+        if reader.seg_id not in keep:
+            seg_of[reader.doc_ints] = -1
+            start_of[reader.doc_ints] = 0
+            count_of[reader.doc_ints] = 0
+    readers: list[SegmentReader] = []
+    fresh: list[SegmentReader] = []
+    try:
+        for i, r in enumerate(rows):
+            if r.seg_id in keep:
+                readers.append(old[r.seg_id])
+                continue
+            part = store.segment_layout(r.seg_id)  # doc_int, seg_start, n_vectors, by start
+            doc_ints, starts, counts = part[:, 0], part[:, 1], part[:, 2]
+            if len(part) and (starts[-1] + counts[-1] > r.n_vectors or np.any(starts[1:] < starts[:-1] + counts[:-1])):
+                raise IndexCorruptError(
+                    f"{folder}: documents of segment {r.seg_id} overlap or run past its {r.n_vectors} vectors; "
+                    "the index is mismatched"
+                )
+            prev = old.get(r.seg_id)
+            if prev is not None and prev.file is not None and prev.kind == r.kind and prev.n_vectors == r.n_vectors:
+                reader = prev.with_documents(doc_ints, starts, counts)
+            else:
+                exact = segment_path(folder, r.seg_id, ".f16") if r.exact else None
+                file = open_segment_file(
+                    segment_path(folder, r.seg_id), r.kind, r.n_vectors, dim, previous.quantizer, exact
+                )
+                live = live_bitmap(r.n_vectors, starts, counts)
+                reader = SegmentReader(r.seg_id, r.kind, file, r.n_vectors, starts, counts, doc_ints, live)
+                fresh.append(reader)
+            readers.append(reader)
+            seg_of[doc_ints] = i
+            start_of[doc_ints] = starts
+            count_of[doc_ints] = counts
+    except BaseException:
+        for reader in fresh:
+            reader.close()
+        raise
+    return Snapshot(
+        commit=commit,
+        dim=dim,
+        segments=readers,
+        rows=rows,
+        quantizer=previous.quantizer,
+        quantizer_id=previous.quantizer_id,
+        trained_vectors=int(store.get_meta("trained_vectors", "0")),
+        seg_of=seg_of,
+        start_of=start_of,
+        count_of=count_of,
+        n_docs=sum(len(r.doc_ints) for r in readers),
     )
