@@ -273,7 +273,15 @@ def plot() -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("pooledir index engine at scale (synthetic 128-d vectors, 2 shared CPU cores)")
+    loads = []
+    for design in ("segments", "single"):
+        seen = [x for r in runs if r["design"] == design for x in r.get("ops_load_avg_1min", [])]
+        if seen:
+            loads.append(f"{design}: {min(seen):.1f}-{max(seen):.1f}")
+    fig.suptitle(
+        "pooledir index engine at scale (synthetic 128-d vectors, 2 CPU cores shared with other jobs)\n"
+        f"1-min load average while timing writes and searches: {'; '.join(loads) or 'not recorded'}"
+    )
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110)
 
