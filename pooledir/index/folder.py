@@ -230,11 +230,14 @@ class IndexFolder:
                 layout.append(self.store.segment_layout(seg_id))  # doc_int, seg_start, n_vectors: O(batch)
 
             self._commit(files, change, fold=len(rows) >= SMALL_WRITE)
-            exact = files[1] if self.config.keep_exact else None
-            file = open_segment_file(files[0], seg.kind, seg.n_vectors, self.dim, quantizer, exact)
-            (part,) = layout
-            reader = SegmentReader(seg_id, seg.kind, file, seg.n_vectors, part[:, 1], part[:, 2], part[:, 0])
-            self._delta = (np.fromiter(replaced.values(), np.int64, len(replaced)), reader, seg)
+            try:  # the commit stands whatever happens here: without a delta the next snapshot is read from disk
+                exact = files[1] if self.config.keep_exact else None
+                file = open_segment_file(files[0], seg.kind, seg.n_vectors, self.dim, quantizer, exact)
+                (part,) = layout
+                reader = SegmentReader(seg_id, seg.kind, file, seg.n_vectors, part[:, 1], part[:, 2], part[:, 0])
+                self._delta = (np.fromiter(replaced.values(), np.int64, len(replaced)), reader, seg)
+            except Exception:  # noqa: BLE001 - only an optimisation failed
+                log.warning("could not map the new segment %d in place; reloading the commit", seg_id, exc_info=True)
         self.maintain()
         return len(replaced)
 
