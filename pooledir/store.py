@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS segments (
     n_vectors INTEGER NOT NULL,
     n_docs INTEGER NOT NULL,
     quantizer INTEGER,
-    exact INTEGER NOT NULL
+    exact INTEGER NOT NULL,
+    touched INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -96,6 +97,9 @@ class DocStore:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(SCHEMA)
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(segments)")}
+        if "touched" not in columns:  # made before the column: every segment counts as untouched since
+            self.conn.execute("ALTER TABLE segments ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
         self._pinned = False
         self._probe: sqlite3.Connection | None = None
 
@@ -200,8 +204,28 @@ class DocStore:
         )
 
     def delete(self, doc_ints: Iterable[int]) -> None:
-        """Delete documents by internal number: their vectors become tombstones until compaction."""
-        self.conn.executemany("DELETE FROM docs WHERE doc_int = ?", [(int(d),) for d in doc_ints])
+        """Delete documents by internal number: their vectors become tombstones until compaction.
+
+        Their segments are marked touched by the commit in progress (inside the caller's
+        transaction), so another process's refresh re-reads only those segments' rows.
+        """
+        doc_ints = [int(d) for d in doc_ints]
+        commit = int(self.get_meta("commit", "0")) + 1  # the value bump_commit gives this transaction
+        for chunk in _chunks(doc_ints, 500):
+            self.conn.execute(
+                "UPDATE segments SET touched = ? WHERE seg_id IN "
+                f"(SELECT DISTINCT segment FROM docs WHERE doc_int IN ({','.join('?' * len(chunk))}))",
+                [commit, *chunk],
+            )
+        self.conn.executemany("DELETE FROM docs WHERE doc_int = ?", [(d,) for d in doc_ints])
+
+    def touched_since(self, commit: int) -> set[int]:
+        """Segments that lost documents in a commit after ``commit``."""
+        return {r[0] for r in self.conn.execute("SELECT seg_id FROM segments WHERE touched > ?", (int(commit),))}
+
+    def max_doc_int(self) -> int:
+        """The largest internal number in use (-1: none)."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(doc_int), -1) FROM docs").fetchone()[0])
 
     def lookup(self, ids: Sequence[str]) -> dict[str, int]:
         """Map the known external ids among ``ids`` to their doc_int (an id sqlite cannot hold raises InputError)."""
@@ -247,6 +271,13 @@ class DocStore:
         """(n, 4) int64: doc_int, segment, seg_start, n_vectors of every document, by segment then start."""
         rows = self.conn.execute("SELECT doc_int, segment, seg_start, n_vectors FROM docs ORDER BY segment, seg_start")
         return np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 4)
+
+    def segment_layout(self, segment: int) -> np.ndarray:
+        """(n, 3) int64: doc_int, seg_start, n_vectors of one segment's documents, by start (uses the index)."""
+        rows = self.conn.execute(
+            "SELECT doc_int, seg_start, n_vectors FROM docs WHERE segment = ? ORDER BY seg_start", (int(segment),)
+        )
+        return np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 3)
 
     def checkpoint(self) -> None:
         """Move committed pages from the WAL into the database and truncate the WAL (best effort).
