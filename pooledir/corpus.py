@@ -16,26 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from pooledir.errors import InputError
-from pooledir.textcheck import check_str, lone_surrogate
+
+#: metadata nested deeper than this is refused (Python's json and sqlite's JSON functions give up near 1000)
+MAX_METADATA_DEPTH = 64
 
 
 @dataclass(frozen=True)
 class Document:
-    """One document: an external id, the text to encode, and free metadata.
-
-    Checked when built, so a bad value fails here, naming the document, rather than deep inside a
-    write: the id is a non-blank string, the text a string, both valid Unicode (no lone
-    surrogates), and the metadata a JSON-serialisable dict.
-    """
+    """One document: an external id, the text to encode, and free metadata (checked by :func:`check_document`)."""
 
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_str(self.id, "document id", allow_blank=False)
-        check_str(self.text, f"document {self.id!r}: text")
-        check_metadata(self.metadata, f"document {self.id!r}: metadata")
 
     @classmethod
     def from_parts(
@@ -44,18 +36,6 @@ class Document:
         """A document from BEIR-style parts: encoded as :func:`document_text`, the title kept in ``metadata``."""
         metadata = dict(metadata or {}) | ({"title": title} if title else {})
         return cls(id, document_text(title, text), metadata)
-
-
-def check_metadata(metadata: object, what: str) -> None:
-    """Raise :class:`InputError` unless ``metadata`` is a dict that JSON (and sqlite) can store."""
-    if not isinstance(metadata, dict):
-        raise InputError(f"{what} must be a JSON object (a dict), got {type(metadata).__name__}")
-    try:
-        dumped = json.dumps(metadata, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError) as e:
-        raise InputError(f"{what} cannot be stored as JSON: {str(e)[:200]}") from None
-    if lone_surrogate(dumped) is not None:
-        raise InputError(f"{what} holds a lone surrogate (invalid Unicode); fix the text's encoding")
 
 
 def document_id(value: object, where: str) -> str:
@@ -99,10 +79,7 @@ def document_from_record(record: dict[str, Any], where: str = "record") -> Docum
         metadata = {}
     if not isinstance(metadata, dict):
         raise InputError(f"{where}: field 'metadata' must be a JSON object, got {type(metadata).__name__}")
-    try:
-        return Document.from_parts(doc_id, text, title, metadata)
-    except InputError as e:
-        raise InputError(f"{where}: {e}") from None
+    return check_document(Document.from_parts(doc_id, text, title, metadata), where)
 
 
 def _not_utf8(path: Path) -> InputError:
@@ -155,10 +132,7 @@ def _read_txt(path: Path, doc_id: str) -> Document:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        return Document(id=doc_id, text=text, metadata={"path": str(path)})
-    except InputError as e:
-        raise InputError(f"{path}: {e}") from None
+    return check_document(Document(id=doc_id, text=text, metadata={"path": str(path)}), str(path))
 
 
 def _read_txt_folder(path: Path) -> Iterator[Document]:
@@ -193,8 +167,66 @@ def iter_corpus(path: str | Path) -> Iterator[Document]:
     raise InputError(f"{path}: unknown corpus format '{suffix}'; use .jsonl, .tsv, a .txt folder or a BEIR folder")
 
 
+def check_utf8(text: str, what: str) -> str:
+    """Return ``text``, or raise InputError if it is not a string that UTF-8 can store (a lone surrogate)."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} is {type(text).__name__}, expected a string")
+    if text.isascii():  # constant time in CPython: no copy of a long text
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} is not valid Unicode: a lone surrogate {text[e.start]!r} at character {e.start}; send UTF-8 text"
+        ) from None
+    return text
+
+
+def check_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
+    """Return ``metadata``, or raise InputError unless it is a JSON object that stores and reads back unchanged.
+
+    That is: string keys, UTF-8 strings, finite numbers, at most ``MAX_METADATA_DEPTH`` levels of nesting.
+    """
+    if not isinstance(metadata, dict):
+        raise InputError(f"{what} must be an object (dict), got {type(metadata).__name__}")
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:  # a loop, not recursion: deep nesting must give this error, not a RecursionError
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list, tuple)) and depth > MAX_METADATA_DEPTH:
+            raise InputError(f"{what} is nested more than {MAX_METADATA_DEPTH} levels deep; flatten it")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                check_utf8(key, f"{what} key {key!r}")
+                stack.append((item, depth + 1))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            check_utf8(value, f"{what} value")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{what} holds {value}; JSON has no NaN or infinity")
+        elif value is not None and not isinstance(value, (bool, int, float)):
+            raise InputError(
+                f"{what} holds a {type(value).__name__}; only objects, lists, strings, numbers, booleans and null"
+            )
+    return metadata
+
+
+def check_document(d: Document, where: str) -> Document:
+    """Return ``d``, or raise InputError (prefixed ``where``) unless sqlite and JSON can store it as it is.
+
+    The id is a non-blank string, the text a string, both valid Unicode; the metadata passes
+    :func:`check_metadata`.
+    """
+    check_utf8(d.id, f"{where}: a document id")
+    if not d.id.strip():
+        raise InputError(f"{where}: document id {d.id!r} is blank; give a non-empty string")
+    check_utf8(d.text, f"{where}: document {d.id!r} text")
+    check_metadata(d.metadata, f"{where}: document {d.id!r} metadata")
+    return d
+
+
 def check_documents(docs: Iterable[Document], source: str = "corpus") -> list[Document]:
-    """Materialise ``docs``, rejecting anything but :class:`Document`, duplicate ids and an empty result."""
+    """Materialise ``docs``; refuse non-Documents, duplicate ids, unstorable text or metadata, and nothing."""
     out: list[Document] = []
     seen: set[str] = set()
     if isinstance(docs, (str, bytes, dict, Document)):
@@ -205,6 +237,7 @@ def check_documents(docs: Iterable[Document], source: str = "corpus") -> list[Do
                 f"{source}: item {i} is a {type(d).__name__}, not a Document; build one with "
                 "Document(id, text, metadata), or document_from_record() for a BEIR-style dict"
             )
+        check_document(d, source)
         if d.id in seen:
             raise InputError(f"{source}: duplicate document id {d.id!r}")
         seen.add(d.id)

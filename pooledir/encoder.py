@@ -16,15 +16,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pooledir.checkpoint import ColBERTSettings, load_checkpoint, punctuation_ids, resolve_checkpoint
+from pooledir.corpus import check_utf8
 from pooledir.device import resolve_device
-from pooledir.errors import CheckpointError, InputError
-from pooledir.textcheck import check_str
+from pooledir.errors import CheckpointError, IndexCorruptError, InputError
+from pooledir.index.manifest import ENCODER_SETTINGS, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -290,15 +292,63 @@ def _put_at_1(seqs, value: int, insert: bool):
     return seqs
 
 
+def _recorded(manifest: Manifest | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(checkpoint, recorded encoder settings) of a manifest; settings older manifests lack are None."""
+    try:
+        checkpoint, enc = manifest["checkpoint"], manifest["encoder"]
+    except (KeyError, TypeError):
+        checkpoint, enc = None, None
+    if not isinstance(enc, dict) or not checkpoint:
+        raise IndexCorruptError("the index manifest lacks its 'encoder' settings or its 'checkpoint'")
+    return str(checkpoint), {k: enc.get(k) for k in ENCODER_SETTINGS}
+
+
+def encoder_key(manifest: Manifest | Mapping[str, Any], checkpoint: str | os.PathLike[str] | None = None) -> tuple:
+    """What makes two indexes' encoders interchangeable: the same weights and the same recorded settings.
+
+    Indexes with equal keys can share one :func:`encoder_for_index` result.
+    """
+    recorded_checkpoint, settings = _recorded(manifest)
+    source = str(checkpoint or recorded_checkpoint)
+    path = Path(source).expanduser()
+    return (str(path.resolve()) if path.exists() else source, *sorted(settings.items()))
+
+
+def encoder_for_index(
+    manifest: Manifest | Mapping[str, Any],
+    device: str = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> ColBERTEncoder:
+    """The encoder that encodes queries and documents the way an index's documents were encoded.
+
+    The index's recorded settings (lengths, query augmentation, markers,
+    punctuation masking) win over the checkpoint's own metadata, so pointing
+    ``checkpoint`` at another copy of the weights (e.g. a container mount)
+    changes where they are read from, never how text is encoded.
+
+    Parameters
+    ----------
+    manifest
+        The index's manifest (:func:`pooledir.read_manifest`, or its JSON as a dict).
+    device
+        As for :class:`ColBERTEncoder`.
+    checkpoint
+        Load the weights from here instead of the manifest's checkpoint path.
+    **kwargs
+        Passed on to :class:`ColBERTEncoder` (e.g. ``batch_size``).
+    """
+    recorded_checkpoint, settings = _recorded(manifest)
+    return ColBERTEncoder(checkpoint or recorded_checkpoint, device=device, **(kwargs | settings))
+
+
 def check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> list[str]:
     """Return ``texts`` as a list of strings, or raise InputError naming the first bad one."""
     if isinstance(texts, str):
         raise InputError(f"expected a list of {what} texts, got a single string")
     texts = list(texts)
     for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise InputError(f"{what} {i} is {type(t).__name__}, expected a string")
+        check_utf8(t, f"{what} {i}")
         if not allow_empty and not t.strip():
             raise InputError(f"{what} {i} is empty")
-        check_str(t, f"{what} {i}")  # lone surrogates: the tokenizer cannot encode them
     return texts

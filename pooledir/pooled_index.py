@@ -151,13 +151,9 @@ class PooledIndex:
     def encoder(self):
         """The ColBERT encoder, loaded from the manifest's checkpoint on first use."""
         if self._encoder is None:
-            from pooledir.encoder import ColBERTEncoder
+            from pooledir.encoder import encoder_for_index
 
-            enc = self.manifest.encoder
-            # the index's own record wins over the checkpoint's metadata; older manifests lack some keys
-            self._encoder = ColBERTEncoder(
-                self.manifest.checkpoint, device=self.device, **{k: enc.get(k) for k in ENCODER_SETTINGS}
-            )
+            self._encoder = encoder_for_index(self.manifest, self.device)
             if self._encoder.dim != self.dim:
                 raise IndexCorruptError(f"checkpoint dim {self._encoder.dim} != index dim {self.dim}")
         return self._encoder

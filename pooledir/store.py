@@ -14,6 +14,7 @@ came from, whatever other processes commit meanwhile (sqlite WAL).
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pooledir.corpus import check_utf8
+from pooledir.errors import InputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -40,7 +44,8 @@ CREATE TABLE IF NOT EXISTS segments (
     n_vectors INTEGER NOT NULL,
     n_docs INTEGER NOT NULL,
     quantizer INTEGER,
-    exact INTEGER NOT NULL
+    exact INTEGER NOT NULL,
+    touched INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -92,6 +97,9 @@ class DocStore:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(SCHEMA)
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(segments)")}
+        if "touched" not in columns:  # made before the column: every segment counts as untouched since
+            self.conn.execute("ALTER TABLE segments ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
         self._pinned = False
         self._probe: sqlite3.Connection | None = None
 
@@ -196,12 +204,34 @@ class DocStore:
         )
 
     def delete(self, doc_ints: Iterable[int]) -> None:
-        """Delete documents by internal number: their vectors become tombstones until compaction."""
-        self.conn.executemany("DELETE FROM docs WHERE doc_int = ?", [(int(d),) for d in doc_ints])
+        """Delete documents by internal number: their vectors become tombstones until compaction.
+
+        Their segments are marked touched by the commit in progress (inside the caller's
+        transaction), so another process's refresh re-reads only those segments' rows.
+        """
+        doc_ints = [int(d) for d in doc_ints]
+        commit = int(self.get_meta("commit", "0")) + 1  # the value bump_commit gives this transaction
+        for chunk in _chunks(doc_ints, 500):
+            self.conn.execute(
+                "UPDATE segments SET touched = ? WHERE seg_id IN "
+                f"(SELECT DISTINCT segment FROM docs WHERE doc_int IN ({','.join('?' * len(chunk))}))",
+                [commit, *chunk],
+            )
+        self.conn.executemany("DELETE FROM docs WHERE doc_int = ?", [(d,) for d in doc_ints])
+
+    def touched_since(self, commit: int) -> set[int]:
+        """Segments that lost documents in a commit after ``commit``."""
+        return {r[0] for r in self.conn.execute("SELECT seg_id FROM segments WHERE touched > ?", (int(commit),))}
+
+    def max_doc_int(self) -> int:
+        """The largest internal number in use (-1: none)."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(doc_int), -1) FROM docs").fetchone()[0])
 
     def lookup(self, ids: Sequence[str]) -> dict[str, int]:
-        """Map the known external ids among ``ids`` to their doc_int."""
+        """Map the known external ids among ``ids`` to their doc_int (an id sqlite cannot hold raises InputError)."""
         out: dict[str, int] = {}
+        for i in ids:
+            check_utf8(i, "a document id")
         for chunk in _chunks(list(ids), 500):
             q = f"SELECT ext_id, doc_int FROM docs WHERE ext_id IN ({','.join('?' * len(chunk))})"
             out.update(dict(self.conn.execute(q, chunk).fetchall()))
@@ -229,8 +259,7 @@ class DocStore:
 
     def matching(self, where: dict[str, Any]) -> np.ndarray:
         """Internal numbers of the documents whose metadata equals every ``where`` field."""
-        if not where:
-            raise ValueError("empty filter")
+        check_filter(where)
         clauses = " AND ".join("json_extract(metadata, ?) = ?" for _ in where)
         args: list[Any] = []
         for key, value in where.items():
@@ -242,6 +271,13 @@ class DocStore:
         """(n, 4) int64: doc_int, segment, seg_start, n_vectors of every document, by segment then start."""
         rows = self.conn.execute("SELECT doc_int, segment, seg_start, n_vectors FROM docs ORDER BY segment, seg_start")
         return np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 4)
+
+    def segment_layout(self, segment: int) -> np.ndarray:
+        """(n, 3) int64: doc_int, seg_start, n_vectors of one segment's documents, by start (uses the index)."""
+        rows = self.conn.execute(
+            "SELECT doc_int, seg_start, n_vectors FROM docs WHERE segment = ? ORDER BY seg_start", (int(segment),)
+        )
+        return np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 3)
 
     def checkpoint(self) -> None:
         """Move committed pages from the WAL into the database and truncate the WAL (best effort).
@@ -262,6 +298,36 @@ class DocStore:
             "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0), COALESCE(SUM(n_vectors), 0) FROM docs"
         ).fetchone()
         return {"documents": n, "tokens": tok, "vectors": vec}
+
+
+#: sqlite integers are signed 64-bit
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def check_filter(where: Any) -> None:
+    """Raise InputError unless ``where`` is a non-empty {field: str | int | float | bool} sqlite can match.
+
+    Field names become JSON paths, so quotes, backslashes and control characters are refused rather than
+    silently matching nothing; integers must fit sqlite's 64 bits and floats must be finite.
+    """
+    if not isinstance(where, dict) or not where:
+        raise InputError(f"a filter is a non-empty object of metadata field -> value, got {where!r:.80}")
+    for key, value in where.items():
+        check_utf8(key, "a filter field name")
+        if not key or any(c in key for c in '"\\') or any(ord(c) < 32 for c in key):
+            raise InputError(f"filter field {key!r:.80} is empty or has quotes, backslashes or control characters")
+        if isinstance(value, str):
+            check_utf8(value, f"filter value of {key!r:.40}")
+        elif isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise InputError(f"filter value {value} of {key!r:.40} is outside the 64-bit integer range")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InputError(f"filter value {value} of {key!r:.40} is not a finite number")
+        else:
+            raise InputError(f"filter value of {key!r:.40} is {type(value).__name__}; use a string, number or bool")
 
 
 class _Transaction:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.guard import key_ok
 from service.registry import IndexHandle, Registry
 from service.settings import Settings
 
@@ -43,12 +43,12 @@ IndexDep = Annotated[IndexHandle, Depends(get_index)]
 def require_api_key(
     settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """When POOLEDIR_API_KEY is set, demand ``Authorization: Bearer <key>`` (compared in constant time)."""
-    if settings.api_key is None:
-        return
-    expected = settings.api_key.get_secret_value().encode()
-    given = (creds.credentials if creds else "").encode()
-    if not secrets.compare_digest(given, expected):
+    """When POOLEDIR_API_KEY is set, demand ``Authorization: Bearer <key>`` (the rule is :func:`key_ok`).
+
+    :class:`service.guard.RequestGuard` applies it before any body is read; this dependency
+    states it in the OpenAPI schema and guards any route mounted outside the middleware.
+    """
+    if not key_ok(settings, f"Bearer {creds.credentials}" if creds else None):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
         )

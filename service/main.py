@@ -7,13 +7,16 @@ import os
 # torch and faiss each run an OpenMP pool; passive waiting stops them stealing each other's cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import math  # noqa: E402
 from contextlib import asynccontextmanager  # noqa: E402
 
 from fastapi import Depends, FastAPI, Request, status  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
 from pooledir import DocumentNotFoundError, IndexCorruptError, InputError  # noqa: E402
 from service.deps import require_api_key  # noqa: E402
+from service.guard import RequestGuard  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.routes import documents, health, indexes, search  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -44,30 +47,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = None
     app.include_router(health.router)
-    protected = [Depends(require_api_key)]
+    protected = [Depends(require_api_key)]  # RequestGuard already checked it; this documents it in /docs
     for router in (indexes.router, search.router, documents.router):
         app.include_router(router, dependencies=protected)
+    app.add_middleware(RequestGuard, settings=settings)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-            return JSONResponse(
-                {"detail": f"request body over {settings.max_body_bytes} bytes"},
-                status_code=413,
-            )
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_short_error(e) for e in exc.errors()[:MAX_ERRORS]]}, status_code=422)
 
     @app.exception_handler(DocumentNotFoundError)
     async def not_found(request: Request, exc: DocumentNotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+        return JSONResponse({"detail": _clip(str(exc))}, status_code=status.HTTP_404_NOT_FOUND)
 
     @app.exception_handler(InputError)
     async def bad_input(request: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": _clip(str(exc))}, status_code=422)
 
     @app.exception_handler(IndexCorruptError)
     async def corrupt(request: Request, exc: IndexCorruptError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
     return app
+
+
+#: at most this many validation errors, and this many characters of any string, go back to the client
+MAX_ERRORS = 20
+MAX_ECHO_CHARS = 200
+
+
+def _clip(value: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``value`` cut to ``limit`` characters and made UTF-8-safe (a lone surrogate would fail the JSON response)."""
+    clipped = value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+    return clipped.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _short_error(error: dict) -> dict:
+    """A validation error without a large echo of the input: loc, msg and type, plus the input if it is small."""
+    out = {
+        "type": error.get("type"),
+        "loc": [p if isinstance(p, int) else _clip(str(p), 100) for p in error.get("loc", ())],
+        "msg": _clip(str(error.get("msg", ""))),
+    }
+    value = error.get("input")
+    if isinstance(value, str):
+        out["input"] = _clip(value, 100)
+    elif isinstance(value, bool) or value is None or (isinstance(value, int) and abs(value) < 2**63):
+        out["input"] = value
+    elif isinstance(value, float) and math.isfinite(value):
+        out["input"] = value
+    return out

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pooledir import ColBERTEncoder, Document, PooledIndex, check_texts, read_manifest
+from pooledir import (
+    ColBERTEncoder,
+    Document,
+    PooledIndex,
+    check_texts,
+    encoder_for_index,
+    encoder_key,
+    read_manifest,
+)
 from pooledir.errors import InputError
 
 
@@ -190,22 +198,18 @@ class Registry:
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise InputError(f"two indexes share the name {sorted(dupes)[0]!r}; serve folders with distinct names")
-        # indexes on one checkpoint share its encoder, and their queries share a batcher
+        # indexes whose encoders would be identical share one, and their queries share a batcher
         encoders: dict[tuple, ColBERTEncoder] = {}
         batchers: dict[tuple, QueryBatcher] = {}
         handles = {}
         for name, path in zip(names, paths):
             manifest = read_manifest(path)
-            enc = manifest["encoder"]
-            key = (str(checkpoint or manifest["checkpoint"]), enc["doc_maxlen"], enc["query_maxlen"])
-            if checkpoint is not None and key not in encoders:
-                encoders[key] = ColBERTEncoder(
-                    checkpoint, device=device, doc_maxlen=enc["doc_maxlen"], query_maxlen=enc["query_maxlen"]
-                )
-            index = PooledIndex.open(path, device=device, encoder=encoders.get(key))
-            encoder = encoders.setdefault(key, index.encoder)
+            key = encoder_key(manifest, checkpoint)
+            if key not in encoders:
+                encoders[key] = encoder_for_index(manifest, device, checkpoint)
+            index = PooledIndex.open(path, device=device, encoder=encoders[key])
             if micro_batching and key not in batchers:
-                batchers[key] = QueryBatcher(encoder, window_ms, max_batch)
+                batchers[key] = QueryBatcher(encoders[key], window_ms, max_batch)
             handles[name] = IndexHandle(name, index, batchers.get(key))
         return cls(handles)
 

@@ -1,12 +1,33 @@
-"""Request and response models: the HTTP API's contract (shown at /docs)."""
+"""Request and response models: the HTTP API's contract (shown at /docs).
+
+Every string a request carries must be storable as UTF-8 (no lone surrogates),
+numbers are strict (``"3"`` and ``true`` are not a ``k``), and filter values
+fit sqlite's 64-bit integers: bad input is a 422 here, never a 5xx later.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
-Scalar = str | int | float | bool
+from pooledir import check_metadata, check_utf8
+
+
+def _utf8(v: str) -> str:
+    return check_utf8(v, "the string")
 
 
 def _not_blank(v: str) -> str:
@@ -15,41 +36,61 @@ def _not_blank(v: str) -> str:
     return v
 
 
+def _not_an_int(v: Any) -> Any:
+    if isinstance(v, int):  # strict floats take ints: keep them in the 64-bit integer branch and its bounds
+        raise ValueError("an integer is not a float here")
+    return v
+
+
+_PATH_UNSAFE = re.compile(r'["\\\x00-\x1f]')
+
+
+def _filter_field(v: str) -> str:
+    if _PATH_UNSAFE.search(v):
+        raise ValueError("a filter field name may not contain quotes, backslashes or control characters")
+    return v
+
+
+Text = Annotated[StrictStr, AfterValidator(_utf8)]
+NonBlank = Annotated[StrictStr, StringConstraints(min_length=1), AfterValidator(_utf8), AfterValidator(_not_blank)]
+DocId = Annotated[NonBlank, StringConstraints(max_length=512)]
+Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False), BeforeValidator(_not_an_int)]
+FilterValue = Text | Int64 | FiniteFloat | StrictBool
+FilterField = Annotated[
+    StrictStr, StringConstraints(max_length=256), AfterValidator(_utf8), AfterValidator(_filter_field)
+]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
 class SearchOptions(BaseModel):
     """Knobs shared by single and batch search; unset ones take the library defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(10, ge=1, description="results per query (at most the service's max_k)")
-    nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query token")
-    candidates_per_token: int | None = Field(None, ge=1, le=4096)
-    rerank: int | None = Field(None, ge=1, le=100_000, description="candidates scored by full MaxSim")
-    with_text: bool = False
-    filter: dict[str, Scalar] | None = Field(
+    k: PositiveInt = Field(10, description="results per query (at most the service's max_k)")
+    nprobe: PositiveInt | None = Field(None, description="IVF lists probed per query token")
+    candidates_per_token: Annotated[StrictInt, Field(ge=1, le=4096)] | None = None
+    rerank: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = Field(
+        None, description="candidates scored by full MaxSim"
+    )
+    with_text: StrictBool = False
+    filter: dict[FilterField, FilterValue] | None = Field(
         None, description="rank only documents whose metadata equals every given field (exact MaxSim over them)"
     )
 
 
 class SearchRequest(SearchOptions):
-    """One query."""
+    """One query (at most the service's max_query_chars characters)."""
 
-    query: str = Field(..., min_length=1)
-
-    _check = field_validator("query")(_not_blank)
+    query: NonBlank
 
 
 class BatchSearchRequest(SearchOptions):
     """Several queries with the same options."""
 
-    queries: list[str] = Field(..., min_length=1)
-
-    @field_validator("queries")
-    @classmethod
-    def _each_not_blank(cls, v: list[str]) -> list[str]:
-        for i, q in enumerate(v):
-            if not q.strip():
-                raise ValueError(f"query {i} must not be empty or whitespace")
-        return v
+    queries: list[NonBlank] = Field(..., min_length=1)
 
 
 class Hit(BaseModel):
@@ -80,10 +121,10 @@ class DocumentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(..., min_length=1, max_length=512)
-    text: str
-    title: str | None = None
-    metadata: dict[str, Any] | None = None
+    id: DocId
+    text: Text
+    title: Text | None = None
+    metadata: Metadata | None = None
 
 
 class UpsertRequest(BaseModel):
@@ -102,7 +143,7 @@ class UpsertResponse(BaseModel):
 class DeleteRequest(BaseModel):
     """Ids to delete; all must exist."""
 
-    ids: list[str] = Field(..., min_length=1)
+    ids: list[NonBlank] = Field(..., min_length=1)
 
 
 class DeleteResponse(BaseModel):

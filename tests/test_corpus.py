@@ -126,7 +126,7 @@ def test_lone_surrogates_are_refused_with_the_line(tmp_path):
         with pytest.raises(InputError, match=r"c\.jsonl:2: document 'x'.*lone surrogate"):
             read_corpus(fp)
     fp.write_text('{"_id": "a\\ud800", "text": "fine"}\n')
-    with pytest.raises(InputError, match=r"c\.jsonl:1: document id holds a lone surrogate"):
+    with pytest.raises(InputError, match=r"c\.jsonl:1: a document id is not valid Unicode: a lone surrogate"):
         read_corpus(fp)
 
 
@@ -136,17 +136,16 @@ def test_json_number_ids_become_strings(tmp_path):
     assert [d.id for d in read_corpus(fp)] == ["7", "1.5"]
 
 
-def test_document_checks_its_fields():
+def test_documents_are_checked_before_anything_is_written():
     for args, msg in [
-        ((5, "text"), "document id must be a string, got int 5"),
-        (("", "text"), "document id is blank"),
-        (("a", None), "document 'a': text must be a string, got NoneType"),
-        (("a", "x\ud800"), "document 'a': text holds a lone surrogate"),
-        (("a", "x", [1]), "document 'a': metadata must be a JSON object"),
-        (("a", "x", {"k": {1, 2}}), "document 'a': metadata cannot be stored as JSON"),
+        ((5, "text"), "docs: a document id is int, expected a string"),
+        (("  ", "text"), "docs: document id '  ' is blank"),
+        (("a", None), "docs: document 'a' text is NoneType, expected a string"),
+        (("a", "x\ud800"), "docs: document 'a' text is not valid Unicode: a lone surrogate"),
+        (("a", "x", [1]), "docs: document 'a' metadata must be an object (dict)"),
     ]:
         with pytest.raises(InputError, match=re.escape(msg)):
-            Document(*args)
+            check_documents([Document(*args)], "docs")
 
 
 def test_check_documents_refuses_what_is_not_a_document():

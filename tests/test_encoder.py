@@ -139,7 +139,7 @@ def test_conventions_come_from_the_checkpoint_and_yield_to_overrides(tmp_path, t
 
 
 def test_lone_surrogate_in_a_query_is_refused(tiny_encoder):
-    with pytest.raises(InputError, match="query 1 holds a lone surrogate"):
+    with pytest.raises(InputError, match="query 1 is not valid Unicode: a lone surrogate"):
         tiny_encoder.encode_queries(["fine", "a\ud800b"])
 
 
@@ -200,3 +200,18 @@ def test_onnx_query_backends(tmp_path, monkeypatch, tiny_ckpt, tiny_encoder):
     assert np.allclose(np.linalg.norm(int8, axis=2), 1, atol=1e-4)
     with pytest.raises(InputError, match="query_backend='tensorrt' is not one of torch, onnx, onnx-int8"):
         ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="tensorrt")
+
+
+def test_encoder_for_index_follows_the_manifest_over_the_checkpoint(tiny_ckpt):
+    from pooledir.encoder import encoder_for_index, encoder_key
+    from pooledir.errors import IndexCorruptError
+
+    recorded = {"doc_maxlen": 40, "query_maxlen": 8, "query_augmentation": False, "markers": False}
+    manifest = {"checkpoint": str(tiny_ckpt), "encoder": {"dim": 16, **recorded}}
+    s = encoder_for_index(manifest, "cpu").settings
+    assert {k: getattr(s, k) for k in recorded} == recorded
+    assert s.mask_punctuation is True  # not recorded (an older manifest): the checkpoint's metadata decides
+    assert encoder_key(manifest) == encoder_key(manifest, tiny_ckpt.parent / ".." / tiny_ckpt.parent.name / "colbert")
+    assert encoder_key(manifest) != encoder_key({**manifest, "encoder": {**manifest["encoder"], "markers": True}})
+    with pytest.raises(IndexCorruptError, match="'encoder' settings"):
+        encoder_key({"checkpoint": str(tiny_ckpt)})

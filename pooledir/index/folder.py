@@ -35,9 +35,11 @@ import numpy as np
 from pooledir.errors import IndexCorruptError, InputError
 from pooledir.index.manifest import IndexConfig
 from pooledir.index.segments import (
+    SegmentReader,
     encode_segment,
     fsync_dir,
     merge_pq,
+    open_segment_file,
     ranges,
     train_quantizer,
     write_array,
@@ -51,6 +53,10 @@ log = logging.getLogger(__name__)
 
 #: vectors decoded at a time while re-encoding (bounds the memory of compaction and training)
 CHUNK = 262_144
+#: segments under this many vectors are "small": they count apart for tiered merging (see merge_choice)
+TAIL_VECTORS = 65_536
+#: writes of fewer documents than this leave the sqlite WAL to sqlite's own checkpoints
+SMALL_WRITE = 64
 
 
 @dataclass(frozen=True)
@@ -75,15 +81,20 @@ class IndexFolder:
         self.config = config
         self.dim = dim
         self.use_gpu = use_gpu
-        self.snapshot: Snapshot = self._load()
+        self.snapshot: Snapshot | None = None
+        self._delta: tuple | None = None  # what the write in progress did, for the next snapshot
+        self.snapshot = self._load()
 
     # -- reading ----------------------------------------------------------------------------------------------
     def _load(self, attempts: int = 20) -> Snapshot:
-        """Pin the newest commit and map its files; a file unlinked under us means a newer commit: retry."""
+        """Pin the newest commit and map its files; a file unlinked under us means a newer commit: retry.
+
+        Files the current snapshot already maps are reused (no re-map, the DirectMap kept).
+        """
         for _ in range(attempts):
             self.store.pin()
             try:
-                return load_snapshot(self.path, self.store, self.dim)
+                return load_snapshot(self.path, self.store, self.dim, previous=self.snapshot)
             except FileNotFoundError:
                 continue
         raise IndexCorruptError(f"{self.path}: a file the latest commit lists is missing")
@@ -102,18 +113,42 @@ class IndexFolder:
     # -- the write protocol -----------------------------------------------------------------------------------
     @contextmanager
     def writing(self):
-        """Hold the folder's write lock with the newest commit loaded; reload it whatever happens."""
+        """Hold the folder's write lock with the newest commit loaded; load the commit made, whatever happens.
+
+        A write that only deleted documents and added one segment leaves ``self._delta`` (deleted
+        doc_ints, the new segment's reader and row): the next snapshot is derived from the current
+        one in O(batch); anything else (merges, training, errors) loads the commit from disk.
+        """
         with open(self.path / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.refresh()
             self._remove_unreferenced()
+            self._delta = None
+            done = False
             try:
                 yield
+                done = True
             finally:
-                self.snapshot = self._load()
+                delta, self._delta = self._delta, None
+                self.snapshot = self._next_snapshot(delta if done else None)
 
-    def _commit(self, new_files: list[Path], change) -> None:
-        """Run ``change`` (row edits) and bump the counter in one transaction; on error drop ``new_files``."""
+    def _next_snapshot(self, delta: tuple | None) -> Snapshot:
+        old = self.snapshot
+        self.store.pin()
+        commit = int(self.store.get_meta("commit", "0"))
+        if commit == old.commit:
+            return old
+        if delta is not None and commit == old.commit + 1:
+            return old.after_write(commit, *delta)
+        return self._load()
+
+    def _commit(self, new_files: list[Path], change, fold: bool = True) -> None:
+        """Run ``change`` (row edits) and bump the counter in one transaction; on error drop ``new_files``.
+
+        ``fold``: then truncate the sqlite WAL (after bulk writes, so the folder holds its real size);
+        small writes leave it to sqlite's automatic checkpoint, sparing them the extra fsyncs.
+        A committed transaction is durable in the WAL either way.
+        """
         try:
             with self.store.transaction():
                 change()
@@ -122,7 +157,8 @@ class IndexFolder:
             for f in new_files:
                 f.unlink(missing_ok=True)
             raise
-        self.store.checkpoint()
+        if fold:
+            self.store.checkpoint()
 
     def _remove_unreferenced(self) -> None:
         """Files of segments or quantizers no commit refers to (a crashed write, or dropped ones)."""
@@ -187,19 +223,31 @@ class IndexFolder:
                 self.config.keep_exact,
             )
 
+            layout: list[np.ndarray] = []
+
             def change() -> None:
                 self.store.delete(replaced.values())
                 self.store.insert_many(rows)
                 self.store.add_segment(seg)
+                layout.append(self.store.segment_layout(seg_id))  # doc_int, seg_start, n_vectors: O(batch)
 
-            self._commit(files, change)
+            self._commit(files, change, fold=len(rows) >= SMALL_WRITE)
+            try:  # the commit stands whatever happens here: without a delta the next snapshot is read from disk
+                exact = files[1] if self.config.keep_exact else None
+                file = open_segment_file(files[0], seg.kind, seg.n_vectors, self.dim, quantizer, exact)
+                (part,) = layout
+                reader = SegmentReader(seg_id, seg.kind, file, seg.n_vectors, part[:, 1], part[:, 2], part[:, 0])
+                self._delta = (np.fromiter(replaced.values(), np.int64, len(replaced)), reader, seg)
+            except Exception:  # noqa: BLE001 - only an optimisation failed
+                log.warning("could not map the new segment %d in place; reloading the commit", seg_id, exc_info=True)
         self.maintain()
         return len(replaced)
 
     def delete(self, doc_ints: Sequence[int]) -> None:
         """Tombstone documents: their rows go in one commit; their vectors wait for compaction."""
         with self.writing():
-            self._commit([], lambda: self.store.delete(doc_ints))
+            self._commit([], lambda: self.store.delete(doc_ints), fold=len(doc_ints) >= SMALL_WRITE)
+            self._delta = (np.asarray(doc_ints, dtype=np.int64),)
         self.maintain()
 
     def maintain(self) -> None:
@@ -207,16 +255,38 @@ class IndexFolder:
         snap, c = self.snapshot, self.config
         if c.backend == "ivfpq" and snap.quantizer is None and snap.n_live >= c.train_min_vectors:
             self.compact()
-        elif self.retrain_recommended() or snap.n_stored - snap.n_live > c.max_dead_fraction * max(snap.n_stored, 1):
+        elif self._sample_outgrown() or snap.n_stored - snap.n_live > c.max_dead_fraction * max(snap.n_stored, 1):
             self.compact()
-        elif len(snap.segments) > c.max_segments:
-            by_size = sorted(range(len(snap.segments)), key=lambda i: snap.segments[i].n_vectors)
-            self.merge([snap.segments[i].seg_id for i in by_size[: len(snap.segments) - c.max_segments // 2 + 1]])
+        else:
+            group = merge_choice([s.n_vectors for s in snap.segments], c.max_segments)
+            if group:
+                self.merge([snap.segments[i].seg_id for i in group])
+
+    def _sample_outgrown(self) -> bool:
+        """True when a new training sample would be ``retrain_factor`` times larger than the quantizer's was.
+
+        This is the automatic re-training: an index that grew from a few documents re-trains as it
+        grows (10k, 40k, 160k vectors by default), but never once its sample reached
+        ``train_sample / retrain_factor`` (a bulk build's first chunk): re-training the same-size
+        sample would re-encode the whole index for nothing.
+        """
+        snap, c = self.snapshot, self.config
+        if snap.quantizer is None:
+            return False
+        had = min(max(snap.trained_vectors, 1), c.train_sample)
+        return min(snap.n_live, c.train_sample) >= c.retrain_factor * had
 
     def retrain_recommended(self) -> bool:
-        """True when the index holds ``retrain_factor`` times more vectors than its quantizer was trained for."""
-        snap = self.snapshot
-        return snap.quantizer is not None and snap.n_live > self.config.retrain_factor * max(snap.trained_vectors, 1)
+        """True when re-training would help; compaction then re-trains.
+
+        Either a larger sample (see above), or, with ``nlist`` sized automatically (≈4·√N), an
+        index ``retrain_factor`` times larger than it was trained for.
+        """
+        snap, c = self.snapshot, self.config
+        if snap.quantizer is None:
+            return False
+        grown = snap.n_live > c.retrain_factor * max(snap.trained_vectors, 1)
+        return self._sample_outgrown() or (c.nlist is None and grown)
 
     def compact(self, retrain: bool | None = None) -> None:
         """Merge every segment into one without deleted vectors; train first when due (or ``retrain``)."""
@@ -328,6 +398,22 @@ class IndexFolder:
         """Release the snapshot and the store."""
         self.snapshot.close()
         self.store.close()
+
+
+def merge_choice(sizes: Sequence[int], max_segments: int, tail: int = TAIL_VECTORS) -> list[int]:
+    """Positions of the segments a write should merge (tiered), or [] when none need to.
+
+    Segments under ``tail`` vectors (what single-document writes make) and larger ones are
+    counted apart, each kind up to ``max_segments``: past that, the smallest of the kind merge
+    into one, leaving ``max_segments // 2``. Small writes therefore only ever merge small
+    segments: an index whose large segments are at the bound (a bulk build) does not copy
+    millions of vectors on the next single-document write.
+    """
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    for kind in ([i for i in order if sizes[i] < tail], [i for i in order if sizes[i] >= tail]):
+        if len(kind) > max_segments:
+            return kind[: len(kind) - max_segments // 2 + 1]
+    return []
 
 
 def ensure_layout(path: Path) -> None:

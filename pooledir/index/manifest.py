@@ -41,7 +41,8 @@ class IndexConfig:
         (faiss asks for 39 points per centroid: 39·256 ≈ 10,000).
     retrain_factor : compaction re-trains when the index has grown this many times past the
         vectors its quantizer was trained for (``info()`` says ``retrain_recommended``).
-    max_segments : past this many segments, a write merges the smallest ones (tiered merging).
+    max_segments : past this many segments, a write merges the smallest ones (tiered merging);
+        segments under 65,536 vectors and larger ones count apart, so there are at most twice this.
     max_dead_fraction : past this share of deleted vectors still on disk, a write compacts.
     passage_stride : None (default) truncates documents longer than the encoder's ``doc_maxlen``; a number
         of tokens splits them into passages starting that far apart, searched by their best passage

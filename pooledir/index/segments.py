@@ -197,29 +197,89 @@ def write_segment(index, path: Path) -> None:
 
 
 # -- reading segments ---------------------------------------------------------------------------------------------
+class SegmentFile:
+    """One memory-mapped segment file (and its exact sidecar), shared by the readers of successive snapshots.
+
+    A commit that leaves a segment's file alone (nearly every write) hands the same object to the
+    next snapshot, so a write neither re-maps old segments nor throws away the DirectMap their
+    decoding built (8 bytes a vector: O(index) to rebuild).
+    """
+
+    def __init__(self, index, kind: str, quantizer=None, exact: np.ndarray | None = None) -> None:
+        self.index = index
+        self.kind = kind
+        self.exact = exact
+        self._placeholder = None
+        self._shared = None
+        self._dm_lock = threading.Lock()
+        self._dm_ready = False
+        if kind == "pq":
+            self._placeholder = index.quantizer  # swapped back on release: the segment frees it, never the shared one
+            index.own_fields = False
+            index.quantizer = quantizer.quantizer
+            self._shared = quantizer  # the shared quantizer outlives this segment
+
+    def _direct_map(self) -> None:
+        import faiss
+
+        if not self._dm_ready:
+            with self._dm_lock:
+                if not self._dm_ready:  # 8 bytes a vector, built from the mapped lists on first decode
+                    self.index.set_direct_map_type(faiss.DirectMap.Array)
+                    self._dm_ready = True
+
+    def reconstruct(self, local: np.ndarray) -> np.ndarray:
+        """float32 vectors of local ids: the exact sidecar when kept, else decoded."""
+        if self.exact is not None:
+            return np.asarray(self.exact[local], dtype=np.float32)
+        if self.kind == "pq":
+            self._direct_map()
+        return self.index.reconstruct_batch(np.ascontiguousarray(local, dtype=np.int64))
+
+    def lists_used(self) -> np.ndarray:
+        """The inverted lists (pq) that hold at least one of this segment's vectors, from the DirectMap."""
+        import faiss
+
+        self._direct_map()
+        return np.unique(faiss.vector_to_array(self.index.direct_map.array) >> 32)
+
+    def __del__(self) -> None:
+        if self._placeholder is not None and self.index is not None:
+            self.index.quantizer = self._placeholder
+            self.index.own_fields = True
+            self._placeholder = None
+        self.index = None
+
+
 @dataclass
 class SegmentReader:
-    """One open, memory-mapped segment and the per-document table that maps its local ids to documents.
+    """One segment of a snapshot: its mapped file and the per-document table that maps its local ids to documents.
 
     ``starts[j]`` is the first local id of live document ``doc_ints[j]`` (sorted); vectors of
     deleted documents stay in the file until compaction and are hidden by ``live`` (a bitmap
-    faiss's ``IDSelectorBitmap`` reads, or None when nothing is dead).
+    faiss's ``IDSelectorBitmap`` reads, or None when nothing is dead). Immutable once built:
+    a write that deletes some of its documents makes a new reader over the same file.
     """
 
     seg_id: int
     kind: str
-    index: object
+    file: SegmentFile | None
     n_vectors: int
     starts: np.ndarray
     counts: np.ndarray
     doc_ints: np.ndarray
-    exact: np.ndarray | None = None
     live: np.ndarray | None = None
     _selector: object = None
-    _dm_lock: threading.Lock | None = None
-    _dm_ready: bool = False
-    _placeholder: object = None
-    _shared: object = None
+
+    @property
+    def index(self):
+        """The faiss index (None once closed)."""
+        return self.file.index if self.file is not None else None
+
+    @property
+    def exact(self) -> np.ndarray | None:
+        """The float16 sidecar, memory-mapped, or None."""
+        return self.file.exact if self.file is not None else None
 
     @property
     def n_live(self) -> int:
@@ -245,11 +305,12 @@ class SegmentReader:
         D = np.empty((n, k), dtype=np.float32)
         ids = np.empty((n, k), dtype=np.int64)
         sel = self.selector()
+        index = self.index
         if self.kind == "pq":
             params = faiss.SearchParametersIVF(nprobe=assign.shape[1], sel=sel) if sel else None
             if params is None:
                 params = faiss.SearchParametersIVF(nprobe=assign.shape[1])
-            self.index.search_preassigned_c(
+            index.search_preassigned_c(
                 n,
                 faiss.swig_ptr(x),
                 k,
@@ -262,7 +323,7 @@ class SegmentReader:
             )
         else:
             params = faiss.SearchParameters(sel=sel) if sel else None
-            self.index.search_c(n, faiss.swig_ptr(x), k, faiss.swig_ptr(D), faiss.swig_ptr(ids), params)
+            index.search_c(n, faiss.swig_ptr(x), k, faiss.swig_ptr(D), faiss.swig_ptr(ids), params)
         return D, ids
 
     def docs_of(self, local: np.ndarray) -> np.ndarray:
@@ -272,42 +333,64 @@ class SegmentReader:
 
     def reconstruct(self, local: np.ndarray) -> np.ndarray:
         """float32 vectors of local ids: the exact sidecar when kept, else decoded from the segment."""
-        import faiss
+        return self.file.reconstruct(local)
 
-        if self.exact is not None:
-            return np.asarray(self.exact[local], dtype=np.float32)
-        if self.kind == "pq" and not self._dm_ready:
-            with self._dm_lock:
-                if not self._dm_ready:  # 8 bytes a vector, built from the mapped lists on first decode
-                    self.index.set_direct_map_type(faiss.DirectMap.Array)
-                    self._dm_ready = True
-        return self.index.reconstruct_batch(np.ascontiguousarray(local, dtype=np.int64))
+    def with_documents(self, doc_ints: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> SegmentReader:
+        """A reader over the same file whose live documents are these (the table a newer commit has)."""
+        if np.array_equal(doc_ints, self.doc_ints) and np.array_equal(starts, self.starts):
+            return self
+        return SegmentReader(
+            self.seg_id,
+            self.kind,
+            self.file,
+            self.n_vectors,
+            starts,
+            counts,
+            doc_ints,
+            live_bitmap(self.n_vectors, starts, counts),
+        )
+
+    def without(self, gone: np.ndarray) -> SegmentReader:
+        """A reader over the same file with documents ``gone`` deleted: O(this segment's documents + bitmap bytes)."""
+        drop = np.isin(self.doc_ints, gone)
+        if not drop.any():
+            return self
+        if self.live is None:
+            live = np.packbits(np.ones(self.n_vectors, dtype=bool), bitorder="little")
+        else:
+            live = self.live.copy()
+        pos = ranges(self.starts[drop], self.counts[drop])
+        np.bitwise_and.at(live, pos >> 3, ~np.left_shift(np.uint8(1), (pos & 7).astype(np.uint8)))
+        keep = ~drop
+        return SegmentReader(
+            self.seg_id,
+            self.kind,
+            self.file,
+            self.n_vectors,
+            self.starts[keep],
+            self.counts[keep],
+            self.doc_ints[keep],
+            live,
+        )
 
     def close(self) -> None:
-        """Drop the faiss object (its mapping closes when nothing else refers to it)."""
-        if self._placeholder is not None and self.index is not None:
-            self.index.quantizer = self._placeholder
-            self.index.own_fields = True
-            self._placeholder = None
-        self.index = None
-        self.exact = None
+        """Drop this reader's reference to the file (its mapping closes when no snapshot refers to it)."""
+        self.file = None
         self._selector = None
 
-    def __del__(self) -> None:
-        self.close()
+
+def live_bitmap(n_vectors: int, starts: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+    """Bitmap (little bit order) of the vectors that belong to a document; None when all of them do."""
+    if int(np.sum(counts)) == n_vectors:
+        return None
+    mask = np.zeros(n_vectors, dtype=bool)
+    mask[ranges(starts, counts)] = True
+    return np.packbits(mask, bitorder="little")
 
 
-def open_segment(
-    path: Path,
-    kind: str,
-    n_vectors: int,
-    dim: int,
-    quantizer,
-    doc_ints: np.ndarray,
-    starts: np.ndarray,
-    counts: np.ndarray,
-    exact_path: Path | None = None,
-) -> SegmentReader:
+def open_segment_file(
+    path: Path, kind: str, n_vectors: int, dim: int, quantizer, exact_path: Path | None = None
+) -> SegmentFile:
     """Memory-map a segment file and check it holds what its commit row says."""
     import faiss
 
@@ -327,36 +410,29 @@ def open_segment(
     if kind == "pq":
         if index.nlist != quantizer.nlist or index.pq.M != quantizer.pq.M or index.pq.nbits != quantizer.pq.nbits:
             raise IndexCorruptError(f"{path} was encoded with another quantizer than this index's: mismatched")
-        placeholder = index.quantizer  # swapped back by close(), so the segment frees it, never the shared one
-        index.own_fields = False
-        index.quantizer = quantizer.quantizer
     exact = None
     if exact_path is not None:
         raw = np.memmap(exact_path, dtype=np.float16, mode="r")
         if len(raw) != n_vectors * dim:
             raise IndexCorruptError(f"{exact_path} holds {len(raw)} values, expected {n_vectors} x {dim}")
         exact = raw.reshape(n_vectors, dim)
-    live = None
-    if int(counts.sum()) != n_vectors:
-        mask = np.zeros(n_vectors, dtype=bool)
-        mask[ranges(starts, counts)] = True
-        live = np.packbits(mask, bitorder="little")
-    reader = SegmentReader(
-        seg_id=-1,
-        kind=kind,
-        index=index,
-        n_vectors=n_vectors,
-        starts=starts,
-        counts=counts,
-        doc_ints=doc_ints,
-        exact=exact,
-        live=live,
-        _dm_lock=threading.Lock(),
-    )
-    if kind == "pq":
-        reader._placeholder = placeholder
-        reader._shared = quantizer  # the shared quantizer outlives this segment
-    return reader
+    return SegmentFile(index, kind, quantizer if kind == "pq" else None, exact)
+
+
+def open_segment(
+    path: Path,
+    kind: str,
+    n_vectors: int,
+    dim: int,
+    quantizer,
+    doc_ints: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    exact_path: Path | None = None,
+) -> SegmentReader:
+    """Memory-map a segment file, check it, and give it its per-document table."""
+    file = open_segment_file(path, kind, n_vectors, dim, quantizer, exact_path)
+    return SegmentReader(-1, kind, file, n_vectors, starts, counts, doc_ints, live_bitmap(n_vectors, starts, counts))
 
 
 def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -387,7 +463,11 @@ def merge_pq(parts: list[tuple[SegmentReader, np.ndarray, np.ndarray]], quantize
         new_of_old[keep] = offset + np.arange(len(keep))
         offset += len(keep)
         inv = reader.index.invlists
-        for lst in range(out.nlist):
+        # a small segment touches few lists: visit only those (a merge of many one-document segments
+        # would otherwise pay nlist Python-level calls per segment)
+        lists = reader.file.lists_used() if reader.n_vectors < out.nlist else range(out.nlist)
+        for lst in lists:
+            lst = int(lst)
             size = inv.list_size(lst)
             if not size:
                 continue

@@ -1,4 +1,4 @@
-"""Liveness and readiness: never behind the API key."""
+"""Liveness and readiness: never behind the API key, and ``async def`` so no thread pool stands in their way."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
     """The process is alive."""
     return Health(status="ok")
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-def readyz(request: Request, response: Response) -> Health:
+async def readyz(request: Request, response: Response) -> Health:
     """Every configured index is open and answering."""
     registry = getattr(request.app.state, "registry", None)
     if registry is None:

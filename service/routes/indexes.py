@@ -1,9 +1,8 @@
-"""Index listing and stats."""
+"""Index listing and stats (plain ``def``: they take the read lock, so they run in the thread pool)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
 from service.deps import IndexDep, RegistryDep
 from service.registry import IndexHandle
@@ -29,12 +28,12 @@ def stats(handle: IndexHandle) -> IndexStats:
 
 
 @router.get("/indexes", response_model=IndexList)
-async def list_indexes(registry: RegistryDep) -> IndexList:
+def list_indexes(registry: RegistryDep) -> IndexList:
     """Every served index with its stats."""
-    return IndexList(indexes=[await run_in_threadpool(stats, h) for h in registry.handles.values()])
+    return IndexList(indexes=[stats(h) for h in registry.handles.values()])
 
 
 @router.get("/indexes/{name}", response_model=IndexStats)
-async def index_stats(handle: IndexDep) -> IndexStats:
+def index_stats(handle: IndexDep) -> IndexStats:
     """Documents, vectors before and after pooling, pool factor, bytes, device, checkpoint."""
-    return await run_in_threadpool(stats, handle)
+    return stats(handle)

@@ -1,16 +1,16 @@
-"""MaxSim search, one query or a batch."""
+"""MaxSim search, one query or a batch (plain ``def``: encoding and the read lock run in the thread pool)."""
 
 from __future__ import annotations
 
 import time
 
 from fastapi import APIRouter, HTTPException
-from starlette.concurrency import run_in_threadpool
 
 from pooledir import SearchParams
 from service.deps import IndexDep, SettingsDep
 from service.registry import IndexHandle
 from service.schemas import BatchSearchRequest, BatchSearchResponse, Hit, SearchOptions, SearchRequest, SearchResponse
+from service.settings import Settings
 
 router = APIRouter(tags=["search"])
 
@@ -21,21 +21,27 @@ def _params(opts: SearchOptions, max_k: int) -> SearchParams:
     return SearchParams.from_optional(opts.k, opts.nprobe, opts.candidates_per_token, opts.rerank)
 
 
-def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, max_k: int) -> list[list[Hit]]:
-    results = handle.search(queries, _params(opts, max_k), with_text=opts.with_text, filter=opts.filter)
+def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, settings: Settings) -> list[list[Hit]]:
+    for i, q in enumerate(queries):
+        if len(q) > settings.max_query_chars:
+            raise HTTPException(
+                422, f"query {i} has {len(q)} characters; this service takes at most {settings.max_query_chars}"
+            )
+    params = _params(opts, settings.max_k)
+    results = handle.search(queries, params, with_text=opts.with_text, filter=opts.filter)
     return [[Hit(**h.__dict__) for h in hits] for hits in results]
 
 
 @router.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_none=True)
-async def search(req: SearchRequest, handle: IndexDep, settings: SettingsDep) -> SearchResponse:
+def search(req: SearchRequest, handle: IndexDep, settings: SettingsDep) -> SearchResponse:
     """Top-k documents for one query by MaxSim."""
     t = time.perf_counter()
-    results = await run_in_threadpool(_run, handle, [req.query], req, settings.max_k)
+    results = _run(handle, [req.query], req, settings)
     return SearchResponse(results=results[0], took_ms=(time.perf_counter() - t) * 1000)
 
 
 @router.post("/indexes/{name}/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True)
-async def search_batch(req: BatchSearchRequest, handle: IndexDep, settings: SettingsDep) -> BatchSearchResponse:
+def search_batch(req: BatchSearchRequest, handle: IndexDep, settings: SettingsDep) -> BatchSearchResponse:
     """Top-k documents for each of several queries; one result list per query, in order."""
     if len(req.queries) > settings.max_batch_queries:
         raise HTTPException(
@@ -43,5 +49,5 @@ async def search_batch(req: BatchSearchRequest, handle: IndexDep, settings: Sett
             f"{len(req.queries)} queries in one batch; at most {settings.max_batch_queries}",
         )
     t = time.perf_counter()
-    results = await run_in_threadpool(_run, handle, req.queries, req, settings.max_k)
+    results = _run(handle, req.queries, req, settings)
     return BatchSearchResponse(results=results, took_ms=(time.perf_counter() - t) * 1000)

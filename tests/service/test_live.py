@@ -19,7 +19,11 @@ def start(index_dir, port=None):
     return start_server([index_dir], port=port, log_path=index_dir.parent / f"server-{port}.log")
 
 
+SEARCHERS, WRITERS = 13, 3  # 16 clients on one worker
+
+
 def test_concurrent_searches_during_writes(served_index):
+    """16 clients mix single and batch searches, upserts and deletes; bounded in count, not in time."""
     server = start(served_index)
     url = server.url
     errors, acked_upserts, acked_deletes = [], [], []
@@ -28,37 +32,45 @@ def test_concurrent_searches_during_writes(served_index):
 
         def searcher(i):
             with httpx.Client(base_url=url, timeout=60) as c:
-                for n in range(40):  # bounded in count
+                for n in range(16):  # bounded in count
                     if stop_flag.is_set():
                         return
-                    r = c.post("/indexes/tiny/search", json={"query": f"cancer cells {i} {n}", "k": 5})
-                    if r.status_code != 200 or len(r.json()["results"]) != 5:
+                    if n % 4 == 3:
+                        body = {"queries": [f"cancer cells {i} {n}", "vitamin bone"], "k": 5}
+                        r = c.post("/indexes/tiny/search/batch", json=body)
+                        ok = r.status_code == 200 and [len(x) for x in r.json()["results"]] == [5, 5]
+                    else:
+                        r = c.post("/indexes/tiny/search", json={"query": f"cancer cells {i} {n}", "k": 5})
+                        ok = r.status_code == 200 and len(r.json()["results"]) == 5
+                    if not ok:
                         errors.append((r.status_code, r.text[:200]))
 
-        def writer():
+        def writer(w):
             with httpx.Client(base_url=url, timeout=60) as c:
-                for n in range(8):
-                    doc = {"id": f"live{n}", "text": f"vitamin bone study number {n}"}
+                for n in range(4):
+                    doc = {"id": f"live{w}-{n}", "text": f"vitamin bone study number {w} {n}"}
                     r = c.post("/indexes/tiny/documents", json={"documents": [doc]})
                     (acked_upserts.append(doc["id"]) if r.status_code == 200 else errors.append(r.text))
                     if n % 2:
-                        r = c.request("DELETE", "/indexes/tiny/documents", json={"ids": [f"d{n}"]})
-                        (acked_deletes.append(f"d{n}") if r.status_code == 200 else errors.append(r.text))
+                        gone = f"d{10 * w + n}"
+                        r = c.request("DELETE", "/indexes/tiny/documents", json={"ids": [gone]})
+                        (acked_deletes.append(gone) if r.status_code == 200 else errors.append(r.text))
 
-        threads = [threading.Thread(target=searcher, args=(i,)) for i in range(6)] + [threading.Thread(target=writer)]
+        threads = [threading.Thread(target=searcher, args=(i,)) for i in range(SEARCHERS)]
+        threads += [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=240)
         stop_flag.set()
         assert errors == [], server.log()
-        assert len(acked_upserts) == 8 and len(acked_deletes) == 4
+        assert len(acked_upserts) == 4 * WRITERS and len(acked_deletes) == 2 * WRITERS
         with httpx.Client(base_url=url, timeout=30) as c:
             for doc_id in acked_upserts:
                 assert c.get(f"/indexes/tiny/documents/{doc_id}").status_code == 200
             for doc_id in acked_deletes:
                 assert c.get(f"/indexes/tiny/documents/{doc_id}").status_code == 404
-            assert c.get("/indexes/tiny").json()["documents"] == 120 + 8 - 4
+            assert c.get("/indexes/tiny").json()["documents"] == 120 + 4 * WRITERS - 2 * WRITERS
     finally:
         server.stop()
 
