@@ -181,9 +181,11 @@ def _index_streamed(
             if len(idx):
                 raise type(e)(f"{e} ({_kept(idx, out)}: fix that, then continue with: {_resume_command()})") from None
             raise
-        except BaseException:
+        except BaseException as e:
             if len(idx):
                 typer.secho(f"stopped; {_kept(idx, out)}; continue with: {_resume_command()}", err=True, fg="yellow")
+            if isinstance(e, KeyboardInterrupt):
+                sys.exit(130)  # typer turns Ctrl-C into a return value that main() would exit 0 with
             raise
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
@@ -279,6 +281,8 @@ def encode(
         if isinstance(e, PooledirError):
             raise type(e)(f"{e} ({kept}: fix that, then continue with: {_resume_command()})") from None
         typer.secho(f"stopped; {kept}; continue with: {_resume_command()}", err=True, fg="yellow")
+        if isinstance(e, KeyboardInterrupt):
+            sys.exit(130)
         raise
     manifest = read_shard_manifest(out)
     typer.echo(
