@@ -352,8 +352,8 @@ def _run(
                 else:
                     add(chunk)
             report.documents += n_read
-            bar.update(n_read)
             bar.set_postfix(added=report.added, vectors=report.vectors, refresh=False)
+            bar.update(n_read)
             del chunk  # before the next one is read: at most one chunk (plus the training buffer) is alive
         if buffer:
             add(_merge(buffer))

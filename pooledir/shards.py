@@ -334,7 +334,7 @@ class Shard:
                     raise ShardError(f"{fp}:{lineno}: not an {{id, text, metadata}} object ({e})") from None
                 n += 1
                 if n > self.info.documents:
-                    break
+                    raise ShardError(f"{fp} holds more documents than the {self.info.documents} its header says")
                 yield doc
         if n != self.info.documents:
             raise ShardError(f"{fp} holds {n} documents but its header says {self.info.documents}")
