@@ -237,9 +237,7 @@ def shard_chunks(
 # -- which documents are new -----------------------------------------------------------------------------------
 def _known_ids(index: PooledIndex, ids: Sequence[str]) -> set[str]:
     """The ids among ``ids`` the index already holds (one sqlite query per 500 ids; nothing kept)."""
-    # the document store: PooledIndex.store today, PooledIndex.folder.store in the segment engine
-    store = index.store if hasattr(index, "store") else index.folder.store
-    return set(store.lookup(ids))
+    return set(index.folder.store.lookup(ids))
 
 
 class _NewDocuments:
