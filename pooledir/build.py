@@ -506,8 +506,9 @@ def encode_corpus(
 ) -> EncodeReport:
     """Encode (and pool) a document stream into a shard folder; see :mod:`pooledir.shards` for the format.
 
-    With ``resume``, shards already complete in ``out`` are skipped after checking that they hold the
-    same document ids as the input at their positions; a shard cut short by a crash is written again.
+    With ``resume`` (implied when ``config.parts > 1``), shards already complete in ``out`` are skipped
+    after checking that they hold the same document ids as the input at their positions; a shard cut
+    short by a crash is written again.
     """
     from tqdm.auto import tqdm
 
@@ -524,7 +525,8 @@ def encode_corpus(
         encoder=settings,
         shard_docs=config.shard_docs,
     )
-    writer = ShardWriter.open(out, spec, resume=resume)
+    # several parts share one folder: each goes on beside the shards the others already wrote
+    writer = ShardWriter.open(out, spec, resume=resume or config.parts > 1)
     done = writer.completed()
     report = EncodeReport()
     t_start = time.perf_counter()

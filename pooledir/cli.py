@@ -134,6 +134,7 @@ def _index_streamed(
 
     bconf = build.BuildConfig(chunk_docs or build.DEFAULT_CHUNK_DOCS, limit)
     bconf.check()
+    _return_freed_memory()
     resuming = resume and (out / "manifest.json").is_file()
     if not resume and (out / "manifest.json").is_file():
         raise InputError(f"{out} already holds an index; pick a new folder, delete it, or continue it with --resume")
@@ -192,6 +193,24 @@ def _index_streamed(
         _print_summary(idx.info())
 
 
+def _return_freed_memory() -> None:
+    """Make glibc's malloc hand large freed blocks back to the OS, so a streamed build's RSS stays flat.
+
+    By default glibc raises its mmap threshold each time a large block is freed; the encoder's
+    activations (a different size every batch) then land in the heap and RSS ratchets up chunk after
+    chunk. Measured here encoding 1,500 SciFact documents alone: 662 -> 825 MB by default, flat at
+    542 MB with the threshold fixed at 128 KiB. An explicit MALLOC_MMAP_THRESHOLD_ wins.
+    """
+    import ctypes
+
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def _kept(idx, out: Path) -> str:
     return f"the {len(idx)} documents committed to {out} are kept"
 
@@ -231,7 +250,8 @@ def encode(
     limit: Annotated[int | None, typer.Option(help="Encode only the first N documents.")] = None,
     batch_size: Annotated[int, typer.Option(help="Documents per encoder batch.")] = 32,
     part: Annotated[
-        str | None, typer.Option(help="K/N: write only shards numbered K modulo N (one of N processes).")
+        str | None,
+        typer.Option(help="K/N: write only shards numbered K modulo N (one of N processes; implies --resume)."),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue a stopped encode in --out, skipping completed shards.")
@@ -248,8 +268,9 @@ def encode(
     from pooledir.shards import read_shard_manifest
 
     k, n = _part(part)
+    _return_freed_memory()
     have = None
-    if resume and out.is_dir() and any(out.glob("shard-*.json")):
+    if (resume or n > 1) and out.is_dir() and any(out.glob("shard-*.json")):
         have = read_shard_manifest(out).spec  # a resumed encode keeps the folder's settings
     config = EncodeConfig(
         pool_factor=pool_factor if pool_factor is not None else have.pool_factor if have else 2,

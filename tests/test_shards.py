@@ -150,7 +150,7 @@ def test_encode_resumes_after_a_crash(tmp_path, tiny_encoder, tiny_docs, shards)
 def test_parts_written_separately_index_together(tmp_path, tiny_encoder, tiny_docs, shards, direct):
     one = tmp_path / "one"  # two writers, one folder
     for part in (1, 0):
-        encode(tiny_encoder, tiny_docs, one, resume=True, part=part, parts=2)
+        encode(tiny_encoder, tiny_docs, one, part=part, parts=2)
         if part == 1:
             m = read_shard_manifest(one)
             assert [s.number for s in m.shards] == [1, 3] and m.missing() == [0, 2, 4] and not m.complete
@@ -260,7 +260,6 @@ def test_cli_encode_in_two_processes_then_index(tmp_path, tiny_ckpt, tiny_beir):
         "8",
         "--device",
         "cpu",
-        "--resume",
     ]
     procs = [
         subprocess.Popen(cmd + ["--part", f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
