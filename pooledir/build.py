@@ -306,7 +306,7 @@ def _run(
     t_start = time.perf_counter()
     new = _NewDocuments(index, resume)
     cfg = index.config
-    # IVF-PQ trains on a sample of the first add: make that add at least train_sample vectors
+    # IVF-PQ trains once, on a sample of what it holds then: make the first add hold train_sample vectors
     buffering = cfg.backend != "flat" and len(index) == 0
     buffer: list[Chunk] = []
 
