@@ -34,6 +34,7 @@ _EXPORTS = {
     "Document": "pooledir.corpus",
     "check_metadata": "pooledir.corpus",
     "check_utf8": "pooledir.corpus",
+    "document_from_record": "pooledir.corpus",
     "document_text": "pooledir.corpus",
     "iter_corpus": "pooledir.corpus",
     "read_corpus": "pooledir.corpus",

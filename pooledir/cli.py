@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -24,12 +24,42 @@ app = typer.Typer(
     help="Multi-vector (ColBERT) retrieval with token pooling: build, update and search pooled indexes.",
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from pooledir import __version__
+
+        typer.echo(f"pooledir {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Multi-vector (ColBERT) retrieval with token pooling: build, update and search pooled indexes."""
+
+
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
 Checkpoint = Annotated[
     str | None,
     typer.Option(help="ColBERT checkpoint folder or hub id (default: $POOLEDIR_CHECKPOINT, else zero-shot MiniLM)."),
 ]
 
+
+SplitPassages = Annotated[
+    bool,
+    typer.Option(
+        help="Split documents longer than the checkpoint's doc_maxlen into overlapping passages, indexed under "
+        "the document's id and scored by their best passage (default: such documents are truncated)."
+    ),
+]
+PassageStride = Annotated[
+    int | None,
+    typer.Option(help="Tokens from one passage's start to the next's (implies --split-passages; default: half)."),
+]
 
 NProbe = Annotated[
     int | None, typer.Option(help="IVF lists probed per query token (default: the library's SearchParams).")
@@ -63,7 +93,7 @@ def default_checkpoint() -> Path:
 
 @app.command()
 def index(
-    out: Annotated[Path, typer.Option("--out", "-o", help="New index folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New (or empty) index folder.")],
     corpus: Annotated[
         Path | None,
         typer.Argument(help="BEIR folder, corpus .jsonl/.tsv, or a folder of .txt files (omit with --embeddings)."),
@@ -91,6 +121,8 @@ def index(
         list[Path] | None,
         typer.Option("--embeddings", help="Shard folder from `pooledir encode` (repeatable): no encoder is loaded."),
     ] = None,
+    split_passages: SplitPassages = False,
+    passage_stride: PassageStride = None,
     device: Device = "auto",
 ) -> None:
     """Build a pooled index from a corpus, streamed in chunks, or from shards written by `pooledir encode`."""
@@ -100,12 +132,30 @@ def index(
     if (corpus is None) == (not embeddings):
         raise InputError("give either a corpus or --embeddings (shard folders), not both and not neither")
     factor = 2 if pool_factor is None else pool_factor
-    config = IndexConfig(backend=index_type, pool_factor=factor, keep_exact=keep_exact, nlist=nlist, pq_m=pq_m)
+    config = IndexConfig(
+        backend=index_type,
+        pool_factor=factor,
+        keep_exact=keep_exact,
+        nlist=nlist,
+        pq_m=pq_m,
+        passage_stride=passage_stride,
+    )
     if train_sample is not None:
         config = replace(config, train_sample=train_sample)
     config.check()
     _index_streamed(
-        corpus, embeddings, out, config, pool_factor, checkpoint, chunk_docs, limit, batch_size, resume, device
+        corpus,
+        embeddings,
+        out,
+        config,
+        pool_factor,
+        checkpoint,
+        chunk_docs,
+        limit,
+        batch_size,
+        resume,
+        device,
+        split_passages,
     )
 
 
@@ -125,11 +175,13 @@ def _index_streamed(
     batch_size: int,
     resume: bool,
     device: str,
+    split_passages: bool = False,
 ) -> None:
     from itertools import chain
 
     from pooledir import build
     from pooledir.errors import InputError, PooledirError
+    from pooledir.outdir import claim_output_folder, cleanup_on_failure
     from pooledir.pooled_index import PooledIndex
 
     bconf = build.BuildConfig(chunk_docs or build.DEFAULT_CHUNK_DOCS, limit)
@@ -138,6 +190,9 @@ def _index_streamed(
     resuming = resume and (out / "manifest.json").is_file()
     if not resume and (out / "manifest.json").is_file():
         raise InputError(f"{out} already holds an index; pick a new folder, delete it, or continue it with --resume")
+    # a fresh build claims a new or empty folder; if it stops before committing anything, what it made is removed
+    created = None if resuming else claim_output_folder(out)
+    encoder = None
     if embeddings:
         manifests, spec = build.read_shard_folders(embeddings)
         for m in manifests:
@@ -150,7 +205,11 @@ def _index_streamed(
             idx = PooledIndex.open(out, device=device)
             _check_resume(idx, None if pool_factor is None else config, spec.checkpoint)
         else:
-            idx = build.create_index_for_shards(out, spec, config, device)
+            try:
+                idx = build.create_index_for_shards(out, spec, config, device)
+            except BaseException:
+                cleanup_on_failure(out, created)
+                raise
 
         def run():
             return build.build_index_from_shards(embeddings, idx, bconf, resume=resume)
@@ -169,8 +228,16 @@ def _index_streamed(
             _check_resume(idx, None if pool_factor is None else config, checkpoint)
             idx.encoder.batch_size = batch_size
         else:
-            encoder = ColBERTEncoder(checkpoint or default_checkpoint(), device=device, batch_size=batch_size)
-            idx = PooledIndex.create(out, config=config, device=device, encoder=encoder)
+            try:
+                encoder = ColBERTEncoder(checkpoint or default_checkpoint(), device=device, batch_size=batch_size)
+                if split_passages and config.passage_stride is None:
+                    from pooledir.passages import default_stride
+
+                    config = replace(config, passage_stride=default_stride(encoder))
+                idx = PooledIndex.create(out, config=config, device=device, encoder=encoder)
+            except BaseException:
+                cleanup_on_failure(out, created)
+                raise
 
         def run():
             return build.build_index(docs, idx, bconf, resume=resume, total=total)
@@ -181,16 +248,35 @@ def _index_streamed(
         except PooledirError as e:
             if len(idx):
                 raise type(e)(f"{e} ({_kept(idx, out)}: fix that, then continue with: {_resume_command()})") from None
+            idx.close()
+            cleanup_on_failure(out, created)
             raise
         except BaseException as e:
             if len(idx):
                 typer.secho(f"stopped; {_kept(idx, out)}; continue with: {_resume_command()}", err=True, fg="yellow")
+            else:
+                idx.close()
+                cleanup_on_failure(out, created)
             if isinstance(e, KeyboardInterrupt):
                 sys.exit(130)  # typer turns Ctrl-C into a return value that main() would exit 0 with
             raise
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
         _print_summary(idx.info())
+    if corpus is not None and encoder is not None:
+        n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
+        _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
+
+
+def _count_truncated(encoder, docs, limit: int | None, batch: int = 1000) -> int:
+    """Documents longer than doc_maxlen, counted by tokenizing the corpus again (lazily, a batch at a time)."""
+    from itertools import islice
+
+    docs = islice(docs, limit)
+    total = 0
+    while chunk := [d.text for d in islice(docs, batch)]:
+        total += encoder.count_truncated(chunk)
+    return total
 
 
 def _return_freed_memory() -> None:
@@ -327,11 +413,29 @@ def _part(part: str | None) -> tuple[int, int]:
     return k, n
 
 
-def _print_summary(info: dict) -> None:
+def _print_long_documents(n_long: int, doc_maxlen: int, passage_stride: int | None) -> None:
+    if not n_long:
+        return
+    if passage_stride is None:
+        typer.echo(
+            f"{n_long} documents were longer than doc_maxlen={doc_maxlen} tokens and were truncated "
+            "(see --split-passages)"
+        )
+    else:
+        typer.echo(
+            f"{n_long} documents were longer than doc_maxlen={doc_maxlen} tokens and were split into "
+            "overlapping passages"
+        )
+
+
+def _print_summary(info: dict, documents: int | None = None) -> None:
     before, after = info["vectors_before_pooling"], info["vectors"]
     f16 = 2 * info["backend"]["dim"]  # bytes of one float16 vector
+    stored = info["documents"]
+    # with passages, stored rows are passages and short documents: name both counts
+    what = f"{documents} documents ({stored} passages)" if documents not in (None, stored) else f"{stored} documents"
     typer.echo(
-        f"{info['documents']} documents: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
+        f"{what}: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
         f"{after} after pooling x{info['pool_factor']} ({after * f16 / 1e6:.1f} MB, {after / max(before, 1):.1%}); "
         f"{info['backend']['kind']} index on disk {info['index_bytes'] / 1e6:.2f} MB at {info['path']}"
     )
@@ -377,8 +481,11 @@ def add(
 
     docs = read_corpus(corpus)
     with PooledIndex.open(index_dir, device=device) as idx:
+        n_long = idx.encoder.count_truncated([d.text for d in docs])
         n = idx.add(docs, show_progress=True).documents
-        typer.echo(f"added {n} documents; the index now holds {len(idx)}")
+        held = "" if idx.config.passage_stride is None else " entries (documents and passages)"
+        typer.echo(f"added {n} documents; the index now holds {len(idx)}{held}")
+        _print_long_documents(n_long, idx.encoder.settings.doc_maxlen, idx.config.passage_stride)
 
 
 @app.command()
@@ -428,6 +535,7 @@ def info(
         typer.echo(json.dumps(data, indent=2))
         return
     _print_summary(data)
+    typer.echo(f"device: {data['device']}")
     typer.echo(f"checkpoint: {data['checkpoint']}")
     typer.echo(f"backend: {json.dumps(data['backend'])}")
 
@@ -444,10 +552,13 @@ def serve(
 ) -> None:
     """Serve indexes over HTTP (FastAPI + uvicorn; needs the `service` extra)."""
     from pooledir.errors import InputError
-    from pooledir.pooled_index import read_manifest
+    from pooledir.pooled_index import PooledIndex
 
     for d in index_dirs:
-        read_manifest(d)  # fail here, in one line, rather than inside a worker
+        # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
+        # line, rather than as a traceback from inside the server's start-up
+        with PooledIndex.open(d, device="cpu"):
+            pass
     try:
         import uvicorn
     except ImportError:
@@ -578,7 +689,12 @@ def eval_report(
 
 
 def main() -> None:
-    """Console entry point: run the app, turning pooledir errors into one line and exit code 2."""
+    """Console entry point: run the app; errors a user can fix become one line and exit code 2.
+
+    pooledir's own errors and the file system's (a full disk, a missing permission) print
+    ``error: ...`` and exit 2; Ctrl-C prints ``interrupted`` and exits 130. Anything else is a
+    bug and keeps its traceback.
+    """
     from pooledir.errors import PooledirError
 
     # torch and faiss each run an OpenMP pool; busy-waiting workers of one steal the cores from the
@@ -586,18 +702,72 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=os.environ.get("POOLEDIR_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except PooledirError as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
+        _fail(str(e))
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    except OSError as e:
+        _fail(os_error_line(e))
     except Exception as e:
+        line = sqlite_error_line(e)
+        if line is not None:
+            _fail(line)
         # usage errors of the click typer vendors (typer._click): they know how to show themselves
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise
+    # typer answers a KeyboardInterrupt with Exit(130), which standalone_mode=False returns as a code
+    if code == 130:
+        _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    _close_progress_bars()
+    typer.secho(f"error: {message}" if code == 2 else message, err=True, fg="red")
+    sys.exit(code)
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars a failure left open, so the message starts on a line of its own.
+
+    A bar that the failure's traceback kept alive sits in a reference cycle; collecting it runs its
+    close(), which ends its line.
+    """
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is None:
+        return
+    import gc
+
+    gc.collect()
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        bar.close()
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system error: the path, what went wrong, and for a full disk what to do."""
+    import errno
+
+    what = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what += " (free some space, then run the command again; nothing committed was lost)"
+    where = ", ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{where}: {what}" if where else what
+
+
+#: sqlite's messages for a problem with the machine (disk, permissions), not with pooledir's SQL
+_SQLITE_ENVIRONMENT = ("disk is full", "disk i/o error", "readonly database", "unable to open database", "locked")
+
+
+def sqlite_error_line(e: BaseException) -> str | None:
+    """One line for an sqlite error that the machine caused (a full disk, a read-only file), else None."""
+    import sqlite3
+
+    if isinstance(e, sqlite3.OperationalError) and any(m in str(e).lower() for m in _SQLITE_ENVIRONMENT):
+        return f"the document store failed: {e}"
+    return None
 
 
 if __name__ == "__main__":

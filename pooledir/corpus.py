@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pooledir.errors import InputError
+from pooledir.textcheck import check_str, lone_surrogate
 
 #: metadata nested deeper than this is refused (Python's json and sqlite's JSON functions give up near 1000)
 MAX_METADATA_DEPTH = 64
@@ -23,11 +24,21 @@ MAX_METADATA_DEPTH = 64
 
 @dataclass(frozen=True)
 class Document:
-    """One document: an external id, the text to encode, and free metadata."""
+    """One document: an external id, the text to encode, and free metadata.
+
+    Checked when built, so a bad value fails here, naming the document, rather than deep inside a
+    write: the id is a non-blank string, the text a string, both valid Unicode (no lone
+    surrogates), and the metadata a JSON-serialisable dict.
+    """
 
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_str(self.id, "document id", allow_blank=False)
+        check_str(self.text, f"document {self.id!r}: text")
+        check_metadata(self.metadata, f"document {self.id!r}: metadata")
 
     @classmethod
     def from_parts(
@@ -36,6 +47,19 @@ class Document:
         """A document from BEIR-style parts: encoded as :func:`document_text`, the title kept in ``metadata``."""
         metadata = dict(metadata or {}) | ({"title": title} if title else {})
         return cls(id, document_text(title, text), metadata)
+
+
+def document_id(value: object, where: str) -> str:
+    """The document id of a record: a string, or a JSON number written as Python writes it (7 -> "7").
+
+    Lists, objects, booleans and null are refused rather than stored as their Python repr.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        what = "null" if value is None else type(value).__name__
+        raise InputError(f"{where}: document id (field '_id' or 'id') must be a string or a number, got {what}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}: document id {value!r} is not a finite number")
+    return value if isinstance(value, str) else str(value)
 
 
 def document_text(title: str | None, text: str) -> str:
@@ -52,53 +76,86 @@ def document_from_record(record: dict[str, Any], where: str = "record") -> Docum
     if not isinstance(record, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
     doc_id = record.get("_id", record.get("id"))
-    if doc_id is None or str(doc_id).strip() == "":
+    if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
         raise InputError(f"{where}: missing document id (field '_id' or 'id')")
+    doc_id = document_id(doc_id, where)
     text = record.get("text")
     if not isinstance(text, str):
         raise InputError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
     title = record.get("title") or ""
     if not isinstance(title, str):
         raise InputError(f"{where}: field 'title' must be a string, got {type(title).__name__}")
-    return Document.from_parts(str(doc_id), text, title, record.get("metadata"))
+    metadata = record.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise InputError(f"{where}: field 'metadata' must be a JSON object, got {type(metadata).__name__}")
+    try:
+        return Document.from_parts(doc_id, text, title, metadata)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+
+
+def _not_utf8(path: Path) -> InputError:
+    """The error for a file that is not UTF-8, naming its first bad line (found by a second, binary pass)."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return InputError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)")
+    return InputError(f"{path}: not UTF-8 text")
 
 
 def _read_jsonl(path: Path) -> Iterator[Document]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: malformed JSON ({e.msg})") from None
-            yield document_from_record(record, where)
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as e:
+                    raise InputError(f"{where}: malformed JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
+                yield document_from_record(record, where)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _read_tsv(path: Path) -> Iterator[Document]:
     """Rows of ``id<TAB>text[<TAB>title]``; a header row starting with ``id`` or ``_id`` is skipped."""
     csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not row or not "".join(row).strip():
-                continue
-            if lineno == 1 and row[0].strip().lower() in ("id", "_id", "docid", "doc_id"):
-                continue
-            if len(row) < 2:
-                raise InputError(f"{path}:{lineno}: expected 'id<TAB>text[<TAB>title]', got {len(row)} column")
-            record = {"_id": row[0], "text": row[1], "title": row[2] if len(row) > 2 else ""}
-            yield document_from_record(record, f"{path}:{lineno}")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+                if not row or not "".join(row).strip():
+                    continue
+                if lineno == 1 and row[0].strip().lower() in ("id", "_id", "docid", "doc_id"):
+                    continue
+                if len(row) < 2:
+                    raise InputError(f"{path}:{lineno}: expected 'id<TAB>text[<TAB>title]', got {len(row)} column")
+                record = {"_id": row[0], "text": row[1], "title": row[2] if len(row) > 2 else ""}
+                yield document_from_record(record, f"{path}:{lineno}")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _read_txt(path: Path, doc_id: str) -> Document:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return Document(id=doc_id, text=text, metadata={"path": str(path)})
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def _read_txt_folder(path: Path) -> Iterator[Document]:
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     for p in files:
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        yield Document(id=str(p.relative_to(path).with_suffix("")), text=text, metadata={"path": str(p)})
+        yield _read_txt(p, str(p.relative_to(path).with_suffix("")))
 
 
 def _resolve(path: Path) -> tuple[str, Path]:
@@ -136,7 +193,7 @@ def iter_corpus(path: str | Path) -> Iterator[Document]:
         return _read_tsv(source)
     if kind == "txt-folder":
         return _read_txt_folder(source)
-    return iter([Document(id=path.stem, text=path.read_text(encoding="utf-8"), metadata={"path": str(path)})])
+    return iter([_read_txt(path, path.stem)])
 
 
 def count_documents(path: str | Path) -> int:
@@ -201,10 +258,17 @@ def check_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
 
 
 def check_documents(docs: Iterable[Document], source: str = "corpus") -> list[Document]:
-    """Materialise ``docs``, rejecting duplicate ids, text or metadata that cannot be stored, and an empty result."""
+    """Materialise ``docs``: refuses non-Documents, duplicate ids, unstorable text or metadata, and no documents."""
     out: list[Document] = []
     seen: set[str] = set()
-    for d in docs:
+    if isinstance(docs, (str, bytes, dict, Document)):
+        raise InputError(f"{source}: expected a list of Documents, got one {type(docs).__name__}")
+    for i, d in enumerate(docs):
+        if not isinstance(d, Document):
+            raise InputError(
+                f"{source}: item {i} is a {type(d).__name__}, not a Document; build one with "
+                "Document(id, text, metadata), or document_from_record() for a BEIR-style dict"
+            )
         check_utf8(d.id, f"{source}: a document id")
         check_utf8(d.text, f"{source}: document {d.id!r} text")
         check_metadata(d.metadata, f"{source}: document {d.id!r} metadata")

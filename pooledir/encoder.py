@@ -27,6 +27,7 @@ from pooledir.corpus import check_utf8
 from pooledir.device import resolve_device
 from pooledir.errors import CheckpointError, IndexCorruptError, InputError
 from pooledir.index.manifest import ENCODER_SETTINGS, Manifest
+from pooledir.textcheck import check_str
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,34 @@ class ColBERTEncoder:
             ids, mask = _put_at_1(ids, marker, insert), _put_at_1(mask, 1, insert)
         return {"input_ids": ids, "attention_mask": mask}
 
+    # -- document length: truncation, counted and with bounded memory (see pooledir/truncation.py) --------------
+    def count_truncated(self, documents: Sequence[str]) -> int:
+        """How many of ``documents`` are longer than ``doc_maxlen`` tokens, i.e. lose their tail when encoded."""
+        documents = check_texts(documents, "document", allow_empty=True)
+        return int(self._document_ids(documents)[1].sum())
+
+    def _document_ids(self, documents: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids as encoded (at most ``doc_maxlen``) and which documents were cut to get there.
+
+        Long texts are clipped first, so tokenizing one costs memory in proportion to
+        ``doc_maxlen``, not to the text; the kept ids are the same.
+        """
+        from pooledir.truncation import clip_text
+
+        m = self.settings.doc_maxlen
+
+        def head(text: str) -> list[int]:
+            return self._tokenize([text], False, m + 1)["input_ids"][0]
+
+        clipped = [clip_text(t, m, head, min_chars=16 * m) for t in documents]
+        ids = list(self._tokenize(clipped, False, m + 1)["input_ids"])  # one token more tells who was cut
+        truncated = np.array([len(x) > m for x in ids], dtype=bool)
+        cut = np.flatnonzero(truncated)
+        if len(cut):
+            for i, x in zip(cut, self._tokenize([clipped[i] for i in cut], False, m)["input_ids"]):
+                ids[i] = x
+        return ids, truncated
+
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Encode queries into an array of shape (n, query_maxlen, dim), float32.
 
@@ -225,7 +254,7 @@ class ColBERTEncoder:
 
         documents = check_texts(documents, "document", allow_empty=True)
         tok = self.tokenizer
-        ids_list = self._tokenize(documents, False, self.settings.doc_maxlen)["input_ids"]
+        ids_list, _ = self._document_ids(documents)
         lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))
         order = np.argsort(-lengths, kind="stable")
         out: list[np.ndarray | None] = [None] * len(documents)
@@ -323,4 +352,5 @@ def check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> l
         check_utf8(t, f"{what} {i}")
         if not allow_empty and not t.strip():
             raise InputError(f"{what} {i} is empty")
+        check_str(t, f"{what} {i}")  # lone surrogates: the tokenizer cannot encode them
     return texts

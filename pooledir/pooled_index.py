@@ -71,10 +71,15 @@ class PooledIndex:
         self._encoder = encoder
         try:
             store = DocStore(path / "docs.sqlite")
+        except sqlite3.OperationalError:
+            raise  # the machine's problem (disk full, I/O, permissions), not a corrupt file
         except sqlite3.DatabaseError as e:
             raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
         try:
             self.folder = IndexFolder(path, store, self.config, self.dim, use_gpu=device != "cpu")
+        except sqlite3.OperationalError:
+            store.close()
+            raise
         except sqlite3.DatabaseError as e:
             store.close()
             raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
@@ -104,6 +109,17 @@ class PooledIndex:
             if checkpoint is None:
                 raise InputError("pass a checkpoint (folder or hub id) or an encoder")
             encoder = ColBERTEncoder(checkpoint, device=device)
+        if config.pq_m is not None and encoder.dim % config.pq_m:  # else faiss fails only when it trains, much later
+            from pooledir.index.segments import default_pq_m
+
+            raise InputError(
+                f"pq_m={config.pq_m} must divide the vector dimension {encoder.dim}; "
+                f"pass a divisor such as {default_pq_m(encoder.dim)}"
+            )
+        if config.passage_stride is not None:
+            from pooledir.passages import check_stride
+
+            check_stride(config.passage_stride, encoder)
         path.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(
             checkpoint=str(Path(encoder.path).resolve()),
@@ -172,11 +188,19 @@ class PooledIndex:
         index holds; an IVF-PQ index keeps vectors exact until it holds enough to train.
         """
         docs = check_documents(documents, "documents")
+        given = [d.id for d in docs]
+        texts = [d.text for d in docs]
+        if self.config.passage_stride is not None:  # long documents become passages (pooledir/passages.py)
+            from pooledir.passages import split_documents
+
+            if embeddings is not None:
+                raise InputError("this index splits documents into passages: pass documents, not embeddings")
+            docs, texts = split_documents(docs, self.encoder, self.config.passage_stride)
         t0 = time.perf_counter()
         if embeddings is None:
             if pooled:
                 raise InputError("pooled=True needs the pooled embeddings")
-            embeddings = self.encoder.encode_documents([d.text for d in docs], show_progress=show_progress)
+            embeddings = self.encoder.encode_documents(texts, show_progress=show_progress)
         elif len(embeddings) != len(docs):
             raise InputError(f"got {len(embeddings)} embeddings for {len(docs)} documents")
         for d, e in zip(docs, embeddings):
@@ -196,16 +220,28 @@ class PooledIndex:
             counts = [len(e) for e in embeddings]
         t2 = time.perf_counter()
         batch = Batch([d.id for d in docs], [d.text for d in docs], [d.metadata for d in docs], counts, vectors)
+        if self.config.passage_stride is not None:  # re-adding a document replaces all of its old passages
+            self.folder.refresh()
+            batch = replace(batch, replaces=tuple(self._stored_ids(given)))
         replaced = self.folder.upsert(batch)
         n = sum(len(v) for v in vectors)
-        return AddResult(len(docs), replaced, n, t1 - t0, t2 - t1, time.perf_counter() - t2)
+        return AddResult(len(given), replaced, n, t1 - t0, t2 - t1, time.perf_counter() - t2)
+
+    def _stored_ids(self, ids: Sequence[str]) -> list[str]:
+        """The rows that hold ``ids``: with passages, a split document's are its passages."""
+        if self.config.passage_stride is None:
+            return list(ids)
+        from pooledir.passages import stored_ids
+
+        return stored_ids(self, ids)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by external id (tombstones, O(ids)); unknown ids raise before anything changes."""
         ids = list(dict.fromkeys(ids))
         if not ids:
             raise InputError("no document ids given")
-        found = self._lookup_all(ids)
+        self.folder.refresh()
+        found = self._lookup_all(self._stored_ids(ids))
         self.folder.delete(list(found.values()))
         return len(ids)
 
@@ -238,6 +274,10 @@ class PooledIndex:
     def get(self, id: str) -> Document:
         """The stored document with external id ``id``."""
         found = self.folder.store.lookup([id])
+        if id not in found and self.config.passage_stride is not None:
+            from pooledir.passages import parent_document
+
+            return parent_document(self, id)
         if id not in found:
             raise DocumentNotFoundError(f"unknown document id {id!r}")
         row = self.folder.store.rows([found[id]])[0]
@@ -252,11 +292,14 @@ class PooledIndex:
         filter: dict[str, Any] | None = None,
     ) -> list[list[Hit]]:
         """Search one query or a batch; returns one ranked list of :class:`Hit` per query (see search_embeddings)."""
+        from pooledir.encoder import check_texts
+
         if isinstance(queries, str):
             queries = [queries]
+        queries = check_texts(queries, "query")  # before the encoder loads: that takes seconds
         params = replace(params or SearchParams(), k=k)
-        params.check(len(self))
-        Q = self.encoder.encode_queries(list(queries))
+        params.check()
+        Q = self.encoder.encode_queries(queries)
         return self.search_embeddings(Q, params, with_text=with_text, filter=filter)
 
     def search_embeddings(
@@ -269,15 +312,30 @@ class PooledIndex:
         """Search already-encoded queries (nq, Lq, dim) in the loaded snapshot.
 
         With ``filter`` (metadata field -> value), only documents whose metadata equals every field are
-        ranked, each by exact MaxSim over its stored vectors; fewer than ``k`` come back if fewer match.
+        ranked, each by exact MaxSim over its stored vectors; fewer than ``k`` come back if fewer match
+        (or if the index holds fewer than ``k`` documents).
         """
         params = params or SearchParams()
-        params.check(len(self))
+        params.check()
         if Q.ndim != 3 or Q.shape[2] != self.dim:
             raise InputError(f"query embeddings of shape {Q.shape} are not (nq, Lq, {self.dim})")
+        if len(self) == 0:
+            return [[] for _ in range(len(Q))]
+        if self.config.passage_stride is not None:
+            from pooledir.passages import search_parents
+
+            return search_parents(self, Q, params, with_text, filter)
+        return self._search_hits(Q, params, with_text, filter)
+
+    def _search_hits(
+        self, Q: np.ndarray, params: SearchParams, with_text: bool, filter: dict[str, Any] | None
+    ) -> list[list[Hit]]:
+        """One hit per stored row (document or passage), best first."""
         snap, store = self.folder.snapshot, self.folder.store
         if filter:
             ranked = exact_search(Q, store.matching(filter), snap.fetch, params.k)
+        elif params.k >= len(self):  # every document was asked for: rank them all, exactly
+            ranked = exact_search(Q, np.flatnonzero(snap.seg_of >= 0), snap.fetch, params.k)
         else:
             ranked = search_embeddings(Q, snap.ann, snap.fetch, params)
         out = []
@@ -301,6 +359,7 @@ class PooledIndex:
             backend["device"] = "gpu" if self.device != "cpu" and faiss_gpu_available() else "cpu"
         return {
             "path": str(self.path),
+            "device": self.device,
             "checkpoint": self.manifest.checkpoint,
             "documents": counts["documents"],
             "vectors_before_pooling": counts["tokens"],

@@ -66,16 +66,16 @@ class SearchParams:
         knobs = {"nprobe": nprobe, "candidates_per_token": candidates_per_token, "rerank": rerank}
         return replace(cls(k=k), **{n: v for n, v in knobs.items() if v is not None})
 
-    def check(self, n_documents: int) -> None:
-        """Raise :class:`InputError` naming the bad value and the allowed range."""
+    def check(self, n_documents: int | None = None) -> None:
+        """Raise :class:`InputError` naming the bad value and the allowed range.
+
+        A ``k`` above the index's document count is fine: a search returns the documents there are
+        (``n_documents`` is accepted for older callers and not used).
+        """
         for name in ("k", "nprobe", "candidates_per_token", "rerank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise InputError(f"{name}={value!r} must be a positive integer")
-        if self.k > n_documents:
-            raise InputError(
-                f"k={self.k} is larger than the {n_documents} documents in the index; pass k <= {n_documents}"
-            )
 
 
 def approximate_scores(scores: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

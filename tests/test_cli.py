@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 
 def run(*args, check=True):
@@ -60,3 +64,234 @@ def test_convert_checkpoint_minilm(tmp_path):
     assert "dim 64" in r.stdout
     meta = json.loads((tmp_path / "ck" / "artifact.metadata").read_text())
     assert meta["dim"] == 64 and meta["query_token_id"] == "[unused0]"
+
+
+# -- in-process runs: the same main() as the console script, without a new interpreter per call -------------------
+def cli(capsys, *args):
+    """Run ``pooledir ARGS`` in this process; returns (exit code, stdout, stderr)."""
+    from pooledir.cli import main
+
+    capsys.readouterr()
+    argv = sys.argv
+    sys.argv = ["pooledir", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code, err, expected, exit_code=2):
+    """The exit code, and one message line after whatever progress bars were drawn; no traceback."""
+    assert code == exit_code, err
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and "doc/s]" not in x]
+    assert len(lines) == 1 and expected in lines[0], err
+
+
+@pytest.fixture()
+def built(tmp_path, tiny_ckpt, tiny_beir, capsys):
+    out = tmp_path / "idx"
+    code, _, err = cli(
+        capsys, "index", tiny_beir, "--out", out, "--checkpoint", tiny_ckpt, "--index", "flat", "--device", "cpu"
+    )
+    assert code == 0, err
+    return out
+
+
+def test_version(capsys):
+    from pooledir import __version__
+
+    assert cli(capsys, "--version")[:2] == (0, f"pooledir {__version__}\n")
+
+
+def test_a_failed_index_leaves_nothing_that_blocks_the_retry(tmp_path, tiny_ckpt, tiny_beir, capsys):
+    out = tmp_path / "new" / "idx"
+    code, _, err = cli(
+        capsys, "index", tiny_beir, "--out", out, "--checkpoint", tiny_ckpt, "--pq-m", "7", "--device", "cpu"
+    )
+    one_error_line(code, err, "pq_m=7 must divide the vector dimension 16")
+    assert not (tmp_path / "new").exists()  # both folders it made are gone
+    # a folder that existed empty is kept, and only what the build wrote in it is removed
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli(
+        capsys, "index", tiny_beir, "--out", empty, "--checkpoint", tiny_ckpt, "--pq-m", "7", "--device", "cpu"
+    )
+    assert code == 2 and empty.is_dir() and not any(empty.iterdir())
+    code, out_text, err = cli(capsys, "index", tiny_beir, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu")
+    assert code == 0 and "40 documents" in out_text, err
+
+
+def test_out_that_cannot_be_an_index_folder(tmp_path, tiny_ckpt, tiny_beir, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for out, msg in [
+        (afile, "is a file, not a folder"),
+        (afile / "sub", "Not a directory"),
+        (tiny_beir, "exists and is not empty"),
+    ]:
+        code, _, err = cli(capsys, "index", tiny_beir, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu")
+        one_error_line(code, err, msg)
+    assert afile.read_text() == "keep me" and (tiny_beir / "corpus.jsonl").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_out_without_write_permission(tmp_path, tiny_ckpt, tiny_beir, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, _, err = cli(capsys, "index", tiny_beir, "--out", locked / "idx", "--checkpoint", tiny_ckpt)
+    one_error_line(code, err, "Permission denied")
+
+
+def test_bad_corpus_files_are_one_line(tmp_path, built, capsys):
+    cases = [
+        (b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n', "new.jsonl:2: not UTF-8 text"),
+        (b'{"_id": "a", "text": "ok", "metadata": [1]}\n', "new.jsonl:1: field 'metadata' must be a JSON object"),
+        (b'{"_id": "a", "text": "a\\ud800"}\n', "new.jsonl:1: document 'a': text holds a lone surrogate"),
+        (b'{"_id": [1, 2], "text": "ok"}\n', "must be a string or a number, got list"),
+    ]
+    for content, msg in cases:
+        (tmp_path / "new.jsonl").write_bytes(content)
+        code, _, err = cli(capsys, "add", built, tmp_path / "new.jsonl", "--device", "cpu")
+        one_error_line(code, err, msg)
+    code, out, _ = cli(capsys, "info", built, "--json")
+    assert json.loads(out)["documents"] == 40
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, built, capsys, monkeypatch):
+    from tests.test_pooled_index import disk_full_after
+
+    disk_full_after(monkeypatch, 64)
+    (tmp_path / "new.jsonl").write_text(json.dumps({"_id": "n1", "text": "brain heart study"}) + "\n")
+    code, _, err = cli(capsys, "add", built, tmp_path / "new.jsonl", "--device", "cpu")
+    one_error_line(code, err, ".faiss: No space left on device (free some space")
+    monkeypatch.undo()
+    assert not list(built.rglob("*.tmp"))
+    code, out, _ = cli(capsys, "info", built, "--json")
+    assert json.loads(out)["documents"] == 40
+
+
+def test_a_file_size_limit_fails_the_write_instead_of_committing_a_truncated_file(tmp_path, built):
+    """A real failed write (the OS refuses bytes past RLIMIT_FSIZE): faiss's own writer only printed it."""
+    import resource
+
+    from tests.conftest import random_text
+
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "new.jsonl", "w") as f:
+        for i in range(400):
+            f.write(json.dumps({"_id": f"n{i}", "text": random_text(rng, 40)}) + "\n")
+    segments = sorted(built.rglob("*.faiss"))
+    limit = 64 * 1024  # above sqlite's files (and its 32 kB shared-memory file), below the new segment
+    proc = subprocess.run(
+        [sys.executable, "-m", "pooledir.cli", "add", str(built), str(tmp_path / "new.jsonl"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    one_error_line(proc.returncode, proc.stderr, "File too large")
+    assert sorted(built.rglob("*.faiss")) == segments and not list(built.rglob("*.tmp"))
+    info = json.loads(run("info", built, "--json").stdout)
+    assert info["documents"] == 40 and info["commit"] == 1
+
+
+def test_corrupt_indexes_are_one_line_for_every_command(built, capsys):
+    import sqlite3
+
+    with sqlite3.connect(built / "docs.sqlite") as conn:
+        conn.execute("UPDATE meta SET value = 'two' WHERE key = 'commit'")
+    code, _, err = cli(capsys, "info", built)
+    one_error_line(code, err, "commit 'two' is not a number")
+    with sqlite3.connect(built / "docs.sqlite") as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'commit'")
+    vectors = next(built.rglob("*.faiss"))
+    vectors.write_bytes(vectors.read_bytes()[:300])
+    code, _, err = cli(capsys, "serve", built, "--port", "1")  # fails before any server starts
+    one_error_line(code, err, "is corrupt or truncated")
+
+
+def test_search_checks_queries_before_loading_the_model(built, capsys, monkeypatch):
+    from pooledir import encoder
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the queries were checked")
+
+    monkeypatch.setattr(encoder.ColBERTEncoder, "__init__", no_model)
+    code, _, err = cli(capsys, "search", built, "fine", "  ")
+    one_error_line(code, err, "query 1 is empty")
+
+
+def test_info_names_the_device(built, capsys):
+    code, out, _ = cli(capsys, "info", built)
+    assert code == 0 and "device: cpu" in out
+
+
+def test_long_documents_are_counted_and_can_be_split(tmp_path, tiny_ckpt, capsys):
+    from tests.conftest import WORDS
+
+    filler, needle = WORDS[: len(WORDS) // 2], " ".join(WORDS[len(WORDS) // 2 :][:10])
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "c.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"_id": f"d{i}", "text": " ".join(rng.choice(filler, 30))}) + "\n")
+        tail = " ".join(rng.choice(filler, 400)) + " " + needle + " " + " ".join(rng.choice(filler, 10))
+        f.write(json.dumps({"_id": "long", "text": tail}) + "\n")
+    base = ("--checkpoint", tiny_ckpt, "--index", "flat", "--device", "cpu")
+    code, out, err = cli(capsys, "index", corpus, "--out", tmp_path / "plain", *base)
+    assert code == 0, err
+    assert "1 documents were longer than doc_maxlen=64 tokens and were truncated (see --split-passages)" in out
+    code, out, err = cli(capsys, "index", corpus, "--out", tmp_path / "split", "--split-passages", *base)
+    assert code == 0, err
+    assert out.startswith("41 documents (") and "were split into overlapping passages" in out
+    code, out, _ = cli(capsys, "search", tmp_path / "split", needle, "-k", "3", "--json", "--device", "cpu")
+    assert json.loads(out)["results"][0]["id"] == "long"
+    code, out, _ = cli(capsys, "search", tmp_path / "plain", needle, "-k", "3", "--json", "--device", "cpu")
+    assert "long" not in [r["id"] for r in json.loads(out)["results"]]
+
+
+# -- Ctrl-C: a real signal to a real process -----------------------------------------------------------------------
+def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, capsys):
+    import signal
+    import threading
+    import time
+
+    from tests.conftest import random_text
+
+    corpus = tmp_path / "big.jsonl"
+    rng = np.random.default_rng(0)
+    with open(corpus, "w") as f:
+        for i in range(4000):  # seconds of pooling: the signal lands while the thread pool is busy
+            f.write(json.dumps({"_id": f"d{i}", "text": random_text(rng, 50)}) + "\n")
+    out = tmp_path / "idx"
+    args = ["index", corpus, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pooledir.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    err = bytearray()
+    pooling = threading.Event()
+
+    def read_stderr():
+        while chunk := proc.stderr.read1(4096):
+            err.extend(chunk)
+            if b"pool x2" in err:
+                pooling.set()
+        pooling.set()
+
+    reader = threading.Thread(target=read_stderr)
+    reader.start()
+    assert pooling.wait(300) and proc.poll() is None, err.decode()
+    time.sleep(0.3)  # past the progress bar's set-up, into the work
+    proc.send_signal(signal.SIGINT)
+    proc.wait(120)
+    reader.join(10)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert text.rstrip().splitlines()[-1] == "interrupted" and "Traceback" not in text
+    assert not out.exists()  # the folder it made is gone, so the same command runs again
+    code, stdout, err_text = cli(capsys, *args, "--limit", "50")
+    assert code == 0 and "50 documents" in stdout, err_text

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from pooledir.corpus import Document, read_corpus
+from pooledir.corpus import Document, check_documents, read_corpus
 from pooledir.errors import InputError
 
 
@@ -92,3 +93,86 @@ def test_readers_are_lazy_and_count_is_cheap(tmp_path):
     assert count_documents(folder) == 3
     with pytest.raises(InputError, match="corpus not found"):
         count_documents(tmp_path / "nope.jsonl")
+
+
+# -- bad input found while reading: one InputError naming the file and the line --------------------------------
+def test_non_utf8_jsonl_and_tsv_name_the_line(tmp_path):
+    good = json.dumps({"_id": "1", "text": "ok"}).encode() + b"\n"
+    fp = tmp_path / "c.jsonl"
+    fp.write_bytes(good * 3 + b'{"_id": "4", "text": "caf\xe9"}\n' + good)
+    with pytest.raises(InputError, match=r"c\.jsonl:4: not UTF-8 text \(invalid continuation byte at byte 25"):
+        read_corpus(fp)
+    tsv = tmp_path / "c.tsv"
+    tsv.write_bytes(b"1\tfine\n2\t\xff\xfe bad\n")
+    with pytest.raises(InputError, match=r"c\.tsv:2: not UTF-8 text"):
+        read_corpus(tsv)
+    single = tmp_path / "one.txt"
+    single.write_bytes(b"\xff")
+    with pytest.raises(InputError, match=r"one\.txt: not UTF-8 text"):
+        read_corpus(single)
+
+
+def test_utf8_bom_is_not_part_of_the_first_record(tmp_path):
+    fp = tmp_path / "c.jsonl"
+    fp.write_bytes(b"\xef\xbb\xbf" + json.dumps({"_id": "1", "text": "ok"}).encode() + b"\n")
+    assert read_corpus(fp) == [Document("1", "ok", {})]
+
+
+@pytest.mark.parametrize(
+    "record, msg",
+    [
+        ({"_id": "1", "text": "a", "metadata": [1, 2]}, "field 'metadata' must be a JSON object, got list"),
+        ({"_id": "1", "text": "a", "metadata": "x"}, "field 'metadata' must be a JSON object, got str"),
+        ({"_id": [1, 2], "text": "a"}, "must be a string or a number, got list"),
+        ({"_id": True, "text": "a"}, "must be a string or a number, got bool"),
+        ({"id": {"x": 1}, "text": "a"}, "must be a string or a number, got dict"),
+        ({"_id": "   ", "text": "a"}, "missing document id"),
+    ],
+)
+def test_bad_fields_name_the_line(tmp_path, record, msg):
+    fp = tmp_path / "c.jsonl"
+    fp.write_text(json.dumps({"_id": "ok", "text": "fine"}) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(InputError, match=r"c\.jsonl:2: .*" + re.escape(msg)):
+        read_corpus(fp)
+
+
+def test_lone_surrogates_are_refused_with_the_line(tmp_path):
+    fp = tmp_path / "c.jsonl"
+    bad_fields = (
+        '"text": "a\\ud800b"',
+        '"text": "ok", "title": "\\udfff"',
+        '"text": "ok", "metadata": {"k": "\\ud800"}',
+    )
+    for field in bad_fields:
+        fp.write_text('{"_id": "ok", "text": "fine"}\n{"_id": "x", ' + field + "}\n")
+        with pytest.raises(InputError, match=r"c\.jsonl:2: document 'x'.*lone surrogate"):
+            read_corpus(fp)
+    fp.write_text('{"_id": "a\\ud800", "text": "fine"}\n')
+    with pytest.raises(InputError, match=r"c\.jsonl:1: document id holds a lone surrogate"):
+        read_corpus(fp)
+
+
+def test_json_number_ids_become_strings(tmp_path):
+    fp = tmp_path / "c.jsonl"
+    fp.write_text('{"_id": 7, "text": "a"}\n{"id": 1.5, "text": "b"}\n')
+    assert [d.id for d in read_corpus(fp)] == ["7", "1.5"]
+
+
+def test_document_checks_its_fields():
+    for args, msg in [
+        ((5, "text"), "document id must be a string, got int 5"),
+        (("", "text"), "document id is blank"),
+        (("a", None), "document 'a': text must be a string, got NoneType"),
+        (("a", "x\ud800"), "document 'a': text holds a lone surrogate"),
+        (("a", "x", [1]), "document 'a': metadata must be a JSON object"),
+        (("a", "x", {"k": {1, 2}}), "document 'a': metadata cannot be stored as JSON"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(msg)):
+            Document(*args)
+
+
+def test_check_documents_refuses_what_is_not_a_document():
+    with pytest.raises(InputError, match=r"item 1 is a dict, not a Document; build one with Document"):
+        check_documents([Document("a", "x"), {"id": "b", "text": "y"}])
+    with pytest.raises(InputError, match="got one Document"):
+        check_documents(Document("a", "x"))

@@ -138,6 +138,56 @@ def test_conventions_come_from_the_checkpoint_and_yield_to_overrides(tmp_path, t
     assert (s.query_augmentation, s.markers) == (False, True)
 
 
+def test_lone_surrogate_in_a_query_is_refused(tiny_encoder):
+    with pytest.raises(InputError, match="query 1 holds a lone surrogate"):
+        tiny_encoder.encode_queries(["fine", "a\ud800b"])
+
+
+def test_count_truncated_counts_documents_longer_than_doc_maxlen(tiny_encoder):
+    # [CLS] + the marker's placeholder + words + [SEP]: 61 words fill doc_maxlen=64 exactly
+    assert tiny_encoder.settings.doc_maxlen == 64
+    fits, longer = " ".join(["cell"] * 61), " ".join(["cell"] * 62)
+    assert tiny_encoder.count_truncated([fits, longer, "short", "", longer * 100]) == 2
+    assert [len(e) for e in tiny_encoder.encode_documents([fits, longer])] == [64, 64]  # both cut to doc_maxlen
+
+
+MEMORY_SCRIPT = """
+import json, resource, sys, time
+from pooledir.encoder import ColBERTEncoder
+enc = ColBERTEncoder(sys.argv[1], device="cpu")
+enc.encode_documents(["warm up the model and the tokenizer"])
+texts = {
+    "words": " ".join(["cancer cells", "vitamin, bone", "unbelievable study"] * 1_200_000)[:20_000_000],
+    "no whitespace": "细胞," * 6_700_000,
+}
+out = {}
+for name, text in texts.items():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    vecs = enc.encode_documents([text])[0]
+    n = enc.count_truncated([text])
+    out[name] = {"mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+                 "s": time.perf_counter() - t, "vectors": len(vecs), "truncated": n, "chars": len(text)}
+print(json.dumps(out))
+"""
+
+
+def test_tokenizing_a_20mb_document_costs_bounded_memory_and_time(tiny_ckpt):
+    """A 20 MB one-line document: before clipping, tokenizing it took 2.7 GB and minutes."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(tiny_ckpt)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name, r in json.loads(proc.stdout.splitlines()[-1]).items():
+        assert r["chars"] >= 20_000_000 * 0.99 or name == "no whitespace"
+        assert r["truncated"] == 1 and r["vectors"] > 0, (name, r)
+        assert r["mb"] < 100, (name, r)  # peak resident memory it added, beside the 20 MB text itself
+        assert r["s"] < 20, (name, r)
+
+
 def test_onnx_query_backends(tmp_path, monkeypatch, tiny_ckpt, tiny_encoder):
     """fp32 ONNX Runtime gives torch's vectors; INT8 is close but not equal (lossy: opt-in only)."""
     pytest.importorskip("onnxruntime")

@@ -212,12 +212,8 @@ def assert_intact(path, encoder, expected, n=120):
 
 def test_bad_search_parameters(built, tiny_encoder):
     idx, expected = built
-    for kwargs, msg in [
-        ({"k": 0}, "k=0 must be a positive integer"),
-        ({"k": 500}, "k=500 is larger than the 120 documents in the index; pass k <= 120"),
-    ]:
-        with pytest.raises(InputError, match=msg):
-            idx.search(["cancer"], **kwargs)
+    with pytest.raises(InputError, match="k=0 must be a positive integer"):
+        idx.search(["cancer"], k=0)
     with pytest.raises(InputError, match="nprobe=-1"):
         idx.search(["cancer"], params=SearchParams(nprobe=-1))
     with pytest.raises(InputError, match="query 0 is empty"):

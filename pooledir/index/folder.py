@@ -68,6 +68,8 @@ class Batch:
     metadata: list[dict]
     n_tokens: list[int]
     vectors: list[np.ndarray]
+    #: more ids whose rows this batch replaces (a long document's old passages), deleted in the same commit
+    replaces: tuple[str, ...] = ()
 
 
 class IndexFolder:
@@ -199,7 +201,7 @@ class IndexFolder:
     def upsert(self, batch: Batch) -> int:
         """Write the batch as one new segment; documents with known ids are replaced. Returns how many replaced."""
         with self.writing():
-            replaced = self.store.lookup(batch.ids)
+            replaced = self.store.lookup(list(dict.fromkeys([*batch.ids, *batch.replaces])))
             packed = np.concatenate(batch.vectors).astype(np.float32, copy=False)
             counts = np.array([len(v) for v in batch.vectors], dtype=np.int64)
             seg_id = self.store.next_segment_id()

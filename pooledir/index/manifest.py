@@ -44,6 +44,9 @@ class IndexConfig:
     max_segments : past this many segments, a write merges the smallest ones (tiered merging);
         segments under 65,536 vectors and larger ones count apart, so there are at most twice this.
     max_dead_fraction : past this share of deleted vectors still on disk, a write compacts.
+    passage_stride : None (default) truncates documents longer than the encoder's ``doc_maxlen``; a number
+        of tokens splits them into passages starting that far apart, searched by their best passage
+        (see :mod:`pooledir.passages`).
     """
 
     backend: str = "ivfpq"
@@ -58,6 +61,7 @@ class IndexConfig:
     retrain_factor: float = 4.0
     max_segments: int = 16
     max_dead_fraction: float = 0.2
+    passage_stride: int | None = None
 
     def check(self) -> None:
         """Raise :class:`InputError` for values that cannot work."""
@@ -80,6 +84,9 @@ class IndexConfig:
             raise InputError(f"max_segments={self.max_segments} must be >= 2")
         if not 0 < self.max_dead_fraction <= 1:
             raise InputError(f"max_dead_fraction={self.max_dead_fraction} must be in (0, 1]")
+        stride = self.passage_stride
+        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
+            raise InputError(f"passage_stride={stride!r} must be a positive number of tokens, or None for no passages")
 
 
 @dataclass

@@ -67,28 +67,45 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_durably(path: Path, write) -> None:
+    """``write(f)`` into a temp file, fsync, rename, fsync the folder.
+
+    On any failure the temp file is removed, so a full disk does not stay full of it, and an
+    ``OSError`` names the file being written (a failed ``f.write`` names none).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
 def write_faiss(index, path: Path) -> None:
-    """Write a faiss index durably: temp file, fsync, rename, fsync the folder."""
+    """Write a faiss index durably (see :func:`_write_durably`).
+
+    The bytes go through a Python file object: faiss's own file writer only prints an error when
+    ``fclose`` fails, so a full disk could leave a truncated file that looked written (and was
+    committed); Python raises ``OSError`` for any failed write, flush or fsync.
+    """
     import faiss
 
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    _publish(tmp, path)
+    _write_durably(path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
 def write_array(array: np.ndarray, path: Path) -> None:
     """Write raw array bytes durably (the float16 sidecar)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(np.ascontiguousarray(array).tobytes())
-    _publish(tmp, path)
+    _write_durably(path, lambda f: f.write(np.ascontiguousarray(array).tobytes()))
 
 
 def file_digest(path: Path) -> str:

@@ -178,9 +178,8 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
 
     Segment files (and the quantizer) that ``previous`` already mapped are reused, not re-opened.
     """
-    commit = int(store.get_meta("commit", "0"))
-    q_raw = store.get_meta("quantizer")
-    q_id = int(q_raw) if q_raw is not None else None
+    commit = _int_meta(store, "commit", "0")
+    q_id = _int_meta(store, "quantizer", None)
     if previous is not None and previous.quantizer_id == q_id:
         quantizer = previous.quantizer
         reusable = {r.seg_id: r for r in previous.segments if r.file is not None}
@@ -239,7 +238,7 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
         rows=rows,
         quantizer=quantizer,
         quantizer_id=q_id,
-        trained_vectors=int(store.get_meta("trained_vectors", "0")),
+        trained_vectors=_int_meta(store, "trained_vectors", "0"),
         seg_of=seg_of,
         start_of=start_of,
         count_of=count_of,
@@ -326,3 +325,12 @@ def _refresh(folder: Path, store: DocStore, dim: int, previous: Snapshot, commit
         count_of=count_of,
         n_docs=sum(len(r.doc_ints) for r in readers),
     )
+
+
+def _int_meta(store: DocStore, key: str, default: str | None):
+    """A number the store keeps in its meta table; a value that is not one means a corrupt index."""
+    value = store.get_meta(key, default)
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        raise IndexCorruptError(f"{store.path} is corrupt: its {key} {value!r} is not a number") from None

@@ -1,0 +1,223 @@
+"""Long documents as overlapping passages: indexed under the document's id, scored by the best passage.
+
+An encoder keeps a document's first ``doc_maxlen`` tokens. With
+``IndexConfig.passage_stride`` set, :class:`~pooledir.pooled_index.PooledIndex`
+splits a longer document into windows of that many tokens (the special tokens
+left out), one starting every ``passage_stride`` tokens, so the windows overlap
+when the stride is shorter than a window. Window edges are moved back to word
+starts, so a passage's text tokenizes as it did inside the document.
+
+How they are stored: a document that fits is stored as it is. A longer document
+``x`` becomes the rows ``x#p0``, ``x#p1``, ... (ids ending in ``#p<number>`` are
+therefore refused in such an index). Each row holds its passage's vectors and
+the document's metadata plus ``parent_id``, ``passage`` (its number) and
+``span`` (its characters in the document's text); ``x#p0`` also holds
+``n_passages`` and, as its text, the **whole document**, so ``get("x")`` returns
+the document unchanged; the other rows store an empty text (their passage is
+``text[span[0]:span[1]]``). Search ranks each document by its best passage,
+``get`` and ``delete`` take the document's id, and adding ``x`` again replaces
+all of its passages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pooledir.corpus import Document
+from pooledir.errors import DocumentNotFoundError, InputError
+
+if TYPE_CHECKING:
+    from pooledir.encoder import ColBERTEncoder
+    from pooledir.pooled_index import Hit, PooledIndex
+    from pooledir.search import SearchParams
+
+#: metadata keys a passage row adds to its document's metadata
+PASSAGE_KEYS = ("parent_id", "passage", "span", "n_passages")
+_PASSAGE_ID = re.compile(r"#p\d+\Z")
+_RUN_START = re.compile(r"(?<=\S)\s")
+#: characters tokenized at once when splitting, so a huge document costs bounded tokenizer memory
+_CHUNK_CHARS = 1 << 16
+
+
+def is_passage_id(id: str) -> bool:
+    """Whether ``id`` names a passage row (``x#p3``) rather than a document."""
+    return _PASSAGE_ID.search(id) is not None
+
+
+def parent_id(id: str) -> str:
+    """The document a row belongs to: ``x#p3`` -> ``x``; a document's own id is its own parent."""
+    return _PASSAGE_ID.sub("", id)
+
+
+def window_tokens(encoder: ColBERTEncoder) -> int:
+    """Text tokens one passage holds: ``doc_maxlen`` less the special tokens the encoder adds."""
+    m = encoder.settings.doc_maxlen
+    return m - len(encoder._tokenize([""], False, m)["input_ids"][0])
+
+
+def default_stride(encoder: ColBERTEncoder) -> int:
+    """Half a window: every token is in two passages, one of which holds it away from the edge."""
+    return max(1, window_tokens(encoder) // 2)
+
+
+def check_stride(stride: int, encoder: ColBERTEncoder) -> None:
+    """Raise :class:`InputError` when a stride would skip tokens between passages."""
+    window = window_tokens(encoder)
+    if stride > window:
+        raise InputError(
+            f"passage_stride={stride} is larger than the {window} tokens of one passage "
+            f"(doc_maxlen={encoder.settings.doc_maxlen} less special tokens), so text between passages would "
+            f"be lost; pass at most {window}, e.g. {max(1, window // 2)} for passages that overlap by half"
+        )
+
+
+def split_documents(docs: Sequence[Document], encoder: ColBERTEncoder, stride: int) -> tuple[list[Document], list[str]]:
+    """The rows to store for ``docs`` and the text to encode for each row (see the module docstring)."""
+    window = window_tokens(encoder)
+    rows: list[Document] = []
+    texts: list[str] = []
+    for d in docs:
+        if is_passage_id(d.id):
+            raise InputError(
+                f"document id {d.id!r} ends like a passage id (#p<number>), which this index uses for the "
+                "passages of long documents; rename the document"
+            )
+        spans = passage_spans(d.text, encoder, window, stride)
+        if len(spans) == 1:
+            rows.append(d)
+            texts.append(d.text)
+            continue
+        for j, (start, end) in enumerate(spans):
+            meta = {**d.metadata, "parent_id": d.id, "passage": j, "span": [start, end]}
+            if j == 0:
+                meta["n_passages"] = len(spans)
+            rows.append(Document(f"{d.id}#p{j}", d.text if j == 0 else "", meta))
+            texts.append(d.text[start:end])
+    return rows, texts
+
+
+def passage_spans(text: str, encoder: ColBERTEncoder, window: int, stride: int) -> list[tuple[int, int]]:
+    """Character spans of the passages of ``text``; one span, the whole text, when it fits one window."""
+    starts, ends, words = _token_offsets(text, encoder)
+    n = len(starts)
+    if n <= window:
+        return [(0, len(text))]
+    spans: list[tuple[int, int]] = []
+    first, previous = 0, -1
+    while True:
+        a = first
+        while a > previous + 1 and words[a - 1] == words[a]:  # start at the first token of a word
+            a -= 1
+        previous = a
+        b = min(a + window, n)
+        if b < n:
+            end = b
+            while end > a and words[end - 1] == words[end]:  # end after the last token of a word
+                end -= 1
+            b = end if end > a else b  # a word longer than a window is cut
+        spans.append((int(starts[a]), int(ends[b - 1])))
+        if b >= n:
+            return spans
+        first += stride
+
+
+def _token_offsets(text: str, encoder: ColBERTEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per token of ``text`` (no special tokens): start and end character, and a word number."""
+    tok = encoder.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise InputError("splitting documents into passages needs a fast (Rust) tokenizer; this checkpoint has none")
+    starts, ends, words = [], [], []
+    pos, word_base = 0, 0
+    while pos < len(text):
+        stop = len(text)
+        if stop - pos > 2 * _CHUNK_CHARS:  # cut before a whitespace run, where tokens do not cross
+            run = _RUN_START.search(text, pos + _CHUNK_CHARS, pos + 2 * _CHUNK_CHARS)
+            stop = run.start() if run else pos + _CHUNK_CHARS
+        with encoder._tokenizer_lock:
+            enc = tok(text[pos:stop], add_special_tokens=False, return_offsets_mapping=True)
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        w = np.asarray([-1 if x is None else x for x in enc.word_ids()], dtype=np.int64)
+        starts.append(offsets[:, 0] + pos)
+        ends.append(offsets[:, 1] + pos)
+        words.append(w + word_base)
+        word_base += int(w.max()) + 1 if len(w) else 0
+        pos = stop
+    if not starts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(starts), np.concatenate(ends), np.concatenate(words)
+
+
+def stored_ids(index: PooledIndex, ids: Sequence[str]) -> list[str]:
+    """The rows of ``ids``: a stored row's own id, a split document's passage ids; unknown ids as given."""
+    store = index.folder.store
+    found = store.lookup(list(ids))
+    missing = [i for i in ids if i not in found and not is_passage_id(i)]
+    first = store.lookup([f"{i}#p0" for i in missing])
+    counts: dict[str, int] = {}
+    if first:
+        rows = store.rows(list(first.values()))
+        counts = {r.metadata["parent_id"]: int(r.metadata["n_passages"]) for r in rows}
+    out: list[str] = []
+    for i in ids:
+        if i in counts:
+            out += [f"{i}#p{j}" for j in range(counts[i])]
+        else:
+            out.append(i)
+    return out
+
+
+def parent_document(index: PooledIndex, id: str) -> Document:
+    """The whole document ``id`` that was split into passages (its first passage row holds it)."""
+    if not is_passage_id(id):
+        try:
+            first = index.get(f"{id}#p0")
+        except DocumentNotFoundError:
+            pass
+        else:
+            meta = {k: v for k, v in first.metadata.items() if k not in PASSAGE_KEYS}
+            return Document(id, first.text, meta)
+    raise DocumentNotFoundError(f"unknown document id {id!r}")
+
+
+def search_parents(
+    index: PooledIndex, Q: np.ndarray, params: SearchParams, with_text: bool, filter: dict | None
+) -> list[list[Hit]]:
+    """Rank documents by their best passage.
+
+    A document's passages compete for the same candidate slots, so each round asks for more rows
+    and more candidates per query token (x4, x16, x64) until every query has ``k`` documents or
+    every row was asked for; like any search, fewer than ``k`` may come back when candidates run out.
+    """
+    from pooledir.pooled_index import Hit
+
+    n = len(index)
+    for factor in (4, 16, 64):
+        wider = replace(params, k=min(n, factor * params.k), candidates_per_token=factor * params.candidates_per_token)
+        hits = index._search_hits(Q, wider, with_text=False, filter=filter)
+        best = [_best_per_parent(h, params.k) for h in hits]
+        if wider.k >= n or all(len(b) >= params.k for b in best):
+            break
+    if not with_text:
+        return best
+    out = []
+    for hits in best:
+        docs = [index.get(h.id) for h in hits]
+        out.append([Hit(h.id, h.score, d.text, d.metadata) for h, d in zip(hits, docs)])
+    return out
+
+
+def _best_per_parent(hits: Sequence[Hit], k: int) -> list[Hit]:
+    """The first (best) hit of each document, as a hit on the document; at most ``k``."""
+    seen: dict[str, Hit] = {}
+    for h in hits:
+        p = parent_id(h.id)
+        if p not in seen:
+            seen[p] = replace(h, id=p)
+            if len(seen) == k:
+                break
+    return list(seen.values())

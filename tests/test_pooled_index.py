@@ -1,0 +1,188 @@
+"""PooledIndex: k beyond the index, input checked before work, a full disk, a corrupt generation, passages."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+
+from pooledir.corpus import Document
+from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
+from pooledir.pooled_index import IndexConfig, PooledIndex
+from tests.conftest import WORDS
+
+
+@pytest.fixture()
+def flat(tmp_path, tiny_encoder, tiny_docs):
+    idx = PooledIndex.create(tmp_path / "i", config=IndexConfig(backend="flat"), device="cpu", encoder=tiny_encoder)
+    idx.add(tiny_docs[:30])
+    return idx
+
+
+def ids_of(hits):
+    return [h.id for h in hits]
+
+
+def test_k_above_the_document_count_returns_what_there_is(flat, tmp_path, tiny_encoder):
+    hits = flat.search(["cancer cells", "vitamin"], k=500)
+    assert [len(h) for h in hits] == [30, 30]
+    assert sorted(ids_of(hits[0])) == sorted(f"d{i}" for i in range(30))
+    empty = PooledIndex.create(tmp_path / "e", device="cpu", encoder=tiny_encoder)
+    assert empty.search(["cancer"], k=3) == [[]]
+
+
+def test_queries_are_checked_before_the_encoder_loads(flat, tiny_encoder):
+    flat.close()
+    idx = PooledIndex.open(flat.path, device="cpu")  # no encoder: it would load from the checkpoint on first use
+    for queries, msg in [([""], "query 0 is empty"), (["ok", "a\ud800"], "query 1 holds a lone surrogate")]:
+        with pytest.raises(InputError, match=msg):
+            idx.search(queries)
+    assert idx._encoder is None
+
+
+def test_info_reports_the_device_in_use_not_auto(flat, tiny_encoder):
+    import torch
+
+    flat.close()
+    idx = PooledIndex.open(flat.path, device="auto", encoder=tiny_encoder)
+    assert idx.info()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_non_documents_and_bad_ids_fail_early(flat):
+    with pytest.raises(InputError, match="item 0 is a dict, not a Document"):
+        flat.add([{"id": "x", "text": "cancer"}])
+    with pytest.raises(InputError, match="document id must be a string, got int 5"):
+        flat.add([Document(5, "cancer")])
+    assert len(flat) == 30
+
+
+def disk_full_after(monkeypatch, limit: int) -> None:
+    """Make every faiss file write fail with ENOSPC once ``limit`` bytes of it are on the disk."""
+    import faiss
+
+    real = faiss.PyCallbackIOWriter
+
+    def writer(callback, *args):
+        written = [0]
+
+        def write(data):
+            if written[0] + len(data) > limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written[0] += len(data)
+            return callback(data)
+
+        return real(write, *args)
+
+    monkeypatch.setattr(faiss, "PyCallbackIOWriter", writer)
+
+
+def test_a_full_disk_keeps_the_old_index_and_removes_the_temp_file(flat, monkeypatch):
+    expected = ids_of(flat.search(["cancer cells"], k=5)[0])
+    disk_full_after(monkeypatch, 4096)
+    segments = sorted(flat.path.rglob("*.faiss"))
+    with pytest.raises(OSError) as err:
+        flat.add([Document(f"new{i}", "vitamin bone study " * 5) for i in range(30)])  # a segment over 4 kB
+    assert err.value.errno == errno.ENOSPC and err.value.filename.endswith(".faiss")
+    assert not list(flat.path.rglob("*.tmp"))  # the partly written file is gone: the disk is not kept full
+    assert sorted(flat.path.rglob("*.faiss")) == segments
+    monkeypatch.undo()
+    assert len(flat) == 30 and ids_of(flat.search(["cancer cells"], k=5)[0]) == expected
+    flat.close()
+    again = PooledIndex.open(flat.path, device="cpu", encoder=flat._encoder)
+    assert len(again) == 30 and ids_of(again.search(["cancer cells"], k=5)[0]) == expected
+
+
+def test_a_commit_that_is_not_a_number_is_corruption(flat, tiny_encoder):
+    flat.folder.store.conn.execute("UPDATE meta SET value = 'x1' WHERE key = 'commit'")
+    flat.close()
+    with pytest.raises(IndexCorruptError, match="commit 'x1' is not a number"):
+        PooledIndex.open(flat.path, device="cpu", encoder=tiny_encoder)
+
+
+# -- passages -----------------------------------------------------------------------------------------------------
+FILLER, NEEDLE = WORDS[: len(WORDS) // 2], " ".join(WORDS[len(WORDS) // 2 :][:10])
+
+
+@pytest.fixture(scope="module")
+def long_corpus():
+    rng = np.random.default_rng(0)
+    docs = [Document(f"d{i}", " ".join(rng.choice(FILLER, 30))) for i in range(40)]
+    # the long document's only words in common with the query are in its tail, far past doc_maxlen=64 tokens
+    tail = " ".join(rng.choice(FILLER, 400)) + " " + NEEDLE + " " + " ".join(rng.choice(FILLER, 10))
+    return docs + [Document("long", tail, {"src": "book"})]
+
+
+def passage_index(path, encoder, docs, stride):
+    idx = PooledIndex.create(
+        path, config=IndexConfig(backend="flat", passage_stride=stride), device="cpu", encoder=encoder
+    )
+    idx.add(docs)
+    return idx
+
+
+def test_a_match_in_the_tail_is_found_only_with_passages(tmp_path, tiny_encoder, long_corpus):
+    assert tiny_encoder.count_truncated([d.text for d in long_corpus]) == 1
+    plain = passage_index(tmp_path / "plain", tiny_encoder, long_corpus, None)
+    assert "long" not in ids_of(plain.search(NEEDLE, k=5)[0])
+    split = passage_index(tmp_path / "split", tiny_encoder, long_corpus, 30)
+    hits = split.search(NEEDLE, k=5, with_text=True)[0]
+    assert hits[0].id == "long"
+    assert hits[0].text == long_corpus[-1].text and hits[0].metadata == {"src": "book"}  # the whole document
+    assert len(set(ids_of(hits))) == 5  # one hit per document, however many of its passages matched
+
+
+def test_passages_are_stored_under_the_parent(tmp_path, tiny_encoder, long_corpus):
+    from pooledir.passages import window_tokens
+
+    idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
+    n_passages = len(idx) - 40
+    window = window_tokens(tiny_encoder)
+    assert window == 64 - 3  # [CLS], the marker and [SEP]
+    assert n_passages >= (420 - window) // 30 + 1
+    store = idx.folder.store
+    first = store.rows([store.lookup(["long#p0"])["long#p0"]])[0]
+    assert first.metadata["parent_id"] == "long" and first.metadata["n_passages"] == n_passages
+    last = store.rows([store.lookup([f"long#p{n_passages - 1}"])[f"long#p{n_passages - 1}"]])[0]
+    start, end = last.metadata["span"]
+    assert last.text == "" and long_corpus[-1].text[start:end].endswith(long_corpus[-1].text.split()[-1])
+    assert idx.get("long") == long_corpus[-1] and idx.get("d3") == long_corpus[3]
+    # k documents come back even though one document owns many of the rows
+    assert len(idx.search("cancer", k=41)[0]) == 41
+    # the setting is in the manifest and survives reopening
+    idx.close()
+    assert json.loads((tmp_path / "i" / "manifest.json").read_text())["config"]["passage_stride"] == 30
+    again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
+    assert again.search(NEEDLE, k=1)[0][0].id == "long"
+    # replacing the document replaces all of its passages; deleting it deletes them all
+    again.add([Document("long", "a short replacement about cancer")])
+    assert len(again) == 41 and again.get("long").text == "a short replacement about cancer"
+    again.add([long_corpus[-1]])
+    assert len(again) == 40 + n_passages
+    assert again.delete(["long"]) == 1 and len(again) == 40
+    with pytest.raises(DocumentNotFoundError, match="unknown document id 'long'"):
+        again.get("long")
+    with pytest.raises(DocumentNotFoundError, match="'long'"):
+        again.delete(["long"])
+
+
+def test_passage_settings_and_ids_are_checked(tmp_path, tiny_encoder):
+    with pytest.raises(InputError, match="passage_stride=0 must be a positive number"):
+        PooledIndex.create(tmp_path / "a", config=IndexConfig(passage_stride=0), device="cpu", encoder=tiny_encoder)
+    with pytest.raises(InputError, match="passage_stride=62 is larger than the 61 tokens of one passage"):
+        PooledIndex.create(tmp_path / "b", config=IndexConfig(passage_stride=62), device="cpu", encoder=tiny_encoder)
+    idx = PooledIndex.create(
+        tmp_path / "c", config=IndexConfig(backend="flat", passage_stride=10), device="cpu", encoder=tiny_encoder
+    )
+    with pytest.raises(InputError, match=r"'x#p3' ends like a passage id"):
+        idx.add([Document("x#p3", "cancer")])
+    with pytest.raises(InputError, match="pass documents, not embeddings"):
+        idx.add([Document("x", "cancer")], embeddings=[np.ones((3, 16), np.float16)])
+
+
+def test_pq_m_must_divide_the_dimension_at_creation(tmp_path, tiny_encoder):
+    """faiss would only fail when the index trains, thousands of documents later."""
+    with pytest.raises(InputError, match=r"pq_m=7 must divide the vector dimension 16; pass a divisor such as 2"):
+        PooledIndex.create(tmp_path / "i", config=IndexConfig(pq_m=7), device="cpu", encoder=tiny_encoder)
+    assert not (tmp_path / "i").exists()
