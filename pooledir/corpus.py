@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pooledir.errors import InputError
-from pooledir.textcheck import check_str, lone_surrogate
+from pooledir.textcheck import check_str
 
 #: metadata nested deeper than this is refused (Python's json and sqlite's JSON functions give up near 1000)
 MAX_METADATA_DEPTH = 64
