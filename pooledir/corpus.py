@@ -141,30 +141,61 @@ def _read_txt_folder(path: Path) -> Iterator[Document]:
         yield _read_txt(p, str(p.relative_to(path).with_suffix("")))
 
 
+def _resolve(path: Path) -> tuple[str, Path]:
+    """Which reader a corpus path needs ("jsonl", "tsv", "txt-folder", "txt") and the file or folder it reads."""
+    if not path.exists():
+        raise InputError(f"corpus not found: {path}")
+    if path.is_dir():
+        if (path / "corpus.jsonl").is_file():
+            return "jsonl", path / "corpus.jsonl"
+        if any(path.rglob("*.txt")):
+            return "txt-folder", path
+        raise InputError(f"{path}: a corpus folder needs corpus.jsonl (BEIR layout) or .txt files")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return "jsonl", path
+    if suffix in (".tsv", ".tab"):
+        return "tsv", path
+    if suffix == ".txt":
+        return "txt", path
+    raise InputError(f"{path}: unknown corpus format '{suffix}'; use .jsonl, .tsv, a .txt folder or a BEIR folder")
+
+
 def iter_corpus(path: str | Path) -> Iterator[Document]:
-    """Yield the documents of ``path``.
+    """Yield the documents of ``path``, one at a time (nothing is read ahead).
 
     ``path`` may be a BEIR dataset folder (with ``corpus.jsonl``), a ``.jsonl``
     or ``.tsv`` file, or a folder of ``.txt`` files (id = relative path without
     the suffix).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"corpus not found: {path}")
-    if path.is_dir():
-        if (path / "corpus.jsonl").is_file():
-            return _read_jsonl(path / "corpus.jsonl")
-        if any(path.rglob("*.txt")):
-            return _read_txt_folder(path)
-        raise InputError(f"{path}: a corpus folder needs corpus.jsonl (BEIR layout) or .txt files")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return _read_jsonl(path)
-    if suffix in (".tsv", ".tab"):
-        return _read_tsv(path)
-    if suffix == ".txt":
-        return iter([_read_txt(path, path.stem)])
-    raise InputError(f"{path}: unknown corpus format '{suffix}'; use .jsonl, .tsv, a .txt folder or a BEIR folder")
+    kind, source = _resolve(path)
+    if kind == "jsonl":
+        return _read_jsonl(source)
+    if kind == "tsv":
+        return _read_tsv(source)
+    if kind == "txt-folder":
+        return _read_txt_folder(source)
+    return iter([_read_txt(path, path.stem)])
+
+
+def count_documents(path: str | Path) -> int:
+    """About how many documents :func:`iter_corpus` yields, cheaply: for a progress bar's total and ETA.
+
+    Lines of a .jsonl/.tsv file (counted in 1 MiB blocks; blank lines and a header row count too),
+    the number of files of a .txt folder. Never parses a document.
+    """
+    kind, source = _resolve(Path(path))
+    if kind == "txt":
+        return 1
+    if kind == "txt-folder":
+        return sum(1 for p in source.rglob("*.txt") if p.is_file())
+    lines, last = 0, b"\n"
+    with source.open("rb") as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
 
 
 def check_utf8(text: str, what: str) -> str:

@@ -265,27 +265,28 @@ def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, 
     corpus = tmp_path / "big.jsonl"
     rng = np.random.default_rng(0)
     with open(corpus, "w") as f:
-        for i in range(4000):  # seconds of pooling: the signal lands while the thread pool is busy
+        for i in range(4000):  # seconds of encoding and pooling: the signal lands in the (only) chunk
             f.write(json.dumps({"_id": f"d{i}", "text": random_text(rng, 50)}) + "\n")
     out = tmp_path / "idx"
-    args = ["index", corpus, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu"]
+    # one chunk, so nothing is committed before the signal: the build is removed, not kept for --resume
+    args = ["index", corpus, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--chunk-docs", "10000"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pooledir.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     err = bytearray()
-    pooling = threading.Event()
+    working = threading.Event()
 
     def read_stderr():
         while chunk := proc.stderr.read1(4096):
             err.extend(chunk)
-            if b"pool x2" in err:
-                pooling.set()
-        pooling.set()
+            if b"index:" in err:  # the build's progress bar: reading, encoding and pooling have begun
+                working.set()
+        working.set()
 
     reader = threading.Thread(target=read_stderr)
     reader.start()
-    assert pooling.wait(300) and proc.poll() is None, err.decode()
-    time.sleep(0.3)  # past the progress bar's set-up, into the work
+    assert working.wait(300) and proc.poll() is None, err.decode()
+    time.sleep(0.5)  # past the progress bar's set-up, into the work
     proc.send_signal(signal.SIGINT)
     proc.wait(120)
     reader.join(10)

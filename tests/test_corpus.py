@@ -73,6 +73,28 @@ def test_one_title_and_text_rule():
     assert doc == document_from_record(record) == Document("7", "Bone vitamin d", {"src": "x", "title": "Bone"})
 
 
+def test_readers_are_lazy_and_count_is_cheap(tmp_path):
+    from pooledir.corpus import count_documents, iter_corpus
+
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"_id": "a", "text": "one"}\n{"_id": "b", "text": "two"}\n{not json\n{"_id": "c", "text": "x"}')
+    docs = iter_corpus(path)
+    assert [next(docs).id, next(docs).id] == ["a", "b"]  # the bad third line is not read yet
+    with pytest.raises(InputError, match="c.jsonl:3: malformed JSON"):
+        next(docs)
+    assert count_documents(path) == 4  # lines, not parsed
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("1\tx\n2\ty\n")
+    assert count_documents(tsv) == 2
+    folder = tmp_path / "txt"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.txt", "sub/b.txt", "sub/c.txt"):
+        (folder / name).write_text("text")
+    assert count_documents(folder) == 3
+    with pytest.raises(InputError, match="corpus not found"):
+        count_documents(tmp_path / "nope.jsonl")
+
+
 # -- bad input found while reading: one InputError naming the file and the line --------------------------------
 def test_non_utf8_jsonl_and_tsv_name_the_line(tmp_path):
     good = json.dumps({"_id": "1", "text": "ok"}).encode() + b"\n"

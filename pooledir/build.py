@@ -1,0 +1,612 @@
+"""Streamed builds: a corpus, or a folder of encoded shards, into an index one chunk at a time.
+
+Each chunk goes read → encode → pool → add, and every add is one durable commit, so:
+
+* memory holds one chunk's vectors, never the corpus's. The exception is the start of an IVF-PQ
+  build: it is trained once, on a sample of the first add, so the first chunks are buffered until
+  they hold ``train_sample`` pooled vectors (or the corpus ends) and go in as one add;
+* a build stopped anywhere (Ctrl-C, kill -9, power loss) can resume: the documents it committed
+  are a prefix of the stream, which a resumed build finds again by id in the index, chunk by
+  chunk, and skips. Duplicate ids are caught the same way: within the chunk (and the training
+  buffer) in memory, against everything committed before in the index's store.
+
+:func:`encode_corpus` runs the first half (read → encode → pool) into shards
+(:mod:`pooledir.shards`); :func:`build_index_from_shards` runs the second half from them,
+without an encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pooledir.corpus import Document
+from pooledir.errors import InputError
+from pooledir.shards import (
+    ShardError,
+    ShardInfo,
+    ShardManifest,
+    ShardSpec,
+    ShardWriter,
+    check_compatible,
+    ids_digest,
+    open_shard,
+    read_shard_manifest,
+)
+
+if TYPE_CHECKING:
+    from pooledir.encoder import ColBERTEncoder
+    from pooledir.pooled_index import IndexConfig, PooledIndex
+
+log = logging.getLogger(__name__)
+
+#: documents per chunk: on 128-d vectors of ~250 tokens a document, about 0.1 GB of float16 token
+#: vectors plus 0.06 GB of float32 pooled ones at factor 2 (see the README's memory rule)
+DEFAULT_CHUNK_DOCS = 2_000
+#: documents per shard of ``encode_corpus``; a shard is streamed to disk, so this sets the unit of resume
+DEFAULT_SHARD_DOCS = 10_000
+
+
+def _check_positive(name: str, value: int | None, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name}={value!r} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How a streamed build walks its input.
+
+    Attributes
+    ----------
+    chunk_docs : documents read, encoded, pooled and committed together (memory grows with it).
+    limit : stop after the first ``limit`` documents of the input (None: all).
+    """
+
+    chunk_docs: int = DEFAULT_CHUNK_DOCS
+    limit: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for values that cannot work."""
+        _check_positive("chunk_docs", self.chunk_docs)
+        _check_positive("limit", self.limit, optional=True)
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How :func:`encode_corpus` turns a corpus into shards.
+
+    Attributes
+    ----------
+    pool_factor : pool the vectors before writing them (1 = keep every token vector, pool at index time).
+    protected_tokens : leading vectors never pooled.
+    shard_docs : documents per shard (shard n holds corpus positions [n·shard_docs, (n+1)·shard_docs)).
+    chunk_docs : documents encoded at a time (memory grows with it, not with the shard).
+    limit : encode only the first ``limit`` documents.
+    part, parts : write only the shards whose number is ``part`` modulo ``parts`` (for several processes).
+    """
+
+    pool_factor: int = 2
+    protected_tokens: int = 1
+    shard_docs: int = DEFAULT_SHARD_DOCS
+    chunk_docs: int = DEFAULT_CHUNK_DOCS
+    limit: int | None = None
+    part: int = 0
+    parts: int = 1
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for values that cannot work."""
+        for name in ("pool_factor", "shard_docs", "chunk_docs", "parts"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("limit", self.limit, optional=True)
+        if self.protected_tokens < 0:
+            raise InputError(f"protected_tokens={self.protected_tokens} must be >= 0")
+        if not 0 <= self.part < self.parts:
+            raise InputError(f"part={self.part} must be between 0 and parts - 1 = {self.parts - 1}")
+
+
+@dataclass
+class BuildReport:
+    """What a streamed build did.
+
+    ``documents`` counts what was read (skipped ones included); ``max_vectors_held`` is the most
+    token and pooled vectors the build held at once (its memory, in vectors of ``dim`` floats).
+    """
+
+    documents: int = 0
+    added: int = 0
+    skipped: int = 0
+    commits: int = 0
+    tokens: int = 0
+    vectors: int = 0
+    max_vectors_held: int = 0
+    encode_s: float = 0.0
+    pool_s: float = 0.0
+    add_s: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def docs_per_s(self) -> float:
+        """Documents read per second, over the whole build."""
+        return self.documents / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class EncodeReport:
+    """What :func:`encode_corpus` did: documents read, shards written and skipped, vectors written."""
+
+    documents: int = 0
+    encoded: int = 0
+    shards_written: list[int] = field(default_factory=list)
+    shards_skipped: int = 0
+    tokens: int = 0
+    vectors: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(eq=False)
+class Chunk:
+    """Consecutive documents of the input and, once encoded, their vectors: all a build holds of the corpus.
+
+    ``vectors`` are one (n, dim) array per document, token vectors until ``pooled``.
+    """
+
+    start: int
+    docs: list[Document]
+    vectors: list[np.ndarray] | None = None
+    n_tokens: np.ndarray | None = None
+    pooled: bool = False
+
+    @property
+    def n_vectors(self) -> int:
+        """Vectors held (0 before encoding)."""
+        return 0 if self.vectors is None else sum(len(v) for v in self.vectors)
+
+    def select(self, keep: Sequence[int]) -> Chunk:
+        """The documents at positions ``keep`` (the chunk itself when that is all of them)."""
+        if len(keep) == len(self.docs):
+            return self
+        pick = list(keep)
+        return Chunk(
+            self.start,
+            [self.docs[i] for i in pick],
+            None if self.vectors is None else [self.vectors[i] for i in pick],
+            None if self.n_tokens is None else self.n_tokens[pick],
+            self.pooled,
+        )
+
+
+def _merge(chunks: list[Chunk]) -> Chunk:
+    return Chunk(
+        chunks[0].start,
+        [d for c in chunks for d in c.docs],
+        [v for c in chunks for v in c.vectors or []],
+        np.concatenate([c.n_tokens for c in chunks]),
+        pooled=True,
+    )
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def corpus_chunks(documents: Iterable[Document], chunk_docs: int, limit: int | None = None) -> Iterator[Chunk]:
+    """Cut a document stream into chunks, reading one chunk ahead at most."""
+    if limit is not None:
+        documents = islice(documents, limit)
+    start = 0
+    for batch in _batches(documents, chunk_docs):
+        yield Chunk(start, batch)
+        start += len(batch)
+
+
+def shard_chunks(
+    manifests: Sequence[ShardManifest], chunk_docs: int, pooled: bool, limit: int | None = None, verify: bool = True
+) -> Iterator[Chunk]:
+    """Chunks of documents and their vectors from shard folders, in order; one shard mapped at a time."""
+    start, left = 0, limit
+    for m in manifests:
+        for info in m.shards:
+            shard = open_shard(m.path, m.spec, info, verify=verify)
+            i = 0
+            for batch in _batches(shard.documents(), chunk_docs):
+                if left is not None:
+                    batch = batch[:left]
+                    left -= len(batch)
+                off = shard.offsets
+                vectors = [shard.vectors[off[j] : off[j + 1]] for j in range(i, i + len(batch))]
+                yield Chunk(start, batch, vectors, shard.n_tokens[i : i + len(batch)].copy(), pooled)
+                i += len(batch)
+                start += len(batch)
+                if left == 0:
+                    return
+            del shard
+
+
+# -- which documents are new -----------------------------------------------------------------------------------
+def _known_ids(index: PooledIndex, ids: Sequence[str]) -> set[str]:
+    """The ids among ``ids`` the index already holds (one sqlite query per 500 ids; nothing kept)."""
+    return set(index.folder.store.lookup(ids))
+
+
+class _NewDocuments:
+    """Decides, chunk by chunk, which documents of the stream to add.
+
+    Fresh build: every id must be new (not in this chunk or the training buffer, not in the index).
+    Resume: the index's documents must be the first documents of the stream; they are skipped,
+    and from the first new document on the rules of a fresh build apply.
+    """
+
+    def __init__(self, index: PooledIndex, resume: bool) -> None:
+        self.index = index
+        self.left = len(index) if resume else 0  # committed documents not met again yet
+        self.uncommitted: set[str] = set()  # ids read but not committed: this chunk and the training buffer
+
+    def filter(self, chunk: Chunk) -> Chunk:
+        known = _known_ids(self.index, [d.id for d in chunk.docs])
+        keep = []
+        for i, d in enumerate(chunk.docs):
+            pos = chunk.start + i
+            if d.id in self.uncommitted:
+                raise InputError(f"duplicate document id {d.id!r} (again at document {pos} of the input)")
+            if d.id in known:
+                if self.left > 0:
+                    self.left -= 1
+                    continue
+                raise InputError(
+                    f"duplicate document id {d.id!r} (document {pos} of the input): an earlier document "
+                    "with this id is already in the index; ids must be unique"
+                )
+            if self.left > 0:
+                raise InputError(
+                    f"cannot resume: document {pos} of the input ({d.id!r}) is not in the index, but "
+                    f"{self.left} of the index's documents have not come up yet; a build resumes only with "
+                    "the same input in the same order (and the same limit)"
+                )
+            self.uncommitted.add(d.id)
+            keep.append(i)
+        return chunk.select(keep)
+
+    def committed(self) -> None:
+        self.uncommitted.clear()
+
+    def finish(self) -> None:
+        if self.left:
+            raise InputError(
+                f"the input ended, but {self.left} documents of the index never came up in it; "
+                "the index was started from a longer or different input"
+            )
+
+
+# -- the pipeline ----------------------------------------------------------------------------------------------
+def _run(
+    chunks: Iterator[Chunk],
+    index: PooledIndex,
+    encoder: ColBERTEncoder | None,
+    resume: bool,
+    show_progress: bool,
+    total: int | None,
+) -> BuildReport:
+    from tqdm.auto import tqdm
+
+    from pooledir.pooling import pool_embeddings
+
+    report = BuildReport()
+    t_start = time.perf_counter()
+    cfg = index.config
+    passages = cfg.passage_stride is not None  # the index splits long documents itself (pooledir/passages.py)
+    if passages and resume and len(index):
+        raise InputError(
+            "resuming is not supported for an index that splits long documents into passages; "
+            "build it again into a new folder"
+        )
+    new = _NewDocuments(index, resume)
+    # IVF-PQ trains once, on a sample of what it holds then: make the first add hold train_sample vectors
+    buffering = cfg.backend != "flat" and len(index) == 0 and not passages
+    buffer: list[Chunk] = []
+
+    def add(chunk: Chunk) -> None:
+        t = time.perf_counter()
+        index.add(chunk.docs, embeddings=chunk.vectors, pooled=True, n_tokens=chunk.n_tokens)
+        report.add_s += time.perf_counter() - t
+        report.added += len(chunk.docs)
+        report.commits += 1
+        report.tokens += int(chunk.n_tokens.sum())
+        report.vectors += chunk.n_vectors
+        new.committed()
+
+    def held(*extra: int) -> None:
+        report.max_vectors_held = max(report.max_vectors_held, sum(c.n_vectors for c in buffer) + sum(extra))
+
+    bar = tqdm(total=total, desc="index", unit="doc", disable=not show_progress, smoothing=0.05)
+    try:
+        for chunk in chunks:
+            n_read = len(chunk.docs)
+            chunk = new.filter(chunk)
+            report.skipped += n_read - len(chunk.docs)
+            if chunk.docs and passages:
+                if chunk.vectors is not None:
+                    raise InputError("an index that splits documents into passages cannot take encoded shards")
+                t = time.perf_counter()
+                result = index.add(chunk.docs)  # splits, encodes, pools and commits
+                report.add_s += time.perf_counter() - t
+                report.added += len(chunk.docs)
+                report.commits += 1
+                report.vectors += result.vectors
+                new.committed()
+            elif chunk.docs:
+                if chunk.vectors is None:
+                    t = time.perf_counter()
+                    chunk.vectors = encoder.encode_documents([d.text for d in chunk.docs])
+                    chunk.n_tokens = np.array([len(v) for v in chunk.vectors], dtype=np.int64)
+                    report.encode_s += time.perf_counter() - t
+                held(chunk.n_vectors)
+                if not chunk.pooled and cfg.pool_factor > 1:
+                    t = time.perf_counter()
+                    pooled = pool_embeddings(chunk.vectors, cfg.pool_factor, cfg.protected_tokens, device=index.device)
+                    held(chunk.n_vectors, sum(len(p) for p in pooled))
+                    chunk.vectors = pooled
+                    del pooled
+                    report.pool_s += time.perf_counter() - t
+                chunk.pooled = True
+                if buffering:
+                    buffer.append(chunk)
+                    if sum(c.n_vectors for c in buffer) >= cfg.train_sample:
+                        add(_merge(buffer))
+                        buffer, buffering = [], False
+                else:
+                    add(chunk)
+            report.documents += n_read
+            bar.set_postfix(added=report.added, vectors=report.vectors, refresh=False)
+            bar.update(n_read)
+            del chunk  # before the next one is read: at most one chunk (plus the training buffer) is alive
+        if buffer:
+            add(_merge(buffer))
+            buffer = []
+        new.finish()
+    finally:
+        bar.close()
+    if report.documents == 0:
+        raise InputError("the input holds no documents")
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def build_index(
+    documents: Iterable[Document],
+    index: PooledIndex,
+    config: BuildConfig | None = None,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    total: int | None = None,
+    encoder: ColBERTEncoder | None = None,
+) -> BuildReport:
+    """Encode, pool and add a document stream to ``index``, one committed chunk at a time.
+
+    Parameters
+    ----------
+    documents
+        Any iterable, read lazily (e.g. :func:`pooledir.corpus.iter_corpus`).
+    index
+        The index to fill (usually new and empty).
+    config
+        Chunk size and document limit.
+    resume
+        Skip the documents a stopped build of the same input already committed.
+    show_progress
+        A progress bar with documents/s (and an ETA when ``total`` is given).
+    total
+        How many documents the input holds, for the ETA (:func:`pooledir.corpus.count_documents`).
+    encoder
+        Encoder to use (default: the index's own).
+    """
+    config = config or BuildConfig()
+    config.check()
+    encoder = encoder or index.encoder
+    chunks = corpus_chunks(documents, config.chunk_docs, config.limit)
+    if total is not None and config.limit is not None:
+        total = min(total, config.limit)
+    return _run(chunks, index, encoder, resume, show_progress, total)
+
+
+# -- from shards -----------------------------------------------------------------------------------------------
+def shards_pooled_for(spec: ShardSpec, config: IndexConfig) -> bool:
+    """Whether shards made with ``spec`` go into an index with ``config`` as they are (True) or get pooled."""
+    if spec.pool_factor == 1:
+        return config.pool_factor == 1
+    if config.pool_factor != spec.pool_factor:
+        raise ShardError(
+            f"the shards are pooled x{spec.pool_factor}; an index over them needs pool_factor={spec.pool_factor} "
+            f"(got {config.pool_factor}); to choose the factor at index time, encode with pool factor 1"
+        )
+    if config.protected_tokens != spec.protected_tokens:
+        raise ShardError(
+            f"the shards were pooled with protected_tokens={spec.protected_tokens}; an index over them needs "
+            f"the same (got {config.protected_tokens})"
+        )
+    return True
+
+
+def read_shard_folders(paths: Sequence[str | Path]) -> tuple[list[ShardManifest], ShardSpec]:
+    """Read shard folders to be indexed together, in order, and the spec they share."""
+    if not paths:
+        raise InputError("no shard folder given")
+    manifests = [read_shard_manifest(p) for p in paths]
+    return manifests, check_compatible(manifests)
+
+
+@dataclass(frozen=True)
+class _RecordedEncoder:
+    """The encoder a shard folder records: what ``PooledIndex.create`` saves, without loading the model."""
+
+    path: str
+    dim: int
+    settings: SimpleNamespace
+
+
+def create_index_for_shards(
+    path: str | Path, spec: ShardSpec, config: IndexConfig, device: str = "auto"
+) -> PooledIndex:
+    """Create an empty index that records the shards' checkpoint and encoder settings (no model loaded).
+
+    Queries are later encoded with that checkpoint and those settings, as the documents were.
+    """
+    from pooledir.pooled_index import ENCODER_SETTINGS, PooledIndex
+
+    shards_pooled_for(spec, config)
+    settings = SimpleNamespace(**{k: spec.encoder.get(k) for k in ENCODER_SETTINGS})
+    PooledIndex.create(
+        path, config=config, device=device, encoder=_RecordedEncoder(spec.checkpoint, spec.dim, settings)
+    ).close()
+    return PooledIndex.open(path, device=device)  # loads the encoder from the record when a query needs it
+
+
+def build_index_from_shards(
+    paths: Sequence[str | Path],
+    index: PooledIndex,
+    config: BuildConfig | None = None,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    verify: bool = True,
+) -> BuildReport:
+    """Add the documents of shard folders (in order) to ``index``, one committed chunk at a time.
+
+    Shards pooled at the index's factor go in as they are; unpooled shards (factor 1) are pooled
+    here. ``verify`` checks every shard file against the sha256 its header records.
+    """
+    config = config or BuildConfig()
+    config.check()
+    manifests, spec = read_shard_folders(paths)
+    if spec.dim != index.dim:
+        raise ShardError(f"the shards hold {spec.dim}-d vectors; the index holds {index.dim}-d ones")
+    pooled = shards_pooled_for(spec, index.config)
+    total = sum(m.documents for m in manifests)
+    if config.limit is not None:
+        total = min(total, config.limit)
+    chunks = shard_chunks(manifests, config.chunk_docs, pooled, config.limit, verify)
+    return _run(chunks, index, None, resume, show_progress, total)
+
+
+# -- into shards -----------------------------------------------------------------------------------------------
+def encoder_record(encoder: ColBERTEncoder) -> tuple[str, dict[str, Any]]:
+    """(checkpoint, settings) as an index records them, so shards can be indexed without the encoder."""
+    from pooledir.pooled_index import ENCODER_SETTINGS
+
+    return str(Path(encoder.path).resolve()), {"dim": encoder.dim} | {
+        k: getattr(encoder.settings, k) for k in ENCODER_SETTINGS
+    }
+
+
+def encode_corpus(
+    documents: Iterable[Document],
+    out: str | Path,
+    encoder: ColBERTEncoder,
+    config: EncodeConfig | None = None,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    total: int | None = None,
+) -> EncodeReport:
+    """Encode (and pool) a document stream into a shard folder; see :mod:`pooledir.shards` for the format.
+
+    With ``resume`` (implied when ``config.parts > 1``), shards already complete in ``out`` are skipped
+    after checking that they hold the same document ids as the input at their positions; a shard cut
+    short by a crash is written again.
+    """
+    from tqdm.auto import tqdm
+
+    from pooledir.pooling import pool_embeddings
+
+    config = config or EncodeConfig()
+    config.check()
+    checkpoint, settings = encoder_record(encoder)
+    spec = ShardSpec(
+        dim=encoder.dim,
+        pool_factor=config.pool_factor,
+        protected_tokens=config.protected_tokens,
+        checkpoint=checkpoint,
+        encoder=settings,
+        shard_docs=config.shard_docs,
+    )
+    # several parts share one folder: each goes on beside the shards the others already wrote
+    writer = ShardWriter.open(out, spec, resume=resume or config.parts > 1)
+    done = writer.completed()
+    report = EncodeReport()
+    t_start = time.perf_counter()
+    docs = iter(documents) if config.limit is None else islice(documents, config.limit)
+    if total is not None and config.limit is not None:
+        total = min(total, config.limit)
+    bar = tqdm(total=total, desc="encode", unit="doc", disable=not show_progress, smoothing=0.05)
+    number = 0
+    try:
+        while True:
+            start = number * config.shard_docs
+            shard_docs = islice(docs, config.shard_docs)
+            if number in done or number % config.parts != config.part:
+                n = _skip_shard(shard_docs, done.get(number), writer.path, start)
+                report.shards_skipped += number in done
+                bar.update(n)
+            else:
+                n, ids = 0, set()  # duplicates are caught here within a shard, across shards by the index build
+                for batch in _batches(shard_docs, config.chunk_docs):
+                    for i, d in enumerate(batch, start + n):
+                        if d.id in ids:
+                            raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
+                        ids.add(d.id)
+                    if n == 0:
+                        writer.begin(number, start)
+                    vectors = encoder.encode_documents([d.text for d in batch])
+                    n_tokens = [len(v) for v in vectors]
+                    if config.pool_factor > 1:
+                        vectors = pool_embeddings(vectors, config.pool_factor, config.protected_tokens, encoder.device)
+                    writer.append(batch, vectors, n_tokens)
+                    report.tokens += sum(n_tokens)
+                    report.vectors += sum(len(v) for v in vectors)
+                    n += len(batch)
+                    bar.update(len(batch))
+                    del vectors
+                if n:
+                    writer.commit()
+                    report.shards_written.append(number)
+                    report.encoded += n
+            report.documents += n
+            if n < config.shard_docs:
+                break
+            number += 1
+        writer.finish(report.documents)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    if report.documents == 0:
+        raise InputError("the input holds no documents")
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _skip_shard(docs: Iterable[Document], info: ShardInfo | None, folder: Path, start: int) -> int:
+    """Read past one shard's documents; for a completed shard, check they are the ones it holds."""
+    if info is None:
+        return sum(1 for _ in docs)
+    n, digest = ids_digest(d.id for d in docs)
+    if n != info.documents or digest != info.ids_sha256:
+        raise ShardError(
+            f"cannot resume {folder}: shard {info.number} holds other documents than positions {start} to "
+            f"{start + n - 1} of the input (the input changed, or its order, or the limit); "
+            "resume with the same input, or encode into a new folder"
+        )
+    return n
