@@ -23,11 +23,18 @@ MAX_METADATA_DEPTH = 64
 
 @dataclass(frozen=True)
 class Document:
-    """One document: an external id, the text to encode, and free metadata (checked by :func:`check_document`)."""
+    """One document: an external id, the text to encode, and free metadata.
+
+    Checked when built (:func:`check_document`), so a bad value fails here, naming the document,
+    rather than deep inside a write.
+    """
 
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_document(self)
 
     @classmethod
     def from_parts(
@@ -79,7 +86,10 @@ def document_from_record(record: dict[str, Any], where: str = "record") -> Docum
         metadata = {}
     if not isinstance(metadata, dict):
         raise InputError(f"{where}: field 'metadata' must be a JSON object, got {type(metadata).__name__}")
-    return check_document(Document.from_parts(doc_id, text, title, metadata), where)
+    try:
+        return Document.from_parts(doc_id, text, title, metadata)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
 
 
 def _not_utf8(path: Path) -> InputError:
@@ -132,7 +142,10 @@ def _read_txt(path: Path, doc_id: str) -> Document:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return check_document(Document(id=doc_id, text=text, metadata={"path": str(path)}), str(path))
+    try:
+        return Document(id=doc_id, text=text, metadata={"path": str(path)})
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def _read_txt_folder(path: Path) -> Iterator[Document]:
@@ -242,17 +255,19 @@ def check_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
     return metadata
 
 
-def check_document(d: Document, where: str) -> Document:
+def check_document(d: Document, where: str = "") -> Document:
     """Return ``d``, or raise InputError (prefixed ``where``) unless sqlite and JSON can store it as it is.
 
     The id is a non-blank string, the text a string, both valid Unicode; the metadata passes
-    :func:`check_metadata`.
+    :func:`check_metadata`. One rule: a Document runs it when built, :func:`check_documents` again
+    (a metadata dict may have changed since).
     """
-    check_utf8(d.id, f"{where}: a document id")
+    at = f"{where}: " if where else ""
+    check_utf8(d.id, f"{at}document id")
     if not d.id.strip():
-        raise InputError(f"{where}: document id {d.id!r} is blank; give a non-empty string")
-    check_utf8(d.text, f"{where}: document {d.id!r} text")
-    check_metadata(d.metadata, f"{where}: document {d.id!r} metadata")
+        raise InputError(f"{at}document id {d.id!r} is blank; give a non-empty string")
+    check_utf8(d.text, f"{at}document {d.id!r}: text")
+    check_metadata(d.metadata, f"{at}document {d.id!r}: metadata")
     return d
 
 

@@ -151,7 +151,7 @@ def test_bad_corpus_files_are_one_line(tmp_path, built, capsys):
     cases = [
         (b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n', "new.jsonl:2: not UTF-8 text"),
         (b'{"_id": "a", "text": "ok", "metadata": [1]}\n', "new.jsonl:1: field 'metadata' must be a JSON object"),
-        (b'{"_id": "a", "text": "a\\ud800"}\n', "new.jsonl:1: document 'a' text is not valid Unicode"),
+        (b'{"_id": "a", "text": "a\\ud800"}\n', "new.jsonl:1: document 'a': text is not valid Unicode"),
         (b'{"_id": [1, 2], "text": "ok"}\n', "must be a string or a number, got list"),
     ]
     for content, msg in cases:

@@ -148,7 +148,7 @@ def test_lone_surrogates_are_refused_with_the_line(tmp_path):
         with pytest.raises(InputError, match=r"c\.jsonl:2: document 'x'.*lone surrogate"):
             read_corpus(fp)
     fp.write_text('{"_id": "a\\ud800", "text": "fine"}\n')
-    with pytest.raises(InputError, match=r"c\.jsonl:1: a document id is not valid Unicode: a lone surrogate"):
+    with pytest.raises(InputError, match=r"c\.jsonl:1: document id is not valid Unicode: a lone surrogate"):
         read_corpus(fp)
 
 
@@ -158,16 +158,20 @@ def test_json_number_ids_become_strings(tmp_path):
     assert [d.id for d in read_corpus(fp)] == ["7", "1.5"]
 
 
-def test_documents_are_checked_before_anything_is_written():
+def test_documents_check_their_fields_when_built():
     for args, msg in [
-        ((5, "text"), "docs: a document id is int, expected a string"),
-        (("  ", "text"), "docs: document id '  ' is blank"),
-        (("a", None), "docs: document 'a' text is NoneType, expected a string"),
-        (("a", "x\ud800"), "docs: document 'a' text is not valid Unicode: a lone surrogate"),
-        (("a", "x", [1]), "docs: document 'a' metadata must be an object (dict)"),
+        ((5, "text"), "document id is int, expected a string"),
+        (("  ", "text"), "document id '  ' is blank"),
+        (("a", None), "document 'a': text is NoneType, expected a string"),
+        (("a", "x\ud800"), "document 'a': text is not valid Unicode: a lone surrogate"),
+        (("a", "x", [1]), "document 'a': metadata must be an object (dict)"),
     ]:
         with pytest.raises(InputError, match=re.escape(msg)):
-            check_documents([Document(*args)], "docs")
+            Document(*args)
+    d = Document("a", "x", {"k": 1})
+    d.metadata["k"] = float("nan")  # changed after it was built: check_documents checks again
+    with pytest.raises(InputError, match=r"docs: document 'a': metadata holds nan"):
+        check_documents([d], "docs")
 
 
 def test_check_documents_refuses_what_is_not_a_document():

@@ -28,24 +28,25 @@ def nested(depth: int) -> dict:
 
 
 @pytest.mark.parametrize(
-    "doc, message",
+    "args, message",
     [
-        (Document("a\ud800", "text"), r"document id is not valid Unicode: a lone surrogate '\\ud800' at character 1"),
-        (Document("a", "x\udfffy"), r"document 'a' text is not valid Unicode"),
-        (Document("a", "x", {"k\ud800": 1}), r"metadata key 'k\\ud800' is not valid Unicode"),
-        (Document("a", "x", {"k": ["\ud800"]}), r"metadata value is not valid Unicode"),
-        (Document("a", "x", {"k": math.nan}), r"holds nan; JSON has no NaN"),
-        (Document("a", "x", {"k": [1, -math.inf]}), r"holds -inf"),
-        (Document("a", "x", {"k": {1, 2}}), r"holds a set"),
-        (Document("a", "x", nested(MAX_METADATA_DEPTH + 1)), rf"nested more than {MAX_METADATA_DEPTH} levels"),
-        (Document("a", "x", nested(100_000)), r"nested more than"),  # no RecursionError
-        (Document("a", "x", ["not", "a", "dict"]), r"must be an object"),  # type: ignore[arg-type]
-        (Document(5, "x"), r"document id is int, expected a string"),  # type: ignore[arg-type]
+        (("a\ud800", "text"), r"document id is not valid Unicode: a lone surrogate '\\ud800' at character 1"),
+        (("a", "x\udfffy"), r"document 'a': text is not valid Unicode"),
+        (("a", "x", {"k\ud800": 1}), r"metadata key 'k\\ud800' is not valid Unicode"),
+        (("a", "x", {"k": ["\ud800"]}), r"metadata value is not valid Unicode"),
+        (("a", "x", {"k": math.nan}), r"holds nan; JSON has no NaN"),
+        (("a", "x", {"k": [1, -math.inf]}), r"holds -inf"),
+        (("a", "x", {"k": {1, 2}}), r"holds a set"),
+        (("a", "x", nested(MAX_METADATA_DEPTH + 1)), rf"nested more than {MAX_METADATA_DEPTH} levels"),
+        (("a", "x", nested(100_000)), r"nested more than"),  # no RecursionError
+        (("a", "x", ["not", "a", "dict"]), r"must be an object"),
+        ((5, "x"), r"document id is int, expected a string"),
     ],
 )
-def test_unstorable_documents_are_refused_with_the_reason(doc, message):
+def test_unstorable_documents_are_refused_with_the_reason(args, message):
+    # a Document checks its fields when it is built; check_documents refuses the same on anything it is given
     with pytest.raises(InputError, match=message):
-        check_documents([Document("ok", "fine"), doc], "docs")
+        check_documents([Document("ok", "fine"), Document(*args)], "docs")
 
 
 def test_nul_huge_ints_and_the_depth_limit_are_storable():
@@ -87,8 +88,8 @@ def test_index_add_refuses_or_stores_exactly(tmp_path, tiny_encoder):
         @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def check(doc_id, text, metadata):
             before = len(idx)
-            doc = Document(doc_id, text, metadata)
             try:
+                doc = Document(doc_id, text, metadata)  # a Document checks its fields when it is built
                 idx.add([doc])
             except InputError as e:
                 assert str(e) and len(idx) == before
