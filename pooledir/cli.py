@@ -240,6 +240,14 @@ def _index_streamed(
                 raise
 
         def run():
+            if idx.config.passage_stride is not None:
+                # passages are split and encoded inside PooledIndex.add: one add, not streamed (documented limit)
+                from itertools import islice
+
+                report, batch = build.BuildReport(), list(islice(docs, limit))
+                idx.add(batch, show_progress=True)
+                report.added = report.documents = len(batch)
+                return report
             return build.build_index(docs, idx, bconf, resume=resume, total=total)
 
     with idx:
@@ -251,18 +259,16 @@ def _index_streamed(
             idx.close()
             cleanup_on_failure(out, created)
             raise
-        except BaseException as e:
+        except BaseException:
             if len(idx):
                 typer.secho(f"stopped; {_kept(idx, out)}; continue with: {_resume_command()}", err=True, fg="yellow")
             else:
                 idx.close()
                 cleanup_on_failure(out, created)
-            if isinstance(e, KeyboardInterrupt):
-                sys.exit(130)  # typer turns Ctrl-C into a return value that main() would exit 0 with
-            raise
+            raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
-        _print_summary(idx.info())
+        _print_summary(idx.info(), documents=report.added if idx.config.passage_stride is not None else None)
     if corpus is not None and encoder is not None:
         n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
         _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
@@ -388,9 +394,7 @@ def encode(
         if isinstance(e, PooledirError):
             raise type(e)(f"{e} ({kept}: fix that, then continue with: {_resume_command()})") from None
         typer.secho(f"stopped; {kept}; continue with: {_resume_command()}", err=True, fg="yellow")
-        if isinstance(e, KeyboardInterrupt):
-            sys.exit(130)
-        raise
+        raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
     manifest = read_shard_manifest(out)
     typer.echo(
         f"encoded {report.encoded} documents into {len(report.shards_written)} shards "

@@ -278,7 +278,7 @@ def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, 
     def read_stderr():
         while chunk := proc.stderr.read1(4096):
             err.extend(chunk)
-            if b"pool x2" in err:
+            if b"doc/s" in err:  # the streamed build's progress bar: encoding and pooling are under way
                 pooling.set()
         pooling.set()
 

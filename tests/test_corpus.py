@@ -164,8 +164,8 @@ def test_document_checks_its_fields():
         (("", "text"), "document id is blank"),
         (("a", None), "document 'a': text must be a string, got NoneType"),
         (("a", "x\ud800"), "document 'a': text holds a lone surrogate"),
-        (("a", "x", [1]), "document 'a': metadata must be a JSON object"),
-        (("a", "x", {"k": {1, 2}}), "document 'a': metadata cannot be stored as JSON"),
+        (("a", "x", [1]), "document 'a': metadata must be an object"),
+        (("a", "x", {"k": {1, 2}}), "document 'a': metadata holds a set"),
     ]:
         with pytest.raises(InputError, match=re.escape(msg)):
             Document(*args)

@@ -36,7 +36,7 @@ def test_k_above_the_document_count_returns_what_there_is(flat, tmp_path, tiny_e
 def test_queries_are_checked_before_the_encoder_loads(flat, tiny_encoder):
     flat.close()
     idx = PooledIndex.open(flat.path, device="cpu")  # no encoder: it would load from the checkpoint on first use
-    for queries, msg in [([""], "query 0 is empty"), (["ok", "a\ud800"], "query 1 holds a lone surrogate")]:
+    for queries, msg in [([""], "query 0 is empty"), (["ok", "a\ud800"], "query 1 is not valid Unicode")]:
         with pytest.raises(InputError, match=msg):
             idx.search(queries)
     assert idx._encoder is None
