@@ -45,12 +45,16 @@ class FrontierConfig(EvalConfig):
 
 def entries(params: SearchParams, plaid: bool, fast_plaid: bool, quick: bool) -> list[tuple[str, dict]]:
     """The systems of one frontier run (``quick``: the default and its oracle only, for checks)."""
+    if quick:
+        return [
+            ("pooledir", {"indexes": ["flat"], "pool_factors": [1, 2], "params": params}),
+            ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2, 3], "params": params}),
+            ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2], "refine": [True], "params": params}),
+        ]
     own = [
         ("pooledir", {"indexes": ["flat"], "pool_factors": [1, 2, 3], "params": params}),
         ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [1, 2, 3, 4], "params": params}),
     ]
-    if quick:
-        return own
     own += [
         ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2, 3], "pq_ms": [32], "params": params}),
         ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2, 3], "refine": [True], "params": params}),
@@ -74,7 +78,7 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--latency-queries", type=int, default=50)
     ap.add_argument("--plaid", action="store_true", help="colbert-ai's PLAID on the same (pooled) vectors")
     ap.add_argument("--fast-plaid", action="store_true", help="fast-plaid (skipped with its reason if absent)")
-    ap.add_argument("--quick", action="store_true", help="only pooledir's fixed factors (default codec)")
+    ap.add_argument("--quick", action="store_true", help="checks: flat x1/x2, IVF-PQ x2/x3, x2 with refine")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
