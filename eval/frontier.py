@@ -44,28 +44,28 @@ class FrontierConfig(EvalConfig):
 
 
 def entries(params: SearchParams, plaid: bool, fast_plaid: bool, quick: bool) -> list[tuple[str, dict]]:
-    """The systems of one frontier run (``quick``: the default and its oracle only, for checks)."""
+    """The systems of one frontier run, most needed first (``quick``: checks of the defaults only)."""
+
+    def own(index: str, pool_factor: int | None = None, threshold: float | None = None, **codec) -> tuple:
+        by = (
+            {"pool_factors": [pool_factor]}
+            if threshold is None
+            else {"pool_factors": [], "pool_thresholds": [threshold]}
+        )
+        return ("pooledir", {"indexes": [index], "params": params, **by, **codec})
+
     if quick:
-        return [
-            ("pooledir", {"indexes": ["flat"], "pool_factors": [1, 2], "params": params}),
-            ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2, 3], "params": params}),
-            ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2], "refine": [True], "params": params}),
-        ]
-    own = [
-        ("pooledir", {"indexes": ["flat"], "pool_factors": [1, 2, 3], "params": params}),
-        ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [1, 2, 3, 4], "params": params}),
-    ]
-    own += [
-        ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2, 3], "pq_ms": [32], "params": params}),
-        ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2, 3], "refine": [True], "params": params}),
-        ("pooledir", {"indexes": ["flat"], "pool_factors": [], "pool_thresholds": THRESHOLDS[:2], "params": params}),
-        ("pooledir", {"indexes": ["ivfpq"], "pool_factors": [], "pool_thresholds": THRESHOLDS, "params": params}),
-    ]
-    if plaid:
-        own += [("plaid", {"nbits": [2], "pool_factors": [1, 2, 3]}), ("plaid", {"nbits": [4], "pool_factors": [2]})]
-    if fast_plaid:
-        own += [("fast-plaid", {"nbits": [2, 4], "pool_factors": [1, 2, 3]})]
-    return own
+        return [own("flat", 1), own("ivfpq", 2), own("flat", 2), own("ivfpq", 2, refine=[True]), own("ivfpq", 3)]
+    out = [own("flat", 1), own("ivfpq", 2), own("flat", 2), own("ivfpq", 2, refine=[True]), own("ivfpq", 2, pq_ms=[32])]
+    out += [("plaid", {"nbits": [2], "pool_factors": [2]})] if plaid else []
+    out += [("fast-plaid", {"nbits": [2, 4], "pool_factors": [1, 2, 3]})] if fast_plaid else []
+    out += [own("ivfpq", threshold=THRESHOLDS[0]), own("ivfpq", 3)]
+    out += [("plaid", {"nbits": [2], "pool_factors": [3]})] if plaid else []
+    out += [own("ivfpq", threshold=THRESHOLDS[1]), own("flat", threshold=THRESHOLDS[0]), own("ivfpq", 3, refine=[True])]
+    out += [("plaid", {"nbits": [4], "pool_factors": [2]})] if plaid else []
+    out += [own("ivfpq", 4), own("ivfpq", threshold=THRESHOLDS[2]), own("ivfpq", 3, pq_ms=[32]), own("ivfpq", 1)]
+    out += [("plaid", {"nbits": [2], "pool_factors": [1]})] if plaid else []
+    return out
 
 
 def main() -> None:  # noqa: D103
@@ -83,21 +83,31 @@ def main() -> None:  # noqa: D103
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     params = SearchParams(k=100)
-    cfg = FrontierConfig(
-        dataset=args.dataset,
-        checkpoint=args.checkpoint,
-        split=args.split,
-        corpus_sample=args.corpus_sample,
-        latency_queries=args.latency_queries,
-        search=params,
-        device="cpu",
-        cache_dir=args.cache_dir,
-        runs_dir=args.out.parent / "runs",
-        entries=tuple(entries(params, args.plaid, args.fast_plaid, args.quick)),
-    )
-    result = evaluate(cfg)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    result: dict = {}
+    # one system at a time (the encoding is cached), the JSON rewritten after each: a stopped run keeps its rows
+    for entry in entries(params, args.plaid, args.fast_plaid, args.quick):
+        cfg = FrontierConfig(
+            dataset=args.dataset,
+            checkpoint=args.checkpoint,
+            split=args.split,
+            corpus_sample=args.corpus_sample,
+            latency_queries=args.latency_queries,
+            search=params,
+            device="cpu",
+            cache_dir=args.cache_dir,
+            runs_dir=args.out.parent / "runs",
+            entries=(entry,),
+        )
+        one = evaluate(cfg)
+        if not result:
+            result = one
+        else:
+            result["runs"] += one["runs"]
+            result["skipped"] += one["skipped"]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(args.out)
     print(markdown_table([result]))
     print(f"wrote {args.out}")
 
