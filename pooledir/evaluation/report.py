@@ -194,6 +194,9 @@ def _pareto_plot(plt, results: list[dict], path: Path) -> Path:
             front = pareto_front(pts)
             if len(front) > 1:
                 ax.plot(*zip(*front), linestyle=style, color=colour, alpha=0.5, linewidth=1)
+        exact = next((r for r in runs if _kind(r) == "flat" and r.get("pool_factor") == 1), None)
+        if exact:  # the quality target: 99% of exact unpooled search
+            ax.axhline(0.99 * exact["ndcg@10"], color="black", linestyle=":", linewidth=0.8)
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
         ax.set_xscale("log")
@@ -212,6 +215,8 @@ def _pareto_plot(plt, results: list[dict], path: Path) -> Path:
             Line2D([], [], marker=STYLES[k][0], color=STYLES[k][1], linestyle="", label=k) for k in STYLES if k in kinds
         ]
         legend += [Line2D([], [], color="tab:blue", alpha=0.5, label="pooledir Pareto front")]
+        if exact:
+            legend += [Line2D([], [], color="black", linestyle=":", linewidth=0.8, label="99% of flat x1")]
         if any(r["system"] == "plaid" for r in runs):
             legend += [Line2D([], [], color="tab:red", linestyle="--", alpha=0.5, label="PLAID Pareto front")]
         ax.legend(handles=legend, fontsize=7, loc="lower right")
