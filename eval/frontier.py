@@ -95,7 +95,7 @@ def main() -> None:  # noqa: D103
             search=params,
             device="cpu",
             cache_dir=args.cache_dir,
-            runs_dir=args.out.parent / "runs",
+            runs_dir=args.out.parent / "runs" / args.out.name.split(".")[0],  # never over `eval beir`'s run files
             entries=(entry,),
         )
         one = evaluate(cfg)
