@@ -79,13 +79,25 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--plaid", action="store_true", help="colbert-ai's PLAID on the same (pooled) vectors")
     ap.add_argument("--fast-plaid", action="store_true", help="fast-plaid (skipped with its reason if absent)")
     ap.add_argument("--quick", action="store_true", help="checks: flat x1/x2, IVF-PQ x2/x3, x2 with refine")
+    ap.add_argument("--m32-only", action="store_true", help="only IVF-PQ x2 with pq_m 32 (a check of that codec)")
+    ap.add_argument("--adaptive-only", action="store_true", help="only IVF-PQ at the x2-like threshold")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     params = SearchParams(k=100)
     result: dict = {}
     # one system at a time (the encoding is cached), the JSON rewritten after each: a stopped run keeps its rows
-    for entry in entries(params, args.plaid, args.fast_plaid, args.quick):
+    chosen = entries(params, args.plaid, args.fast_plaid, args.quick)
+    if args.m32_only:
+        chosen = [("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2], "pq_ms": [32], "params": params})]
+    if args.adaptive_only:
+        chosen = [
+            (
+                "pooledir",
+                {"indexes": ["ivfpq"], "pool_factors": [], "pool_thresholds": [THRESHOLDS[0]], "params": params},
+            )
+        ]
+    for entry in chosen:
         cfg = FrontierConfig(
             dataset=args.dataset,
             checkpoint=args.checkpoint,
