@@ -173,8 +173,12 @@ def _pareto_plot(plt, results: list[dict], path: Path) -> Path:
     """nDCG@10 against bytes a query needs per original (unpooled) token, one panel per dataset."""
     from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    cols = min(3, len(results))
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax, res in zip(axes.flat, results):
         runs = [r for r in res["runs"] if r.get("bytes_per_token")]
         kinds = []
         for r in runs:
