@@ -80,7 +80,7 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--fast-plaid", action="store_true", help="fast-plaid (skipped with its reason if absent)")
     ap.add_argument("--quick", action="store_true", help="checks: flat x1/x2, IVF-PQ x2/x3, x2 with refine")
     ap.add_argument("--m32-only", action="store_true", help="only IVF-PQ x2 with pq_m 32 (a check of that codec)")
-    ap.add_argument("--adaptive-only", action="store_true", help="only IVF-PQ at the x2-like threshold")
+    ap.add_argument("--adaptive-only", choices=["ivfpq", "flat"], help="only this index at the x2-like threshold")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -94,7 +94,12 @@ def main() -> None:  # noqa: D103
         chosen = [
             (
                 "pooledir",
-                {"indexes": ["ivfpq"], "pool_factors": [], "pool_thresholds": [THRESHOLDS[0]], "params": params},
+                {
+                    "indexes": [args.adaptive_only],
+                    "pool_factors": [],
+                    "pool_thresholds": [THRESHOLDS[0]],
+                    "params": params,
+                },
             )
         ]
     for entry in chosen:
