@@ -637,8 +637,15 @@ def eval_beir(
     corpus_sample: Annotated[int | None, typer.Option(help="Judged documents plus a seeded sample up to N.")] = None,
     queries_sample: Annotated[int | None, typer.Option(help="A seeded sample of N judged queries.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    compare: Annotated[str, typer.Option(help="Peer systems to run on the same vectors: plaid.")] = "",
-    plaid_nbits: Annotated[str, typer.Option(help="PLAID residual bits to run.")] = "2,4",
+    compare: Annotated[
+        str, typer.Option(help="Peer systems on the same vectors, pooled at every pool factor: plaid, fast-plaid.")
+    ] = "",
+    plaid_nbits: Annotated[str, typer.Option(help="PLAID (and fast-plaid) residual bits to run.")] = "2,4",
+    pool_thresholds: Annotated[
+        str, typer.Option(help="Comma-separated Ward merge heights for adaptive pooling (extra pooledir runs).")
+    ] = "",
+    pq_m: Annotated[str, typer.Option(help="Comma-separated PQ sub-quantizer counts for IVF-PQ (default dim/8).")] = "",
+    refine: Annotated[str, typer.Option(help="IVF-PQ refine stage (float16 copy): off, on or off,on.")] = "off",
     nprobe: NProbe = None,
     candidates: Candidates = None,
     rerank: Rerank = None,
@@ -647,16 +654,29 @@ def eval_beir(
     device: Device = "auto",
 ) -> None:
     """Score a BEIR dataset (nDCG@10, Recall@100) across pool factors and index types."""
+    from pooledir.errors import InputError
     from pooledir.evaluation import EvalConfig, evaluate, markdown_table
     from pooledir.search import SearchParams
 
+    factors = _int_list(pool_factors, "--pool-factors")
     peers = {c: {} for c in compare.split(",") if c}
-    if "plaid" in peers:
-        peers["plaid"] = {"nbits": _int_list(plaid_nbits, "--plaid-nbits")}
+    for name in ("plaid", "fast-plaid"):
+        if name in peers:
+            peers[name] = {"nbits": _int_list(plaid_nbits, "--plaid-nbits"), "pool_factors": factors}
+    try:
+        thresholds = [float(x) for x in pool_thresholds.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--pool-thresholds must be comma-separated numbers, got {pool_thresholds!r}") from None
+    refine_modes = {"off": False, "on": True}
+    if any(x not in refine_modes for x in refine.split(",")):
+        raise InputError(f"--refine must be off, on or off,on, got {refine!r}")
     cfg = EvalConfig(
         dataset=dataset,
         checkpoint=str(checkpoint or default_checkpoint()),
-        pool_factors=_int_list(pool_factors, "--pool-factors"),
+        pool_factors=factors,
+        pool_thresholds=thresholds,
+        pq_ms=_int_list(pq_m, "--pq-m") or [None],
+        refine=[refine_modes[x] for x in refine.split(",")],
         indexes=[x for x in index_types.split(",") if x],
         split=split,
         corpus_sample=corpus_sample,
