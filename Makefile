@@ -12,7 +12,7 @@ DEMO   ?= .cache/demo
 CKPT   := $(DEMO)/minilm-colbert-128-plain
 INDEX  := $(DEMO)/scifact-pf2
 
-.PHONY: install test lint demo bench eval check-runtime-install clean pylate-fixtures
+.PHONY: install test lint demo bench eval check-runtime-install clean pylate-fixtures fast-plaid-venv
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,19 @@ eval: install
 			--pool-factors 1,2,3,4 --index ivfpq,flat --compare plaid --device cpu || exit 1; \
 	done
 	$(BIN)/pooledir eval report $(foreach d,$(DATASETS),eval/results/$(d).cpu.json) --out-dir eval/results
+
+# PyLate's PLAID (fast-plaid) for `--compare fast-plaid`: its own environment, since every fast-plaid release
+# pins an exact torch (1.7.0.2110: torch==2.11.0). PyPI's torch 2.11.0 is the CUDA build (several GB of CUDA
+# wheels), so the CPU build comes from PyTorch's wheel index (TORCH_CPU_INDEX); without it the harness skips
+# fast-plaid and says why.
+FAST_PLAID_VENV := .cache/fast-plaid-venv
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+fast-plaid-venv:
+	rm -rf $(FAST_PLAID_VENV)
+	$(PYTHON) -m venv $(FAST_PLAID_VENV)
+	$(FAST_PLAID_VENV)/bin/pip install -q --index-url $(TORCH_CPU_INDEX) torch==2.11.0 \
+		&& $(FAST_PLAID_VENV)/bin/pip install -q fast-plaid==1.7.0.2110 \
+		|| { rm -rf $(FAST_PLAID_VENV); echo "fast-plaid-venv: torch 2.11.0 (CPU) or fast-plaid did not install"; exit 1; }
 
 # `pip install pooledir` without extras (no colbert-ai) must index and search: a throwaway venv, 50 documents.
 RUNTIME_VENV := $(DEMO)/runtime-venv

@@ -241,7 +241,7 @@ def _index_streamed(
                 cleanup_on_failure(out, created)
                 raise
 
-        def run():
+        def run():  # with passages too: build.py hands each chunk to PooledIndex.add, which splits it
             return build.build_index(docs, idx, bconf, resume=resume, total=total)
 
     with idx:
@@ -253,20 +253,16 @@ def _index_streamed(
             idx.close()
             cleanup_on_failure(out, created)
             raise
-        except BaseException as e:
-            if not len(idx):
+        except BaseException:
+            if len(idx):
+                typer.secho(f"stopped; {_kept(idx, out)}; continue with: {_resume_command()}", err=True, fg="yellow")
+            else:
                 idx.close()
                 cleanup_on_failure(out, created)
-                raise  # Ctrl-C: main() prints "interrupted" and exits 130
-            _close_progress_bars()
-            typer.secho(f"stopped; {_kept(idx, out)}; continue with: {_resume_command()}", err=True, fg="yellow")
-            if isinstance(e, KeyboardInterrupt):
-                sys.exit(130)  # that line says it all
-            raise
+            raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
-        parents = report.added + report.skipped if idx.config.passage_stride is not None else None
-        _print_summary(idx.info(), documents=parents)
+        _print_summary(idx.info(), documents=report.added if idx.config.passage_stride is not None else None)
     if corpus is not None and encoder is not None:
         n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
         _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
@@ -392,9 +388,7 @@ def encode(
         if isinstance(e, PooledirError):
             raise type(e)(f"{e} ({kept}: fix that, then continue with: {_resume_command()})") from None
         typer.secho(f"stopped; {kept}; continue with: {_resume_command()}", err=True, fg="yellow")
-        if isinstance(e, KeyboardInterrupt):
-            sys.exit(130)
-        raise
+        raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
     manifest = read_shard_manifest(out)
     typer.echo(
         f"encoded {report.encoded} documents into {len(report.shards_written)} shards "
@@ -637,8 +631,15 @@ def eval_beir(
     corpus_sample: Annotated[int | None, typer.Option(help="Judged documents plus a seeded sample up to N.")] = None,
     queries_sample: Annotated[int | None, typer.Option(help="A seeded sample of N judged queries.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    compare: Annotated[str, typer.Option(help="Peer systems to run on the same vectors: plaid.")] = "",
-    plaid_nbits: Annotated[str, typer.Option(help="PLAID residual bits to run.")] = "2,4",
+    compare: Annotated[
+        str, typer.Option(help="Peer systems on the same vectors, pooled at every pool factor: plaid, fast-plaid.")
+    ] = "",
+    plaid_nbits: Annotated[str, typer.Option(help="PLAID (and fast-plaid) residual bits to run.")] = "2,4",
+    pool_thresholds: Annotated[
+        str, typer.Option(help="Comma-separated Ward merge heights for adaptive pooling (extra pooledir runs).")
+    ] = "",
+    pq_m: Annotated[str, typer.Option(help="Comma-separated PQ sub-quantizer counts for IVF-PQ (default dim/8).")] = "",
+    refine: Annotated[str, typer.Option(help="IVF-PQ refine stage (float16 copy): off, on or off,on.")] = "off",
     nprobe: NProbe = None,
     candidates: Candidates = None,
     rerank: Rerank = None,
@@ -647,16 +648,29 @@ def eval_beir(
     device: Device = "auto",
 ) -> None:
     """Score a BEIR dataset (nDCG@10, Recall@100) across pool factors and index types."""
+    from pooledir.errors import InputError
     from pooledir.evaluation import EvalConfig, evaluate, markdown_table
     from pooledir.search import SearchParams
 
+    factors = _int_list(pool_factors, "--pool-factors")
     peers = {c: {} for c in compare.split(",") if c}
-    if "plaid" in peers:
-        peers["plaid"] = {"nbits": _int_list(plaid_nbits, "--plaid-nbits")}
+    for name in ("plaid", "fast-plaid"):
+        if name in peers:
+            peers[name] = {"nbits": _int_list(plaid_nbits, "--plaid-nbits"), "pool_factors": factors}
+    try:
+        thresholds = [float(x) for x in pool_thresholds.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--pool-thresholds must be comma-separated numbers, got {pool_thresholds!r}") from None
+    refine_modes = {"off": False, "on": True}
+    if any(x not in refine_modes for x in refine.split(",")):
+        raise InputError(f"--refine must be off, on or off,on, got {refine!r}")
     cfg = EvalConfig(
         dataset=dataset,
         checkpoint=str(checkpoint or default_checkpoint()),
-        pool_factors=_int_list(pool_factors, "--pool-factors"),
+        pool_factors=factors,
+        pool_thresholds=thresholds,
+        pq_ms=_int_list(pq_m, "--pq-m") or [None],
+        refine=[refine_modes[x] for x in refine.split(",")],
         indexes=[x for x in index_types.split(",") if x],
         split=split,
         corpus_sample=corpus_sample,

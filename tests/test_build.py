@@ -197,7 +197,9 @@ def test_cli_ctrl_c_then_kill_9_then_resume(tmp_path, tiny_ckpt, tiny_encoder):
     assert rc == 130, stderr
     first = committed(out)
     assert 0 < first < n_docs
-    assert "continue with: pooledir index" in stderr and stderr.rstrip().endswith("--resume"), stderr
+    lines = stderr.rstrip().splitlines()
+    assert lines[-1] == "interrupted" and lines[-2].endswith("--resume"), stderr
+    assert "continue with: pooledir index" in lines[-2], stderr
     r = subprocess.run(CLI + args, capture_output=True, text=True)  # without --resume the folder is refused
     assert r.returncode == 2 and "already holds an index" in r.stderr
 

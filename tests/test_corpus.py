@@ -165,6 +165,7 @@ def test_documents_check_their_fields_when_built():
         (("a", None), "document 'a': text is NoneType, expected a string"),
         (("a", "x\ud800"), "document 'a': text is not valid Unicode: a lone surrogate"),
         (("a", "x", [1]), "document 'a': metadata must be an object (dict)"),
+        (("a", "x", {"k": {1, 2}}), "document 'a': metadata holds a set"),
     ]:
         with pytest.raises(InputError, match=re.escape(msg)):
             Document(*args)

@@ -135,3 +135,53 @@ def test_numpy_int_pool_factor_is_accepted_everywhere(tiny_encoder, tiny_docs, t
         idx.add(tiny_docs[:5])
     manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
     assert manifest["config"]["pool_factor"] == 2
+
+
+# --- adaptive pooling: a per-document budget from Ward's merge heights
+
+
+@given(n=st.integers(3, 50), seed=st.integers(0, 10_000), data=st.data())
+@settings(max_examples=40, deadline=None)
+def test_threshold_between_merge_heights_equals_fixed_k(n, seed, data):
+    from pooledir.pooling import ward_threshold_labels, ward_tree
+
+    X = unit(np.random.default_rng(seed), n)
+    heights = ward_tree(X)[:, 2]
+    k = data.draw(st.integers(2, n - 1))
+    lo, hi = heights[n - k - 1], heights[n - k]  # after n - k merges there are k clusters
+    if hi - lo < 1e-9:  # tied heights: no threshold separates them
+        return
+    labels = ward_threshold_labels(X, (lo + hi) / 2)
+    assert labels.max() + 1 == k
+    assert labels.tolist() == ward_labels(X, k).tolist()  # the same labels as maxclust, not only the same partition
+
+
+def test_threshold_pooling_equals_fixed_factor_pooling_for_one_document():
+    from pooledir.pooling import pool_document, ward_tree
+
+    X = unit(np.random.default_rng(3), 41)  # [CLS] + 40 tokens: factor 2 keeps 1 + 20
+    heights = ward_tree(X[1:])[:, 2]
+    t = (heights[40 - 20 - 1] + heights[40 - 20]) / 2
+    [fixed] = pool_embeddings([X], pool_factor=2)
+    [adaptive] = pool_embeddings([X], pool_threshold=t)
+    assert adaptive.shape == (21, 16)
+    np.testing.assert_array_equal(adaptive, fixed)
+    np.testing.assert_array_equal(adaptive, pool_document(X, 5, 1, t))  # the factor is ignored
+
+
+def test_vector_counts_fall_as_the_threshold_rises():
+    rng = np.random.default_rng(4)
+    docs = [unit(rng, int(n)) for n in rng.integers(1, 60, size=30)]
+    counts = [sum(len(p) for p in pool_embeddings(docs, pool_threshold=t)) for t in (0.0, 0.2, 0.5, 1.0, 2.0, 1e9)]
+    assert counts == sorted(counts, reverse=True)
+    assert counts[0] == sum(len(d) for d in docs)  # random unit vectors: no merge of height 0
+    assert counts[-1] == sum(min(len(d), 2) for d in docs)  # [CLS] + one cluster each
+    assert len(set(counts)) > 3
+    for p in pool_embeddings(docs, pool_threshold=0.5):
+        np.testing.assert_allclose(np.linalg.norm(p.astype(np.float32), axis=1), 1, atol=1e-2)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "1", True])
+def test_bad_pool_threshold(bad):
+    with pytest.raises(InputError, match="pool_threshold"):
+        pool_embeddings([np.ones((3, 4), np.float32)], pool_threshold=bad)

@@ -23,14 +23,17 @@ def load_results(paths: list[Path]) -> list[dict]:
 
 
 #: how a peer system's name is printed (any other name is printed as it is)
-DISPLAY_NAMES = {"plaid": "PLAID"}
+DISPLAY_NAMES = {"plaid": "PLAID", "fast-plaid": "fast-plaid"}
 
 
 def _label(run: dict, short: bool = False) -> str:
     """``pooledir ivfpq pool x2`` / ``PLAID nbits=2`` for tables; ``ivfpq x2`` / ``PLAID 2b`` for plots."""
     pf = run.get("pool_factor") or 1
     if run["system"] == "pooledir":
-        return f"{run['index']} x{pf}" if short else f"pooledir {run['index']} pool x{pf}"
+        t = run.get("pool_threshold")
+        pool = (f"t{t:g}" if short else f"pool <= {t:g}") if t is not None else (f"x{pf}" if short else f"pool x{pf}")
+        codec = (f" m{run['pq_m']}" if run.get("pq_m") else "") + (" refine" if run.get("refine") else "")
+        return f"{run['index']} {pool}{codec}" if short else f"pooledir {run['index']} {pool}{codec}"
     name = DISPLAY_NAMES.get(run["system"], run["system"])
     if run.get("nbits") is not None:
         name += f" {run['nbits']}b" if short else f" nbits={run['nbits']}"
@@ -52,23 +55,40 @@ def markdown_table(results: list[dict]) -> str:
             f"### {res['dataset']} ({res['documents']} documents, {res['queries']} queries; "
             f"{m.get('cpu')}, GPU: {m.get('gpu') or 'none'})",
             "",
-            "| system | vectors | index MB | nDCG@10 | vs flat x1 | Recall@100 | p50 ms | p95 ms | QPS | pool s "
-            "| build s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| system | vectors | index MB | B/token | nDCG@10 | vs flat x1 | Recall@100 | p50 ms | p95 ms | QPS "
+            "| pool s | build s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in res["runs"]:
             rel = f"{r['ndcg@10'] / base['ndcg@10']:.1%}" if base and base["ndcg@10"] else "-"
             lines.append(
-                f"| {_label(r)} | {r['vectors']:,} | {r['index_bytes'] / 1e6:.1f} | {r['ndcg@10']:.4f} | {rel} | "
+                f"| {_label(r)} | {r['vectors']:,} | {r['index_bytes'] / 1e6:.1f} | {_per_token(r)} | "
+                f"{r['ndcg@10']:.4f} | {rel} | "
                 f"{r['recall@100']:.4f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {r['qps']:.1f} | "
                 f"{r['pool_s'] or 0:.1f} | {r['build_s']:.1f} |"
             )
         lines.append("")
+        for s in res.get("skipped", []):
+            lines += [f"- {DISPLAY_NAMES.get(s['system'], s['system'])} not run: {s['reason']}", ""]
     return "\n".join(lines)
 
 
+def _per_token(run: dict) -> str:
+    v = run.get("bytes_per_token")
+    return "-" if v is None else f"{v:.1f}"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (fewer bytes, higher quality), by bytes."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
 def plots(results: list[dict], out_dir: Path) -> list[Path]:
-    """nDCG@10 vs pool factor, nDCG@10 vs index bytes (with PLAID), latency vs nDCG@10."""
+    """nDCG@10 vs pool factor, vs index bytes, vs bytes per original token (Pareto), latency vs nDCG@10."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +143,88 @@ def plots(results: list[dict], out_dir: Path) -> list[Path]:
             ax.set(xlabel=xlabel, ylabel="nDCG@10", title=f"{res['dataset']}: quality vs {xlabel.split(' (')[0]}")
             ax.grid(alpha=0.3)
         written.append(_save(fig, out_dir / name))
+    with_unit = [res for res in results if any(r.get("bytes_per_token") for r in res["runs"])]
+    if with_unit:
+        written.append(_pareto_plot(plt, with_unit, out_dir / "ndcg_vs_bytes_per_token.png"))
     return written
+
+
+#: marker and colour per kind of run in the Pareto plot
+STYLES = {
+    "ivfpq": ("o", "tab:blue"),
+    "ivfpq refine": ("P", "tab:purple"),
+    "ivfpq adaptive": ("v", "tab:cyan"),
+    "flat": ("^", "tab:gray"),
+    "flat adaptive": ("<", "tab:olive"),
+    "plaid": ("s", "tab:red"),
+    "fast-plaid": ("D", "tab:orange"),
+}
+
+
+def _kind(run: dict) -> str:
+    if run["system"] != "pooledir":
+        return run["system"]
+    if run.get("pool_threshold") is not None:
+        return f"{run['index']} adaptive"
+    return f"{run['index']} refine" if run.get("refine") else run["index"]
+
+
+def _pareto_plot(plt, results: list[dict], path: Path) -> Path:
+    """nDCG@10 against bytes a query needs per original (unpooled) token, one panel per dataset."""
+    from matplotlib.lines import Line2D
+
+    cols = min(3, len(results))
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax, res in zip(axes.flat, results):
+        runs = [r for r in res["runs"] if r.get("bytes_per_token")]
+        kinds = []
+        for r in runs:
+            kind = _kind(r)
+            kinds.append(kind)
+            marker, colour = STYLES.get(kind, ("X", "tab:green"))
+            ax.scatter(r["bytes_per_token"], r["ndcg@10"], marker=marker, color=colour, s=30)
+            ax.annotate(
+                _label(r, short=True),
+                (r["bytes_per_token"], r["ndcg@10"]),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
+        for name, colour, style in (("pooledir", "tab:blue", "-"), ("plaid", "tab:red", "--")):
+            pts = [(r["bytes_per_token"], r["ndcg@10"]) for r in runs if r["system"] == name]
+            front = pareto_front(pts)
+            if len(front) > 1:
+                ax.plot(*zip(*front), linestyle=style, color=colour, alpha=0.5, linewidth=1)
+        exact = next((r for r in runs if _kind(r) == "flat" and r.get("pool_factor") == 1), None)
+        if exact:  # the quality target: 99% of exact unpooled search
+            ax.axhline(0.99 * exact["ndcg@10"], color="black", linestyle=":", linewidth=0.8)
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        split = res.get("split", "test")
+        sample = f", sample {res['documents']} docs" if res.get("corpus_sample") else ""
+        ax.set(
+            xlabel="bytes a query needs per original token (text apart)",
+            ylabel=f"nDCG@10 ({split})",
+            title=f"{res['dataset']} ({split}{sample})",
+        )
+        ax.grid(alpha=0.3)
+        legend = [
+            Line2D([], [], marker=STYLES[k][0], color=STYLES[k][1], linestyle="", label=k) for k in STYLES if k in kinds
+        ]
+        legend += [Line2D([], [], color="tab:blue", alpha=0.5, label="pooledir Pareto front")]
+        if exact:
+            legend += [Line2D([], [], color="black", linestyle=":", linewidth=0.8, label="99% of flat x1")]
+        if any(r["system"] == "plaid" for r in runs):
+            legend += [Line2D([], [], color="tab:red", linestyle="--", alpha=0.5, label="PLAID Pareto front")]
+        ax.legend(handles=legend, fontsize=7, loc="lower right")
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

@@ -30,7 +30,19 @@ def make_config(tiny_beir, tiny_ckpt, tmp_path, **kw):
 def test_end_to_end_keys_runs_cache(tiny_beir, tiny_ckpt, tmp_path):
     cfg = make_config(tiny_beir, tiny_ckpt, tmp_path)
     result = evaluate(cfg)
-    assert set(result) == {"dataset", "checkpoint", "documents", "queries", "machine", "runs"}
+    assert set(result) == {
+        "dataset",
+        "checkpoint",
+        "documents",
+        "queries",
+        "split",
+        "corpus_sample",
+        "machine",
+        "tokens",
+        "runs",
+        "skipped",
+    }
+    assert result["skipped"] == [] and result["split"] == "test"
     assert result["documents"] == 40 and result["queries"] == 5 and set(result["machine"]) == {"cpu", "gpu"}
     assert [(r["index"], r["pool_factor"]) for r in result["runs"]] == [
         ("flat", 1),
@@ -42,6 +54,9 @@ def test_end_to_end_keys_runs_cache(tiny_beir, tiny_ckpt, tmp_path):
         assert tuple(r) == RUN_KEYS
         assert 0 <= r["ndcg@10"] <= 1 and 0 <= r["recall@100"] <= 1
         assert r["index_bytes"] > 0 and r["qps"] > 0 and r["vectors"] > 0
+        # bytes per original token: what a query needs (text apart) over the unpooled token count
+        assert 0 < r["search_bytes"] < r["index_bytes"]
+        assert r["bytes_per_token"] == pytest.approx(r["search_bytes"] / result["tokens"])
     flat1, flat2 = result["runs"][0], result["runs"][1]
     assert flat2["vectors"] < flat1["vectors"]
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
@@ -109,6 +124,7 @@ def test_cli_eval_and_report(tiny_beir, tiny_ckpt, tmp_path):
         "report.md",
         "ndcg_vs_pool_factor.png",
         "ndcg_vs_bytes.png",
+        "ndcg_vs_bytes_per_token.png",
         "latency_vs_ndcg.png",
     }
     bad = subprocess.run(
@@ -188,3 +204,98 @@ def test_unknown_system_and_bad_options_fail_before_any_work(tiny_beir, tmp_path
         evaluate(make_config(tiny_beir, missing, tmp_path, indexes=["hnsw"]))
     with pytest.raises(InputError, match="PLAID nbits=3"):
         evaluate(make_config(tiny_beir, missing, tmp_path, compare={"plaid": {"nbits": [3]}}))
+
+
+def test_adaptive_pooling_and_codec_variants(tiny_beir, tiny_ckpt, tmp_path):
+    cfg = make_config(
+        tiny_beir,
+        tiny_ckpt,
+        tmp_path,
+        pool_factors=[1],
+        pool_thresholds=[0.5, 3.0],
+        indexes=["flat"],
+        latency_queries=1,
+    )
+    runs = evaluate(cfg)["runs"]
+    assert [(r["pool_factor"], r["pool_threshold"]) for r in runs] == [(1, None), (None, 0.5), (None, 3.0)]
+    flat1, flat_low, flat_high = runs
+    assert flat1["vectors"] > flat_low["vectors"] > flat_high["vectors"]  # a higher threshold merges more
+    assert flat_high["pool_s"] > 0
+    cfg = make_config(
+        tiny_beir, tiny_ckpt, tmp_path, pool_factors=[1], indexes=["ivfpq"], pq_ms=[4], refine=[False, True]
+    )
+    runs = evaluate(cfg)["runs"]
+    assert [(r["index"], r["pq_m"], r["refine"]) for r in runs] == [("ivfpq", 4, False), ("ivfpq", 4, True)]
+    plain, refined = runs
+    assert refined["vectors"] == plain["vectors"] and refined["vector_bytes"] > plain["vector_bytes"]
+    # the refine stage re-scores with the float16 copy: tiny indexes keep exact segments, so both agree here
+    assert refined["ndcg@10"] == pytest.approx(flat1["ndcg@10"], abs=1e-6)
+
+
+def test_peers_that_cannot_run_are_skipped_with_their_reason(tiny_beir, tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "colbert", None)  # as if colbert-ai were not installed
+    monkeypatch.setenv("POOLEDIR_FAST_PLAID_PYTHON", str(tmp_path / "no-venv" / "bin" / "python"))
+    cfg = make_config(
+        tiny_beir, tiny_ckpt, tmp_path, pool_factors=[1], indexes=["flat"], compare=["plaid", "fast-plaid"]
+    )
+    result = evaluate(cfg)
+    assert [r["system"] for r in result["runs"]] == ["pooledir"]
+    skipped = {s["system"]: s["reason"] for s in result["skipped"]}
+    assert set(skipped) == {"plaid", "fast-plaid"}
+    assert "colbert-ai is not installed" in skipped["plaid"]
+    assert "fast-plaid's virtual environment is missing" in skipped["fast-plaid"] and "no-venv" in skipped["fast-plaid"]
+    assert "fast-plaid not run: fast-plaid's virtual environment is missing" in markdown_table([result])
+
+
+FAKE_FAST_PLAID = '''
+"""A stand-in for fast-plaid's search module: exact MaxSim, the same calls and answers."""
+import torch
+
+
+class FastPlaid:
+    def __init__(self, index, device=None):
+        self.index = index
+
+    def create(self, documents_embeddings, nbits=4):
+        import os
+        os.makedirs(self.index, exist_ok=True)
+        self.docs = documents_embeddings
+        torch.save(self.docs, os.path.join(self.index, "docs.pt"))
+        return self
+
+    def search(self, queries_embeddings, top_k=10, show_progress=True):
+        out = []
+        for q in queries_embeddings:
+            scores = torch.stack([(q @ d.T).max(dim=1).values.sum() for d in self.docs])
+            best = torch.argsort(scores, descending=True)[:top_k]
+            out.append([(int(i), float(scores[i])) for i in best])
+        return out
+'''
+
+
+def test_fast_plaid_runner_exchanges_vectors_through_files(tiny_beir, tiny_ckpt, tmp_path, monkeypatch):
+    # fast-plaid's own environment is another python; here the same python with a stand-in fast_plaid package
+    pkg = tmp_path / "fake" / "fast_plaid"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "search.py").write_text(FAKE_FAST_PLAID)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    monkeypatch.setenv("POOLEDIR_FAST_PLAID_PYTHON", sys.executable)
+    cfg = make_config(
+        tiny_beir,
+        tiny_ckpt,
+        tmp_path,
+        pool_factors=[2],
+        indexes=["flat"],
+        latency_queries=1,
+        compare={"fast-plaid": {"nbits": [2], "pool_factors": [2]}},
+    )
+    result = evaluate(cfg)
+    runs = result["runs"]
+    assert [(r["system"], r["pool_factor"]) for r in runs] == [("pooledir", 2), ("fast-plaid", 2)]
+    for r in runs:
+        assert tuple(r) == RUN_KEYS and r["bytes_per_token"] > 0
+    # identical pooled vectors, both scored exactly: identical quality
+    assert runs[1]["ndcg@10"] == pytest.approx(runs[0]["ndcg@10"], abs=1e-6)
+    assert runs[1]["vectors"] == runs[0]["vectors"]
+    assert (tmp_path / "runs" / "beir.fast-plaid-nbits2-pf2.trec").is_file()

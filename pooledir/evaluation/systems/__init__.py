@@ -10,14 +10,15 @@ from __future__ import annotations
 import importlib
 
 from pooledir.errors import InputError
-from pooledir.evaluation.systems.base import Context, System, SystemFactory
+from pooledir.evaluation.systems.base import Context, System, SystemFactory, SystemUnavailable
 
 SYSTEMS: dict[str, str | SystemFactory] = {
     "pooledir": "pooledir.evaluation.systems.pooledir:systems",
     "plaid": "pooledir.evaluation.systems.plaid:systems",
+    "fast-plaid": "pooledir.evaluation.systems.fast_plaid:systems",
 }
 
-__all__ = ["SYSTEMS", "Context", "System", "SystemFactory", "get_system", "register_system"]
+__all__ = ["SYSTEMS", "Context", "System", "SystemFactory", "SystemUnavailable", "get_system", "register_system"]
 
 
 def register_system(name: str, factory: str | SystemFactory) -> None:

@@ -60,10 +60,21 @@ class System(Protocol):
         """
 
     def bytes(self) -> dict[str, int]:
-        """After ``build``: ``index_bytes`` (every file a query needs) and ``vector_bytes`` (the vectors alone)."""
+        """After ``build``: ``index_bytes``, ``vector_bytes`` and optionally ``search_bytes``.
+
+        ``index_bytes``: every file of the index; ``vector_bytes``: the vectors alone; ``search_bytes``:
+        what a query needs, documents' text counted apart (default ``index_bytes``).
+        """
 
     def close(self) -> None:
         """Release what ``build`` opened."""
+
+
+class SystemUnavailable(Exception):
+    """A factory's way to say its engine cannot run here (not installed, wrong torch).
+
+    The harness records the reason under ``skipped`` and measures the other systems.
+    """
 
 
 #: builds the systems one entry of an evaluation asks for, from that entry's options

@@ -25,7 +25,7 @@ import numpy as np
 from pooledir.corpus import Document
 from pooledir.errors import InputError
 from pooledir.evaluation.metrics import folder_bytes
-from pooledir.evaluation.systems.base import Context
+from pooledir.evaluation.systems.base import Context, SystemUnavailable
 from pooledir.pooled_index import Hit
 
 
@@ -145,13 +145,23 @@ class PlaidSystem:
         self._searcher = None
 
 
-def systems(nbits: Sequence[int] = (2, 4), pool_factor: int = 1) -> list[PlaidSystem]:
-    """One PLAID system per residual bit count; colbert-ai is imported here, before anything is timed."""
+def systems(
+    nbits: Sequence[int] = (2, 4), pool_factor: int | None = None, pool_factors: Sequence[int] = (1,)
+) -> list[PlaidSystem]:
+    """One PLAID system per (pool factor, residual bit count), on vectors pooled as pooledir pools them.
+
+    colbert-ai is imported here, before anything is timed; without it the harness skips PLAID with the reason.
+    """
+    from pooledir.pooling import check_pool_factor
+
     for b in nbits:
         if b not in (1, 2, 4, 8):  # colbert-ai packs 8 // nbits residual codes per byte
             raise InputError(f"PLAID nbits={b!r} is not one of 1, 2, 4, 8")
+    factors = [check_pool_factor(f) for f in ([pool_factor] if pool_factor is not None else pool_factors)]
     try:
         import colbert  # noqa: F401
-    except ImportError:
-        raise InputError('PLAID needs colbert-ai, in the eval extra: pip install "pooledir[eval]"') from None
-    return [PlaidSystem(b, pool_factor) for b in nbits]
+    except ImportError as e:
+        raise SystemUnavailable(
+            f'colbert-ai is not installed ({e}); it is in the eval extra: pip install "pooledir[eval]"'
+        ) from None
+    return [PlaidSystem(b, f) for f in factors for b in nbits]

@@ -1,8 +1,10 @@
-"""pooledir's own indexes as evaluated systems: one per (backend, pool factor), built from cached vectors."""
+"""pooledir's own indexes as evaluated systems: one per (backend, pooling, codec), built from cached vectors."""
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -12,17 +14,38 @@ import numpy as np
 from pooledir.corpus import Document
 from pooledir.evaluation.systems.base import Context
 from pooledir.pooled_index import Hit, IndexConfig, PooledIndex
+from pooledir.pooling import check_pool_threshold, pool_embeddings
 from pooledir.search import SearchParams
 
 
 class PooledirSystem:
-    """A :class:`PooledIndex` with one backend and pool factor, searched with ``params``' knobs."""
+    """A :class:`PooledIndex` with one backend, pooling and codec, searched with ``params``' knobs.
 
-    def __init__(self, backend: str, pool_factor: int, params: SearchParams | None = None) -> None:
-        self.config = IndexConfig(backend=backend, pool_factor=pool_factor)
+    ``pool_threshold`` pools adaptively (Ward merge heights) here, before the index, which then
+    stores the pooled vectors as they are; ``refine`` keeps the float16 copy so that MaxSim
+    re-scores the candidates exactly (IVF-PQ's ``keep_exact``).
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        pool_factor: int,
+        params: SearchParams | None = None,
+        pool_threshold: float | None = None,
+        pq_m: int | None = None,
+        refine: bool = False,
+    ) -> None:
+        self.pool_threshold = check_pool_threshold(pool_threshold)
+        self.config = IndexConfig(
+            backend=backend,
+            pool_factor=1 if self.pool_threshold is not None else pool_factor,
+            pq_m=pq_m,
+            keep_exact=refine,
+        )
         self.config.check()
         self.params = params or SearchParams()
-        self.name = f"pooledir-{backend}-pf{pool_factor}"
+        pooling = f"pt{self.pool_threshold:g}" if self.pool_threshold is not None else f"pf{pool_factor}"
+        self.name = f"pooledir-{backend}-{pooling}" + (f"-m{pq_m}" if pq_m else "") + ("-refine" if refine else "")
         self.index: PooledIndex | None = None
         self.pool_s = 0.0
 
@@ -30,7 +53,12 @@ class PooledirSystem:
         path = context.workdir / self.name
         shutil.rmtree(path, ignore_errors=True)
         self.index = PooledIndex.create(path, config=self.config, device=context.device, encoder=context.encoder)
-        self.pool_s = self.index.add(documents, embeddings=vectors).pool_s
+        pool_s = 0.0
+        if self.pool_threshold is not None:
+            t = time.perf_counter()
+            vectors = pool_embeddings(vectors, pool_threshold=self.pool_threshold)
+            pool_s = time.perf_counter() - t
+        self.pool_s = pool_s + self.index.add(documents, embeddings=vectors).pool_s
 
     def search(self, queries: Sequence[str], k: int, vectors: np.ndarray | None = None) -> list[list[Hit]]:  # noqa: D102
         params = replace(self.params, k=k)
@@ -39,21 +67,39 @@ class PooledirSystem:
         return self.index.search(list(queries), k=k, params=params)
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
+        info = self.index.info()
         return {
             "system": "pooledir",
             "index": self.config.backend,
-            "pool_factor": self.config.pool_factor,
+            "pool_factor": None if self.pool_threshold is not None else self.config.pool_factor,
+            "pool_threshold": self.pool_threshold,
+            "pq_m": self.config.pq_m if self.config.backend == "ivfpq" else None,
+            "refine": self.config.keep_exact,
             "nbits": None,
-            "vectors": self.index.info()["vectors"],
+            "vectors": info["vectors"],
             "pool_s": self.pool_s,
         }
 
     def bytes(self) -> dict[str, int]:  # noqa: D102
         files = self.index.info()["bytes"]
+        vector_bytes = sum(v for k, v in files.items() if k.startswith(("segments", "quantizer")))
+        store = sum(v for k, v in files.items() if k.startswith("docs.sqlite"))
         return {
-            "index_bytes": sum(v for k, v in files.items() if k.startswith(("segments", "quantizer", "docs.sqlite"))),
-            "vector_bytes": sum(v for k, v in files.items() if k.startswith(("segments", "quantizer"))),
+            "index_bytes": vector_bytes + store,
+            "vector_bytes": vector_bytes,
+            # what a query reads: the vectors and the store less the documents' text and metadata
+            "search_bytes": vector_bytes + max(0, store - self._text_bytes()),
         }
+
+    def _text_bytes(self) -> int:
+        """Bytes of document text and metadata in the store (counted apart: PLAID's index holds no text)."""
+        con = sqlite3.connect(f"file:{self.index.path / 'docs.sqlite'}?mode=ro", uri=True)
+        try:
+            sql = "SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB)) + LENGTH(metadata)), 0) FROM docs"
+            (n,) = con.execute(sql).fetchone()
+        finally:
+            con.close()
+        return int(n)
 
     def close(self) -> None:  # noqa: D102
         if self.index is not None:
@@ -64,6 +110,15 @@ def systems(
     indexes: Sequence[str] = ("ivfpq", "flat"),
     pool_factors: Sequence[int] = (1, 2, 3, 4),
     params: SearchParams | None = None,
+    pool_thresholds: Sequence[float] = (),
+    pq_ms: Sequence[int | None] = (None,),
+    refine: Sequence[bool] = (False,),
 ) -> list[PooledirSystem]:
-    """One system per (backend, pool factor), backends first; bad values fail before anything is built."""
-    return [PooledirSystem(b, pf, params) for b in indexes for pf in pool_factors]
+    """One system per (backend, pooling, codec), backends first; bad values fail before anything is built."""
+    out = []
+    for b in indexes:
+        codecs = [(m, r) for m in pq_ms for r in refine] if b == "ivfpq" else [(None, False)]
+        for m, r in codecs:
+            out += [PooledirSystem(b, pf, params, pq_m=m, refine=r) for pf in pool_factors]
+            out += [PooledirSystem(b, 1, params, pool_threshold=t, pq_m=m, refine=r) for t in pool_thresholds]
+    return out
