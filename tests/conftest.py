@@ -24,6 +24,25 @@ WORDS = (
 ).split()
 
 
+class FakeEncoder:
+    """Just what an index records of an encoder, for tests that give vectors directly (no model)."""
+
+    path = "."
+
+    def __init__(self, dim: int = 16):
+        from types import SimpleNamespace
+
+        self.dim = dim
+        self.settings = SimpleNamespace(
+            layout="colbert-ai",
+            doc_maxlen=300,
+            query_maxlen=32,
+            query_augmentation=False,
+            markers=False,
+            mask_punctuation=False,
+        )
+
+
 def make_tiny_bert(path: Path, hidden: int = 32, seed: int = 0) -> Path:
     """A random 2-layer BERT with a small word-level vocabulary, saved like a HF encoder folder."""
     import torch

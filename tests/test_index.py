@@ -10,25 +10,7 @@ from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.index.segments import default_nlist, default_pq_m
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, approximate_scores
-
-
-class FakeEncoder:
-    """Just what an index records of an encoder, for vectors given directly (no model)."""
-
-    path = "."
-
-    def __init__(self, dim):
-        from types import SimpleNamespace
-
-        self.dim = dim
-        self.settings = SimpleNamespace(
-            layout="colbert-ai",
-            doc_maxlen=300,
-            query_maxlen=32,
-            query_augmentation=False,
-            markers=False,
-            mask_punctuation=False,
-        )
+from tests.conftest import FakeEncoder
 
 
 def unit_rows(rng, n, d):

@@ -16,28 +16,10 @@ import pytest
 from pooledir.corpus import Document
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams
+from tests.conftest import FakeEncoder
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 16
-
-
-class FakeEncoder:
-    """What an index records of an encoder; vectors are given directly."""
-
-    path = "."
-    dim = DIM
-
-    def __init__(self):
-        from types import SimpleNamespace
-
-        self.settings = SimpleNamespace(
-            layout="colbert-ai",
-            doc_maxlen=300,
-            query_maxlen=32,
-            query_augmentation=False,
-            markers=False,
-            mask_punctuation=False,
-        )
 
 
 def doc_vectors(seed: int, n: int | None = None) -> np.ndarray:
