@@ -41,6 +41,7 @@ _EXPORTS = {
     "ColBERTEncoder": "pooledir.encoder",
     "encoder_for_index": "pooledir.encoder",
     "encoder_key": "pooledir.encoder",
+    "check_backends": "pooledir.encoder",
     "CheckpointError": "pooledir.errors",
     "DocumentNotFoundError": "pooledir.errors",
     "IndexCorruptError": "pooledir.errors",

@@ -70,6 +70,17 @@ Candidates = Annotated[
 Rerank = Annotated[
     int | None, typer.Option(help="Candidates scored by full MaxSim (default: the library's SearchParams).")
 ]
+QueryBackend = Annotated[
+    str,
+    typer.Option(
+        help="How queries are encoded: torch; onnx (ONNX Runtime on CPU, the same vectors, faster; needs "
+        "pooledir[onnx]); onnx-int8 (faster still, but lossy)."
+    ),
+]
+DocumentBackend = Annotated[
+    str,
+    typer.Option(help="How documents are encoded: torch or onnx (ONNX Runtime on CPU, the same vectors)."),
+]
 
 
 def default_checkpoint() -> Path:
@@ -123,12 +134,15 @@ def index(
     ] = None,
     split_passages: SplitPassages = False,
     passage_stride: PassageStride = None,
+    document_backend: DocumentBackend = "torch",
     device: Device = "auto",
 ) -> None:
     """Build a pooled index from a corpus, streamed in chunks, or from shards written by `pooledir encode`."""
+    from pooledir.encoder import check_backends
     from pooledir.errors import InputError
     from pooledir.pooled_index import IndexConfig
 
+    check_backends(document_backend=document_backend)
     if (corpus is None) == (not embeddings):
         raise InputError("give either a corpus or --embeddings (shard folders), not both and not neither")
     if embeddings and (split_passages or passage_stride is not None):
@@ -158,6 +172,7 @@ def index(
         resume,
         device,
         split_passages,
+        document_backend,
     )
 
 
@@ -178,6 +193,7 @@ def _index_streamed(
     resume: bool,
     device: str,
     split_passages: bool = False,
+    document_backend: str = "torch",
 ) -> None:
     from itertools import chain
 
@@ -226,12 +242,17 @@ def _index_streamed(
             raise InputError(f"{corpus}: no documents found")
         docs, total = chain([first], docs), count_documents(corpus)
         if resuming:
-            idx = PooledIndex.open(out, device=device)
+            idx = PooledIndex.open(out, device=device, document_backend=document_backend)
             _check_resume(idx, None if pool_factor is None else config, checkpoint)
             idx.encoder.batch_size = batch_size
         else:
             try:
-                encoder = ColBERTEncoder(checkpoint or default_checkpoint(), device=device, batch_size=batch_size)
+                encoder = ColBERTEncoder(
+                    checkpoint or default_checkpoint(),
+                    device=device,
+                    batch_size=batch_size,
+                    document_backend=document_backend,
+                )
                 if split_passages and config.passage_stride is None:
                     from pooledir.passages import default_stride
 
@@ -342,6 +363,7 @@ def encode(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue a stopped encode in --out, skipping completed shards.")
     ] = False,
+    document_backend: DocumentBackend = "torch",
     device: Device = "auto",
 ) -> None:
     """Encode (and pool) a corpus into shards, for `pooledir index --embeddings` to build from without an encoder."""
@@ -349,10 +371,11 @@ def encode(
 
     from pooledir.build import DEFAULT_SHARD_DOCS, EncodeConfig, encode_corpus
     from pooledir.corpus import count_documents, iter_corpus
-    from pooledir.encoder import ColBERTEncoder
+    from pooledir.encoder import ColBERTEncoder, check_backends
     from pooledir.errors import InputError, PooledirError
     from pooledir.shards import read_shard_manifest
 
+    check_backends(document_backend=document_backend)
     k, n = _part(part)
     _return_freed_memory()
     have = None
@@ -375,9 +398,13 @@ def encode(
     docs = chain([first], docs)
     if have and checkpoint is None:
         settings = {key: v for key, v in have.encoder.items() if key != "dim"}
-        encoder = ColBERTEncoder(have.checkpoint, device=device, batch_size=batch_size, **settings)
+        encoder = ColBERTEncoder(
+            have.checkpoint, device=device, batch_size=batch_size, document_backend=document_backend, **settings
+        )
     else:
-        encoder = ColBERTEncoder(checkpoint or default_checkpoint(), device=device, batch_size=batch_size)
+        encoder = ColBERTEncoder(
+            checkpoint or default_checkpoint(), device=device, batch_size=batch_size, document_backend=document_backend
+        )
     try:
         report = encode_corpus(docs, out, encoder, config, resume=resume, total=count_documents(corpus))
     except BaseException as e:
@@ -448,6 +475,7 @@ def search(
     candidates: Candidates = None,
     rerank: Rerank = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    query_backend: QueryBackend = "torch",
     device: Device = "auto",
 ) -> None:
     """Search an index; prints rank, score, id and the start of each document."""
@@ -455,7 +483,7 @@ def search(
     from pooledir.search import SearchParams
 
     params = SearchParams.from_optional(k, nprobe, candidates, rerank)
-    with PooledIndex.open(index_dir, device=device) as idx:
+    with PooledIndex.open(index_dir, device=device, query_backend=query_backend) as idx:
         results = idx.search(queries, k=k, params=params, with_text=True)
     for query, hits in zip(queries, results):
         if as_json:
@@ -471,6 +499,7 @@ def search(
 def add(
     index_dir: Annotated[Path, typer.Argument(metavar="INDEX", help="Index folder.")],
     corpus: Annotated[Path, typer.Argument(help="Documents to add (same formats as `index`); ids replace.")],
+    document_backend: DocumentBackend = "torch",
     device: Device = "auto",
 ) -> None:
     """Add documents to an index (an existing id is replaced), without retraining."""
@@ -478,7 +507,7 @@ def add(
     from pooledir.pooled_index import PooledIndex
 
     docs = read_corpus(corpus)
-    with PooledIndex.open(index_dir, device=device) as idx:
+    with PooledIndex.open(index_dir, device=device, document_backend=document_backend) as idx:
         n_long = idx.encoder.count_truncated([d.text for d in docs])
         n = idx.add(docs, show_progress=True).documents
         held = "" if idx.config.passage_stride is None else " entries (documents and passages)"
@@ -546,12 +575,30 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    query_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="How queries are encoded: torch, onnx (same vectors, faster on CPU; needs pooledir[onnx]) or "
+            "onnx-int8 (lossy). Default: $POOLEDIR_QUERY_BACKEND, else torch."
+        ),
+    ] = None,
+    document_backend: Annotated[
+        str | None,
+        typer.Option(help="How upserted documents are encoded: torch or onnx. Default: $POOLEDIR_DOCUMENT_BACKEND."),
+    ] = None,
     device: Device = "auto",
 ) -> None:
     """Serve indexes over HTTP (FastAPI + uvicorn; needs the `service` extra)."""
+    from pooledir.encoder import check_backends
     from pooledir.errors import InputError
     from pooledir.pooled_index import PooledIndex
 
+    # the service reads these from the environment (also in worker processes); an option overrides it
+    backends = {
+        "POOLEDIR_QUERY_BACKEND": query_backend or os.environ.get("POOLEDIR_QUERY_BACKEND", "torch"),
+        "POOLEDIR_DOCUMENT_BACKEND": document_backend or os.environ.get("POOLEDIR_DOCUMENT_BACKEND", "torch"),
+    }
+    check_backends(*backends.values())
     for d in index_dirs:
         # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
         # line, rather than as a traceback from inside the server's start-up
@@ -564,6 +611,7 @@ def serve(
     # the service reads its settings from the environment, also in worker processes
     os.environ["POOLEDIR_INDEXES"] = json.dumps([str(d.resolve()) for d in index_dirs])
     os.environ["POOLEDIR_DEVICE"] = device
+    os.environ.update(backends)
     # the library never imports the service: uvicorn loads it by name
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
 

@@ -33,6 +33,29 @@ log = logging.getLogger(__name__)
 
 #: how queries can be encoded: torch, ONNX Runtime fp32 (lossless), ONNX Runtime INT8 (lossy, opt-in)
 QUERY_BACKENDS = ("torch", "onnx", "onnx-int8")
+#: how documents can be encoded: lossless runtimes only (an index stores what they produce)
+DOCUMENT_BACKENDS = ("torch", "onnx")
+
+
+def check_backends(query_backend: str = "torch", document_backend: str = "torch") -> None:
+    """Raise InputError for an unknown backend, or for an ONNX one when ONNX Runtime is not installed.
+
+    Cheap (loads nothing), so callers check a user's choice before any model or file is touched.
+    """
+    import importlib.util
+
+    if query_backend not in QUERY_BACKENDS:
+        raise InputError(f"query_backend={query_backend!r} is not one of {', '.join(QUERY_BACKENDS)}")
+    if document_backend not in DOCUMENT_BACKENDS:
+        raise InputError(
+            f"document_backend={document_backend!r} is not one of {', '.join(DOCUMENT_BACKENDS)} (lossless only)"
+        )
+    for what, backend in (("query_backend", query_backend), ("document_backend", document_backend)):
+        if backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
+            raise InputError(
+                f"{what}={backend!r} needs ONNX Runtime, which is not installed: pip install 'pooledir[onnx]' "
+                "(or use the 'torch' backend)"
+            )
 
 
 class ColBERTEncoder:
@@ -78,10 +101,7 @@ class ColBERTEncoder:
     ) -> None:
         if batch_size <= 0:
             raise InputError(f"batch_size={batch_size} must be positive")
-        if query_backend not in QUERY_BACKENDS:
-            raise InputError(f"query_backend={query_backend!r} is not one of {', '.join(QUERY_BACKENDS)}")
-        if document_backend not in ("torch", "onnx"):
-            raise InputError(f"document_backend={document_backend!r} is not one of torch, onnx (lossless only)")
+        check_backends(query_backend, document_backend)
         self.path: Path = resolve_checkpoint(checkpoint)
         self.checkpoint = str(checkpoint)
         self.device = resolve_device(device)
@@ -336,7 +356,8 @@ def encoder_for_index(
     checkpoint
         Load the weights from here instead of the manifest's checkpoint path.
     **kwargs
-        Passed on to :class:`ColBERTEncoder` (e.g. ``batch_size``).
+        Passed on to :class:`ColBERTEncoder` (e.g. ``batch_size``, ``query_backend``,
+        ``document_backend``: how it runs, never what it computes).
     """
     recorded_checkpoint, settings = _recorded(manifest)
     return ColBERTEncoder(checkpoint or recorded_checkpoint, device=device, **(kwargs | settings))

@@ -69,6 +69,7 @@ class PooledIndex:
         if encoder is not None and encoder.dim != self.dim:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder
+        self._backends: dict[str, str] = {}  # how an encoder loaded on first use runs (see open())
         try:
             store = DocStore(path / "docs.sqlite")
         except sqlite3.OperationalError:
@@ -131,13 +132,32 @@ class PooledIndex:
         return cls(path, manifest, device, encoder)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], device: str = "auto", encoder=None) -> PooledIndex:
-        """Open an index folder; raises :class:`IndexCorruptError` if its files disagree."""
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        encoder=None,
+        query_backend: str = "torch",
+        document_backend: str = "torch",
+    ) -> PooledIndex:
+        """Open an index folder; raises :class:`IndexCorruptError` if its files disagree.
+
+        ``query_backend``/``document_backend`` choose how the encoder loaded on first use runs
+        (see :class:`~pooledir.encoder.ColBERTEncoder`); a ready ``encoder`` already has its own.
+        """
+        from pooledir.encoder import check_backends
+
+        check_backends(query_backend, document_backend)
+        backends = {"query_backend": query_backend, "document_backend": document_backend}
+        if encoder is not None and set(backends.values()) != {"torch"}:
+            raise InputError("pass either an encoder or the backends to load one with, not both")
         path = Path(path)
         manifest = read_manifest(path)
         if not (path / "docs.sqlite").is_file():
             raise IndexCorruptError(f"{path}: docs.sqlite is missing")
-        return cls(path, manifest, device, encoder)
+        index = cls(path, manifest, device, encoder)
+        index._backends = backends
+        return index
 
     def is_stale(self) -> bool:
         """True when another process has committed a write this object has not loaded."""
@@ -153,7 +173,7 @@ class PooledIndex:
         if self._encoder is None:
             from pooledir.encoder import encoder_for_index
 
-            self._encoder = encoder_for_index(self.manifest, self.device)
+            self._encoder = encoder_for_index(self.manifest, self.device, **self._backends)
             if self._encoder.dim != self.dim:
                 raise IndexCorruptError(f"checkpoint dim {self._encoder.dim} != index dim {self.dim}")
         return self._encoder

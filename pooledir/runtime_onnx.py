@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pooledir.errors import CheckpointError
+from pooledir.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def _require_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise CheckpointError(
-            "query_backend 'onnx' needs ONNX Runtime: pip install 'pooledir[onnx]' (onnxruntime, onnx)"
+        raise InputError(
+            "the 'onnx' backends need ONNX Runtime, which is not installed: pip install 'pooledir[onnx]'"
         ) from None
     return onnxruntime
 

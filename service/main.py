@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.batch_window_ms,
             settings.max_batch_queries,
             settings.checkpoint,
+            settings.query_backend,
+            settings.document_backend,
         )
         app.state.registry = registry
         try:

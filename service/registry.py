@@ -192,6 +192,8 @@ class Registry:
         window_ms: float,
         max_batch: int,
         checkpoint: Path | None = None,
+        query_backend: str = "torch",
+        document_backend: str = "torch",
     ) -> Registry:
         """Open every index folder; names are folder names and must be distinct."""
         names = [Path(p).name for p in paths]
@@ -206,7 +208,9 @@ class Registry:
             manifest = read_manifest(path)
             key = encoder_key(manifest, checkpoint)
             if key not in encoders:
-                encoders[key] = encoder_for_index(manifest, device, checkpoint)
+                encoders[key] = encoder_for_index(
+                    manifest, device, checkpoint, query_backend=query_backend, document_backend=document_backend
+                )
             index = PooledIndex.open(path, device=device, encoder=encoders[key])
             if micro_batching and key not in batchers:
                 batchers[key] = QueryBatcher(encoders[key], window_ms, max_batch)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pooledir import check_backends
 
 
 class Settings(BaseSettings):
@@ -17,6 +19,10 @@ class Settings(BaseSettings):
     #: encode with this checkpoint instead of the path in each index's manifest (e.g. mounted elsewhere in a container)
     checkpoint: Path | None = None
     device: str = "auto"
+    #: how queries are encoded: torch, onnx (ONNX Runtime: the same vectors, faster on CPU) or onnx-int8 (lossy)
+    query_backend: str = "torch"
+    #: how upserted documents are encoded: torch or onnx (lossless only)
+    document_backend: str = "torch"
     api_key: SecretStr | None = None
     max_k: int = 1000
     max_batch_queries: int = 64
@@ -27,3 +33,8 @@ class Settings(BaseSettings):
     # micro-batching of concurrent queries into one encoder call
     batch_window_ms: float = 2.0
     micro_batching: bool = True
+
+    @model_validator(mode="after")
+    def _backends_known(self) -> Settings:
+        check_backends(self.query_backend, self.document_backend)  # the library's rule; an InputError is a ValueError
+        return self

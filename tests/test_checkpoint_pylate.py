@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,18 +200,62 @@ def test_index_records_the_layout_and_refuses_another(tmp_path, tiny_ckpt):
         ColBERTEncoder(tiny_ckpt, device="cpu", layout="pylate")
 
 
-def test_cli_indexes_and_searches_with_a_pylate_checkpoint(tmp_path, tiny_beir):
-    def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "pooledir.cli", *map(str, args)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
+def exact_top(encoder: ColBERTEncoder, queries: list[str], docs, k: int) -> list[list[tuple[str, float]]]:
+    """The k best documents per query by exact MaxSim over the encoder's vectors (ids, scores)."""
+    from pooledir.maxsim import maxsim
 
+    vecs = encoder.encode_documents([d.text for d in docs], dtype="float32")
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in vecs])])
+    scores = maxsim(encoder.encode_queries(queries), np.concatenate(vecs), offsets)
+    return [[(docs[j].id, float(row[j])) for j in np.argsort(-row, kind="stable")[:k]] for row in scores]
+
+
+@pytest.mark.parametrize("model", ["colbert-ai", *MODELS])
+def test_cli_indexes_and_searches_with_a_pylate_checkpoint_as_with_a_colbert_ai_one(
+    tmp_path, tiny_beir, tiny_ckpt, capsys, model
+):
+    """index, search, add and delete through the CLI; search gives exact MaxSim over the checkpoint's vectors."""
+    from pooledir.corpus import read_corpus
+    from tests.test_cli import cli
+
+    ckpt = tiny_ckpt if model == "colbert-ai" else FIXTURES / model
     out = tmp_path / "idx"
-    assert "40 documents" in run("index", tiny_beir, "--out", out, "--checkpoint", FIXTURES / "bert", "--device", "cpu")
-    lines = [
-        json.loads(x) for x in run("search", out, "cancer cells", "-k", "3", "--json", "--device", "cpu").splitlines()
-    ]
-    assert len(lines) == 1 and len(lines[0]["results"]) == 3
+    code, text, err = cli(
+        capsys, "index", tiny_beir, "--out", out, "--checkpoint", ckpt, "--index", "flat", "--pool-factor", "1",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0 and "40 documents" in text, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["checkpoint"] == str(ckpt.resolve())
+    assert manifest["encoder"]["layout"] == ("colbert-ai" if model == "colbert-ai" else "pylate")
+    encoder = ColBERTEncoder(ckpt, device="cpu")
+    assert manifest["encoder"]["query_maxlen"] == encoder.settings.query_maxlen
+    assert manifest["encoder"]["markers"] is True and manifest["encoder"]["query_augmentation"] is True
+
+    queries = ["cancer cells", "vitamin bone study", "immune response of t cells"]
+    code, text, err = cli(capsys, "search", out, *queries, "-k", "5", "--json", "--device", "cpu")
+    assert code == 0, err
+    got = [[(h["id"], h["score"]) for h in json.loads(x)["results"]] for x in text.splitlines()]
+    want = exact_top(encoder, queries, read_corpus(tiny_beir), k=6)
+    for g, w in zip(got, want):
+        exact = dict(w)
+        assert len(g) == 5 and all(abs(score - exact.get(i, -1)) < 5e-3 for i, score in g), (g, w)  # float16 storage
+        assert [i for i, _ in g] == [i for i, _ in w[:5]] or min(s for _, s in w[:5]) - w[5][1] < 5e-3  # ties only
+
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"_id": "n1", "text": "vitamin bone study"}) + "\n")
+    code, text, err = cli(capsys, "add", out, new, "--device", "cpu")
+    assert code == 0 and "now holds 41" in text, err
+    code, text, err = cli(capsys, "search", out, "vitamin bone study", "-k", "41", "--json", "--device", "cpu")
+    found = {h["id"]: h["score"] for h in json.loads(text)["results"]}
+    new_doc = read_corpus(new)
+    n1 = exact_top(encoder, ["vitamin bone study"], new_doc, k=1)[0][0][1]
+    assert abs(found["n1"] - n1) < 5e-3
+    code, text, err = cli(capsys, "delete", out, "n1", "c0")
+    assert code == 0 and "now holds 39" in text, err
+    code, text, err = cli(capsys, "search", out, "vitamin bone study", "-k", "50", "--json", "--device", "cpu")
+    ids = {h["id"] for h in json.loads(text)["results"]}
+    assert len(ids) == 39 and not ids & {"n1", "c0"}
 
 
 @pytest.mark.parametrize("model", MODELS)
