@@ -61,6 +61,15 @@ PassageStride = Annotated[
     typer.Option(help="Tokens from one passage's start to the next's (implies --split-passages; default: half)."),
 ]
 
+UseRay = Annotated[
+    bool,
+    typer.Option("--ray", help='Run on a Ray cluster (needs the extra: pip install "pooledir[distributed]").'),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(help="With --ray: the cluster's address (auto: the one `ray start` runs here; default: a new one)."),
+]
+
 NProbe = Annotated[
     int | None, typer.Option(help="IVF lists probed per query token (default: the library's SearchParams).")
 ]
@@ -343,6 +352,11 @@ def encode(
         bool, typer.Option("--resume", help="Continue a stopped encode in --out, skipping completed shards.")
     ] = False,
     device: Device = "auto",
+    use_ray: UseRay = False,
+    address: RayAddress = None,
+    actors: Annotated[
+        int | None, typer.Option(help="With --ray: encoder actors (default: one per GPU, else one per CPU).")
+    ] = None,
 ) -> None:
     """Encode (and pool) a corpus into shards, for `pooledir index --embeddings` to build from without an encoder."""
     from itertools import chain
@@ -354,6 +368,10 @@ def encode(
     from pooledir.shards import read_shard_manifest
 
     k, n = _part(part)
+    if use_ray:
+        from pooledir.distributed import require_ray
+
+        require_ray()  # before anything is read or created
     _return_freed_memory()
     have = None
     if (resume or n > 1) and out.is_dir() and any(out.glob("shard-*.json")):
@@ -368,6 +386,24 @@ def encode(
         parts=n,
     )
     config.check()
+    if use_ray:
+        if n > 1:
+            raise InputError("--ray writes every shard itself: drop --part")
+        from pooledir.distributed import connect
+        from pooledir.distributed.encode import encode_corpus_ray
+
+        connect(address)
+        ckpt = checkpoint or (have.checkpoint if have else None) or default_checkpoint()
+        settings = {key: v for key, v in have.encoder.items() if key != "dim"} if have and checkpoint is None else {}
+        kwargs = {"settings": settings, "actors": actors, "device": device, "batch_size": batch_size}
+        report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
+        typer.echo(
+            f"encoded {report.encoded} documents into {len(report.shards_written)} shards with {report.actors} Ray "
+            f"actors ({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"
+            + (f"; {report.shards_skipped} shards were already complete" if report.shards_skipped else "")
+            + (f"; {report.abandoned_tries} tries of dead actors were redone" if report.abandoned_tries else "")
+        )
+        return
     docs = iter_corpus(corpus)
     first = next(docs, None)  # a missing, empty or malformed corpus fails before anything is created
     if first is None:
