@@ -133,6 +133,12 @@ def index(
     split_passages: SplitPassages = False,
     passage_stride: PassageStride = None,
     device: Device = "auto",
+    use_ray: UseRay = False,
+    address: RayAddress = None,
+    segments: Annotated[
+        int | None,
+        typer.Option(help="With --ray: segments built in parallel, one per run of shards (default: one per shard)."),
+    ] = None,
 ) -> None:
     """Build a pooled index from a corpus, streamed in chunks, or from shards written by `pooledir encode`."""
     from pooledir.errors import InputError
@@ -140,6 +146,12 @@ def index(
 
     if (corpus is None) == (not embeddings):
         raise InputError("give either a corpus or --embeddings (shard folders), not both and not neither")
+    if use_ray:
+        from pooledir.distributed import require_ray
+
+        require_ray()
+        if not embeddings:
+            raise InputError("--ray builds from encoded shards: run `pooledir encode --ray` first, then --embeddings")
     if embeddings and (split_passages or passage_stride is not None):
         raise InputError("passages are split from a corpus's text: give the corpus, not --embeddings")
     factor = 2 if pool_factor is None else pool_factor
@@ -167,6 +179,7 @@ def index(
         resume,
         device,
         split_passages,
+        ray=(address, segments) if use_ray else None,
     )
 
 
@@ -187,6 +200,7 @@ def _index_streamed(
     resume: bool,
     device: str,
     split_passages: bool = False,
+    ray: tuple[str | None, int | None] | None = None,
 ) -> None:
     from itertools import chain
 
@@ -223,6 +237,12 @@ def _index_streamed(
                 raise
 
         def run():
+            if ray is not None:  # tasks build one segment per run of shards; one commit attaches them
+                from pooledir.distributed import connect
+                from pooledir.distributed.build import build_index_ray
+
+                connect(ray[0])
+                return build_index_ray(embeddings, idx, segments=ray[1])
             return build.build_index_from_shards(embeddings, idx, bconf, resume=resume)
 
     else:

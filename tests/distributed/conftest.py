@@ -9,7 +9,10 @@ import tempfile
 import numpy as np
 import pytest
 
+from pooledir.build import EncodeConfig
 from tests.conftest import random_text
+
+SHARDS_CONFIG = EncodeConfig(shard_docs=8, chunk_docs=3)
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +49,14 @@ def small_corpus(tmp_path_factory):
             lines.append("   ")
     path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory, tiny_encoder, small_corpus):
+    """The small corpus encoded in one process (pooled x2, 8 documents a shard): the reference for Ray's."""
+    from pooledir.build import encode_corpus
+    from pooledir.corpus import iter_corpus
+
+    out = tmp_path_factory.mktemp("serial") / "shards"
+    encode_corpus(iter_corpus(small_corpus), out, tiny_encoder, SHARDS_CONFIG, show_progress=False)
+    return out

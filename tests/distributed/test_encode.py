@@ -9,21 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from pooledir.build import EncodeConfig, encode_corpus
 from pooledir.corpus import iter_corpus
 from pooledir.shards import iter_shards, read_shard_manifest
+from tests.distributed.conftest import SHARDS_CONFIG
 from tests.test_package import ROOT
 
 pytestmark = pytest.mark.slow
-
-CONFIG = EncodeConfig(shard_docs=8, chunk_docs=3)
-
-
-@pytest.fixture(scope="module")
-def serial(tmp_path_factory, tiny_encoder, small_corpus):
-    out = tmp_path_factory.mktemp("serial") / "shards"
-    encode_corpus(iter_corpus(small_corpus), out, tiny_encoder, CONFIG, show_progress=False)
-    return out
 
 
 def run_cli(argv):
@@ -56,27 +47,27 @@ def test_plan_finds_each_shards_offset(small_corpus):
 
 
 def test_ray_encode_equals_single_process_and_a_killed_actor_loses_nothing(
-    ray_cluster, tmp_path, tiny_ckpt, small_corpus, serial
+    ray_cluster, tmp_path, tiny_ckpt, small_corpus, small_shards
 ):
     from pooledir.distributed.encode import encode_corpus_ray
 
     out, marker = tmp_path / "shards", tmp_path / "killed"
     report = encode_corpus_ray(
-        small_corpus, out, tiny_ckpt, CONFIG, actors=2, device="cpu", show_progress=False, fault_marker=marker
+        small_corpus, out, tiny_ckpt, SHARDS_CONFIG, actors=2, device="cpu", show_progress=False, fault_marker=marker
     )
     assert report.documents == report.encoded == 36 and report.shards_written == [0, 1, 2, 3, 4]
     assert marker.exists()  # an actor did kill itself in the middle of a shard
     assert report.abandoned_tries == 1  # its try was abandoned, its temporary files removed
-    assert_same_shards(out, serial)
+    assert_same_shards(out, small_shards)
     assert not list(out.glob("*.tmp"))
 
 
-def test_cli_resume_on_the_running_cluster_skips_completed_shards(ray_cluster, tmp_path, small_corpus, serial):
+def test_cli_resume_on_the_running_cluster_skips_completed_shards(ray_cluster, tmp_path, small_corpus, small_shards):
     """`pooledir encode --ray --address ... --resume`: a second driver joins the session's cluster."""
     import shutil
 
     out = tmp_path / "shards"
-    shutil.copytree(serial, out)
+    shutil.copytree(small_shards, out)
     for name in ("shard-00001.json", "shard-00004.json", "manifest.json", "end.json"):
         (out / name).unlink()  # two shards "not written yet"
     address = ray_cluster.get_runtime_context().gcs_address
@@ -85,4 +76,4 @@ def test_cli_resume_on_the_running_cluster_skips_completed_shards(ray_cluster, t
     assert r.returncode == 0, r.stderr[-3000:]
     assert "encoded 12 documents into 2 shards with 1 Ray actors" in r.stdout
     assert "3 shards were already complete" in r.stdout
-    assert_same_shards(out, serial)
+    assert_same_shards(out, small_shards)
