@@ -135,6 +135,10 @@ def index(
     device: Device = "auto",
     use_ray: UseRay = False,
     address: RayAddress = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(help="With --embeddings: write N partition indexes split by document id, for serve --ray."),
+    ] = None,
     segments: Annotated[
         int | None,
         typer.Option(help="With --ray: segments built in parallel, one per run of shards (default: one per shard)."),
@@ -154,6 +158,9 @@ def index(
             raise InputError("--ray builds from encoded shards: run `pooledir encode --ray` first, then --embeddings")
     if embeddings and (split_passages or passage_stride is not None):
         raise InputError("passages are split from a corpus's text: give the corpus, not --embeddings")
+    if partitions is not None:
+        _index_partitions(embeddings, out, partitions, pool_factor, index_type, keep_exact, nlist, pq_m, device)
+        return
     factor = 2 if pool_factor is None else pool_factor
     config = IndexConfig(
         backend=index_type,
@@ -181,6 +188,32 @@ def index(
         split_passages,
         ray=(address, segments) if use_ray else None,
     )
+
+
+def _index_partitions(
+    embeddings: list[Path] | None,
+    out: Path,
+    partitions: int,
+    pool_factor: int | None,
+    index_type: str,
+    keep_exact: bool,
+    nlist: int | None,
+    pq_m: int | None,
+    device: str,
+) -> None:
+    from pooledir.build import read_shard_folders
+    from pooledir.distributed.partition import build_partitions
+    from pooledir.errors import InputError
+    from pooledir.pooled_index import IndexConfig
+
+    if not embeddings:
+        raise InputError("--partitions builds from encoded shards: give --embeddings (from `pooledir encode`)")
+    spec = read_shard_folders(embeddings)[1]
+    factor = pool_factor if pool_factor is not None else spec.pool_factor if spec.pool_factor > 1 else 2
+    config = IndexConfig(backend=index_type, pool_factor=factor, keep_exact=keep_exact, nlist=nlist, pq_m=pq_m)
+    config.check()
+    layout = build_partitions(embeddings, out, partitions, config, device=device)
+    typer.echo(f"wrote {layout.partitions} partitions into {out}; serve them with: pooledir serve {out} --ray")
 
 
 # -- streamed, resumable build (issue 10) ------------------------------------------------------------------------
@@ -603,11 +636,20 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     device: Device = "auto",
+    use_ray: UseRay = False,
+    address: RayAddress = None,
+    replicas: Annotated[int, typer.Option(help="With --ray: replicas of each partition.")] = 1,
 ) -> None:
-    """Serve indexes over HTTP (FastAPI + uvicorn; needs the `service` extra)."""
+    """Serve indexes over HTTP (FastAPI + uvicorn; needs the `service` extra).
+
+    With --ray: one partitioned index (`pooledir index --partitions N`) on Ray Serve, same HTTP API.
+    """
     from pooledir.errors import InputError
     from pooledir.pooled_index import PooledIndex
 
+    if use_ray:
+        _serve_ray(index_dirs, host, port, device, address, replicas)
+        return
     for d in index_dirs:
         # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
         # line, rather than as a traceback from inside the server's start-up
@@ -622,6 +664,29 @@ def serve(
     os.environ["POOLEDIR_DEVICE"] = device
     # the library never imports the service: uvicorn loads it by name
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+def _serve_ray(index_dirs: list[Path], host: str, port: int, device: str, address: str | None, replicas: int) -> None:
+    import importlib
+
+    from pooledir.distributed import connect, require_ray
+    from pooledir.distributed.partition import read_partitions
+    from pooledir.errors import InputError
+
+    require_ray()
+    if len(index_dirs) != 1:
+        raise InputError("--ray serves one partitioned index folder at a time")
+    read_partitions(index_dirs[0])  # a missing or damaged layout fails here, in one line
+    if replicas < 1:
+        raise InputError(f"--replicas {replicas} must be >= 1")
+    connect(address)
+    from ray import serve
+
+    ray_serve = importlib.import_module("service.ray_serve")  # the library never imports the service by name
+    serve.start(http_options={"host": host, "port": port})
+    app = ray_serve.build_app(index_dirs[0], replicas=replicas, device=device)
+    typer.echo(f"serving {index_dirs[0].name} on http://{host}:{port} (Ray Serve; Ctrl-C stops)", err=True)
+    serve.run(app, name=index_dirs[0].name, route_prefix="/", blocking=True)
 
 
 @app.command("convert-checkpoint")
