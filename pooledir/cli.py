@@ -61,6 +61,15 @@ PassageStride = Annotated[
     typer.Option(help="Tokens from one passage's start to the next's (implies --split-passages; default: half)."),
 ]
 
+UseRay = Annotated[
+    bool,
+    typer.Option("--ray", help='Run on a Ray cluster (needs the extra: pip install "pooledir[distributed]").'),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(help="With --ray: the cluster's address (auto: the one `ray start` runs here; default: a new one)."),
+]
+
 NProbe = Annotated[
     int | None, typer.Option(help="IVF lists probed per query token (default: the library's SearchParams).")
 ]
@@ -136,6 +145,16 @@ def index(
     passage_stride: PassageStride = None,
     document_backend: DocumentBackend = "torch",
     device: Device = "auto",
+    use_ray: UseRay = False,
+    address: RayAddress = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(help="With --embeddings: write N partition indexes split by document id, for serve --ray."),
+    ] = None,
+    segments: Annotated[
+        int | None,
+        typer.Option(help="With --ray: segments built in parallel, one per run of shards (default: one per shard)."),
+    ] = None,
 ) -> None:
     """Build a pooled index from a corpus, streamed in chunks, or from shards written by `pooledir encode`."""
     from pooledir.encoder import check_backends
@@ -145,8 +164,17 @@ def index(
     check_backends(document_backend=document_backend)
     if (corpus is None) == (not embeddings):
         raise InputError("give either a corpus or --embeddings (shard folders), not both and not neither")
+    if use_ray:
+        from pooledir.distributed import require_ray
+
+        require_ray()
+        if not embeddings:
+            raise InputError("--ray builds from encoded shards: run `pooledir encode --ray` first, then --embeddings")
     if embeddings and (split_passages or passage_stride is not None):
         raise InputError("passages are split from a corpus's text: give the corpus, not --embeddings")
+    if partitions is not None:
+        _index_partitions(embeddings, out, partitions, pool_factor, index_type, keep_exact, nlist, pq_m, device)
+        return
     factor = 2 if pool_factor is None else pool_factor
     config = IndexConfig(
         backend=index_type,
@@ -173,7 +201,34 @@ def index(
         device,
         split_passages,
         document_backend,
+        ray=(address, segments) if use_ray else None,
     )
+
+
+def _index_partitions(
+    embeddings: list[Path] | None,
+    out: Path,
+    partitions: int,
+    pool_factor: int | None,
+    index_type: str,
+    keep_exact: bool,
+    nlist: int | None,
+    pq_m: int | None,
+    device: str,
+) -> None:
+    from pooledir.build import read_shard_folders
+    from pooledir.distributed.partition import build_partitions
+    from pooledir.errors import InputError
+    from pooledir.pooled_index import IndexConfig
+
+    if not embeddings:
+        raise InputError("--partitions builds from encoded shards: give --embeddings (from `pooledir encode`)")
+    spec = read_shard_folders(embeddings)[1]
+    factor = pool_factor if pool_factor is not None else spec.pool_factor if spec.pool_factor > 1 else 2
+    config = IndexConfig(backend=index_type, pool_factor=factor, keep_exact=keep_exact, nlist=nlist, pq_m=pq_m)
+    config.check()
+    layout = build_partitions(embeddings, out, partitions, config, device=device)
+    typer.echo(f"wrote {layout.partitions} partitions into {out}; serve them with: pooledir serve {out} --ray")
 
 
 # -- streamed, resumable build (issue 10) ------------------------------------------------------------------------
@@ -194,6 +249,7 @@ def _index_streamed(
     device: str,
     split_passages: bool = False,
     document_backend: str = "torch",
+    ray: tuple[str | None, int | None] | None = None,
 ) -> None:
     from itertools import chain
 
@@ -230,6 +286,12 @@ def _index_streamed(
                 raise
 
         def run():
+            if ray is not None:  # tasks build one segment per run of shards; one commit attaches them
+                from pooledir.distributed import connect
+                from pooledir.distributed.build import build_index_ray
+
+                connect(ray[0])
+                return build_index_ray(embeddings, idx, segments=ray[1])
             return build.build_index_from_shards(embeddings, idx, bconf, resume=resume)
 
     else:
@@ -365,6 +427,11 @@ def encode(
     ] = False,
     document_backend: DocumentBackend = "torch",
     device: Device = "auto",
+    use_ray: UseRay = False,
+    address: RayAddress = None,
+    actors: Annotated[
+        int | None, typer.Option(help="With --ray: encoder actors (default: one per GPU, else one per CPU).")
+    ] = None,
 ) -> None:
     """Encode (and pool) a corpus into shards, for `pooledir index --embeddings` to build from without an encoder."""
     from itertools import chain
@@ -377,6 +444,10 @@ def encode(
 
     check_backends(document_backend=document_backend)
     k, n = _part(part)
+    if use_ray:
+        from pooledir.distributed import require_ray
+
+        require_ray()  # before anything is read or created
     _return_freed_memory()
     have = None
     if (resume or n > 1) and out.is_dir() and any(out.glob("shard-*.json")):
@@ -391,6 +462,24 @@ def encode(
         parts=n,
     )
     config.check()
+    if use_ray:
+        if n > 1:
+            raise InputError("--ray writes every shard itself: drop --part")
+        from pooledir.distributed import connect
+        from pooledir.distributed.encode import encode_corpus_ray
+
+        connect(address)
+        ckpt = checkpoint or (have.checkpoint if have else None) or default_checkpoint()
+        settings = {key: v for key, v in have.encoder.items() if key != "dim"} if have and checkpoint is None else {}
+        kwargs = {"settings": settings, "actors": actors, "device": device, "batch_size": batch_size}
+        report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
+        typer.echo(
+            f"encoded {report.encoded} documents into {len(report.shards_written)} shards with {report.actors} Ray "
+            f"actors ({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"
+            + (f"; {report.shards_skipped} shards were already complete" if report.shards_skipped else "")
+            + (f"; {report.abandoned_tries} tries of dead actors were redone" if report.abandoned_tries else "")
+        )
+        return
     docs = iter_corpus(corpus)
     first = next(docs, None)  # a missing, empty or malformed corpus fails before anything is created
     if first is None:
@@ -587,8 +676,14 @@ def serve(
         typer.Option(help="How upserted documents are encoded: torch or onnx. Default: $POOLEDIR_DOCUMENT_BACKEND."),
     ] = None,
     device: Device = "auto",
+    use_ray: UseRay = False,
+    address: RayAddress = None,
+    replicas: Annotated[int, typer.Option(help="With --ray: replicas of each partition.")] = 1,
 ) -> None:
-    """Serve indexes over HTTP (FastAPI + uvicorn; needs the `service` extra)."""
+    """Serve indexes over HTTP (FastAPI + uvicorn; needs the `service` extra).
+
+    With --ray: one partitioned index (`pooledir index --partitions N`) on Ray Serve, same HTTP API.
+    """
     from pooledir.encoder import check_backends
     from pooledir.errors import InputError
     from pooledir.pooled_index import PooledIndex
@@ -599,6 +694,9 @@ def serve(
         "POOLEDIR_DOCUMENT_BACKEND": document_backend or os.environ.get("POOLEDIR_DOCUMENT_BACKEND", "torch"),
     }
     check_backends(*backends.values())
+    if use_ray:
+        _serve_ray(index_dirs, host, port, device, address, replicas)
+        return
     for d in index_dirs:
         # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
         # line, rather than as a traceback from inside the server's start-up
@@ -614,6 +712,29 @@ def serve(
     os.environ.update(backends)
     # the library never imports the service: uvicorn loads it by name
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+def _serve_ray(index_dirs: list[Path], host: str, port: int, device: str, address: str | None, replicas: int) -> None:
+    import importlib
+
+    from pooledir.distributed import connect, require_ray
+    from pooledir.distributed.partition import read_partitions
+    from pooledir.errors import InputError
+
+    require_ray()
+    if len(index_dirs) != 1:
+        raise InputError("--ray serves one partitioned index folder at a time")
+    read_partitions(index_dirs[0])  # a missing or damaged layout fails here, in one line
+    if replicas < 1:
+        raise InputError(f"--replicas {replicas} must be >= 1")
+    connect(address)
+    from ray import serve
+
+    ray_serve = importlib.import_module("service.ray_serve")  # the library never imports the service by name
+    serve.start(http_options={"host": host, "port": port})
+    app = ray_serve.build_app(index_dirs[0], replicas=replicas, device=device)
+    typer.echo(f"serving {index_dirs[0].name} on http://{host}:{port} (Ray Serve; Ctrl-C stops)", err=True)
+    serve.run(app, name=index_dirs[0].name, route_prefix="/", blocking=True)
 
 
 @app.command("convert-checkpoint")

@@ -399,9 +399,11 @@ class ShardWriter:
     which is what makes the shard complete, and refreshes manifest.json.
     """
 
-    def __init__(self, path: Path, spec: ShardSpec) -> None:
+    def __init__(self, path: Path, spec: ShardSpec, tmp_suffix: str = ".tmp") -> None:
         self.path = path
         self.spec = spec
+        #: suffix of an open shard's files; writers that may retry one shard at once give each try its own
+        self.tmp_suffix = tmp_suffix
         self._cur: dict[str, Any] | None = None
 
     @classmethod
@@ -430,7 +432,7 @@ class ShardWriter:
 
     def _files(self, number: int, tmp: bool) -> dict[str, Path]:
         stem = shard_name(number)
-        return {r: self.path / (stem + s + (".tmp" if tmp else "")) for r, s in DATA_FILES.items()}
+        return {r: self.path / (stem + s + (self.tmp_suffix if tmp else "")) for r, s in DATA_FILES.items()}
 
     def begin(self, number: int, start: int) -> None:
         """Open shard ``number`` (first corpus position ``start``) for appending, replacing any unfinished try."""

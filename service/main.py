@@ -22,22 +22,29 @@ from service.routes import documents, health, indexes, search  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; its lifespan opens ``settings.indexes`` into ``app.state.registry``."""
+def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
+    """Build the app; its lifespan opens ``settings.indexes`` into ``app.state.registry``.
+
+    ``open_registry(settings)`` replaces :meth:`Registry.open` (the sharded service on Ray Serve
+    passes one whose indexes are partitions behind deployment handles).
+    """
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        registry = Registry.open(
-            settings.indexes,
-            settings.device,
-            settings.micro_batching,
-            settings.batch_window_ms,
-            settings.max_batch_queries,
-            settings.checkpoint,
-            settings.query_backend,
-            settings.document_backend,
-        )
+        if open_registry is not None:
+            registry = open_registry(settings)
+        else:
+            registry = Registry.open(
+                settings.indexes,
+                settings.device,
+                settings.micro_batching,
+                settings.batch_window_ms,
+                settings.max_batch_queries,
+                settings.checkpoint,
+                settings.query_backend,
+                settings.document_backend,
+            )
         app.state.registry = registry
         try:
             yield

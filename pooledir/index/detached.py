@@ -214,3 +214,34 @@ def attach(folder, paths: Sequence[Path]) -> int:
         folder._commit(new_files, change)
     folder.maintain()
     return len(docs)
+
+
+def train_for_attach(folder, sample: np.ndarray, n_total: int) -> None:
+    """Train the quantizer of an index that holds no vectors yet, on ``sample``, in one commit.
+
+    For builds that train once and then build every segment elsewhere against that quantizer
+    (:func:`build_segment`) before :func:`attach` switches them in: ``n_total`` is how many vectors
+    the segments will hold (it sizes the IVF lists, ≈4·√N, and tells re-training the index is as
+    large as it was trained for).
+    """
+    from pooledir.index.segments import train_quantizer, write_faiss
+
+    with folder.writing():
+        snap, c = folder.snapshot, folder.config
+        if c.backend != "ivfpq":
+            raise InputError(f"the {c.backend} backend has no quantizer to train")
+        if snap.n_stored:
+            raise InputError(f"{folder.path} already holds {snap.n_stored} vectors; train before anything is added")
+        if len(sample) == 0:
+            raise InputError("no vectors to train on")
+        quantizer = train_quantizer(sample, n_total, c.nlist, c.pq_m, c.pq_nbits, folder.use_gpu)
+        q_id = (snap.quantizer_id or 0) + 1
+        path = quantizer_path(folder.path, q_id)
+        write_faiss(quantizer, path)
+        fsync_dir(folder.path)
+
+        def change() -> None:
+            folder.store.set_meta("quantizer", str(q_id))
+            folder.store.set_meta("trained_vectors", str(n_total))
+
+        folder._commit([path], change)

@@ -1,0 +1,394 @@
+"""Distributed encode: a pool of Ray actors writes a corpus's shards, one shard per task.
+
+The driver plans the shards (shard n = corpus positions [n·shard_docs, (n+1)·shard_docs), as in
+:func:`pooledir.build.encode_corpus`), and Ray Data streams the plan through ``map_batches`` over an
+actor pool: each actor loads the encoder once, reads its shard's documents from the corpus (a
+``.jsonl`` shard starts at a byte offset the driver found, so no actor re-reads what precedes it),
+encodes them in length-sorted batches, pools them, and commits the shard with
+:class:`~pooledir.shards.ShardWriter`. The shard's header is its commit, so
+
+* documents are never duplicated: a shard holds exactly the documents of its positions, and a
+  retried shard replaces its files with the same content;
+* nothing is lost: Ray Data restarts an actor that died (a preempted worker, a killed process) and
+  retries its task; each try writes to temporary files of its own, so a dead try's leftovers never
+  mix with a live one's; the driver checks at the end that every shard is complete, runs any missing
+  ones again, and removes the dead tries' temporary files;
+* ``resume`` skips completed shards after an actor checked that the corpus still holds the same ids
+  at their positions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pooledir.build import EncodeConfig, EncodeReport, _batches, encoder_record
+from pooledir.corpus import Document, _resolve, document_from_record, iter_corpus
+from pooledir.errors import InputError
+from pooledir.shards import ShardError, ShardSpec, ShardWriter, ids_digest, read_shard_header, shard_name
+
+log = logging.getLogger(__name__)
+
+#: rounds of the Ray Data pass before the driver gives up on shards that never completed
+MAX_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write (or, when ``ids_sha256`` is set, a completed one to check on resume)."""
+
+    number: int
+    start: int
+    documents: int
+    offset: int = -1  # byte offset of the first document in a .jsonl corpus (-1: read from the start)
+    lineno: int = 0  # its line number, for error messages
+    ids_sha256: str = ""
+
+
+@dataclass
+class DistributedEncodeReport(EncodeReport):
+    """:class:`~pooledir.build.EncodeReport` plus what the cluster did.
+
+    ``shard_seconds`` is each written shard's time inside its actor (encode + pool + write),
+    ``abandoned_tries`` the shard tries whose actor died (their temporary files were removed).
+    """
+
+    actors: int = 0
+    rounds: int = 0
+    abandoned_tries: int = 0
+    shard_seconds: dict[int, float] = field(default_factory=dict)
+
+
+# -- planning: where each shard starts ---------------------------------------------------------------------------
+def plan_shards(corpus: str | Path, shard_docs: int, limit: int | None = None) -> list[ShardTask]:
+    """Cut a corpus into shard tasks; for a ``.jsonl`` corpus, with each shard's byte offset.
+
+    The ``.jsonl`` pass reads bytes and counts non-blank lines (as the reader does) without parsing
+    JSON; other formats are read once through :func:`pooledir.corpus.iter_corpus`.
+    """
+    kind, source = _resolve(Path(corpus))
+    tasks: list[ShardTask] = []
+    total = 0
+    if kind == "jsonl":
+        with open(source, "rb") as f:
+            offset = 0
+            for lineno, raw in enumerate(f, 1):
+                here, offset = offset, offset + len(raw)
+                if _blank(raw, lineno):
+                    continue
+                if limit is not None and total >= limit:
+                    break
+                if total % shard_docs == 0:
+                    tasks.append(ShardTask(len(tasks), total, 0, here, lineno))
+                total += 1
+    else:
+        for _ in islice(iter_corpus(corpus), limit):
+            if total % shard_docs == 0:
+                tasks.append(ShardTask(len(tasks), total, 0))
+            total += 1
+    if not tasks:
+        raise InputError(f"{corpus}: no documents found")
+    sizes = [min(shard_docs, total - t.start) for t in tasks]
+    return [ShardTask(t.number, t.start, n, t.offset, t.lineno) for t, n in zip(tasks, sizes)]
+
+
+def _blank(raw: bytes, lineno: int) -> bool:
+    """Whether the jsonl reader skips this line (it strips Unicode whitespace and a leading BOM)."""
+    if raw.isascii():
+        return not raw.strip()
+    text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8", errors="replace")
+    return not text.strip()
+
+
+def read_shard_documents(corpus: str | Path, task: ShardTask) -> Iterator[Document]:
+    """The documents of one shard task, read from the corpus (from its byte offset for ``.jsonl``)."""
+    if task.offset < 0:
+        yield from islice(iter_corpus(corpus), task.start, task.start + task.documents)
+        return
+    _, source = _resolve(Path(corpus))
+    n = 0
+    with open(source, "rb") as f:
+        f.seek(task.offset)
+        for lineno, raw in enumerate(f, task.lineno):
+            if n == task.documents:
+                return
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                where = f"{source}:{lineno}"
+                raise InputError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+            if not line.strip():
+                continue
+            where = f"{source}:{lineno}"
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise InputError(f"{where}: malformed JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
+            yield document_from_record(record, where)
+            n += 1
+    if n != task.documents:
+        raise ShardError(f"{source} ended after {n} documents of shard {task.number}; the corpus changed")
+
+
+# -- the actor ---------------------------------------------------------------------------------------------------
+class ShardEncoder:
+    """A Ray Data actor: loads the encoder once, then writes one shard per row of its batches."""
+
+    def __init__(
+        self,
+        corpus: str,
+        out: str,
+        spec: dict[str, Any],
+        settings: dict[str, Any],
+        device: str,
+        batch_size: int,
+        chunk_docs: int,
+        run_id: str,
+        fault_marker: str | None = None,
+    ) -> None:
+        from pooledir.encoder import ColBERTEncoder
+
+        self.corpus = corpus
+        self.spec = ShardSpec(**spec)
+        self.out = Path(out)
+        self.chunk_docs = chunk_docs
+        self.run_id = run_id
+        self.fault_marker = fault_marker
+        self.encoder = ColBERTEncoder(self.spec.checkpoint, device=device, batch_size=batch_size, **settings)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Write (or, on resume, check) the shards of a batch of :class:`ShardTask` rows; one result row each."""
+        rows = []
+        for i in range(len(batch["number"])):
+            task = ShardTask(**{k: _py(batch[k][i]) for k in ShardTask.__dataclass_fields__})
+            rows.append(self._check(task) if task.ids_sha256 else self._write(task))
+        return {k: np.array([r[k] for r in rows]) for k in ("number", "documents", "tokens", "vectors", "seconds")}
+
+    def _check(self, task: ShardTask) -> dict[str, Any]:
+        n, digest = ids_digest(d.id for d in read_shard_documents(self.corpus, task))
+        if n != task.documents or digest != task.ids_sha256:
+            raise ShardError(
+                f"cannot resume {self.out}: shard {task.number} holds other documents than positions {task.start} "
+                f"to {task.start + task.documents - 1} of the input (the input changed, or its order, or the "
+                "limit); resume with the same input, or encode into a new folder"
+            )
+        return {"number": task.number, "documents": 0, "tokens": 0, "vectors": 0, "seconds": 0.0}
+
+    def _write(self, task: ShardTask) -> dict[str, Any]:
+        from pooledir.pooling import pool_embeddings
+
+        t0 = time.perf_counter()
+        spec = self.spec
+        # a try of its own: a dead try's temporary files never mix with this one's
+        writer = ShardWriter(self.out, spec, tmp_suffix=f".{self.run_id}-{uuid.uuid4().hex[:8]}.tmp")
+        writer.begin(task.number, task.start)
+        tokens = vectors = n = 0
+        ids: set[str] = set()
+        try:
+            for chunk in _batches(read_shard_documents(self.corpus, task), self.chunk_docs):
+                for i, d in enumerate(chunk, task.start + n):
+                    if d.id in ids:
+                        raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
+                    ids.add(d.id)
+                vecs = self.encoder.encode_documents([d.text for d in chunk])
+                n_tokens = [len(v) for v in vecs]
+                if spec.pool_factor > 1:
+                    vecs = pool_embeddings(vecs, spec.pool_factor, spec.protected_tokens, self.encoder.device)
+                writer.append(chunk, vecs, n_tokens)
+                tokens += sum(n_tokens)
+                vectors += sum(len(v) for v in vecs)
+                n += len(chunk)
+                self._maybe_fail()
+            if n != task.documents:
+                raise ShardError(f"shard {task.number}: read {n} documents, expected {task.documents}")
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return {
+            "number": task.number,
+            "documents": n,
+            "tokens": tokens,
+            "vectors": vectors,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def _maybe_fail(self) -> None:
+        """Fault injection for tests: the first actor to claim the marker file dies mid-shard (SIGKILL)."""
+        if self.fault_marker is None:
+            return
+        try:
+            os.close(os.open(self.fault_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _py(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# -- the driver --------------------------------------------------------------------------------------------------
+def encode_corpus_ray(
+    corpus: str | Path,
+    out: str | Path,
+    checkpoint: str | Path,
+    config: EncodeConfig | None = None,
+    *,
+    settings: dict[str, Any] | None = None,
+    actors: int | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    resume: bool = False,
+    show_progress: bool = True,
+    fault_marker: str | Path | None = None,
+) -> DistributedEncodeReport:
+    """Encode (and pool) ``corpus`` into the shard folder ``out`` on the connected Ray cluster.
+
+    The same shards as :func:`pooledir.build.encode_corpus` (ids, lengths, vectors to float16
+    rounding), written by ``actors`` encoder actors (default: one per GPU, else one per CPU), each
+    with one GPU where the cluster has GPUs. Call :func:`pooledir.distributed.connect` first; the
+    corpus and ``out`` must be paths every worker can reach (a shared file system).
+
+    Parameters
+    ----------
+    corpus, out, checkpoint, config
+        As for :func:`pooledir.build.encode_corpus` (``config.parts`` must be 1).
+    actors, device, batch_size
+        Encoder actors; their device (``auto``: CUDA where the cluster has GPUs); documents per encoder batch.
+    resume, show_progress
+        Skip completed shards (checked against the input); a progress bar on the driver.
+    settings
+        Encoder settings (lengths, conventions) overriding the checkpoint's, as a resumed encode
+        reads them from the folder.
+    fault_marker
+        For tests: the first actor that can create this file kills its own process in the middle of
+        a shard, as a preempted worker would.
+    """
+    from tqdm.auto import tqdm
+
+    from pooledir.distributed import require_ray, user_error
+    from pooledir.encoder import ColBERTEncoder
+
+    ray = require_ray()
+    config = config or EncodeConfig()
+    config.check()
+    if config.parts != 1:
+        raise InputError("a distributed encode writes every shard itself; parts must be 1")
+    t_start = time.perf_counter()
+    settings = dict(settings or {})
+    probe = ColBERTEncoder(checkpoint, device="cpu", **settings)  # the record every shard carries
+    record_checkpoint, record = encoder_record(probe)
+    del probe
+    spec = ShardSpec(
+        dim=record["dim"],
+        pool_factor=config.pool_factor,
+        protected_tokens=config.protected_tokens,
+        checkpoint=record_checkpoint,
+        encoder=record,
+        shard_docs=config.shard_docs,
+    )
+    writer = ShardWriter.open(out, spec, resume=resume)
+    out = writer.path.resolve()
+    plan = plan_shards(corpus, config.shard_docs, config.limit)
+    done = writer.completed()
+    for number in done:
+        if number >= len(plan) or done[number].documents != plan[number].documents:
+            raise ShardError(
+                f"cannot resume {out}: its shard {number} does not match the input's shard {number} "
+                "(the input changed, or the limit); resume with the same input, or encode into a new folder"
+            )
+    checks = [ShardTask(**(asdict(t) | {"ids_sha256": done[t.number].ids_sha256})) for t in plan if t.number in done]
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    actors = actors or gpus or max(1, int(resources.get("CPU", 1)))
+    if actors < 1:
+        raise InputError(f"actors={actors} must be >= 1")
+    run_id = uuid.uuid4().hex[:8]
+    ctor = {
+        "corpus": str(Path(corpus).resolve()),
+        "out": str(out),
+        "spec": asdict(spec),
+        "settings": {k: v for k, v in record.items() if k != "dim"},
+        "device": "cuda" if gpus and device == "auto" else device,
+        "batch_size": batch_size,
+        "chunk_docs": config.chunk_docs,
+        "run_id": run_id,
+        "fault_marker": None if fault_marker is None else str(fault_marker),
+    }
+    report = DistributedEncodeReport(actors=actors, shards_skipped=len(done))
+    total = sum(t.documents for t in plan)
+    bar = tqdm(total=total, desc="encode (ray)", unit="doc", disable=not show_progress, smoothing=0.05)
+    bar.update(sum(t.documents for t in plan if t.number in done))
+    todo = checks + [t for t in plan if t.number not in done]
+    try:
+        while todo:
+            if report.rounds == MAX_ROUNDS:
+                missing = sorted(t.number for t in todo)
+                raise ShardError(f"shards {missing[:10]} of {out} did not complete after {MAX_ROUNDS} rounds")
+            report.rounds += 1
+            ds = ray.data.from_items([asdict(t) for t in todo], override_num_blocks=len(todo)).map_batches(
+                ShardEncoder,
+                fn_constructor_kwargs=ctor,
+                batch_size=1,
+                concurrency=min(actors, len(todo)),
+                num_gpus=1 if gpus else None,
+                num_cpus=None if gpus else 1,
+            )
+            for row in ds.iter_rows():
+                report.tokens += int(row["tokens"])
+                report.vectors += int(row["vectors"])
+                if row["documents"]:
+                    report.encoded += int(row["documents"])
+                    report.shards_written.append(int(row["number"]))
+                    report.shard_seconds[int(row["number"])] = float(row["seconds"])
+                    bar.update(int(row["documents"]))
+            have = writer.completed()
+            todo = [t for t in plan if t.number not in have]
+    except Exception as e:
+        err = user_error(e)
+        if err is not None:
+            raise err from None
+        raise
+    finally:
+        bar.close()
+    report.abandoned_tries = _remove_dead_tries(out, run_id)
+    _check_complete(out, plan)
+    writer.finish(total)
+    report.documents = total
+    report.shards_written.sort()
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _remove_dead_tries(out: Path, run_id: str) -> int:
+    """Delete the temporary files of this run's tries that never committed; returns how many tries."""
+    tries = set()
+    for p in out.glob(f"shard-*.{run_id}-*.tmp"):
+        tries.add(p.name.rsplit(".", 2)[-2])
+        p.unlink(missing_ok=True)
+    return len(tries)
+
+
+def _check_complete(out: Path, plan: list[ShardTask]) -> None:
+    """Every planned shard has a header with the planned start and count (nothing lost, nothing twice)."""
+    for t in plan:
+        header = out / (shard_name(t.number) + ".json")
+        if not header.is_file():
+            raise ShardError(f"shard {t.number} of {out} is missing after the encode")
+        _, info = read_shard_header(header)
+        if (info.start, info.documents) != (t.start, t.documents):
+            raise ShardError(
+                f"{header} holds positions {info.start}+{info.documents}, expected {t.start}+{t.documents}"
+            )

@@ -1,0 +1,122 @@
+"""An index split into N partitions by document id, for serving on several machines (``pooledir serve --ray``).
+
+A partitioned index is a folder::
+
+    partitions.json    {"format": "pooledir-partitions", "format_version": 1, "partitions": N, "hash": "blake2b-64"}
+    part-00000/        an ordinary pooledir index holding the documents whose id hashes to 0
+    ...
+
+Document ``id`` lives in partition ``blake2b(id) mod N`` (:func:`partition_of`), so a write is routed
+to one partition without asking any, and every partition answers a search over its own documents;
+merging their top-k by score gives the top-k of the whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pooledir.errors import InputError
+
+FORMAT = "pooledir-partitions"
+FORMAT_VERSION = 1
+LAYOUT = "partitions.json"
+
+
+def partition_of(doc_id: str, partitions: int) -> int:
+    """The partition that owns ``doc_id``: a stable hash (the same on every machine and Python run)."""
+    digest = hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % partitions
+
+
+@dataclass(frozen=True)
+class PartitionedIndex:
+    """A partitioned index folder: its path and partition count."""
+
+    path: Path
+    partitions: int
+
+    def part(self, i: int) -> Path:
+        """Folder of partition ``i``."""
+        return self.path / f"part-{i:05d}"
+
+    @property
+    def parts(self) -> list[Path]:
+        """Every partition's folder, in order."""
+        return [self.part(i) for i in range(self.partitions)]
+
+
+def is_partitioned(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a partitioned index folder (it holds partitions.json)."""
+    return (Path(path) / LAYOUT).is_file()
+
+
+def read_partitions(path: str | os.PathLike[str]) -> PartitionedIndex:
+    """Open a partitioned index folder's layout, checking that every partition folder is there."""
+    path = Path(path)
+    try:
+        data = json.loads((path / LAYOUT).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} is not a partitioned index ({LAYOUT} is missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path / LAYOUT} is corrupt: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path / LAYOUT} is not a pooledir partition layout ({FORMAT} version {FORMAT_VERSION})")
+    n = data.get("partitions")
+    if not isinstance(n, int) or n < 1:
+        raise InputError(f"{path / LAYOUT}: partitions={n!r} must be a positive integer")
+    layout = PartitionedIndex(path, n)
+    for p in layout.parts:
+        if not (p / "manifest.json").is_file():
+            raise InputError(f"{p} (a partition of {path}) holds no index")
+    return layout
+
+
+def write_layout(path: Path, partitions: int) -> PartitionedIndex:
+    """Write partitions.json (atomically, fsynced) and return the layout."""
+    from pooledir.shards import _write_json_atomic
+
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "partitions": partitions, "hash": "blake2b-64"}
+    _write_json_atomic(path / LAYOUT, data)
+    return PartitionedIndex(path, partitions)
+
+
+def build_partitions(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    partitions: int,
+    config,
+    *,
+    device: str = "cpu",
+    chunk_docs: int = 2_000,
+    show_progress: bool = True,
+) -> PartitionedIndex:
+    """Build a partitioned index from shard folders: partition p gets the documents whose id hashes to p.
+
+    Each partition is an ordinary index with ``config`` (IVF-PQ partitions train on their own
+    documents), built with :mod:`pooledir.build`'s streamed, committed chunks; the shards are read
+    once per partition.
+    """
+    from pooledir import build
+
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise InputError(f"partitions={partitions!r} must be a positive integer")
+    if config.passage_stride is not None:
+        raise InputError("a partitioned index cannot split documents into passages")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} exists and is not empty; pick a new folder for the partitioned index")
+    manifests, spec = build.read_shard_folders(paths)
+    pooled = build.shards_pooled_for(spec, config)
+    out.mkdir(parents=True, exist_ok=True)
+    layout = PartitionedIndex(out, partitions)
+    for p, folder in enumerate(layout.parts):
+        chunks = build.shard_chunks(manifests, chunk_docs, pooled)
+        mine = (c.select([i for i, d in enumerate(c.docs) if partition_of(d.id, partitions) == p]) for c in chunks)
+        with build.create_index_for_shards(folder, spec, config, device) as index:
+            build._run(mine, index, None, False, show_progress, None)
+    return write_layout(out, partitions)

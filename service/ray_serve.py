@@ -1,0 +1,244 @@
+"""The HTTP service over a partitioned index on Ray Serve (``pooledir serve --ray``).
+
+One deployment per partition (each replica opens the partition's folder) and one ingress: the same
+FastAPI app as ``pooledir serve`` (:func:`service.main.create_app`), whose registry holds a
+:class:`ShardedHandle` per partitioned index instead of one open index. The ingress encodes each
+query once (micro-batched with concurrent ones), sends the query vectors to every partition and
+merges their top-k by score; it encodes upserted documents and sends each to the partition that owns
+its id (:func:`pooledir.distributed.partition.partition_of`), and deletes likewise.
+
+Guarantees, as ``pooledir serve``: a write is answered after every partition it touched committed
+it to disk; a partition's searches never see half of its writes (the library's snapshots). A write
+that spans partitions commits once per partition, so a concurrent search may see one partition's
+part of it before another's, and a crash between them keeps the parts already committed.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pooledir import Document, DocumentNotFoundError, Hit, InputError, PooledIndex, read_manifest
+from pooledir.distributed.partition import partition_of, read_partitions
+from pooledir.errors import IndexCorruptError, PooledirError
+
+_ERRORS = {c.__name__: c for c in (InputError, DocumentNotFoundError, IndexCorruptError, PooledirError)}
+
+
+def _answer(fn, *args) -> dict[str, Any]:
+    """Run ``fn`` in a partition; a pooledir error travels back as its class name and message."""
+    try:
+        return {"ok": fn(*args)}
+    except PooledirError as e:
+        name = type(e).__name__ if type(e).__name__ in _ERRORS else "PooledirError"
+        return {"error": name, "message": str(e)}
+
+
+def _unwrap(answer: dict[str, Any]) -> Any:
+    if "error" in answer:
+        raise _ERRORS[answer["error"]](answer["message"])
+    return answer["ok"]
+
+
+class Partition:
+    """A Ray Serve deployment body: one partition's index; writes come with their vectors (no encoder here)."""
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        self.index = PooledIndex.open(path, device=device)
+        self.lock = threading.Lock()  # one call at a time inside a replica; replicas share the folder's lock
+
+    def _fresh(self) -> PooledIndex:
+        self.index.refresh()  # another replica of this partition may have written
+        return self.index
+
+    def search(self, Q: np.ndarray, params, with_text: bool, filter: dict | None) -> dict[str, Any]:
+        """Top-k of this partition's documents for already-encoded queries."""
+        with self.lock:
+            return _answer(lambda: self._fresh().search_embeddings(Q, params, with_text=with_text, filter=filter))
+
+    def upsert(self, documents: list[Document], embeddings: list[np.ndarray]) -> dict[str, Any]:
+        """Add or replace documents (token vectors given; pooled here); durable on return."""
+        with self.lock:
+            return _answer(lambda: self._fresh().add(documents, embeddings=embeddings).documents)
+
+    def missing(self, ids: list[str]) -> dict[str, Any]:
+        """The ids of ``ids`` this partition does not hold."""
+        with self.lock:
+            return _answer(lambda: [i for i in ids if i not in self._fresh().folder.store.lookup(ids)])
+
+    def delete(self, ids: list[str]) -> dict[str, Any]:
+        """Delete documents (all must be here); durable on return."""
+        with self.lock:
+            return _answer(lambda: self._fresh().delete(ids))
+
+    def get(self, doc_id: str) -> dict[str, Any]:
+        """One stored document."""
+        with self.lock:
+            return _answer(lambda: self._fresh().get(doc_id))
+
+    def count(self) -> dict[str, Any]:
+        """Documents held."""
+        with self.lock:
+            return _answer(lambda: len(self._fresh()))
+
+    def info(self) -> dict[str, Any]:
+        """The partition's :meth:`PooledIndex.info`."""
+        with self.lock:
+            return _answer(lambda: self._fresh().info())
+
+
+class PartitionsView:
+    """What the routes' ``handle.read(fn)`` and stats see: the partitions as one index (len, get, info, device)."""
+
+    def __init__(self, handle: ShardedHandle) -> None:
+        self.handle = handle
+        self.device = handle.device
+
+    def __len__(self) -> int:
+        return sum(self.handle.each("count"))
+
+    def get(self, doc_id: str) -> Document:
+        """The document, from the partition that owns its id."""
+        return self.handle.call(self.handle.owner(doc_id), "get", doc_id)
+
+    def info(self) -> dict[str, Any]:
+        """Summed counts and bytes; backend and settings from the first partition, plus the partition count."""
+        infos = self.handle.each("info")
+        first = infos[0]
+        out = {k: sum(i[k] for i in infos) for k in ("documents", "vectors_before_pooling", "vectors", "index_bytes")}
+        return first | out | {"backend": first["backend"] | {"partitions": len(infos)}}
+
+
+class ShardedHandle:
+    """The registry entry of a partitioned index: the interface of :class:`service.registry.IndexHandle`."""
+
+    def __init__(self, name: str, partitions: list, encoder, batcher, device: str) -> None:
+        self.name = name
+        self.partitions = partitions
+        self.encoder = encoder
+        self.batcher = batcher
+        self.device = device
+        self.write_lock = threading.Lock()  # this ingress replica's writes, one at a time, in arrival order
+        self.index = PartitionsView(self)
+
+    def owner(self, doc_id: str) -> int:
+        """The partition that owns ``doc_id``."""
+        return partition_of(doc_id, len(self.partitions))
+
+    def call(self, i: int, method: str, *args) -> Any:
+        """Call one partition and wait for its answer."""
+        return _unwrap(getattr(self.partitions[i], method).remote(*args).result())
+
+    def each(self, method: str, *args) -> list[Any]:
+        """Call every partition at once; their answers in partition order."""
+        calls = [getattr(p, method).remote(*args) for p in self.partitions]
+        return [_unwrap(c.result()) for c in calls]
+
+    def _by_owner(self, items: list, key) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = {}
+        for j, item in enumerate(items):
+            groups.setdefault(self.owner(key(item)), []).append(j)
+        return groups
+
+    def search(self, queries: list[str], params, with_text: bool, filter: dict | None = None) -> list[list[Hit]]:
+        """Encode once, search every partition, merge the top-k by score (ties: partition order)."""
+        Q = self.batcher.encode(queries) if self.batcher is not None else self.encoder.encode_queries(queries)
+        per_partition = self.each("search", Q, params, with_text, filter)
+        merged = []
+        for q in range(len(queries)):
+            hits = [h for part in per_partition for h in part[q]]
+            hits.sort(key=lambda h: -h.score)  # stable: equal scores keep partition order
+            merged.append(hits[: params.k])
+        return merged
+
+    def upsert(self, documents: list[Document]) -> int:
+        """Encode here, then each partition adds its own documents; durable on return."""
+        with self.write_lock:
+            embeddings = self.encoder.encode_documents([d.text for d in documents])
+            groups = self._by_owner(documents, lambda d: d.id)
+            calls = [
+                self.partitions[p].upsert.remote([documents[j] for j in js], [embeddings[j] for j in js])
+                for p, js in groups.items()
+            ]
+            return sum(_unwrap(c.result()) for c in calls)
+
+    def delete(self, ids: list[str]) -> int:
+        """Delete by id: every id is checked first (any unknown: 404, nothing deleted), then deleted."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            raise InputError("no document ids given")
+        with self.write_lock:
+            groups = self._by_owner(ids, lambda i: i)
+            missing = [i for p, js in groups.items() for i in self.call(p, "missing", [ids[j] for j in js])]
+            if missing:
+                more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                raise DocumentNotFoundError(f"unknown document id(s): {', '.join(map(repr, missing[:5]))}{more}")
+            calls = [self.partitions[p].delete.remote([ids[j] for j in js]) for p, js in groups.items()]
+            for c in calls:
+                _unwrap(c.result())
+        return len(ids)
+
+    def read(self, fn):
+        """Run ``fn`` on the partitions seen as one index (len, get, info)."""
+        return fn(self.index)
+
+    def refresh(self) -> None:
+        """Nothing to do here: every partition call loads its newest commit."""
+
+
+class ShardedRegistry:
+    """The registry the ingress's app serves: one :class:`ShardedHandle` per partitioned index."""
+
+    def __init__(self, handles: dict[str, ShardedHandle]) -> None:
+        self.handles = handles
+
+    def close(self) -> None:
+        """Stop the query batchers."""
+        for h in self.handles.values():
+            if h.batcher is not None:
+                h.batcher.close()
+
+
+class Ingress:
+    """The ingress deployment body: the pooledir FastAPI app over sharded handles."""
+
+    def __init__(self, name: str, folder: str, partitions: list, settings: dict[str, Any]) -> None:
+        from service.settings import Settings
+
+        self.name = name
+        self.folder = folder
+        self.partitions = partitions
+        self.settings = Settings(**settings)
+
+    def __serve_build_asgi_app__(self):
+        from pooledir import encoder_for_index
+        from service.main import create_app
+        from service.registry import QueryBatcher
+
+        def open_registry(settings) -> ShardedRegistry:
+            layout = read_partitions(self.folder)
+            manifest = read_manifest(layout.part(0))
+            encoder = encoder_for_index(manifest, settings.device, settings.checkpoint)
+            batcher = None
+            if settings.micro_batching:
+                batcher = QueryBatcher(encoder, settings.batch_window_ms, settings.max_batch_queries)
+            handle = ShardedHandle(self.name, self.partitions, encoder, batcher, encoder.device)
+            return ShardedRegistry({self.name: handle})
+
+        return create_app(self.settings, open_registry=open_registry)
+
+
+def build_app(folder: str | Path, settings: dict[str, Any] | None = None, replicas: int = 1, device: str = "cpu"):
+    """The Ray Serve application for a partitioned index folder (served under the folder's name)."""
+    from ray import serve
+
+    folder = Path(folder).resolve()
+    layout = read_partitions(folder)
+    partition = serve.deployment(Partition, name="partition", num_replicas=replicas, ray_actor_options={"num_cpus": 0})
+    handles = [partition.options(name=f"partition-{i}").bind(str(p), device) for i, p in enumerate(layout.parts)]
+    ingress = serve.deployment(serve.ingress()(Ingress), name="ingress", ray_actor_options={"num_cpus": 0})
+    settings = (settings or {}) | {"device": device}
+    return ingress.bind(folder.name, str(folder), handles, settings)
