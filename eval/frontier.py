@@ -43,7 +43,9 @@ class FrontierConfig(EvalConfig):
         return out, skipped
 
 
-def entries(params: SearchParams, plaid: bool, fast_plaid: bool, quick: bool) -> list[tuple[str, dict]]:
+def entries(
+    params: SearchParams, plaid: bool, fast_plaid: bool, quick: bool, codec: bool = False
+) -> list[tuple[str, dict]]:
     """The systems of one frontier run, most needed first (``quick``: checks of the defaults only)."""
 
     def own(index: str, pool_factor: int | None = None, threshold: float | None = None, **codec) -> tuple:
@@ -54,8 +56,17 @@ def entries(params: SearchParams, plaid: bool, fast_plaid: bool, quick: bool) ->
         )
         return ("pooledir", {"indexes": [index], "params": params, **by, **codec})
 
-    if quick:
-        return [own("flat", 1), own("ivfpq", 2), own("flat", 2), own("ivfpq", 2, refine=[True]), own("ivfpq", 3)]
+    if codec:  # the default codec's choice (tuning qrels): PQ sub-quantizers at pool x2, flat as the references
+        return [own("flat", 1), own("ivfpq", 2, pq_ms=[16]), own("ivfpq", 2, pq_ms=[32]), own("flat", 2)]
+    if quick:  # checks of the defaults, the previous default codec (pq_m 16) beside them
+        return [
+            own("flat", 1),
+            own("ivfpq", 2),
+            own("flat", 2),
+            own("ivfpq", 2, pq_ms=[16]),
+            own("ivfpq", 3),
+            own("ivfpq", 2, refine=[True]),
+        ]
     out = [own("flat", 1), own("ivfpq", 2), own("flat", 2), own("ivfpq", 2, refine=[True]), own("ivfpq", 2, pq_ms=[32])]
     out += [("plaid", {"nbits": [2], "pool_factors": [2]})] if plaid else []
     out += [("fast-plaid", {"nbits": [2, 4], "pool_factors": [1, 2, 3]})] if fast_plaid else []
@@ -78,7 +89,8 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--latency-queries", type=int, default=50)
     ap.add_argument("--plaid", action="store_true", help="colbert-ai's PLAID on the same (pooled) vectors")
     ap.add_argument("--fast-plaid", action="store_true", help="fast-plaid (skipped with its reason if absent)")
-    ap.add_argument("--quick", action="store_true", help="checks: flat x1/x2, IVF-PQ x2/x3, x2 with refine")
+    ap.add_argument("--quick", action="store_true", help="checks: flat x1/x2, IVF-PQ x2 (pq_m default, 16), x3, refine")
+    ap.add_argument("--codec", action="store_true", help="the codec choice: flat x1/x2, IVF-PQ x2 at pq_m 16 and 32")
     ap.add_argument("--m32-only", action="store_true", help="only IVF-PQ x2 with pq_m 32 (a check of that codec)")
     ap.add_argument("--adaptive-only", choices=["ivfpq", "flat"], help="only this index at the x2-like threshold")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
@@ -87,7 +99,7 @@ def main() -> None:  # noqa: D103
     params = SearchParams(k=100)
     result: dict = {}
     # one system at a time (the encoding is cached), the JSON rewritten after each: a stopped run keeps its rows
-    chosen = entries(params, args.plaid, args.fast_plaid, args.quick)
+    chosen = entries(params, args.plaid, args.fast_plaid, args.quick, args.codec)
     if args.m32_only:
         chosen = [("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2], "pq_ms": [32], "params": params})]
     if args.adaptive_only:

@@ -352,9 +352,15 @@ def _run(
                     chunk.n_tokens = np.array([len(v) for v in chunk.vectors], dtype=np.int64)
                     report.encode_s += time.perf_counter() - t
                 held(chunk.n_vectors)
-                if not chunk.pooled and cfg.pool_factor > 1:
+                if not chunk.pooled and cfg.pools:
                     t = time.perf_counter()
-                    pooled = pool_embeddings(chunk.vectors, cfg.pool_factor, cfg.protected_tokens, device=index.device)
+                    pooled = pool_embeddings(
+                        chunk.vectors,
+                        cfg.pool_factor,
+                        cfg.protected_tokens,
+                        device=index.device,
+                        pool_threshold=cfg.pool_threshold,
+                    )
                     held(chunk.n_vectors, sum(len(p) for p in pooled))
                     chunk.vectors = pooled
                     del pooled
@@ -425,7 +431,12 @@ def build_index(
 def shards_pooled_for(spec: ShardSpec, config: IndexConfig) -> bool:
     """Whether shards made with ``spec`` go into an index with ``config`` as they are (True) or get pooled."""
     if spec.pool_factor == 1:
-        return config.pool_factor == 1
+        return not config.pools
+    if config.pool_threshold is not None:
+        raise ShardError(
+            f"the shards are pooled x{spec.pool_factor}; an index with pool_threshold={config.pool_threshold:g} "
+            "pools adaptively and needs unpooled shards: encode with pool factor 1"
+        )
     if config.pool_factor != spec.pool_factor:
         raise ShardError(
             f"the shards are pooled x{spec.pool_factor}; an index over them needs pool_factor={spec.pool_factor} "

@@ -122,6 +122,13 @@ def index(
     pool_factor: Annotated[
         int | None, typer.Option(help="Shrink factor of each document's vectors (1 = none; default 2, or the shards').")
     ] = None,
+    pool_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Adaptive pooling instead of --pool-factor: merge each document's vectors while Ward's next merge "
+            "height is at most this (e.g. 0.21 keeps about as many vectors as factor 2)."
+        ),
+    ] = None,
     index_type: Annotated[str, typer.Option("--index", help="ivfpq (compressed) or flat (exact).")] = "ivfpq",
     keep_exact: Annotated[bool, typer.Option(help="Also store float16 vectors for exact MaxSim.")] = False,
     nlist: Annotated[int | None, typer.Option(help="IVF lists (default: ≈4·√vectors of the first add).")] = None,
@@ -172,6 +179,11 @@ def index(
             raise InputError("--ray builds from encoded shards: run `pooledir encode --ray` first, then --embeddings")
     if embeddings and (split_passages or passage_stride is not None):
         raise InputError("passages are split from a corpus's text: give the corpus, not --embeddings")
+    if pool_threshold is not None and pool_factor is not None:
+        raise InputError(
+            f"--pool-threshold {pool_threshold:g} and --pool-factor {pool_factor} both choose how far documents "
+            "are pooled: give one of them"
+        )
     if partitions is not None:
         _index_partitions(embeddings, out, partitions, pool_factor, index_type, keep_exact, nlist, pq_m, device)
         return
@@ -179,6 +191,7 @@ def index(
     config = IndexConfig(
         backend=index_type,
         pool_factor=factor,
+        pool_threshold=pool_threshold,
         keep_exact=keep_exact,
         nlist=nlist,
         pq_m=pq_m,
@@ -192,7 +205,7 @@ def index(
         embeddings,
         out,
         config,
-        pool_factor,
+        pool_factor if pool_threshold is None else factor,
         checkpoint,
         chunk_docs,
         limit,
@@ -273,7 +286,7 @@ def _index_streamed(
             if not m.complete:
                 missing = f"shards {m.missing()} are missing" if m.end is not None else "no encode finished there"
                 typer.secho(f"warning: {m.path} is incomplete ({missing}); indexing the shards present", err=True)
-        if pool_factor is None and spec.pool_factor > 1:
+        if pool_factor is None and spec.pool_factor > 1 and config.pool_threshold is None:
             config = replace(config, pool_factor=spec.pool_factor)
         if resuming:
             idx = PooledIndex.open(out, device=device)
@@ -395,9 +408,10 @@ def _check_resume(idx, config, checkpoint: str | None) -> None:
     """A resumed build keeps the index's own settings; refuse options given that contradict them."""
     from pooledir.errors import InputError
 
-    if config is not None and config.pool_factor != idx.config.pool_factor:
+    if config is not None and config.pooling != idx.config.pooling:
         raise InputError(
-            f"the index in {idx.path} pools x{idx.config.pool_factor}; resume it without --pool-factor or with that"
+            f"the index in {idx.path} pools {idx.config.pooling}, not {config.pooling}; resume it without "
+            "--pool-factor/--pool-threshold or with its own setting"
         )
     if checkpoint is not None and Path(checkpoint).resolve() != Path(idx.info()["checkpoint"]).resolve():
         raise InputError(
@@ -545,12 +559,14 @@ def _print_long_documents(n_long: int, doc_maxlen: int, passage_stride: int | No
 def _print_summary(info: dict, documents: int | None = None) -> None:
     before, after = info["vectors_before_pooling"], info["vectors"]
     f16 = 2 * info["backend"]["dim"]  # bytes of one float16 vector
+    threshold = info.get("pool_threshold")
+    pooling = f"x{info['pool_factor']}" if threshold is None else f"<= {threshold:g} (adaptive)"
     stored = info["documents"]
     # with passages, stored rows are passages and short documents: name both counts
     what = f"{documents} documents ({stored} passages)" if documents not in (None, stored) else f"{stored} documents"
     typer.echo(
         f"{what}: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
-        f"{after} after pooling x{info['pool_factor']} ({after * f16 / 1e6:.1f} MB, {after / max(before, 1):.1%}); "
+        f"{after} after pooling {pooling} ({after * f16 / 1e6:.1f} MB, {after / max(before, 1):.1%}); "
         f"{info['backend']['kind']} index on disk {info['index_bytes'] / 1e6:.2f} MB at {info['path']}"
     )
 

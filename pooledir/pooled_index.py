@@ -235,7 +235,12 @@ class PooledIndex:
         else:
             c = self.config
             vectors = pool_embeddings(
-                embeddings, c.pool_factor, c.protected_tokens, device=self.device, show_progress=show_progress
+                embeddings,
+                c.pool_factor,
+                c.protected_tokens,
+                device=self.device,
+                show_progress=show_progress,
+                pool_threshold=c.pool_threshold,
             )
             counts = [len(e) for e in embeddings]
         t2 = time.perf_counter()
@@ -385,6 +390,7 @@ class PooledIndex:
             "vectors_before_pooling": counts["tokens"],
             "vectors": counts["vectors"],
             "pool_factor": self.config.pool_factor,
+            "pool_threshold": self.config.pool_threshold,
             "config": asdict(self.config),
             "backend": backend,
             "segments": [

@@ -296,3 +296,19 @@ def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, 
     assert not out.exists()  # the folder it made is gone, so the same command runs again
     code, stdout, err_text = cli(capsys, *args, "--limit", "50")
     assert code == 0 and "50 documents" in stdout, err_text
+
+
+def test_index_with_a_pool_threshold(tmp_path, tiny_ckpt, tiny_beir, capsys):
+    out = tmp_path / "idx"
+    base = ("index", tiny_beir, "--out", out, "--checkpoint", tiny_ckpt, "--index", "flat", "--device", "cpu")
+    code, _, err = cli(capsys, *base, "--pool-threshold", "0.3", "--pool-factor", "2")
+    one_error_line(code, err, "--pool-threshold 0.3 and --pool-factor 2 both choose how far documents are pooled")
+    assert not out.exists()
+    code, text, err = cli(capsys, *base, "--pool-threshold", "0.3")
+    assert code == 0 and "after pooling <= 0.3 (adaptive)" in text, err
+    info = json.loads(cli(capsys, "info", out, "--json")[1])
+    assert info["pool_threshold"] == 0.3 and info["config"]["pool_threshold"] == 0.3
+    code, _, err = cli(capsys, *base, "--pool-factor", "2", "--resume")
+    one_error_line(code, err, "pools <= 0.3, not x2; resume it without --pool-factor/--pool-threshold")
+    code, text, err = cli(capsys, *base, "--pool-threshold", "0.3", "--resume")
+    assert code == 0 and "already in the index" in text, err

@@ -186,3 +186,38 @@ def test_pq_m_must_divide_the_dimension_at_creation(tmp_path, tiny_encoder):
     with pytest.raises(InputError, match=r"pq_m=7 must divide the vector dimension 16; pass a divisor such as 2"):
         PooledIndex.create(tmp_path / "i", config=IndexConfig(pq_m=7), device="cpu", encoder=tiny_encoder)
     assert not (tmp_path / "i").exists()
+
+
+def test_an_adaptive_index_stores_its_threshold_and_pools_by_it(tmp_path, tiny_encoder, tiny_docs):
+    from pooledir.pooling import pool_embeddings
+
+    config = IndexConfig(backend="flat", pool_threshold=0.3)
+    idx = PooledIndex.create(tmp_path / "i", config=config, device="cpu", encoder=tiny_encoder)
+    idx.add(tiny_docs[:40])
+    raw = tiny_encoder.encode_documents([d.text for d in tiny_docs[:40]])
+    pooled = pool_embeddings(raw, protected_tokens=1, pool_threshold=0.3)
+    fixed = pool_embeddings(raw, 2, protected_tokens=1)
+    assert idx.info()["vectors"] == sum(len(p) for p in pooled) != sum(len(p) for p in fixed)
+    assert idx.info()["vectors_before_pooling"] == sum(len(r) for r in raw)
+    assert idx.info()["pool_threshold"] == 0.3
+    idx.close()
+    # the manifest round-trips it, and a reopened index pools new documents the same way
+    assert json.loads((tmp_path / "i" / "manifest.json").read_text())["config"]["pool_threshold"] == 0.3
+    again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
+    assert again.config == config and again.config.pooling == "<= 0.3"
+    again.add(tiny_docs[40:50])
+    more = pool_embeddings(tiny_encoder.encode_documents([d.text for d in tiny_docs[40:50]]), pool_threshold=0.3)
+    assert again.info()["vectors"] == sum(len(p) for p in pooled) + sum(len(p) for p in more)
+    assert [h.id for h in again.search(tiny_docs[45].text, k=1)[0]] == ["d45"]
+
+
+def test_a_threshold_excludes_a_pool_factor_and_is_checked():
+    with pytest.raises(InputError, match=r"pool_threshold=0.2 and pool_factor=3 both choose how far"):
+        IndexConfig(pool_factor=3, pool_threshold=0.2).check()
+    with pytest.raises(InputError, match=r"pool_threshold=-1 must be a finite number >= 0"):
+        IndexConfig(pool_threshold=-1).check()
+    with pytest.raises(InputError, match=r"pool_threshold='x' must be a number"):
+        IndexConfig(pool_threshold="x").check()
+    IndexConfig(pool_threshold=0).check()  # merges only duplicates
+    old = {k: v for k, v in vars(IndexConfig()).items() if k != "pool_threshold"}
+    assert IndexConfig(**old).pool_threshold is None  # manifests written before the field read as fixed-factor

@@ -284,3 +284,18 @@ def test_cli_encode_in_two_processes_then_index(tmp_path, tiny_ckpt, tiny_beir):
     )
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)["results"]) == 2
+
+
+def test_an_adaptive_index_takes_unpooled_shards_only(tmp_path, tiny_encoder, tiny_docs, shards):
+    from pooledir.pooling import pool_embeddings
+
+    with pytest.raises(ShardError, match=r"pooled x2; an index with pool_threshold=0.3 pools adaptively"):
+        create_index_for_shards(tmp_path / "i", read_shard_manifest(shards).spec, IndexConfig(pool_threshold=0.3))
+    assert not (tmp_path / "i").exists()
+    raw = tmp_path / "raw"
+    encode(tiny_encoder, tiny_docs[:30], raw, pool_factor=1)
+    config = IndexConfig(backend="flat", pool_threshold=0.3)
+    idx = create_index_for_shards(tmp_path / "a", read_shard_manifest(raw).spec, config, device="cpu")
+    build_index_from_shards([raw], idx, BuildConfig(chunk_docs=10), show_progress=False)
+    want = pool_embeddings(tiny_encoder.encode_documents([d.text for d in tiny_docs[:30]]), pool_threshold=0.3)
+    assert idx.info()["vectors"] == sum(len(p) for p in want)

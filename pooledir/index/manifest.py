@@ -16,12 +16,15 @@ from typing import Any
 
 from pooledir.errors import IndexCorruptError, InputError
 from pooledir.index.segments import fsync_dir
-from pooledir.pooling import check_pool_factor
+from pooledir.pooling import check_pool_factor, check_pool_threshold
 
 FORMAT = "pooledir-index"
 FORMAT_VERSION = 2
 #: encoder settings an index records, so that queries are encoded the way its documents were
 ENCODER_SETTINGS = ("layout", "doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
+
+
+DEFAULT_POOL_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class IndexConfig:
     ----------
     backend : ``"ivfpq"`` (compressed, default) or ``"flat"`` (exact).
     pool_factor : shrink factor of each document's vectors (1 = no pooling).
+    pool_threshold : adaptive pooling instead of a fixed factor: each document's Ward merges are applied
+        while their height is at most this (see :func:`pooledir.pooling.pool_embeddings`); ``None`` = use
+        ``pool_factor``. Set with the default ``pool_factor`` only, as the factor is then unused.
     protected_tokens : leading vectors never pooled (1 = [CLS]).
     nlist, pq_m, pq_nbits : IVF-PQ shape; ``None`` = ≈4·√N lists (N at training) and dim/8 sub-quantizers.
     keep_exact : also keep float16 vectors so MaxSim scores exactly (more disk).
@@ -50,7 +56,8 @@ class IndexConfig:
     """
 
     backend: str = "ivfpq"
-    pool_factor: int = 2
+    pool_factor: int = DEFAULT_POOL_FACTOR
+    pool_threshold: float | None = None
     protected_tokens: int = 1
     nlist: int | None = None
     pq_m: int | None = None
@@ -68,6 +75,13 @@ class IndexConfig:
         if self.backend not in ("ivfpq", "flat"):
             raise InputError(f"backend={self.backend!r} is not one of ['flat', 'ivfpq']")
         object.__setattr__(self, "pool_factor", check_pool_factor(self.pool_factor))  # a numpy int becomes an int
+        object.__setattr__(self, "pool_threshold", check_pool_threshold(self.pool_threshold))
+        if self.pool_threshold is not None and self.pool_factor != DEFAULT_POOL_FACTOR:
+            raise InputError(
+                f"pool_threshold={self.pool_threshold} and pool_factor={self.pool_factor} both choose how far "
+                "documents are pooled; give one: a pool_threshold (adaptive) with the default pool_factor, "
+                "or a pool_factor without pool_threshold"
+            )
         if self.protected_tokens < 0:
             raise InputError(f"protected_tokens={self.protected_tokens} must be >= 0")
         if self.nlist is not None and self.nlist < 1:
@@ -87,6 +101,16 @@ class IndexConfig:
         stride = self.passage_stride
         if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
             raise InputError(f"passage_stride={stride!r} must be a positive number of tokens, or None for no passages")
+
+    @property
+    def pools(self) -> bool:
+        """Whether documents' vectors are pooled at all (a factor above 1, or a threshold)."""
+        return self.pool_factor > 1 or self.pool_threshold is not None
+
+    @property
+    def pooling(self) -> str:
+        """How vectors are pooled, for messages: ``x2`` or ``<= 0.21`` (adaptive)."""
+        return f"x{self.pool_factor}" if self.pool_threshold is None else f"<= {self.pool_threshold:g}"
 
 
 @dataclass

@@ -73,7 +73,8 @@ class PooledirSystem:
             "index": self.config.backend,
             "pool_factor": None if self.pool_threshold is not None else self.config.pool_factor,
             "pool_threshold": self.pool_threshold,
-            "pq_m": self.config.pq_m if self.config.backend == "ivfpq" else None,
+            # the sub-quantizers the trained index holds (the default resolved), None for flat
+            "pq_m": info["backend"].get("pq_m", self.config.pq_m) if self.config.backend == "ivfpq" else None,
             "refine": self.config.keep_exact,
             "nbits": None,
             "vectors": info["vectors"],
