@@ -49,7 +49,12 @@ class FakeEncoder:
         from types import SimpleNamespace
 
         self.settings = SimpleNamespace(
-            doc_maxlen=300, query_maxlen=32, query_augmentation=False, markers=False, mask_punctuation=False
+            layout="colbert-ai",
+            doc_maxlen=300,
+            query_maxlen=32,
+            query_augmentation=False,
+            markers=False,
+            mask_punctuation=False,
         )
 
 
