@@ -49,7 +49,12 @@ class FakeEncoder:
         from types import SimpleNamespace
 
         self.settings = SimpleNamespace(
-            doc_maxlen=300, query_maxlen=32, query_augmentation=False, markers=False, mask_punctuation=False
+            layout="colbert-ai",
+            doc_maxlen=300,
+            query_maxlen=32,
+            query_augmentation=False,
+            markers=False,
+            mask_punctuation=False,
         )
 
 
@@ -236,7 +241,15 @@ def save_result(row: dict) -> None:
         _save_result(row)
 
 
+def head_commit() -> str:
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def _save_result(row: dict) -> None:
+    if row["design"] == "single":
+        row.setdefault("commit", f"{OLD_COMMIT} (run by bench_scale at {head_commit()})")
+    row.setdefault("commit", head_commit())
     data = load_results()
     data["runs"] = [r for r in data["runs"] if (r["design"], r["size"]) != (row["design"], row["size"])] + [row]
     data["runs"].sort(key=lambda r: (r["design"], r["size"]))

@@ -200,37 +200,12 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
     unknown = set(np.unique(layout[:, 1]).tolist()) - set(known)
     if unknown:
         raise IndexCorruptError(f"{folder}: documents point at segment(s) {sorted(unknown)[:5]} no commit lists")
-    readers: list[SegmentReader] = []
-    fresh: list[SegmentReader] = []  # closed again on failure (reused readers still serve ``previous``)
-    try:
-        for i, r in enumerate(rows):
-            lo, hi = np.searchsorted(layout[:, 1], [r.seg_id, r.seg_id + 1])
-            part = layout[lo:hi]
-            doc_ints, starts, counts = part[:, 0], part[:, 2], part[:, 3]
-            if len(part) and (starts[-1] + counts[-1] > r.n_vectors or np.any(starts[1:] < starts[:-1] + counts[:-1])):
-                raise IndexCorruptError(
-                    f"{folder}: documents of segment {r.seg_id} overlap or run past its {r.n_vectors} vectors; "
-                    "the index is mismatched"
-                )
-            if r.kind == "pq" and (quantizer is None or r.quantizer != q_id):
-                raise IndexCorruptError(f"{folder}: segment {r.seg_id} was encoded with another quantizer")
-            old = reusable.get(r.seg_id)
-            if old is not None and old.kind == r.kind and old.n_vectors == r.n_vectors:
-                reader = old.with_documents(doc_ints, starts, counts)
-            else:
-                exact = segment_path(folder, r.seg_id, ".f16") if r.exact else None
-                file = open_segment_file(segment_path(folder, r.seg_id), r.kind, r.n_vectors, dim, quantizer, exact)
-                live = live_bitmap(r.n_vectors, starts, counts)
-                reader = SegmentReader(r.seg_id, r.kind, file, r.n_vectors, starts, counts, doc_ints, live)
-                fresh.append(reader)
-            readers.append(reader)
-            seg_of[doc_ints] = i
-            start_of[doc_ints] = starts
-            count_of[doc_ints] = counts
-    except BaseException:
-        for reader in fresh:
-            reader.close()
-        raise
+
+    def layout_of(seg_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lo, hi = np.searchsorted(layout[:, 1], [seg_id, seg_id + 1])
+        return layout[lo:hi, 0], layout[lo:hi, 2], layout[lo:hi, 3]
+
+    readers = _readers(folder, dim, rows, quantizer, q_id, reusable, layout_of, (seg_of, start_of, count_of))
     return Snapshot(
         commit=commit,
         dim=dim,
@@ -279,39 +254,22 @@ def _refresh(folder: Path, store: DocStore, dim: int, previous: Snapshot, commit
             seg_of[reader.doc_ints] = -1
             start_of[reader.doc_ints] = 0
             count_of[reader.doc_ints] = 0
-    readers: list[SegmentReader] = []
-    fresh: list[SegmentReader] = []
-    try:
-        for i, r in enumerate(rows):
-            if r.seg_id in keep:
-                readers.append(old[r.seg_id])
-                continue
-            part = store.segment_layout(r.seg_id)  # doc_int, seg_start, n_vectors, by start
-            doc_ints, starts, counts = part[:, 0], part[:, 1], part[:, 2]
-            if len(part) and (starts[-1] + counts[-1] > r.n_vectors or np.any(starts[1:] < starts[:-1] + counts[:-1])):
-                raise IndexCorruptError(
-                    f"{folder}: documents of segment {r.seg_id} overlap or run past its {r.n_vectors} vectors; "
-                    "the index is mismatched"
-                )
-            prev = old.get(r.seg_id)
-            if prev is not None and prev.file is not None and prev.kind == r.kind and prev.n_vectors == r.n_vectors:
-                reader = prev.with_documents(doc_ints, starts, counts)
-            else:
-                exact = segment_path(folder, r.seg_id, ".f16") if r.exact else None
-                file = open_segment_file(
-                    segment_path(folder, r.seg_id), r.kind, r.n_vectors, dim, previous.quantizer, exact
-                )
-                live = live_bitmap(r.n_vectors, starts, counts)
-                reader = SegmentReader(r.seg_id, r.kind, file, r.n_vectors, starts, counts, doc_ints, live)
-                fresh.append(reader)
-            readers.append(reader)
-            seg_of[doc_ints] = i
-            start_of[doc_ints] = starts
-            count_of[doc_ints] = counts
-    except BaseException:
-        for reader in fresh:
-            reader.close()
-        raise
+
+    def layout_of(seg_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        part = store.segment_layout(seg_id)  # doc_int, seg_start, n_vectors, by start: one indexed query
+        return part[:, 0], part[:, 1], part[:, 2]
+
+    readers = _readers(
+        folder,
+        dim,
+        rows,
+        previous.quantizer,
+        previous.quantizer_id,
+        old,
+        layout_of,
+        (seg_of, start_of, count_of),
+        keep,
+    )
     return Snapshot(
         commit=commit,
         dim=dim,
@@ -325,6 +283,62 @@ def _refresh(folder: Path, store: DocStore, dim: int, previous: Snapshot, commit
         count_of=count_of,
         n_docs=sum(len(r.doc_ints) for r in readers),
     )
+
+
+def _readers(
+    folder: Path,
+    dim: int,
+    rows: list[SegmentRow],
+    quantizer,
+    q_id: int | None,
+    reusable: dict[int, SegmentReader],
+    layout_of,
+    tables: tuple[np.ndarray, np.ndarray, np.ndarray],
+    keep: set[int] = frozenset(),
+) -> list[SegmentReader]:
+    """One reader per committed segment, and each document's place in ``tables`` (seg_of, start_of, count_of).
+
+    ``layout_of(seg_id)`` gives the segment's (doc_ints, starts, counts) in start order; readers in
+    ``keep`` are taken as they are (their documents are already in ``tables``); a segment whose file
+    a reader in ``reusable`` already maps gets a new reader over that file, any other is opened. On
+    failure the files opened here are closed again (reused readers still serve the previous snapshot).
+    """
+    seg_of, start_of, count_of = tables
+    readers: list[SegmentReader] = []
+    fresh: list[SegmentReader] = []
+    try:
+        for i, r in enumerate(rows):
+            if r.seg_id in keep:
+                readers.append(reusable[r.seg_id])
+                continue
+            doc_ints, starts, counts = layout_of(r.seg_id)
+            if len(doc_ints) and (
+                starts[-1] + counts[-1] > r.n_vectors or np.any(starts[1:] < starts[:-1] + counts[:-1])
+            ):
+                raise IndexCorruptError(
+                    f"{folder}: documents of segment {r.seg_id} overlap or run past its {r.n_vectors} vectors; "
+                    "the index is mismatched"
+                )
+            if r.kind == "pq" and (quantizer is None or r.quantizer != q_id):
+                raise IndexCorruptError(f"{folder}: segment {r.seg_id} was encoded with another quantizer")
+            old = reusable.get(r.seg_id)
+            if old is not None and old.file is not None and old.kind == r.kind and old.n_vectors == r.n_vectors:
+                reader = old.with_documents(doc_ints, starts, counts)
+            else:
+                exact = segment_path(folder, r.seg_id, ".f16") if r.exact else None
+                file = open_segment_file(segment_path(folder, r.seg_id), r.kind, r.n_vectors, dim, quantizer, exact)
+                live = live_bitmap(r.n_vectors, starts, counts)
+                reader = SegmentReader(r.seg_id, r.kind, file, r.n_vectors, starts, counts, doc_ints, live)
+                fresh.append(reader)
+            readers.append(reader)
+            seg_of[doc_ints] = i
+            start_of[doc_ints] = starts
+            count_of[doc_ints] = counts
+    except BaseException:
+        for reader in fresh:
+            reader.close()
+        raise
+    return readers
 
 
 def _int_meta(store: DocStore, key: str, default: str | None):
