@@ -145,10 +145,15 @@ class ColBERTEncoder:
         if self.device != "cpu":
             raise InputError(f"backend {backend!r} runs on the CPU; use device='cpu' or the 'torch' backend")
         if backend not in self._runtimes:
+            import torch
+
             from pooledir.runtime_onnx import OnnxRuntimeEncoder
 
             quantize = backend == "onnx-int8"
-            self._runtimes[backend] = OnnxRuntimeEncoder(self.path, self.model, self.linear, quantize=quantize)
+            # as many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads): one knob for both runtimes
+            self._runtimes[backend] = OnnxRuntimeEncoder(
+                self.path, self.model, self.linear, quantize=quantize, threads=torch.get_num_threads()
+            )
         return self._runtimes[backend]
 
     def _skip_token_ids(self) -> set[int]:
