@@ -115,6 +115,24 @@ def with_torch_threads(fn, n: int):
     return call
 
 
+def padded_to_query_maxlen(encoder: ColBERTEncoder):
+    """The torch query path before queries were padded only to their own length: every query to query_maxlen.
+
+    Rebuilt here from the encoder's parts (not public API) so that the old path and today's run in one
+    process, taking turns; its vectors are today's (checked by the caller).
+    """
+    s = encoder.settings
+
+    def encode(q: str) -> np.ndarray:
+        enc = encoder._tokenize([q], True, s.query_maxlen, padding="max_length", return_tensors="np")
+        ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        out = encoder._forward(ids, mask).numpy()
+        out[mask == 0] = 0.0
+        return out
+
+    return encode
+
+
 def in_index(index: PooledIndex, doc_id: str) -> bool:
     try:
         index.get(doc_id)
@@ -184,6 +202,12 @@ def main() -> None:
     fns = {b: (lambda q, e=e: e.encode_queries([q])) for b, e in encoders.items()}
     if torch.get_num_threads() > 1:
         fns["torch-1-thread"] = with_torch_threads(fns["torch"], 1)
+    before = "torch-padded-to-query-maxlen (before)"
+    if not encoders["torch"].settings.query_augmentation:
+        fns[before] = padded_to_query_maxlen(encoders["torch"])
+        diff = float(np.abs(fns[before](timed[0]) - fns["torch"](timed[0])).max())
+        result["before_vs_today_max_diff"] = diff
+        print(f"   torch padded to query_maxlen (before) vs today: max |diff| {diff:.2e}")
     times, cpu = interleaved(fns, timed, args.rounds)
     ref = p(times["torch"])
     result["encode_ms"] = {
@@ -195,6 +219,10 @@ def main() -> None:
             f"   {n:15s} p50 {p(t):8.2f} ms  p90 {p(t, 90):8.2f} ms  ratio to torch {p(t) / ref:.3f}  "
             f"CPU p50 {p(cpu[n]):7.2f} ms"
         )
+    if before in times:
+        result["encode_ratio_to_before"] = {n: round(p(t) / p(times[before]), 3) for n, t in times.items()}
+        ratios = json.dumps(result["encode_ratio_to_before"])
+        print("   ratio to the torch path before (padded to query_maxlen):", ratios)
 
     searches = {}
     for b, e in encoders.items():
