@@ -145,10 +145,15 @@ class ColBERTEncoder:
         if self.device != "cpu":
             raise InputError(f"backend {backend!r} runs on the CPU; use device='cpu' or the 'torch' backend")
         if backend not in self._runtimes:
+            import torch
+
             from pooledir.runtime_onnx import OnnxRuntimeEncoder
 
             quantize = backend == "onnx-int8"
-            self._runtimes[backend] = OnnxRuntimeEncoder(self.path, self.model, self.linear, quantize=quantize)
+            # as many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads): one knob for both runtimes
+            self._runtimes[backend] = OnnxRuntimeEncoder(
+                self.path, self.model, self.linear, quantize=quantize, threads=torch.get_num_threads()
+            )
         return self._runtimes[backend]
 
     def _skip_token_ids(self) -> set[int]:
@@ -242,20 +247,23 @@ class ColBERTEncoder:
         """
         queries = check_texts(queries, "query")
         tok, s = self.tokenizer, self.settings
-        enc = self._tokenize(queries, True, s.query_maxlen, padding="max_length", return_tensors="np")
-        ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
-        if s.query_augmentation:
-            ids[ids == tok.pad_token_id] = tok.mask_token_id
-            if s.attend_to_mask_tokens:
-                mask[ids == tok.mask_token_id] = 1
-        out = np.concatenate(
-            [
-                self._query_forward(ids[b : b + self.batch_size], mask[b : b + self.batch_size])
-                for b in range(0, len(queries), self.batch_size)
-            ]
-        )
-        if not s.query_augmentation:
-            out[mask == 0] = 0.0
+        # without augmentation the padding is masked out and its rows are zeroed, so each batch is padded
+        # only to its longest query (a short query costs its own length, not query_maxlen) and the rows
+        # are added back as zeros: the same vectors, for less work
+        padding = "max_length" if s.query_augmentation else "longest"
+        out = np.zeros((len(queries), s.query_maxlen, self.dim), dtype=np.float32)
+        for b in range(0, len(queries), self.batch_size):
+            batch = queries[b : b + self.batch_size]
+            enc = self._tokenize(batch, True, s.query_maxlen, padding=padding, return_tensors="np")
+            ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+            if s.query_augmentation:
+                ids[ids == tok.pad_token_id] = tok.mask_token_id
+                if s.attend_to_mask_tokens:
+                    mask[ids == tok.mask_token_id] = 1
+            vecs = self._query_forward(ids, mask)
+            if not s.query_augmentation:
+                vecs[mask == 0] = 0.0
+            out[b : b + len(batch), : vecs.shape[1]] = vecs
         return out
 
     def encode_documents(

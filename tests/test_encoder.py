@@ -215,3 +215,21 @@ def test_encoder_for_index_follows_the_manifest_over_the_checkpoint(tiny_ckpt):
     assert encoder_key(manifest) != encoder_key({**manifest, "encoder": {**manifest["encoder"], "markers": True}})
     with pytest.raises(IndexCorruptError, match="'encoder' settings"):
         encoder_key({"checkpoint": str(tiny_ckpt)})
+
+
+def test_queries_without_augmentation_are_padded_to_the_longest_only(tiny_ckpt):
+    """Same vectors as padding every query to query_maxlen, for a forward pass over the batch's longest query."""
+    enc = ColBERTEncoder(tiny_ckpt, device="cpu", query_augmentation=False)
+    short = ["cancer cells in mice", "vitamin"]
+    widths = []
+    forward = enc._query_forward
+    enc._query_forward = lambda ids, mask: widths.append(ids.shape[1]) or forward(ids, mask)
+    Q = enc.encode_queries(short)
+    s = enc.settings
+    full = enc._tokenize(short, True, s.query_maxlen, padding="max_length", return_tensors="np")
+    ids, mask = full["input_ids"].astype(np.int64), full["attention_mask"].astype(np.int64)
+    ref = forward(ids, mask)
+    ref[mask == 0] = 0.0
+    assert Q.shape == ref.shape == (len(short), s.query_maxlen, enc.dim)
+    assert np.abs(Q - ref).max() <= 1e-5
+    assert widths == [int(mask.sum(axis=1).max())] and widths[0] < s.query_maxlen
