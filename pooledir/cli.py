@@ -668,6 +668,7 @@ def serve(
 
 def _serve_ray(index_dirs: list[Path], host: str, port: int, device: str, address: str | None, replicas: int) -> None:
     import importlib
+    import signal
 
     from pooledir.distributed import connect, require_ray
     from pooledir.distributed.partition import read_partitions
@@ -686,7 +687,15 @@ def _serve_ray(index_dirs: list[Path], host: str, port: int, device: str, addres
     serve.start(http_options={"host": host, "port": port})
     app = ray_serve.build_app(index_dirs[0], replicas=replicas, device=device)
     typer.echo(f"serving {index_dirs[0].name} on http://{host}:{port} (Ray Serve; Ctrl-C stops)", err=True)
-    serve.run(app, name=index_dirs[0].name, route_prefix="/", blocking=True)
+
+    def stop(*_) -> None:  # SIGTERM (docker stop, kill) stops it as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        serve.run(app, name=index_dirs[0].name, route_prefix="/", blocking=True)
+    finally:  # on a running cluster the application would outlive this process
+        serve.delete(index_dirs[0].name)
 
 
 @app.command("convert-checkpoint")

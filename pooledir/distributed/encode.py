@@ -155,9 +155,15 @@ class ShardEncoder:
         batch_size: int,
         chunk_docs: int,
         run_id: str,
+        threads: int | None = None,
         fault_marker: str | None = None,
     ) -> None:
         from pooledir.encoder import ColBERTEncoder
+
+        if threads:  # the CPUs this actor reserved: torch would otherwise size its pool for the whole machine
+            import torch
+
+            torch.set_num_threads(threads)
 
         self.corpus = corpus
         self.spec = ShardSpec(**spec)
@@ -312,9 +318,11 @@ def encode_corpus_ray(
     checks = [ShardTask(**(asdict(t) | {"ids_sha256": done[t.number].ids_sha256})) for t in plan if t.number in done]
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    actors = actors or gpus or max(1, int(resources.get("CPU", 1)))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    actors = actors or gpus or cpus
     if actors < 1:
         raise InputError(f"actors={actors} must be >= 1")
+    cpus_per_actor = max(1, cpus // actors)  # CPU actors share the cluster's CPUs out between them
     run_id = uuid.uuid4().hex[:8]
     ctor = {
         "corpus": str(Path(corpus).resolve()),
@@ -325,6 +333,7 @@ def encode_corpus_ray(
         "batch_size": batch_size,
         "chunk_docs": config.chunk_docs,
         "run_id": run_id,
+        "threads": None if gpus else cpus_per_actor,
         "fault_marker": None if fault_marker is None else str(fault_marker),
     }
     report = DistributedEncodeReport(actors=actors, shards_skipped=len(done))
@@ -332,6 +341,9 @@ def encode_corpus_ray(
     bar = tqdm(total=total, desc="encode (ray)", unit="doc", disable=not show_progress, smoothing=0.05)
     bar.update(sum(t.documents for t in plan if t.number in done))
     todo = checks + [t for t in plan if t.number not in done]
+    data_context = ray.data.DataContext.get_current()
+    ray_bars = data_context.enable_progress_bars
+    data_context.enable_progress_bars = ray_bars and not show_progress  # the driver's own bar instead
     try:
         while todo:
             if report.rounds == MAX_ROUNDS:
@@ -344,7 +356,7 @@ def encode_corpus_ray(
                 batch_size=1,
                 concurrency=min(actors, len(todo)),
                 num_gpus=1 if gpus else None,
-                num_cpus=None if gpus else 1,
+                num_cpus=None if gpus else cpus_per_actor,
             )
             for row in ds.iter_rows():
                 report.tokens += int(row["tokens"])
@@ -363,6 +375,7 @@ def encode_corpus_ray(
         raise
     finally:
         bar.close()
+        data_context.enable_progress_bars = ray_bars
     report.abandoned_tries = _remove_dead_tries(out, run_id)
     _check_complete(out, plan)
     writer.finish(total)
