@@ -354,7 +354,7 @@ def encode_corpus_ray(
                 ShardEncoder,
                 fn_constructor_kwargs=ctor,
                 batch_size=1,
-                concurrency=min(actors, len(todo)),
+                compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))),
                 num_gpus=1 if gpus else None,
                 num_cpus=None if gpus else cpus_per_actor,
             )
