@@ -449,7 +449,14 @@ def encode(
         ckpt = checkpoint or (have.checkpoint if have else None) or default_checkpoint()
         settings = {key: v for key, v in have.encoder.items() if key != "dim"} if have and checkpoint is None else {}
         kwargs = {"settings": settings, "actors": actors, "device": device, "batch_size": batch_size}
-        report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
+        try:
+            report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
+        except PooledirError as e:
+            done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
+            if not done or resume and "cannot resume" in str(e):
+                raise
+            kept = f"the {done} completed shards in {out} are kept"
+            raise type(e)(f"{e} ({kept}: fix that, then continue with: {_resume_command()})") from None
         typer.echo(
             f"encoded {report.encoded} documents into {len(report.shards_written)} shards with {report.actors} Ray "
             f"actors ({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"
