@@ -486,7 +486,14 @@ def encode(
         ckpt = checkpoint or (have.checkpoint if have else None) or default_checkpoint()
         settings = {key: v for key, v in have.encoder.items() if key != "dim"} if have and checkpoint is None else {}
         kwargs = {"settings": settings, "actors": actors, "device": device, "batch_size": batch_size}
-        report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
+        try:
+            report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
+        except PooledirError as e:
+            done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
+            if not done or resume and "cannot resume" in str(e):
+                raise
+            kept = f"the {done} completed shards in {out} are kept"
+            raise type(e)(f"{e} ({kept}: fix that, then continue with: {_resume_command()})") from None
         typer.echo(
             f"encoded {report.encoded} documents into {len(report.shards_written)} shards with {report.actors} Ray "
             f"actors ({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"
@@ -732,6 +739,7 @@ def serve(
 
 def _serve_ray(index_dirs: list[Path], host: str, port: int, device: str, address: str | None, replicas: int) -> None:
     import importlib
+    import signal
 
     from pooledir.distributed import connect, require_ray
     from pooledir.distributed.partition import read_partitions
@@ -750,7 +758,15 @@ def _serve_ray(index_dirs: list[Path], host: str, port: int, device: str, addres
     serve.start(http_options={"host": host, "port": port})
     app = ray_serve.build_app(index_dirs[0], replicas=replicas, device=device)
     typer.echo(f"serving {index_dirs[0].name} on http://{host}:{port} (Ray Serve; Ctrl-C stops)", err=True)
-    serve.run(app, name=index_dirs[0].name, route_prefix="/", blocking=True)
+
+    def stop(*_) -> None:  # SIGTERM (docker stop, kill) stops it as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        serve.run(app, name=index_dirs[0].name, route_prefix="/", blocking=True)
+    finally:  # on a running cluster the application would outlive this process
+        serve.delete(index_dirs[0].name)
 
 
 @app.command("convert-checkpoint")

@@ -221,6 +221,8 @@ def build_index_ray(
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - a finished task cannot be cancelled; nothing to do
                 pass
+        if refs:  # let them end before their folders are removed: a task still writing would leave its own
+            ray.wait(refs, num_returns=len(refs), timeout=60)
         err = user_error(e)
         if err is not None:
             raise err from None

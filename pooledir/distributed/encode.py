@@ -35,11 +35,12 @@ import numpy as np
 
 from pooledir.build import EncodeConfig, EncodeReport, _batches, encoder_record
 from pooledir.corpus import Document, _resolve, document_from_record, iter_corpus
-from pooledir.errors import InputError
+from pooledir.errors import CheckpointError, InputError, PooledirError
 from pooledir.shards import ShardError, ShardSpec, ShardWriter, ids_digest, read_shard_header, shard_name
 
 log = logging.getLogger(__name__)
 
+_ERRORS = {c.__name__: c for c in (InputError, ShardError, CheckpointError, PooledirError)}
 #: rounds of the Ray Data pass before the driver gives up on shards that never completed
 MAX_ROUNDS = 3
 
@@ -155,9 +156,15 @@ class ShardEncoder:
         batch_size: int,
         chunk_docs: int,
         run_id: str,
+        threads: int | None = None,
         fault_marker: str | None = None,
     ) -> None:
         from pooledir.encoder import ColBERTEncoder
+
+        if threads:  # the CPUs this actor reserved: torch would otherwise size its pool for the whole machine
+            import torch
+
+            torch.set_num_threads(threads)
 
         self.corpus = corpus
         self.spec = ShardSpec(**spec)
@@ -172,8 +179,11 @@ class ShardEncoder:
         rows = []
         for i in range(len(batch["number"])):
             task = ShardTask(**{k: _py(batch[k][i]) for k in ShardTask.__dataclass_fields__})
-            rows.append(self._check(task) if task.ids_sha256 else self._write(task))
-        return {k: np.array([r[k] for r in rows]) for k in ("number", "documents", "tokens", "vectors", "seconds")}
+            try:
+                rows.append(self._check(task) if task.ids_sha256 else self._write(task))
+            except PooledirError as e:  # sent back as data: Ray's wrapping of an exception loses its type
+                rows.append(_row(task.number, error=type(e).__name__, message=str(e)))
+        return {k: np.array([r[k] for r in rows]) for k in _row(0)}
 
     def _check(self, task: ShardTask) -> dict[str, Any]:
         n, digest = ids_digest(d.id for d in read_shard_documents(self.corpus, task))
@@ -183,7 +193,7 @@ class ShardEncoder:
                 f"to {task.start + task.documents - 1} of the input (the input changed, or its order, or the "
                 "limit); resume with the same input, or encode into a new folder"
             )
-        return {"number": task.number, "documents": 0, "tokens": 0, "vectors": 0, "seconds": 0.0}
+        return _row(task.number)
 
     def _write(self, task: ShardTask) -> dict[str, Any]:
         from pooledir.pooling import pool_embeddings
@@ -216,13 +226,7 @@ class ShardEncoder:
         except BaseException:
             writer.abort()
             raise
-        return {
-            "number": task.number,
-            "documents": n,
-            "tokens": tokens,
-            "vectors": vectors,
-            "seconds": time.perf_counter() - t0,
-        }
+        return _row(task.number, n, tokens, vectors, time.perf_counter() - t0)
 
     def _maybe_fail(self) -> None:
         """Fault injection for tests: the first actor to claim the marker file dies mid-shard (SIGKILL)."""
@@ -233,6 +237,27 @@ class ShardEncoder:
         except FileExistsError:
             return
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _row(
+    number: int,
+    documents: int = 0,
+    tokens: int = 0,
+    vectors: int = 0,
+    seconds: float = 0.0,
+    error: str = "",
+    message: str = "",
+) -> dict[str, Any]:
+    """One result row of :class:`ShardEncoder`: counts, or the pooledir error that stopped the shard."""
+    return {
+        "number": number,
+        "documents": documents,
+        "tokens": tokens,
+        "vectors": vectors,
+        "seconds": seconds,
+        "error": error,
+        "message": message,
+    }
 
 
 def _py(value: Any) -> Any:
@@ -312,9 +337,11 @@ def encode_corpus_ray(
     checks = [ShardTask(**(asdict(t) | {"ids_sha256": done[t.number].ids_sha256})) for t in plan if t.number in done]
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    actors = actors or gpus or max(1, int(resources.get("CPU", 1)))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    actors = actors or gpus or cpus
     if actors < 1:
         raise InputError(f"actors={actors} must be >= 1")
+    cpus_per_actor = max(1, cpus // actors)  # CPU actors share the cluster's CPUs out between them
     run_id = uuid.uuid4().hex[:8]
     ctor = {
         "corpus": str(Path(corpus).resolve()),
@@ -325,6 +352,7 @@ def encode_corpus_ray(
         "batch_size": batch_size,
         "chunk_docs": config.chunk_docs,
         "run_id": run_id,
+        "threads": None if gpus else cpus_per_actor,
         "fault_marker": None if fault_marker is None else str(fault_marker),
     }
     report = DistributedEncodeReport(actors=actors, shards_skipped=len(done))
@@ -332,6 +360,9 @@ def encode_corpus_ray(
     bar = tqdm(total=total, desc="encode (ray)", unit="doc", disable=not show_progress, smoothing=0.05)
     bar.update(sum(t.documents for t in plan if t.number in done))
     todo = checks + [t for t in plan if t.number not in done]
+    data_context = ray.data.DataContext.get_current()
+    ray_bars = data_context.enable_progress_bars
+    data_context.enable_progress_bars = ray_bars and not show_progress  # the driver's own bar instead
     try:
         while todo:
             if report.rounds == MAX_ROUNDS:
@@ -342,11 +373,13 @@ def encode_corpus_ray(
                 ShardEncoder,
                 fn_constructor_kwargs=ctor,
                 batch_size=1,
-                concurrency=min(actors, len(todo)),
+                compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))),
                 num_gpus=1 if gpus else None,
-                num_cpus=None if gpus else 1,
+                num_cpus=None if gpus else cpus_per_actor,
             )
             for row in ds.iter_rows():
+                if row["error"]:
+                    raise _ERRORS.get(row["error"], PooledirError)(row["message"])
                 report.tokens += int(row["tokens"])
                 report.vectors += int(row["vectors"])
                 if row["documents"]:
@@ -363,6 +396,7 @@ def encode_corpus_ray(
         raise
     finally:
         bar.close()
+        data_context.enable_progress_bars = ray_bars
     report.abandoned_tries = _remove_dead_tries(out, run_id)
     _check_complete(out, plan)
     writer.finish(total)

@@ -97,9 +97,9 @@ def build_partitions(
 ) -> PartitionedIndex:
     """Build a partitioned index from shard folders: partition p gets the documents whose id hashes to p.
 
-    Each partition is an ordinary index with ``config`` (IVF-PQ partitions train on their own
-    documents), built with :mod:`pooledir.build`'s streamed, committed chunks; the shards are read
-    once per partition.
+    Each partition is an ordinary index with ``config``, built with :mod:`pooledir.build`'s streamed,
+    committed chunks (the shards are read once per partition); IVF-PQ partitions share one quantizer,
+    trained once on a sample across all the shards.
     """
     from pooledir import build
 
@@ -112,11 +112,34 @@ def build_partitions(
         raise InputError(f"{out} exists and is not empty; pick a new folder for the partitioned index")
     manifests, spec = build.read_shard_folders(paths)
     pooled = build.shards_pooled_for(spec, config)
+    quantizer, total = _shared_quantizer(manifests, config, pooled)
     out.mkdir(parents=True, exist_ok=True)
     layout = PartitionedIndex(out, partitions)
     for p, folder in enumerate(layout.parts):
         chunks = build.shard_chunks(manifests, chunk_docs, pooled)
         mine = (c.select([i for i, d in enumerate(c.docs) if partition_of(d.id, partitions) == p]) for c in chunks)
         with build.create_index_for_shards(folder, spec, config, device) as index:
+            if quantizer is not None:
+                from pooledir.index.detached import install_quantizer
+
+                install_quantizer(index.folder, quantizer, total)
             build._run(mine, index, None, False, show_progress, None)
     return write_layout(out, partitions)
+
+
+def _shared_quantizer(manifests, config, pooled: bool):
+    """IVF-PQ partitions share one quantizer, trained once on a sample across all shards (as one index would be).
+
+    Then every partition encodes a vector as one index over all the documents would, and the merged
+    top-k is that index's. None (each partition as it is) for the flat backend or below ``train_min_vectors``.
+    """
+    from pooledir.distributed.build import training_sample
+    from pooledir.index.segments import train_quantizer
+
+    if config.backend != "ivfpq":
+        return None, 0
+    expected = sum(m.vectors for m in manifests) if pooled else sum(i.tokens for m in manifests for i in m.shards)
+    if (expected if pooled else expected // config.pool_factor) < config.train_min_vectors:
+        return None, 0
+    sample, total = training_sample(manifests, config.train_sample, pooled, config.pool_factor, config.protected_tokens)
+    return train_quantizer(sample, total, config.nlist, config.pq_m, config.pq_nbits), total

@@ -224,7 +224,20 @@ def train_for_attach(folder, sample: np.ndarray, n_total: int) -> None:
     the segments will hold (it sizes the IVF lists, ≈4·√N, and tells re-training the index is as
     large as it was trained for).
     """
-    from pooledir.index.segments import train_quantizer, write_faiss
+    from pooledir.index.segments import train_quantizer
+
+    c = folder.config
+    if len(sample) == 0:
+        raise InputError("no vectors to train on")
+    install_quantizer(folder, train_quantizer(sample, n_total, c.nlist, c.pq_m, c.pq_nbits, folder.use_gpu), n_total)
+
+
+def install_quantizer(folder, quantizer, n_total: int) -> None:
+    """Make a trained quantizer the current one of an index that holds no vectors yet, in one commit.
+
+    Several indexes given the same quantizer (the partitions of one corpus) encode vectors alike.
+    """
+    from pooledir.index.segments import write_faiss
 
     with folder.writing():
         snap, c = folder.snapshot, folder.config
@@ -232,9 +245,8 @@ def train_for_attach(folder, sample: np.ndarray, n_total: int) -> None:
             raise InputError(f"the {c.backend} backend has no quantizer to train")
         if snap.n_stored:
             raise InputError(f"{folder.path} already holds {snap.n_stored} vectors; train before anything is added")
-        if len(sample) == 0:
-            raise InputError("no vectors to train on")
-        quantizer = train_quantizer(sample, n_total, c.nlist, c.pq_m, c.pq_nbits, folder.use_gpu)
+        if quantizer.d != folder.dim:
+            raise InputError(f"a {quantizer.d}-d quantizer cannot encode this index's {folder.dim}-d vectors")
         q_id = (snap.quantizer_id or 0) + 1
         path = quantizer_path(folder.path, q_id)
         write_faiss(quantizer, path)

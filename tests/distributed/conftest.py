@@ -15,7 +15,7 @@ from tests.conftest import random_text
 SHARDS_CONFIG = EncodeConfig(shard_docs=8, chunk_docs=3)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # shut down after this package: the rest of the suite runs without it
 def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason='needs the distributed extra: pip install "pooledir[distributed]"')
     from ray.data import DataContext

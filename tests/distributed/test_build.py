@@ -13,6 +13,7 @@ from pooledir.shards import read_shard_manifest
 
 pytestmark = pytest.mark.slow
 
+FLAT_CONFIG = IndexConfig(backend="flat", pool_factor=2)
 EXACT = SearchParams(k=10, nprobe=1, candidates_per_token=1000, rerank=36)
 QUERIES = ["cancer cells grow", "vitamin d bone density", "protein gene expression in mice", "the heart"]
 
@@ -98,3 +99,22 @@ def test_cli_index_embeddings_ray(ray_cluster, tmp_path, tiny_encoder, small_sha
     serial = build_serial(small_shards, tmp_path / "serial", IndexConfig(backend="flat", pool_factor=2))
     with PooledIndex.open(out, device="cpu") as idx:
         assert_same_index(serial, idx, tiny_encoder)
+
+
+def test_a_corrupt_shard_fails_in_its_task_and_nothing_is_attached(ray_cluster, tmp_path, small_shards):
+    import shutil
+
+    from pooledir.distributed.build import build_index_ray
+    from pooledir.shards import ShardError
+
+    shards = tmp_path / "shards"
+    shutil.copytree(small_shards, shards)
+    with open(shards / "shard-00003.npy", "r+b") as f:  # flip a byte of one shard's vectors
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    idx = create_index_for_shards(tmp_path / "idx", read_shard_manifest(shards).spec, FLAT_CONFIG, device="cpu")
+    with pytest.raises(ShardError, match=r"shard-00003\.npy does not match the sha256"):
+        build_index_ray([shards], idx, show_progress=False)
+    assert len(idx) == 0 and not list(idx.path.glob(".ray-build-*"))

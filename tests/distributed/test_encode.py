@@ -77,3 +77,16 @@ def test_cli_resume_on_the_running_cluster_skips_completed_shards(ray_cluster, t
     assert "encoded 12 documents into 2 shards with 1 Ray actors" in r.stdout
     assert "3 shards were already complete" in r.stdout
     assert_same_shards(out, small_shards)
+
+
+def test_a_bad_corpus_line_is_one_clear_error(ray_cluster, tmp_path, tiny_ckpt, small_corpus):
+    from pooledir.distributed.encode import encode_corpus_ray
+    from pooledir.errors import InputError
+
+    corpus = tmp_path / "corpus.jsonl"
+    lines = small_corpus.read_text(encoding="utf-8").splitlines()
+    corpus.write_text("\n".join([*lines[:20], '{"_id": "bad", "text": ', *lines[20:]]) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"corpus\.jsonl:21: malformed JSON"):
+        encode_corpus_ray(
+            corpus, tmp_path / "out", tiny_ckpt, SHARDS_CONFIG, actors=1, device="cpu", show_progress=False
+        )
