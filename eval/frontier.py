@@ -85,13 +85,15 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--split", default="test")
-    ap.add_argument("--corpus-sample", type=int)
+    ap.add_argument("--corpus-sample", type=int, help="judged documents plus a seeded sample up to N")
+    ap.add_argument("--queries-sample", type=int, help="a seeded sample of N judged queries (before the corpus sample)")
     ap.add_argument("--latency-queries", type=int, default=50)
     ap.add_argument("--plaid", action="store_true", help="colbert-ai's PLAID on the same (pooled) vectors")
     ap.add_argument("--fast-plaid", action="store_true", help="fast-plaid (skipped with its reason if absent)")
     ap.add_argument("--quick", action="store_true", help="checks: flat x1/x2, IVF-PQ x2 (pq_m default, 16), x3, refine")
     ap.add_argument("--codec", action="store_true", help="the codec choice: flat x1/x2, IVF-PQ x2 at pq_m 16 and 32")
     ap.add_argument("--m32-only", action="store_true", help="only IVF-PQ x2 with pq_m 32 (a check of that codec)")
+    ap.add_argument("--pq-m-only", type=int, help="only IVF-PQ x2 with this pq_m (a check of that codec)")
     ap.add_argument("--adaptive-only", choices=["ivfpq", "flat"], help="only this index at the x2-like threshold")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     args = ap.parse_args()
@@ -100,8 +102,9 @@ def main() -> None:  # noqa: D103
     result: dict = {}
     # one system at a time (the encoding is cached), the JSON rewritten after each: a stopped run keeps its rows
     chosen = entries(params, args.plaid, args.fast_plaid, args.quick, args.codec)
-    if args.m32_only:
-        chosen = [("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2], "pq_ms": [32], "params": params})]
+    if args.m32_only or args.pq_m_only:
+        m = args.pq_m_only or 32
+        chosen = [("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2], "pq_ms": [m], "params": params})]
     if args.adaptive_only:
         chosen = [
             (
@@ -120,6 +123,7 @@ def main() -> None:  # noqa: D103
             checkpoint=args.checkpoint,
             split=args.split,
             corpus_sample=args.corpus_sample,
+            queries_sample=args.queries_sample,
             latency_queries=args.latency_queries,
             search=params,
             device="cpu",
