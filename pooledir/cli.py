@@ -116,7 +116,7 @@ def index(
     out: Annotated[Path, typer.Option("--out", "-o", help="New (or empty) index folder.")],
     corpus: Annotated[
         Path | None,
-        typer.Argument(help="BEIR folder, corpus .jsonl/.tsv, or a folder of .txt files (omit with --embeddings)."),
+        typer.Argument(help="BEIR folder, .jsonl/.parquet/.tsv file, or a .txt folder (omit with --embeddings)."),
     ] = None,
     checkpoint: Checkpoint = None,
     pool_factor: Annotated[
@@ -423,7 +423,7 @@ def _check_resume(idx, config, checkpoint: str | None) -> None:
 @app.command()
 def encode(
     out: Annotated[Path, typer.Option("--out", "-o", help="Shard folder (new, or one to --resume).")],
-    corpus: Annotated[Path, typer.Argument(help="BEIR folder, corpus .jsonl/.tsv, or a folder of .txt files.")],
+    corpus: Annotated[Path, typer.Argument(help="BEIR folder, .jsonl/.parquet/.tsv file, or a folder of .txt files.")],
     checkpoint: Checkpoint = None,
     pool_factor: Annotated[
         int | None, typer.Option(help="Pool before writing (1 = keep every token vector; default 2).")

@@ -1,7 +1,7 @@
-"""Read documents from BEIR folders, jsonl, tsv and folders of text files.
+"""Read documents from BEIR folders, jsonl, parquet, tsv and folders of text files.
 
 Every reader yields :class:`Document` objects; errors name the file and the
-line so a user can fix a 5 GB corpus without bisecting it.
+line (or parquet row) so a user can fix a 5 GB corpus without bisecting it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from pooledir.errors import InputError
 
 #: metadata nested deeper than this is refused (Python's json and sqlite's JSON functions give up near 1000)
 MAX_METADATA_DEPTH = 64
+#: rows a parquet corpus is decoded in at a time (memory stays bounded by this, not by the row group)
+PARQUET_BATCH_ROWS = 1024
+PARQUET_INSTALL_HINT = (
+    'reading a parquet corpus needs pyarrow; install the parquet extra: pip install "pooledir[parquet]"'
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,68 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
         raise _not_utf8(path) from None
 
 
+def _parquet_file(path: Path) -> Any:
+    """Open ``path`` as a ``pyarrow.parquet.ParquetFile`` (reads only its footer), checking its columns.
+
+    pyarrow is imported here, not at module import: the base install reads every other format without it.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(PARQUET_INSTALL_HINT) from None
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a readable parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if "_id" not in names and "id" not in names:
+        raise InputError(f"{path}: a parquet corpus needs a column '_id' or 'id'; it has {names}")
+    if "text" not in names:
+        raise InputError(f"{path}: a parquet corpus needs a column 'text'; it has {names}")
+    return pf
+
+
+def _read_parquet(path: Path, start: int = 0) -> Iterator[Document]:
+    """The documents of a parquet file from row ``start`` (0-based) on, decoded a batch at a time.
+
+    Columns ``_id`` (or ``id``), ``text``, optional ``title`` and ``metadata`` (a struct) are read as a
+    .jsonl record's fields; every other column is a metadata field, left out of a row where it is null.
+    Only the row groups from the one holding ``start`` on are decoded. Errors name the row, counted
+    from 1. The file's footer is read (and pyarrow imported) now, so a bad file fails before the first
+    document is asked for.
+    """
+    return _parquet_documents(_parquet_file(path), path, start)
+
+
+def _parquet_documents(pf: Any, path: Path, start: int) -> Iterator[Document]:
+    import pyarrow as pa
+
+    meta = pf.metadata
+    group, row = 0, 0  # the row group holding `start`, and the row it begins at
+    while group < meta.num_row_groups and row + meta.row_group(group).num_rows <= start:
+        row += meta.row_group(group).num_rows
+        group += 1
+    extra = [c for c in pf.schema_arrow.names if c not in ("_id", "id", "text", "title", "metadata")]
+    batches = pf.iter_batches(
+        batch_size=PARQUET_BATCH_ROWS, row_groups=range(group, meta.num_row_groups), use_threads=False
+    )
+    try:
+        for batch in batches:
+            skip = max(0, min(start - row, batch.num_rows))  # rows of the first group before `start`
+            row += skip
+            for record in batch.slice(skip).to_pylist():
+                row += 1
+                more = {c: record.pop(c) for c in extra if record.get(c) is not None}
+                if more and record.get("metadata") is None:
+                    record["metadata"] = more
+                elif more and isinstance(record["metadata"], dict):
+                    record["metadata"] = more | record["metadata"]
+                yield document_from_record(record, f"{path}: row {row}")
+    except pa.ArrowException as e:
+        raise InputError(f"{path}: cannot decode the parquet rows after row {row} ({e})") from None
+
+
 def _read_tsv(path: Path) -> Iterator[Document]:
     """Rows of ``id<TAB>text[<TAB>title]``; a header row starting with ``id`` or ``_id`` is skipped."""
     csv.field_size_limit(sys.maxsize)
@@ -161,30 +228,38 @@ def _resolve(path: Path) -> tuple[str, Path]:
     if path.is_dir():
         if (path / "corpus.jsonl").is_file():
             return "jsonl", path / "corpus.jsonl"
+        if (path / "corpus.parquet").is_file():
+            return "parquet", path / "corpus.parquet"
         if any(path.rglob("*.txt")):
             return "txt-folder", path
-        raise InputError(f"{path}: a corpus folder needs corpus.jsonl (BEIR layout) or .txt files")
+        raise InputError(f"{path}: a corpus folder needs corpus.jsonl or corpus.parquet (BEIR layout) or .txt files")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return "jsonl", path
+    if suffix in (".parquet", ".pq"):
+        return "parquet", path
     if suffix in (".tsv", ".tab"):
         return "tsv", path
     if suffix == ".txt":
         return "txt", path
-    raise InputError(f"{path}: unknown corpus format '{suffix}'; use .jsonl, .tsv, a .txt folder or a BEIR folder")
+    raise InputError(
+        f"{path}: unknown corpus format '{suffix}'; use .jsonl, .parquet, .tsv, a .txt folder or a BEIR folder"
+    )
 
 
 def iter_corpus(path: str | Path) -> Iterator[Document]:
     """Yield the documents of ``path``, one at a time (nothing is read ahead).
 
-    ``path`` may be a BEIR dataset folder (with ``corpus.jsonl``), a ``.jsonl``
-    or ``.tsv`` file, or a folder of ``.txt`` files (id = relative path without
-    the suffix).
+    ``path`` may be a BEIR dataset folder (with ``corpus.jsonl`` or ``corpus.parquet``), a
+    ``.jsonl``, ``.parquet`` or ``.tsv`` file, or a folder of ``.txt`` files (id = relative path
+    without the suffix).
     """
     path = Path(path)
     kind, source = _resolve(path)
     if kind == "jsonl":
         return _read_jsonl(source)
+    if kind == "parquet":
+        return _read_parquet(source)
     if kind == "tsv":
         return _read_tsv(source)
     if kind == "txt-folder":
@@ -196,9 +271,12 @@ def count_documents(path: str | Path) -> int:
     """About how many documents :func:`iter_corpus` yields, cheaply: for a progress bar's total and ETA.
 
     Lines of a .jsonl/.tsv file (counted in 1 MiB blocks; blank lines and a header row count too),
-    the number of files of a .txt folder. Never parses a document.
+    the rows of a .parquet file (from its footer: exact), the number of files of a .txt folder.
+    Never parses a document.
     """
     kind, source = _resolve(Path(path))
+    if kind == "parquet":
+        return _parquet_file(source).metadata.num_rows
     if kind == "txt":
         return 1
     if kind == "txt-folder":

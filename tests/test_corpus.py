@@ -180,3 +180,69 @@ def test_check_documents_refuses_what_is_not_a_document():
         check_documents([Document("a", "x"), {"id": "b", "text": "y"}])
     with pytest.raises(InputError, match="got one Document"):
         check_documents(Document("a", "x"))
+
+
+# -- parquet: the same documents as the .jsonl holding the same records ---------------------------------------
+def write_parquet(path, records, row_group_size=7):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_equals_the_same_corpus_as_jsonl(tmp_path, tiny_beir):
+    from pooledir.corpus import _read_parquet, iter_corpus
+
+    records = [json.loads(line) for line in (tiny_beir / "corpus.jsonl").read_text().splitlines()]
+    for i, r in enumerate(records):
+        r["metadata"] = {"lang": "en" if i % 2 else None}  # a struct column; "lang" null on even rows
+        r["year"] = 2000 + i if i % 3 else None  # another column: a metadata field where it is not null
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    parquet = write_parquet(tmp_path / "c.parquet", records)  # 6 row groups of 7 rows (the last 5)
+    expected = read_corpus(jsonl)
+    for d, r in zip(expected, records):  # what the jsonl reader makes of "year": nothing; parquet: metadata
+        if r["year"] is not None:
+            d.metadata["year"] = r["year"]
+    assert read_corpus(parquet) == expected
+    assert expected[1].metadata == {"lang": "en", "year": 2001, "title": "title 1"}
+    beir = tmp_path / "pq-beir"
+    beir.mkdir()
+    write_parquet(beir / "corpus.parquet", records)
+    assert read_corpus(beir, limit=3) == expected[:3]  # a BEIR folder holding corpus.parquet
+    for start in (0, 1, 6, 7, 8, 20, 39, 40, 41):  # starts on, inside and past row groups
+        assert list(_read_parquet(parquet, start)) == expected[start:]
+    ids = write_parquet(tmp_path / "ids.parquet", [{"id": 7, "text": "a"}, {"id": 8, "text": "b"}])
+    assert [d.id for d in iter_corpus(ids)] == ["7", "8"]  # an integer `id` column, as .jsonl numbers
+
+
+def test_a_bad_parquet_row_is_named_and_count_reads_only_the_footer(tmp_path, monkeypatch):
+    from pooledir.corpus import count_documents, iter_corpus
+
+    rows = [{"_id": "a", "text": "one"}, {"_id": "b", "text": "two"}, {"_id": "c", "text": None}]
+    path = write_parquet(tmp_path / "c.parquet", [*rows, {"_id": "d", "text": "x"}], row_group_size=2)
+    docs = iter_corpus(path)
+    assert [next(docs).id, next(docs).id] == ["a", "b"]  # lazy: the bad third row is not read yet
+    with pytest.raises(InputError, match=r"c\.parquet: row 3: field 'text' must be a string, got NoneType"):
+        next(docs)
+    assert count_documents(path) == 4  # rows, from the footer, not parsed
+    blank = write_parquet(tmp_path / "b.parquet", [{"_id": "a", "text": "x"}, {"_id": " ", "text": "y"}])
+    with pytest.raises(InputError, match=r"b\.parquet: row 2: missing document id"):
+        read_corpus(blank)
+    meta = write_parquet(tmp_path / "m.parquet", [{"_id": "a", "text": "x", "when": b"\x00"}])
+    with pytest.raises(InputError, match=r"m\.parquet: row 1: .*metadata holds a bytes"):
+        read_corpus(meta)
+    no_text = write_parquet(tmp_path / "n.parquet", [{"_id": "a", "body": "x"}])
+    with pytest.raises(
+        InputError, match=r"n\.parquet: a parquet corpus needs a column 'text'; it has \['_id', 'body'\]"
+    ):
+        iter_corpus(no_text)  # refused when opened, before any document is asked for
+    fake = tmp_path / "f.parquet"
+    fake.write_text('{"_id": "a", "text": "x"}\n')
+    for call in (iter_corpus, count_documents):
+        with pytest.raises(InputError, match=r"f\.parquet: not a readable parquet file"):
+            call(fake)
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # as in an install without the extra
+    with pytest.raises(InputError, match=re.escape('pip install "pooledir[parquet]"')):
+        iter_corpus(path)

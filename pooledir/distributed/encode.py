@@ -3,7 +3,8 @@
 The driver plans the shards (shard n = corpus positions [n·shard_docs, (n+1)·shard_docs), as in
 :func:`pooledir.build.encode_corpus`), and Ray Data streams the plan through ``map_batches`` over an
 actor pool: each actor loads the encoder once, reads its shard's documents from the corpus (a
-``.jsonl`` shard starts at a byte offset the driver found, so no actor re-reads what precedes it),
+``.jsonl`` shard starts at a byte offset the driver found, a ``.parquet`` one at its row, so no actor
+re-reads what precedes it),
 encodes them in length-sorted batches, pools them, and commits the shard with
 :class:`~pooledir.shards.ShardWriter`. The shard's header is its commit, so
 
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pooledir.build import EncodeConfig, EncodeReport, _batches, encoder_record
-from pooledir.corpus import Document, _resolve, document_from_record, iter_corpus
+from pooledir.corpus import Document, _parquet_file, _read_parquet, _resolve, document_from_record, iter_corpus
 from pooledir.errors import CheckpointError, InputError, PooledirError
 from pooledir.shards import ShardError, ShardSpec, ShardWriter, ids_digest, read_shard_header, shard_name
 
@@ -76,7 +77,8 @@ def plan_shards(corpus: str | Path, shard_docs: int, limit: int | None = None) -
     """Cut a corpus into shard tasks; for a ``.jsonl`` corpus, with each shard's byte offset.
 
     The ``.jsonl`` pass reads bytes and counts non-blank lines (as the reader does) without parsing
-    JSON; other formats are read once through :func:`pooledir.corpus.iter_corpus`.
+    JSON; a ``.parquet`` corpus's rows are counted from its footer (a shard starts at row ``start``);
+    other formats are read once through :func:`pooledir.corpus.iter_corpus`.
     """
     kind, source = _resolve(Path(corpus))
     tasks: list[ShardTask] = []
@@ -93,6 +95,10 @@ def plan_shards(corpus: str | Path, shard_docs: int, limit: int | None = None) -
                 if total % shard_docs == 0:
                     tasks.append(ShardTask(len(tasks), total, 0, here, lineno))
                 total += 1
+    elif kind == "parquet":
+        total = _parquet_file(source).metadata.num_rows
+        total = total if limit is None else min(total, limit)
+        tasks = [ShardTask(n, start, 0) for n, start in enumerate(range(0, total, shard_docs))]
     else:
         for _ in islice(iter_corpus(corpus), limit):
             if total % shard_docs == 0:
@@ -113,11 +119,19 @@ def _blank(raw: bytes, lineno: int) -> bool:
 
 
 def read_shard_documents(corpus: str | Path, task: ShardTask) -> Iterator[Document]:
-    """The documents of one shard task, read from the corpus (from its byte offset for ``.jsonl``)."""
+    """The documents of one shard task, read from the corpus (from its byte offset for .jsonl, its row for .parquet)."""
+    kind, source = _resolve(Path(corpus))
+    if kind == "parquet":
+        n = 0
+        for d in islice(_read_parquet(source, task.start), task.documents):
+            yield d
+            n += 1
+        if n != task.documents:
+            raise ShardError(f"{source} ended after {n} documents of shard {task.number}; the corpus changed")
+        return
     if task.offset < 0:
         yield from islice(iter_corpus(corpus), task.start, task.start + task.documents)
         return
-    _, source = _resolve(Path(corpus))
     n = 0
     with open(source, "rb") as f:
         f.seek(task.offset)

@@ -90,3 +90,28 @@ def test_a_bad_corpus_line_is_one_clear_error(ray_cluster, tmp_path, tiny_ckpt, 
         encode_corpus_ray(
             corpus, tmp_path / "out", tiny_ckpt, SHARDS_CONFIG, actors=1, device="cpu", show_progress=False
         )
+
+
+def test_a_parquet_corpus_is_cut_at_rows_and_encodes_to_the_same_shards(
+    ray_cluster, tmp_path, tiny_ckpt, small_corpus, small_shards
+):
+    """The small corpus as parquet (row groups of 5, so shards start inside them): the single-process shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pooledir.distributed.encode import encode_corpus_ray, plan_shards, read_shard_documents
+
+    records = [
+        {"_id": d.id, "title": d.metadata["title"], "text": d.text[len(d.metadata["title"]) + 1 :]}
+        for d in iter_corpus(small_corpus)
+    ]
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.Table.from_pylist(records), corpus, row_group_size=5)
+    assert list(iter_corpus(corpus)) == list(iter_corpus(small_corpus))
+    plan = plan_shards(corpus, 8, limit=30)
+    assert [(t.start, t.documents, t.offset) for t in plan] == [(0, 8, -1), (8, 8, -1), (16, 8, -1), (24, 6, -1)]
+    assert [d.id for d in read_shard_documents(corpus, plan[1])] == [f"d{i}" for i in range(8, 16)]
+    out = tmp_path / "shards"
+    report = encode_corpus_ray(corpus, out, tiny_ckpt, SHARDS_CONFIG, actors=2, device="cpu", show_progress=False)
+    assert report.documents == report.encoded == 36 and report.shards_written == [0, 1, 2, 3, 4]
+    assert_same_shards(out, small_shards)
