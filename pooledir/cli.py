@@ -718,7 +718,7 @@ def serve(
     }
     check_backends(*backends.values())
     if use_ray:
-        _serve_ray(index_dirs, host, port, device, address, replicas)
+        _serve_ray(index_dirs, host, port, device, address, replicas, backends)
         return
     for d in index_dirs:
         # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
@@ -737,7 +737,15 @@ def serve(
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
 
 
-def _serve_ray(index_dirs: list[Path], host: str, port: int, device: str, address: str | None, replicas: int) -> None:
+def _serve_ray(
+    index_dirs: list[Path],
+    host: str,
+    port: int,
+    device: str,
+    address: str | None,
+    replicas: int,
+    backends: dict[str, str],
+) -> None:
     import importlib
     import signal
 
@@ -756,7 +764,11 @@ def _serve_ray(index_dirs: list[Path], host: str, port: int, device: str, addres
 
     ray_serve = importlib.import_module("service.ray_serve")  # the library never imports the service by name
     serve.start(http_options={"host": host, "port": port})
-    app = ray_serve.build_app(index_dirs[0], replicas=replicas, device=device)
+    settings = {
+        "query_backend": backends["POOLEDIR_QUERY_BACKEND"],
+        "document_backend": backends["POOLEDIR_DOCUMENT_BACKEND"],
+    }
+    app = ray_serve.build_app(index_dirs[0], settings, replicas=replicas, device=device)
     typer.echo(f"serving {index_dirs[0].name} on http://{host}:{port} (Ray Serve; Ctrl-C stops)", err=True)
 
     def stop(*_) -> None:  # SIGTERM (docker stop, kill) stops it as Ctrl-C does

@@ -221,7 +221,13 @@ class Ingress:
         def open_registry(settings) -> ShardedRegistry:
             layout = read_partitions(self.folder)
             manifest = read_manifest(layout.part(0))
-            encoder = encoder_for_index(manifest, settings.device, settings.checkpoint)
+            encoder = encoder_for_index(
+                manifest,
+                settings.device,
+                settings.checkpoint,
+                query_backend=settings.query_backend,
+                document_backend=settings.document_backend,
+            )
             batcher = None
             if settings.micro_batching:
                 batcher = QueryBatcher(encoder, settings.batch_window_ms, settings.max_batch_queries)
