@@ -29,6 +29,7 @@ from pooledir.errors import InputError
 from pooledir.shards import ShardError, ShardInfo, ShardManifest, ShardSpec, open_shard
 
 if TYPE_CHECKING:
+    from pooledir.index.manifest import IndexConfig
     from pooledir.pooled_index import PooledIndex
 
 log = logging.getLogger(__name__)
@@ -46,19 +47,25 @@ def shard_groups(manifests: Sequence[ShardManifest], groups: int | None) -> list
     return [every[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def _group_vectors(
-    group: list[tuple[str, dict, dict]], pooled: bool, pool_factor: int, protected: int, verify: bool
-) -> tuple[list, list[np.ndarray], list[int]]:
-    """A group's documents, pooled vectors (float32) and token counts, read from its shards."""
+def _pool(vectors: list[np.ndarray], config: IndexConfig) -> list[np.ndarray]:
+    """Pool unpooled shard vectors as the index pools what it adds (a factor or a threshold)."""
     from pooledir.pooling import pool_embeddings
 
+    c = config
+    return pool_embeddings(vectors, c.pool_factor, c.protected_tokens, device="cpu", pool_threshold=c.pool_threshold)
+
+
+def _group_vectors(
+    group: list[tuple[str, dict, dict]], pooled: bool, config: IndexConfig, verify: bool
+) -> tuple[list, list[np.ndarray], list[int]]:
+    """A group's documents, pooled vectors (float32) and token counts, read from its shards."""
     docs, vectors, n_tokens = [], [], []
     for folder, spec, info in group:
         shard = open_shard(Path(folder), ShardSpec(**spec), ShardInfo(**info), verify=verify)
         off = shard.offsets
         shard_vectors = [np.asarray(shard.vectors[off[j] : off[j + 1]], np.float32) for j in range(len(off) - 1)]
-        if not pooled and pool_factor > 1:
-            shard_vectors = pool_embeddings(shard_vectors, pool_factor, protected, device="cpu")
+        if not pooled and config.pools:
+            shard_vectors = _pool(shard_vectors, config)
         docs += list(shard.documents())
         vectors += shard_vectors
         n_tokens += [int(x) for x in shard.n_tokens]
@@ -77,7 +84,7 @@ def build_group_segment(
     config = read_manifest(Path(index_path)).config
     out = Path(out_dir)
     shutil.rmtree(out, ignore_errors=True)  # a retried task starts again from nothing
-    docs, vectors, n_tokens = _group_vectors(group, pooled, config.pool_factor, config.protected_tokens, verify)
+    docs, vectors, n_tokens = _group_vectors(group, pooled, config, verify)
     build_segment(out, index_path, docs, vectors, n_tokens)
     return {
         "path": str(out),
@@ -89,16 +96,15 @@ def build_group_segment(
 
 
 def training_sample(
-    manifests: Sequence[ShardManifest], size: int, pooled: bool, pool_factor: int, protected: int, seed: int = 0
+    manifests: Sequence[ShardManifest], config: IndexConfig, pooled: bool, seed: int = 0
 ) -> tuple[np.ndarray, int]:
-    """A seeded sample of up to ``size`` pooled vectors drawn across every shard, and the total it came from.
+    """A seeded sample of up to ``config.train_sample`` pooled vectors drawn across every shard, and the total.
 
     Pooled shards: rows drawn uniformly from all their vectors. Unpooled shards that the index pools:
-    documents drawn uniformly and pooled until the sample is full; the total is then estimated as
-    the shards' token vectors divided by the pool factor.
+    documents drawn uniformly and pooled as the index pools them until the sample is full; the total is
+    then estimated as the shards' token vectors divided by the pool factor.
     """
-    from pooledir.pooling import pool_embeddings
-
+    size, pool_factor = config.train_sample, config.pool_factor
     shards = [(m, info) for m in manifests for info in m.shards]
     rng = np.random.default_rng(seed)
     if pooled:
@@ -125,7 +131,7 @@ def training_sample(
                 continue
             shard = open_shard(m.path, m.spec, info, verify=False)
             vecs = [np.asarray(shard.vectors[shard.offsets[i] : shard.offsets[i + 1]], np.float32) for i in mine]
-            for p in pool_embeddings(vecs, pool_factor, protected, device="cpu"):
+            for p in _pool(vecs, config):
                 parts.append(p)
                 have += len(p)
         if have >= size:
@@ -184,7 +190,7 @@ def build_index_ray(
         expected = sum(m.vectors for m in manifests) if pooled else sum(i.tokens for m in manifests for i in m.shards)
         if (expected if pooled else expected // cfg.pool_factor) >= cfg.train_min_vectors:
             t = time.perf_counter()
-            sample, total = training_sample(manifests, cfg.train_sample, pooled, cfg.pool_factor, cfg.protected_tokens)
+            sample, total = training_sample(manifests, cfg, pooled)
             train_for_attach(index.folder, sample, total)
             log.info("trained on %d vectors sampled across the shards in %.1fs", len(sample), time.perf_counter() - t)
     work = index.path / f".ray-build-{uuid.uuid4().hex[:8]}"

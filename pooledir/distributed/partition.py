@@ -141,5 +141,5 @@ def _shared_quantizer(manifests, config, pooled: bool):
     expected = sum(m.vectors for m in manifests) if pooled else sum(i.tokens for m in manifests for i in m.shards)
     if (expected if pooled else expected // config.pool_factor) < config.train_min_vectors:
         return None, 0
-    sample, total = training_sample(manifests, config.train_sample, pooled, config.pool_factor, config.protected_tokens)
+    sample, total = training_sample(manifests, config, pooled)
     return train_quantizer(sample, total, config.nlist, config.pq_m, config.pq_nbits), total

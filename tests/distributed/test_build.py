@@ -63,6 +63,12 @@ def test_unpooled_shards_are_pooled_in_the_tasks(ray_cluster, tmp_path, tiny_enc
     serial = build_serial(shards, tmp_path / "serial", flat)
     parallel, _ = build_ray(shards, tmp_path / "ray", flat, segments=3)
     assert_same_index(serial, parallel, tiny_encoder)
+    # an adaptive index pools the shards with its threshold in the tasks too, not with the factor
+    adaptive = IndexConfig(backend="flat", pool_threshold=0.3)
+    serial = build_serial(shards, tmp_path / "serial-t", adaptive)
+    parallel, _ = build_ray(shards, tmp_path / "ray-t", adaptive, segments=3)
+    assert_same_index(serial, parallel, tiny_encoder)
+    assert parallel.info()["vectors"] != build_serial(shards, tmp_path / "factor", flat).info()["vectors"]
 
 
 def test_ivfpq_trains_once_on_a_sample_across_shards(ray_cluster, tmp_path, tiny_encoder, small_shards):
