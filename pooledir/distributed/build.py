@@ -222,13 +222,12 @@ def build_index_ray(
         report.added = index.attach_segments([r["path"] for r in results])
         report.add_s = time.perf_counter() - t
     except Exception as e:
-        for ref in refs:  # the other tasks' segments would never be attached
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - a finished task cannot be cancelled; nothing to do
-                pass
-        if refs:  # let them end before their folders are removed: a task still writing would leave its own
-            ray.wait(refs, num_returns=len(refs), timeout=60)
+        # The other tasks' segments will never be attached, but they are not cancelled: in Ray 2.60 a
+        # cancel that races a task's retry or completion aborts the driver process ("Check failed: ...
+        # Tried to complete task that was not pending", ray-project/ray#54846), which took this process
+        # with it. Let them end before their folders are removed: a task still writing would leave its own.
+        if refs:
+            ray.wait(refs, num_returns=len(refs))
         err = user_error(e)
         if err is not None:
             raise err from None
