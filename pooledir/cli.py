@@ -184,9 +184,6 @@ def index(
             f"--pool-threshold {pool_threshold:g} and --pool-factor {pool_factor} both choose how far documents "
             "are pooled: give one of them"
         )
-    if partitions is not None:
-        _index_partitions(embeddings, out, partitions, pool_factor, index_type, keep_exact, nlist, pq_m, device)
-        return
     factor = 2 if pool_factor is None else pool_factor
     config = IndexConfig(
         backend=index_type,
@@ -200,6 +197,9 @@ def index(
     if train_sample is not None:
         config = replace(config, train_sample=train_sample)
     config.check()
+    if partitions is not None:
+        _index_partitions(embeddings, out, partitions, config, pool_factor, device)
+        return
     _index_streamed(
         corpus,
         embeddings,
@@ -219,27 +219,17 @@ def index(
 
 
 def _index_partitions(
-    embeddings: list[Path] | None,
-    out: Path,
-    partitions: int,
-    pool_factor: int | None,
-    index_type: str,
-    keep_exact: bool,
-    nlist: int | None,
-    pq_m: int | None,
-    device: str,
+    embeddings: list[Path] | None, out: Path, partitions: int, config, pool_factor: int | None, device: str
 ) -> None:
     from pooledir.build import read_shard_folders
     from pooledir.distributed.partition import build_partitions
     from pooledir.errors import InputError
-    from pooledir.pooled_index import IndexConfig
 
     if not embeddings:
         raise InputError("--partitions builds from encoded shards: give --embeddings (from `pooledir encode`)")
     spec = read_shard_folders(embeddings)[1]
-    factor = pool_factor if pool_factor is not None else spec.pool_factor if spec.pool_factor > 1 else 2
-    config = IndexConfig(backend=index_type, pool_factor=factor, keep_exact=keep_exact, nlist=nlist, pq_m=pq_m)
-    config.check()
+    if pool_factor is None and config.pool_threshold is None and spec.pool_factor > 1:
+        config = replace(config, pool_factor=spec.pool_factor)  # the shards' factor, as for one index
     layout = build_partitions(embeddings, out, partitions, config, device=device)
     typer.echo(f"wrote {layout.partitions} partitions into {out}; serve them with: pooledir serve {out} --ray")
 

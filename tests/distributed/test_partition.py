@@ -42,3 +42,20 @@ def test_bad_partition_input(tmp_path, small_shards):
         build_partitions([small_shards], tmp_path / "b", 2, IndexConfig(backend="flat"), show_progress=False)
     with pytest.raises(InputError, match="partitions.json is missing"):
         read_partitions(tmp_path / "b")
+
+
+def test_cli_partitions_keep_an_adaptive_pooling_threshold(tmp_path, tiny_encoder, small_corpus):
+    """`--partitions` builds with the same config as one index: `--pool-threshold` is not dropped."""
+    from pooledir.build import EncodeConfig, encode_corpus
+    from pooledir.corpus import iter_corpus
+    from tests.distributed.test_encode import run_cli
+
+    shards = tmp_path / "unpooled"
+    encode_corpus(iter_corpus(small_corpus), shards, tiny_encoder, EncodeConfig(pool_factor=1), show_progress=False)
+    out = tmp_path / "split"
+    argv = ["index", "--embeddings", str(shards), "--out", str(out), "--index", "flat", "--partitions", "2"]
+    r = run_cli([*argv, "--pool-threshold", "0.3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for path in read_partitions(out).parts:
+        with PooledIndex.open(path, device="cpu") as idx:
+            assert idx.config.pool_threshold == 0.3
