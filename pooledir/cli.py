@@ -132,7 +132,7 @@ def index(
     index_type: Annotated[str, typer.Option("--index", help="ivfpq (compressed) or flat (exact).")] = "ivfpq",
     keep_exact: Annotated[bool, typer.Option(help="Also store float16 vectors for exact MaxSim.")] = False,
     nlist: Annotated[int | None, typer.Option(help="IVF lists (default: ≈4·√vectors of the first add).")] = None,
-    pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers (default: dim/8).")] = None,
+    pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers (default: dim/2).")] = None,
     limit: Annotated[int | None, typer.Option(help="Index only the first N documents.")] = None,
     batch_size: Annotated[int, typer.Option(help="Documents per encoder batch.")] = 32,
     chunk_docs: Annotated[
@@ -841,7 +841,7 @@ def eval_beir(
     pool_thresholds: Annotated[
         str, typer.Option(help="Comma-separated Ward merge heights for adaptive pooling (extra pooledir runs).")
     ] = "",
-    pq_m: Annotated[str, typer.Option(help="Comma-separated PQ sub-quantizer counts for IVF-PQ (default dim/8).")] = "",
+    pq_m: Annotated[str, typer.Option(help="Comma-separated PQ sub-quantizer counts for IVF-PQ (default dim/2).")] = "",
     refine: Annotated[str, typer.Option(help="IVF-PQ refine stage (float16 copy): off, on or off,on.")] = "off",
     nprobe: NProbe = None,
     candidates: Candidates = None,

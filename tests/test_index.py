@@ -37,7 +37,7 @@ def ids_of(hits):
 
 # -- defaults and search helpers ----------------------------------------------------------------------------------
 def test_defaults():
-    assert default_pq_m(128) == 16 and default_pq_m(96) == 12 and default_pq_m(384) == 48
+    assert default_pq_m(128) == 64 and default_pq_m(96) == 48 and default_pq_m(384) == 96 and default_pq_m(6) == 3
     assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2 and default_nlist(5) == 1
 
 

@@ -39,7 +39,7 @@ class IndexConfig:
         while their height is at most this (see :func:`pooledir.pooling.pool_embeddings`); ``None`` = use
         ``pool_factor``. Set with the default ``pool_factor`` only, as the factor is then unused.
     protected_tokens : leading vectors never pooled (1 = [CLS]).
-    nlist, pq_m, pq_nbits : IVF-PQ shape; ``None`` = ≈4·√N lists (N at training) and dim/8 sub-quantizers.
+    nlist, pq_m, pq_nbits : IVF-PQ shape; ``None`` = ≈4·√N lists (N at training) and dim/2 sub-quantizers.
     keep_exact : also keep float16 vectors so MaxSim scores exactly (more disk).
     train_sample : vectors sampled to train IVF-PQ.
     train_min_vectors : an IVF-PQ index keeps its vectors exact (flat segments) until it holds this
