@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -90,6 +91,22 @@ def test_importing_the_library_and_cli_loads_no_evaluation_colbert_or_service():
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == []
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_importing_the_library_makes_openmp_wait_passively_unless_told_otherwise(preset):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    r = subprocess.run(
+        [sys.executable, "-c", "import os, pooledir; print(os.environ['OMP_WAIT_POLICY'])"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (preset or "PASSIVE")
 
 
 def test_runtime_dependencies_leave_colbert_ai_to_the_extras():
