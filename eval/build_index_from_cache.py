@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--pool-factor", type=int, default=IndexConfig.pool_factor)
+    ap.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default: the index's default)")
     args = ap.parse_args()
 
     encoder = ColBERTEncoder(args.checkpoint, device="cpu")
@@ -35,7 +36,7 @@ def main() -> None:
     t = time.perf_counter()
     pooled = pool_embeddings(vectors, pool_factor=args.pool_factor, show_progress=True)
     print(f"pooled x{args.pool_factor} in {time.perf_counter() - t:.0f} s")
-    config = IndexConfig(pool_factor=args.pool_factor)
+    config = IndexConfig(pool_factor=args.pool_factor, pq_m=args.pq_m)
     with PooledIndex.create(args.out, config=config, device="cpu", encoder=encoder) as index:
         t = time.perf_counter()
         index.add(data.documents, embeddings=pooled, pooled=True, n_tokens=[len(v) for v in vectors])

@@ -44,7 +44,7 @@ class FrontierConfig(EvalConfig):
 
 
 def entries(
-    params: SearchParams, plaid: bool, fast_plaid: bool, quick: bool, codec: bool = False
+    params: SearchParams, plaid: bool, fast_plaid: bool, quick: bool, codec: bool = False, pareto: bool = False
 ) -> list[tuple[str, dict]]:
     """The systems of one frontier run, most needed first (``quick``: checks of the defaults only)."""
 
@@ -56,6 +56,14 @@ def entries(
         )
         return ("pooledir", {"indexes": [index], "params": params, **by, **codec})
 
+    if pareto:  # the rows the Pareto plot lacked at the pq_m 64 default: peers at more bytes, pooledir at fewer
+        return [
+            own("ivfpq", 2),
+            ("plaid", {"nbits": [4], "pool_factors": [2]}),
+            own("ivfpq", 3),
+            ("plaid", {"nbits": [2], "pool_factors": [3]}),
+            ("plaid", {"nbits": [2, 4], "pool_factors": [1]}),
+        ]
     if codec:  # the default codec's choice (tuning qrels): PQ sub-quantizers at pool x2, flat as the references
         return [own("flat", 1), own("ivfpq", 2, pq_ms=[16]), own("ivfpq", 2, pq_ms=[32]), own("flat", 2)]
     if quick:  # checks of the defaults, the previous default codec (pq_m 16) beside them
@@ -91,6 +99,7 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--plaid", action="store_true", help="colbert-ai's PLAID on the same (pooled) vectors")
     ap.add_argument("--fast-plaid", action="store_true", help="fast-plaid (skipped with its reason if absent)")
     ap.add_argument("--quick", action="store_true", help="checks: flat x1/x2, IVF-PQ x2 (pq_m default, 16), x3, refine")
+    ap.add_argument("--pareto", action="store_true", help="default x2/x3, PLAID nbits 4 x2, 2 x3, 2/4 x1")
     ap.add_argument("--codec", action="store_true", help="the codec choice: flat x1/x2, IVF-PQ x2 at pq_m 16 and 32")
     ap.add_argument("--m32-only", action="store_true", help="only IVF-PQ x2 with pq_m 32 (a check of that codec)")
     ap.add_argument("--pq-m-only", type=int, help="only IVF-PQ x2 with this pq_m (a check of that codec)")
@@ -101,7 +110,7 @@ def main() -> None:  # noqa: D103
     params = SearchParams(k=100)
     result: dict = {}
     # one system at a time (the encoding is cached), the JSON rewritten after each: a stopped run keeps its rows
-    chosen = entries(params, args.plaid, args.fast_plaid, args.quick, args.codec)
+    chosen = entries(params, args.plaid, args.fast_plaid, args.quick, args.codec, args.pareto)
     if args.m32_only or args.pq_m_only:
         m = args.pq_m_only or 32
         chosen = [("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2], "pq_ms": [m], "params": params})]
