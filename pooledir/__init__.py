@@ -54,7 +54,6 @@ _EXPORTS = {
     "IndexCorruptError": "pooledir.errors",
     "InputError": "pooledir.errors",
     "PooledirError": "pooledir.errors",
-    "maxsim": "pooledir.maxsim",
     "AddResult": "pooledir.pooled_index",
     "Hit": "pooledir.pooled_index",
     "IndexConfig": "pooledir.pooled_index",
@@ -65,5 +64,9 @@ _EXPORTS = {
     "SearchParams": "pooledir.search",
 }
 
-__all__ = sorted(_EXPORTS)
+# ``maxsim`` is also the name of its module: once anything imported ``pooledir.maxsim``, the package attribute
+# would be the module, not the function, so the function is bound here (numpy only)
+from pooledir.maxsim import maxsim  # noqa: E402, F401
+
+__all__ = sorted([*_EXPORTS, "maxsim"])
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

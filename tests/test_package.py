@@ -93,6 +93,19 @@ def test_importing_the_library_and_cli_loads_no_evaluation_colbert_or_service():
     assert json.loads(r.stdout) == []
 
 
+def test_every_public_name_is_what_it_names_even_after_its_module_loaded():
+    r = run_python(
+        """
+        import pooledir, pooledir.search, pooledir.encoder  # load submodules first, as a user's code may
+        from pooledir import maxsim
+        bad = [n for n in pooledir.__all__ if type(getattr(pooledir, n)).__name__ == "module"]
+        print(bad, callable(maxsim))
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[]", "True"]
+
+
 @pytest.mark.parametrize("preset", [None, "ACTIVE"])
 def test_importing_the_library_makes_openmp_wait_passively_unless_told_otherwise(preset):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
