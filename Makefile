@@ -50,26 +50,29 @@ bench: install
 
 # The BEIR sweep and PLAID comparison behind eval/results/ (long: about an hour on 2 CPU cores).
 DATASETS ?= scifact nfcorpus
-eval: install
+eval: install fast-plaid-venv
 	$(BIN)/pooledir convert-checkpoint --minilm $(CKPT)
 	for d in $(DATASETS); do \
 		$(BIN)/pooledir eval beir ../shared/data/beir/$$d --out eval/results/$$d.cpu.json --checkpoint $(CKPT) \
-			--pool-factors 1,2,3,4 --index ivfpq,flat --compare plaid --device cpu || exit 1; \
+			--pool-factors 1,2,3,4 --index ivfpq,flat --compare plaid,fast-plaid --device cpu || exit 1; \
 	done
 	$(BIN)/pooledir eval report $(foreach d,$(DATASETS),eval/results/$(d).cpu.json) --out-dir eval/results
 
 # PyLate's PLAID (fast-plaid) for `--compare fast-plaid`: its own environment, since every fast-plaid release
-# pins an exact torch (1.7.0.2110: torch==2.11.0). PyPI's torch 2.11.0 is the CUDA build (several GB of CUDA
-# wheels), so the CPU build comes from PyTorch's wheel index (TORCH_CPU_INDEX); without it the harness skips
+# pins an exact torch (1.7.0.2110: torch==2.11.0). By default that torch comes from PyPI: the CUDA build, about
+# 3 GB of wheels (a 4.8 GB environment), which runs on CPU too. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# takes the far smaller CPU build where that index is reachable. Without the environment the harness skips
 # fast-plaid and says why.
 FAST_PLAID_VENV := .cache/fast-plaid-venv
-TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-fast-plaid-venv:
+TORCH_INDEX ?=
+fast-plaid-venv: $(FAST_PLAID_VENV)/.installed
+$(FAST_PLAID_VENV)/.installed:
 	rm -rf $(FAST_PLAID_VENV)
 	$(PYTHON) -m venv $(FAST_PLAID_VENV)
-	$(FAST_PLAID_VENV)/bin/pip install -q --index-url $(TORCH_CPU_INDEX) torch==2.11.0 \
+	$(FAST_PLAID_VENV)/bin/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.11.0 \
 		&& $(FAST_PLAID_VENV)/bin/pip install -q fast-plaid==1.7.0.2110 \
-		|| { rm -rf $(FAST_PLAID_VENV); echo "fast-plaid-venv: torch 2.11.0 (CPU) or fast-plaid did not install"; exit 1; }
+		|| { rm -rf $(FAST_PLAID_VENV); echo "fast-plaid-venv: torch 2.11.0 or fast-plaid did not install"; exit 1; }
+	touch $@
 
 # `pip install pooledir` without extras (no colbert-ai) must index and search: a throwaway venv, 50 documents.
 RUNTIME_VENV := $(DEMO)/runtime-venv

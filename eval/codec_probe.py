@@ -57,6 +57,8 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--corpus-sample", type=int)
     ap.add_argument("--queries-sample", type=int)
     ap.add_argument("--pool-factor", type=int, default=2)
+    ap.add_argument("--pool-threshold", type=float, help="adaptive pooling at this Ward merge height instead")
+    ap.add_argument("--protected-tokens", type=int, default=1, help="leading vectors never pooled (1 = [CLS])")
     ap.add_argument("--train-sample", type=int, default=200_000)
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     args = ap.parse_args()
@@ -64,7 +66,7 @@ def main() -> None:  # noqa: D103
     data = load_beir(args.dataset, args.split, args.corpus_sample, args.queries_sample)
     encoder = ColBERTEncoder(args.checkpoint, device="cpu")
     docs, _, Q = encode_cached(encoder, data, args.cache_dir)
-    pooled = pool_embeddings(docs, args.pool_factor)
+    pooled = pool_embeddings(docs, args.pool_factor, args.protected_tokens, pool_threshold=args.pool_threshold)
     X = np.concatenate(pooled).astype(np.float32)
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
     rng = np.random.default_rng(0)
@@ -78,7 +80,9 @@ def main() -> None:  # noqa: D103
         "queries": len(qids),
         "tokens": n_tokens,
         "vectors": len(X),
-        "pool_factor": args.pool_factor,
+        "pool_factor": None if args.pool_threshold is not None else args.pool_factor,
+        "pool_threshold": args.pool_threshold,
+        "protected_tokens": args.protected_tokens,
         "machine": machine_info(),
         "note": "exhaustive MaxSim over decoded vectors: codec precision only, not the engine's search",
         "codecs": [],

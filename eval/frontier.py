@@ -100,6 +100,7 @@ def main() -> None:  # noqa: D103
     ap.add_argument("--fast-plaid", action="store_true", help="fast-plaid (skipped with its reason if absent)")
     ap.add_argument("--quick", action="store_true", help="checks: flat x1/x2, IVF-PQ x2 (pq_m default, 16), x3, refine")
     ap.add_argument("--pareto", action="store_true", help="default x2/x3, PLAID nbits 4 x2, 2 x3, 2/4 x1")
+    ap.add_argument("--fast-plaid-only", action="store_true", help="only fast-plaid: nbits 2/4 x2, nbits 2 x3, x1")
     ap.add_argument("--codec", action="store_true", help="the codec choice: flat x1/x2, IVF-PQ x2 at pq_m 16 and 32")
     ap.add_argument("--m32-only", action="store_true", help="only IVF-PQ x2 with pq_m 32 (a check of that codec)")
     ap.add_argument("--pq-m-only", type=int, help="only IVF-PQ x2 with this pq_m (a check of that codec)")
@@ -111,6 +112,11 @@ def main() -> None:  # noqa: D103
     result: dict = {}
     # one system at a time (the encoding is cached), the JSON rewritten after each: a stopped run keeps its rows
     chosen = entries(params, args.plaid, args.fast_plaid, args.quick, args.codec, args.pareto)
+    if args.fast_plaid_only:
+        chosen = [
+            ("fast-plaid", {"nbits": [2, 4], "pool_factors": [2]}),
+            ("fast-plaid", {"nbits": [2], "pool_factors": [3, 1]}),
+        ]
     if args.m32_only or args.pq_m_only:
         m = args.pq_m_only or 32
         chosen = [("pooledir", {"indexes": ["ivfpq"], "pool_factors": [2], "pq_ms": [m], "params": params})]

@@ -111,8 +111,8 @@ def check_environment(python: Path) -> str:
     if not python.is_file():
         raise SystemUnavailable(
             f"fast-plaid's virtual environment is missing ({python} does not exist): `make fast-plaid-venv` "
-            "creates it; fast-plaid 1.7.0.2110 pins torch==2.11.0, whose CPU build comes from PyTorch's own "
-            "wheel index, not PyPI (PyPI's torch 2.11.0 is the CUDA build with several GB of CUDA wheels)"
+            "creates it (fast-plaid 1.7.0.2110 with the torch==2.11.0 it pins; PyPI's build of that torch "
+            "brings about 3 GB of CUDA wheels and runs on CPU as well)"
         )
     probe = subprocess.run(
         [str(python), "-c", "import fast_plaid, torch; print(torch.__version__)"],
