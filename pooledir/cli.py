@@ -899,10 +899,10 @@ def eval_report(
     results: Annotated[list[Path], typer.Argument(metavar="RESULTS...", help="JSON files from `eval beir`.")],
     out_dir: Annotated[Path, typer.Option(help="Where the table and plots go.")] = Path("eval/results"),
 ) -> None:
-    """Write a Markdown table and PNG plots from evaluation results."""
-    from pooledir.evaluation import load_results, markdown_table, plots
+    """Write a Markdown table and PNG plots from evaluation results (files of one experiment are merged)."""
+    from pooledir.evaluation import load_results, markdown_table, merge_results, plots
 
-    data = load_results(results)
+    data = merge_results(load_results(results))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(markdown_table(data))
     for p in [out_dir / "report.md", *plots(data, out_dir)]:

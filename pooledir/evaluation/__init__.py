@@ -35,6 +35,7 @@ _EXPORTS = {
     "machine_info": "pooledir.evaluation.machine",
     "load_results": "pooledir.evaluation.report",
     "markdown_table": "pooledir.evaluation.report",
+    "merge_results": "pooledir.evaluation.report",
     "plots": "pooledir.evaluation.report",
     "ServerProcess": "pooledir.evaluation.server",
     "free_port": "pooledir.evaluation.server",

@@ -22,6 +22,28 @@ def load_results(paths: list[Path]) -> list[dict]:
     return out
 
 
+def merge_results(results: list[dict]) -> list[dict]:
+    """Files of one experiment (same dataset, split, documents and queries) as one result, runs in file order.
+
+    A later check (a new codec, a peer) then shares the table and plot panel of the rows it is compared
+    with, as they were measured on the same vectors; a system measured in several files keeps its first row.
+    """
+    merged: dict[tuple, dict] = {}
+    for res in results:
+        key = (res["dataset"], res.get("split") or "test", res.get("documents"), res.get("queries"))
+        if key not in merged:
+            merged[key] = {**res, "runs": [], "skipped": []}
+        into = merged[key]
+        seen = {_label(r) for r in into["runs"]}
+        into["runs"] += [r for r in res["runs"] if _label(r) not in seen]
+        done = {r["system"] for r in into["runs"]}
+        skipped = {}
+        for s in into["skipped"] + list(res.get("skipped") or []):
+            skipped.setdefault(s["system"], s)
+        into["skipped"] = [s for name, s in skipped.items() if name not in done]
+    return list(merged.values())
+
+
 #: how a peer system's name is printed (any other name is printed as it is)
 DISPLAY_NAMES = {"plaid": "PLAID", "fast-plaid": "fast-plaid"}
 

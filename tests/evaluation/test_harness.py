@@ -299,3 +299,48 @@ def test_fast_plaid_runner_exchanges_vectors_through_files(tiny_beir, tiny_ckpt,
     assert runs[1]["ndcg@10"] == pytest.approx(runs[0]["ndcg@10"], abs=1e-6)
     assert runs[1]["vectors"] == runs[0]["vectors"]
     assert (tmp_path / "runs" / "beir.fast-plaid-nbits2-pf2.trec").is_file()
+
+
+def test_report_merges_the_files_of_one_experiment_and_keeps_first_rows():
+    from pooledir.evaluation import merge_results
+
+    def res(dataset, documents, runs, skipped=()):
+        return {
+            "dataset": dataset,
+            "split": "test",
+            "documents": documents,
+            "queries": 5,
+            "runs": runs,
+            "skipped": list(skipped),
+        }
+
+    def run(system, ndcg, **kw):
+        return {"system": system, "index": kw.pop("index", None), "pool_factor": 2, "ndcg@10": ndcg, **kw}
+
+    old = res(
+        "a",
+        10,
+        [run("pooledir", 0.5, index="ivfpq", pq_m=16), run("pooledir", 0.6, index="flat")],
+        [{"system": "fast-plaid", "reason": "missing"}],
+    )
+    new = res(
+        "a",
+        10,
+        [
+            run("pooledir", 0.7, index="ivfpq", pq_m=64),
+            run("pooledir", 0.1, index="flat"),
+            run("fast-plaid", 0.65, nbits=2),
+        ],
+    )
+    other = res("a", 99, [run("pooledir", 0.4, index="flat")])
+    merged = merge_results([old, new, other])
+    assert [m["documents"] for m in merged] == [10, 99]  # another sample is another experiment
+    rows = {(r["system"], r["index"], r.get("pq_m")): r["ndcg@10"] for r in merged[0]["runs"]}
+    assert rows == {
+        ("pooledir", "ivfpq", 16): 0.5,
+        ("pooledir", "flat", None): 0.6,
+        ("pooledir", "ivfpq", 64): 0.7,
+        ("fast-plaid", None, None): 0.65,
+    }
+    assert merged[0]["skipped"] == []  # fast-plaid ran in the later file
+    assert len(old["runs"]) == 2  # the inputs are left alone
