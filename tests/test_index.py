@@ -41,6 +41,23 @@ def test_defaults():
     assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2 and default_nlist(5) == 1
 
 
+def test_retraining_keeps_the_codec_the_index_was_trained_with(
+    tmp_path, tiny_encoder, tiny_docs, tiny_embeddings, monkeypatch
+):
+    """An index trained under an older default (here 2 sub-quantizers) keeps it when re-trained later."""
+    import pooledir.index.segments as segments
+
+    monkeypatch.setattr(segments, "default_pq_m", lambda dim: 2)  # the default when the index was made
+    idx = make_index(tmp_path / "old", tiny_encoder, tiny_docs, tiny_embeddings)
+    assert idx.info()["backend"]["pq_m"] == 2
+    monkeypatch.undo()  # today's default differs
+    assert segments.default_pq_m(tiny_encoder.dim) != 2
+    idx.compact(retrain=True)
+    assert idx.info()["backend"]["pq_m"] == 2
+    fresh = make_index(tmp_path / "new", tiny_encoder, tiny_docs, tiny_embeddings)
+    assert fresh.info()["backend"]["pq_m"] == segments.default_pq_m(tiny_encoder.dim)
+
+
 def test_ivfpq_segments_agree_with_flat(tmp_path):
     """Nearest neighbours through a pq segment (shared quantizer, preassigned lists) vs exact ones."""
     rng = np.random.default_rng(1)

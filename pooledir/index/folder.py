@@ -392,7 +392,10 @@ class IndexFolder:
                 seg = snap.segments[i]
                 local = ranges(seg.starts, seg.counts)[mine]
                 sample.append(seg.reconstruct(local))
-        return train_quantizer(np.concatenate(sample), total, c.nlist, c.pq_m, c.pq_nbits, self.use_gpu)
+        # a re-training keeps the codec the index was trained with unless the config names one: an index made
+        # before the default changed (pq_m 16 -> 64) must not grow 2.5x, and re-encode lossily, on re-training
+        pq_m = c.pq_m or (int(snap.quantizer.pq.M) if snap.quantizer is not None else None)
+        return train_quantizer(np.concatenate(sample), total, c.nlist, pq_m, c.pq_nbits, self.use_gpu)
 
     def close(self) -> None:
         """Release the snapshot and the store."""
