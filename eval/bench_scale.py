@@ -119,7 +119,9 @@ def worker_build(design: str, size: int, folder: Path, chunk_docs: int) -> dict:
 
     c = centers()
     n_docs = n_docs_for(size)
-    config = IndexConfig(pool_factor=1, nlist=nlist_for(size))
+    # pq_m 16: what the committed results and the single-file design (6e06448) ran at, the default until codec
+    # rule 2 (eval/results/codec_rule.md) made it 64; pinned so a re-run measures the same engine work
+    config = IndexConfig(pool_factor=1, nlist=nlist_for(size), pq_m=16)
     index = PooledIndex.create(folder, config=config, device="cpu", encoder=FakeEncoder())
     load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
