@@ -108,18 +108,21 @@ def _not_utf8(path: Path) -> InputError:
     return InputError(f"{path}: not UTF-8 text")
 
 
+def document_from_json_line(line: str, where: str) -> Document:
+    """One JSON corpus line as a Document; malformed JSON is an :class:`InputError` naming ``where``."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise InputError(f"{where}: malformed JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
+    return document_from_record(record, where)
+
+
 def _read_jsonl(path: Path) -> Iterator[Document]:
     try:
         with path.open(encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, RecursionError) as e:
-                    raise InputError(f"{where}: malformed JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
-                yield document_from_record(record, where)
+                if line.strip():
+                    yield document_from_json_line(line, f"{path}:{lineno}")
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
 

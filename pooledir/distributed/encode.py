@@ -20,7 +20,6 @@ encodes them in length-sorted batches, pools them, and commits the shard with
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pooledir.build import EncodeConfig, EncodeReport, _batches, encoder_record
-from pooledir.corpus import Document, _parquet_file, _read_parquet, _resolve, document_from_record, iter_corpus
+from pooledir.corpus import Document, _parquet_file, _read_parquet, _resolve, document_from_json_line, iter_corpus
 from pooledir.errors import CheckpointError, InputError, PooledirError
 from pooledir.shards import ShardError, ShardSpec, ShardWriter, ids_digest, read_shard_header, shard_name
 
@@ -145,12 +144,7 @@ def read_shard_documents(corpus: str | Path, task: ShardTask) -> Iterator[Docume
                 raise InputError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
             if not line.strip():
                 continue
-            where = f"{source}:{lineno}"
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
-                raise InputError(f"{where}: malformed JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
-            yield document_from_record(record, where)
+            yield document_from_json_line(line, f"{source}:{lineno}")
             n += 1
     if n != task.documents:
         raise ShardError(f"{source} ended after {n} documents of shard {task.number}; the corpus changed")
