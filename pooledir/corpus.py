@@ -270,14 +270,17 @@ def iter_corpus(path: str | Path) -> Iterator[Document]:
     return iter([_read_txt(path, path.stem)])
 
 
-def count_documents(path: str | Path) -> int:
+def count_documents(path: str | Path) -> int | None:
     """About how many documents :func:`iter_corpus` yields, cheaply: for a progress bar's total and ETA.
 
     Lines of a .jsonl/.tsv file (counted in 1 MiB blocks; blank lines and a header row count too),
-    the rows of a .parquet file (from its footer: exact), the number of files of a .txt folder.
+    the rows of a .parquet file (from its footer: exact), the number of files of a .txt folder;
+    None for a named pipe or other stream, which can be read only once (the bar then shows no ETA).
     Never parses a document.
     """
     kind, source = _resolve(Path(path))
+    if kind != "txt-folder" and not source.is_file():
+        return None
     if kind == "parquet":
         return _parquet_file(source).metadata.num_rows
     if kind == "txt":

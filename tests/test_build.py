@@ -17,6 +17,7 @@ from pooledir.corpus import Document, iter_corpus
 from pooledir.errors import InputError, PooledirError
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams
+from tests.pipes import CorpusPipe
 
 
 def new_index(path, encoder, **config):
@@ -171,17 +172,38 @@ def committed(out) -> int:
         return 0
 
 
-def start_and_stop(args, out, sig, at_least):
-    """Run ``pooledir index``, send ``sig`` once ``at_least`` documents are committed; returns (exit code, stderr)."""
-    proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while committed(out) < at_least:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, sig)
-    _, stderr = proc.communicate(timeout=120)
-    return proc.returncode, stderr
+#: lines the pipe runs ahead of what the build has committed: enough for a training sample and a chunk,
+#: well short of the corpus, so a build stopped at a target has always read only part of its input
+AHEAD = 200
+
+
+def start_and_stop(args, corpus_lines, pipe_path, out, sig, at_least):
+    """Run ``pooledir index`` on a pipe and send ``sig`` once ``at_least`` documents are committed.
+
+    The pipe gives the build at most ``AHEAD`` lines beyond what it has committed, and none after the
+    target is reached: the build is stopped in the middle of its input whatever the machine's speed.
+    Returns (exit code, stderr, lines written).
+    """
+    seen = [0]
+
+    def may_write(written: int) -> bool:  # opens the index only when the pipe is AHEAD lines ahead
+        if written >= seen[0] + AHEAD:
+            seen[0] = max(seen[0], committed(out))
+        return written < seen[0] + AHEAD
+
+    pipe = CorpusPipe(pipe_path, corpus_lines, may_write)
+    command = CLI + [args[0], str(pipe_path), *args[2:]]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while committed(out) < at_least:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)  # a poll interval: the build cannot get past the pipe meanwhile
+        written = pipe.stop()
+        os.kill(proc.pid, sig)
+    finally:
+        pipe.close()
+        _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr, written
 
 
 def test_cli_ctrl_c_then_kill_9_then_resume(tmp_path, tiny_ckpt, tiny_encoder):
@@ -189,24 +211,25 @@ def test_cli_ctrl_c_then_kill_9_then_resume(tmp_path, tiny_ckpt, tiny_encoder):
     corpus = tmp_path / "corpus.jsonl"
     n_docs = 600
     write_corpus(corpus, n_docs, np.random.default_rng(5))
+    lines = corpus.read_text().splitlines(keepends=True)
     out = tmp_path / "idx"
     args = ["index", str(corpus), "--out", str(out), "--checkpoint", str(tiny_ckpt), "--device", "cpu"]
     args += ["--chunk-docs", "20", "--train-sample", "1000"]
 
-    rc, stderr = start_and_stop(args, out, signal.SIGINT, 1)
+    rc, stderr, written = start_and_stop(args, lines, tmp_path / "a.jsonl", out, signal.SIGINT, 1)
     assert rc == 130, stderr
     first = committed(out)
-    assert 0 < first < n_docs
-    lines = stderr.rstrip().splitlines()
-    assert lines[-1] == "interrupted" and lines[-2].endswith("--resume"), stderr
-    assert "continue with: pooledir index" in lines[-2], stderr
+    assert 0 < first <= written < n_docs
+    lines_err = stderr.rstrip().splitlines()
+    assert lines_err[-1] == "interrupted" and lines_err[-2].endswith("--resume"), stderr
+    assert "continue with: pooledir index" in lines_err[-2], stderr
     r = subprocess.run(CLI + args, capture_output=True, text=True)  # without --resume the folder is refused
     assert r.returncode == 2 and "already holds an index" in r.stderr
 
-    rc, _ = start_and_stop(args + ["--resume"], out, signal.SIGKILL, first + 20)
+    rc, _, written = start_and_stop(args + ["--resume"], lines, tmp_path / "b.jsonl", out, signal.SIGKILL, first + 20)
     assert rc == -signal.SIGKILL
     second = committed(out)
-    assert first < second < n_docs, "the build must be killed in the middle"
+    assert first < second <= written < n_docs, "the build must be killed in the middle"
 
     r = subprocess.run(CLI + args + ["--resume"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -256,20 +256,21 @@ def test_long_documents_are_counted_and_can_be_split(tmp_path, tiny_ckpt, capsys
 
 # -- Ctrl-C: a real signal to a real process -----------------------------------------------------------------------
 def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, capsys):
+    """SIGINT while the build waits for more input: it cannot have finished, however fast the machine is."""
     import signal
     import threading
-    import time
 
     from tests.conftest import random_text
+    from tests.pipes import CorpusPipe
 
-    corpus = tmp_path / "big.jsonl"
     rng = np.random.default_rng(0)
-    with open(corpus, "w") as f:
-        for i in range(4000):  # seconds of encoding and pooling: the signal lands in the (only) chunk
-            f.write(json.dumps({"_id": f"d{i}", "text": random_text(rng, 50)}) + "\n")
+    lines = [json.dumps({"_id": f"d{i}", "text": random_text(rng, 50)}) + "\n" for i in range(200)]
+    corpus = tmp_path / "big.jsonl"
+    corpus.write_text("".join(lines))
+    pipe = CorpusPipe(tmp_path / "pipe.jsonl", lines, lambda written: written < 100)  # then no more, no EOF
     out = tmp_path / "idx"
     # one chunk, so nothing is committed before the signal: the build is removed, not kept for --resume
-    args = ["index", corpus, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--chunk-docs", "10000"]
+    args = ["index", pipe.path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--chunk-docs", "10000"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pooledir.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -279,21 +280,24 @@ def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, 
     def read_stderr():
         while chunk := proc.stderr.read1(4096):
             err.extend(chunk)
-            if b"index:" in err:  # the build's progress bar: reading, encoding and pooling have begun
+            if b"index:" in err:  # the build's progress bar: the model is loaded and the build reads its input
                 working.set()
         working.set()
 
     reader = threading.Thread(target=read_stderr)
     reader.start()
-    assert working.wait(300) and proc.poll() is None, err.decode()
-    time.sleep(0.5)  # past the progress bar's set-up, into the work
-    proc.send_signal(signal.SIGINT)
-    proc.wait(120)
-    reader.join(10)
+    try:
+        assert working.wait(600) and proc.poll() is None, err.decode()
+        proc.send_signal(signal.SIGINT)
+    finally:
+        pipe.close()  # end of input after the signal, so no reading can block an exit
+        proc.wait(120)
+        reader.join(10)
     text = err.decode()
     assert proc.returncode == 130, text
     assert text.rstrip().splitlines()[-1] == "interrupted" and "Traceback" not in text
     assert not out.exists()  # the folder it made is gone, so the same command runs again
+    args[1] = corpus
     code, stdout, err_text = cli(capsys, *args, "--limit", "50")
     assert code == 0 and "50 documents" in stdout, err_text
 

@@ -95,6 +95,20 @@ def test_readers_are_lazy_and_count_is_cheap(tmp_path):
         count_documents(tmp_path / "nope.jsonl")
 
 
+def test_a_named_pipe_is_read_once_and_not_counted(tmp_path):
+    """A pipe can be read only once: counting it would swallow the corpus, so its total is unknown."""
+    from pooledir.corpus import count_documents, iter_corpus
+    from tests.pipes import CorpusPipe
+
+    lines = ['{"_id": "a", "text": "one"}\n', '{"_id": "b", "text": "two"}\n']
+    pipe = CorpusPipe(tmp_path / "p.jsonl", lines, lambda written: True)
+    assert count_documents(pipe.path) is None
+    docs = iter_corpus(pipe.path)
+    assert next(docs).id == "a"  # count_documents read nothing from it
+    pipe.close()
+    assert [d.id for d in docs] == ["b"]
+
+
 # -- bad input found while reading: one InputError naming the file and the line --------------------------------
 def test_non_utf8_jsonl_and_tsv_name_the_line(tmp_path):
     good = json.dumps({"_id": "1", "text": "ok"}).encode() + b"\n"
