@@ -896,12 +896,35 @@ def eval_beir(
 
 @eval_app.command("report")
 def eval_report(
-    results: Annotated[list[Path], typer.Argument(metavar="RESULTS...", help="JSON files from `eval beir`.")],
+    results: Annotated[
+        list[Path] | None, typer.Argument(metavar="[RESULTS...]", help="JSON files from `eval beir`.")
+    ] = None,
     out_dir: Annotated[Path, typer.Option(help="Where the table and plots go.")] = Path("eval/results"),
+    site: Annotated[
+        Path | None, typer.Option(help="Write the docs' results pages here (e.g. docs/results) from --results-dir.")
+    ] = None,
+    readme: Annotated[Path | None, typer.Option(help="Rewrite this README's generated headline block.")] = None,
+    results_dir: Annotated[Path, typer.Option(help="The committed results, for --site/--readme.")] = Path(
+        "eval/results"
+    ),
 ) -> None:
-    """Write a Markdown table and PNG plots from evaluation results (files of one experiment are merged)."""
-    from pooledir.evaluation import load_results, markdown_table, merge_results, plots
+    """Write a Markdown table and PNG plots from evaluation results (files of one experiment are merged).
 
+    With --site and/or --readme, render the documentation's results pages and the README's headline
+    numbers from every committed result under --results-dir instead.
+    """
+    from pooledir.errors import InputError
+    from pooledir.evaluation import load_results, markdown_table, merge_results, plots
+    from pooledir.evaluation.report import results_site, rewrite_readme
+
+    if site is not None or readme is not None:
+        for p in results_site(results_dir, site) if site is not None else []:
+            typer.echo(f"wrote {p}")
+        if readme is not None:
+            typer.echo(f"{'rewrote' if rewrite_readme(readme, results_dir) else 'unchanged'} {readme}")
+        return
+    if not results:
+        raise InputError("give result JSON files, or --site DIR / --readme FILE")
     data = merge_results(load_results(results))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(markdown_table(data))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pooledir.errors import InputError
 
@@ -256,3 +258,427 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+# --- the documentation's results pages and the README's headline (issue 20) -------------------------------
+#
+# Every number on docs/results/*.md and in README.md's generated block comes from the committed
+# eval/results/*.json through the functions below: nothing is copied by hand, and a test regenerates the
+# pages and compares them with the committed ones.
+
+
+@dataclass(frozen=True)
+class ResultsPage:
+    """One generated page: its file name, title, a sentence on what it holds and the JSON files it shows."""
+
+    slug: str
+    title: str
+    about: str
+    files: tuple[str, ...]
+    #: harness files (``pooledir eval beir``) merged into the plots drawn under the page; none: no plots
+    plot_files: tuple[str, ...] = ()
+
+
+_CHECK_SETS = ("cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
+
+#: the results pages, in the order of the site's navigation
+RESULTS_PAGES = (
+    ResultsPage(
+        "beir",
+        "BEIR sweeps: pool factors, backends, PLAID",
+        "The first sweeps (`make eval`): every pool factor on both backends beside colbert-ai's PLAID, "
+        "SciFact and NFCorpus test qrels. The IVF-PQ rows are the codec of the time (pq_m 16).",
+        ("scifact.cpu.json", "nfcorpus.cpu.json"),
+        ("scifact.cpu.json", "nfcorpus.cpu.json"),
+    ),
+    ResultsPage(
+        "frontier",
+        "Frontier on identical vectors: codecs, tuning sets, checks, peers",
+        "Every system on the same cached, pooled vectors. Tuning sets first (SciFact train, NFCorpus dev), "
+        "then the checks on test qrels at the default codec (pq_m 64) and before it, then the peers.",
+        (
+            "tune_scifact_train300.cpu.json",
+            "tune_nfcorpus_dev120.cpu.json",
+            "frontier_scifact_train1500.cpu.json",
+            "pareto_scifact_train1500.cpu.json",
+            "fastplaid_scifact_train1500.cpu.json",
+            *(f"check_{d}_m64.cpu.json" for d in _CHECK_SETS + ("scifact",)),
+            "check_scifact_full.cpu.json",
+            "check_nfcorpus_full.cpu.json",
+            "check_cranfield.cpu.json",
+            "check_cisi.cpu.json",
+            "check_med.cpu.json",
+            "check_agentset-dbpedia-5k_sample1500.cpu.json",
+            "check_vaswani_codec.cpu.json",
+            *(f"check_{d}_m32.cpu.json" for d in ("cranfield", "cisi", "med")),
+            "check_agentset-dbpedia-5k_sample1500_m32.cpu.json",
+            "check_med_adaptive_flat.cpu.json",
+            "check_med_adaptive_ivfpq.cpu.json",
+            "peers_scifact_test.cpu.json",
+            "peers_nfcorpus_test.cpu.json",
+            "latency_quiet_scifact.cpu.json",
+            "latency_quiet_scifact_m64.cpu.json",
+        ),
+        (
+            "frontier_scifact_train1500.cpu.json",
+            "pareto_scifact_train1500.cpu.json",
+            "fastplaid_scifact_train1500.cpu.json",
+            "tune_nfcorpus_dev120.cpu.json",
+            "tune_scifact_train300.cpu.json",
+            "check_scifact_full.cpu.json",
+            "check_scifact_m64.cpu.json",
+            "check_nfcorpus_full.cpu.json",
+            *(f"check_{d}.cpu.json" for d in ("cranfield", "cisi", "med")),
+            "check_agentset-dbpedia-5k_sample1500.cpu.json",
+            "check_vaswani_codec.cpu.json",
+            *(f"check_{d}_m64.cpu.json" for d in _CHECK_SETS),
+        ),
+    ),
+    ResultsPage(
+        "tuning",
+        "Tuning: search knobs, pooling and codec probes",
+        "What chose the defaults, on train/dev qrels: nprobe and rerank depth, the search grid, the pooling "
+        "variants and encoder conventions, and the codec probe (exhaustive MaxSim over decoded vectors).",
+        (
+            *(f"nprobe/{d}_nprobe{n}.cpu.json" for d in ("nfcorpus_dev120", "scifact_train300") for n in (32, 16, 8)),
+            *(f"rerank/tune_nfcorpus_dev120_rerank{n}.cpu.json" for n in (32, 128, 256)),
+            "tune_scifact_train.json",
+            "pooling_variants_scifact_train.json",
+            "conventions_scifact_train.json",
+            "codec_probe_nfcorpus_dev120.cpu.json",
+            "codec_probe_nfcorpus_dev120_part2.cpu.json",
+            "codec_probe_scifact_train300.cpu.json",
+            *(
+                f"pooling_probe/{d}_{v}.cpu.json"
+                for d in ("nfcorpus_dev120", "scifact_train300")
+                for v in ("protect4", "adaptive021")
+            ),
+        ),
+    ),
+    ResultsPage(
+        "scale",
+        "Scale: the segment engine",
+        "Synthetic vectors from 10^5 to 5·10^7 (`eval/bench_scale.py`), where a build's time goes "
+        "(`eval/bench_coarse.py`), and SciFact on identical vectors, single-file design against segments.",
+        (
+            "bench_scale.cpu.json",
+            "bench_scale.before_perf.cpu.json",
+            "bench_coarse.cpu.json",
+            "check_segments_scifact.cpu.json",
+        ),
+    ),
+    ResultsPage(
+        "speed",
+        "Speed: encoding, HTTP load, Ray",
+        "Query and document encoding backends, the HTTP service under load, and Ray on a local cluster.",
+        (
+            "query_encoding_scifact_full_1thread.cpu.json",
+            "query_encoding_scifact_full.cpu.json",
+            "query_encoding_scifact1k.cpu.json",
+            "doc_encoding_scifact192.cpu.json",
+            "doc_encoding_scifact200.cpu.json",
+            "load_scifact_m64.cpu.json",
+            "load_scifact_m16.cpu.json",
+            "load_scifact_cpu.json",
+            "distributed_scifact_cpu.json",
+            "distributed_scifact_cpu.own-quantizers.json",
+        ),
+    ),
+)
+
+PROVENANCE = "provenance.json"
+
+
+def _fmt(v: Any) -> str:
+    """A cell: integers with thousands separators, floats to a precision that suits their size."""
+    if isinstance(v, bool) or v is None:
+        return "-" if v is None else str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        a = abs(v)
+        if a == 0:
+            return "0"
+        if a >= 100:
+            return f"{v:,.1f}"
+        if a >= 1:
+            return f"{v:.2f}"
+        return f"{v:.4f}" if a >= 1e-3 else f"{v:.2e}"
+    if isinstance(v, list) and all(_is_scalar(x) and not isinstance(x, list) for x in v):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, (list, dict)):
+        v = json.dumps(v, separators=(", ", ": "))
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _is_scalar(v: Any) -> bool:
+    return not isinstance(v, (dict, list)) or (isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows] + [""]
+
+
+def _records_table(records: dict[str, dict] | list[dict], first: str | None) -> list[str]:
+    """Rows of dicts as one table (nested values printed as compact JSON), keys in first-seen order."""
+    items = list(records.items()) if isinstance(records, dict) else [(None, r) for r in records]
+    cols = list(dict.fromkeys(k for _, r in items for k in r))
+    named = first is not None
+    header = ([first] if named else []) + cols
+    return _table(header, [([name] if named else []) + [r.get(c) for c in cols] for name, r in items])
+
+
+def render_value(data: dict, level: int = 3) -> list[str]:
+    """Any result JSON as Markdown: scalar fields in one table, records and lists of records as tables."""
+    h = "#" * min(level, 6)
+    scalars = {k: v for k, v in data.items() if _is_scalar(v) and k != "machine"}
+    records = {k: v for k, v in data.items() if isinstance(v, dict) and v and all(_is_scalar(x) for x in v.values())}
+    lines = _table(["field", "value"], [[k, v] for k, v in scalars.items()]) if scalars else []
+    if len(records) > 1:
+        lines += _records_table(records, "")
+    for key, value in data.items():
+        if key == "machine" or key in scalars or (len(records) > 1 and key in records):
+            continue
+        lines += [f"{h} {key}", ""]
+        if isinstance(value, list):
+            lines += _records_table([v if isinstance(v, dict) else {"value": v} for v in value], None)
+        else:
+            lines += render_value(value, level + 1)
+    return lines
+
+
+def _is_harness(data: dict) -> bool:
+    return (
+        isinstance(data, dict)
+        and "dataset" in data
+        and isinstance(data.get("runs"), list)
+        and all("ndcg@10" in r for r in data["runs"])
+    )
+
+
+def _machine(data: dict) -> str:
+    m = data.get("machine")
+    if isinstance(m, dict):
+        return f"{m.get('cpu')}, GPU: {m.get('gpu') or 'none'}"
+    return str(m) if m else "not recorded in the file"
+
+
+def _load(data: dict, prov: dict) -> str:
+    """The 1-minute load average: the file's own fields where it records them, else provenance.json's."""
+    own = sorted({k for k in _walk_keys(data) if "load_avg" in k})
+    if "load_avg_1min" in data and _is_scalar(data["load_avg_1min"]):
+        return _fmt(data["load_avg_1min"])
+    if own:
+        return "recorded in the file (" + ", ".join(f"`{k}`" for k in own) + ")"
+    return prov.get("load_avg_1min") or "not recorded"
+
+
+def _walk_keys(v: Any):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield k
+            yield from _walk_keys(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _walk_keys(x)
+
+
+def _provenance_lines(name: str, data: dict, prov: dict) -> list[str]:
+    commits = sorted({str(r["commit"]) for r in data.get("runs", []) if isinstance(r, dict) and r.get("commit")})
+    commit = "; rows at " + ", ".join(commits) if commits else ""
+    return [
+        f"- machine: {_machine(data)}; 1-minute load: {_load(data, prov)}",
+        f"- commit: committed in {prov.get('committed_in', 'not recorded')}{commit}",
+        f"- file: `eval/results/{name}`; regenerate: `{prov.get('command') or 'not recorded'}`",
+        "",
+    ]
+
+
+def render_file(name: str, data: dict, prov: dict) -> list[str]:
+    """One result file's section: its provenance, then its tables."""
+    lines = [f"## {name}", ""] + _provenance_lines(name, data, prov)
+    if _is_harness(data):
+        return lines + markdown_table([data]).splitlines() + [""]
+    return lines + render_value(data)
+
+
+def results_site(results_dir: Path, out_dir: Path, with_plots: bool = True) -> list[Path]:
+    """Write ``out_dir/<page>.md`` for every :data:`RESULTS_PAGES` entry (and its plots under ``img/``)."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    prov = json.loads((results_dir / PROVENANCE).read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [_write(out_dir / "index.md", _index_page(prov))]
+    for page in RESULTS_PAGES:
+        lines = [f"# {page.title}", "", page.about, "", _GENERATED_NOTE, ""]
+        if page.plot_files:
+            images = [f"img/{page.slug}/{n}" for n in _plot_names(page)]
+            lines += [f"![{Path(i).stem.replace('_', ' ')}]({i})" for i in images] + [""]
+            if with_plots:
+                data = merge_results(load_results([results_dir / f for f in page.plot_files]))
+                written += plots(data, out_dir / "img" / page.slug)
+        for name in page.files:
+            data = json.loads((results_dir / name).read_text())
+            lines += render_file(name, data, prov.get(name, {}))
+        written.append(_write(out_dir / f"{page.slug}.md", "\n".join(lines).rstrip() + "\n"))
+    home = out_dir.parent / "index.md"  # the site's home page carries the README's headline block too
+    if home.is_file() and README_BLOCK[0] in home.read_text():
+        rewrite_readme(home, results_dir, f"{out_dir.name}/")
+        written.append(home)
+    return written
+
+
+_GENERATED_NOTE = (
+    '!!! note "Generated"\n    This page is written by `pooledir eval report --site docs/results` from the committed '
+    "`eval/results/*.json`; edit the JSON (by re-running its command), never the page."
+)
+
+
+def _plot_names(page: ResultsPage) -> list[str]:
+    if page.slug == "frontier":
+        return ["ndcg_vs_bytes_per_token.png"]
+    return ["ndcg_vs_pool_factor.png", "ndcg_vs_bytes.png", "latency_vs_ndcg.png"]
+
+
+def _index_page(prov: dict) -> str:
+    lines = ["# Results", "", _GENERATED_NOTE, ""]
+    lines += [f"- [{p.title}]({p.slug}.md): {p.about}" for p in RESULTS_PAGES] + [""]
+    lines += [
+        "Every table names the machine and load it ran at and the commit its JSON was committed in "
+        "(`eval/results/provenance.json` holds the load where the file does not, and the command that "
+        "regenerates each file and its TREC runs; the `.trec` files themselves are not kept in git).",
+        "",
+        "All results so far ran on 2 CPU cores without a GPU, with the zero-shot MiniLM checkpoint "
+        "(`pooledir convert-checkpoint --minilm`): they compare engines, pool factors and codecs on identical "
+        "vectors, not the best quality a trained ColBERT model reaches.",
+        "",
+        f"{len(prov)} result files:",
+        "",
+    ]
+    pages = {f: p.slug for p in RESULTS_PAGES for f in p.files}
+    lines += _table(
+        ["file", "page", "committed in"],
+        [[f"`{f}`", f"[{pages[f]}]({pages[f]}.md)" if f in pages else "-", v["committed_in"]] for f, v in prov.items()],
+    )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _run(results_dir: Path, name: str, **match: Any) -> dict:
+    """The first run of a harness file whose fields equal ``match``."""
+    data = json.loads((Path(results_dir) / name).read_text())
+    for r in data["runs"]:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r
+    raise InputError(f"{name}: no run with {match}")
+
+
+_EXACT = {"system": "pooledir", "index": "flat", "pool_factor": 1}
+_DEFAULT = {"system": "pooledir", "index": "ivfpq", "pool_factor": 2, "pq_m": 64, "refine": False}
+_PLAID2 = {"system": "plaid", "nbits": 2, "pool_factor": 2}
+#: each check set's exact unpooled run and its default-codec run (file names)
+_KEPT_SETS = {
+    "cranfield": ("check_cranfield.cpu.json", "check_cranfield_m64.cpu.json"),
+    "cisi": ("check_cisi.cpu.json", "check_cisi_m64.cpu.json"),
+    "med": ("check_med.cpu.json", "check_med_m64.cpu.json"),
+    "agentset-dbpedia-5k": ("check_agentset-dbpedia-5k_sample1500.cpu.json", "check_agentset-dbpedia-5k_m64.cpu.json"),
+    "vaswani": ("check_vaswani_codec.cpu.json", "check_vaswani_m64.cpu.json"),
+    "scifact": ("check_scifact_full.cpu.json", "check_scifact_m64.cpu.json"),
+    "nfcorpus": ("check_nfcorpus_full.cpu.json", "check_nfcorpus_full.cpu.json"),
+}
+
+
+def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
+    """The README's headline table: (what, result, results page) rows computed from the committed JSON."""
+    d = Path(results_dir)
+    rows = []
+    for name, label in (("scifact", "SciFact"), ("nfcorpus", "NFCorpus")):
+        exact = _run(d, _KEPT_SETS[name][0], **_EXACT)
+        default = _run(d, _KEPT_SETS[name][1], **_DEFAULT)
+        plaid = _run(d, f"peers_{name}_test.cpu.json", **_PLAID2)
+        rows.append(
+            (
+                f"{label} test, nDCG@10 (MiniLM zero-shot)",
+                f"exact unpooled {exact['ndcg@10']:.4f}; default (pool x2, IVF-PQ) {default['ndcg@10']:.4f}; "
+                f"PLAID nbits=2 on the same pooled vectors {plaid['ndcg@10']:.4f}",
+                "frontier",
+            )
+        )
+    kept = {
+        s: _run(d, m64, **_DEFAULT)["ndcg@10"] / _run(d, exact, **_EXACT)["ndcg@10"]
+        for s, (exact, m64) in _KEPT_SETS.items()
+    }
+    low = min(kept, key=kept.get)
+    rows.append(
+        (
+            f"share of exact unpooled nDCG@10 the default keeps, {len(kept)} test sets",
+            f"{min(kept.values()):.2%} ({low}) to {max(kept.values()):.2%}",
+            "frontier",
+        )
+    )
+    ours, plaid = (_run(d, "peers_scifact_test.cpu.json", **m) for m in (_DEFAULT, _PLAID2))
+    fast = _run(d, "peers_scifact_test.cpu.json", system="fast-plaid", nbits=2)
+    rows.append(
+        (
+            "index bytes a query needs per original token (SciFact, pool x2)",
+            f"default {ours['bytes_per_token']:.1f}; PLAID nbits=2 {plaid['bytes_per_token']:.1f}; "
+            f"exact float32 unpooled {_run(d, _KEPT_SETS['scifact'][0], **_EXACT)['bytes_per_token']:.1f}",
+            "frontier",
+        )
+    )
+    rows.append(
+        (
+            "single-query p50 latency, encoding included (SciFact test, same vectors)",
+            f"default {ours['latency_ms_p50']:.1f} ms; PLAID nbits=2 {plaid['latency_ms_p50']:.1f} ms; "
+            f"fast-plaid (CPU) {fast['latency_ms_p50']:.1f} ms",
+            "frontier",
+        )
+    )
+    big = max(
+        (r for r in json.loads((d / "bench_scale.cpu.json").read_text())["runs"] if r["design"] == "segments"),
+        key=lambda r: r["vectors"],
+    )
+    rows.append(
+        (
+            f"segment engine at {big['vectors']:,} synthetic vectors",
+            f"upsert p50 {big['upsert_p50_ms']:.1f} ms; delete p50 {big['delete_p50_ms']:.1f} ms; "
+            f"open {big['open_s']:.2f} s; build peak RSS {big['build_peak_rss_mb'] / 1000:.2f} GB",
+            "scale",
+        )
+    )
+    return rows
+
+
+def headline_markdown(results_dir: Path, link_prefix: str = "docs/results/") -> str:
+    """The headline table as Markdown, each row linking to the page it was measured on."""
+    machines = {
+        _machine(json.loads((Path(results_dir) / f).read_text()))
+        for f in ("peers_scifact_test.cpu.json", "check_scifact_m64.cpu.json")
+    }
+    lines = _table(
+        ["what", "result", "measured"],
+        [[what, result, f"[{page}]({link_prefix}{page}.md)"] for what, result, page in headline_rows(results_dir)],
+    )
+    lines = [ln.replace("\\|", "|") for ln in lines]  # the link cells hold no pipes; keep them clickable
+    return "\n".join(lines).rstrip() + f"\n\nMachine: {'; '.join(sorted(machines))}.\n"
+
+
+README_BLOCK = ("<!-- generated:headline (pooledir eval report --readme README.md) -->", "<!-- /generated:headline -->")
+
+
+def rewrite_readme(readme: Path, results_dir: Path, link_prefix: str = "docs/results/") -> bool:
+    """Replace the text between the README's generated-block markers; True when it changed."""
+    text = Path(readme).read_text()
+    start, end = README_BLOCK
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise InputError(f"{readme}: no generated block ({start} ... {end}); add the two markers where it goes")
+    new = text[: i + len(start)] + "\n" + headline_markdown(results_dir, link_prefix) + text[j:]
+    if new != text:
+        Path(readme).write_text(new)
+    return new != text
