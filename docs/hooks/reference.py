@@ -74,11 +74,15 @@ def _command(path: list[str], cmd) -> list[str]:
 
 
 def _type(p) -> str:
-    try:
-        t = p.display_type()
-    except Exception:  # a typer release whose display_type needs a context: the help column still says it
-        t = ""
-    return str(t or ("flag" if getattr(p, "is_flag", False) else "")).replace("|", "\\|")
+    """The parameter's Python annotation (typer keeps it), e.g. ``int``, ``Path``, ``list[str]``."""
+    annotation = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+    if annotation is None:
+        name = getattr(getattr(p, "type", None), "name", "")
+    elif isinstance(annotation, type):
+        name = annotation.__name__
+    else:
+        name = str(annotation).replace("typing.", "").replace("pathlib.", "")
+    return name.replace("|", "\\|")
 
 
 # --- HTTP -----------------------------------------------------------------------------------------------

@@ -516,7 +516,12 @@ def results_site(results_dir: Path, out_dir: Path, with_plots: bool = True) -> l
             lines += [f"![{Path(i).stem.replace('_', ' ')}]({i})" for i in images] + [""]
             if with_plots:
                 data = merge_results(load_results([results_dir / f for f in page.plot_files]))
-                written += plots(data, out_dir / "img" / page.slug)
+                shown = set(_plot_names(page))
+                for png in plots(data, out_dir / "img" / page.slug):
+                    if png.name in shown:
+                        written.append(png)
+                    else:  # drawn by the same call, not on the page
+                        png.unlink()
         for name in page.files:
             data = json.loads((results_dir / name).read_text())
             lines += render_file(name, data, prov.get(name, {}))
