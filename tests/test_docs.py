@@ -168,3 +168,24 @@ def test_pages_render_in_a_browser(served, path, title, loaded, table, tmp_path)
     failed = [(p, c) for p, c in log if c >= 400]
     assert not failed, f"requests that failed: {failed}"
     assert ("/" + loaded, 200) in log, f"{loaded} was not loaded: {log}"
+
+
+def test_a_result_that_records_its_commit_and_load_says_so():
+    from pooledir.evaluation.report import render_file
+
+    data = {"machine": {"cpu": "x86_64, 2 cores", "gpu": None, "commit": "abc1234", "load_avg_1min": 1.5}, "n": 3}
+    text = "\n".join(render_file("x.json", data, {"committed_in": "def5678 2026-12-01", "command": "python x.py"}))
+    assert "x86_64, 2 cores, GPU: none; 1-minute load: 1.50" in text
+    assert "committed in def5678 2026-12-01; ran at abc1234" in text and "`python x.py`" in text
+    assert "| n | 3 |" in text
+
+
+def test_rewrite_readme_needs_its_markers(tmp_path):
+    from pooledir.errors import InputError
+    from pooledir.evaluation.report import rewrite_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# no block here\n")
+    with pytest.raises(InputError, match="no generated block"):
+        rewrite_readme(readme, RESULTS)
+    assert readme.read_text() == "# no block here\n"  # left as it was

@@ -467,8 +467,10 @@ def _machine(data: dict) -> str:
 def _load(data: dict, prov: dict) -> str:
     """The 1-minute load average: the file's own fields where it records them, else provenance.json's."""
     own = sorted({k for k in _walk_keys(data) if "load_avg" in k})
-    if "load_avg_1min" in data and _is_scalar(data["load_avg_1min"]):
-        return _fmt(data["load_avg_1min"])
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    for where in (data, machine):  # a file that records one load for the whole run
+        if "load_avg_1min" in where and _is_scalar(where["load_avg_1min"]):
+            return _fmt(where["load_avg_1min"])
     if own:
         return "recorded in the file (" + ", ".join(f"`{k}`" for k in own) + ")"
     return prov.get("load_avg_1min") or "not recorded"
@@ -485,8 +487,10 @@ def _walk_keys(v: Any):
 
 
 def _provenance_lines(name: str, data: dict, prov: dict) -> list[str]:
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    ran_at = data.get("commit") or machine.get("commit")  # where a result records the commit it ran at
     commits = sorted({str(r["commit"]) for r in data.get("runs", []) if isinstance(r, dict) and r.get("commit")})
-    commit = "; rows at " + ", ".join(commits) if commits else ""
+    commit = (f"; ran at {ran_at}" if ran_at else "") + ("; rows at " + ", ".join(commits) if commits else "")
     return [
         f"- machine: {_machine(data)}; 1-minute load: {_load(data, prov)}",
         f"- commit: committed in {prov.get('committed_in', 'not recorded')}{commit}",
