@@ -111,3 +111,16 @@ def test_http_quick_start_runs_as_written(ran_cli):
     finally:
         server.terminate()
         server.wait()
+
+
+def test_install_section_agrees_with_pyproject_and_makefile():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    text = README.read_text()
+    table = set(re.findall(r"^\| `(\w+)` \|", text.split("## Install", 1)[1].split("\n## ", 1)[0], re.M))
+    assert table == extras, f"README's extras table {sorted(table)} != pyproject's {sorted(extras)}"
+    makefile = (ROOT / "Makefile").read_text()
+    installed = re.search(r"-c constraints.txt -e '\.\[([\w,]+)\]'", makefile).group(1)
+    assert set(installed.split(",")) <= extras
+    assert f"-e '.[{installed}]'" in text, "README must quote the Makefile's install command"
