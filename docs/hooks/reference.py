@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from mkdocs.structure.files import File, Files
 
@@ -22,6 +23,14 @@ def on_files(files: Files, config) -> Files:
     ):
         files.append(File.generated(config, name, content=content))
     return files
+
+
+_SPHINX_ROLE = re.compile(r":(?:meth|class|func|attr|mod|data|exc|obj):(<code>)~?")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Docstrings use Sphinx roles (``:class:`X```); show them as the code they name."""
+    return _SPHINX_ROLE.sub(r"\1", html)
 
 
 # --- CLI ------------------------------------------------------------------------------------------------
