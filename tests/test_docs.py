@@ -103,6 +103,7 @@ def test_mkdocs_build_is_strict_and_complete(site):
     assert "/healthz" in schema["paths"]
     api = (site / "reference" / "api" / "index.html").read_text()
     assert "PooledIndex" in api and "SearchParams" in api  # mkdocstrings rendered the docstrings
+    assert ":class:" not in api and ":meth:" not in api  # Sphinx roles shown as code, not as markup
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
