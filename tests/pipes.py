@@ -7,7 +7,10 @@ the middle use this instead of racing a timer.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import termios
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +48,14 @@ class CorpusPipe:
                 self.written += 1
             else:
                 self._stop.wait(0.02)  # a poll interval, not a deadline
+
+    def unread(self) -> int:
+        """Bytes written that the reader has not read yet (0 before the pipe is open)."""
+        if self._file is None:
+            return 0
+        n = array.array("i", [0])
+        fcntl.ioctl(self._file.fileno(), termios.FIONREAD, n)
+        return n[0]
 
     def stop(self) -> int:
         """Write no more lines (a line being written is finished); returns how many were written."""

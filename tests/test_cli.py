@@ -259,6 +259,7 @@ def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, 
     """SIGINT while the build waits for more input: it cannot have finished, however fast the machine is."""
     import signal
     import threading
+    import time
 
     from tests.conftest import random_text
     from tests.pipes import CorpusPipe
@@ -268,6 +269,7 @@ def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, 
     corpus = tmp_path / "big.jsonl"
     corpus.write_text("".join(lines))
     pipe = CorpusPipe(tmp_path / "pipe.jsonl", lines, lambda written: written < 100)  # then no more, no EOF
+    assert sum(map(len, lines[:100])) > 2 * 8192
     out = tmp_path / "idx"
     # one chunk, so nothing is committed before the signal: the build is removed, not kept for --resume
     args = ["index", pipe.path, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--chunk-docs", "10000"]
@@ -288,6 +290,11 @@ def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, 
     reader.start()
     try:
         assert working.wait(600) and proc.poll() is None, err.decode()
+        # every line written and read: the build read past its first line (> one 8 KiB buffer), so it is in
+        # its chunk loop, inside the clean-up's reach, and now waits for more input
+        while pipe.written < 100 or pipe.unread():
+            assert proc.poll() is None, err.decode()
+            time.sleep(0.02)  # a poll interval: the build cannot finish meanwhile
         proc.send_signal(signal.SIGINT)
     finally:
         pipe.close()  # end of input after the signal, so no reading can block an exit
