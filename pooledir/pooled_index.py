@@ -29,7 +29,10 @@ from pooledir.pooling import pool_embeddings
 from pooledir.search import SearchParams, exact_search, search_embeddings
 from pooledir.store import DocStore
 
-__all__ = ["AddResult", "Hit", "IndexConfig", "PooledIndex", "read_manifest"]
+__all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "PooledIndex", "read_manifest"]
+
+#: metadata fields one filter may name: each is one clause of one SQL expression (sqlite refuses ~1000)
+MAX_FILTER_FIELDS = 64
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,27 @@ class PooledIndex:
     def refresh(self) -> bool:
         """Catch up with writes another process committed; returns True if anything was reloaded."""
         return self.folder.refresh()
+
+    @property
+    def commit(self) -> int:
+        """The commit the loaded snapshot shows."""
+        return self.folder.snapshot.commit
+
+    def pin(self) -> None:
+        """Hold a read transaction at the newest commit, its snapshot loaded, until :meth:`release`."""
+        self.folder.store.pin()
+        self.folder.refresh()  # pinned first: if the counter on disk still equals the snapshot's, so does the pin's
+
+    def release(self) -> None:
+        """End the read transaction that pins the snapshot: an idle reader then holds no sqlite WAL frames.
+
+        Reads of the store (``get``, ``info``, hits' ids) must :meth:`pin` again first.
+        """
+        self.folder.store.unpin()
+
+    def checkpoint(self) -> None:
+        """Fold the sqlite WAL into the database and truncate it (best effort: gives up while others read)."""
+        self.folder.store.checkpoint()
 
     @property
     def encoder(self):
@@ -342,6 +366,8 @@ class PooledIndex:
         """
         params = params or SearchParams()
         params.check()
+        if filter is not None and len(filter) > MAX_FILTER_FIELDS:
+            raise InputError(f"the filter names {len(filter)} fields; pass at most {MAX_FILTER_FIELDS}")
         if Q.ndim != 3 or Q.shape[2] != self.dim:
             raise InputError(f"query embeddings of shape {Q.shape} are not (nq, Lq, {self.dim})")
         if len(self) == 0:

@@ -7,7 +7,10 @@ import os
 # torch and faiss each run an OpenMP pool; passive waiting stops them stealing each other's cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import errno  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
+import sqlite3  # noqa: E402
 from contextlib import asynccontextmanager  # noqa: E402
 
 from fastapi import Depends, FastAPI, Request, status  # noqa: E402
@@ -44,6 +47,7 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
                 settings.checkpoint,
                 settings.query_backend,
                 settings.document_backend,
+                settings.wal_checkpoint_every,
             )
         app.state.registry = registry
         try:
@@ -75,9 +79,30 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
 
     @app.exception_handler(IndexCorruptError)
     async def corrupt(request: Request, exc: IndexCorruptError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return JSONResponse({"detail": _clip(str(exc), 1000)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> JSONResponse:
+        return _storage_error(exc, exc.errno in (errno.ENOSPC, errno.EDQUOT))
+
+    @app.exception_handler(sqlite3.Error)
+    async def sqlite_error(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        return _storage_error(exc, "full" in str(exc))  # sqlite says "database or disk is full"
 
     return app
+
+
+log = logging.getLogger(__name__)
+
+
+def _storage_error(exc: Exception, full: bool) -> JSONResponse:
+    """507 when the disk is full, else 503: the server cannot serve this now; what was acknowledged stays."""
+    log.error("storage error: %s", exc, exc_info=exc)
+    if full:
+        detail = f"the index's disk is full ({exc}); nothing was written: free space and retry"
+        return JSONResponse({"detail": _clip(detail, 1000)}, status_code=status.HTTP_507_INSUFFICIENT_STORAGE)
+    detail = f"the index's storage failed ({type(exc).__name__}: {exc}); retry later"
+    return JSONResponse({"detail": _clip(detail, 1000)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 #: at most this many validation errors, and this many characters of any string, go back to the client

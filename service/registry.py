@@ -1,9 +1,14 @@
 """Open indexes and the per-index concurrency rules the routes rely on.
 
-* Searches share a read lock; writes (upsert, delete) take the write lock, so
-  a search never sees half a write. Encoding happens before the lock is taken,
-  so a long upsert blocks searches only while vectors go in and files are
-  written.
+* Reads (searches, lookups, stats) and writes (upsert, delete) run on two
+  :class:`PooledIndex` objects over the same folder, each with its own sqlite
+  connection. Snapshots are immutable: a read never waits for a write, in this
+  process or another; a write waiting for the folder's lock holds nothing a
+  read needs.
+* Every read first loads the newest commit if the counter on disk moved (a
+  write of this worker or of another one), so it sees every write
+  acknowledged before it was sent; the read transaction that pins a snapshot
+  is held only while reads run, so other processes can checkpoint the WAL.
 * Writes are serialised per index and durable (the library commits to disk)
   before they return, so a 2xx answer means the document survives a crash.
 * Concurrent queries are micro-batched: whatever arrives within
@@ -12,6 +17,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -30,47 +37,91 @@ from pooledir import (
     encoder_key,
     read_manifest,
 )
-from pooledir.errors import InputError
+from pooledir.errors import IndexCorruptError, InputError
+
+log = logging.getLogger(__name__)
 
 
-class RWLock:
-    """Many readers or one writer; a waiting writer holds off new readers so writes are not starved."""
+class ReadSide:
+    """The read side of one index: its own :class:`PooledIndex` (own sqlite connection), never behind a write.
 
-    def __init__(self) -> None:
+    Reads share the loaded snapshot, which stays pinned (an open sqlite read transaction) only while
+    some read runs: an idle worker holds no WAL frames, so a writer in any process can checkpoint.
+    A read that finds a newer commit on disk (a write of this process or of another one) waits for
+    the reads in flight, loads it, then runs: every read sees every write acknowledged before it
+    began. Nothing here waits for a writer or for the folder's lock.
+    """
+
+    def __init__(self, index: PooledIndex) -> None:
+        self.index = index
         self._cond = threading.Condition()
         self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
+        self._pinned = False
+        self._exclusive = False  # one thread loads a newer commit; reads wait for it (briefly)
 
     @contextmanager
     def reading(self):
-        """Hold a shared lock for the block."""
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
+        """The index, at the newest commit, for the block."""
+        if self._join():
+            self._load()
         try:
-            yield
+            yield self.index
         finally:
             with self._cond:
                 self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+                if not self._readers and not self._exclusive:
+                    self._release()
+                self._cond.notify_all()
+
+    def _join(self) -> bool:
+        """Count this read in; True when it must load the newest commit first (it then holds the load)."""
+        with self._cond:
+            while True:
+                if self._exclusive:
+                    self._cond.wait()
+                elif self._pinned and not self.index.is_stale():
+                    self._readers += 1
+                    return False
+                elif self._readers:  # the pinned commit is old: the reads in flight finish on it first
+                    self._cond.wait()
+                else:
+                    self._exclusive = True
+                    return True
+
+    def _load(self) -> None:
+        try:
+            self.index.pin()
+        except BaseException:
+            with self._cond:
+                self._release()
+                self._exclusive = False
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._exclusive, self._pinned = False, True
+            self._readers += 1
+            self._cond.notify_all()
+
+    def _release(self) -> None:
+        """End the read transaction (under ``_cond``, no read in flight)."""
+        self._pinned = False
+        try:
+            self.index.release()
+        except sqlite3.Error:  # the next read pins afresh anyway
+            log.warning("could not end the read transaction of %s", self.index.path, exc_info=True)
 
     @contextmanager
-    def writing(self):
-        """Hold the exclusive lock for the block."""
+    def exclusive(self):
+        """Hold off every read for the block (what loading a newer commit does)."""
         with self._cond:
-            self._writers_waiting += 1
-            while self._writer or self._readers:
+            while self._exclusive or self._readers:
                 self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
+            self._exclusive = True
         try:
             yield
         finally:
             with self._cond:
-                self._writer = False
+                self._exclusive = False
                 self._cond.notify_all()
 
 
@@ -131,14 +182,25 @@ class QueryBatcher:
 
 
 class IndexHandle:
-    """One served index: the library object plus its lock and query batcher."""
+    """One served index: reads on one :class:`PooledIndex`, writes on another, so neither waits for the other.
 
-    def __init__(self, name: str, index: PooledIndex, batcher: QueryBatcher | None) -> None:
+    Writes are serialised in arrival order and durable (the library commits to disk) before they
+    return, so a 2xx answer means the document survives a crash. A write waiting for the folder's
+    lock (another process compacting) holds nothing a read needs; the read side picks the commit up
+    at its next read. Every ``checkpoint_every`` writes the sqlite WAL is folded into the database.
+    """
+
+    def __init__(self, name: str, index: PooledIndex, batcher: QueryBatcher | None, checkpoint_every: int = 100):
         self.name = name
         self.index = index
-        self.lock = RWLock()
-        self.write_lock = threading.Lock()  # one writer encodes at a time, in arrival order
+        self.reads = ReadSide(index)
+        self.write_lock = threading.Lock()
         self.batcher = batcher
+        self.checkpoint_every = checkpoint_every
+        self._writer: PooledIndex | None = None
+        self._writes = 0
+        self._corrupt: tuple[int, str] | None = None  # (commit read when found, message)
+        index.release()  # opening pinned the commit; an idle handle pins nothing
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
         """Encode queries, through the micro-batcher when there is one."""
@@ -146,35 +208,64 @@ class IndexHandle:
             return self.batcher.encode(queries)
         return self.index.encoder.encode_queries(queries)
 
-    def refresh(self) -> None:
-        """Pick up writes made by other worker processes (cheap when there are none)."""
-        if self.read(lambda index: index.is_stale()):
-            with self.lock.writing():
-                self.index.refresh()
-
     def search(self, queries: list[str], params, with_text: bool, filter: dict | None = None):
-        """Encode (batched with other requests), then search under the read lock."""
+        """Encode (batched with other requests), then search the newest commit."""
         Q = self.encode_queries(queries)
-        self.refresh()
-        with self.lock.reading():  # search_embeddings checks params against the current document count
-            return self.index.search_embeddings(Q, params, with_text=with_text, filter=filter)
+        return self.read(lambda index: index.search_embeddings(Q, params, with_text=with_text, filter=filter))
 
     def upsert(self, documents: Sequence[Document]) -> int:
-        """Encode outside the lock, then add under the write lock; durable on return."""
-        with self.write_lock:
-            embeddings = self.index.encoder.encode_documents([d.text for d in documents])
-            with self.lock.writing():
-                return self.index.add(documents, embeddings=embeddings).documents
+        """Encode and add; durable on return."""
+        return self._write(lambda writer: writer.add(documents).documents)
 
     def delete(self, ids: list[str]) -> int:
-        """Delete under the write lock; durable on return."""
-        with self.write_lock, self.lock.writing():
-            return self.index.delete(ids)
+        """Delete; durable on return."""
+        return self._write(lambda writer: writer.delete(ids))
 
     def read(self, fn):
-        """Run ``fn(index)`` under the read lock (document lookups, stats)."""
-        with self.lock.reading():
-            return fn(self.index)
+        """Run ``fn(index)`` on the newest commit (searches, document lookups, stats)."""
+        try:
+            with self.reads.reading() as index:
+                out = fn(index)
+                commit = index.commit
+        except IndexCorruptError as e:
+            self._corrupt = (self.index.commit, str(e))
+            raise
+        if self._corrupt is not None and commit > self._corrupt[0]:
+            self._corrupt = None  # a newer commit loaded and read fine
+        return out
+
+    def problem(self) -> str | None:
+        """Why this index cannot serve (a corrupt file found by a read, or now), else None."""
+        try:
+            self.read(lambda index: None)
+        except IndexCorruptError:
+            pass
+        return self._corrupt[1] if self._corrupt is not None else None
+
+    def _write(self, fn):
+        with self.write_lock:
+            if self._writer is None:
+                self._writer = PooledIndex.open(self.index.path, device=self.index.device, encoder=self.index.encoder)
+            try:
+                return fn(self._writer)
+            finally:
+                self._after_write()
+
+    def _after_write(self) -> None:
+        """Unpin the writer's snapshot (a pinned reader stops every checkpoint) and fold the WAL now and then."""
+        try:
+            self._writer.release()
+            self._writes += 1
+            if self.checkpoint_every and self._writes % self.checkpoint_every == 0:
+                self._writer.checkpoint()
+        except sqlite3.Error:  # best effort: the write itself is committed
+            log.warning("could not checkpoint the WAL of %s", self.index.path, exc_info=True)
+
+    def close(self) -> None:
+        """Close both sides."""
+        self.index.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class Registry:
@@ -194,6 +285,7 @@ class Registry:
         checkpoint: Path | None = None,
         query_backend: str = "torch",
         document_backend: str = "torch",
+        checkpoint_every: int = 100,
     ) -> Registry:
         """Open every index folder; names are folder names and must be distinct."""
         names = [Path(p).name for p in paths]
@@ -214,7 +306,7 @@ class Registry:
             index = PooledIndex.open(path, device=device, encoder=encoders[key])
             if micro_batching and key not in batchers:
                 batchers[key] = QueryBatcher(encoders[key], window_ms, max_batch)
-            handles[name] = IndexHandle(name, index, batchers.get(key))
+            handles[name] = IndexHandle(name, index, batchers.get(key), checkpoint_every)
         return cls(handles)
 
     def close(self) -> None:
@@ -222,4 +314,4 @@ class Registry:
         for h in self.handles.values():
             if h.batcher:
                 h.batcher.close()  # idempotent: shared batchers are closed once per index, harmlessly
-            h.index.close()
+            h.close()

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from pooledir import check_metadata, check_utf8
+from pooledir.pooled_index import MAX_FILTER_FIELDS
 
 
 def _utf8(v: str) -> str:
@@ -77,7 +78,9 @@ class SearchOptions(BaseModel):
     )
     with_text: StrictBool = False
     filter: dict[FilterField, FilterValue] | None = Field(
-        None, description="rank only documents whose metadata equals every given field (exact MaxSim over them)"
+        None,
+        max_length=MAX_FILTER_FIELDS,
+        description="rank only documents whose metadata equals every given field (exact MaxSim over them)",
     )
 
 
@@ -186,3 +189,5 @@ class Health(BaseModel):
 
     status: str
     indexes: list[str] = []
+    #: index name -> why it cannot serve (readiness only)
+    detail: dict[str, str] | None = None

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     max_query_chars: int = 2_000
     max_document_chars: int = 100_000
     max_body_bytes: int = 8 * 1024 * 1024
+    #: results one search request may return in all (queries x k), and with ``with_text``
+    max_results: int = 10_000
+    max_text_results: int = 1_000
+    #: characters of document text one search response may carry
+    max_response_text_chars: int = 4_000_000
+    #: fold the sqlite WAL into the database after this many writes of one worker (0: leave it to sqlite)
+    wal_checkpoint_every: int = 100
     # micro-batching of concurrent queries into one encoder call
     batch_window_ms: float = 2.0
     micro_batching: bool = True

@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True)
 async def healthz() -> Health:
     """The process is alive."""
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@router.get("/readyz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
 async def readyz(request: Request, response: Response) -> Health:
-    """Every configured index is open and answering."""
+    """Every configured index is open and answering: 503 while starting, or while an index is corrupt."""
     registry = getattr(request.app.state, "registry", None)
     if registry is None:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return Health(status="starting")
+    problems = await run_in_threadpool(_problems, registry)
+    if problems:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return Health(status="corrupt", indexes=sorted(registry.handles), detail=problems)
     return Health(status="ready", indexes=sorted(registry.handles))
+
+
+def _problems(registry) -> dict[str, str]:
+    """Index name -> why it cannot serve, for the indexes that cannot (the check loads a newer commit if any)."""
+    out = {}
+    for name, handle in registry.handles.items():
+        problem = getattr(handle, "problem", None)  # a Ray Serve handle's partitions report through their calls
+        message = problem() if problem is not None else None
+        if message:
+            out[name] = message
+    return out

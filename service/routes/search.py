@@ -28,8 +28,30 @@ def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, settings:
                 422, f"query {i} has {len(q)} characters; this service takes at most {settings.max_query_chars}"
             )
     params = _params(opts, settings.max_k)
+    _check_size(len(queries), opts, settings)
     results = handle.search(queries, params, with_text=opts.with_text, filter=opts.filter)
+    if opts.with_text:
+        chars = sum(len(h.text or "") for hits in results for h in hits)
+        if chars > settings.max_response_text_chars:
+            raise HTTPException(
+                422,
+                f"the hits' texts add up to {chars} characters; this service returns at most "
+                f"{settings.max_response_text_chars}: ask for fewer results or leave with_text off",
+            )
     return [[Hit(**h.__dict__) for h in hits] for hits in results]
+
+
+def _check_size(n_queries: int, opts: SearchOptions, settings: Settings) -> None:
+    """Bound the response before searching: queries x k results, fewer when they carry their text."""
+    total = n_queries * opts.k
+    limit = settings.max_text_results if opts.with_text else settings.max_results
+    if total > limit:
+        text = " with with_text" if opts.with_text else ""
+        raise HTTPException(
+            422,
+            f"{n_queries} queries x k={opts.k} asks for {total} results{text}; this service returns at most "
+            f"{limit} per request: lower k or send fewer queries per batch",
+        )
 
 
 @router.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_none=True)

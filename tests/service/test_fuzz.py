@@ -2,6 +2,8 @@
 
 Strings include lone surrogates, NULs and very long runs; numbers include ints far past 64 bits, NaN and
 infinity (sent as the ``NaN``/``Infinity`` literals Python's JSON parser accepts); metadata nests deeply.
+Filters name up to thousands of fields, batches ask for up to 80 queries x k=3000 with their text, and an
+index whose newest segment is cut short answers the same hostile requests (a JSON 503 there, never a 500).
 The case counts are printed (``pytest -s``) and asserted, so a silently skipped strategy shows.
 """
 
@@ -11,6 +13,7 @@ import json
 from collections import Counter
 from urllib.parse import quote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -163,8 +166,79 @@ def test_raw_bytes_as_body(shared_client, raw):
         assert r.status_code < 500, r.text[:300]
 
 
+#: filters from empty to far past the cap (64 fields); sqlite refuses an expression of ~1000 clauses
+BIG_FILTER = st.builds(
+    lambda n, v: {f"f{i}": v for i in range(n)}, st.integers(0, 3000), st.one_of(st.integers(), PLAIN, st.booleans())
+)
+
+
+@given(filter=BIG_FILTER, batch=st.booleans())
+@settings(FUZZ, max_examples=40)
+def test_filter_size(shared_client, filter, batch):
+    body = {"queries": ["bone", "cells"]} if batch else {"query": "bone"}
+    r = call(shared_client, "POST", BATCH if batch else SEARCH, body | {"filter": filter}, "filter size")
+    assert r.status_code == (200 if len(filter) <= 64 else 422), r.text[:300]  # {}: no filter
+
+
+@given(n=st.integers(1, 80), k=st.integers(1, 3000), with_text=st.booleans())
+@settings(FUZZ, max_examples=40)
+def test_response_size(shared_client, n, k, with_text):
+    body = {"queries": [f"bone {i}" for i in range(n)], "k": k, "with_text": with_text}
+    r = call(shared_client, "POST", BATCH, body, "response size")
+    too_many = n > 64 or k > 1000 or n * k > (1_000 if with_text else 10_000)
+    assert r.status_code == (200 if not too_many else 413 if n > 64 else 422), r.text[:300]
+    if r.status_code == 200:
+        assert [len(hits) for hits in r.json()["results"]] == [min(k, documents(shared_client))] * n
+
+
+@pytest.fixture(scope="module")
+def corrupt_client(tmp_path_factory, tiny_encoder, tiny_docs):
+    """An app whose index gets a truncated segment from another process's commit after it opened."""
+    from fastapi.testclient import TestClient
+
+    from pooledir import Document, IndexConfig, PooledIndex
+    from service.main import create_app
+    from service.settings import Settings
+
+    path = tmp_path_factory.mktemp("corrupt") / "tiny"
+    with PooledIndex.create(path, config=IndexConfig(pool_factor=2), device="cpu", encoder=tiny_encoder) as idx:
+        idx.add(tiny_docs)
+    with TestClient(create_app(Settings(indexes=[path], device="cpu"))) as client:
+        before = set((path / "segments").iterdir())
+        with PooledIndex.open(path, device="cpu", encoder=tiny_encoder) as other:
+            other.add([Document("late", "bone density", {})])
+        (new,) = set((path / "segments").iterdir()) - before
+        new.write_bytes(new.read_bytes()[:200])
+        yield client
+
+
+@given(
+    request=st.one_of(
+        st.builds(lambda q, k: ("POST", SEARCH, {"query": q, "k": k}), TEXT, KNOB),
+        st.builds(lambda q, f: ("POST", BATCH, {"queries": q, "filter": f}), st.lists(TEXT, max_size=3), JSONISH),
+        st.builds(lambda d: ("POST", DOCS, {"documents": d}), st.lists(STORABLE, min_size=1, max_size=2)),
+        st.builds(lambda ids: ("DELETE", DOCS, {"ids": ids}), KNOWN_IDS),
+        st.builds(lambda i: ("GET", f"{DOCS}/{quote(i, safe='')}", None), PLAIN),
+        st.just(("GET", "/indexes/tiny", None)),
+    )
+)
+@settings(FUZZ, max_examples=40)
+def test_corrupt_index(corrupt_client, request):
+    method, url, body = request
+    content = None if body is None else json.dumps(body, allow_nan=True)
+    r = corrupt_client.request(method, url, content=content, headers={"Content-Type": "application/json"})
+    CASES["corrupt index"] += 1
+    assert r.status_code < 500 or r.status_code == 503, (method, url, r.status_code, r.text[:300])
+    assert r.status_code >= 400 and r.json()["detail"]  # nothing is served from a corrupt commit
+    if r.status_code == 503:
+        CASES["corrupt index: 503"] += 1
+        assert "corrupt or truncated" in r.json()["detail"]
+
+
 def test_case_counts():
     """Runs last (pytest keeps file order): every strategy above really reached the app."""
     print(f"\nHTTP fuzz: {sum(CASES.values())} requests, none a 5xx: {dict(sorted(CASES.items()))}")
     assert CASES["search"] >= 100 and CASES["upsert"] >= 60 and CASES["delete"] >= 40
     assert CASES["get stored"] >= 10 and CASES["upsert back"] >= 5  # stored documents were read back, deletes happened
+    assert CASES["filter size"] >= 30 and CASES["response size"] >= 30
+    assert CASES["corrupt index"] >= 30 and CASES["corrupt index: 503"] >= 10

@@ -169,7 +169,7 @@ def test_health_answers_while_a_write_holds_the_index_lock(client, monkeypatch):
     held, release = threading.Event(), threading.Event()
 
     def slow_write():
-        with handle.lock.writing():
+        with handle.reads.exclusive():
             held.set()
             release.wait(5)
 
