@@ -216,8 +216,19 @@ READER = textwrap.dedent(
 )
 
 
-def as_reader(command: list[str]) -> list[str]:
-    """Run ``command`` as a user who may not write the folder: this user, or nobody when this is root."""
+def as_reader(command: list[str], top: Path, how: str) -> list[str]:
+    """``command`` run where the folders under ``top`` cannot be written.
+
+    ``permissions``: as a user without write permission (this one, or nobody when this is root, for
+    whom chmod does not bind); ``mount``: as root with ``top`` bind-mounted read-only (EROFS, as a
+    `:ro` volume), in a mount namespace of its own.
+    """
+    if how == "mount":
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            pytest.skip("a read-only bind mount needs root and unshare")
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+            pytest.skip("no mount namespaces here")
+        return ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(top), *command]
     if os.geteuid() != 0:
         return command
     if shutil.which("setpriv") is None:
@@ -227,7 +238,7 @@ def as_reader(command: list[str]) -> list[str]:
 
 @contextmanager
 def read_only_copy(src: Path):
-    """``src`` copied into a folder anyone may read and no one but root may write (as a `:ro` volume)."""
+    """``src`` copied into a folder anyone may read and no one but root may write."""
     top = Path(tempfile.mkdtemp(prefix="pooledir-ro-"))
     try:
         top.chmod(0o755)
@@ -242,44 +253,42 @@ def read_only_copy(src: Path):
         shutil.rmtree(top)
 
 
+def run_as_reader(command: list[str], ro: Path, how: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(as_reader(command, ro.parent, how), capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+@pytest.mark.parametrize("how", ["permissions", "mount"])
 @pytest.mark.parametrize("with_wal", [False, True])
-def test_a_read_only_folder_is_searched_and_writes_say_read_only(trained, tmp_path, with_wal):
+def test_a_read_only_folder_is_searched_and_writes_say_read_only(trained, tmp_path, with_wal, how):
+    """Without a WAL (an index closed cleanly) sqlite cannot make its -shm file there: `unable to open`."""
     Q = queries(3)
-    with PooledIndex.open(trained, device="cpu") as idx:
-        if with_wal:  # a commit still in the WAL, as a live index mounted read-only elsewhere has
-            idx.folder.store.conn.execute("PRAGMA wal_autocheckpoint = 0")
-            add(idx, ["in-wal"], [777])
-            assert (trained / "docs.sqlite-wal").stat().st_size > 0
-        expected = results(idx, Q, SearchParams())
-        n = len(idx)
-        qfile = tmp_path / "q.npy"
-        np.save(qfile, Q)
-        qfile.parent.chmod(0o755)
+    idx = PooledIndex.open(trained, device="cpu")
+    if with_wal:  # a commit still in the WAL, as a live index mounted read-only elsewhere has
+        idx.folder.store.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        add(idx, ["in-wal"], [777])
+        assert (trained / "docs.sqlite-wal").stat().st_size > 0
+    expected, n = results(idx, Q, SearchParams()), len(idx)
+    if not with_wal:
+        idx.close()
+        assert not (trained / "docs.sqlite-wal").exists()
+    try:
         with read_only_copy(trained) as ro:
-            shutil.copy(qfile, ro.parent / "q.npy")
-            r = subprocess.run(
-                as_reader([sys.executable, "-c", READER, str(ro), str(ro.parent / "q.npy")]),
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-            )
+            np.save(ro.parent / "q.npy", Q)
+            r = run_as_reader([sys.executable, "-c", READER, str(ro), str(ro.parent / "q.npy")], ro, how)
             assert r.returncode == 0, r.stderr
             got = json.loads(r.stdout)
             assert [[tuple(h) for h in q] for q in got["hits"]] == expected
             assert got["documents"] == n
             assert "read-only file system" in got["refused"]
-            env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-            info = subprocess.run(
-                as_reader([*CLI, "info", str(ro), "--json"]), capture_output=True, text=True, cwd=ROOT, env=env
-            )
+            info = run_as_reader([*CLI, "info", str(ro), "--json"], ro, how)
             assert info.returncode == 0 and json.loads(info.stdout)["documents"] == n, info.stderr
-            delete = subprocess.run(
-                as_reader([*CLI, "delete", str(ro), "d1"]), capture_output=True, text=True, cwd=ROOT, env=env
-            )
-            assert_one_error_line(delete, "read-only file system")
+            assert_one_error_line(run_as_reader([*CLI, "delete", str(ro), "d1"], ro, how), "read-only file system")
             assert sorted(p.name for p in ro.iterdir()) == sorted(
                 p.name for p in trained.iterdir() if p.name != ".lock"
             )
+    finally:
+        idx.close()
 
 
 def test_a_store_is_never_created_by_opening_it(tmp_path):
