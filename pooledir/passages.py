@@ -166,23 +166,17 @@ def _token_offsets(text: str, encoder: ColBERTEncoder) -> tuple[np.ndarray, np.n
 def stored_ids(index: PooledIndex, ids: Sequence[str]) -> list[str]:
     """The rows of ``ids``: a stored row's own id, a split document's passage ids; unknown ids as given.
 
-    A passage id raises :class:`InputError` (see :func:`check_not_passage_ids`).
+    A split document's rows are every stored ``<id>#p<number>`` (a range of the id index), not
+    ``n_passages`` of them: a document one of whose passages was deleted alone (which older versions
+    allowed) is still deleted whole. A passage id raises :class:`InputError` (see :func:`check_not_passage_ids`).
     """
     check_not_passage_ids(ids)
     store = index.folder.store
     found = store.lookup(list(ids))
-    missing = [i for i in ids if i not in found and not is_passage_id(i)]
-    first = store.lookup([f"{i}#p0" for i in missing])
-    counts: dict[str, int] = {}
-    if first:
-        rows = store.rows(list(first.values()))
-        counts = {r.metadata["parent_id"]: int(r.metadata["n_passages"]) for r in rows}
     out: list[str] = []
     for i in ids:
-        if i in counts:
-            out += [f"{i}#p{j}" for j in range(counts[i])]
-        else:
-            out.append(i)
+        passages = [] if i in found else [p for p in store.ids_starting_with(f"{i}#p") if parent_id(p) == i]
+        out += passages or [i]
     return out
 
 

@@ -293,6 +293,13 @@ class DocStore:
             out.update(dict(self.conn.execute(q, chunk).fetchall()))
         return out
 
+    def ids_starting_with(self, prefix: str) -> list[str]:
+        """The stored external ids that start with ``prefix`` (a range scan of the unique id index)."""
+        check_utf8(prefix, "a document id")
+        hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # ids sort bytewise (BINARY), so the prefix is a range
+        q = "SELECT ext_id FROM docs WHERE ext_id >= ? AND ext_id < ? ORDER BY ext_id"
+        return [r[0] for r in self.conn.execute(q, (prefix, hi))]
+
     def rows(self, doc_ints: Sequence[int]) -> list[DocRow]:
         """Rows for internal numbers, in the order given."""
         found: dict[int, DocRow] = {}
