@@ -14,6 +14,7 @@ came from, whatever other processes commit meanwhile (sqlite WAL).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -27,6 +28,8 @@ import numpy as np
 
 from pooledir.corpus import check_utf8
 from pooledir.errors import IndexCorruptError, InputError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -146,9 +149,13 @@ class DocStore:
             conn = sqlite3.connect(f"{uri}?{mode}", uri=True, **args)
             try:
                 conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-                return conn
             except sqlite3.OperationalError:
                 conn.close()
+                continue
+            wal = self.path.with_name(self.path.name + "-wal")
+            if mode.startswith("immutable") and wal.is_file() and wal.stat().st_size:
+                log.warning("%s: its WAL cannot be read without a -shm file; reading the last checkpoint", self.path)
+            return conn
         raise IndexCorruptError(f"{self.path} cannot be opened read-only; check its permissions")
 
     def _prepare(self) -> None:
