@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import string
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,32 +215,9 @@ def convert_checkpoint(
     them scored nDCG@10 0.706 against 0.655 with them on SciFact *train* qrels
     (exact MaxSim, 809 queries; eval/results/conventions_scifact_train.json).
     """
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoConfig
-
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():
         raise CheckpointError(f"{src} is not an encoder folder: config.json is missing")
-    config = AutoConfig.from_pretrained(src)
-    encoder = _plain_encoder_weights(src)
-    base = config.model_type if config.model_type in ("bert", "roberta", "xlm-roberta") else "bert"
-    base = base.replace("xlm-", "")
-    proj = orthogonal_projection(config.hidden_size, dim, seed)
-    state = {f"{base}.{k}": v.contiguous() for k, v in encoder.items()}
-    state["linear.weight"] = torch.from_numpy(proj)
-
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    config.architectures = ["HF_ColBERT"]
-    config.save_pretrained(tmp)
-    copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
-    if not copied:
-        raise CheckpointError(f"{src}: no tokenizer files found")
-    for f in copied:
-        shutil.copy2(src / f, tmp / f)
     settings = ColBERTSettings(
         dim=dim,
         doc_maxlen=doc_maxlen,
@@ -255,11 +233,90 @@ def convert_checkpoint(
         "similarity": "cosine",
         "pooledir_projection": {"kind": "orthogonal", "seed": seed, "source": str(src)},
     }
-    (tmp / "artifact.metadata").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    if _holds_checkpoint(out, meta):
+        log.info("%s already holds this checkpoint", out)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh, uniquely named folder beside ``out``: the only path this call ever removes is one it made
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _write_checkpoint(src, tmp, dim, seed, meta)
+        _install(tmp, out, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
+
+
+def _holds_checkpoint(out: Path, meta: dict) -> bool:
+    """True when ``out`` is already the checkpoint ``meta`` describes; False when it is missing or empty.
+
+    Raises :class:`CheckpointError` for anything else there (a file, other files, another checkpoint):
+    converting never replaces what it did not write.
+    """
+    if not out.exists() and not out.is_symlink():
+        return False
+    if not out.is_dir():
+        raise CheckpointError(f"{out} is a file, not a folder; pass a new folder for the checkpoint")
+    if not any(out.iterdir()):
+        return False
+    try:
+        found = json.loads((out / "artifact.metadata").read_text())
+    except (OSError, ValueError):
+        found = None
+    if found == json.loads(json.dumps(meta)) and (out / "model.safetensors").is_file():
+        return True
+    what = "another checkpoint" if isinstance(found, dict) else "files that are not this checkpoint"
+    raise CheckpointError(f"{out} exists and holds {what}; pass a new folder, or delete it first")
+
+
+def _write_checkpoint(src: Path, tmp: Path, dim: int, seed: int, meta: dict) -> None:
+    """Write the converted checkpoint's files into ``tmp``, each fsynced."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(src)
+    encoder = _plain_encoder_weights(src)
+    base = config.model_type if config.model_type in ("bert", "roberta", "xlm-roberta") else "bert"
+    base = base.replace("xlm-", "")
+    proj = orthogonal_projection(config.hidden_size, dim, seed)
+    state = {f"{base}.{k}": v.contiguous() for k, v in encoder.items()}
+    state["linear.weight"] = torch.from_numpy(proj)
+    copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
+    if not copied:
+        raise CheckpointError(f"{src}: no tokenizer files found")
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config.architectures = ["HF_ColBERT"]
+    config.save_pretrained(tmp)
+    for f in copied:
+        shutil.copy2(src / f, tmp / f)
+    (tmp / "artifact.metadata").write_text(json.dumps(meta, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _install(tmp: Path, out: Path, meta: dict) -> None:
+    """Rename the finished folder to ``out`` (missing, or an empty folder) and make it durable.
+
+    Another conversion that got there first with the same checkpoint is fine (its folder is kept).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp made it private; a checkpoint is as readable as any folder made here
+    try:
+        os.rename(tmp, out)  # fails, rather than replacing, if something appeared in ``out`` meanwhile
+    except OSError as e:
+        if _holds_checkpoint(out, meta):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        raise CheckpointError(f"{out} exists and is not empty ({e.strerror}); pass a new folder") from None
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def minilm_path() -> Path:

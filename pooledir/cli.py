@@ -200,22 +200,26 @@ def index(
     if partitions is not None:
         _index_partitions(embeddings, out, partitions, config, pool_factor, device)
         return
-    _index_streamed(
-        corpus,
-        embeddings,
-        out,
-        config,
-        pool_factor if pool_threshold is None else factor,
-        checkpoint,
-        chunk_docs,
-        limit,
-        batch_size,
-        resume,
-        device,
-        split_passages,
-        document_backend,
-        ray=(address, segments) if use_ray else None,
-    )
+    from pooledir.outdir import claim_output_folder
+
+    with claim_output_folder(out, resume) as claim:  # the folder's writer lock, held until the build ends
+        _index_streamed(
+            corpus,
+            embeddings,
+            out,
+            config,
+            pool_factor if pool_threshold is None else factor,
+            checkpoint,
+            chunk_docs,
+            limit,
+            batch_size,
+            resume,
+            device,
+            split_passages,
+            document_backend,
+            ray=(address, segments) if use_ray else None,
+            claim=claim,
+        )
 
 
 def _index_partitions(
@@ -253,22 +257,21 @@ def _index_streamed(
     split_passages: bool = False,
     document_backend: str = "torch",
     ray: tuple[str | None, int | None] | None = None,
+    claim=None,
 ) -> None:
     from itertools import chain
 
     from pooledir import build
     from pooledir.errors import InputError, PooledirError
-    from pooledir.outdir import claim_output_folder, cleanup_on_failure
+    from pooledir.outdir import cleanup_on_failure
     from pooledir.pooled_index import PooledIndex
 
     bconf = build.BuildConfig(chunk_docs or build.DEFAULT_CHUNK_DOCS, limit)
     bconf.check()
     _return_freed_memory()
-    resuming = resume and (out / "manifest.json").is_file()
-    if not resume and (out / "manifest.json").is_file():
-        raise InputError(f"{out} already holds an index; pick a new folder, delete it, or continue it with --resume")
-    # a fresh build claims a new or empty folder; if it stops before committing anything, what it made is removed
-    created = None if resuming else claim_output_folder(out)
+    # a fresh build claims a new or empty folder (index()); if it stops before committing anything, what it
+    # made is removed
+    resuming, created = claim.resuming, claim.created
     encoder = None
     if embeddings:
         manifests, spec = build.read_shard_folders(embeddings)

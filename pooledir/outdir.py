@@ -2,8 +2,10 @@
 
 A build writes into a folder that did not exist or was empty, so that a failed or
 interrupted build can be undone completely, and only what it made is removed: the
-folders it created, or the contents of the empty folder it was given. A later
-"resume" mode would keep the partial work instead of calling :func:`cleanup_on_failure`.
+folders it created, or the contents of the empty folder it was given. The claim holds
+the folder's writer lock (``.lock``, see :func:`pooledir.index.folder.folder_lock`) from
+the first check to the end of the build: a second build into the same folder is refused
+at once and never removes what the first one wrote.
 """
 
 from __future__ import annotations
@@ -11,31 +13,69 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from pooledir.errors import InputError
 
 
-def claim_output_folder(out: Path) -> Path | None:
-    """Make ``out`` an empty folder to build into; return the topmost folder this call created.
+@dataclass(frozen=True)
+class Claim:
+    """A build's hold on its output folder."""
 
-    Returns None when ``out`` already existed (empty): then only its contents are the build's.
-    Raises :class:`InputError` when ``out`` is a file, a folder with files in it, or not writable;
-    ``OSError`` when it cannot be created.
+    #: the topmost folder the claim created (removed whole if the build fails), or None
+    created: Path | None
+    #: True when ``--resume`` found an index there to continue
+    resuming: bool
+
+
+@contextmanager
+def claim_output_folder(out: Path, resume: bool = False) -> Iterator[Claim]:
+    """Hold ``out`` for one build: a new or empty folder, or with ``resume`` one that holds an index.
+
+    Raises :class:`InputError` when ``out`` is a file, holds files (an index without ``resume``),
+    is not writable, or another build holds it (then nothing is touched); ``OSError`` when it
+    cannot be created. The folder's lock is held until the block ends.
     """
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise InputError(f"{out} is a file, not a folder; pass a new folder for the index")
-        if any(out.iterdir()):
+    from pooledir.index.folder import LOCK_FILE, folder_lock
+
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise InputError(f"{out} is a file, not a folder; pass a new folder for the index")
+    created = _make_folder(out)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"{out} is not writable; pass a folder you may write to")
+    with folder_lock(out, wait=False):
+        resuming = resume and (out / "manifest.json").is_file()
+        if not resume and (out / "manifest.json").is_file():
+            raise InputError(
+                f"{out} already holds an index; pick a new folder, delete it, or continue it with --resume"
+            )
+        if not resuming and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise InputError(f"{out} exists and is not empty; pick a new folder or delete it first")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise InputError(f"{out} is not writable; pass a folder you may write to")
+        try:
+            yield Claim(created, resuming)
+        except BaseException:  # a build that failed and kept nothing leaves what it found (or nothing)
+            if out.is_dir() and all(p.name == LOCK_FILE for p in out.iterdir()):
+                if created is not None:
+                    shutil.rmtree(created, ignore_errors=True)
+                else:
+                    (out / LOCK_FILE).unlink(missing_ok=True)
+            raise
+
+
+def _make_folder(out: Path) -> Path | None:
+    """Create ``out`` if missing; return the topmost folder this call created (None: it existed)."""
+    if out.is_dir():
         return None
     top = out.absolute()
     while not top.parent.exists() and top.parent != top:
         top = top.parent
-    out.mkdir(parents=True)
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:  # another build made it a moment ago: the lock decides which one goes on
+        return None
     return top
 
 
@@ -51,6 +91,8 @@ def cleanup_on_failure(out: Path, created: Path | None) -> None:
         if not out.is_dir():
             return
         for child in out.iterdir():
+            if child.name == ".lock":  # held by this build until it ends; an empty folder may keep it
+                continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
             else:

@@ -15,8 +15,8 @@ the document's metadata plus ``parent_id``, ``passage`` (its number) and
 ``n_passages`` and, as its text, the **whole document**, so ``get("x")`` returns
 the document unchanged; the other rows store an empty text (their passage is
 ``text[span[0]:span[1]]``). Search ranks each document by its best passage,
-``get`` and ``delete`` take the document's id, and adding ``x`` again replaces
-all of its passages.
+``get`` and ``delete`` take the document's id (a passage id is refused by every
+write), and adding ``x`` again replaces all of its passages.
 """
 
 from __future__ import annotations
@@ -47,6 +47,21 @@ _CHUNK_CHARS = 1 << 16
 def is_passage_id(id: str) -> bool:
     """Whether ``id`` names a passage row (``x#p3``) rather than a document."""
     return _PASSAGE_ID.search(id) is not None
+
+
+def check_not_passage_ids(ids: Sequence[str]) -> None:
+    """Raise :class:`InputError` for an id shaped like a passage's (``x#p3``): writes take whole documents.
+
+    Deleting or replacing one passage would leave its document half there (its other passages kept,
+    its id no longer found), so every write path (add, upsert, delete) refuses these ids.
+    """
+    for i in ids:
+        if is_passage_id(i):
+            raise InputError(
+                f"id {i!r} ends like a passage id (#p<number>), which this index keeps for the passages of long "
+                f"documents: add, replace or delete a document by its own id (here {parent_id(i)!r}), "
+                "and give no document an id that ends so"
+            )
 
 
 def parent_id(id: str) -> str:
@@ -81,12 +96,8 @@ def split_documents(docs: Sequence[Document], encoder: ColBERTEncoder, stride: i
     window = window_tokens(encoder)
     rows: list[Document] = []
     texts: list[str] = []
+    check_not_passage_ids([d.id for d in docs])
     for d in docs:
-        if is_passage_id(d.id):
-            raise InputError(
-                f"document id {d.id!r} ends like a passage id (#p<number>), which this index uses for the "
-                "passages of long documents; rename the document"
-            )
         spans = passage_spans(d.text, encoder, window, stride)
         if len(spans) == 1:
             rows.append(d)
@@ -153,21 +164,19 @@ def _token_offsets(text: str, encoder: ColBERTEncoder) -> tuple[np.ndarray, np.n
 
 
 def stored_ids(index: PooledIndex, ids: Sequence[str]) -> list[str]:
-    """The rows of ``ids``: a stored row's own id, a split document's passage ids; unknown ids as given."""
+    """The rows of ``ids``: a stored row's own id, a split document's passage ids; unknown ids as given.
+
+    A split document's rows are every stored ``<id>#p<number>`` (a range of the id index), not
+    ``n_passages`` of them: a document one of whose passages was deleted alone (which older versions
+    allowed) is still deleted whole. A passage id raises :class:`InputError` (see :func:`check_not_passage_ids`).
+    """
+    check_not_passage_ids(ids)
     store = index.folder.store
     found = store.lookup(list(ids))
-    missing = [i for i in ids if i not in found and not is_passage_id(i)]
-    first = store.lookup([f"{i}#p0" for i in missing])
-    counts: dict[str, int] = {}
-    if first:
-        rows = store.rows(list(first.values()))
-        counts = {r.metadata["parent_id"]: int(r.metadata["n_passages"]) for r in rows}
     out: list[str] = []
     for i in ids:
-        if i in counts:
-            out += [f"{i}#p{j}" for j in range(counts[i])]
-        else:
-            out.append(i)
+        passages = [] if i in found else [p for p in store.ids_starting_with(f"{i}#p") if parent_id(p) == i]
+        out += passages or [i]
     return out
 
 

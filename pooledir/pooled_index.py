@@ -107,7 +107,7 @@ class PooledIndex:
         config = config or IndexConfig()
         config.check()
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and any(p.name != ".lock" for p in path.iterdir()):  # .lock: a build's claim on it
             raise InputError(f"{path} exists and is not empty; pick a new folder or delete it first")
         if encoder is None:
             if checkpoint is None:
@@ -131,6 +131,7 @@ class PooledIndex:
             config=config,
         )
         ensure_layout(path)
+        DocStore.create(path / "docs.sqlite").close()
         manifest.write(path)
         return cls(path, manifest, device, encoder)
 
@@ -232,6 +233,7 @@ class PooledIndex:
         index holds; an IVF-PQ index keeps vectors exact until it holds enough to train.
         """
         docs = check_documents(documents, "documents")
+        self.folder.check_writable()  # before encoding, which may take minutes
         given = [d.id for d in docs]
         texts = [d.text for d in docs]
         if self.config.passage_stride is not None:  # long documents become passages (pooledir/passages.py)

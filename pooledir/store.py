@@ -14,8 +14,11 @@ came from, whatever other processes commit meanwhile (sqlite WAL).
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from pooledir.corpus import check_utf8
-from pooledir.errors import InputError
+from pooledir.errors import IndexCorruptError, InputError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -49,6 +54,8 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+#: the tables every store has had since format 2: without them a file is not a pooledir store
+REQUIRED_TABLES = ("docs", "segments", "meta")
 
 
 @dataclass(frozen=True)
@@ -89,19 +96,75 @@ class NewDoc:
 
 
 class DocStore:
-    """sqlite3 database of one index; all writes go through :meth:`transaction`."""
+    """sqlite3 database of one index; all writes go through :meth:`transaction`.
 
-    def __init__(self, path: Path) -> None:
+    ``DocStore(path)`` opens an existing store and never creates one: a missing, empty (0 bytes),
+    unreadable or foreign file raises :class:`IndexCorruptError` before anything is written, so a
+    damaged store is never mistaken for a new, empty index. :meth:`create` makes a new one. A store
+    in a folder this process may not write (a read-only volume) opens read-only: ``read_only``.
+    """
+
+    def __init__(self, path: Path, create: bool = False) -> None:
         self.path = path
-        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=60)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.read_only = False
+        if create:
+            self.conn = self._connect()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.executescript(SCHEMA)
+        else:
+            _check_store_file(path)
+            self.read_only = not _writable(path)
+            self.conn = self._connect()
+            try:
+                _check_tables(self.conn, path)
+                if not self.read_only:
+                    self._prepare()
+            except BaseException:
+                self.conn.close()
+                raise
         self.conn.execute("PRAGMA synchronous=FULL")
+        self._pinned = False
+        self._probe: sqlite3.Connection | None = None
+
+    @classmethod
+    def create(cls, path: Path) -> DocStore:
+        """Make a new, empty store at ``path`` (which must not exist) and open it."""
+        if path.exists() or path.is_symlink():
+            raise InputError(f"{path} already exists; a new index needs a new folder")
+        store = cls(path, create=True)
+        store.checkpoint()  # the schema goes into the database file itself, not only its WAL
+        return store
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection: read-write, or for a read-only store the first read-only mode sqlite can open.
+
+        ``mode=ro`` reads a WAL left beside the file (when its -shm file is there); without them
+        sqlite cannot make them in a read-only folder, and ``immutable=1`` reads the file alone.
+        """
+        args: dict[str, Any] = {"isolation_level": None, "check_same_thread": False, "timeout": 60}
+        if not self.read_only:
+            return sqlite3.connect(str(self.path), **args)
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute()))
+        for mode in ("mode=ro", "immutable=1"):
+            conn = sqlite3.connect(f"{uri}?{mode}", uri=True, **args)
+            try:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                conn.close()
+                continue
+            wal = self.path.with_name(self.path.name + "-wal")
+            if mode.startswith("immutable") and wal.is_file() and wal.stat().st_size:
+                log.warning("%s: its WAL cannot be read without a -shm file; reading the last checkpoint", self.path)
+            return conn
+        raise IndexCorruptError(f"{self.path} cannot be opened read-only; check its permissions")
+
+    def _prepare(self) -> None:
+        """Writable stores: WAL mode, and tables or columns added since the store was made."""
+        self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.executescript(SCHEMA)
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(segments)")}
         if "touched" not in columns:  # made before the column: every segment counts as untouched since
             self.conn.execute("ALTER TABLE segments ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
-        self._pinned = False
-        self._probe: sqlite3.Connection | None = None
 
     def close(self) -> None:
         """Close the connections."""
@@ -127,7 +190,7 @@ class DocStore:
     def latest_commit(self) -> int:
         """The newest commit on disk, read outside the pinned snapshot."""
         if self._probe is None:
-            self._probe = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=60)
+            self._probe = self._connect()
         row = self._probe.execute("SELECT value FROM meta WHERE key = 'commit'").fetchone()
         return int(row[0]) if row else 0
 
@@ -237,6 +300,13 @@ class DocStore:
             out.update(dict(self.conn.execute(q, chunk).fetchall()))
         return out
 
+    def ids_starting_with(self, prefix: str) -> list[str]:
+        """The stored external ids that start with ``prefix`` (a range scan of the unique id index)."""
+        check_utf8(prefix, "a document id")
+        hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # ids sort bytewise (BINARY), so the prefix is a range
+        q = "SELECT ext_id FROM docs WHERE ext_id >= ? AND ext_id < ? ORDER BY ext_id"
+        return [r[0] for r in self.conn.execute(q, (prefix, hi))]
+
     def rows(self, doc_ints: Sequence[int]) -> list[DocRow]:
         """Rows for internal numbers, in the order given."""
         found: dict[int, DocRow] = {}
@@ -328,6 +398,43 @@ def check_filter(where: Any) -> None:
                 raise InputError(f"filter value {value} of {key!r:.40} is not a finite number")
         else:
             raise InputError(f"filter value of {key!r:.40} is {type(value).__name__}; use a string, number or bool")
+
+
+def _check_store_file(path: Path) -> None:
+    """Raise IndexCorruptError unless ``path`` is a non-empty file this process can read.
+
+    Checked before sqlite opens it: sqlite takes a 0-byte file for a new database (and deletes a WAL
+    left beside it), which would make a damaged index look new and empty.
+    """
+    if not path.is_file():
+        raise IndexCorruptError(f"{path} is missing or not a file; restore it from a backup or rebuild the index")
+    if path.stat().st_size == 0:
+        raise IndexCorruptError(
+            f"{path} is empty (0 bytes): the index's documents are gone; restore it from a backup or rebuild the index"
+        )
+    if not os.access(path, os.R_OK):
+        raise IndexCorruptError(f"{path} cannot be read (permission denied); fix its permissions")
+
+
+def _writable(path: Path) -> bool:
+    """True when this process may write the store and make files beside it (its WAL, the lock)."""
+    return os.access(path.parent, os.W_OK | os.X_OK) and os.access(path, os.W_OK)
+
+
+def _check_tables(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise IndexCorruptError unless the database has pooledir's tables (read only: nothing is created)."""
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:
+        raise  # the machine's problem (I/O, locks), not the file's
+    except sqlite3.DatabaseError as e:
+        raise IndexCorruptError(f"{path} is corrupt: {e}") from None
+    missing = [t for t in REQUIRED_TABLES if t not in names]
+    if missing:
+        raise IndexCorruptError(
+            f"{path} is not a pooledir document store (no {', '.join(missing)} table); "
+            "restore it from a backup or rebuild the index"
+        )
 
 
 class _Transaction:

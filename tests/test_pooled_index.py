@@ -167,6 +167,49 @@ def test_passages_are_stored_under_the_parent(tmp_path, tiny_encoder, long_corpu
         again.delete(["long"])
 
 
+def test_a_passage_id_is_refused_by_every_write_and_the_document_stays_whole(tmp_path, tiny_encoder, long_corpus):
+    """Issue 22 item 6: deleting `long#p3` left the parent undeletable by its id and its other passages stored."""
+    from pooledir.cli import main
+
+    idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
+    n = len(idx)
+    message = r"'long#p3' ends like a passage id .* by its own id \(here 'long'\)"
+    with pytest.raises(InputError, match=message):
+        idx.delete(["long#p3"])
+    with pytest.raises(InputError, match=message):
+        idx.delete(["d1", "long#p3"])
+    with pytest.raises(InputError, match=message):
+        idx.add([Document("long#p3", "a replacement passage")])
+    assert len(idx) == n and idx.get("long") == long_corpus[-1] and idx.get("d1") == long_corpus[1]
+    idx.close()
+    import sys
+
+    argv, sys.argv = sys.argv, ["pooledir", "delete", str(tmp_path / "i"), "long#p3"]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    finally:
+        sys.argv = argv
+    assert exit_.value.code == 2
+    with PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder) as again:
+        assert len(again) == n
+        assert again.delete(["long"]) == 1 and len(again) == 40  # the parent, all of its passages
+
+
+def test_a_document_that_lost_one_passage_is_still_deleted_and_replaced_whole(tmp_path, tiny_encoder, long_corpus):
+    """An index damaged by an older version (one passage deleted alone): the document's id still reaches the rest."""
+    idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
+    n = len(idx)
+    store = idx.folder.store
+    idx.folder.delete([store.lookup(["long#p3"])["long#p3"]])  # what `delete long#p3` did before
+    assert len(idx) == n - 1
+    idx.add([long_corpus[-1]])  # adding it again replaces every passage left
+    assert len(idx) == n
+    idx.folder.delete([store.lookup(["long#p0", "long#p3"])[i] for i in ("long#p0", "long#p3")])
+    assert idx.delete(["long"]) == 1 and len(idx) == 40
+    assert store.ids_starting_with("long#p") == []
+
+
 def test_passage_settings_and_ids_are_checked(tmp_path, tiny_encoder):
     with pytest.raises(InputError, match="passage_stride=0 must be a positive number"):
         PooledIndex.create(tmp_path / "a", config=IndexConfig(passage_stride=0), device="cpu", encoder=tiny_encoder)

@@ -37,7 +37,7 @@ def test_good_filters_pass():
 
 
 def test_store_matching_and_lookup_refuse_what_sqlite_cannot_hold(tmp_path):
-    store = DocStore(tmp_path / "docs.sqlite")
+    store = DocStore.create(tmp_path / "docs.sqlite")
     try:
         with pytest.raises(InputError, match="64-bit"):
             store.matching({"n": 1 << 64})

@@ -7,7 +7,7 @@ Folder layout (format_version 2)::
     quantizer.<q>.faiss      trained, empty IVF-PQ: coarse centroids + PQ codebooks (a new <q> per training)
     segments/<id>.faiss      immutable segment files (pq codes or flat float32), local ids 0..n-1
     segments/<id>.f16        optional exact float16 copy of a segment's vectors (keep_exact)
-    .lock                    serialises writers across processes (fcntl)
+    .lock                    serialises writers across processes (flock; a build holds it from start to end)
 
 The protocol, for every write (add, delete, merge, compaction, training, attach):
 
@@ -16,8 +16,9 @@ The protocol, for every write (add, delete, merge, compaction, training, attach)
 3. one sqlite transaction changes the document rows, the segment rows and the counter;
 4. only then unlink files the commit no longer references.
 
-A crash before 3 leaves unreferenced files, removed by the next writer; a crash
-after 3 leaves the new commit complete. Readers never see a file change: files
+A crash before 3 leaves unreferenced files, removed by the next writer (only names
+this protocol makes: other files in the folder are the user's); a crash after 3
+leaves the new commit complete. Readers never see a file change: files
 are never rewritten, and the ones they map stay readable after the unlink.
 """
 
@@ -25,7 +26,10 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Sequence
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +61,57 @@ CHUNK = 262_144
 TAIL_VECTORS = 65_536
 #: writes of fewer documents than this leave the sqlite WAL to sqlite's own checkpoints
 SMALL_WRITE = 64
+#: the only file names a write may remove when no commit refers to them (what segment_path, quantizer_path
+#: and their temp files are named): anything else in the folder (a user's backup, notes) is left alone
+OWN_SEGMENT_FILE = re.compile(r"\d{8,}\.(faiss|f16)(\.tmp)?")
+OWN_ROOT_FILE = re.compile(r"quantizer\.\d+\.faiss(\.tmp)?")
+LOCK_FILE = ".lock"
+
+_held = threading.local()  # folder locks this thread holds: {lock file: depth}
+
+
+class FolderBusyError(InputError):
+    """Another process (or thread) holds the folder's writer lock and the caller would not wait."""
+
+
+@contextmanager
+def folder_lock(path: Path, wait: bool = True) -> Iterator[None]:
+    """Hold the folder's writer lock (``flock`` on ``.lock``); re-entrant within one thread.
+
+    Re-entrant so that a build, which holds the lock from its first file to its end, can write
+    through :meth:`IndexFolder.writing` (a second ``flock`` on a new descriptor would wait for itself).
+    ``wait=False`` raises :class:`FolderBusyError` at once when someone else holds it.
+    """
+    key = os.path.realpath(path / LOCK_FILE)
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    if key in depth:
+        depth[key] += 1
+        try:
+            yield
+        finally:
+            depth[key] -= 1
+        return
+    with open(key, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise FolderBusyError(
+                f"{path} is being written by another pooledir process (it holds {path / LOCK_FILE}); "
+                "wait for it to finish, or pick another folder"
+            ) from None
+        depth[key] = 1
+        try:
+            yield
+        finally:
+            del depth[key]
+
+
+def read_only_error(path: Path) -> InputError:
+    """The error every write to a folder this process cannot write raises."""
+    return InputError(
+        f"{path} is read-only (a read-only file system, or no write permission): search and info work, "
+        "but adding, deleting and compacting need a writable folder"
+    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +166,11 @@ class IndexFolder:
         return True
 
     # -- the write protocol -----------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Raise InputError when this process cannot write the folder (checked before costly work, e.g. encoding)."""
+        if self.store.read_only:
+            raise read_only_error(self.path)
+
     @contextmanager
     def writing(self):
         """Hold the folder's write lock with the newest commit loaded; load the commit made, whatever happens.
@@ -119,8 +179,8 @@ class IndexFolder:
         doc_ints, the new segment's reader and row): the next snapshot is derived from the current
         one in O(batch); anything else (merges, training, errors) loads the commit from disk.
         """
-        with open(self.path / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        self.check_writable()
+        with folder_lock(self.path):
             self.refresh()
             self._remove_unreferenced()
             self._delta = None
@@ -161,21 +221,23 @@ class IndexFolder:
             self.store.checkpoint()
 
     def _remove_unreferenced(self) -> None:
-        """Files of segments or quantizers no commit refers to (a crashed write, or dropped ones)."""
+        """Remove segment and quantizer files the commit does not refer to (a crashed write, or dropped ones).
+
+        Only files named as this module names them are candidates (see OWN_SEGMENT_FILE, OWN_ROOT_FILE).
+        """
         seg_dir = self.path / SEGMENTS
         seg_dir.mkdir(exist_ok=True)
         keep = {segment_path(self.path, r.seg_id).name for r in self.snapshot.rows}
         keep |= {segment_path(self.path, r.seg_id, ".f16").name for r in self.snapshot.rows if r.exact}
-        removed = False
-        for f in seg_dir.iterdir():
-            if f.name not in keep:
-                f.unlink(missing_ok=True)
-                removed = True
         q = self.snapshot.quantizer_id
-        for f in self.path.glob("quantizer.*"):
-            if q is None or f.name != quantizer_path(self.path, q).name:
-                f.unlink(missing_ok=True)
-                removed = True
+        if q is not None:
+            keep.add(quantizer_path(self.path, q).name)
+        removed = False
+        for folder, own in ((seg_dir, OWN_SEGMENT_FILE), (self.path, OWN_ROOT_FILE)):
+            for f in folder.iterdir():
+                if own.fullmatch(f.name) and f.name not in keep and not f.is_dir():
+                    f.unlink(missing_ok=True)
+                    removed = True
         if removed:
             fsync_dir(seg_dir)
             fsync_dir(self.path)
