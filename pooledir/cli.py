@@ -581,11 +581,10 @@ def search(
     device: Device = "auto",
 ) -> None:
     """Search an index; prints rank, score, id and the start of each document."""
-    from pooledir.pooled_index import PooledIndex
     from pooledir.search import SearchParams
 
     params = SearchParams.from_optional(k, nprobe, candidates, rerank)
-    with PooledIndex.open(index_dir, device=device, query_backend=query_backend) as idx:
+    with _open_index(index_dir, device=device, query_backend=query_backend) as idx:
         results = idx.search(queries, k=k, params=params, with_text=True)
     for query, hits in zip(queries, results):
         if as_json:
@@ -606,10 +605,9 @@ def add(
 ) -> None:
     """Add documents to an index (an existing id is replaced), without retraining."""
     from pooledir.corpus import read_corpus
-    from pooledir.pooled_index import PooledIndex
 
     docs = read_corpus(corpus)
-    with PooledIndex.open(index_dir, device=device, document_backend=document_backend) as idx:
+    with _open_index(index_dir, device=device, document_backend=document_backend) as idx:
         n_long = idx.encoder.count_truncated([d.text for d in docs])
         n = idx.add(docs, show_progress=True).documents
         held = "" if idx.config.passage_stride is None else " entries (documents and passages)"
@@ -623,9 +621,7 @@ def delete(
     ids: Annotated[list[str], typer.Argument(metavar="ID...", help="External document ids.")],
 ) -> None:
     """Delete documents by id; unknown ids fail before anything is deleted."""
-    from pooledir.pooled_index import PooledIndex
-
-    with PooledIndex.open(index_dir, device="cpu") as idx:
+    with _open_index(index_dir, device="cpu") as idx:
         n = idx.delete(ids)
         typer.echo(f"deleted {n} documents; the index now holds {len(idx)}")
 
@@ -638,9 +634,7 @@ def compact(
     ] = None,
 ) -> None:
     """Merge an index's segments into one, dropping deleted vectors (re-training when it has outgrown its sample)."""
-    from pooledir.pooled_index import PooledIndex
-
-    with PooledIndex.open(index_dir, device="cpu") as idx:
+    with _open_index(index_dir, device="cpu") as idx:
         before = idx.info()
         idx.compact(retrain=retrain)
         after = idx.info()
@@ -656,9 +650,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show an index's counts, sizes and settings."""
-    from pooledir.pooled_index import PooledIndex
-
-    with PooledIndex.open(index_dir, device="cpu") as idx:
+    with _open_index(index_dir, device="cpu") as idx:
         data = idx.info()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -699,7 +691,6 @@ def serve(
     """
     from pooledir.encoder import check_backends
     from pooledir.errors import InputError
-    from pooledir.pooled_index import PooledIndex
 
     # the service reads these from the environment (also in worker processes); an option overrides it
     backends = {
@@ -713,7 +704,7 @@ def serve(
     for d in index_dirs:
         # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
         # line, rather than as a traceback from inside the server's start-up
-        with PooledIndex.open(d, device="cpu"):
+        with _open_index(d, device="cpu"):
             pass
     try:
         import uvicorn
@@ -983,12 +974,29 @@ _SQLITE_ENVIRONMENT = ("disk is full", "disk i/o error", "readonly database", "u
 
 
 def sqlite_error_line(e: BaseException) -> str | None:
-    """One line for an sqlite error that the machine caused (a full disk, a read-only file), else None."""
+    """One line for an sqlite error that the machine caused (a full disk, a read-only file) or a damaged file."""
     import sqlite3
 
-    if isinstance(e, sqlite3.OperationalError) and any(m in str(e).lower() for m in _SQLITE_ENVIRONMENT):
-        return f"the document store failed: {e}"
+    if isinstance(e, sqlite3.OperationalError):
+        if any(m in str(e).lower() for m in _SQLITE_ENVIRONMENT):
+            return f"the document store failed: {e}"
+        return None
+    if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+        where = f"{_opened[-1]}/docs.sqlite" if _opened else "the document store"
+        return f"{where} is corrupt: {e}; restore the index folder from a backup or rebuild it"
     return None
+
+
+#: index folders the command opened, for a message about a damage found after the open
+_opened: list[Path] = []
+
+
+def _open_index(path: Path, **kwargs):
+    """``PooledIndex.open``, remembering the folder so that a later sqlite error can name it."""
+    from pooledir.pooled_index import PooledIndex
+
+    _opened.append(path)
+    return PooledIndex.open(path, **kwargs)
 
 
 if __name__ == "__main__":

@@ -316,3 +316,57 @@ def test_index_with_a_pool_threshold(tmp_path, tiny_ckpt, tiny_beir, capsys):
     one_error_line(code, err, "pools <= 0.3, not x2; resume it without --pool-factor/--pool-threshold")
     code, text, err = cli(capsys, *base, "--pool-threshold", "0.3", "--resume")
     assert code == 0 and "already in the index" in text, err
+
+
+def test_damaged_segment_or_store_is_one_line_on_every_command_and_nothing_is_written(tmp_path, built, capsys):
+    """Issue 22, item 11: bit rot in a segment or in a page of docs.sqlite; no traceback, no write goes in."""
+    from tests.index.test_segments_corruption import rot, snapshot_of
+
+    (tmp_path / "new.jsonl").write_text(json.dumps({"_id": "n1", "text": "brain heart study"}) + "\n")
+    commands = [
+        ("info", built),
+        ("search", built, "cancer", "--device", "cpu"),
+        ("add", built, tmp_path / "new.jsonl", "--device", "cpu"),
+        ("delete", built, "c1"),
+        ("compact", built),
+        ("serve", built, "--port", "1"),
+    ]
+    pristine = {p: p.read_bytes() for p in built.rglob("*") if p.is_file()}
+    seg = next(built.rglob("*.faiss"))
+    for damaged, offset, n, message in [(seg, seg.stat().st_size // 2, 64, "is corrupt: its bytes no longer match")]:
+        rot(damaged, offset, n)
+        before = snapshot_of(built)
+        for args in commands:
+            code, _, err = cli(capsys, *args)
+            one_error_line(code, err, message)
+        assert snapshot_of(built) == before
+        for p, data in pristine.items():
+            p.write_bytes(data)
+    rot(built / "docs.sqlite", 100, 2000)
+    for args in commands:
+        code, _, err = cli(capsys, *args)
+        one_error_line(code, err, f"{built}/docs.sqlite is corrupt: ")
+
+
+def test_a_full_disk_at_the_sqlite_commit_is_one_line_and_loses_nothing(tmp_path, built, capsys, monkeypatch):
+    from pooledir import store
+
+    real = store.DocStore.__init__
+
+    def small_disk(self, path):  # sqlite's own "database or disk is full" (SQLITE_FULL), at the commit
+        real(self, path)
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        self.conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+
+    monkeypatch.setattr(store.DocStore, "__init__", small_disk)
+    with open(tmp_path / "new.jsonl", "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"_id": f"n{i}", "text": "brain heart study " * 300}) + "\n")
+    segments = sorted(built.rglob("*.faiss"))
+    code, _, err = cli(capsys, "add", built, tmp_path / "new.jsonl", "--device", "cpu")
+    one_error_line(code, err, "no space left on device for ")
+    assert "nothing of this write was committed" in err
+    monkeypatch.undo()
+    assert sorted(built.rglob("*.faiss")) == segments
+    code, out, _ = cli(capsys, "info", built, "--json")
+    assert json.loads(out)["documents"] == 40
