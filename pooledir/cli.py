@@ -701,21 +701,129 @@ def serve(
     if use_ray:
         _serve_ray(index_dirs, host, port, device, address, replicas, backends)
         return
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port; pass 1..65535")
+    if workers < 1:
+        raise InputError(f"--workers {workers} must be >= 1")
+    _check_distinct_indexes(index_dirs)
     for d in index_dirs:
         # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
         # line, rather than as a traceback from inside the server's start-up
-        with _open_index(d, device="cpu"):
-            pass
+        with _open_index(d, device="cpu") as idx:
+            manifest = idx.manifest
+        _check_checkpoint_dim(d, manifest)
     try:
         import uvicorn
     except ImportError:
         raise InputError('the service needs its extra: pip install "pooledir[service]"') from None
-    # the service reads its settings from the environment, also in worker processes
-    os.environ["POOLEDIR_INDEXES"] = json.dumps([str(d.resolve()) for d in index_dirs])
+    # the service reads its settings from the environment, also in worker processes; an index is served
+    # under the name given (a symlink's, not its target's), so the path is made absolute without resolving
+    os.environ["POOLEDIR_INDEXES"] = json.dumps([os.path.abspath(d) for d in index_dirs])
     os.environ["POOLEDIR_DEVICE"] = device
     os.environ.update(backends)
+    _check_service_settings()
+    _check_port_free(host, port)  # before the workers load a model for seconds, then fail to bind
     # the library never imports the service: uvicorn loads it by name
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+def _check_distinct_indexes(index_dirs: list[Path]) -> None:
+    """Each index folder once, under a name of its own: two links to one folder would open it twice."""
+    from pooledir.errors import InputError
+
+    seen: dict[Path, Path] = {}
+    names: dict[str, Path] = {}
+    for d in index_dirs:
+        real = d.resolve()
+        if real in seen:
+            raise InputError(f"{seen[real]} and {d} are the same index folder ({real}); serve it once")
+        seen[real] = d
+        name = Path(os.path.abspath(d)).name
+        if name in names:
+            raise InputError(
+                f"{names[name]} and {d} would both be served as {name!r}; serve folders with distinct names"
+            )
+        names[name] = d
+
+
+def _check_checkpoint_dim(index_dir: Path, manifest) -> None:
+    """Refuse a checkpoint ($POOLEDIR_CHECKPOINT, else the manifest's) whose vectors differ from the index's.
+
+    Reads only the checkpoint's weight shapes (a safetensors header, a Dense module's config), not the model.
+    """
+    from pooledir.errors import InputError
+
+    given = os.environ.get("POOLEDIR_CHECKPOINT")
+    path = Path(given or manifest.checkpoint)
+    dim = _checkpoint_dim(path)
+    if dim is not None and dim != manifest.dim:
+        source = "$POOLEDIR_CHECKPOINT" if given else "the checkpoint in its manifest"
+        raise InputError(
+            f"{index_dir} holds {manifest.dim}-d vectors but {source} ({path}) makes {dim}-d ones; "
+            "serve it with the checkpoint it was built with"
+        )
+
+
+def _checkpoint_dim(path: Path) -> int | None:
+    """The output dimension of a local checkpoint folder, from its files' headers; None when it cannot tell."""
+    try:
+        modules = path / "modules.json"
+        if modules.is_file():  # PyLate: the last Dense module's out_features
+            dense = [m["path"] for m in json.loads(modules.read_text()) if str(m.get("type", "")).endswith("Dense")]
+            return int(json.loads((path / dense[-1] / "config.json").read_text())["out_features"]) if dense else None
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="numpy") as f:
+            return int(f.get_slice("linear.weight").get_shape()[0]) if "linear.weight" in f.keys() else None
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None  # unreadable here: the service's own start-up reports it
+
+
+def _check_service_settings() -> None:
+    """Validate the service's settings ($POOLEDIR_*) here, as one line, instead of in each worker's start-up."""
+    import importlib
+
+    from pooledir.errors import InputError
+
+    try:
+        settings = importlib.import_module("service.settings")  # the library never imports the service by name
+        from pydantic import ValidationError
+    except ImportError:
+        return  # uvicorn's own import of the service then says what is missing
+    try:
+        settings.Settings()
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else ""
+        name = f"POOLEDIR_{field.upper()}" if field else "a POOLEDIR_ setting"
+        value = os.environ.get(name, err.get("input"))
+        raise InputError(f"{name}={value!r:.80} is not valid: {err['msg']}") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once (as uvicorn will, with SO_REUSEADDR), so a taken port is one line, not a late abort."""
+    import errno
+    import socket
+
+    from pooledir.errors import InputError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror as e:
+        raise InputError(f"--host {host!r} is not an address this machine can bind: {e.strerror}") from None
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InputError(
+                    f"port {port} is in use on {host}; stop what serves there or pick another --port"
+                ) from None
+            raise InputError(f"cannot bind {host}:{port}: {e.strerror or e}") from None
 
 
 def _serve_ray(

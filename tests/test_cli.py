@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -370,3 +371,58 @@ def test_a_full_disk_at_the_sqlite_commit_is_one_line_and_loses_nothing(tmp_path
     assert sorted(built.rglob("*.faiss")) == segments
     code, out, _ = cli(capsys, "info", built, "--json")
     assert json.loads(out)["documents"] == 40
+
+
+@pytest.fixture()
+def no_server(monkeypatch):
+    """uvicorn.run records its call instead of serving; the service's environment is restored afterwards."""
+    uvicorn = pytest.importorskip("uvicorn")
+    for key in ("POOLEDIR_INDEXES", "POOLEDIR_DEVICE", "POOLEDIR_QUERY_BACKEND", "POOLEDIR_DOCUMENT_BACKEND"):
+        monkeypatch.delenv(key, raising=False)
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append((a, kw, os.environ["POOLEDIR_INDEXES"])))
+    return calls
+
+
+def test_serve_checks_its_settings_port_and_indexes_before_starting(tmp_path, built, capsys, monkeypatch, no_server):
+    """Issue 22, items 11 and 13: each a line and exit 2 before any model loads or any port is bound."""
+    import socket
+
+    from pooledir.checkpoint import convert_checkpoint
+    from tests.conftest import make_tiny_bert
+
+    (tmp_path / "a").symlink_to(built)
+    (tmp_path / "b").symlink_to(built)
+    other = convert_checkpoint(make_tiny_bert(tmp_path / "bert"), tmp_path / "ck8", dim=8, doc_maxlen=64)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            ((built, "--port", "99999"), {}, "--port 99999 is not a TCP port; pass 1..65535"),
+            ((built, "--port", "0"), {}, "--port 0 is not a TCP port"),
+            ((built, "--port", "8123"), {"POOLEDIR_MAX_K": "abc"}, "POOLEDIR_MAX_K='abc' is not valid"),
+            ((tmp_path / "a", tmp_path / "b"), {}, "are the same index folder"),
+            ((built,), {"POOLEDIR_CHECKPOINT": str(other)}, "holds 16-d vectors but $POOLEDIR_CHECKPOINT"),
+            ((built, "--port", str(port)), {}, f"port {port} is in use on 127.0.0.1"),
+        ]
+        for args, env, message in cases:
+            with monkeypatch.context() as m:
+                for key, value in env.items():
+                    m.setenv(key, value)
+                code, _, err = cli(capsys, "serve", *args)
+            one_error_line(code, err, message)
+    assert no_server == []
+
+
+def test_serve_names_a_symlinked_index_by_the_link(tmp_path, built, capsys, no_server, monkeypatch):
+    from pooledir import cli as cli_module
+
+    # 8123 may be taken on this machine
+    monkeypatch.setattr(cli_module, "_check_port_free", lambda host, port: None, raising=False)
+    link = tmp_path / "served-name"
+    link.symlink_to(built)
+    code, _, err = cli(capsys, "serve", link, "--port", "8123")
+    assert code == 0, err
+    (_, kwargs, indexes) = no_server[0]
+    assert kwargs["port"] == 8123 and [Path(p).name for p in json.loads(indexes)] == ["served-name"]
