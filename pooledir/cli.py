@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say pooledir[onnx], pooledir[distributed]: not rich markup
     help="Multi-vector (ColBERT) retrieval with token pooling: build, update and search pooled indexes.",
 )
 
@@ -348,7 +349,7 @@ def _index_streamed(
             raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
-        _print_summary(idx.info(), documents=report.added if idx.config.passage_stride is not None else None)
+        _print_summary(idx.info(), _holding(idx))
     if corpus is not None and encoder is not None:
         n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
         _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
@@ -444,6 +445,7 @@ def encode(
     from pooledir.corpus import count_documents, iter_corpus
     from pooledir.encoder import ColBERTEncoder, check_backends
     from pooledir.errors import InputError, PooledirError
+    from pooledir.outdir import cleanup_on_failure
     from pooledir.shards import read_shard_manifest
 
     check_backends(document_backend=document_backend)
@@ -496,20 +498,26 @@ def encode(
     if first is None:
         raise InputError(f"{corpus}: no documents found")
     docs = chain([first], docs)
-    if have and checkpoint is None:
-        settings = {key: v for key, v in have.encoder.items() if key != "dim"}
-        encoder = ColBERTEncoder(
-            have.checkpoint, device=device, batch_size=batch_size, document_backend=document_backend, **settings
-        )
-    else:
-        encoder = ColBERTEncoder(
-            checkpoint or default_checkpoint(), device=device, batch_size=batch_size, document_backend=document_backend
-        )
+    fresh, created = _claim_shard_folder(out, resume or n > 1)  # before the model loads: that takes seconds
     try:
+        if have and checkpoint is None:
+            settings = {key: v for key, v in have.encoder.items() if key != "dim"}
+            encoder = ColBERTEncoder(
+                have.checkpoint, device=device, batch_size=batch_size, document_backend=document_backend, **settings
+            )
+        else:
+            encoder = ColBERTEncoder(
+                checkpoint or default_checkpoint(),
+                device=device,
+                batch_size=batch_size,
+                document_backend=document_backend,
+            )
         report = encode_corpus(docs, out, encoder, config, resume=resume, total=count_documents(corpus))
     except BaseException as e:
         done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
         if not done:
+            if fresh:  # nothing completed: leave no folder (or contents) behind that blocks the retry
+                cleanup_on_failure(out, created)
             raise
         kept = f"the {done} completed shards in {out} are kept"
         if isinstance(e, PooledirError):
@@ -524,6 +532,25 @@ def encode(
         + f"; {out} holds {len(manifest.shards)} shards, {manifest.documents} documents"
         + ("" if manifest.complete else " (not complete: other parts or a resume still to run)")
     )
+
+
+def _claim_shard_folder(out: Path, may_continue: bool) -> tuple[bool, Path | None]:
+    """Check ``out`` before any model loads; claim it when the encode starts it afresh.
+
+    Returns (fresh, the topmost folder created): a fresh folder that ends without one completed
+    shard is removed again (its contents only, when it existed empty). A folder with shards that
+    ``--resume``/``--part`` continues is never removed.
+    """
+    from pooledir.errors import InputError
+    from pooledir.outdir import claim_output_folder
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; pick a folder for the shards")
+    if out.is_dir() and any(out.iterdir()):
+        if not may_continue:
+            raise InputError(f"{out} exists and is not empty; pick a new folder, or continue the encode with --resume")
+        return False, None
+    return True, claim_output_folder(out)
 
 
 def _part(part: str | None) -> tuple[int, int]:
@@ -553,14 +580,32 @@ def _print_long_documents(n_long: int, doc_maxlen: int, passage_stride: int | No
         )
 
 
-def _print_summary(info: dict, documents: int | None = None) -> None:
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _holding(idx) -> str:
+    """What an index holds, one wording for every command: 'N documents', with passages 'N documents (M passages)'.
+
+    A passage index stores a short document as one row and a long one as a row per passage; M counts the rows.
+    """
+    rows = len(idx)
+    if idx.config.passage_stride is None:
+        return _plural(rows, "document")
+    from pooledir.passages import is_passage_id
+
+    store = idx.folder.store  # passage rows end in #p<number> (refused as document ids in such an index)
+    ids = [r[0] for r in store.conn.execute("SELECT ext_id FROM docs WHERE ext_id GLOB '*#p[0-9]*'")]
+    passages = [i for i in ids if is_passage_id(i)]
+    documents = rows - len(passages) + sum(i.endswith("#p0") for i in passages)
+    return f"{_plural(documents, 'document')} ({_plural(rows, 'passage')})"
+
+
+def _print_summary(info: dict, what: str) -> None:
     before, after = info["vectors_before_pooling"], info["vectors"]
     f16 = 2 * info["backend"]["dim"]  # bytes of one float16 vector
     threshold = info.get("pool_threshold")
     pooling = f"x{info['pool_factor']}" if threshold is None else f"<= {threshold:g} (adaptive)"
-    stored = info["documents"]
-    # with passages, stored rows are passages and short documents: name both counts
-    what = f"{documents} documents ({stored} passages)" if documents not in (None, stored) else f"{stored} documents"
     typer.echo(
         f"{what}: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
         f"{after} after pooling {pooling} ({after * f16 / 1e6:.1f} MB, {after / max(before, 1):.1%}); "
@@ -610,8 +655,7 @@ def add(
     with _open_index(index_dir, device=device, document_backend=document_backend) as idx:
         n_long = idx.encoder.count_truncated([d.text for d in docs])
         n = idx.add(docs, show_progress=True).documents
-        held = "" if idx.config.passage_stride is None else " entries (documents and passages)"
-        typer.echo(f"added {n} documents; the index now holds {len(idx)}{held}")
+        typer.echo(f"added {_plural(n, 'document')}; the index now holds {_holding(idx)}")
         _print_long_documents(n_long, idx.encoder.settings.doc_maxlen, idx.config.passage_stride)
 
 
@@ -623,7 +667,7 @@ def delete(
     """Delete documents by id; unknown ids fail before anything is deleted."""
     with _open_index(index_dir, device="cpu") as idx:
         n = idx.delete(ids)
-        typer.echo(f"deleted {n} documents; the index now holds {len(idx)}")
+        typer.echo(f"deleted {_plural(n, 'document')}; the index now holds {_holding(idx)}")
 
 
 @app.command()
@@ -638,9 +682,10 @@ def compact(
         before = idx.info()
         idx.compact(retrain=retrain)
         after = idx.info()
+        what = _holding(idx)
     typer.echo(
         f"compacted {len(before['segments'])} segment(s) with {before['deleted_vectors']} deleted vectors into "
-        f"{len(after['segments'])}; {after['documents']} documents, {after['index_bytes'] / 1e6:.2f} MB on disk"
+        f"{len(after['segments'])}; {what}, {after['index_bytes'] / 1e6:.2f} MB on disk"
     )
 
 
@@ -652,10 +697,11 @@ def info(
     """Show an index's counts, sizes and settings."""
     with _open_index(index_dir, device="cpu") as idx:
         data = idx.info()
+        what = _holding(idx)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    _print_summary(data)
+    _print_summary(data, what)
     typer.echo(f"device: {data['device']}")
     typer.echo(f"checkpoint: {data['checkpoint']}")
     typer.echo(f"backend: {json.dumps(data['backend'])}")
@@ -909,7 +955,7 @@ def convert_checkpoint_cmd(
     typer.echo(f"wrote ColBERT checkpoint {path} (dim {dim}, zero-shot: a trained checkpoint retrieves better)")
 
 
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate on BEIR datasets and report.")
+eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Evaluate on BEIR datasets and report.")
 app.add_typer(eval_app, name="eval")
 
 
@@ -1015,12 +1061,22 @@ def main() -> None:
     ``error: ...`` and exit 2; Ctrl-C prints ``interrupted`` and exits 130. Anything else is a
     bug and keeps its traceback.
     """
-    from pooledir.errors import PooledirError
-
     # torch and faiss each run an OpenMP pool; busy-waiting workers of one steal the cores from the
     # other (measured: one query 99 ms -> 71 ms on 2 cores). Must be set before either loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=os.environ.get("POOLEDIR_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
+    stderr, sys.stderr = sys.stderr, _LineTracker(sys.stderr)
+    try:
+        code = _run_app()
+    finally:
+        sys.stderr = stderr
+    sys.exit(code)
+
+
+def _run_app() -> int:
+    """The app, with every failure mapped to its line and exit code (see :func:`main`)."""
+    from pooledir.errors import PooledirError
+
     try:
         code = app(standalone_mode=False)
     except PooledirError as e:
@@ -1041,11 +1097,33 @@ def main() -> None:
     # typer answers a KeyboardInterrupt with Exit(130), which standalone_mode=False returns as a code
     if code == 130:
         _fail("interrupted", 130)
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
+
+
+class _LineTracker:
+    """stderr, remembering whether its last write ended a line: a message then starts on a line of its own.
+
+    A Ctrl-C can land while a progress bar is half drawn (inside tqdm, after it wrote its line and before
+    it could be closed); the bar's line then has no end.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     _close_progress_bars()
+    if isinstance(sys.stderr, _LineTracker) and not sys.stderr.at_line_start:
+        sys.stderr.write("\n")
     typer.secho(f"error: {message}" if code == 2 else message, err=True, fg="red")
     sys.exit(code)
 

@@ -89,7 +89,7 @@ def cli(capsys, *args):
 def one_error_line(code, err, expected, exit_code=2):
     """The exit code, and one message line after whatever progress bars were drawn; no traceback."""
     assert code == exit_code, err
-    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and "doc/s]" not in x]
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and "doc/s" not in x]
     assert len(lines) == 1 and expected in lines[0], err
 
 
@@ -426,3 +426,66 @@ def test_serve_names_a_symlinked_index_by_the_link(tmp_path, built, capsys, no_s
     assert code == 0, err
     (_, kwargs, indexes) = no_server[0]
     assert kwargs["port"] == 8123 and [Path(p).name for p in json.loads(indexes)] == ["served-name"]
+
+
+def test_help_keeps_the_extras_in_brackets():
+    """Issue 22, item 14: rich markup swallowed [distributed] and [onnx]."""
+    assert "pooledir[distributed]" in run("index", "--help").stdout.replace("\n", " ").replace("  ", "")
+    assert "pooledir[onnx]" in run("search", "--help").stdout
+
+
+def test_counts_are_pluralised_and_a_passage_index_says_documents_and_passages(tmp_path, built, tiny_ckpt, capsys):
+    (tmp_path / "one.jsonl").write_text(json.dumps({"_id": "n1", "text": "brain heart study"}) + "\n")
+    code, out, err = cli(capsys, "add", built, tmp_path / "one.jsonl", "--device", "cpu")
+    assert code == 0 and "added 1 document; the index now holds 41 documents" in out, err
+    code, out, err = cli(capsys, "delete", built, "n1")
+    assert code == 0 and "deleted 1 document; the index now holds 40 documents" in out, err
+
+    from tests.conftest import WORDS
+
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "c.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"_id": f"d{i}", "text": " ".join(rng.choice(WORDS, 20))}) + "\n")
+        f.write(json.dumps({"_id": "long", "text": " ".join(rng.choice(WORDS, 300))}) + "\n")
+    split = tmp_path / "split"
+    code, out, err = cli(
+        capsys, "index", corpus, "--out", split, "--checkpoint", tiny_ckpt, "--index", "flat", "--split-passages"
+    )
+    assert code == 0, err
+    rows = json.loads(cli(capsys, "info", split, "--json")[1])["documents"]
+    assert rows > 6  # the long document is several passage rows
+    held = f"6 documents ({rows} passages)"
+    assert out.startswith(f"{held}: ")
+    assert cli(capsys, "info", split)[1].startswith(f"{held}: ")
+    code, out, err = cli(capsys, "add", split, tmp_path / "one.jsonl", "--device", "cpu")
+    assert code == 0 and f"added 1 document; the index now holds 7 documents ({rows + 1} passages)" in out, err
+    code, out, err = cli(capsys, "delete", split, "long")
+    assert code == 0 and "deleted 1 document; the index now holds 6 documents (6 passages)" in out, err
+
+
+def test_a_format_version_of_the_wrong_type_says_so(built, capsys):
+    manifest = json.loads((built / "manifest.json").read_text())
+    (built / "manifest.json").write_text(json.dumps(manifest | {"format_version": "2"}))
+    code, _, err = cli(capsys, "info", built)
+    one_error_line(code, err, 'has format_version "2" (a string), this pooledir reads 2')
+
+
+def test_encode_checks_out_before_the_model_and_leaves_nothing_on_failure(tmp_path, tiny_beir, capsys, monkeypatch):
+    from pooledir import encoder
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    with monkeypatch.context() as m:
+        m.setattr(encoder.ColBERTEncoder, "__init__", lambda *a, **kw: pytest.fail("the model loaded first"))
+        for out, message in [(afile, "is a file; pick a folder for the shards"), (tmp_path / "full", "is not empty")]:
+            code, _, err = cli(capsys, "encode", tiny_beir, "--out", out, "--checkpoint", tmp_path / "ck")
+            one_error_line(code, err, message)
+    assert afile.read_text() == "keep me" and (tmp_path / "full" / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "new" / "shards"
+    code, _, err = cli(capsys, "encode", tiny_beir, "--out", out, "--checkpoint", tmp_path / "no-such-checkpoint")
+    one_error_line(code, err, "no-such-checkpoint")
+    assert not (tmp_path / "new").exists()  # the folders it made for the failed encode are gone

@@ -208,6 +208,10 @@ def train_quantizer(
     index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, nbits, faiss.METRIC_INNER_PRODUCT)
     index.own_fields = True
     quantizer.this.disown()
+    # below 39 points a centroid faiss prints a raw "WARNING clustering ..." to stderr; the sample size is
+    # the config's choice (train_sample), and the warning changes nothing in how faiss trains
+    index.cp.min_points_per_centroid = 1
+    index.pq.cp.min_points_per_centroid = 1
     x = np.ascontiguousarray(sample, dtype=np.float32)
     if use_gpu and nbits == 8 and faiss_gpu_available():
         res = faiss.StandardGpuResources()
