@@ -53,6 +53,7 @@ _EXPORTS = {
     "DocumentNotFoundError": "pooledir.errors",
     "IndexCorruptError": "pooledir.errors",
     "InputError": "pooledir.errors",
+    "NoSpaceError": "pooledir.errors",
     "PooledirError": "pooledir.errors",
     "AddResult": "pooledir.pooled_index",
     "Hit": "pooledir.pooled_index",

@@ -290,6 +290,52 @@ class _NewDocuments:
 
 
 # -- the pipeline ----------------------------------------------------------------------------------------------
+class _Progress:
+    """The build's bar: documents counted as they are encoded; the postfix names the stage and what is committed.
+
+    A first chunk of IVF-PQ is held until it can train (``train_sample`` vectors: a whole small corpus), then
+    trained for minutes: the postfix says so, with the committed counts, instead of 0% or 100% and nothing.
+    """
+
+    def __init__(self, total: int | None, show: bool, report: BuildReport) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="index", unit="doc", disable=not show, smoothing=0.05)
+        self.report = report
+        self.counted = 0  # documents of the chunk in progress already on the bar
+        self.held = 0  # documents encoded and held for training, not committed yet
+        self.name = "read"
+
+    def stage(self, name: str) -> None:
+        self.name = name
+        r = self.report
+        held = f", {self.held:,} held for training" if self.held else ""
+        self.bar.set_postfix_str(f"{name}; committed {r.added:,} documents, {r.vectors:,} vectors{held}")
+
+    def advance(self, n: int) -> None:
+        self.bar.update(n)
+        self.counted += n
+
+    def chunk_done(self, n_read: int) -> None:
+        self.bar.update(n_read - self.counted)
+        self.counted = 0
+        self.stage("read")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _encode(encoder: ColBERTEncoder, docs: list[Document], progress: _Progress) -> list[np.ndarray]:
+    """Encode in slices of a few encoder batches, so the bar moves while a large chunk encodes."""
+    progress.stage("encode")
+    step = max(64, 8 * encoder.batch_size)
+    out: list[np.ndarray] = []
+    for i in range(0, len(docs), step):
+        out += encoder.encode_documents([d.text for d in docs[i : i + step]])
+        progress.advance(min(step, len(docs) - i))
+    return out
+
+
 def _run(
     chunks: Iterator[Chunk],
     index: PooledIndex,
@@ -298,7 +344,6 @@ def _run(
     show_progress: bool,
     total: int | None,
 ) -> BuildReport:
-    from tqdm.auto import tqdm
 
     from pooledir.pooling import pool_embeddings
 
@@ -318,6 +363,11 @@ def _run(
 
     def add(chunk: Chunk) -> None:
         t = time.perf_counter()
+        trains = cfg.backend != "flat" and index.folder.snapshot.quantizer is None
+        if trains and len(index) == 0 and chunk.n_vectors >= cfg.train_min_vectors:
+            progress.stage(f"train IVF-PQ on {min(chunk.n_vectors, cfg.train_sample):,} vectors, write")
+        else:
+            progress.stage("write")
         index.add(chunk.docs, embeddings=chunk.vectors, pooled=True, n_tokens=chunk.n_tokens)
         report.add_s += time.perf_counter() - t
         report.added += len(chunk.docs)
@@ -329,7 +379,7 @@ def _run(
     def held(*extra: int) -> None:
         report.max_vectors_held = max(report.max_vectors_held, sum(c.n_vectors for c in buffer) + sum(extra))
 
-    bar = tqdm(total=total, desc="index", unit="doc", disable=not show_progress, smoothing=0.05)
+    progress = _Progress(total, show_progress, report)
     try:
         for chunk in chunks:
             n_read = len(chunk.docs)
@@ -339,6 +389,7 @@ def _run(
                 if chunk.vectors is not None:
                     raise InputError("an index that splits documents into passages cannot take encoded shards")
                 t = time.perf_counter()
+                progress.stage("split, encode, pool, write")
                 result = index.add(chunk.docs)  # splits, encodes, pools and commits
                 report.add_s += time.perf_counter() - t
                 report.added += len(chunk.docs)
@@ -348,12 +399,13 @@ def _run(
             elif chunk.docs:
                 if chunk.vectors is None:
                     t = time.perf_counter()
-                    chunk.vectors = encoder.encode_documents([d.text for d in chunk.docs])
+                    chunk.vectors = _encode(encoder, chunk.docs, progress)
                     chunk.n_tokens = np.array([len(v) for v in chunk.vectors], dtype=np.int64)
                     report.encode_s += time.perf_counter() - t
                 held(chunk.n_vectors)
                 if not chunk.pooled and cfg.pools:
                     t = time.perf_counter()
+                    progress.stage("pool")
                     pooled = pool_embeddings(
                         chunk.vectors,
                         cfg.pool_factor,
@@ -368,21 +420,22 @@ def _run(
                 chunk.pooled = True
                 if buffering:
                     buffer.append(chunk)
+                    progress.held += len(chunk.docs)
                     if sum(c.n_vectors for c in buffer) >= cfg.train_sample:
                         add(_merge(buffer))
-                        buffer, buffering = [], False
+                        buffer, buffering, progress.held = [], False, 0
                 else:
                     add(chunk)
             report.documents += n_read
-            bar.set_postfix(added=report.added, vectors=report.vectors, refresh=False)
-            bar.update(n_read)
+            progress.chunk_done(n_read)
             del chunk  # before the next one is read: at most one chunk (plus the training buffer) is alive
         if buffer:
             add(_merge(buffer))
-            buffer = []
+            buffer, progress.held = [], 0
+        progress.stage("done")
         new.finish()
     finally:
-        bar.close()
+        progress.close()
     if report.documents == 0:
         raise InputError("the input holds no documents")
     report.seconds = time.perf_counter() - t_start

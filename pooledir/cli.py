@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say pooledir[onnx], pooledir[distributed]: not rich markup
     help="Multi-vector (ColBERT) retrieval with token pooling: build, update and search pooled indexes.",
 )
 
@@ -351,7 +352,7 @@ def _index_streamed(
             raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
-        _print_summary(idx.info(), documents=report.added if idx.config.passage_stride is not None else None)
+        _print_summary(idx.info(), _holding(idx))
     if corpus is not None and encoder is not None:
         n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
         _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
@@ -447,6 +448,7 @@ def encode(
     from pooledir.corpus import count_documents, iter_corpus
     from pooledir.encoder import ColBERTEncoder, check_backends
     from pooledir.errors import InputError, PooledirError
+    from pooledir.outdir import cleanup_on_failure
     from pooledir.shards import read_shard_manifest
 
     check_backends(document_backend=document_backend)
@@ -499,20 +501,26 @@ def encode(
     if first is None:
         raise InputError(f"{corpus}: no documents found")
     docs = chain([first], docs)
-    if have and checkpoint is None:
-        settings = {key: v for key, v in have.encoder.items() if key != "dim"}
-        encoder = ColBERTEncoder(
-            have.checkpoint, device=device, batch_size=batch_size, document_backend=document_backend, **settings
-        )
-    else:
-        encoder = ColBERTEncoder(
-            checkpoint or default_checkpoint(), device=device, batch_size=batch_size, document_backend=document_backend
-        )
+    fresh, created = _claim_shard_folder(out, resume or n > 1)  # before the model loads: that takes seconds
     try:
+        if have and checkpoint is None:
+            settings = {key: v for key, v in have.encoder.items() if key != "dim"}
+            encoder = ColBERTEncoder(
+                have.checkpoint, device=device, batch_size=batch_size, document_backend=document_backend, **settings
+            )
+        else:
+            encoder = ColBERTEncoder(
+                checkpoint or default_checkpoint(),
+                device=device,
+                batch_size=batch_size,
+                document_backend=document_backend,
+            )
         report = encode_corpus(docs, out, encoder, config, resume=resume, total=count_documents(corpus))
     except BaseException as e:
         done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
         if not done:
+            if fresh:  # nothing completed: leave no folder (or contents) behind that blocks the retry
+                cleanup_on_failure(out, created)
             raise
         kept = f"the {done} completed shards in {out} are kept"
         if isinstance(e, PooledirError):
@@ -527,6 +535,25 @@ def encode(
         + f"; {out} holds {len(manifest.shards)} shards, {manifest.documents} documents"
         + ("" if manifest.complete else " (not complete: other parts or a resume still to run)")
     )
+
+
+def _claim_shard_folder(out: Path, may_continue: bool) -> tuple[bool, Path | None]:
+    """Check ``out`` before any model loads; claim it when the encode starts it afresh.
+
+    Returns (fresh, the topmost folder created): a fresh folder that ends without one completed
+    shard is removed again (its contents only, when it existed empty). A folder with shards that
+    ``--resume``/``--part`` continues is never removed.
+    """
+    from pooledir.errors import InputError
+    from pooledir.outdir import claim_output_folder
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; pick a folder for the shards")
+    if out.is_dir() and any(out.iterdir()):
+        if not may_continue:
+            raise InputError(f"{out} exists and is not empty; pick a new folder, or continue the encode with --resume")
+        return False, None
+    return True, claim_output_folder(out)
 
 
 def _part(part: str | None) -> tuple[int, int]:
@@ -556,14 +583,32 @@ def _print_long_documents(n_long: int, doc_maxlen: int, passage_stride: int | No
         )
 
 
-def _print_summary(info: dict, documents: int | None = None) -> None:
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _holding(idx) -> str:
+    """What an index holds, one wording for every command: 'N documents', with passages 'N documents (M passages)'.
+
+    A passage index stores a short document as one row and a long one as a row per passage; M counts the rows.
+    """
+    rows = len(idx)
+    if idx.config.passage_stride is None:
+        return _plural(rows, "document")
+    from pooledir.passages import is_passage_id
+
+    store = idx.folder.store  # passage rows end in #p<number> (refused as document ids in such an index)
+    ids = [r[0] for r in store.conn.execute("SELECT ext_id FROM docs WHERE ext_id GLOB '*#p[0-9]*'")]
+    passages = [i for i in ids if is_passage_id(i)]
+    documents = rows - len(passages) + sum(i.endswith("#p0") for i in passages)
+    return f"{_plural(documents, 'document')} ({_plural(rows, 'passage')})"
+
+
+def _print_summary(info: dict, what: str) -> None:
     before, after = info["vectors_before_pooling"], info["vectors"]
     f16 = 2 * info["backend"]["dim"]  # bytes of one float16 vector
     threshold = info.get("pool_threshold")
     pooling = f"x{info['pool_factor']}" if threshold is None else f"<= {threshold:g} (adaptive)"
-    stored = info["documents"]
-    # with passages, stored rows are passages and short documents: name both counts
-    what = f"{documents} documents ({stored} passages)" if documents not in (None, stored) else f"{stored} documents"
     typer.echo(
         f"{what}: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
         f"{after} after pooling {pooling} ({after * f16 / 1e6:.1f} MB, {after / max(before, 1):.1%}); "
@@ -584,11 +629,10 @@ def search(
     device: Device = "auto",
 ) -> None:
     """Search an index; prints rank, score, id and the start of each document."""
-    from pooledir.pooled_index import PooledIndex
     from pooledir.search import SearchParams
 
     params = SearchParams.from_optional(k, nprobe, candidates, rerank)
-    with PooledIndex.open(index_dir, device=device, query_backend=query_backend) as idx:
+    with _open_index(index_dir, device=device, query_backend=query_backend) as idx:
         results = idx.search(queries, k=k, params=params, with_text=True)
     for query, hits in zip(queries, results):
         if as_json:
@@ -609,14 +653,12 @@ def add(
 ) -> None:
     """Add documents to an index (an existing id is replaced), without retraining."""
     from pooledir.corpus import read_corpus
-    from pooledir.pooled_index import PooledIndex
 
     docs = read_corpus(corpus)
-    with PooledIndex.open(index_dir, device=device, document_backend=document_backend) as idx:
+    with _open_index(index_dir, device=device, document_backend=document_backend) as idx:
         n_long = idx.encoder.count_truncated([d.text for d in docs])
         n = idx.add(docs, show_progress=True).documents
-        held = "" if idx.config.passage_stride is None else " entries (documents and passages)"
-        typer.echo(f"added {n} documents; the index now holds {len(idx)}{held}")
+        typer.echo(f"added {_plural(n, 'document')}; the index now holds {_holding(idx)}")
         _print_long_documents(n_long, idx.encoder.settings.doc_maxlen, idx.config.passage_stride)
 
 
@@ -626,11 +668,9 @@ def delete(
     ids: Annotated[list[str], typer.Argument(metavar="ID...", help="External document ids.")],
 ) -> None:
     """Delete documents by id; unknown ids fail before anything is deleted."""
-    from pooledir.pooled_index import PooledIndex
-
-    with PooledIndex.open(index_dir, device="cpu") as idx:
+    with _open_index(index_dir, device="cpu") as idx:
         n = idx.delete(ids)
-        typer.echo(f"deleted {n} documents; the index now holds {len(idx)}")
+        typer.echo(f"deleted {_plural(n, 'document')}; the index now holds {_holding(idx)}")
 
 
 @app.command()
@@ -641,15 +681,14 @@ def compact(
     ] = None,
 ) -> None:
     """Merge an index's segments into one, dropping deleted vectors (re-training when it has outgrown its sample)."""
-    from pooledir.pooled_index import PooledIndex
-
-    with PooledIndex.open(index_dir, device="cpu") as idx:
+    with _open_index(index_dir, device="cpu") as idx:
         before = idx.info()
         idx.compact(retrain=retrain)
         after = idx.info()
+        what = _holding(idx)
     typer.echo(
         f"compacted {len(before['segments'])} segment(s) with {before['deleted_vectors']} deleted vectors into "
-        f"{len(after['segments'])}; {after['documents']} documents, {after['index_bytes'] / 1e6:.2f} MB on disk"
+        f"{len(after['segments'])}; {what}, {after['index_bytes'] / 1e6:.2f} MB on disk"
     )
 
 
@@ -659,14 +698,13 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show an index's counts, sizes and settings."""
-    from pooledir.pooled_index import PooledIndex
-
-    with PooledIndex.open(index_dir, device="cpu") as idx:
+    with _open_index(index_dir, device="cpu") as idx:
         data = idx.info()
+        what = _holding(idx)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    _print_summary(data)
+    _print_summary(data, what)
     typer.echo(f"device: {data['device']}")
     typer.echo(f"checkpoint: {data['checkpoint']}")
     typer.echo(f"backend: {json.dumps(data['backend'])}")
@@ -702,7 +740,6 @@ def serve(
     """
     from pooledir.encoder import check_backends
     from pooledir.errors import InputError
-    from pooledir.pooled_index import PooledIndex
 
     # the service reads these from the environment (also in worker processes); an option overrides it
     backends = {
@@ -713,21 +750,129 @@ def serve(
     if use_ray:
         _serve_ray(index_dirs, host, port, device, address, replicas, backends)
         return
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port; pass 1..65535")
+    if workers < 1:
+        raise InputError(f"--workers {workers} must be >= 1")
+    _check_distinct_indexes(index_dirs)
     for d in index_dirs:
         # open each index fully (manifest, documents, vector file) so a damaged one fails here, in one
         # line, rather than as a traceback from inside the server's start-up
-        with PooledIndex.open(d, device="cpu"):
-            pass
+        with _open_index(d, device="cpu") as idx:
+            manifest = idx.manifest
+        _check_checkpoint_dim(d, manifest)
     try:
         import uvicorn
     except ImportError:
         raise InputError('the service needs its extra: pip install "pooledir[service]"') from None
-    # the service reads its settings from the environment, also in worker processes
-    os.environ["POOLEDIR_INDEXES"] = json.dumps([str(d.resolve()) for d in index_dirs])
+    # the service reads its settings from the environment, also in worker processes; an index is served
+    # under the name given (a symlink's, not its target's), so the path is made absolute without resolving
+    os.environ["POOLEDIR_INDEXES"] = json.dumps([os.path.abspath(d) for d in index_dirs])
     os.environ["POOLEDIR_DEVICE"] = device
     os.environ.update(backends)
+    _check_service_settings()
+    _check_port_free(host, port)  # before the workers load a model for seconds, then fail to bind
     # the library never imports the service: uvicorn loads it by name
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+def _check_distinct_indexes(index_dirs: list[Path]) -> None:
+    """Each index folder once, under a name of its own: two links to one folder would open it twice."""
+    from pooledir.errors import InputError
+
+    seen: dict[Path, Path] = {}
+    names: dict[str, Path] = {}
+    for d in index_dirs:
+        real = d.resolve()
+        if real in seen:
+            raise InputError(f"{seen[real]} and {d} are the same index folder ({real}); serve it once")
+        seen[real] = d
+        name = Path(os.path.abspath(d)).name
+        if name in names:
+            raise InputError(
+                f"{names[name]} and {d} would both be served as {name!r}; serve folders with distinct names"
+            )
+        names[name] = d
+
+
+def _check_checkpoint_dim(index_dir: Path, manifest) -> None:
+    """Refuse a checkpoint ($POOLEDIR_CHECKPOINT, else the manifest's) whose vectors differ from the index's.
+
+    Reads only the checkpoint's weight shapes (a safetensors header, a Dense module's config), not the model.
+    """
+    from pooledir.errors import InputError
+
+    given = os.environ.get("POOLEDIR_CHECKPOINT")
+    path = Path(given or manifest.checkpoint)
+    dim = _checkpoint_dim(path)
+    if dim is not None and dim != manifest.dim:
+        source = "$POOLEDIR_CHECKPOINT" if given else "the checkpoint in its manifest"
+        raise InputError(
+            f"{index_dir} holds {manifest.dim}-d vectors but {source} ({path}) makes {dim}-d ones; "
+            "serve it with the checkpoint it was built with"
+        )
+
+
+def _checkpoint_dim(path: Path) -> int | None:
+    """The output dimension of a local checkpoint folder, from its files' headers; None when it cannot tell."""
+    try:
+        modules = path / "modules.json"
+        if modules.is_file():  # PyLate: the last Dense module's out_features
+            dense = [m["path"] for m in json.loads(modules.read_text()) if str(m.get("type", "")).endswith("Dense")]
+            return int(json.loads((path / dense[-1] / "config.json").read_text())["out_features"]) if dense else None
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="numpy") as f:
+            return int(f.get_slice("linear.weight").get_shape()[0]) if "linear.weight" in f.keys() else None
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None  # unreadable here: the service's own start-up reports it
+
+
+def _check_service_settings() -> None:
+    """Validate the service's settings ($POOLEDIR_*) here, as one line, instead of in each worker's start-up."""
+    import importlib
+
+    from pooledir.errors import InputError
+
+    try:
+        settings = importlib.import_module("service.settings")  # the library never imports the service by name
+        from pydantic import ValidationError
+    except ImportError:
+        return  # uvicorn's own import of the service then says what is missing
+    try:
+        settings.Settings()
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else ""
+        name = f"POOLEDIR_{field.upper()}" if field else "a POOLEDIR_ setting"
+        value = os.environ.get(name, err.get("input"))
+        raise InputError(f"{name}={value!r:.80} is not valid: {err['msg']}") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once (as uvicorn will, with SO_REUSEADDR), so a taken port is one line, not a late abort."""
+    import errno
+    import socket
+
+    from pooledir.errors import InputError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror as e:
+        raise InputError(f"--host {host!r} is not an address this machine can bind: {e.strerror}") from None
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InputError(
+                    f"port {port} is in use on {host}; stop what serves there or pick another --port"
+                ) from None
+            raise InputError(f"cannot bind {host}:{port}: {e.strerror or e}") from None
 
 
 def _serve_ray(
@@ -813,7 +958,7 @@ def convert_checkpoint_cmd(
     typer.echo(f"wrote ColBERT checkpoint {path} (dim {dim}, zero-shot: a trained checkpoint retrieves better)")
 
 
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate on BEIR datasets and report.")
+eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Evaluate on BEIR datasets and report.")
 app.add_typer(eval_app, name="eval")
 
 
@@ -942,12 +1087,22 @@ def main() -> None:
     ``error: ...`` and exit 2; Ctrl-C prints ``interrupted`` and exits 130. Anything else is a
     bug and keeps its traceback.
     """
-    from pooledir.errors import PooledirError
-
     # torch and faiss each run an OpenMP pool; busy-waiting workers of one steal the cores from the
     # other (measured: one query 99 ms -> 71 ms on 2 cores). Must be set before either loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=os.environ.get("POOLEDIR_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
+    stderr, sys.stderr = sys.stderr, _LineTracker(sys.stderr)
+    try:
+        code = _run_app()
+    finally:
+        sys.stderr = stderr
+    sys.exit(code)
+
+
+def _run_app() -> int:
+    """The app, with every failure mapped to its line and exit code (see :func:`main`)."""
+    from pooledir.errors import PooledirError
+
     try:
         code = app(standalone_mode=False)
     except PooledirError as e:
@@ -968,11 +1123,33 @@ def main() -> None:
     # typer answers a KeyboardInterrupt with Exit(130), which standalone_mode=False returns as a code
     if code == 130:
         _fail("interrupted", 130)
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
+
+
+class _LineTracker:
+    """stderr, remembering whether its last write ended a line: a message then starts on a line of its own.
+
+    A Ctrl-C can land while a progress bar is half drawn (inside tqdm, after it wrote its line and before
+    it could be closed); the bar's line then has no end.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     _close_progress_bars()
+    if isinstance(sys.stderr, _LineTracker) and not sys.stderr.at_line_start:
+        sys.stderr.write("\n")
     typer.secho(f"error: {message}" if code == 2 else message, err=True, fg="red")
     sys.exit(code)
 
@@ -1009,12 +1186,29 @@ _SQLITE_ENVIRONMENT = ("disk is full", "disk i/o error", "readonly database", "u
 
 
 def sqlite_error_line(e: BaseException) -> str | None:
-    """One line for an sqlite error that the machine caused (a full disk, a read-only file), else None."""
+    """One line for an sqlite error that the machine caused (a full disk, a read-only file) or a damaged file."""
     import sqlite3
 
-    if isinstance(e, sqlite3.OperationalError) and any(m in str(e).lower() for m in _SQLITE_ENVIRONMENT):
-        return f"the document store failed: {e}"
+    if isinstance(e, sqlite3.OperationalError):
+        if any(m in str(e).lower() for m in _SQLITE_ENVIRONMENT):
+            return f"the document store failed: {e}"
+        return None
+    if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+        where = f"{_opened[-1]}/docs.sqlite" if _opened else "the document store"
+        return f"{where} is corrupt: {e}; restore the index folder from a backup or rebuild it"
     return None
+
+
+#: index folders the command opened, for a message about a damage found after the open
+_opened: list[Path] = []
+
+
+def _open_index(path: Path, **kwargs):
+    """``PooledIndex.open``, remembering the folder so that a later sqlite error can name it."""
+    from pooledir.pooled_index import PooledIndex
+
+    _opened.append(path)
+    return PooledIndex.open(path, **kwargs)
 
 
 if __name__ == "__main__":

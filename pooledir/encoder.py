@@ -127,6 +127,12 @@ class ColBERTEncoder:
         self.model = loaded.model.eval().to(self.device)
         self.linear = loaded.projection.eval().to(self.device)  # the projection to ``dim`` (Dense modules)
         self.tokenizer = loaded.tokenizer
+        # texts are clipped to doc_maxlen here (and counted): transformers' "Token indices sequence length is
+        # longer than the specified maximum" warning would only alarm users; its own once-per-tokenizer flag
+        # silences it for this tokenizer, without touching transformers' logging
+        warned = getattr(self.tokenizer, "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned["sequence-length-is-longer-than-the-specified-maximum"] = True
         # HF fast tokenizers fail ("Already borrowed") when threads change truncation/padding concurrently
         self._tokenizer_lock = threading.Lock()
         tok = self.tokenizer

@@ -27,3 +27,7 @@ class DocumentNotFoundError(PooledirError, KeyError):
 
 class CheckpointError(PooledirError):
     """A ColBERT checkpoint that cannot be loaded (missing, offline hub id, wrong layout)."""
+
+
+class NoSpaceError(PooledirError):
+    """The disk filled up while a write committed: nothing of that write was committed (the service answers 507)."""

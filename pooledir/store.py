@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pooledir.corpus import check_utf8
-from pooledir.errors import IndexCorruptError, InputError
+from pooledir.errors import IndexCorruptError, InputError, NoSpaceError
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,11 @@ class DocStore:
             self.conn.execute("ALTER TABLE segments ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
-        """Close the connections."""
-        self.unpin()
+        """Close the connections; never raises, so a clean-up cannot mask the error that caused it."""
+        try:
+            self.unpin()
+        except sqlite3.Error:
+            self._pinned = False  # a damaged or vanished database: closing ends the transaction anyway
         self.conn.close()
         if self._probe is not None:
             self._probe.close()
@@ -197,7 +200,7 @@ class DocStore:
     def transaction(self) -> _Transaction:
         """``with store.transaction():`` commits on success, rolls back on any error."""
         self.unpin()
-        return _Transaction(self.conn)
+        return _Transaction(self.conn, self.path)
 
     # -- meta -------------------------------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -438,15 +441,40 @@ def _check_tables(conn: sqlite3.Connection, path: Path) -> None:
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                self._rollback()
+                self._raise_full(e)
+                raise
+        self._rollback()
+        self._raise_full(exc)
+
+    def _raise_full(self, e: BaseException | None) -> None:
+        if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise NoSpaceError(
+                f"no space left on device for {self.path}: nothing of this write was committed "
+                "(free some space, then run the command again)"
+            ) from e
+
+    def _rollback(self) -> None:
+        """Roll back what is left: sqlite may have rolled back already (a full disk), which must not mask the error."""
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the first error is the one to report; an open transaction ends with the connection
 
 
 def _chunks(items: list, size: int):

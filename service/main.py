@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request, status  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
-from pooledir import DocumentNotFoundError, IndexCorruptError, InputError  # noqa: E402
+from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError  # noqa: E402
 from service.deps import require_api_key  # noqa: E402
 from service.guard import RequestGuard  # noqa: E402
 from service.registry import Registry  # noqa: E402
@@ -80,6 +80,10 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
     @app.exception_handler(IndexCorruptError)
     async def corrupt(request: Request, exc: IndexCorruptError) -> JSONResponse:
         return JSONResponse({"detail": _clip(str(exc), 1000)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.exception_handler(NoSpaceError)
+    async def no_space(request: Request, exc: NoSpaceError) -> JSONResponse:
+        return _storage_error(exc, True)
 
     @app.exception_handler(OSError)
     async def os_error(request: Request, exc: OSError) -> JSONResponse:

@@ -250,3 +250,28 @@ def test_a_passage_index_is_built_by_the_index_and_not_resumed(tmp_path, tiny_en
     assert idx.get("long") == long
     with pytest.raises(InputError, match="resuming is not supported for an index that splits"):
         build_index([*tiny_docs[:20], long], idx, BuildConfig(chunk_docs=8), resume=True, show_progress=False)
+
+
+def test_the_bar_names_each_stage_and_what_is_committed_and_faiss_is_quiet(tmp_path, tiny_encoder, tiny_docs, capfd):
+    """Issue 22, item 14: no silent 0% while the training sample buffers, no silent 100% while IVF-PQ trains."""
+    idx = new_index(tmp_path / "i", tiny_encoder, train_sample=600, train_min_vectors=300, nlist=4)
+    capfd.readouterr()
+    report = build_index(iter(tiny_docs), idx, BuildConfig(chunk_docs=40), show_progress=True)
+    err = capfd.readouterr().err
+    assert idx.info()["backend"]["trained"] and report.added == len(tiny_docs)
+    assert "encode; committed 0 documents, 0 vectors" in err
+    assert "pool; committed 0 documents, 0 vectors, 40 held for training" in err
+    assert "train IVF-PQ on " in err and ", write; committed 0 documents" in err
+    assert f"done; committed {len(tiny_docs)} documents, {report.vectors:,} vectors" in err
+    assert "WARNING clustering" not in err  # faiss's raw C++ warning about a small training sample
+
+
+def test_the_tokenizer_does_not_warn_about_long_texts(tiny_encoder, monkeypatch):
+    """Texts are clipped to doc_maxlen (and counted) by pooledir: transformers' own warning only alarms users."""
+    from transformers import tokenization_utils_base
+
+    warnings = []
+    monkeypatch.setattr(tokenization_utils_base.logger, "warning", lambda *a, **kw: warnings.append(a))
+    monkeypatch.setattr(tiny_encoder.tokenizer, "model_max_length", 8)
+    ids = tiny_encoder.tokenizer("cancer cells " * 40)["input_ids"]
+    assert len(ids) > 8 and warnings == []

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def cli(capsys, *args):
 def one_error_line(code, err, expected, exit_code=2):
     """The exit code, and one message line after whatever progress bars were drawn; no traceback."""
     assert code == exit_code, err
-    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and "doc/s]" not in x]
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and "doc/s" not in x]
     assert len(lines) == 1 and expected in lines[0], err
 
 
@@ -323,3 +324,175 @@ def test_index_with_a_pool_threshold(tmp_path, tiny_ckpt, tiny_beir, capsys):
     one_error_line(code, err, "pools <= 0.3, not x2; resume it without --pool-factor/--pool-threshold")
     code, text, err = cli(capsys, *base, "--pool-threshold", "0.3", "--resume")
     assert code == 0 and "already in the index" in text, err
+
+
+def test_damaged_segment_or_store_is_one_line_on_every_command_and_nothing_is_written(tmp_path, built, capsys):
+    """Issue 22, item 11: bit rot in a segment or in a page of docs.sqlite; no traceback, no write goes in."""
+    from tests.index.test_segments_corruption import rot, snapshot_of
+
+    (tmp_path / "new.jsonl").write_text(json.dumps({"_id": "n1", "text": "brain heart study"}) + "\n")
+    commands = [
+        ("info", built),
+        ("search", built, "cancer", "--device", "cpu"),
+        ("add", built, tmp_path / "new.jsonl", "--device", "cpu"),
+        ("delete", built, "c1"),
+        ("compact", built),
+        ("serve", built, "--port", "1"),
+    ]
+    pristine = {p: p.read_bytes() for p in built.rglob("*") if p.is_file()}
+    seg = next(built.rglob("*.faiss"))
+    for damaged, offset, n, message in [(seg, seg.stat().st_size // 2, 64, "is corrupt: its bytes no longer match")]:
+        rot(damaged, offset, n)
+        before = snapshot_of(built)
+        for args in commands:
+            code, _, err = cli(capsys, *args)
+            one_error_line(code, err, message)
+        assert snapshot_of(built) == before
+        for p, data in pristine.items():
+            p.write_bytes(data)
+    rot(built / "docs.sqlite", 100, 2000)
+    for args in commands:
+        code, _, err = cli(capsys, *args)
+        one_error_line(code, err, f"{built}/docs.sqlite is corrupt: ")
+
+
+def test_a_full_disk_at_the_sqlite_commit_is_one_line_and_loses_nothing(tmp_path, built, capsys, monkeypatch):
+    from pooledir import store
+
+    real = store.DocStore.__init__
+
+    def small_disk(self, path):  # sqlite's own "database or disk is full" (SQLITE_FULL), at the commit
+        real(self, path)
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        self.conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+
+    monkeypatch.setattr(store.DocStore, "__init__", small_disk)
+    with open(tmp_path / "new.jsonl", "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"_id": f"n{i}", "text": "brain heart study " * 300}) + "\n")
+    segments = sorted(built.rglob("*.faiss"))
+    code, _, err = cli(capsys, "add", built, tmp_path / "new.jsonl", "--device", "cpu")
+    one_error_line(code, err, "no space left on device for ")
+    assert "nothing of this write was committed" in err
+    monkeypatch.undo()
+    assert sorted(built.rglob("*.faiss")) == segments
+    code, out, _ = cli(capsys, "info", built, "--json")
+    assert json.loads(out)["documents"] == 40
+
+
+@pytest.fixture()
+def no_server(monkeypatch):
+    """uvicorn.run records its call instead of serving; the service's environment is restored afterwards."""
+    uvicorn = pytest.importorskip("uvicorn")
+    for key in ("POOLEDIR_INDEXES", "POOLEDIR_DEVICE", "POOLEDIR_QUERY_BACKEND", "POOLEDIR_DOCUMENT_BACKEND"):
+        monkeypatch.delenv(key, raising=False)
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append((a, kw, os.environ["POOLEDIR_INDEXES"])))
+    return calls
+
+
+def test_serve_checks_its_settings_port_and_indexes_before_starting(tmp_path, built, capsys, monkeypatch, no_server):
+    """Issue 22, items 11 and 13: each a line and exit 2 before any model loads or any port is bound."""
+    import socket
+
+    from pooledir.checkpoint import convert_checkpoint
+    from tests.conftest import make_tiny_bert
+
+    (tmp_path / "a").symlink_to(built)
+    (tmp_path / "b").symlink_to(built)
+    other = convert_checkpoint(make_tiny_bert(tmp_path / "bert"), tmp_path / "ck8", dim=8, doc_maxlen=64)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            ((built, "--port", "99999"), {}, "--port 99999 is not a TCP port; pass 1..65535"),
+            ((built, "--port", "0"), {}, "--port 0 is not a TCP port"),
+            ((built, "--port", "8123"), {"POOLEDIR_MAX_K": "abc"}, "POOLEDIR_MAX_K='abc' is not valid"),
+            ((tmp_path / "a", tmp_path / "b"), {}, "are the same index folder"),
+            ((built,), {"POOLEDIR_CHECKPOINT": str(other)}, "holds 16-d vectors but $POOLEDIR_CHECKPOINT"),
+            ((built, "--port", str(port)), {}, f"port {port} is in use on 127.0.0.1"),
+        ]
+        for args, env, message in cases:
+            with monkeypatch.context() as m:
+                for key, value in env.items():
+                    m.setenv(key, value)
+                code, _, err = cli(capsys, "serve", *args)
+            one_error_line(code, err, message)
+    assert no_server == []
+
+
+def test_serve_names_a_symlinked_index_by_the_link(tmp_path, built, capsys, no_server, monkeypatch):
+    from pooledir import cli as cli_module
+
+    # 8123 may be taken on this machine
+    monkeypatch.setattr(cli_module, "_check_port_free", lambda host, port: None, raising=False)
+    link = tmp_path / "served-name"
+    link.symlink_to(built)
+    code, _, err = cli(capsys, "serve", link, "--port", "8123")
+    assert code == 0, err
+    (_, kwargs, indexes) = no_server[0]
+    assert kwargs["port"] == 8123 and [Path(p).name for p in json.loads(indexes)] == ["served-name"]
+
+
+def test_help_keeps_the_extras_in_brackets():
+    """Issue 22, item 14: rich markup swallowed [distributed] and [onnx]."""
+    assert "pooledir[distributed]" in run("index", "--help").stdout.replace("\n", " ").replace("  ", "")
+    assert "pooledir[onnx]" in run("search", "--help").stdout
+
+
+def test_counts_are_pluralised_and_a_passage_index_says_documents_and_passages(tmp_path, built, tiny_ckpt, capsys):
+    (tmp_path / "one.jsonl").write_text(json.dumps({"_id": "n1", "text": "brain heart study"}) + "\n")
+    code, out, err = cli(capsys, "add", built, tmp_path / "one.jsonl", "--device", "cpu")
+    assert code == 0 and "added 1 document; the index now holds 41 documents" in out, err
+    code, out, err = cli(capsys, "delete", built, "n1")
+    assert code == 0 and "deleted 1 document; the index now holds 40 documents" in out, err
+
+    from tests.conftest import WORDS
+
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "c.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"_id": f"d{i}", "text": " ".join(rng.choice(WORDS, 20))}) + "\n")
+        f.write(json.dumps({"_id": "long", "text": " ".join(rng.choice(WORDS, 300))}) + "\n")
+    split = tmp_path / "split"
+    code, out, err = cli(
+        capsys, "index", corpus, "--out", split, "--checkpoint", tiny_ckpt, "--index", "flat", "--split-passages"
+    )
+    assert code == 0, err
+    rows = json.loads(cli(capsys, "info", split, "--json")[1])["documents"]
+    assert rows > 6  # the long document is several passage rows
+    held = f"6 documents ({rows} passages)"
+    assert out.startswith(f"{held}: ")
+    assert cli(capsys, "info", split)[1].startswith(f"{held}: ")
+    code, out, err = cli(capsys, "add", split, tmp_path / "one.jsonl", "--device", "cpu")
+    assert code == 0 and f"added 1 document; the index now holds 7 documents ({rows + 1} passages)" in out, err
+    code, out, err = cli(capsys, "delete", split, "long")
+    assert code == 0 and "deleted 1 document; the index now holds 6 documents (6 passages)" in out, err
+
+
+def test_a_format_version_of_the_wrong_type_says_so(built, capsys):
+    manifest = json.loads((built / "manifest.json").read_text())
+    (built / "manifest.json").write_text(json.dumps(manifest | {"format_version": "2"}))
+    code, _, err = cli(capsys, "info", built)
+    one_error_line(code, err, 'has format_version "2" (a string), this pooledir reads 2')
+
+
+def test_encode_checks_out_before_the_model_and_leaves_nothing_on_failure(tmp_path, tiny_beir, capsys, monkeypatch):
+    from pooledir import encoder
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    with monkeypatch.context() as m:
+        m.setattr(encoder.ColBERTEncoder, "__init__", lambda *a, **kw: pytest.fail("the model loaded first"))
+        for out, message in [(afile, "is a file; pick a folder for the shards"), (tmp_path / "full", "is not empty")]:
+            code, _, err = cli(capsys, "encode", tiny_beir, "--out", out, "--checkpoint", tmp_path / "ck")
+            one_error_line(code, err, message)
+    assert afile.read_text() == "keep me" and (tmp_path / "full" / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "new" / "shards"
+    code, _, err = cli(capsys, "encode", tiny_beir, "--out", out, "--checkpoint", tmp_path / "no-such-checkpoint")
+    one_error_line(code, err, "no-such-checkpoint")
+    assert not (tmp_path / "new").exists()  # the folders it made for the failed encode are gone

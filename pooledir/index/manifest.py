@@ -170,8 +170,8 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             f"format_version {FORMAT_VERSION} (segments). Rebuild it: create a new index from the same "
             "corpus and checkpoint (the old folder's docs.sqlite still holds every document's text)"
         )
-    if version != FORMAT_VERSION:
-        raise IndexCorruptError(f"{mf} has format_version {version}, this pooledir reads {FORMAT_VERSION}")
+    if version != FORMAT_VERSION or type(version) is not int:
+        raise IndexCorruptError(f"{mf} has format_version {_describe(version)}, this pooledir reads {FORMAT_VERSION}")
     try:
         known = set(IndexConfig.__dataclass_fields__)
         config = IndexConfig(**{k: v for k, v in data["config"].items() if k in known})
@@ -183,3 +183,11 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         )
     except (KeyError, TypeError, AttributeError) as e:
         raise IndexCorruptError(f"{mf} lacks or mangles a field: {e}") from None
+
+
+def _describe(value) -> str:
+    """A JSON value as written, with its type unless it is an integer: ``"2" (a string)``."""
+    if type(value) is int:
+        return str(value)
+    kinds = {str: "string", float: "number", bool: "boolean", list: "list", dict: "object"}
+    return f"{json.dumps(value)} (a {kinds.get(type(value), 'JSON null')})"

@@ -167,6 +167,16 @@ class Snapshot:
             n_docs=self.n_docs - len(deleted) + (len(added.doc_ints) if added is not None else 0),
         )
 
+    def verify(self, full: bool = False) -> None:
+        """Raise :class:`IndexCorruptError` if a segment file changed on disk since it was checked.
+
+        One ``stat`` per segment (a changed file is read and checked again); ``full`` re-reads
+        every file against its checksum footer.
+        """
+        files = {id(s.file): s.file for s in self.segments if s.file is not None}
+        for f in files.values():
+            f.verify(full)
+
     def close(self) -> None:
         """Release the segment mappings."""
         for s in self.segments:

@@ -79,3 +79,18 @@ def test_sqlite_disk_full_is_507(client, monkeypatch):
     assert r.status_code == 507 and "disk is full" in r.json()["detail"]
     monkeypatch.undo()
     assert client.get(f"{DOCS}/d1").status_code == 200
+
+
+def test_the_stores_no_space_error_is_507(client, monkeypatch):
+    """The store turns sqlite's full-disk failure into NoSpaceError (a PooledirError, not an OSError)."""
+    import pooledir.index.folder as folder_mod
+    from pooledir import NoSpaceError
+
+    def full(self, *args, **kwargs):
+        raise NoSpaceError("no space left on device for docs.sqlite: nothing of this write was committed")
+
+    monkeypatch.setattr(folder_mod.IndexFolder, "_commit", full)
+    r = client.request("DELETE", DOCS, json={"ids": ["d1"]})
+    assert r.status_code == 507 and "no space left on device" in r.json()["detail"], r.text
+    monkeypatch.undo()
+    assert client.get(f"{DOCS}/d1").status_code == 200
