@@ -10,8 +10,9 @@
 3. Those are scored by full MaxSim over all their vectors (decoded from PQ,
    or the exact float16 copy) and the top ``k`` are returned.
 4. A query whose candidates hold fewer than ``min(k, live documents)``
-   documents (a short query, a sparse IVF list, many deleted vectors) is
-   ranked instead by :func:`exact_search` over every live document: every
+   documents (a short query, sparse IVF lists, many deleted vectors) asks
+   again with 4x, then 16x the nearest vectors and IVF lists; if still short,
+   it is ranked by :func:`exact_search` over every live document. Every
    search returns ``min(k, live documents)`` documents.
 
 With a metadata filter, or ``exhaustive=True``, or ``k`` at least the number of
@@ -32,6 +33,9 @@ from pooledir.maxsim import maxsim
 
 log = logging.getLogger(__name__)
 
+#: how much more nearest vectors and IVF lists a query asks for, round by round, while its candidates
+#: hold fewer than k documents; after the last round it is ranked exhaustively
+WIDEN = (4, 16)
 #: query tokens up to which a search runs its BLAS calls (coarse assignment, MaxSim) on one thread
 SMALL_SEARCH_TOKENS = 512
 _blas = None
@@ -144,8 +148,17 @@ def search_embeddings(
     if params.exhaustive or params.k >= len(live):  # every document is asked for: rank them all, exactly
         return exact_search(queries, live, fetch, params.k)
     small = queries.shape[0] * queries.shape[1] <= SMALL_SEARCH_TOKENS
+    want = min(params.k, len(live))
     with one_blas_thread() if small else nullcontext():
         results = _search(queries, ann, fetch, params)
+        kp, _ = params.depths()
+        for factor in WIDEN:  # a short query's few tokens may share their nearest vectors among few documents
+            short = [q for q, (docs, _) in enumerate(results) if len(docs) < want]
+            if not short:
+                break
+            wider = replace(params, candidates_per_token=factor * kp, nprobe=factor * params.nprobe)
+            for q, ranked in zip(short, _search(queries[short], ann, fetch, wider)):
+                results[q] = ranked
     return _fill_up(queries, results, live, fetch, params.k)
 
 

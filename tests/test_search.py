@@ -173,6 +173,29 @@ def test_the_fill_up_agrees_with_the_oracle(n_docs, n_tokens, n_queries, k, brou
             assert np.allclose(scores, sorted(truth.values(), reverse=True)[:want], atol=1e-4)
 
 
+def test_a_short_query_asks_for_more_candidates_before_scoring_everything(monkeypatch):
+    """One token whose nearest vectors come two per document: wider rounds find k documents, no full scan."""
+    import pooledir.search as search
+
+    rng = np.random.default_rng(4)
+    docs = [unit_rows(rng, 2) for _ in range(500)]
+    asked = []
+
+    def ann(tokens: np.ndarray, kp: int, nprobe: int):
+        asked.append((kp, nprobe))
+        hits = np.repeat(np.arange(kp // 2), 2)[:kp]  # kp nearest vectors, from kp / 2 documents
+        return np.full((len(tokens), kp), 0.5, np.float32), np.broadcast_to(hits, (len(tokens), kp)).copy()
+
+    def no_full_scan(*args, **kwargs):
+        raise AssertionError("scored every document")
+
+    monkeypatch.setattr(search, "exact_search", no_full_scan)
+    Q = unit_rows(rng, 1)[None]
+    ranked = search_embeddings(Q, ann, packed(docs), SearchParams(k=100), np.arange(500))
+    assert len(ranked[0][0]) == 100 and len(set(ranked[0][0].tolist())) == 100
+    assert asked == [(100, 32), (400, 128)]
+
+
 def test_exact_search_in_small_blocks_equals_one_block():
     rng = np.random.default_rng(3)
     docs = [unit_rows(rng, int(rng.integers(1, 5))) for _ in range(57)]
