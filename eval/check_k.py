@@ -20,11 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams, pool_embeddings
+from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams, pool_embeddings, search
 from pooledir.evaluation import encode_cached, load_beir
 from pooledir.evaluation.cache import cache_key
 from pooledir.evaluation.machine import machine_info
@@ -39,15 +40,32 @@ def is_cached(encoder: ColBERTEncoder, data, cache_dir: Path) -> bool:
     return all((cache_dir / key / "meta.json").is_file() for key in (docs, queries))
 
 
+@contextmanager
+def counting_exhaustive():
+    """Count the queries ranked by exhaustive MaxSim (k near the document count, or candidates that ran out)."""
+    real, seen = search.exact_search, [0]
+
+    def counted(queries, *args, **kwargs):
+        seen[0] += len(queries)
+        return real(queries, *args, **kwargs)
+
+    search.exact_search = counted
+    try:
+        yield seen
+    finally:
+        search.exact_search = real
+
+
 def check_k(index: PooledIndex, Q: np.ndarray, k: int) -> dict:
     """Hits per query at ``k`` with the default knobs, against the min(k, documents) a search owes."""
     want = min(k, len(index))
     counts, t = [], time.perf_counter()
-    for start in range(0, len(Q), BATCH):
-        for hits in index.search_embeddings(Q[start : start + BATCH], SearchParams(k=k)):
-            ids = [h.id for h in hits]
-            assert len(set(ids)) == len(ids), "a document came back twice"
-            counts.append(len(ids))
+    with counting_exhaustive() as exhaustive:
+        for start in range(0, len(Q), BATCH):
+            for hits in index.search_embeddings(Q[start : start + BATCH], SearchParams(k=k)):
+                ids = [h.id for h in hits]
+                assert len(set(ids)) == len(ids), "a document came back twice"
+                counts.append(len(ids))
     seconds = time.perf_counter() - t
     counts = np.array(counts)
     return {
@@ -56,6 +74,7 @@ def check_k(index: PooledIndex, Q: np.ndarray, k: int) -> dict:
         "min_returned": int(counts.min()),
         "mean_returned": round(float(counts.mean()), 3),
         "short_queries": int((counts < want).sum()),
+        "exhaustive_queries": exhaustive[0],
         "ms_per_query": round(1000 * seconds / len(Q), 1),
     }
 
@@ -136,7 +155,7 @@ def main() -> None:
             print(
                 f"{name}: k={r['k']} {row['queries']} queries, {row['documents']} documents: "
                 f"min {r['min_returned']} mean {r['mean_returned']} of {r['expected']}, "
-                f"{r['short_queries']} short, {r['ms_per_query']} ms/query",
+                f"{r['short_queries']} short, {r['exhaustive_queries']} exhaustive, {r['ms_per_query']} ms/query",
                 flush=True,
             )
     results = merged(args.out, results, str(encoder.path))

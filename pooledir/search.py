@@ -15,7 +15,7 @@
    it is ranked by :func:`exact_search` over every live document. Every
    search returns ``min(k, live documents)`` documents.
 
-With a metadata filter, or ``exhaustive=True``, or ``k`` at least the number of
+With a metadata filter, or ``exhaustive=True``, or ``k`` at least half the
 documents, :func:`exact_search` scores every (matching) document by full MaxSim.
 """
 
@@ -33,6 +33,9 @@ from pooledir.maxsim import maxsim
 
 log = logging.getLogger(__name__)
 
+#: k from which on a search scores every document, as a fraction (1 / this) of the live documents: re-scoring
+#: that many candidates decodes about as much as scoring them all, and the ANN step would come on top
+EXHAUSTIVE_FRACTION = 2
 #: how much more nearest vectors and IVF lists a query asks for, round by round, while its candidates
 #: hold fewer than k documents; after the last round it is ranked exhaustively
 WIDEN = (4, 16)
@@ -145,7 +148,7 @@ def search_embeddings(
 
     Returns per query (doc_ints, scores), best first: exactly ``min(k, len(live))`` documents.
     """
-    if params.exhaustive or params.k >= len(live):  # every document is asked for: rank them all, exactly
+    if params.exhaustive or params.k * EXHAUSTIVE_FRACTION >= len(live):
         return exact_search(queries, live, fetch, params.k)
     small = queries.shape[0] * queries.shape[1] <= SMALL_SEARCH_TOKENS
     want = min(params.k, len(live))
