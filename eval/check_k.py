@@ -143,14 +143,13 @@ def main() -> None:
 
     encoder = ColBERTEncoder(args.checkpoint, device="cpu")
     names = args.datasets or sorted(p.name for p in args.beir.iterdir() if (p / "corpus.jsonl").is_file())
-    results, skipped = [], []
+    skipped: list[str] = []
     for name in names:
         row = check_dataset(args.beir / name, encoder, args.cache_dir, args.k)
         if row is None:
             print(f"{name}: not in the cache yet, skipped", flush=True)
             skipped.append(name)
             continue
-        results.append(row)
         for r in row["runs"]:
             print(
                 f"{name}: k={r['k']} {row['queries']} queries, {row['documents']} documents: "
@@ -158,19 +157,26 @@ def main() -> None:
                 f"{r['short_queries']} short, {r['exhaustive_queries']} exhaustive, {r['ms_per_query']} ms/query",
                 flush=True,
             )
-    results = merged(args.out, results, str(encoder.path))
+        write(args.out, [row], skipped, str(encoder.path))  # after each dataset: a run cut short keeps it
+    honoured = write(args.out, [], skipped, str(encoder.path))
+    print(f"k honoured: {honoured}; wrote {args.out}")
+    sys.exit(0 if honoured else 1)
+
+
+def write(path: Path, rows: list[dict], skipped: list[str], checkpoint: str) -> bool:
+    """Merge ``rows`` into the JSON at ``path``; returns whether every dataset there honours k."""
+    results = merged(path, rows, checkpoint)
     honoured = all(r["short_queries"] == 0 for row in results for r in row["runs"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     out = {
-        "checkpoint": str(encoder.path),
+        "checkpoint": checkpoint,
         "machine": machine_info(),
         "honoured": honoured,
         "datasets": results,
         "skipped": [n for n in skipped if n not in {row["dataset"] for row in results}],
     }
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"k honoured: {honoured}; wrote {args.out}")
-    sys.exit(0 if honoured else 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return honoured
 
 
 if __name__ == "__main__":
