@@ -199,17 +199,18 @@ def search_parents(
     """Rank documents by their best passage.
 
     A document's passages compete for the same candidate slots, so each round asks for more rows
-    and more candidates per query token (x4, x16, x64) until every query has ``k`` documents or
-    every row was asked for; like any search, fewer than ``k`` may come back when candidates run out.
+    and more candidates per query token (x4, x16, x64, then every row, ranked exhaustively) until
+    every query has ``k`` documents: each gets ``min(k, documents that match)``.
     """
     from pooledir.pooled_index import Hit
 
     n = len(index)
-    for factor in (4, 16, 64):
-        wider = replace(params, k=min(n, factor * params.k), candidates_per_token=factor * params.candidates_per_token)
+    for factor in (4, 16, 64, None):
+        rows = n if factor is None else min(n, factor * params.k)
+        wider = replace(params, k=rows, candidates_per_token=(factor or 64) * params.candidates_per_token)
         hits = index._search_hits(Q, wider, with_text=False, filter=filter)
         best = [_best_per_parent(h, params.k) for h in hits]
-        if wider.k >= n or all(len(b) >= params.k for b in best):
+        if rows >= n or all(len(b) >= params.k for b in best):
             break
     if not with_text:
         return best

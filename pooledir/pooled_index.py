@@ -382,8 +382,8 @@ class PooledIndex:
         """Search already-encoded queries (nq, Lq, dim) in the loaded snapshot.
 
         With ``filter`` (metadata field -> value), only documents whose metadata equals every field are
-        ranked, each by exact MaxSim over its stored vectors; fewer than ``k`` come back if fewer match
-        (or if the index holds fewer than ``k`` documents).
+        ranked, each by exact MaxSim over its stored vectors. Each query gets ``min(k, documents that
+        match)`` hits, whatever its length.
         """
         params = params or SearchParams()
         params.check()
@@ -406,10 +406,8 @@ class PooledIndex:
         snap, store = self.folder.snapshot, self.folder.store
         if filter:
             ranked = exact_search(Q, store.matching(filter), snap.fetch, params.k)
-        elif params.k >= len(self):  # every document was asked for: rank them all, exactly
-            ranked = exact_search(Q, np.flatnonzero(snap.seg_of >= 0), snap.fetch, params.k)
-        else:
-            ranked = search_embeddings(Q, snap.ann, snap.fetch, params)
+        else:  # min(k, live documents) hits: exhaustive where the ANN candidates run out
+            ranked = search_embeddings(Q, snap.ann, snap.fetch, params, snap.live_docs())
         out = []
         for doc_ints, scores in ranked:
             if with_text:

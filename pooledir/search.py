@@ -1,21 +1,27 @@
 """Late-interaction search: per-token ANN candidates, then MaxSim on the best of them.
 
-1. Every query token asks the index for its ``candidates_per_token`` nearest
-   vectors (``nprobe`` lists for IVF-PQ, over every segment); their documents
-   are the candidates.
+1. Every query token asks the index for its ``max(candidates_per_token, k)``
+   nearest vectors (``nprobe`` lists for IVF-PQ, over every segment); their
+   documents are the candidates.
 2. Each candidate gets an approximate MaxSim from those hits alone: per query
    token, its best hit, or, where none of its vectors came back, that token's
    lowest returned score (an upper bound on what it could have had). The best
-   ``rerank`` candidates go on.
+   ``max(rerank, k)`` candidates go on.
 3. Those are scored by full MaxSim over all their vectors (decoded from PQ,
    or the exact float16 copy) and the top ``k`` are returned.
+4. A query whose candidates hold fewer than ``min(k, live documents)``
+   documents (a short query, sparse IVF lists, many deleted vectors) asks
+   again with 4x, then 16x the nearest vectors and IVF lists; if still short,
+   it is ranked by :func:`exact_search` over every live document. Every
+   search returns ``min(k, live documents)`` documents.
 
-With a metadata filter, :func:`exact_search` instead scores every matching
-document by full MaxSim.
+With a metadata filter, or ``exhaustive=True``, or ``k`` at least half the
+documents, :func:`exact_search` scores every (matching) document by full MaxSim.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -25,6 +31,14 @@ import numpy as np
 from pooledir.errors import InputError
 from pooledir.maxsim import maxsim
 
+log = logging.getLogger(__name__)
+
+#: k from which on a search scores every document, as a fraction (1 / this) of the live documents: re-scoring
+#: that many candidates decodes about as much as scoring them all, and the ANN step would come on top
+EXHAUSTIVE_FRACTION = 2
+#: how much more nearest vectors and IVF lists a query asks for, round by round, while its candidates
+#: hold fewer than k documents; after the last round it is ranked exhaustively
+WIDEN = (4, 16)
 #: query tokens up to which a search runs its BLAS calls (coarse assignment, MaxSim) on one thread
 SMALL_SEARCH_TOKENS = 512
 _blas = None
@@ -43,8 +57,9 @@ class SearchParams:
     ----------
     k : documents returned per query.
     nprobe : IVF lists visited per query token (ignored by the flat backend).
-    candidates_per_token : nearest vectors fetched per query token.
+    candidates_per_token : nearest vectors fetched per query token (at least ``k``).
     rerank : candidate documents scored by full MaxSim (at least ``k``).
+    exhaustive : score every document by full MaxSim, no ANN step (the exact oracle; slow).
     """
 
     k: int = 10
@@ -53,6 +68,7 @@ class SearchParams:
     nprobe: int = 32
     candidates_per_token: int = 32
     rerank: int = 64
+    exhaustive: bool = False
 
     @classmethod
     def from_optional(
@@ -76,6 +92,12 @@ class SearchParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise InputError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(self.exhaustive, (bool, np.bool_)):
+            raise InputError(f"exhaustive={self.exhaustive!r} must be true or false")
+
+    def depths(self) -> tuple[int, int]:
+        """(nearest vectors per query token, documents re-scored by MaxSim): both grow with ``k``."""
+        return max(self.candidates_per_token, self.k), max(self.rerank, self.k)
 
 
 def approximate_scores(scores: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,17 +142,32 @@ def one_blas_thread():
 
 
 def search_embeddings(
-    queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams
+    queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams, live: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Search encoded queries (nq, Lq, d); returns per query (doc_ints, scores), best first."""
+    """Search encoded queries (nq, Lq, d) among the ``live`` documents (every one the index holds).
+
+    Returns per query (doc_ints, scores), best first: exactly ``min(k, len(live))`` documents.
+    """
+    if params.exhaustive or params.k * EXHAUSTIVE_FRACTION >= len(live):
+        return exact_search(queries, live, fetch, params.k)
     small = queries.shape[0] * queries.shape[1] <= SMALL_SEARCH_TOKENS
+    want = min(params.k, len(live))
     with one_blas_thread() if small else nullcontext():
-        return _search(queries, ann, fetch, params)
+        results = _search(queries, ann, fetch, params)
+        kp, _ = params.depths()
+        for factor in WIDEN:  # a short query's few tokens may share their nearest vectors among few documents
+            short = [q for q, (docs, _) in enumerate(results) if len(docs) < want]
+            if not short:
+                break
+            wider = replace(params, candidates_per_token=factor * kp, nprobe=factor * params.nprobe)
+            for q, ranked in zip(short, _search(queries[short], ann, fetch, wider)):
+                results[q] = ranked
+    return _fill_up(queries, results, live, fetch, params.k)
 
 
 def _search(queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams) -> list[tuple[np.ndarray, np.ndarray]]:
     nq, lq, dim = queries.shape
-    kp = params.candidates_per_token
+    kp, depth = params.depths()
     tokens = queries.reshape(nq * lq, dim)
     # zero rows (padding of queries encoded without augmentation) match nothing: they fetch no candidates
     live = np.flatnonzero(np.any(tokens != 0, axis=1))
@@ -141,7 +178,6 @@ def _search(queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams) -
     results = []
     for q in range(nq):
         cands, approx = approximate_scores(scores[q], docs[q])
-        depth = max(params.rerank, params.k)
         if len(cands) > depth:
             cands = cands[np.argpartition(-approx, depth - 1)[:depth]]
         if len(cands) == 0:
@@ -154,18 +190,57 @@ def _search(queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams) -
     return results
 
 
-def exact_search(queries: np.ndarray, doc_ints: np.ndarray, fetch: Fetch, k: int, chunk: int = 1024):
-    """Rank ``doc_ints`` (e.g. those a filter matched) by exact MaxSim, in chunks to bound memory.
+def _fill_up(
+    queries: np.ndarray, results: list[tuple[np.ndarray, np.ndarray]], live: np.ndarray, fetch: Fetch, k: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rank the queries whose candidates ran out before ``min(k, len(live))`` documents exhaustively.
 
-    Returns per query (doc_ints, scores), best first, at most ``k``.
+    Scoring every live document is a superset of what the candidates were scored on, so such a
+    query gets the exact top ``k``; the short queries of a batch share one pass over the vectors.
     """
-    scores = np.empty((len(queries), len(doc_ints)), dtype=np.float32)
+    want = min(k, len(live))
+    short = [q for q, (docs, _) in enumerate(results) if len(docs) < want]
+    if not short:
+        return results
+    log.debug("%d of %d queries found fewer than %d candidates: exhaustive MaxSim", len(short), len(results), want)
+    out = list(results)
+    for q, ranked in zip(short, exact_search(queries[short], live, fetch, k)):
+        out[q] = ranked
+    return out
+
+
+#: query-token x document-vector similarities (float32 bytes) one MaxSim product may hold
+BLOCK_BYTES = 64 << 20
+
+
+def exact_search(
+    queries: np.ndarray, doc_ints: np.ndarray, fetch: Fetch, k: int, chunk: int = 512
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rank ``doc_ints`` (e.g. every live document, or those a filter matched) by exact MaxSim.
+
+    Documents are decoded ``chunk`` at a time and each query keeps a running top ``k``, so memory
+    stays O(chunk's vectors + queries x (k + chunk)) whatever the index size. Returns per query
+    (doc_ints, scores), best first: ``min(k, len(doc_ints))`` documents; among equal scores the
+    earlier in ``doc_ints`` comes first.
+    """
+    doc_ints = np.asarray(doc_ints, dtype=np.int64)
+    nq = len(queries)
+    best_docs = np.empty((nq, 0), np.int64)
+    best_scores = np.empty((nq, 0), np.float32)
     for start in range(0, len(doc_ints), chunk):
         part = doc_ints[start : start + chunk]
         vectors, offsets = fetch(part)
-        scores[:, start : start + len(part)] = maxsim(queries, vectors, offsets)
-    out = []
-    for row in scores:
-        top = np.argsort(-row, kind="stable")[:k]
-        out.append((doc_ints[top], row[top]))
-    return out
+        scores = np.hstack([best_scores, _maxsim_blocked(queries, vectors, offsets)])
+        docs = np.hstack([best_docs, np.broadcast_to(part, (nq, len(part)))])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # the running top k precede this chunk: ties kept
+        best_scores, best_docs = np.take_along_axis(scores, order, 1), np.take_along_axis(docs, order, 1)
+    return list(zip(best_docs, best_scores))
+
+
+def _maxsim_blocked(queries: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """:func:`maxsim` of (nq, Lq, d) queries, a group of queries at a time so the similarities fit BLOCK_BYTES."""
+    nq, lq, _ = queries.shape
+    group = max(1, BLOCK_BYTES // (4 * lq * max(len(vectors), 1)))
+    if group >= nq:
+        return maxsim(queries, vectors, offsets)
+    return np.vstack([maxsim(queries[a : a + group], vectors, offsets) for a in range(0, nq, group)])

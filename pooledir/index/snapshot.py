@@ -51,6 +51,7 @@ class Snapshot:
     count_of: np.ndarray
     n_docs: int
     _keep: list = field(default_factory=list)
+    _live: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_live(self) -> int:
@@ -63,6 +64,12 @@ class Snapshot:
         return sum(s.n_vectors for s in self.segments)
 
     # -- search -----------------------------------------------------------------------------------------------
+    def live_docs(self) -> np.ndarray:
+        """Internal numbers of every document of this commit, ascending (computed once: snapshots are immutable)."""
+        if self._live is None:
+            self._live = np.flatnonzero(self.seg_of >= 0)
+        return self._live
+
     def ann(self, tokens: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, doc_ints) per token over every segment; the shared quantizer runs once.
 

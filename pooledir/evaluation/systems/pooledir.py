@@ -23,7 +23,8 @@ class PooledirSystem:
 
     ``pool_threshold`` pools adaptively (Ward merge heights) here, before the index, which then
     stores the pooled vectors as they are; ``refine`` keeps the float16 copy so that MaxSim
-    re-scores the candidates exactly (IVF-PQ's ``keep_exact``).
+    re-scores the candidates exactly (IVF-PQ's ``keep_exact``). The flat backend is the exact
+    baseline: it scores every document by MaxSim (``exhaustive``), no ANN candidates.
     """
 
     def __init__(
@@ -43,7 +44,7 @@ class PooledirSystem:
             keep_exact=refine,
         )
         self.config.check()
-        self.params = params or SearchParams()
+        self.params = replace(params or SearchParams(), exhaustive=backend == "flat")
         pooling = f"pt{self.pool_threshold:g}" if self.pool_threshold is not None else f"pf{pool_factor}"
         self.name = f"pooledir-{backend}-{pooling}" + (f"-m{pq_m}" if pq_m else "") + ("-refine" if refine else "")
         self.index: PooledIndex | None = None
