@@ -25,6 +25,7 @@ import numpy as np
 
 from pooledir.corpus import check_utf8
 from pooledir.errors import InputError
+from pooledir.lexical import ensure_table
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -100,6 +101,8 @@ class DocStore:
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(segments)")}
         if "touched" not in columns:  # made before the column: every segment counts as untouched since
             self.conn.execute("ALTER TABLE segments ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
+        # the lexical lane (pooledir/lexical.py): its triggers write it in every transaction that changes docs
+        self.lexical = ensure_table(self.conn)
         self._pinned = False
         self._probe: sqlite3.Connection | None = None
 
