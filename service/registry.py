@@ -152,11 +152,15 @@ class IndexHandle:
             with self.lock.writing():
                 self.index.refresh()
 
-    def search(self, queries: list[str], params, with_text: bool, filter: dict | None = None):
-        """Encode (batched with other requests), then search under the read lock."""
-        Q = self.encode_queries(queries)
+    def search(self, queries: list[str], params, with_text: bool, filter: dict | None = None, mode: str = "dense"):
+        """Encode (batched with other requests; not for lexical), then search under the read lock."""
+        Q = self.encode_queries(queries) if mode != "lexical" else None
         self.refresh()
         with self.lock.reading():  # search_embeddings checks params against the current document count
+            if mode != "dense":
+                from pooledir import hybrid
+
+                return hybrid.search(self.index, queries, params, mode, with_text, filter, Q=Q)
             return self.index.search_embeddings(Q, params, with_text=with_text, filter=filter)
 
     def upsert(self, documents: Sequence[Document]) -> int:

@@ -230,3 +230,61 @@ def test_lexical_modes_on_an_index_without_the_table_say_what_to_do(tmp_path, mo
     monkeypatch.setattr(lexical, "has_table", lambda conn: False)  # as an old index opened read-only
     with pytest.raises(InputError, match="no lexical table .* open it once with write access"):
         hybrid_search(idx, ["zz1"], SearchParams(k=3), "lexical")
+
+
+def test_cli_search_modes(tmp_path, tiny_ckpt, tiny_beir):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "idx"
+    cli = [sys.executable, "-m", "pooledir.cli"]
+    r = subprocess.run(
+        [*cli, "index", tiny_beir, "--out", out, "--checkpoint", tiny_ckpt, "--index", "flat", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    for mode in ("dense", "lexical", "hybrid"):
+        r = subprocess.run(
+            [*cli, "search", out, 'title 7 "AND', "-k", "3", "--json", "--mode", mode, "--device", "cpu"],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        hits = json.loads(r.stdout)["results"]
+        assert len(hits) == 3 and (mode == "dense" or hits[0]["id"] == "c7")
+    r = subprocess.run([*cli, "search", out, "x", "--mode", "bm25"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: search mode 'bm25' is not one of dense, lexical, hybrid"
+    ]
+    info = json.loads(subprocess.run([*cli, "info", out, "--json"], capture_output=True, text=True).stdout)
+    assert info["lexical"] is True
+
+
+def test_eval_runs_every_mode_and_the_bm25s_reference(tiny_beir, tiny_ckpt, tmp_path):
+    pytest.importorskip("bm25s")
+    pytest.importorskip("pytrec_eval")
+    from pooledir.evaluation import EvalConfig, evaluate
+
+    cfg = EvalConfig(
+        dataset=tiny_beir,
+        checkpoint=str(tiny_ckpt),
+        pool_factors=[1],
+        indexes=["flat"],
+        modes=["dense", "lexical", "hybrid"],
+        fusions=[None, Fusion("convex", 0.3, 20)],
+        compare=["bm25s"],
+        device="cpu",
+        cache_dir=tmp_path / "cache",
+        latency_queries=2,
+        search=SearchParams(k=20),
+    )
+    runs = evaluate(cfg)["runs"]
+    assert len(runs) == 6
+    modes = sorted(str(r["mode"]) for r in runs)
+    assert modes == ["dense", "hybrid", "hybrid", "lexical", "lexical", "lexical"]
+    lex = next(r for r in runs if r["system"] == "pooledir" and r["mode"] == "lexical")
+    ref = next(r for r in runs if r["system"] == "bm25s" and r["index"].startswith("robertson"))
+    assert lex["ndcg@10"] == pytest.approx(ref["ndcg@10"], abs=0.05)  # same tokens, same formula
+    assert {r["fusion"]["method"] for r in runs if r["mode"] == "hybrid"} == {"rrf", "convex"}

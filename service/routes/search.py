@@ -28,7 +28,7 @@ def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, settings:
                 422, f"query {i} has {len(q)} characters; this service takes at most {settings.max_query_chars}"
             )
     params = _params(opts, settings.max_k)
-    results = handle.search(queries, params, with_text=opts.with_text, filter=opts.filter)
+    results = handle.search(queries, params, with_text=opts.with_text, filter=opts.filter, mode=opts.mode)
     return [[Hit(**h.__dict__) for h in hits] for hits in results]
 
 
