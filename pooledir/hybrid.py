@@ -8,7 +8,9 @@ documents by their best passage.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -59,16 +61,33 @@ def search(
         return lexical_hits(index, queries, params.k, filter, with_text)
     depth = max(params.k, fusion.depth)
     wide = replace(params, k=depth)
-    if Q is None:
-        dense = index.search(list(queries), k=depth, params=wide, filter=filter)
-    else:
-        dense = index.search_embeddings(Q, wide, filter=filter)
-    lex = lexical_hits(index, queries, depth, filter, False)
+    # the lexical lane runs beside the dense one (sqlite and torch release the GIL): a hybrid query costs
+    # about the slower lane where a core is free
+    lex_future = _pool().submit(lexical_hits, index, queries, depth, filter, False)
+    try:
+        if Q is None:
+            dense = index.search(list(queries), k=depth, params=wide, filter=filter)
+        else:
+            dense = index.search_embeddings(Q, wide, filter=filter)
+    finally:
+        lex = lex_future.result()
     out = []
     for d, lx in zip(dense, lex):
         fused = fuse([(h.id, h.score) for h in d], [(h.id, h.score) for h in lx], fusion, params.k)
         out.append(_hits(index, fused, with_text))
     return out
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pooledir-lexical")
+        return _executor
 
 
 def lexical_hits(
@@ -81,7 +100,7 @@ def lexical_hits(
     out = []
     for q in queries:
         if index.config.passage_stride is None:
-            doc_ints, scores = lexical.search(conn, q, k, filter)
+            doc_ints, scores = lexical.search(conn, q, k, filter, n_rows=len(index))
             ranked = list(zip(index.folder.store.ext_ids(doc_ints), scores.tolist()))
         else:
             ranked = _best_passages(index, q, k, filter)
@@ -95,7 +114,7 @@ def _best_passages(index: PooledIndex, q: str, k: int, filter: dict[str, Any] | 
 
     conn, store = index.folder.store.conn, index.folder.store
     for factor in (4, 16, 64):
-        doc_ints, scores = lexical.search(conn, q, factor * k, filter)
+        doc_ints, scores = lexical.search(conn, q, factor * k, filter, n_rows=len(index))
         best: dict[str, float] = {}
         for row_id, s in zip(store.ext_ids(doc_ints), scores.tolist()):
             best.setdefault(parent_id(row_id), s)

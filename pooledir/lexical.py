@@ -16,9 +16,11 @@ transaction (a crash leaves no half-built table), on the first open that may wri
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
+import threading
 from typing import Any
 
 import numpy as np
@@ -111,28 +113,34 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def fts_query(text: str) -> str | None:
+def words(text: str) -> list[str]:
+    """The distinct words of ``text``, lower-cased, in order; lone surrogates (sqlite cannot store them) dropped."""
+    return list(dict.fromkeys(t.lower() for t in _TOKEN.findall(_SURROGATE.sub(" ", text))))
+
+
+def fts_query(text: str | list[str]) -> str | None:
     """An FTS5 query matching any word of ``text`` (OR), each quoted as a string; None if it has no words.
 
     Quoting makes FTS5's own syntax (quotes, ``AND``/``OR``/``NOT``, ``NEAR(``, ``*``, ``^``, ``:``,
-    parentheses) plain terms; lone surrogates, which sqlite cannot store, are dropped.
+    parentheses) plain terms. ``text`` may be the words already.
     """
-    text = _SURROGATE.sub(" ", text)
-    tokens = list(dict.fromkeys(t.lower() for t in _TOKEN.findall(text)))
+    tokens = words(text) if isinstance(text, str) else text
     if not tokens:
         return None
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in tokens)
 
 
 def search(
-    conn: sqlite3.Connection, text: str, k: int, where: dict[str, Any] | None = None
+    conn: sqlite3.Connection, text: str, k: int, where: dict[str, Any] | None = None, n_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """BM25 (FTS5's, k1 1.2, b 0.75) top ``k`` rows for one query: (doc_ints, scores), best first.
 
     Scores are FTS5's ``bm25()`` negated, so higher is better. ``where`` (metadata field -> value,
-    checked by the caller) keeps only rows whose metadata equals every field.
+    checked by the caller) keeps only rows whose metadata equals every field. ``n_rows`` (the rows
+    the table holds) lets the query skip words in half the rows or more: FTS5 gives those an idf of
+    1e-6, so they change no score, but scoring every row they match is most of a query's time.
     """
-    match = fts_query(text)
+    match = fts_query(useful_words(conn, words(text), n_rows) if n_rows else text)
     if match is None or k <= 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
     if where:
@@ -151,6 +159,39 @@ def search(
     doc_ints = np.array([r[0] for r in rows], dtype=np.int64)
     scores = -np.array([r[1] for r in rows], dtype=np.float32)
     return doc_ints, scores
+
+
+def useful_words(conn: sqlite3.Connection, query_words: list[str], n_rows: int) -> list[str]:
+    """The words whose every term is in fewer than half of the ``n_rows`` rows (all words if none is)."""
+    stems = {w: _stems(w) for w in query_words}
+    terms = sorted({t for ts in stems.values() for t in ts})
+    if not terms:
+        return query_words
+    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{TABLE}_df USING fts5vocab(main, {TABLE}, row)")
+    df = dict(
+        conn.execute(f"SELECT term, doc FROM temp.{TABLE}_df WHERE term IN ({','.join('?' * len(terms))})", terms)
+    )
+    kept = [w for w in query_words if stems[w] and all(0 < df.get(t, 0) and 2 * df[t] < n_rows for t in stems[w])]
+    return kept or query_words
+
+
+_tokenizer_lock = threading.Lock()
+_tokenizer: sqlite3.Connection | None = None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _stems(word: str) -> tuple[str, ...]:
+    """The terms FTS5 indexes for ``word`` (usually one), from a private in-memory table."""
+    global _tokenizer
+    with _tokenizer_lock:
+        if _tokenizer is None:
+            _tokenizer = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            _tokenizer.execute(f"CREATE VIRTUAL TABLE t USING fts5(body, tokenize = '{TOKENIZER}')")
+            _tokenizer.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+        _tokenizer.execute("INSERT INTO t (rowid, body) VALUES (1, ?)", (word,))
+        out = tuple(r[0] for r in _tokenizer.execute("SELECT term FROM v ORDER BY offset"))
+        _tokenizer.execute("DELETE FROM t")
+        return out
 
 
 def tokenize(texts: list[str]) -> list[list[str]]:

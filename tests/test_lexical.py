@@ -288,3 +288,24 @@ def test_eval_runs_every_mode_and_the_bm25s_reference(tiny_beir, tiny_ckpt, tmp_
     ref = next(r for r in runs if r["system"] == "bm25s" and r["index"].startswith("robertson"))
     assert lex["ndcg@10"] == pytest.approx(ref["ndcg@10"], abs=0.05)  # same tokens, same formula
     assert {r["fusion"]["method"] for r in runs if r["mode"] == "hybrid"} == {"rrf", "convex"}
+
+
+def test_skipping_words_in_half_the_rows_changes_no_ranking(real):
+    conn = real.folder.store.conn
+    n = len(real)
+    for q in ["the cancer of cells", "a study of the blood and the heart code9", "the of and", "code7 the"]:
+        full_ids, full_scores = lexical.search(conn, q, 60)
+        fast_ids, fast_scores = lexical.search(conn, q, 60, n_rows=n)
+        # words in half the rows or more have idf 1e-6 in FTS5: the rows they alone match score ~0
+        keep = full_scores > 1e-3
+        assert fast_ids[: keep.sum()].tolist() == full_ids[keep].tolist()
+        np.testing.assert_allclose(fast_scores[: keep.sum()], full_scores[keep], atol=1e-4)
+
+
+def test_useful_words_keeps_every_word_when_none_is_rare(tmp_path):
+    idx = fake_index(tmp_path / "i", backend="flat")
+    add(idx, ["a", "b", "c"], [1, 2, 3])  # "text" and "of" are in every row
+    conn, n = idx.folder.store.conn, len(idx)
+    assert lexical.useful_words(conn, ["text", "of", "zz1"], n) == ["zz1"]
+    assert lexical.useful_words(conn, ["text", "of", "zzzz"], n) == ["text", "of", "zzzz"]
+    assert lexical_ids(idx, "text of") != []  # a query of common words still finds the rows
