@@ -672,6 +672,8 @@ def info(
     typer.echo(f"device: {data['device']}")
     typer.echo(f"checkpoint: {data['checkpoint']}")
     typer.echo(f"backend: {json.dumps(data['backend'])}")
+    lexical = "yes (FTS5 BM25: modes lexical, hybrid)" if data["lexical"] else "no (open it once with write access)"
+    typer.echo(f"lexical table: {lexical}")
 
 
 @app.command()

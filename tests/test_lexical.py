@@ -260,6 +260,8 @@ def test_cli_search_modes(tmp_path, tiny_ckpt, tiny_beir):
     ]
     info = json.loads(subprocess.run([*cli, "info", out, "--json"], capture_output=True, text=True).stdout)
     assert info["lexical"] is True
+    r = subprocess.run([*cli, "info", out], capture_output=True, text=True)
+    assert "lexical table: yes" in r.stdout
 
 
 def test_eval_runs_every_mode_and_the_bm25s_reference(tiny_beir, tiny_ckpt, tmp_path):
