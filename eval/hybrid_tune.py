@@ -50,14 +50,45 @@ def sweep(dense, lexical, qrels) -> list[dict]:
     return rows
 
 
+def choose(sweeps: list[dict], tie: float = 0.002) -> dict:
+    """eval/results/hybrid_rule.md, step 5: the largest minimum margin over the sets, then the tie-breaks."""
+    margins: dict[tuple, list[float]] = defaultdict(list)
+    for sw in sweeps:
+        best_lane = max(r["ndcg@10"] for r in sw["rows"] if r["setting"] in ("dense", "lexical"))
+        for r in sw["rows"]:
+            if r["setting"] == "hybrid":
+                margins[(r["method"], r["weight"], r["depth"])].append(r["ndcg@10"] - best_lane)
+    scored = [(min(m), sum(m) / len(m), key) for key, m in margins.items() if len(m) == len(sweeps)]
+    top = max(s[0] for s in scored)
+    tied = [s for s in scored if s[0] >= top - tie]
+    _, mean, (method, weight, depth) = max(
+        tied, key=lambda s: (round(s[1], 6), s[2][0] == "rrf", -abs(s[2][1] - 0.5), -s[2][2])
+    )
+    return {
+        "method": method,
+        "weight": weight,
+        "depth": depth,
+        "min_margin": min(margins[(method, weight, depth)]),
+        "mean_margin": mean,
+        "margins": dict(zip([f"{sw['dataset']}_{sw['split']}" for sw in sweeps], margins[(method, weight, depth)])),
+        "tied_settings": len(tied),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dense", type=Path, required=True)
-    ap.add_argument("--lexical", type=Path, required=True)
-    ap.add_argument("--qrels", type=Path, required=True, help="BEIR folder")
-    ap.add_argument("--split", required=True)
+    ap.add_argument("--dense", type=Path)
+    ap.add_argument("--lexical", type=Path)
+    ap.add_argument("--qrels", type=Path, help="BEIR folder")
+    ap.add_argument("--split")
+    ap.add_argument("--choose", type=Path, nargs="+", help="sweep files: apply the rule, write the choice to --out")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
+    if a.choose:
+        choice = choose([json.loads(p.read_text()) for p in a.choose])
+        a.out.write_text(json.dumps(choice, indent=1))
+        print(choice)
+        return
     if a.split == "test":
         raise SystemExit("tune on train/dev qrels only")
     qrels = load_qrels(a.qrels, a.split)

@@ -108,3 +108,24 @@ def test_duplicates_in_a_lane_count_once():
 def test_bad_settings_say_the_value(bad, message):
     with pytest.raises(InputError, match=message):
         bad.check()
+
+
+def test_the_tuning_rule_picks_the_best_worst_case_setting():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("hybrid_tune", Path(__file__).parents[1] / "eval" / "hybrid_tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+
+    def sweep(name, dense, lexical, hybrid):
+        rows = [{"setting": "dense", "ndcg@10": dense}, {"setting": "lexical", "ndcg@10": lexical}]
+        rows += [{"setting": "hybrid", "method": m, "weight": w, "depth": d, "ndcg@10": v} for (m, w, d), v in hybrid]
+        return {"dataset": name, "split": "dev", "rows": rows}
+
+    a = sweep("a", 0.50, 0.40, [(("rrf", 0.5, 100), 0.56), (("convex", 0.3, 50), 0.60), (("rrf", 0.7, 20), 0.52)])
+    b = sweep("b", 0.30, 0.35, [(("rrf", 0.5, 100), 0.37), (("convex", 0.3, 50), 0.33), (("rrf", 0.7, 20), 0.38)])
+    # worst-case margins: rrf 0.5 +0.02, convex 0.3 -0.02, rrf 0.7 +0.02 -> tie; mean margin 0.04 vs 0.025
+    choice = tune.choose([a, b])
+    assert (choice["method"], choice["weight"], choice["depth"]) == ("rrf", 0.5, 100)
+    assert choice["min_margin"] == pytest.approx(0.02) and choice["tied_settings"] == 2
