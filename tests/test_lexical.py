@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -311,3 +313,25 @@ def test_useful_words_keeps_every_word_when_none_is_rare(tmp_path):
     assert lexical.useful_words(conn, ["text", "of", "zz1"], n) == ["zz1"]
     assert lexical.useful_words(conn, ["text", "of", "zzzz"], n) == ["text", "of", "zzzz"]
     assert lexical_ids(idx, "text of") != []  # a query of common words still finds the rows
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "format2_no_lexical"
+
+
+def test_a_committed_format_2_index_gets_its_table_on_the_first_write_open(tmp_path):
+    """tests/fixtures/format2_no_lexical: made by pooledir before the lexical lane (3 documents, one replaced)."""
+    conn = sqlite3.connect(FIXTURE / "docs.sqlite")
+    assert not lexical.has_table(conn)
+    conn.close()
+    path = tmp_path / "old"
+    shutil.copytree(FIXTURE, path)
+    idx = PooledIndex.open(path, device="cpu", encoder=FakeEncoder())
+    assert idx.info()["lexical"] is True
+    assert lanes_agree(idx) == {"alpha", "beta", "gamma"}
+    assert lexical_ids(idx, "zebrafish regeneration") == ["alpha"]
+    assert lexical_ids(idx, "bone revised") == ["beta"] and lexical_ids(idx, "older adults") == []
+    assert lexical_ids(idx, "retrieval", filter={"kind": "ir"}) == ["gamma"]
+    dense = idx.search_embeddings(np.stack([vectors(1)[:2]]), SearchParams(k=3))[0]
+    assert sorted(h.id for h in dense) == ["alpha", "beta", "gamma"]
+    add(idx, ["delta"], [4])
+    assert lanes_agree(idx) == {"alpha", "beta", "gamma", "delta"}
