@@ -50,7 +50,13 @@ class Bm25sSystem:
         return out
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {"system": "bm25s", "index": f"{self.method} k1={self.k1:g} b={self.b:g}", "mode": "lexical"}
+        return {
+            "system": "bm25s",
+            "index": f"{self.method} k1={self.k1:g} b={self.b:g}",
+            "mode": "lexical",
+            "vectors": 0,
+            "pool_s": 0.0,
+        }
 
     def bytes(self) -> dict[str, int]:  # noqa: D102
         n = sum(int(getattr(v, "nbytes", 0)) for v in self.retriever.scores.values())
