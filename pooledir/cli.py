@@ -625,15 +625,20 @@ def search(
     candidates: Candidates = None,
     rerank: Rerank = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    mode: Annotated[
+        str, typer.Option(help="dense (MaxSim), lexical (BM25 over the text) or hybrid (both, fused).")
+    ] = "dense",
     query_backend: QueryBackend = "torch",
     device: Device = "auto",
 ) -> None:
     """Search an index; prints rank, score, id and the start of each document."""
+    from pooledir.hybrid import check_mode
     from pooledir.search import SearchParams
 
+    check_mode(mode)
     params = SearchParams.from_optional(k, nprobe, candidates, rerank)
     with _open_index(index_dir, device=device, query_backend=query_backend) as idx:
-        results = idx.search(queries, k=k, params=params, with_text=True)
+        results = idx.search(queries, k=k, params=params, with_text=True, mode=mode)
     for query, hits in zip(queries, results):
         if as_json:
             typer.echo(json.dumps({"query": query, "results": [h.__dict__ for h in hits]}, ensure_ascii=False))
@@ -708,6 +713,8 @@ def info(
     typer.echo(f"device: {data['device']}")
     typer.echo(f"checkpoint: {data['checkpoint']}")
     typer.echo(f"backend: {json.dumps(data['backend'])}")
+    lexical = "yes (FTS5 BM25: modes lexical, hybrid)" if data["lexical"] else "no (open it once with write access)"
+    typer.echo(f"lexical table: {lexical}")
 
 
 @app.command()
@@ -971,6 +978,23 @@ def _int_list(value: str, what: str) -> list[int]:
         raise InputError(f"{what} must be comma-separated integers, got {value!r}") from None
 
 
+def _fusions(spec: str) -> list:
+    """``method:weight[:depth],...`` as Fusion settings; empty: [None] (the library's default)."""
+    from pooledir.errors import InputError
+    from pooledir.fusion import Fusion
+
+    out = []
+    for item in [x for x in spec.split(",") if x.strip()]:
+        parts = item.strip().split(":")
+        try:
+            f = Fusion(parts[0], float(parts[1]), *[int(p) for p in parts[2:3]])
+        except (IndexError, ValueError):
+            raise InputError(f"--fusion items are method:weight[:depth], got {item!r}") from None
+        f.check()
+        out.append(f)
+    return out or [None]
+
+
 @eval_app.command("beir")
 def eval_beir(
     dataset: Annotated[Path, typer.Argument(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")],
@@ -991,6 +1015,13 @@ def eval_beir(
     ] = "",
     pq_m: Annotated[str, typer.Option(help="Comma-separated PQ sub-quantizer counts for IVF-PQ (default dim/2).")] = "",
     refine: Annotated[str, typer.Option(help="IVF-PQ refine stage (float16 copy): off, on or off,on.")] = "off",
+    modes: Annotated[str, typer.Option(help="Comma-separated search modes: dense, lexical, hybrid.")] = "dense",
+    fusion: Annotated[
+        str,
+        typer.Option(
+            help="Hybrid settings to run, method:weight[:depth] (e.g. rrf:0.5,convex:0.3:64); default: the library's."
+        ),
+    ] = "",
     nprobe: NProbe = None,
     candidates: Candidates = None,
     rerank: Rerank = None,
@@ -1001,6 +1032,7 @@ def eval_beir(
     """Score a BEIR dataset (nDCG@10, Recall@100) across pool factors and index types."""
     from pooledir.errors import InputError
     from pooledir.evaluation import EvalConfig, evaluate, markdown_table
+    from pooledir.hybrid import check_mode
     from pooledir.search import SearchParams
 
     factors = _int_list(pool_factors, "--pool-factors")
@@ -1022,6 +1054,8 @@ def eval_beir(
         pool_thresholds=thresholds,
         pq_ms=_int_list(pq_m, "--pq-m") or [None],
         refine=[refine_modes[x] for x in refine.split(",")],
+        modes=[check_mode(m) for m in modes.split(",") if m],
+        fusions=_fusions(fusion),
         indexes=[x for x in index_types.split(",") if x],
         split=split,
         corpus_sample=corpus_sample,

@@ -22,17 +22,16 @@ import numpy as np
 from pooledir.corpus import Document, check_documents
 from pooledir.device import faiss_gpu_available, resolve_device
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
+from pooledir.fusion import Fusion
 from pooledir.index.folder import Batch, IndexFolder, ensure_layout
 from pooledir.index.manifest import ENCODER_SETTINGS, IndexConfig, Manifest, read_manifest
 from pooledir.index.segments import describe_quantizer
+from pooledir.lexical import has_table
 from pooledir.pooling import pool_embeddings
 from pooledir.search import SearchParams, exact_search, search_embeddings
-from pooledir.store import DocStore
+from pooledir.store import MAX_FILTER_FIELDS, DocStore, check_filter
 
 __all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "PooledIndex", "read_manifest"]
-
-#: metadata fields one filter may name: each is one clause of one SQL expression (sqlite refuses ~1000)
-MAX_FILTER_FIELDS = 64
 
 
 @dataclass(frozen=True)
@@ -360,8 +359,14 @@ class PooledIndex:
         params: SearchParams | None = None,
         with_text: bool = False,
         filter: dict[str, Any] | None = None,
+        mode: str = "dense",
+        fusion: Fusion | None = None,
     ) -> list[list[Hit]]:
-        """Search one query or a batch; returns one ranked list of :class:`Hit` per query (see search_embeddings)."""
+        """Search one query or a batch; returns one ranked list of :class:`Hit` per query (see search_embeddings).
+
+        ``mode``: ``"dense"`` (MaxSim), ``"lexical"`` (BM25 over the stored text) or ``"hybrid"`` (both,
+        fused by ``fusion``); see :mod:`pooledir.hybrid`.
+        """
         from pooledir.encoder import check_texts
 
         if isinstance(queries, str):
@@ -369,6 +374,10 @@ class PooledIndex:
         queries = check_texts(queries, "query")  # before the encoder loads: that takes seconds
         params = replace(params or SearchParams(), k=k)
         params.check()
+        if mode != "dense":
+            from pooledir import hybrid
+
+            return hybrid.search(self, queries, params, mode, with_text, filter, fusion)
         Q = self.encoder.encode_queries(queries)
         return self.search_embeddings(Q, params, with_text=with_text, filter=filter)
 
@@ -387,8 +396,8 @@ class PooledIndex:
         """
         params = params or SearchParams()
         params.check()
-        if filter is not None and len(filter) > MAX_FILTER_FIELDS:
-            raise InputError(f"the filter names {len(filter)} fields; pass at most {MAX_FILTER_FIELDS}")
+        if filter is not None:
+            check_filter(filter)  # before any work: both lanes match it in sqlite
         if Q.ndim != 3 or Q.shape[2] != self.dim:
             raise InputError(f"query embeddings of shape {Q.shape} are not (nq, Lq, {self.dim})")
         if len(self) == 0:
@@ -448,4 +457,5 @@ class PooledIndex:
             "bytes": {str(p.relative_to(self.path)): p.stat().st_size for p in files},
             "index_bytes": sum(p.stat().st_size for p in files),
             "commit": snap.commit,
+            "lexical": has_table(store.conn),  # the lexical (FTS5) table is there: modes lexical and hybrid work
         }

@@ -28,6 +28,7 @@ import numpy as np
 
 from pooledir.corpus import check_utf8
 from pooledir.errors import IndexCorruptError, InputError, NoSpaceError
+from pooledir.lexical import ensure_table, has_table
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ class DocStore:
                 self.conn.close()
                 raise
         self.conn.execute("PRAGMA synchronous=FULL")
+        # the lexical lane (pooledir/lexical.py): its triggers write it in every transaction that changes docs;
+        # a writable store gets it built once, a read-only one serves dense search alone without it
+        self.lexical = has_table(self.conn) if self.read_only else ensure_table(self.conn)
         self._pinned = False
         self._probe: sqlite3.Connection | None = None
 
@@ -377,6 +381,10 @@ class DocStore:
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
+#: metadata fields one filter may name: each is one clause of one SQL expression (sqlite refuses ~1000)
+MAX_FILTER_FIELDS = 64
+
+
 def check_filter(where: Any) -> None:
     """Raise InputError unless ``where`` is a non-empty {field: str | int | float | bool} sqlite can match.
 
@@ -385,6 +393,8 @@ def check_filter(where: Any) -> None:
     """
     if not isinstance(where, dict) or not where:
         raise InputError(f"a filter is a non-empty object of metadata field -> value, got {where!r:.80}")
+    if len(where) > MAX_FILTER_FIELDS:
+        raise InputError(f"the filter names {len(where)} fields; pass at most {MAX_FILTER_FIELDS}")
     for key, value in where.items():
         check_utf8(key, "a filter field name")
         if not key or any(c in key for c in '"\\') or any(ord(c) < 32 for c in key):

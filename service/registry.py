@@ -208,10 +208,14 @@ class IndexHandle:
             return self.batcher.encode(queries)
         return self.index.encoder.encode_queries(queries)
 
-    def search(self, queries: list[str], params, with_text: bool, filter: dict | None = None):
-        """Encode (batched with other requests), then search the newest commit."""
-        Q = self.encode_queries(queries)
-        return self.read(lambda index: index.search_embeddings(Q, params, with_text=with_text, filter=filter))
+    def search(self, queries: list[str], params, with_text: bool, filter: dict | None = None, mode: str = "dense"):
+        """Encode (batched with other requests; not for lexical), then search the newest commit."""
+        Q = self.encode_queries(queries) if mode != "lexical" else None
+        if mode == "dense":
+            return self.read(lambda index: index.search_embeddings(Q, params, with_text=with_text, filter=filter))
+        from pooledir import hybrid
+
+        return self.read(lambda index: hybrid.search(index, queries, params, mode, with_text, filter, Q=Q))
 
     def upsert(self, documents: Sequence[Document]) -> int:
         """Encode and add; durable on return."""

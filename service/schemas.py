@@ -8,7 +8,7 @@ fit sqlite's 64-bit integers: bad input is a 422 here, never a 5xx later.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -81,6 +81,9 @@ class SearchOptions(BaseModel):
         None,
         max_length=MAX_FILTER_FIELDS,
         description="rank only documents whose metadata equals every given field (exact MaxSim over them)",
+    )
+    mode: Literal["dense", "lexical", "hybrid"] = Field(
+        "dense", description="dense (MaxSim), lexical (BM25 over the stored text) or hybrid (both, fused)"
     )
 
 

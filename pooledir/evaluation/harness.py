@@ -32,6 +32,7 @@ from pooledir.evaluation.cache import encode_cached
 from pooledir.evaluation.machine import machine_info
 from pooledir.evaluation.metrics import latency, run_from_hits, score_run, write_trec_run
 from pooledir.evaluation.systems import Context, System, SystemUnavailable, get_system
+from pooledir.fusion import Fusion
 from pooledir.search import SearchParams
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ RUN_KEYS = (
     "pool_threshold",
     "pq_m",
     "refine",
+    "mode",
+    "fusion",
     "nbits",
     "vectors",
     "index_bytes",
@@ -78,6 +81,8 @@ class EvalConfig:
     pool_thresholds: list[float] = field(default_factory=list)
     pq_ms: list[int | None] = field(default_factory=lambda: [None])
     refine: list[bool] = field(default_factory=lambda: [False])
+    modes: list[str] = field(default_factory=lambda: ["dense"])
+    fusions: list[Fusion | None] = field(default_factory=lambda: [None])
     split: str = "test"
     corpus_sample: int | None = None
     queries_sample: int | None = None
@@ -105,6 +110,8 @@ class EvalConfig:
             "pool_thresholds": self.pool_thresholds,
             "pq_ms": self.pq_ms,
             "refine": self.refine,
+            "modes": self.modes,
+            "fusions": self.fusions,
         }
         out: list[System] = []
         skipped: list[dict[str, str]] = []

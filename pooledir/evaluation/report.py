@@ -57,6 +57,9 @@ def _label(run: dict, short: bool = False) -> str:
         t = run.get("pool_threshold")
         pool = (f"t{t:g}" if short else f"pool <= {t:g}") if t is not None else (f"x{pf}" if short else f"pool x{pf}")
         codec = (f" m{run['pq_m']}" if run.get("pq_m") else "") + (" refine" if run.get("refine") else "")
+        if run.get("mode") not in (None, "dense"):
+            f = run.get("fusion")
+            codec += f" {run['mode']}" + (f" {f['method']} w{f['weight']:g} d{f['depth']}" if f else "")
         return f"{run['index']} {pool}{codec}" if short else f"pooledir {run['index']} {pool}{codec}"
     name = DISPLAY_NAMES.get(run["system"], run["system"])
     if run.get("nbits") is not None:

@@ -29,7 +29,7 @@ def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, settings:
             )
     params = _params(opts, settings.max_k)
     _check_size(len(queries), opts, settings)
-    results = handle.search(queries, params, with_text=opts.with_text, filter=opts.filter)
+    results = handle.search(queries, params, with_text=opts.with_text, filter=opts.filter, mode=opts.mode)
     if opts.with_text:
         chars = sum(len(h.text or "") for hits in results for h in hits)
         if chars > settings.max_response_text_chars:

@@ -192,6 +192,7 @@ def test_kill_9_during_compaction_keeps_every_acknowledged_document(tmp_path, mo
     again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=FakeEncoder())
     assert len(again) == 58 and again.get("d5_9").text == "text of d5_9"
     assert results(again, Q) == expected
+    assert_lanes_agree(again)
     segments = len(again.info()["segments"])
     assert segments == (len(segments_before) if moment == "before_commit" else 1)
     add(again, ["later"], [777])  # the next writer removes whatever the crash left unreferenced
@@ -229,6 +230,14 @@ def test_kill_9_at_any_moment_of_writes_and_compactions(tmp_path):
         if not a.startswith("-") and a not in deleted:
             assert again.get(a).id == a
     assert len(again.search_embeddings(queries(2), SearchParams(k=5))[0]) == 5
+    assert_lanes_agree(again)
+
+
+def assert_lanes_agree(idx: PooledIndex) -> None:
+    """The lexical lane (FTS5, same transactions) holds exactly the stored rows and texts."""
+    conn = idx.folder.store.conn
+    lex = dict(conn.execute("SELECT rowid, body FROM docs_lex").fetchall())
+    assert lex == dict(conn.execute("SELECT doc_int, text FROM docs").fetchall()) and len(lex) == len(idx)
 
 
 def test_two_processes_one_writing_one_searching(tmp_path):

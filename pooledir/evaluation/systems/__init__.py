@@ -16,6 +16,7 @@ SYSTEMS: dict[str, str | SystemFactory] = {
     "pooledir": "pooledir.evaluation.systems.pooledir:systems",
     "plaid": "pooledir.evaluation.systems.plaid:systems",
     "fast-plaid": "pooledir.evaluation.systems.fast_plaid:systems",
+    "bm25s": "pooledir.evaluation.systems.bm25s_ref:systems",
 }
 
 __all__ = ["SYSTEMS", "Context", "System", "SystemFactory", "SystemUnavailable", "get_system", "register_system"]

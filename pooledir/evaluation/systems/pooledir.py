@@ -6,13 +6,16 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 
+from pooledir import hybrid
 from pooledir.corpus import Document
 from pooledir.evaluation.systems.base import Context
+from pooledir.fusion import Fusion
+from pooledir.hybrid import check_mode
 from pooledir.pooled_index import Hit, IndexConfig, PooledIndex
 from pooledir.pooling import check_pool_threshold, pool_embeddings
 from pooledir.search import SearchParams
@@ -35,7 +38,10 @@ class PooledirSystem:
         pool_threshold: float | None = None,
         pq_m: int | None = None,
         refine: bool = False,
+        mode: str = "dense",
+        fusion: Fusion | None = None,
     ) -> None:
+        self.mode, self.fusion = check_mode(mode), fusion
         self.pool_threshold = check_pool_threshold(pool_threshold)
         self.config = IndexConfig(
             backend=backend,
@@ -47,11 +53,17 @@ class PooledirSystem:
         self.params = replace(params or SearchParams(), exhaustive=backend == "flat")
         pooling = f"pt{self.pool_threshold:g}" if self.pool_threshold is not None else f"pf{pool_factor}"
         self.name = f"pooledir-{backend}-{pooling}" + (f"-m{pq_m}" if pq_m else "") + ("-refine" if refine else "")
+        self.folder = self.name  # systems that differ only in the search mode share one built index
+        if mode != "dense":
+            self.name += f"-{mode}" + (f"-{fusion.method}{fusion.weight:g}-d{fusion.depth}" if fusion else "")
         self.index: PooledIndex | None = None
         self.pool_s = 0.0
 
     def build(self, context: Context, documents: Sequence[Document], vectors: Sequence[np.ndarray]) -> None:  # noqa: D102
-        path = context.workdir / self.name
+        path = context.workdir / self.folder
+        if (path / "manifest.json").is_file():  # built by a system before this one, from the same vectors
+            self.index = PooledIndex.open(path, device=context.device, encoder=context.encoder)
+            return
         shutil.rmtree(path, ignore_errors=True)
         self.index = PooledIndex.create(path, config=self.config, device=context.device, encoder=context.encoder)
         pool_s = 0.0
@@ -63,6 +75,8 @@ class PooledirSystem:
 
     def search(self, queries: Sequence[str], k: int, vectors: np.ndarray | None = None) -> list[list[Hit]]:  # noqa: D102
         params = replace(self.params, k=k)
+        if self.mode != "dense":
+            return hybrid.search(self.index, list(queries), params, self.mode, fusion=self.fusion, Q=vectors)
         if vectors is not None:
             return self.index.search_embeddings(vectors, params)
         return self.index.search(list(queries), k=k, params=params)
@@ -77,6 +91,8 @@ class PooledirSystem:
             # the sub-quantizers the trained index holds (the default resolved), None for flat
             "pq_m": info["backend"].get("pq_m", self.config.pq_m) if self.config.backend == "ivfpq" else None,
             "refine": self.config.keep_exact,
+            "mode": self.mode,
+            "fusion": asdict(self.fusion or Fusion()) if self.mode == "hybrid" else None,
             "nbits": None,
             "vectors": info["vectors"],
             "pool_s": self.pool_s,
@@ -115,12 +131,25 @@ def systems(
     pool_thresholds: Sequence[float] = (),
     pq_ms: Sequence[int | None] = (None,),
     refine: Sequence[bool] = (False,),
+    modes: Sequence[str] = ("dense",),
+    fusions: Sequence[Fusion | None] = (None,),
 ) -> list[PooledirSystem]:
-    """One system per (backend, pooling, codec), backends first; bad values fail before anything is built."""
+    """One system per (backend, pooling, codec, mode), backends first; bad values fail before anything is built.
+
+    ``fusions`` are the hybrid settings measured (None: the library's default); other modes ignore them.
+    """
+    for f in fusions:
+        if f is not None:
+            f.check()
+    searches = [(m, f) for m in modes for f in (fusions if m == "hybrid" else [None])]
     out = []
     for b in indexes:
         codecs = [(m, r) for m in pq_ms for r in refine] if b == "ivfpq" else [(None, False)]
         for m, r in codecs:
-            out += [PooledirSystem(b, pf, params, pq_m=m, refine=r) for pf in pool_factors]
-            out += [PooledirSystem(b, 1, params, pool_threshold=t, pq_m=m, refine=r) for t in pool_thresholds]
+            for mode, f in searches:
+                out += [PooledirSystem(b, pf, params, pq_m=m, refine=r, mode=mode, fusion=f) for pf in pool_factors]
+                out += [
+                    PooledirSystem(b, 1, params, pool_threshold=t, pq_m=m, refine=r, mode=mode, fusion=f)
+                    for t in pool_thresholds
+                ]
     return out

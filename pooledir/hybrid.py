@@ -1,0 +1,132 @@
+"""Search modes of :meth:`PooledIndex.search`: ``dense`` (MaxSim), ``lexical`` (BM25) and ``hybrid`` (both, fused).
+
+The lexical lane is :mod:`pooledir.lexical`, the fusion :mod:`pooledir.fusion`; the dense lane is the
+index's own search, called through its public entry point. Both lanes read the snapshot the index has
+pinned, so they see the same commit; a metadata filter applies to both. With passages, each lane ranks
+documents by their best passage.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pooledir import lexical
+from pooledir.errors import InputError
+from pooledir.fusion import Fusion, fuse
+
+if TYPE_CHECKING:
+    from pooledir.pooled_index import Hit, PooledIndex
+    from pooledir.search import SearchParams
+
+MODES = ("dense", "lexical", "hybrid")
+
+
+def check_mode(mode: str) -> str:
+    """Return ``mode`` or raise InputError listing the modes."""
+    if mode not in MODES:
+        raise InputError(f"search mode {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def search(
+    index: PooledIndex,
+    queries: Sequence[str],
+    params: SearchParams,
+    mode: str,
+    with_text: bool = False,
+    filter: dict[str, Any] | None = None,
+    fusion: Fusion | None = None,
+    Q: np.ndarray | None = None,
+) -> list[list[Hit]]:
+    """``lexical`` or ``hybrid`` search of ``queries`` (already checked); ``Q``: their dense encodings, if made."""
+    from pooledir.store import check_filter
+
+    check_mode(mode)
+    fusion = fusion or Fusion()
+    fusion.check()
+    if filter is not None:
+        check_filter(filter)
+    if not lexical.has_table(index.folder.store.conn):
+        raise InputError(
+            f"{index.path} has no lexical table (made by an older pooledir and opened read-only): "
+            "open it once with write access to build it, or search with mode='dense'"
+        )
+    if mode == "lexical":
+        return lexical_hits(index, queries, params.k, filter, with_text)
+    depth = max(params.k, fusion.depth)
+    wide = replace(params, k=depth)
+    # the lexical lane runs beside the dense one (sqlite and torch release the GIL): a hybrid query costs
+    # about the slower lane where a core is free
+    lex_future = _pool().submit(lexical_hits, index, queries, depth, filter, False)
+    try:
+        if Q is None:
+            dense = index.search(list(queries), k=depth, params=wide, filter=filter)
+        else:
+            dense = index.search_embeddings(Q, wide, filter=filter)
+    finally:
+        lex = lex_future.result()
+    out = []
+    for d, lx in zip(dense, lex):
+        fused = fuse([(h.id, h.score) for h in d], [(h.id, h.score) for h in lx], fusion, params.k)
+        out.append(_hits(index, fused, with_text))
+    return out
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pooledir-lexical")
+        return _executor
+
+
+def lexical_hits(
+    index: PooledIndex, queries: Sequence[str], k: int, filter: dict[str, Any] | None, with_text: bool
+) -> list[list[Hit]]:
+    """BM25's top ``k`` documents per query (a split document by its best passage)."""
+    if len(index) == 0:
+        return [[] for _ in queries]
+    conn = index.folder.store.conn
+    out = []
+    for q in queries:
+        if index.config.passage_stride is None:
+            doc_ints, scores = lexical.search(conn, q, k, filter, n_rows=len(index))
+            ranked = list(zip(index.folder.store.ext_ids(doc_ints), scores.tolist()))
+        else:
+            ranked = _best_passages(index, q, k, filter)
+        out.append(_hits(index, ranked, with_text))
+    return out
+
+
+def _best_passages(index: PooledIndex, q: str, k: int, filter: dict[str, Any] | None) -> list[tuple[str, float]]:
+    """Documents by their best passage: asks for more rows (x4, x16, x64) until ``k`` documents or none left."""
+    from pooledir.passages import parent_id
+
+    conn, store = index.folder.store.conn, index.folder.store
+    for factor in (4, 16, 64):
+        doc_ints, scores = lexical.search(conn, q, factor * k, filter, n_rows=len(index))
+        best: dict[str, float] = {}
+        for row_id, s in zip(store.ext_ids(doc_ints), scores.tolist()):
+            best.setdefault(parent_id(row_id), s)
+        if len(doc_ints) < factor * k or len(best) >= k:
+            break
+    return list(best.items())[:k]
+
+
+def _hits(index: PooledIndex, ranked: Sequence[tuple[str, float]], with_text: bool) -> list[Hit]:
+    from pooledir.pooled_index import Hit
+
+    if not with_text:
+        return [Hit(i, float(s)) for i, s in ranked]
+    docs = [index.get(i) for i, _ in ranked]
+    return [Hit(i, float(s), d.text, d.metadata) for (i, s), d in zip(ranked, docs)]
