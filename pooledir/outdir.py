@@ -49,9 +49,7 @@ def claim_output_folder(out: Path, resume: bool = False) -> Iterator[Claim]:
     with folder_lock(out, wait=False):
         resuming = resume and (out / "manifest.json").is_file()
         if not resume and (out / "manifest.json").is_file():
-            raise InputError(
-                f"{out} already holds an index; pick a new folder, delete it, or continue it with --resume"
-            )
+            raise InputError(f"{out} already holds an index; pick a new folder, delete it, or resume its build")
         if not resuming and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise InputError(f"{out} exists and is not empty; pick a new folder or delete it first")
         try:

@@ -277,7 +277,7 @@ def test_eval_runs_every_mode_and_the_bm25s_reference(tiny_beir, tiny_ckpt, tmp_
         pool_factors=[1],
         indexes=["flat"],
         modes=["dense", "lexical", "hybrid"],
-        fusions=[None, Fusion("convex", 0.3, 20)],
+        fusions=[None, Fusion("rrf", 0.8, 20)],  # the default (convex) and the other method
         compare=["bm25s"],
         device="cpu",
         cache_dir=tmp_path / "cache",
