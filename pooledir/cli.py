@@ -273,7 +273,7 @@ def _index_streamed(
     # a fresh build claims a new or empty folder (index()); if it stops before committing anything, what it
     # made is removed
     resuming, created = claim.resuming, claim.created
-    encoder = None
+    encoder, total = None, None
     if embeddings:
         manifests, spec = build.read_shard_folders(embeddings)
         for m in manifests:
@@ -353,7 +353,7 @@ def _index_streamed(
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
         _print_summary(idx.info(), _holding(idx))
-    if corpus is not None and encoder is not None:
+    if corpus is not None and encoder is not None and total is not None:  # a pipe (total None) reads only once
         n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
         _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
 

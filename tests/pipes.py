@@ -20,10 +20,11 @@ class CorpusPipe:
     """A FIFO at ``path`` (name ends in .jsonl) whose writer thread writes ``lines`` while ``may_write()``.
 
     ``may_write(n_written)`` is polled before each line; the thread stops for good once ``stop()`` is
-    called. The write end stays open until ``close()``, so the reader sees no end of file before then.
+    called. The write end stays open until ``close()``, so the reader sees no end of file before then;
+    with ``end`` it is closed once every line is written.
     """
 
-    def __init__(self, path: Path, lines: Sequence[str], may_write: Callable[[int], bool]) -> None:
+    def __init__(self, path: Path, lines: Sequence[str], may_write: Callable[[int], bool], end: bool = False) -> None:
         self.path = path
         os.mkfifo(path)
         self.lines = lines
@@ -31,6 +32,7 @@ class CorpusPipe:
         self.written = 0
         self.opened = threading.Event()  # set once a reader has opened the pipe
         self._stop = threading.Event()
+        self._end = end
         self._file = None
         self._thread = threading.Thread(target=self._feed, daemon=True)
         self._thread.start()
@@ -48,6 +50,8 @@ class CorpusPipe:
                 self.written += 1
             else:
                 self._stop.wait(0.02)  # a poll interval, not a deadline
+        if self._end and self.written == len(self.lines):
+            self._file.close()
 
     def unread(self) -> int:
         """Bytes written that the reader has not read yet (0 before the pipe is open)."""

@@ -310,6 +310,33 @@ def test_ctrl_c_during_index_exits_130_and_the_retry_works(tmp_path, tiny_ckpt, 
     assert code == 0 and "50 documents" in stdout, err_text
 
 
+def test_index_reads_a_named_pipe_once_and_ends(tmp_path, tiny_ckpt, capsys):
+    """A corpus from a pipe is read once: no count for the bar, no second pass for the long-document count."""
+    from tests.conftest import random_text
+    from tests.pipes import CorpusPipe
+
+    rng = np.random.default_rng(3)
+    lines = [json.dumps({"_id": f"p{i}", "text": random_text(rng, 20)}) + "\n" for i in range(30)]
+    pipe = CorpusPipe(tmp_path / "pipe.jsonl", lines, lambda written: True, end=True)
+    try:
+        code, out, err = cli(
+            capsys,
+            "index",
+            pipe.path,
+            "--out",
+            tmp_path / "idx",
+            "--checkpoint",
+            tiny_ckpt,
+            "--index",
+            "flat",
+            "--device",
+            "cpu",
+        )
+    finally:
+        pipe.close()
+    assert code == 0 and out.startswith("30 documents"), err
+
+
 def test_index_with_a_pool_threshold(tmp_path, tiny_ckpt, tiny_beir, capsys):
     out = tmp_path / "idx"
     base = ("index", tiny_beir, "--out", out, "--checkpoint", tiny_ckpt, "--index", "flat", "--device", "cpu")
