@@ -88,16 +88,21 @@ def markdown_table(results: list[dict]) -> str:
         ]
         for r in res["runs"]:
             rel = f"{r['ndcg@10'] / base['ndcg@10']:.1%}" if base and base["ndcg@10"] else "-"
-            lines.append(
-                f"| {_label(r)} | {r['vectors']:,} | {r['index_bytes'] / 1e6:.1f} | {_per_token(r)} | "
-                f"{r['ndcg@10']:.4f} | {rel} | "
-                f"{r['recall@100']:.4f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {r['qps']:.1f} | "
-                f"{r['pool_s'] or 0:.1f} | {r['build_s']:.1f} |"
-            )
+            mb = None if r.get("index_bytes") is None else r["index_bytes"] / 1e6
+            cells = [_label(r), _num(r.get("vectors"), ","), _num(mb, ".1f"), _per_token(r)]
+            cells += [_num(r["ndcg@10"], ".4f"), rel, _num(r.get("recall@100"), ".4f")]
+            cells += [_num(r.get(key), ".1f") for key in ("latency_ms_p50", "latency_ms_p95", "qps")]
+            cells += [_num(r.get("pool_s") or 0, ".1f"), _num(r.get("build_s"), ".1f")]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         for s in res.get("skipped", []):
             lines += [f"- {DISPLAY_NAMES.get(s['system'], s['system'])} not run: {s['reason']}", ""]
     return "\n".join(lines)
+
+
+def _num(v: float | int | None, spec: str) -> str:
+    """``v`` formatted by ``spec``; "-" where a run has no such number (a lexical run has no vectors)."""
+    return "-" if v is None else format(v, spec)
 
 
 def _per_token(run: dict) -> str:
@@ -321,6 +326,7 @@ RESULTS_PAGES = (
             "peers_nfcorpus_test.cpu.json",
             "latency_quiet_scifact.cpu.json",
             "latency_quiet_scifact_m64.cpu.json",
+            "check_k.cpu.json",
         ),
         (
             "frontier_scifact_train1500.cpu.json",
@@ -356,6 +362,24 @@ RESULTS_PAGES = (
                 for d in ("nfcorpus_dev120", "scifact_train300")
                 for v in ("protect4", "adaptive021")
             ),
+        ),
+    ),
+    ResultsPage(
+        "hybrid",
+        "Hybrid search: the lexical lane and fusion",
+        "The FTS5 lexical lane (BM25) beside bm25s on the same tokens, and hybrid fusion with the dense lane: "
+        "the tuning sweeps that chose the defaults (SciFact train, NFCorpus dev; rule in "
+        "`eval/results/hybrid_rule.md`), the checks on the test qrels of every dataset, and latency on SciFact.",
+        (
+            "hybrid_tune/scifact_train.cpu.json",
+            "hybrid_tune/nfcorpus_dev.cpu.json",
+            "hybrid_tune/sweep_scifact_train.json",
+            "hybrid_tune/sweep_nfcorpus_dev.json",
+            "hybrid_tune/choice.json",
+            "hybrid_tune/choice_rrf_only.json",
+            *(f"hybrid_test/{d}.cpu.json" for d in ("scifact", "nfcorpus") + _CHECK_SETS),
+            "hybrid_bench_scifact.cpu.json",
+            "hybrid_bench_scifact_run2.cpu.json",
         ),
     ),
     ResultsPage(
