@@ -143,8 +143,15 @@ class ShardedHandle:
             groups.setdefault(self.owner(key(item)), []).append(j)
         return groups
 
-    def search(self, queries: list[str], params, with_text: bool, filter: dict | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: list[str], params, with_text: bool, filter: dict | None = None, mode: str = "dense"
+    ) -> list[list[Hit]]:
         """Encode once, search every partition, merge the top-k by score (ties: partition order)."""
+        if mode != "dense":  # BM25 needs collection-wide statistics, which the partitions do not share yet
+            raise InputError(
+                f"mode {mode!r} is not served over Ray Serve partitions yet; use mode 'dense', "
+                "or serve the index without --ray"
+            )
         Q = self.batcher.encode(queries) if self.batcher is not None else self.encoder.encode_queries(queries)
         per_partition = self.each("search", Q, params, with_text, filter)
         merged = []

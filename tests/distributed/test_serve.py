@@ -85,6 +85,9 @@ def test_sharded_search_answers_as_one_index(single, sharded):
                 np.testing.assert_allclose([h["score"] for h in w], [h["score"] for h in g], atol=1e-5)
                 if body.get("with_text"):
                     assert [h["text"] for h in w] == [h["text"] for h in g]
+        for mode in ("lexical", "hybrid"):  # not served over partitions yet: one 422, never a 500
+            got = http.post(f"{url}/indexes/split/search", json={"query": QUERIES[0], "mode": mode})
+            assert got.status_code == 422 and "not served over Ray Serve partitions" in got.json()["detail"], got.text
         stats = http.get(f"{url}/indexes/split").json()
         assert stats["documents"] == 36 and stats["vectors"] == one.get("/indexes/one").json()["vectors"]
         assert stats["backend"]["partitions"] == 2
