@@ -72,23 +72,7 @@ class PooledIndex:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder
         self._backends: dict[str, str] = {}  # how an encoder loaded on first use runs (see open())
-        try:
-            store = DocStore(path / "docs.sqlite")
-        except sqlite3.OperationalError:
-            raise  # the machine's problem (disk full, I/O, permissions), not a corrupt file
-        except sqlite3.DatabaseError as e:
-            raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
-        try:
-            self.folder = IndexFolder(path, store, self.config, self.dim, use_gpu=device != "cpu")
-        except sqlite3.OperationalError:
-            store.close()
-            raise
-        except sqlite3.DatabaseError as e:
-            store.close()
-            raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
-        except BaseException:
-            store.close()
-            raise
+        self.folder = IndexFolder.open(path, self.config, self.dim, use_gpu=device != "cpu")
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -156,9 +140,7 @@ class PooledIndex:
             raise InputError("pass either an encoder or the backends to load one with, not both")
         path = Path(path)
         manifest = read_manifest(path)
-        if not (path / "docs.sqlite").is_file():
-            raise IndexCorruptError(f"{path}: docs.sqlite is missing")
-        index = cls(path, manifest, device, encoder)
+        index = cls(path, manifest, device, encoder)  # the folder checks docs.sqlite is there
         index._backends = backends
         return index
 
