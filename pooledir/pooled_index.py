@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +28,10 @@ from pooledir.index.manifest import ENCODER_SETTINGS, IndexConfig, Manifest, rea
 from pooledir.index.segments import describe_quantizer
 from pooledir.lexical import has_table
 from pooledir.pooling import pool_embeddings
-from pooledir.search import SearchParams, exact_search, search_embeddings
+from pooledir.search import Hit, SearchParams, exact_search, search_embeddings
 from pooledir.store import MAX_FILTER_FIELDS, DocStore, check_filter
 
 __all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "PooledIndex", "read_manifest"]
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
-
-    id: str
-    score: float
-    text: str | None = None
-    metadata: dict[str, Any] | None = field(default=None)
 
 
 @dataclass(frozen=True)
@@ -284,7 +274,7 @@ class PooledIndex:
             return list(ids)
         from pooledir.passages import stored_ids
 
-        return stored_ids(self, ids)
+        return stored_ids(self.folder.store, ids)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by external id (tombstones, O(ids)); unknown ids raise before anything changes."""
@@ -328,7 +318,7 @@ class PooledIndex:
         if id not in found and self.config.passage_stride is not None:
             from pooledir.passages import parent_document
 
-            return parent_document(self, id)
+            return parent_document(self.get, id)
         if id not in found:
             raise DocumentNotFoundError(f"unknown document id {id!r}")
         row = self.folder.store.rows([found[id]])[0]
@@ -387,7 +377,10 @@ class PooledIndex:
         if self.config.passage_stride is not None:
             from pooledir.passages import search_parents
 
-            return search_parents(self, Q, params, with_text, filter)
+            def rows(p: SearchParams) -> list[list[Hit]]:
+                return self._search_hits(Q, p, False, filter)
+
+            return search_parents(rows, len(self), self.get, params, with_text)
         return self._search_hits(Q, params, with_text, filter)
 
     def _search_hits(
