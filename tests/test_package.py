@@ -109,6 +109,18 @@ def test_the_storage_engine_never_imports_the_facade():
     assert not [m for m in engine if "pooledir.pooled_index" in graph[m]]
 
 
+@pytest.mark.parametrize("module", ["passages", "hybrid"])
+def test_the_search_modes_reach_no_private_member_of_the_index_or_encoder(module):
+    """They work through what the facade passes in (Protocols, callables), not its or the encoder's internals."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    private = {
+        f"{ast.unparse(n.value)}.{n.attr}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
+    }
+    assert not private
+
+
 def test_importing_the_library_and_cli_loads_no_evaluation_colbert_or_service():
     r = run_python(
         """
