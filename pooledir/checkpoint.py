@@ -16,11 +16,12 @@ import os
 import shutil
 import string
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from pooledir.checkpoint_settings import ColBERTSettings, LoadedCheckpoint
 from pooledir.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -35,55 +36,6 @@ TOKENIZER_FILES = (
     "merges.txt",
     "vocab.json",
 )
-
-
-@dataclass(frozen=True)
-class ColBERTSettings:
-    """The part of colbert-ai's ColBERTConfig that changes how text is encoded.
-
-    ``query_augmentation`` and ``markers`` are pooledir's own switches (colbert-ai
-    always does both): a checkpoint trained as ColBERT keeps them on; a zero-shot
-    encoder that never saw [MASK] padding or [Q]/[D] markers may do better without.
-    """
-
-    dim: int = 128
-    doc_maxlen: int = 180
-    query_maxlen: int = 32
-    mask_punctuation: bool = True
-    attend_to_mask_tokens: bool = False
-    query_token_id: str = "[unused0]"
-    doc_token_id: str = "[unused1]"
-    query_augmentation: bool = True
-    markers: bool = True
-    #: ``"colbert-ai"``: the marker overwrites a ". " placeholder; ``"pylate"``: the prefix token is inserted
-    layout: str = "colbert-ai"
-    #: tokens dropped from documents (PyLate's skiplist); None: colbert-ai's first token of each punctuation mark
-    skiplist_words: tuple[str, ...] | None = None
-    #: lowercase texts before tokenizing (sentence-transformers' ``do_lower_case``)
-    do_lower_case: bool = False
-
-    @classmethod
-    def from_metadata(cls, path: Path, dim: int) -> ColBERTSettings:
-        """Read ``artifact.metadata`` (colbert-ai writes the config at top level or under ``config``)."""
-        meta = path / "artifact.metadata"
-        if not meta.is_file():
-            log.warning("%s has no artifact.metadata; using colbert-ai's defaults", path)
-            return cls(dim=dim)
-        data = json.loads(meta.read_text())
-        data = data.get("config", data)
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        known["dim"] = dim  # the weights are the truth
-        return cls(**known)
-
-
-@dataclass
-class LoadedCheckpoint:
-    """What an encoder needs from a checkpoint folder, whatever its layout."""
-
-    model: object  # a transformers AutoModel, float32, eval mode
-    projection: object  # a torch module from hidden size to ``settings.dim``
-    tokenizer: object
-    settings: ColBERTSettings
 
 
 def load_checkpoint(path: Path) -> LoadedCheckpoint:

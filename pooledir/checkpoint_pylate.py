@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pooledir.checkpoint_settings import ColBERTSettings, LoadedCheckpoint
 from pooledir.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -224,10 +225,8 @@ def load_tokenizer(folder: Path):
     return tok
 
 
-def read_settings(path: Path, transformer: Path, dim: int):
+def read_settings(path: Path, transformer: Path, dim: int) -> ColBERTSettings:
     """ColBERTSettings from ``config_sentence_transformers.json`` with PyLate's defaults for missing keys."""
-    from pooledir.checkpoint import ColBERTSettings
-
     file = path / "config_sentence_transformers.json"
     cfg = json.loads(file.read_text()) if file.is_file() else {}
     st_file = transformer / "sentence_bert_config.json"
@@ -256,10 +255,8 @@ def read_settings(path: Path, transformer: Path, dim: int):
     )
 
 
-def load_pylate(path: Path):
+def load_pylate(path: Path) -> LoadedCheckpoint:
     """A LoadedCheckpoint (encoder, projection, tokenizer, settings) from a PyLate folder."""
-    from pooledir.checkpoint import LoadedCheckpoint
-
     modules = read_modules(path)
     model = load_transformer(modules.transformer)
     width = int(model.config.hidden_size)

@@ -217,6 +217,26 @@ class ColBERTEncoder:
             ids, mask = _put_at_1(ids, marker, insert), _put_at_1(mask, 1, insert)
         return {"input_ids": ids, "attention_mask": mask}
 
+    def text_tokens_per_document(self) -> int:
+        """Text tokens a document keeps when encoded: ``doc_maxlen`` less the special tokens added to it."""
+        m = self.settings.doc_maxlen
+        return m - len(self._tokenize([""], False, m)["input_ids"][0])
+
+    def token_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per token of ``text`` (no special tokens, no truncation): its (start, end) characters and word number.
+
+        Word numbers are -1 where the tokenizer gives none. Needs a fast (Rust) tokenizer.
+        """
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise InputError(
+                "splitting documents into passages needs a fast (Rust) tokenizer; this checkpoint has none"
+            )
+        with self._tokenizer_lock:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        words = np.asarray([-1 if x is None else x for x in enc.word_ids()], dtype=np.int64)
+        return offsets, words
+
     # -- document length: truncation, counted and with bounded memory (see pooledir/truncation.py) --------------
     def count_truncated(self, documents: Sequence[str]) -> int:
         """How many of ``documents`` are longer than ``doc_maxlen`` tokens, i.e. lose their tail when encoded."""

@@ -12,19 +12,51 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pooledir import lexical
+from pooledir.corpus import Document
 from pooledir.errors import InputError
 from pooledir.fusion import Fusion, fuse
+from pooledir.search import Hit, SearchParams
 
 if TYPE_CHECKING:
-    from pooledir.pooled_index import Hit, PooledIndex
-    from pooledir.search import SearchParams
+    from pathlib import Path
+
+    from pooledir.index.folder import IndexFolder
+    from pooledir.index.manifest import IndexConfig
 
 MODES = ("dense", "lexical", "hybrid")
+
+
+class SearchableIndex(Protocol):
+    """What the lexical and hybrid modes need from an index (:class:`~pooledir.pooled_index.PooledIndex` is one)."""
+
+    path: Path
+    config: IndexConfig
+    folder: IndexFolder
+
+    def __len__(self) -> int:
+        """Stored rows (documents, or passages of split documents)."""
+        ...
+
+    def get(self, id: str) -> Document:
+        """The stored document ``id``."""
+        ...
+
+    def search(
+        self, queries: list[str], *, k: int, params: SearchParams, filter: dict[str, Any] | None
+    ) -> list[list[Hit]]:
+        """Dense search of ``queries``."""
+        ...
+
+    def search_embeddings(
+        self, Q: np.ndarray, params: SearchParams, *, filter: dict[str, Any] | None
+    ) -> list[list[Hit]]:
+        """Dense search of encoded queries."""
+        ...
 
 
 def check_mode(mode: str) -> str:
@@ -35,7 +67,7 @@ def check_mode(mode: str) -> str:
 
 
 def search(
-    index: PooledIndex,
+    index: SearchableIndex,
     queries: Sequence[str],
     params: SearchParams,
     mode: str,
@@ -91,7 +123,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def lexical_hits(
-    index: PooledIndex, queries: Sequence[str], k: int, filter: dict[str, Any] | None, with_text: bool
+    index: SearchableIndex, queries: Sequence[str], k: int, filter: dict[str, Any] | None, with_text: bool
 ) -> list[list[Hit]]:
     """BM25's top ``k`` documents per query (a split document by its best passage)."""
     if len(index) == 0:
@@ -108,7 +140,7 @@ def lexical_hits(
     return out
 
 
-def _best_passages(index: PooledIndex, q: str, k: int, filter: dict[str, Any] | None) -> list[tuple[str, float]]:
+def _best_passages(index: SearchableIndex, q: str, k: int, filter: dict[str, Any] | None) -> list[tuple[str, float]]:
     """Documents by their best passage: asks for more rows (x4, x16, x64) until ``k`` documents or none left."""
     from pooledir.passages import parent_id
 
@@ -123,9 +155,7 @@ def _best_passages(index: PooledIndex, q: str, k: int, filter: dict[str, Any] | 
     return list(best.items())[:k]
 
 
-def _hits(index: PooledIndex, ranked: Sequence[tuple[str, float]], with_text: bool) -> list[Hit]:
-    from pooledir.pooled_index import Hit
-
+def _hits(index: SearchableIndex, ranked: Sequence[tuple[str, float]], with_text: bool) -> list[Hit]:
     if not with_text:
         return [Hit(i, float(s)) for i, s in ranked]
     docs = [index.get(i) for i, _ in ranked]

@@ -22,19 +22,20 @@ write), and adding ``x`` again replaces all of its passages.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from pooledir.corpus import Document
 from pooledir.errors import DocumentNotFoundError, InputError
+from pooledir.search import Hit
 
 if TYPE_CHECKING:
-    from pooledir.encoder import ColBERTEncoder
-    from pooledir.pooled_index import Hit, PooledIndex
+    from pooledir.checkpoint_settings import ColBERTSettings
     from pooledir.search import SearchParams
+    from pooledir.store import DocStore
 
 #: metadata keys a passage row adds to its document's metadata
 PASSAGE_KEYS = ("parent_id", "passage", "span", "n_passages")
@@ -42,6 +43,26 @@ _PASSAGE_ID = re.compile(r"#p\d+\Z")
 _RUN_START = re.compile(r"(?<=\S)\s")
 #: characters tokenized at once when splitting, so a huge document costs bounded tokenizer memory
 _CHUNK_CHARS = 1 << 16
+
+
+class PassageEncoder(Protocol):
+    """What splitting needs from an encoder (:class:`~pooledir.encoder.ColBERTEncoder` is one)."""
+
+    settings: ColBERTSettings
+
+    def text_tokens_per_document(self) -> int:
+        """Text tokens one encoded document holds."""
+        ...
+
+    def token_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per token of ``text``: (start, end) characters and word number (-1: none)."""
+        ...
+
+
+#: search_rows(params) -> one hit per stored row (document or passage), best first, per query
+SearchRows = Callable[["SearchParams"], list[list[Hit]]]
+#: get(id) -> the stored document (or passage row) ``id``; raises DocumentNotFoundError
+GetDocument = Callable[[str], Document]
 
 
 def is_passage_id(id: str) -> bool:
@@ -69,18 +90,17 @@ def parent_id(id: str) -> str:
     return _PASSAGE_ID.sub("", id)
 
 
-def window_tokens(encoder: ColBERTEncoder) -> int:
+def window_tokens(encoder: PassageEncoder) -> int:
     """Text tokens one passage holds: ``doc_maxlen`` less the special tokens the encoder adds."""
-    m = encoder.settings.doc_maxlen
-    return m - len(encoder._tokenize([""], False, m)["input_ids"][0])
+    return encoder.text_tokens_per_document()
 
 
-def default_stride(encoder: ColBERTEncoder) -> int:
+def default_stride(encoder: PassageEncoder) -> int:
     """Half a window: every token is in two passages, one of which holds it away from the edge."""
     return max(1, window_tokens(encoder) // 2)
 
 
-def check_stride(stride: int, encoder: ColBERTEncoder) -> None:
+def check_stride(stride: int, encoder: PassageEncoder) -> None:
     """Raise :class:`InputError` when a stride would skip tokens between passages."""
     window = window_tokens(encoder)
     if stride > window:
@@ -91,7 +111,7 @@ def check_stride(stride: int, encoder: ColBERTEncoder) -> None:
         )
 
 
-def split_documents(docs: Sequence[Document], encoder: ColBERTEncoder, stride: int) -> tuple[list[Document], list[str]]:
+def split_documents(docs: Sequence[Document], encoder: PassageEncoder, stride: int) -> tuple[list[Document], list[str]]:
     """The rows to store for ``docs`` and the text to encode for each row (see the module docstring)."""
     window = window_tokens(encoder)
     rows: list[Document] = []
@@ -112,7 +132,7 @@ def split_documents(docs: Sequence[Document], encoder: ColBERTEncoder, stride: i
     return rows, texts
 
 
-def passage_spans(text: str, encoder: ColBERTEncoder, window: int, stride: int) -> list[tuple[int, int]]:
+def passage_spans(text: str, encoder: PassageEncoder, window: int, stride: int) -> list[tuple[int, int]]:
     """Character spans of the passages of ``text``; one span, the whole text, when it fits one window."""
     starts, ends, words = _token_offsets(text, encoder)
     n = len(starts)
@@ -137,11 +157,8 @@ def passage_spans(text: str, encoder: ColBERTEncoder, window: int, stride: int) 
         first += stride
 
 
-def _token_offsets(text: str, encoder: ColBERTEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _token_offsets(text: str, encoder: PassageEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per token of ``text`` (no special tokens): start and end character, and a word number."""
-    tok = encoder.tokenizer
-    if not getattr(tok, "is_fast", False):
-        raise InputError("splitting documents into passages needs a fast (Rust) tokenizer; this checkpoint has none")
     starts, ends, words = [], [], []
     pos, word_base = 0, 0
     while pos < len(text):
@@ -149,10 +166,7 @@ def _token_offsets(text: str, encoder: ColBERTEncoder) -> tuple[np.ndarray, np.n
         if stop - pos > 2 * _CHUNK_CHARS:  # cut before a whitespace run, where tokens do not cross
             run = _RUN_START.search(text, pos + _CHUNK_CHARS, pos + 2 * _CHUNK_CHARS)
             stop = run.start() if run else pos + _CHUNK_CHARS
-        with encoder._tokenizer_lock:
-            enc = tok(text[pos:stop], add_special_tokens=False, return_offsets_mapping=True)
-        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-        w = np.asarray([-1 if x is None else x for x in enc.word_ids()], dtype=np.int64)
+        offsets, w = encoder.token_offsets(text[pos:stop])
         starts.append(offsets[:, 0] + pos)
         ends.append(offsets[:, 1] + pos)
         words.append(w + word_base)
@@ -163,7 +177,7 @@ def _token_offsets(text: str, encoder: ColBERTEncoder) -> tuple[np.ndarray, np.n
     return np.concatenate(starts), np.concatenate(ends), np.concatenate(words)
 
 
-def stored_ids(index: PooledIndex, ids: Sequence[str]) -> list[str]:
+def stored_ids(store: DocStore, ids: Sequence[str]) -> list[str]:
     """The rows of ``ids``: a stored row's own id, a split document's passage ids; unknown ids as given.
 
     A split document's rows are every stored ``<id>#p<number>`` (a range of the id index), not
@@ -171,7 +185,6 @@ def stored_ids(index: PooledIndex, ids: Sequence[str]) -> list[str]:
     allowed) is still deleted whole. A passage id raises :class:`InputError` (see :func:`check_not_passage_ids`).
     """
     check_not_passage_ids(ids)
-    store = index.folder.store
     found = store.lookup(list(ids))
     out: list[str] = []
     for i in ids:
@@ -180,11 +193,11 @@ def stored_ids(index: PooledIndex, ids: Sequence[str]) -> list[str]:
     return out
 
 
-def parent_document(index: PooledIndex, id: str) -> Document:
+def parent_document(get: GetDocument, id: str) -> Document:
     """The whole document ``id`` that was split into passages (its first passage row holds it)."""
     if not is_passage_id(id):
         try:
-            first = index.get(f"{id}#p0")
+            first = get(f"{id}#p0")
         except DocumentNotFoundError:
             pass
         else:
@@ -194,21 +207,18 @@ def parent_document(index: PooledIndex, id: str) -> Document:
 
 
 def search_parents(
-    index: PooledIndex, Q: np.ndarray, params: SearchParams, with_text: bool, filter: dict | None
+    search_rows: SearchRows, n: int, get: GetDocument, params: SearchParams, with_text: bool
 ) -> list[list[Hit]]:
-    """Rank documents by their best passage.
+    """Rank documents by their best passage, among the ``n`` rows ``search_rows`` ranks.
 
     A document's passages compete for the same candidate slots, so each round asks for more rows
     and more candidates per query token (x4, x16, x64, then every row, ranked exhaustively) until
     every query has ``k`` documents: each gets ``min(k, documents that match)``.
     """
-    from pooledir.pooled_index import Hit
-
-    n = len(index)
     for factor in (4, 16, 64, None):
         rows = n if factor is None else min(n, factor * params.k)
         wider = replace(params, k=rows, candidates_per_token=(factor or 64) * params.candidates_per_token)
-        hits = index._search_hits(Q, wider, with_text=False, filter=filter)
+        hits = search_rows(wider)
         best = [_best_per_parent(h, params.k) for h in hits]
         if rows >= n or all(len(b) >= params.k for b in best):
             break
@@ -216,7 +226,7 @@ def search_parents(
         return best
     out = []
     for hits in best:
-        docs = [index.get(h.id) for h in hits]
+        docs = [get(h.id) for h in hits]
         out.append([Hit(h.id, h.score, d.text, d.metadata) for h, d in zip(hits, docs)])
     return out
 

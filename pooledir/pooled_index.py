@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +28,10 @@ from pooledir.index.manifest import ENCODER_SETTINGS, IndexConfig, Manifest, rea
 from pooledir.index.segments import describe_quantizer
 from pooledir.lexical import has_table
 from pooledir.pooling import pool_embeddings
-from pooledir.search import SearchParams, exact_search, search_embeddings
+from pooledir.search import Hit, SearchParams, exact_search, search_embeddings
 from pooledir.store import MAX_FILTER_FIELDS, DocStore, check_filter
 
 __all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "PooledIndex", "read_manifest"]
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
-
-    id: str
-    score: float
-    text: str | None = None
-    metadata: dict[str, Any] | None = field(default=None)
 
 
 @dataclass(frozen=True)
@@ -72,23 +62,7 @@ class PooledIndex:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder
         self._backends: dict[str, str] = {}  # how an encoder loaded on first use runs (see open())
-        try:
-            store = DocStore(path / "docs.sqlite")
-        except sqlite3.OperationalError:
-            raise  # the machine's problem (disk full, I/O, permissions), not a corrupt file
-        except sqlite3.DatabaseError as e:
-            raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
-        try:
-            self.folder = IndexFolder(path, store, self.config, self.dim, use_gpu=device != "cpu")
-        except sqlite3.OperationalError:
-            store.close()
-            raise
-        except sqlite3.DatabaseError as e:
-            store.close()
-            raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
-        except BaseException:
-            store.close()
-            raise
+        self.folder = IndexFolder.open(path, self.config, self.dim, use_gpu=device != "cpu")
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -156,9 +130,7 @@ class PooledIndex:
             raise InputError("pass either an encoder or the backends to load one with, not both")
         path = Path(path)
         manifest = read_manifest(path)
-        if not (path / "docs.sqlite").is_file():
-            raise IndexCorruptError(f"{path}: docs.sqlite is missing")
-        index = cls(path, manifest, device, encoder)
+        index = cls(path, manifest, device, encoder)  # the folder checks docs.sqlite is there
         index._backends = backends
         return index
 
@@ -302,7 +274,7 @@ class PooledIndex:
             return list(ids)
         from pooledir.passages import stored_ids
 
-        return stored_ids(self, ids)
+        return stored_ids(self.folder.store, ids)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by external id (tombstones, O(ids)); unknown ids raise before anything changes."""
@@ -346,7 +318,7 @@ class PooledIndex:
         if id not in found and self.config.passage_stride is not None:
             from pooledir.passages import parent_document
 
-            return parent_document(self, id)
+            return parent_document(self.get, id)
         if id not in found:
             raise DocumentNotFoundError(f"unknown document id {id!r}")
         row = self.folder.store.rows([found[id]])[0]
@@ -405,7 +377,10 @@ class PooledIndex:
         if self.config.passage_stride is not None:
             from pooledir.passages import search_parents
 
-            return search_parents(self, Q, params, with_text, filter)
+            def rows(p: SearchParams) -> list[list[Hit]]:
+                return self._search_hits(Q, p, False, filter)
+
+            return search_parents(rows, len(self), self.get, params, with_text)
         return self._search_hits(Q, params, with_text, filter)
 
     def _search_hits(

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,16 @@ _blas = None
 Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 #: ann(tokens (n, d), k, nprobe) -> (scores (n, k), doc_ints (n, k)); -1 = no hit
 Ann = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] | None = field(default=None)
 
 
 @dataclass(frozen=True)

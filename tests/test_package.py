@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pooledir"
+SERVICE = ROOT / "service"
 
 
 def module_name(path: Path) -> str:
@@ -22,7 +23,13 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path, top_level_only: bool) -> set[str]:
-    """pooledir modules ``path`` imports (``from pkg import sub`` counts as pkg.sub when sub is a module)."""
+    """pooledir and service modules ``path`` imports.
+
+    ``from pkg import sub`` counts as pkg.sub when sub is a module, and ``from pooledir import Name`` as the
+    module the package's lazy ``__getattr__`` loads for ``Name``.
+    """
+    from pooledir import _EXPORTS  # cheap: the package imports nothing heavy
+
     tree = ast.parse(path.read_text())
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     out = set()
@@ -32,8 +39,16 @@ def imports(path: Path, top_level_only: bool) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)
             out |= {f"{node.module}.{a.name}" for a in node.names}
-    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+            if node.module == "pooledir":
+                out |= {_EXPORTS[a.name] for a in node.names if a.name in _EXPORTS}
+    modules = {module_name(p) for root in (PACKAGE, SERVICE) for p in root.rglob("*.py")}
     return {m for m in out if m in modules}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of pooledir/ and service/ -> the modules of both it imports anywhere: at the top, inside
+    functions, and under ``TYPE_CHECKING`` (a type that points up is a dependency that points up)."""
+    return {module_name(p): imports(p, top_level_only=False) for root in (PACKAGE, SERVICE) for p in root.rglob("*.py")}
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -70,15 +85,40 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycles():
-    """None among module-level imports; none through the evaluation package even counting lazy imports."""
-    paths = list(PACKAGE.rglob("*.py"))
-    assert find_cycle({module_name(p): imports(p, top_level_only=True) for p in paths}) is None
-    lazy = {module_name(p): imports(p, top_level_only=False) for p in paths}
+    """None among the modules of pooledir/ and service/, imports inside functions counted.
+
+    A lazy import only defers a dependency: the CLI importing the library inside a command points down
+    and is fine, but two modules that import each other (at any level) are one module in two files.
+    """
+    graph = import_graph()
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+    lazy = {m: deps for m, deps in graph.items() if m.startswith("pooledir")}
     evaluation = {m: {n for n in deps if n.startswith("pooledir.evaluation")} for m, deps in lazy.items()}
     assert find_cycle({m: deps for m, deps in evaluation.items() if m.startswith("pooledir.evaluation")}) is None
     # and the core reaches evaluation only from the CLI, which evaluation never imports
     assert not any(m.startswith("pooledir.evaluation") and "pooledir.cli" in deps for m, deps in lazy.items())
     assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]  # the checker itself finds one
+
+
+def test_the_storage_engine_never_imports_the_facade():
+    """pooledir/index/ sits below PooledIndex: it gets what it needs passed in, at any import level."""
+    graph = import_graph()
+    engine = [m for m in graph if m.startswith("pooledir.index")]
+    assert "pooledir.index.detached" in engine  # the walk sees the package
+    assert not [m for m in engine if "pooledir.pooled_index" in graph[m]]
+
+
+@pytest.mark.parametrize("module", ["passages", "hybrid"])
+def test_the_search_modes_reach_no_private_member_of_the_index_or_encoder(module):
+    """They work through what the facade passes in (Protocols, callables), not its or the encoder's internals."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    private = {
+        f"{ast.unparse(n.value)}.{n.attr}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
+    }
+    assert not private
 
 
 def test_importing_the_library_and_cli_loads_no_evaluation_colbert_or_service():

@@ -25,6 +25,7 @@ import numpy as np
 
 from pooledir.corpus import Document, check_documents
 from pooledir.errors import IndexCorruptError, InputError
+from pooledir.index.folder import open_folder
 from pooledir.index.segments import encode_segment, file_digest, fsync_dir, open_segment, write_array, write_segment
 from pooledir.index.snapshot import quantizer_path, segment_path
 from pooledir.store import NewDoc, SegmentRow
@@ -44,8 +45,6 @@ def build_segment(
 
     Safe beside writers of that index: only its manifest and current quantizer are read.
     """
-    from pooledir.pooled_index import PooledIndex
-
     docs = check_documents(documents, "documents")
     if len(vectors) != len(docs) or (n_tokens is not None and len(n_tokens) != len(docs)):
         raise InputError(
@@ -54,20 +53,22 @@ def build_segment(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; pick a new folder for the segment")
-    with PooledIndex.open(index_path, device="cpu") as index:
+    folder = open_folder(Path(index_path))
+    try:
+        dim, config, snap = folder.dim, folder.config, folder.snapshot
         for d, v in zip(docs, vectors):
-            if v.ndim != 2 or v.shape[1] != index.dim or len(v) == 0:
-                raise InputError(f"document {d.id!r}: vectors of shape {v.shape} are not (n >= 1, {index.dim})")
-        snap = index.folder.snapshot
-        quantizer = snap.quantizer if index.config.backend == "ivfpq" else None
-        digest = file_digest(quantizer_path(index.path, snap.quantizer_id)) if quantizer is not None else None
-        keep_exact = index.config.keep_exact
+            if v.ndim != 2 or v.shape[1] != dim or len(v) == 0:
+                raise InputError(f"document {d.id!r}: vectors of shape {v.shape} are not (n >= 1, {dim})")
+        quantizer = snap.quantizer if config.backend == "ivfpq" else None
+        digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if quantizer is not None else None
+        keep_exact = config.keep_exact
         packed = np.concatenate(vectors).astype(np.float32, copy=False)
         out.mkdir(parents=True, exist_ok=True)
         write_segment(encode_segment(packed, quantizer), out / "segment.faiss")
         if keep_exact:
             write_array(packed.astype(np.float16), out / "segment.f16")
-        dim = index.dim
+    finally:
+        folder.close()
     with open(out / "docs.jsonl", "w") as f:
         for i, (d, v) in enumerate(zip(docs, vectors)):
             n = int(n_tokens[i]) if n_tokens is not None else len(v)

@@ -28,6 +28,7 @@ import fcntl
 import logging
 import os
 import re
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from pooledir.errors import IndexCorruptError, InputError
-from pooledir.index.manifest import IndexConfig
+from pooledir.index.manifest import IndexConfig, read_manifest
 from pooledir.index.segments import (
     SegmentReader,
     encode_segment,
@@ -139,6 +140,32 @@ class IndexFolder:
         self.snapshot: Snapshot | None = None
         self._delta: tuple | None = None  # what the write in progress did, for the next snapshot
         self.snapshot = self._load()
+
+    @classmethod
+    def open(cls, path: Path, config: IndexConfig, dim: int, use_gpu: bool = False) -> IndexFolder:
+        """Open the document store of ``path`` and load its snapshot; a corrupt store raises IndexCorruptError.
+
+        sqlite's OperationalError (disk full, I/O, permissions) is the machine's problem and passes through.
+        """
+        if not (path / "docs.sqlite").is_file():
+            raise IndexCorruptError(f"{path}: docs.sqlite is missing")
+        try:
+            store = DocStore(path / "docs.sqlite")
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as e:
+            raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
+        try:
+            return cls(path, store, config, dim, use_gpu=use_gpu)
+        except sqlite3.OperationalError:
+            store.close()
+            raise
+        except sqlite3.DatabaseError as e:
+            store.close()
+            raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
+        except BaseException:
+            store.close()
+            raise
 
     # -- reading ----------------------------------------------------------------------------------------------
     def _load(self, attempts: int = 20) -> Snapshot:
@@ -463,6 +490,12 @@ class IndexFolder:
         """Release the snapshot and the store."""
         self.snapshot.close()
         self.store.close()
+
+
+def open_folder(path: Path, use_gpu: bool = False) -> IndexFolder:
+    """The folder of the index at ``path``, its manifest read and checked: for code below the facade."""
+    manifest = read_manifest(path)
+    return IndexFolder.open(path, manifest.config, manifest.dim, use_gpu=use_gpu)
 
 
 def merge_choice(sizes: Sequence[int], max_segments: int, tail: int = TAIL_VECTORS) -> list[int]:
