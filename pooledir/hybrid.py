@@ -82,7 +82,7 @@ def search(
     check_mode(mode)
     fusion = fusion or Fusion()
     fusion.check()
-    if filter is not None:
+    if filter:  # {} is no filter, as in the dense lane
         check_filter(filter)
     if not lexical.has_table(index.folder.store.conn):
         raise InputError(

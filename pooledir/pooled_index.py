@@ -368,7 +368,7 @@ class PooledIndex:
         """
         params = params or SearchParams()
         params.check()
-        if filter is not None:
+        if filter:  # {} is no filter, as in _search_hits
             check_filter(filter)  # before any work: both lanes match it in sqlite
         if Q.ndim != 3 or Q.shape[2] != self.dim:
             raise InputError(f"query embeddings of shape {Q.shape} are not (nq, Lq, {self.dim})")

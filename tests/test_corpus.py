@@ -101,12 +101,12 @@ def test_a_named_pipe_is_read_once_and_not_counted(tmp_path):
     from tests.pipes import CorpusPipe
 
     lines = ['{"_id": "a", "text": "one"}\n', '{"_id": "b", "text": "two"}\n']
-    pipe = CorpusPipe(tmp_path / "p.jsonl", lines, lambda written: True)
+    pipe = CorpusPipe(tmp_path / "p.jsonl", lines, lambda written: True, end=True)  # EOF after both lines
     assert count_documents(pipe.path) is None
     docs = iter_corpus(pipe.path)
     assert next(docs).id == "a"  # count_documents read nothing from it
-    pipe.close()
     assert [d.id for d in docs] == ["b"]
+    pipe.close()
 
 
 # -- bad input found while reading: one InputError naming the file and the line --------------------------------
