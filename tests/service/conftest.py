@@ -40,17 +40,23 @@ def client(make_client):
     return make_client()
 
 
+def tiny_index(path, encoder, docs):
+    """Build the tiny pooled (x2) index of ``docs`` at ``path``; returns ``path``."""
+    from pooledir import IndexConfig, PooledIndex
+
+    with PooledIndex.create(path, config=IndexConfig(pool_factor=2), device="cpu", encoder=encoder) as idx:
+        idx.add(docs)
+    return path
+
+
 @pytest.fixture(scope="module")
 def shared_client(tmp_path_factory, tiny_encoder, tiny_docs):
     """One app on its own tiny index for a whole module: for tests that change nothing (bad input)."""
     from fastapi.testclient import TestClient
 
-    from pooledir import IndexConfig, PooledIndex
     from service.main import create_app
     from service.settings import Settings
 
-    path = tmp_path_factory.mktemp("shared") / "tiny"
-    with PooledIndex.create(path, config=IndexConfig(pool_factor=2), device="cpu", encoder=tiny_encoder) as idx:
-        idx.add(tiny_docs)
+    path = tiny_index(tmp_path_factory.mktemp("shared") / "tiny", tiny_encoder, tiny_docs)
     with TestClient(create_app(Settings(indexes=[path], device="cpu"))) as client:
         yield client

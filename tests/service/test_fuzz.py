@@ -196,13 +196,12 @@ def corrupt_client(tmp_path_factory, tiny_encoder, tiny_docs):
     """An app whose index gets a truncated segment from another process's commit after it opened."""
     from fastapi.testclient import TestClient
 
-    from pooledir import Document, IndexConfig, PooledIndex
+    from pooledir import Document, PooledIndex
     from service.main import create_app
     from service.settings import Settings
+    from tests.service.conftest import tiny_index
 
-    path = tmp_path_factory.mktemp("corrupt") / "tiny"
-    with PooledIndex.create(path, config=IndexConfig(pool_factor=2), device="cpu", encoder=tiny_encoder) as idx:
-        idx.add(tiny_docs)
+    path = tiny_index(tmp_path_factory.mktemp("corrupt") / "tiny", tiny_encoder, tiny_docs)
     with TestClient(create_app(Settings(indexes=[path], device="cpu"))) as client:
         before = set((path / "segments").iterdir())
         with PooledIndex.open(path, device="cpu", encoder=tiny_encoder) as other:
