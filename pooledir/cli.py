@@ -638,7 +638,7 @@ def search(
     check_mode(mode)
     params = SearchParams.from_optional(k, nprobe, candidates, rerank)
     with _open_index(index_dir, device=device, query_backend=query_backend) as idx:
-        results = idx.search(queries, k=k, params=params, with_text=True, mode=mode)
+        results = idx.search(queries, params=params, with_text=True, mode=mode)
     for query, hits in zip(queries, results):
         if as_json:
             typer.echo(json.dumps({"query": query, "results": [h.__dict__ for h in hits]}, ensure_ascii=False))

@@ -218,8 +218,12 @@ class IndexHandle:
         return self.read(lambda index: hybrid.search(index, queries, params, mode, with_text, filter, Q=Q))
 
     def upsert(self, documents: Sequence[Document]) -> int:
-        """Encode and add; durable on return."""
-        return self._write(lambda writer: writer.add(documents).documents)
+        """Prepare, encode and pool outside the write lock (a long encode holds no other write up), then commit.
+
+        Durable on return.
+        """
+        batch = self.index.make_batch(documents)  # reads only the settings, which no write changes
+        return self._write(lambda writer: writer.write(batch).documents)
 
     def delete(self, ids: list[str]) -> int:
         """Delete; durable on return."""
@@ -299,18 +303,26 @@ class Registry:
         # indexes whose encoders would be identical share one, and their queries share a batcher
         encoders: dict[tuple, ColBERTEncoder] = {}
         batchers: dict[tuple, QueryBatcher] = {}
-        handles = {}
-        for name, path in zip(names, paths):
-            manifest = read_manifest(path)
-            key = encoder_key(manifest, checkpoint)
-            if key not in encoders:
-                encoders[key] = encoder_for_index(
-                    manifest, device, checkpoint, query_backend=query_backend, document_backend=document_backend
-                )
-            index = PooledIndex.open(path, device=device, encoder=encoders[key])
-            if micro_batching and key not in batchers:
-                batchers[key] = QueryBatcher(encoders[key], window_ms, max_batch)
-            handles[name] = IndexHandle(name, index, batchers.get(key), checkpoint_every)
+        handles: dict[str, IndexHandle] = {}
+        try:
+            for name, path in zip(names, paths):
+                manifest = read_manifest(path)
+                key = encoder_key(manifest, checkpoint)
+                if key not in encoders:
+                    encoders[key] = encoder_for_index(
+                        manifest, device, checkpoint, query_backend=query_backend, document_backend=document_backend
+                    )
+                index = PooledIndex.open(path, device=device, encoder=encoders[key])
+                if micro_batching and key not in batchers:
+                    batchers[key] = QueryBatcher(encoders[key], window_ms, max_batch)
+                handles[name] = IndexHandle(name, index, batchers.get(key), checkpoint_every)
+        except BaseException:
+            # a later index failed: what this call opened (indexes, batcher threads) is closed, not leaked
+            for b in batchers.values():
+                b.close()
+            for h in handles.values():
+                h.close()
+            raise
         return cls(handles)
 
     def close(self) -> None:
