@@ -1,6 +1,7 @@
 """Streamed builds: a corpus, or a folder of encoded shards, into an index one chunk at a time.
 
-Each chunk goes read → encode → pool → add, and every add is one durable commit, so:
+Each chunk goes read → encode → pool → write (the steps of :mod:`pooledir.pipeline`), and every write
+is one durable commit, so:
 
 * memory holds one chunk's vectors, never the corpus's. The exception is the start of an IVF-PQ
   build: it is trained once, on a sample of the first add, so the first chunks are buffered until
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pooledir.corpus import Document
+from pooledir import pipeline
+from pooledir.corpus import Document, check_documents
 from pooledir.errors import InputError
 from pooledir.shards import (
     ShardError,
@@ -331,9 +333,17 @@ def _encode(encoder: ColBERTEncoder, docs: list[Document], progress: _Progress) 
     step = max(64, 8 * encoder.batch_size)
     out: list[np.ndarray] = []
     for i in range(0, len(docs), step):
-        out += encoder.encode_documents([d.text for d in docs[i : i + step]])
+        out += pipeline.encode([d.text for d in docs[i : i + step]], encoder)
         progress.advance(min(step, len(docs) - i))
     return out
+
+
+def _chunk_batch(chunk: Chunk, index: PooledIndex) -> pipeline.WriteBatch:
+    """A pooled chunk as the batch :meth:`PooledIndex.write` commits (ids checked as ``add`` checks them)."""
+    prepared = pipeline.prepare(check_documents(chunk.docs, "documents"), None)
+    return pipeline.from_embeddings(
+        prepared, chunk.vectors, pipeline.PoolSpec.of(index.config), pooled=True, n_tokens=chunk.n_tokens, dim=index.dim
+    )
 
 
 def _run(
@@ -344,8 +354,6 @@ def _run(
     show_progress: bool,
     total: int | None,
 ) -> BuildReport:
-
-    from pooledir.pooling import pool_embeddings
 
     report = BuildReport()
     t_start = time.perf_counter()
@@ -368,7 +376,7 @@ def _run(
             progress.stage(f"train IVF-PQ on {min(chunk.n_vectors, cfg.train_sample):,} vectors, write")
         else:
             progress.stage("write")
-        index.add(chunk.docs, embeddings=chunk.vectors, pooled=True, n_tokens=chunk.n_tokens)
+        index.write(_chunk_batch(chunk, index))
         report.add_s += time.perf_counter() - t
         report.added += len(chunk.docs)
         report.commits += 1
@@ -387,10 +395,10 @@ def _run(
             report.skipped += n_read - len(chunk.docs)
             if chunk.docs and passages:
                 if chunk.vectors is not None:
-                    raise InputError("an index that splits documents into passages cannot take encoded shards")
+                    pipeline.refuse_vectors_for_passages(cfg.passage_stride, "encoded shards")
                 t = time.perf_counter()
                 progress.stage("split, encode, pool, write")
-                result = index.add(chunk.docs)  # splits, encodes, pools and commits
+                result = index.write(index.make_batch(chunk.docs))  # splits, encodes, pools; then commits
                 report.add_s += time.perf_counter() - t
                 report.added += len(chunk.docs)
                 report.commits += 1
@@ -406,13 +414,7 @@ def _run(
                 if not chunk.pooled and cfg.pools:
                     t = time.perf_counter()
                     progress.stage("pool")
-                    pooled = pool_embeddings(
-                        chunk.vectors,
-                        cfg.pool_factor,
-                        cfg.protected_tokens,
-                        device=index.device,
-                        pool_threshold=cfg.pool_threshold,
-                    )
+                    pooled = pipeline.pool(chunk.vectors, pipeline.PoolSpec.of(cfg), index.device)
                     held(chunk.n_vectors, sum(len(p) for p in pooled))
                     chunk.vectors = pooled
                     del pooled
@@ -483,6 +485,7 @@ def build_index(
 # -- from shards -----------------------------------------------------------------------------------------------
 def shards_pooled_for(spec: ShardSpec, config: IndexConfig) -> bool:
     """Whether shards made with ``spec`` go into an index with ``config`` as they are (True) or get pooled."""
+    pipeline.refuse_vectors_for_passages(config.passage_stride, "encoded shards")  # shards hold no passages
     if spec.pool_factor == 1:
         return not config.pools
     if config.pool_threshold is not None:
@@ -592,11 +595,10 @@ def encode_corpus(
     """
     from tqdm.auto import tqdm
 
-    from pooledir.pooling import pool_embeddings
-
     config = config or EncodeConfig()
     config.check()
     checkpoint, settings = encoder_record(encoder)
+    pooling = pipeline.PoolSpec(config.pool_factor, config.protected_tokens)
     spec = ShardSpec(
         dim=encoder.dim,
         pool_factor=config.pool_factor,
@@ -632,10 +634,10 @@ def encode_corpus(
                         ids.add(d.id)
                     if n == 0:
                         writer.begin(number, start)
-                    vectors = encoder.encode_documents([d.text for d in batch])
+                    vectors = pipeline.encode([d.text for d in batch], encoder)
                     n_tokens = [len(v) for v in vectors]
-                    if config.pool_factor > 1:
-                        vectors = pool_embeddings(vectors, config.pool_factor, config.protected_tokens, encoder.device)
+                    if pooling.pools:
+                        vectors = pipeline.pool(vectors, pooling, encoder.device)
                     writer.append(batch, vectors, n_tokens)
                     report.tokens += sum(n_tokens)
                     report.vectors += sum(len(v) for v in vectors)

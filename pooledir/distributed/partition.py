@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pooledir.errors import InputError
+from pooledir.pipeline import refuse_vectors_for_passages
 
 FORMAT = "pooledir-partitions"
 FORMAT_VERSION = 1
@@ -105,8 +106,7 @@ def build_partitions(
 
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise InputError(f"partitions={partitions!r} must be a positive integer")
-    if config.passage_stride is not None:
-        raise InputError("a partitioned index cannot split documents into passages")
+    refuse_vectors_for_passages(config.passage_stride, "encoded shards")  # partitions are built from shards
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; pick a new folder for the partitioned index")
