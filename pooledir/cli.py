@@ -1121,9 +1121,7 @@ def main() -> None:
     ``error: ...`` and exit 2; Ctrl-C prints ``interrupted`` and exits 130. Anything else is a
     bug and keeps its traceback.
     """
-    # torch and faiss each run an OpenMP pool; busy-waiting workers of one steal the cores from the
-    # other (measured: one query 99 ms -> 71 ms on 2 cores). Must be set before either loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY=PASSIVE is set where pooledir is imported (pooledir/__init__.py), before torch or faiss
     logging.basicConfig(level=os.environ.get("POOLEDIR_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
     stderr, sys.stderr = sys.stderr, _LineTracker(sys.stderr)
     try:

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import os
+# importing pooledir sets OMP_WAIT_POLICY=PASSIVE (pooledir/__init__.py) before torch or faiss loads
+import errno
+import logging
+import math
+import sqlite3
+from contextlib import asynccontextmanager
 
-# torch and faiss each run an OpenMP pool; passive waiting stops them stealing each other's cores
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
-import errno  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import sqlite3  # noqa: E402
-from contextlib import asynccontextmanager  # noqa: E402
-
-from fastapi import Depends, FastAPI, Request, status  # noqa: E402
-from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-
-from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError  # noqa: E402
-from service.deps import require_api_key  # noqa: E402
-from service.guard import RequestGuard  # noqa: E402
-from service.registry import Registry  # noqa: E402
-from service.routes import documents, health, indexes, search  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError
+from service.deps import require_api_key
+from service.guard import RequestGuard
+from service.registry import Registry
+from service.routes import documents, health, indexes, search
+from service.settings import Settings
 
 
 def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
