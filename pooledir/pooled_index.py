@@ -27,12 +27,13 @@ from pooledir.fusion import Fusion
 from pooledir.index.folder import IndexFolder, ensure_layout
 from pooledir.index.manifest import ENCODER_SETTINGS, IndexConfig, Manifest, read_manifest
 from pooledir.index.segments import describe_quantizer
+from pooledir.index_info import IndexInfo, SegmentInfo
 from pooledir.lexical import has_table
 from pooledir.pipeline import WriteBatch
 from pooledir.search import Hit, SearchParams, exact_search, search_embeddings
 from pooledir.store import MAX_FILTER_FIELDS, DocStore, check_filter
 
-__all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "PooledIndex", "read_manifest"]
+__all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "IndexInfo", "PooledIndex", "read_manifest"]
 
 
 @dataclass(frozen=True)
@@ -405,7 +406,11 @@ class PooledIndex:
         return out
 
     def info(self) -> dict[str, Any]:
-        """Counts, sizes, segments and settings, for ``pooledir info`` and the service."""
+        """Counts, sizes, segments and settings as JSON (``pooledir info --json``); typed: :meth:`describe`."""
+        return self.describe().to_json()
+
+    def describe(self) -> IndexInfo:
+        """Counts, sizes, segments and settings of the loaded snapshot, for ``pooledir info`` and the service."""
         snap, store = self.folder.snapshot, self.folder.store
         counts = store.counts()
         files = [p for p in [*self.path.iterdir(), *(self.path / "segments").iterdir()] if p.is_file()]
@@ -414,29 +419,27 @@ class PooledIndex:
         if snap.quantizer is not None:
             backend |= describe_quantizer(snap.quantizer)
             backend["device"] = "gpu" if self.device != "cpu" and faiss_gpu_available() else "cpu"
-        return {
-            "path": str(self.path),
-            "device": self.device,
-            "checkpoint": self.manifest.checkpoint,
-            "documents": counts["documents"],
-            "vectors_before_pooling": counts["tokens"],
-            "vectors": counts["vectors"],
-            "pool_factor": self.config.pool_factor,
-            "pool_threshold": self.config.pool_threshold,
-            "config": asdict(self.config),
-            "backend": backend,
-            "segments": [
-                {"id": s.seg_id, "kind": s.kind, "vectors": s.n_vectors, "live_vectors": s.n_live}
-                for s in snap.segments
-            ],
-            "deleted_vectors": snap.n_stored - snap.n_live,
-            "trained_vectors": snap.trained_vectors,
-            "retrain_recommended": self.folder.retrain_recommended(),
-            "bytes": {str(p.relative_to(self.path)): p.stat().st_size for p in files},
-            "index_bytes": sum(p.stat().st_size for p in files),
-            "commit": snap.commit,
-            "lexical": has_table(store.conn),  # the lexical (FTS5) table is there: modes lexical and hybrid work
-        }
+        sizes = {str(p.relative_to(self.path)): p.stat().st_size for p in files}
+        return IndexInfo(
+            path=str(self.path),
+            device=self.device,
+            checkpoint=self.manifest.checkpoint,
+            documents=counts["documents"],
+            vectors_before_pooling=counts["tokens"],
+            vectors=counts["vectors"],
+            pool_factor=self.config.pool_factor,
+            pool_threshold=self.config.pool_threshold,
+            config=asdict(self.config),
+            backend=backend,
+            segments=tuple(SegmentInfo(s.seg_id, s.kind, s.n_vectors, s.n_live) for s in snap.segments),
+            deleted_vectors=snap.n_stored - snap.n_live,
+            trained_vectors=snap.trained_vectors,
+            retrain_recommended=self.folder.retrain_recommended(),
+            bytes=sizes,
+            index_bytes=sum(sizes.values()),
+            commit=snap.commit,
+            lexical=has_table(store.conn),  # the lexical (FTS5) table is there: modes lexical and hybrid work
+        )
 
 
 def resolve_k(k: int | None, params: SearchParams | None) -> SearchParams:

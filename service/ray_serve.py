@@ -26,6 +26,7 @@ from pooledir import Document, DocumentNotFoundError, Hit, IndexConfig, InputErr
 from pooledir.corpus import check_documents
 from pooledir.distributed.partition import partition_of, read_partitions
 from pooledir.errors import IndexCorruptError, PooledirError
+from pooledir.index_info import IndexInfo
 from pooledir.pipeline import WriteBatch
 
 _ERRORS = {c.__name__: c for c in (InputError, DocumentNotFoundError, IndexCorruptError, PooledirError)}
@@ -91,14 +92,14 @@ class Partition:
         with self.lock:
             return _answer(lambda: len(self._fresh()))
 
-    def info(self) -> dict[str, Any]:
-        """The partition's :meth:`PooledIndex.info`."""
+    def describe(self) -> dict[str, Any]:
+        """The partition's :meth:`PooledIndex.describe`."""
         with self.lock:
-            return _answer(lambda: self._fresh().info())
+            return _answer(lambda: self._fresh().describe())
 
 
 class PartitionsView:
-    """What the routes' ``handle.read(fn)`` and stats see: the partitions as one index (len, get, info, device)."""
+    """What the routes' ``handle.read(fn)`` and stats see: the partitions as one index (len, get, describe, device)."""
 
     def __init__(self, handle: ShardedHandle) -> None:
         self.handle = handle
@@ -111,12 +112,9 @@ class PartitionsView:
         """The document, from the partition that owns its id."""
         return self.handle.call(self.handle.owner(doc_id), "get", doc_id)
 
-    def info(self) -> dict[str, Any]:
+    def describe(self) -> IndexInfo:
         """Summed counts and bytes; backend and settings from the first partition, plus the partition count."""
-        infos = self.handle.each("info")
-        first = infos[0]
-        out = {k: sum(i[k] for i in infos) for k in ("documents", "vectors_before_pooling", "vectors", "index_bytes")}
-        return first | out | {"backend": first["backend"] | {"partitions": len(infos)}}
+        return IndexInfo.merged(self.handle.each("describe"))
 
 
 class ShardedHandle:

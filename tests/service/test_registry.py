@@ -95,6 +95,7 @@ def test_ray_serve_upsert_into_passage_partitions(tmp_path, tiny_encoder, tiny_d
         assert not idx.folder.store.ids_starting_with("long#p")
     for d in docs[1:]:
         assert bodies[partition_of(d.id, 2)].get(d.id)["ok"] == d
+    assert handle.read(lambda view: view.describe()).backend["partitions"] == 2
     hits = handle.search(["needle zebra quartz"], _params(7), with_text=False)[0]
     assert [h.id for h in hits].count("long") == 1
 
