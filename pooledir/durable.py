@@ -25,7 +25,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_durably(path: Path, write: Callable[[IO[bytes]], None], tmp_suffix: str = ".tmp") -> None:
+def write_durably(path: Path, write: Callable[[IO[bytes]], object], tmp_suffix: str = ".tmp") -> None:
     """``write(f)`` into a temporary file beside ``path``, fsync it, rename it to ``path``, fsync the folder.
 
     On any failure the temporary file is removed (a full disk does not stay full of it), and an

@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 class DocumentEncoder(Protocol):
     """What encoding needs from an encoder (:class:`~pooledir.encoder.ColBERTEncoder` is one)."""
 
-    dim: int
-
     def encode_documents(self, texts: Sequence[str], show_progress: bool = False) -> list[np.ndarray]:
         """One (n_tokens, dim) array per text."""
         ...

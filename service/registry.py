@@ -157,7 +157,8 @@ class QueryBatcher:
                     return
             time.sleep(self.window)  # let concurrent requests join this batch
             with self._cond:
-                batch, total = [], 0
+                batch: list[tuple[list[str], Future]] = []
+                total = 0
                 while self._pending and (not batch or total + len(self._pending[0][0]) <= self.max_batch):
                     item = self._pending.pop(0)
                     batch.append(item)
@@ -261,11 +262,14 @@ class IndexHandle:
 
     def _after_write(self) -> None:
         """Unpin the writer's snapshot (a pinned reader stops every checkpoint) and fold the WAL now and then."""
+        writer = self._writer
+        if writer is None:  # the writer failed to open: nothing was written
+            return
         try:
-            self._writer.release()
+            writer.release()
             self._writes += 1
             if self.checkpoint_every and self._writes % self.checkpoint_every == 0:
-                self._writer.checkpoint()
+                writer.checkpoint()
         except sqlite3.Error:  # best effort: the write itself is committed
             log.warning("could not checkpoint the WAL of %s", self.index.path, exc_info=True)
 
