@@ -242,3 +242,104 @@ def test_query_batcher_checks_queries_before_queueing():
         batcher.encode(["fine", "   "])
     assert enc.calls == []
     batcher.close()
+
+
+# -- ReadSide (what replaced the RW lock: reads never wait for writes, only for a newer commit to load) ----------
+class _FakeIndex:
+    """The part of PooledIndex that ReadSide uses; ``stale`` says a newer commit is on disk."""
+
+    path = "fake"
+
+    def __init__(self) -> None:
+        self.stale = False
+        self.pins = self.releases = 0
+        self.commit = 0
+
+    def is_stale(self) -> bool:
+        return self.stale
+
+    def pin(self) -> None:
+        self.pins += 1
+        self.stale = False
+        self.commit += 1
+
+    def release(self) -> None:
+        self.releases += 1
+
+
+def test_read_side_pins_once_for_concurrent_reads_and_releases_when_idle():
+    from service.registry import ReadSide
+
+    index = _FakeIndex()
+    reads = ReadSide(index)
+    with reads.reading() as a, reads.reading() as b:  # the second read joins the pinned snapshot
+        assert a is b is index and index.pins == 1 and index.releases == 0
+    assert index.releases == 1  # idle: no read transaction held
+    with reads.reading():
+        assert index.pins == 2  # pinned afresh for the next read
+
+
+def test_read_side_loads_a_newer_commit_after_the_reads_in_flight():
+    from service.registry import ReadSide
+
+    index = _FakeIndex()
+    reads = ReadSide(index)
+    started, seen = threading.Event(), []
+    with reads.reading():
+        index.stale = True  # a write committed while this read runs
+
+        def later() -> None:
+            started.set()
+            with reads.reading() as i:
+                seen.append(i.commit)
+
+        t = threading.Thread(target=later)
+        t.start()
+        started.wait()
+        _waiting(reads)  # it waits for this read (on the old commit) to end before loading
+        assert index.commit == 1 and not seen
+    t.join()
+    assert seen == [2] and index.pins == 2
+
+
+def test_exclusive_waits_for_reads_and_holds_new_ones_off():
+    from service.registry import ReadSide
+
+    index = _FakeIndex()
+    reads = ReadSide(index)
+    order: list[str] = []
+    entered = threading.Event()
+    with reads.reading():
+
+        def hold() -> None:
+            with reads.exclusive():
+                order.append("exclusive")
+
+        t = threading.Thread(target=hold)
+        t.start()
+        _waiting(reads)
+        order.append("read ends")
+    t.join()
+    with reads.exclusive():
+
+        def read() -> None:
+            entered.set()
+            with reads.reading():
+                order.append("read")
+
+        r = threading.Thread(target=read)
+        r.start()
+        entered.wait()
+        _waiting(reads)
+        order.append("exclusive ends")
+    r.join()
+    assert order == ["read ends", "exclusive", "exclusive ends", "read"]
+
+
+def _waiting(reads) -> None:
+    """Return once some thread waits on the read side's condition (observed state, no clock)."""
+    while True:
+        with reads._cond:
+            if reads._cond._waiters:
+                return
+        threading.Event().wait(0.001)
