@@ -60,6 +60,12 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
     for router in (indexes.router, search.router, documents.router):
         app.include_router(router, dependencies=protected)
     app.add_middleware(RequestGuard, settings=settings)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Domain and storage errors become JSON 4xx/503/507 answers with a message, never a 5xx traceback."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,8 +94,6 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
     @app.exception_handler(sqlite3.Error)
     async def sqlite_error(request: Request, exc: sqlite3.Error) -> JSONResponse:
         return _storage_error(exc, "full" in str(exc))  # sqlite says "database or disk is full"
-
-    return app
 
 
 log = logging.getLogger(__name__)
