@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -346,6 +346,65 @@ def _chunk_batch(chunk: Chunk, index: PooledIndex) -> pipeline.WriteBatch:
     )
 
 
+def _check_resume(index: PooledIndex, resume: bool) -> None:
+    """Refuse to resume into a passage index (its rows are not a prefix of the input's ids)."""
+    if index.config.passage_stride is not None and resume and len(index):
+        raise InputError(
+            "resuming is not supported for an index that splits long documents into passages; "
+            "build it again into a new folder"
+        )
+
+
+def _write_stage(chunk: Chunk, index: PooledIndex) -> str:
+    """The progress bar's stage for committing ``chunk``: the first IVF-PQ write also trains."""
+    cfg = index.config
+    trains = cfg.backend != "flat" and index.folder.snapshot.quantizer is None
+    if trains and len(index) == 0 and chunk.n_vectors >= cfg.train_min_vectors:
+        return f"train IVF-PQ on {min(chunk.n_vectors, cfg.train_sample):,} vectors, write"
+    return "write"
+
+
+def _write_passages(chunk: Chunk, index: PooledIndex, progress: _Progress, report: BuildReport) -> None:
+    """Split, encode, pool and commit a chunk for an index that stores long documents as passages."""
+    if chunk.vectors is not None:
+        pipeline.refuse_vectors_for_passages(index.config.passage_stride, "encoded shards")
+    t = time.perf_counter()
+    progress.stage("split, encode, pool, write")
+    result = index.write(index.make_batch(chunk.docs))
+    report.add_s += time.perf_counter() - t
+    report.added += len(chunk.docs)
+    report.commits += 1
+    report.vectors += result.vectors
+
+
+def _encode_and_pool(
+    chunk: Chunk,
+    index: PooledIndex,
+    encoder: ColBERTEncoder | None,
+    progress: _Progress,
+    report: BuildReport,
+    held: Callable[..., None],
+) -> None:
+    """Give the chunk its pooled vectors (encoded here unless it came from shards); ``held`` tracks memory."""
+    if chunk.vectors is None:
+        if encoder is None:
+            raise InputError("an encoder is needed to encode documents")  # shards come with vectors
+        t = time.perf_counter()
+        chunk.vectors = _encode(encoder, chunk.docs, progress)
+        chunk.n_tokens = np.array([len(v) for v in chunk.vectors], dtype=np.int64)
+        report.encode_s += time.perf_counter() - t
+    held(chunk.n_vectors)
+    if not chunk.pooled and index.config.pools:
+        t = time.perf_counter()
+        progress.stage("pool")
+        pooled = pipeline.pool(chunk.vectors, pipeline.PoolSpec.of(index.config), index.device)
+        held(chunk.n_vectors, sum(len(p) for p in pooled))
+        chunk.vectors = pooled
+        del pooled
+        report.pool_s += time.perf_counter() - t
+    chunk.pooled = True
+
+
 def _run(
     chunks: Iterator[Chunk],
     index: PooledIndex,
@@ -359,11 +418,7 @@ def _run(
     t_start = time.perf_counter()
     cfg = index.config
     passages = cfg.passage_stride is not None  # the index splits long documents itself (pooledir/passages.py)
-    if passages and resume and len(index):
-        raise InputError(
-            "resuming is not supported for an index that splits long documents into passages; "
-            "build it again into a new folder"
-        )
+    _check_resume(index, resume)
     new = _NewDocuments(index, resume)
     # IVF-PQ trains once, on a sample of what it holds then: make the first add hold train_sample vectors
     buffering = cfg.backend != "flat" and len(index) == 0 and not passages
@@ -371,11 +426,7 @@ def _run(
 
     def add(chunk: Chunk) -> None:
         t = time.perf_counter()
-        trains = cfg.backend != "flat" and index.folder.snapshot.quantizer is None
-        if trains and len(index) == 0 and chunk.n_vectors >= cfg.train_min_vectors:
-            progress.stage(f"train IVF-PQ on {min(chunk.n_vectors, cfg.train_sample):,} vectors, write")
-        else:
-            progress.stage("write")
+        progress.stage(_write_stage(chunk, index))
         index.write(_chunk_batch(chunk, index))
         report.add_s += time.perf_counter() - t
         report.added += len(chunk.docs)
@@ -394,32 +445,10 @@ def _run(
             chunk = new.filter(chunk)
             report.skipped += n_read - len(chunk.docs)
             if chunk.docs and passages:
-                if chunk.vectors is not None:
-                    pipeline.refuse_vectors_for_passages(cfg.passage_stride, "encoded shards")
-                t = time.perf_counter()
-                progress.stage("split, encode, pool, write")
-                result = index.write(index.make_batch(chunk.docs))  # splits, encodes, pools; then commits
-                report.add_s += time.perf_counter() - t
-                report.added += len(chunk.docs)
-                report.commits += 1
-                report.vectors += result.vectors
+                _write_passages(chunk, index, progress, report)
                 new.committed()
             elif chunk.docs:
-                if chunk.vectors is None:
-                    t = time.perf_counter()
-                    chunk.vectors = _encode(encoder, chunk.docs, progress)
-                    chunk.n_tokens = np.array([len(v) for v in chunk.vectors], dtype=np.int64)
-                    report.encode_s += time.perf_counter() - t
-                held(chunk.n_vectors)
-                if not chunk.pooled and cfg.pools:
-                    t = time.perf_counter()
-                    progress.stage("pool")
-                    pooled = pipeline.pool(chunk.vectors, pipeline.PoolSpec.of(cfg), index.device)
-                    held(chunk.n_vectors, sum(len(p) for p in pooled))
-                    chunk.vectors = pooled
-                    del pooled
-                    report.pool_s += time.perf_counter() - t
-                chunk.pooled = True
+                _encode_and_pool(chunk, index, encoder, progress, report, held)
                 if buffering:
                     buffer.append(chunk)
                     progress.held += len(chunk.docs)
