@@ -126,7 +126,7 @@ class ShardedHandle:
         self.encoder = encoder
         self.batcher = batcher
         self.device = device
-        self.write_lock = threading.Lock()  # this ingress replica's writes, one at a time, in arrival order
+        self.write_lock = threading.Lock()  # this ingress replica's commits, one at a time (encoding runs outside)
         self.index = PartitionsView(self)
         self._settings: IndexConfig | None = None
 

@@ -185,8 +185,10 @@ class QueryBatcher:
 class IndexHandle:
     """One served index: reads on one :class:`PooledIndex`, writes on another, so neither waits for the other.
 
-    Writes are serialised in arrival order and durable (the library commits to disk) before they
-    return, so a 2xx answer means the document survives a crash. A write waiting for the folder's
+    A write is prepared, encoded and pooled outside the write lock (concurrent upserts encode side by
+    side), then committed under it: commits are serialised, in the order their encoding finished, and
+    durable (the library commits to disk) before they return, so a 2xx answer means the document
+    survives a crash. A write waiting for the folder's
     lock (another process compacting) holds nothing a read needs; the read side picks the commit up
     at its next read. Every ``checkpoint_every`` writes the sqlite WAL is folded into the database.
     """
