@@ -44,6 +44,7 @@ docs-deps:
 
 lint: install
 	$(BIN)/ruff check pooledir service eval tests
+	$(BIN)/mypy
 
 demo: install
 	@mkdir -p $(DEMO)

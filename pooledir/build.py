@@ -1,6 +1,7 @@
 """Streamed builds: a corpus, or a folder of encoded shards, into an index one chunk at a time.
 
-Each chunk goes read → encode → pool → add, and every add is one durable commit, so:
+Each chunk goes read → encode → pool → write (the steps of :mod:`pooledir.pipeline`), and every write
+is one durable commit, so:
 
 * memory holds one chunk's vectors, never the corpus's. The exception is the start of an IVF-PQ
   build: it is trained once, on a sample of the first add, so the first chunks are buffered until
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pooledir.corpus import Document
+from pooledir import pipeline
+from pooledir.corpus import Document, check_documents
 from pooledir.errors import InputError
 from pooledir.shards import (
     ShardError,
@@ -331,9 +333,76 @@ def _encode(encoder: ColBERTEncoder, docs: list[Document], progress: _Progress) 
     step = max(64, 8 * encoder.batch_size)
     out: list[np.ndarray] = []
     for i in range(0, len(docs), step):
-        out += encoder.encode_documents([d.text for d in docs[i : i + step]])
+        out += pipeline.encode([d.text for d in docs[i : i + step]], encoder)
         progress.advance(min(step, len(docs) - i))
     return out
+
+
+def _chunk_batch(chunk: Chunk, index: PooledIndex) -> pipeline.WriteBatch:
+    """A pooled chunk as the batch :meth:`PooledIndex.write` commits (ids checked as ``add`` checks them)."""
+    prepared = pipeline.prepare(check_documents(chunk.docs, "documents"), None)
+    return pipeline.from_embeddings(
+        prepared, chunk.vectors, pipeline.PoolSpec.of(index.config), pooled=True, n_tokens=chunk.n_tokens, dim=index.dim
+    )
+
+
+def _check_resume(index: PooledIndex, resume: bool) -> None:
+    """Refuse to resume into a passage index (its rows are not a prefix of the input's ids)."""
+    if index.config.passage_stride is not None and resume and len(index):
+        raise InputError(
+            "resuming is not supported for an index that splits long documents into passages; "
+            "build it again into a new folder"
+        )
+
+
+def _write_stage(chunk: Chunk, index: PooledIndex) -> str:
+    """The progress bar's stage for committing ``chunk``: the first IVF-PQ write also trains."""
+    cfg = index.config
+    trains = cfg.backend != "flat" and index.folder.snapshot.quantizer is None
+    if trains and len(index) == 0 and chunk.n_vectors >= cfg.train_min_vectors:
+        return f"train IVF-PQ on {min(chunk.n_vectors, cfg.train_sample):,} vectors, write"
+    return "write"
+
+
+def _write_passages(chunk: Chunk, index: PooledIndex, progress: _Progress, report: BuildReport) -> None:
+    """Split, encode, pool and commit a chunk for an index that stores long documents as passages."""
+    if chunk.vectors is not None:
+        pipeline.refuse_vectors_for_passages(index.config.passage_stride, "encoded shards")
+    t = time.perf_counter()
+    progress.stage("split, encode, pool, write")
+    result = index.write(index.make_batch(chunk.docs))
+    report.add_s += time.perf_counter() - t
+    report.added += len(chunk.docs)
+    report.commits += 1
+    report.vectors += result.vectors
+
+
+def _encode_and_pool(
+    chunk: Chunk,
+    index: PooledIndex,
+    encoder: ColBERTEncoder | None,
+    progress: _Progress,
+    report: BuildReport,
+    held: Callable[..., None],
+) -> None:
+    """Give the chunk its pooled vectors (encoded here unless it came from shards); ``held`` tracks memory."""
+    if chunk.vectors is None:
+        if encoder is None:
+            raise InputError("an encoder is needed to encode documents")  # shards come with vectors
+        t = time.perf_counter()
+        chunk.vectors = _encode(encoder, chunk.docs, progress)
+        chunk.n_tokens = np.array([len(v) for v in chunk.vectors], dtype=np.int64)
+        report.encode_s += time.perf_counter() - t
+    held(chunk.n_vectors)
+    if not chunk.pooled and index.config.pools:
+        t = time.perf_counter()
+        progress.stage("pool")
+        pooled = pipeline.pool(chunk.vectors, pipeline.PoolSpec.of(index.config), index.device)
+        held(chunk.n_vectors, sum(len(p) for p in pooled))
+        chunk.vectors = pooled
+        del pooled
+        report.pool_s += time.perf_counter() - t
+    chunk.pooled = True
 
 
 def _run(
@@ -345,17 +414,11 @@ def _run(
     total: int | None,
 ) -> BuildReport:
 
-    from pooledir.pooling import pool_embeddings
-
     report = BuildReport()
     t_start = time.perf_counter()
     cfg = index.config
     passages = cfg.passage_stride is not None  # the index splits long documents itself (pooledir/passages.py)
-    if passages and resume and len(index):
-        raise InputError(
-            "resuming is not supported for an index that splits long documents into passages; "
-            "build it again into a new folder"
-        )
+    _check_resume(index, resume)
     new = _NewDocuments(index, resume)
     # IVF-PQ trains once, on a sample of what it holds then: make the first add hold train_sample vectors
     buffering = cfg.backend != "flat" and len(index) == 0 and not passages
@@ -363,12 +426,8 @@ def _run(
 
     def add(chunk: Chunk) -> None:
         t = time.perf_counter()
-        trains = cfg.backend != "flat" and index.folder.snapshot.quantizer is None
-        if trains and len(index) == 0 and chunk.n_vectors >= cfg.train_min_vectors:
-            progress.stage(f"train IVF-PQ on {min(chunk.n_vectors, cfg.train_sample):,} vectors, write")
-        else:
-            progress.stage("write")
-        index.add(chunk.docs, embeddings=chunk.vectors, pooled=True, n_tokens=chunk.n_tokens)
+        progress.stage(_write_stage(chunk, index))
+        index.write(_chunk_batch(chunk, index))
         report.add_s += time.perf_counter() - t
         report.added += len(chunk.docs)
         report.commits += 1
@@ -386,38 +445,10 @@ def _run(
             chunk = new.filter(chunk)
             report.skipped += n_read - len(chunk.docs)
             if chunk.docs and passages:
-                if chunk.vectors is not None:
-                    raise InputError("an index that splits documents into passages cannot take encoded shards")
-                t = time.perf_counter()
-                progress.stage("split, encode, pool, write")
-                result = index.add(chunk.docs)  # splits, encodes, pools and commits
-                report.add_s += time.perf_counter() - t
-                report.added += len(chunk.docs)
-                report.commits += 1
-                report.vectors += result.vectors
+                _write_passages(chunk, index, progress, report)
                 new.committed()
             elif chunk.docs:
-                if chunk.vectors is None:
-                    t = time.perf_counter()
-                    chunk.vectors = _encode(encoder, chunk.docs, progress)
-                    chunk.n_tokens = np.array([len(v) for v in chunk.vectors], dtype=np.int64)
-                    report.encode_s += time.perf_counter() - t
-                held(chunk.n_vectors)
-                if not chunk.pooled and cfg.pools:
-                    t = time.perf_counter()
-                    progress.stage("pool")
-                    pooled = pool_embeddings(
-                        chunk.vectors,
-                        cfg.pool_factor,
-                        cfg.protected_tokens,
-                        device=index.device,
-                        pool_threshold=cfg.pool_threshold,
-                    )
-                    held(chunk.n_vectors, sum(len(p) for p in pooled))
-                    chunk.vectors = pooled
-                    del pooled
-                    report.pool_s += time.perf_counter() - t
-                chunk.pooled = True
+                _encode_and_pool(chunk, index, encoder, progress, report, held)
                 if buffering:
                     buffer.append(chunk)
                     progress.held += len(chunk.docs)
@@ -483,6 +514,7 @@ def build_index(
 # -- from shards -----------------------------------------------------------------------------------------------
 def shards_pooled_for(spec: ShardSpec, config: IndexConfig) -> bool:
     """Whether shards made with ``spec`` go into an index with ``config`` as they are (True) or get pooled."""
+    pipeline.refuse_vectors_for_passages(config.passage_stride, "encoded shards")  # shards hold no passages
     if spec.pool_factor == 1:
         return not config.pools
     if config.pool_threshold is not None:
@@ -592,11 +624,10 @@ def encode_corpus(
     """
     from tqdm.auto import tqdm
 
-    from pooledir.pooling import pool_embeddings
-
     config = config or EncodeConfig()
     config.check()
     checkpoint, settings = encoder_record(encoder)
+    pooling = pipeline.PoolSpec(config.pool_factor, config.protected_tokens)
     spec = ShardSpec(
         dim=encoder.dim,
         pool_factor=config.pool_factor,
@@ -632,10 +663,10 @@ def encode_corpus(
                         ids.add(d.id)
                     if n == 0:
                         writer.begin(number, start)
-                    vectors = encoder.encode_documents([d.text for d in batch])
+                    vectors = pipeline.encode([d.text for d in batch], encoder)
                     n_tokens = [len(v) for v in vectors]
-                    if config.pool_factor > 1:
-                        vectors = pool_embeddings(vectors, config.pool_factor, config.protected_tokens, encoder.device)
+                    if pooling.pools:
+                        vectors = pipeline.pool(vectors, pooling, encoder.device)
                     writer.append(batch, vectors, n_tokens)
                     report.tokens += sum(n_tokens)
                     report.vectors += sum(len(v) for v in vectors)

@@ -13,9 +13,12 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from pooledir.index_info import IndexInfo
 
 app = typer.Typer(
     add_completion=False,
@@ -352,7 +355,7 @@ def _index_streamed(
             raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
-        _print_summary(idx.info(), _holding(idx))
+        _print_summary(idx.describe(), _holding(idx))
     if corpus is not None and encoder is not None and total is not None:  # a pipe (total None) reads only once
         n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
         _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
@@ -407,9 +410,9 @@ def _check_resume(idx, config, checkpoint: str | None) -> None:
             f"the index in {idx.path} pools {idx.config.pooling}, not {config.pooling}; resume it without "
             "--pool-factor/--pool-threshold or with its own setting"
         )
-    if checkpoint is not None and Path(checkpoint).resolve() != Path(idx.info()["checkpoint"]).resolve():
+    if checkpoint is not None and Path(checkpoint).resolve() != Path(idx.describe().checkpoint).resolve():
         raise InputError(
-            f"the index in {idx.path} was built with the checkpoint {idx.info()['checkpoint']}, not {checkpoint}; "
+            f"the index in {idx.path} was built with the checkpoint {idx.describe().checkpoint}, not {checkpoint}; "
             "a resumed build must encode as the first part did"
         )
 
@@ -604,15 +607,15 @@ def _holding(idx) -> str:
     return f"{_plural(documents, 'document')} ({_plural(rows, 'passage')})"
 
 
-def _print_summary(info: dict, what: str) -> None:
-    before, after = info["vectors_before_pooling"], info["vectors"]
-    f16 = 2 * info["backend"]["dim"]  # bytes of one float16 vector
-    threshold = info.get("pool_threshold")
-    pooling = f"x{info['pool_factor']}" if threshold is None else f"<= {threshold:g} (adaptive)"
+def _print_summary(info: IndexInfo, what: str) -> None:
+    before, after = info.vectors_before_pooling, info.vectors
+    f16 = 2 * info.dim  # bytes of one float16 vector
+    threshold = info.pool_threshold
+    pooling = f"x{info.pool_factor}" if threshold is None else f"<= {threshold:g} (adaptive)"
     typer.echo(
         f"{what}: {before} vectors ({before * f16 / 1e6:.1f} MB as float16) -> "
         f"{after} after pooling {pooling} ({after * f16 / 1e6:.1f} MB, {after / max(before, 1):.1%}); "
-        f"{info['backend']['kind']} index on disk {info['index_bytes'] / 1e6:.2f} MB at {info['path']}"
+        f"{info.backend['kind']} index on disk {info.index_bytes / 1e6:.2f} MB at {info.path}"
     )
 
 
@@ -638,7 +641,7 @@ def search(
     check_mode(mode)
     params = SearchParams.from_optional(k, nprobe, candidates, rerank)
     with _open_index(index_dir, device=device, query_backend=query_backend) as idx:
-        results = idx.search(queries, k=k, params=params, with_text=True, mode=mode)
+        results = idx.search(queries, params=params, with_text=True, mode=mode)
     for query, hits in zip(queries, results):
         if as_json:
             typer.echo(json.dumps({"query": query, "results": [h.__dict__ for h in hits]}, ensure_ascii=False))
@@ -687,13 +690,13 @@ def compact(
 ) -> None:
     """Merge an index's segments into one, dropping deleted vectors (re-training when it has outgrown its sample)."""
     with _open_index(index_dir, device="cpu") as idx:
-        before = idx.info()
+        before = idx.describe()
         idx.compact(retrain=retrain)
-        after = idx.info()
+        after = idx.describe()
         what = _holding(idx)
     typer.echo(
-        f"compacted {len(before['segments'])} segment(s) with {before['deleted_vectors']} deleted vectors into "
-        f"{len(after['segments'])}; {what}, {after['index_bytes'] / 1e6:.2f} MB on disk"
+        f"compacted {len(before.segments)} segment(s) with {before.deleted_vectors} deleted vectors into "
+        f"{len(after.segments)}; {what}, {after.index_bytes / 1e6:.2f} MB on disk"
     )
 
 
@@ -704,16 +707,16 @@ def info(
 ) -> None:
     """Show an index's counts, sizes and settings."""
     with _open_index(index_dir, device="cpu") as idx:
-        data = idx.info()
+        data = idx.describe()
         what = _holding(idx)
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json.dumps(data.to_json(), indent=2))
         return
     _print_summary(data, what)
-    typer.echo(f"device: {data['device']}")
-    typer.echo(f"checkpoint: {data['checkpoint']}")
-    typer.echo(f"backend: {json.dumps(data['backend'])}")
-    lexical = "yes (FTS5 BM25: modes lexical, hybrid)" if data["lexical"] else "no (open it once with write access)"
+    typer.echo(f"device: {data.device}")
+    typer.echo(f"checkpoint: {data.checkpoint}")
+    typer.echo(f"backend: {json.dumps(data.backend)}")
+    lexical = "yes (FTS5 BM25: modes lexical, hybrid)" if data.lexical else "no (open it once with write access)"
     typer.echo(f"lexical table: {lexical}")
 
 
@@ -1121,9 +1124,7 @@ def main() -> None:
     ``error: ...`` and exit 2; Ctrl-C prints ``interrupted`` and exits 130. Anything else is a
     bug and keeps its traceback.
     """
-    # torch and faiss each run an OpenMP pool; busy-waiting workers of one steal the cores from the
-    # other (measured: one query 99 ms -> 71 ms on 2 cores). Must be set before either loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY=PASSIVE is set where pooledir is imported (pooledir/__init__.py), before torch or faiss
     logging.basicConfig(level=os.environ.get("POOLEDIR_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
     stderr, sys.stderr = sys.stderr, _LineTracker(sys.stderr)
     try:

@@ -14,6 +14,10 @@ class InputError(PooledirError, ValueError):
     """Bad input: a malformed corpus line, a bad parameter, an unknown id format."""
 
 
+class FormatError(InputError):
+    """A file pooledir wrote (a shard header, a partition layout) that is unreadable or of another format or version."""
+
+
 class IndexCorruptError(PooledirError):
     """An index folder that cannot be loaded: missing, truncated or mismatched files."""
 

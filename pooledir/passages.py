@@ -225,9 +225,9 @@ def search_parents(
     if not with_text:
         return best
     out = []
-    for hits in best:
-        docs = [get(h.id) for h in hits]
-        out.append([Hit(h.id, h.score, d.text, d.metadata) for h, d in zip(hits, docs)])
+    for ranked in best:
+        docs = [get(h.id) for h in ranked]
+        out.append([Hit(h.id, h.score, d.text, d.metadata) for h, d in zip(ranked, docs)])
     return out
 
 

@@ -19,19 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from pooledir import pipeline
 from pooledir.corpus import Document, check_documents
 from pooledir.device import faiss_gpu_available, resolve_device
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.fusion import Fusion
-from pooledir.index.folder import Batch, IndexFolder, ensure_layout
+from pooledir.index.folder import IndexFolder, ensure_layout
 from pooledir.index.manifest import ENCODER_SETTINGS, IndexConfig, Manifest, read_manifest
 from pooledir.index.segments import describe_quantizer
+from pooledir.index_info import IndexInfo, SegmentInfo
 from pooledir.lexical import has_table
-from pooledir.pooling import pool_embeddings
+from pooledir.pipeline import WriteBatch
 from pooledir.search import Hit, SearchParams, exact_search, search_embeddings
 from pooledir.store import MAX_FILTER_FIELDS, DocStore, check_filter
 
-__all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "PooledIndex", "read_manifest"]
+__all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "IndexInfo", "PooledIndex", "read_manifest"]
 
 
 @dataclass(frozen=True)
@@ -221,52 +223,53 @@ class PooledIndex:
         cached vectors; with ``pooled=True`` they are already pooled (``n_tokens``: the counts
         before pooling, default the arrays' lengths). The write costs O(batch), whatever the
         index holds; an IVF-PQ index keeps vectors exact until it holds enough to train.
+        Same as ``write(make_batch(...))`` (see :mod:`pooledir.pipeline`).
         """
         docs = check_documents(documents, "documents")
         self.folder.check_writable()  # before encoding, which may take minutes
-        given = [d.id for d in docs]
-        texts = [d.text for d in docs]
-        if self.config.passage_stride is not None:  # long documents become passages (pooledir/passages.py)
-            from pooledir.passages import split_documents
+        return self.write(self.make_batch(docs, embeddings, pooled, n_tokens, show_progress))
 
-            if embeddings is not None:
-                raise InputError("this index splits documents into passages: pass documents, not embeddings")
-            docs, texts = split_documents(docs, self.encoder, self.config.passage_stride)
-        t0 = time.perf_counter()
+    def make_batch(
+        self,
+        documents: Iterable[Document],
+        embeddings: Sequence[np.ndarray] | None = None,
+        pooled: bool = False,
+        n_tokens: Sequence[int] | None = None,
+        show_progress: bool = False,
+    ) -> WriteBatch:
+        """Prepare (passages), encode and pool documents as this index does: the batch :meth:`write` commits.
+
+        Reads nothing the index's writes change, so a server can run it outside its write lock.
+        """
+        docs = check_documents(documents, "documents")
+        stride = self.config.passage_stride
+        if embeddings is not None:
+            pipeline.refuse_vectors_for_passages(stride)
+        elif pooled:
+            raise InputError("pooled=True needs the pooled embeddings")
+        prepared = pipeline.prepare(docs, stride, self.encoder if stride is not None else None)
+        spec = pipeline.PoolSpec.of(self.config)
         if embeddings is None:
-            if pooled:
-                raise InputError("pooled=True needs the pooled embeddings")
-            embeddings = self.encoder.encode_documents(texts, show_progress=show_progress)
-        elif len(embeddings) != len(docs):
-            raise InputError(f"got {len(embeddings)} embeddings for {len(docs)} documents")
-        for d, e in zip(docs, embeddings):
-            if e.ndim != 2 or e.shape[1] != self.dim or len(e) == 0:
-                raise InputError(f"document {d.id!r}: embedding shape {e.shape} is not (n >= 1, {self.dim})")
-        if n_tokens is not None and (not pooled or len(n_tokens) != len(docs)):
-            raise InputError(f"n_tokens ({len(n_tokens)} values) needs pooled=True and one count per document")
-        t1 = time.perf_counter()
-        if pooled:
-            vectors = list(embeddings)
-            counts = list(n_tokens) if n_tokens is not None else [len(e) for e in embeddings]
-        else:
-            c = self.config
-            vectors = pool_embeddings(
-                embeddings,
-                c.pool_factor,
-                c.protected_tokens,
-                device=self.device,
-                show_progress=show_progress,
-                pool_threshold=c.pool_threshold,
-            )
-            counts = [len(e) for e in embeddings]
-        t2 = time.perf_counter()
-        batch = Batch([d.id for d in docs], [d.text for d in docs], [d.metadata for d in docs], counts, vectors)
-        if self.config.passage_stride is not None:  # re-adding a document replaces all of its old passages
+            return pipeline.encode_and_pool(prepared, self.encoder, spec, self.device, show_progress)
+        return pipeline.from_embeddings(
+            prepared, embeddings, spec, self.device, pooled, n_tokens, show_progress, dim=self.dim
+        )
+
+    def write(self, batch: WriteBatch) -> AddResult:
+        """Commit a batch from :meth:`make_batch` (or :mod:`pooledir.pipeline`) as one new segment; durable on return.
+
+        Documents already stored are replaced; with passages, all of a document's old passages.
+        """
+        pipeline.check_batch(batch, self.config.passage_stride, self.dim)
+        t0 = time.perf_counter()
+        index_batch = batch.to_index_batch()
+        if batch.passage_stride is not None:  # re-adding a document replaces all of its old passages
             self.folder.refresh()
-            batch = replace(batch, replaces=tuple(self._stored_ids(given)))
-        replaced = self.folder.upsert(batch)
-        n = sum(len(v) for v in vectors)
-        return AddResult(len(given), replaced, n, t1 - t0, t2 - t1, time.perf_counter() - t2)
+            index_batch = replace(index_batch, replaces=tuple(self._stored_ids(batch.documents)))
+        replaced = self.folder.upsert(index_batch)
+        return AddResult(
+            len(batch.documents), replaced, batch.n_vectors, batch.encode_s, batch.pool_s, time.perf_counter() - t0
+        )
 
     def _stored_ids(self, ids: Sequence[str]) -> list[str]:
         """The rows that hold ``ids``: with passages, a split document's are its passages."""
@@ -327,7 +330,7 @@ class PooledIndex:
     def search(
         self,
         queries: str | Sequence[str],
-        k: int = 10,
+        k: int | None = None,
         params: SearchParams | None = None,
         with_text: bool = False,
         filter: dict[str, Any] | None = None,
@@ -337,14 +340,15 @@ class PooledIndex:
         """Search one query or a batch; returns one ranked list of :class:`Hit` per query (see search_embeddings).
 
         ``mode``: ``"dense"`` (MaxSim), ``"lexical"`` (BM25 over the stored text) or ``"hybrid"`` (both,
-        fused by ``fusion``); see :mod:`pooledir.hybrid`.
+        fused by ``fusion``); see :mod:`pooledir.hybrid`. ``k`` defaults to ``params.k`` (10 without
+        ``params``); passing both with different values raises :class:`InputError`.
         """
         from pooledir.encoder import check_texts
 
         if isinstance(queries, str):
             queries = [queries]
         queries = check_texts(queries, "query")  # before the encoder loads: that takes seconds
-        params = replace(params or SearchParams(), k=k)
+        params = resolve_k(k, params)
         params.check()
         if mode != "dense":
             from pooledir import hybrid
@@ -402,7 +406,11 @@ class PooledIndex:
         return out
 
     def info(self) -> dict[str, Any]:
-        """Counts, sizes, segments and settings, for ``pooledir info`` and the service."""
+        """Counts, sizes, segments and settings as JSON (``pooledir info --json``); typed: :meth:`describe`."""
+        return self.describe().to_json()
+
+    def describe(self) -> IndexInfo:
+        """Counts, sizes, segments and settings of the loaded snapshot, for ``pooledir info`` and the service."""
         snap, store = self.folder.snapshot, self.folder.store
         counts = store.counts()
         files = [p for p in [*self.path.iterdir(), *(self.path / "segments").iterdir()] if p.is_file()]
@@ -411,26 +419,33 @@ class PooledIndex:
         if snap.quantizer is not None:
             backend |= describe_quantizer(snap.quantizer)
             backend["device"] = "gpu" if self.device != "cpu" and faiss_gpu_available() else "cpu"
-        return {
-            "path": str(self.path),
-            "device": self.device,
-            "checkpoint": self.manifest.checkpoint,
-            "documents": counts["documents"],
-            "vectors_before_pooling": counts["tokens"],
-            "vectors": counts["vectors"],
-            "pool_factor": self.config.pool_factor,
-            "pool_threshold": self.config.pool_threshold,
-            "config": asdict(self.config),
-            "backend": backend,
-            "segments": [
-                {"id": s.seg_id, "kind": s.kind, "vectors": s.n_vectors, "live_vectors": s.n_live}
-                for s in snap.segments
-            ],
-            "deleted_vectors": snap.n_stored - snap.n_live,
-            "trained_vectors": snap.trained_vectors,
-            "retrain_recommended": self.folder.retrain_recommended(),
-            "bytes": {str(p.relative_to(self.path)): p.stat().st_size for p in files},
-            "index_bytes": sum(p.stat().st_size for p in files),
-            "commit": snap.commit,
-            "lexical": has_table(store.conn),  # the lexical (FTS5) table is there: modes lexical and hybrid work
-        }
+        sizes = {str(p.relative_to(self.path)): p.stat().st_size for p in files}
+        return IndexInfo(
+            path=str(self.path),
+            device=self.device,
+            checkpoint=self.manifest.checkpoint,
+            documents=counts["documents"],
+            vectors_before_pooling=counts["tokens"],
+            vectors=counts["vectors"],
+            pool_factor=self.config.pool_factor,
+            pool_threshold=self.config.pool_threshold,
+            config=asdict(self.config),
+            backend=backend,
+            segments=tuple(SegmentInfo(s.seg_id, s.kind, s.n_vectors, s.n_live) for s in snap.segments),
+            deleted_vectors=snap.n_stored - snap.n_live,
+            trained_vectors=snap.trained_vectors,
+            retrain_recommended=self.folder.retrain_recommended(),
+            bytes=sizes,
+            index_bytes=sum(sizes.values()),
+            commit=snap.commit,
+            lexical=has_table(store.conn),  # the lexical (FTS5) table is there: modes lexical and hybrid work
+        )
+
+
+def resolve_k(k: int | None, params: SearchParams | None) -> SearchParams:
+    """The search's params: ``k`` fills ``params.k`` when only one is given; two different values are refused."""
+    if params is None:
+        return SearchParams() if k is None else SearchParams(k=k)
+    if k is not None and k != params.k:
+        raise InputError(f"k={k} and params.k={params.k} disagree; pass k in one of them")
+    return params

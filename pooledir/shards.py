@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from pooledir.corpus import Document
-from pooledir.errors import InputError
+from pooledir.durable import fsync_dir, read_versioned_json, write_json_durably
+from pooledir.errors import FormatError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ DATA_FILES = {"vectors": ".npy", "lengths": ".lengths.npy", "ntokens": ".ntokens
 _HEADER_RE = re.compile(r"^shard-(\d{5,})\.json$")
 
 
-class ShardError(InputError):
+class ShardError(FormatError):
     """A shard folder that cannot be read or resumed: missing or mismatched files, a corrupt manifest."""
 
 
@@ -148,26 +149,6 @@ def shard_name(number: int) -> str:
     return f"shard-{number:05d}"
 
 
-# -- durable small writes --------------------------------------------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    """Flush a folder to disk so that renames inside it survive a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -188,18 +169,9 @@ def ids_digest(ids: Iterable[str]) -> tuple[int, str]:
 
 # -- reading headers and manifests -----------------------------------------------------------------------------
 def _load_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardError(f"{path} ({what}) is corrupt: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ShardError(f"{path} ({what}) is not a pooledir shard file (format {FORMAT!r} expected)")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ShardError(
-            f"{path} has format_version {data.get('format_version')!r}; this pooledir reads {FORMAT_VERSION}: "
-            "re-encode the corpus with this version"
-        )
-    return data
+    return read_versioned_json(
+        path, FORMAT, FORMAT_VERSION, what, "re-encode the corpus with this version", error=ShardError
+    )
 
 
 def _spec_of(data: dict, path: Path) -> ShardSpec:
@@ -512,7 +484,7 @@ class ShardWriter:
             os.replace(files[role], final[role])
         fsync_dir(self.path)
         header_path = self.path / (info.name + ".json")
-        _write_json_atomic(
+        write_json_durably(
             header_path, {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self.spec)} | asdict(info)
         )
         self.update_manifest()
@@ -530,7 +502,7 @@ class ShardWriter:
 
     def finish(self, documents: int) -> None:
         """Record that the corpus holds ``documents`` documents (the writer read it to its end)."""
-        _write_json_atomic(
+        write_json_durably(
             self.path / END, {"format": FORMAT, "format_version": FORMAT_VERSION, "documents": documents}
         )
         self.update_manifest()
@@ -540,5 +512,5 @@ class ShardWriter:
         with open(self.path / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             manifest = derive_shard_manifest(self.path)
-            _write_json_atomic(self.path / MANIFEST, manifest.to_json())
+            write_json_durably(self.path / MANIFEST, manifest.to_json())
         return manifest

@@ -20,8 +20,13 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_registry(request: Request) -> Registry:
-    """The open indexes."""
-    return request.app.state.registry
+    """The open indexes; 503 while none are open (before the app's lifespan started or after it ended)."""
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the indexes are not open (the service is starting or stopping)"
+        )
+    return registry
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

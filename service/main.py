@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import os
+# importing pooledir sets OMP_WAIT_POLICY=PASSIVE (pooledir/__init__.py) before torch or faiss loads
+import errno
+import logging
+import math
+import sqlite3
+from contextlib import asynccontextmanager
 
-# torch and faiss each run an OpenMP pool; passive waiting stops them stealing each other's cores
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
-import errno  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import sqlite3  # noqa: E402
-from contextlib import asynccontextmanager  # noqa: E402
-
-from fastapi import Depends, FastAPI, Request, status  # noqa: E402
-from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-
-from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError  # noqa: E402
-from service.deps import require_api_key  # noqa: E402
-from service.guard import RequestGuard  # noqa: E402
-from service.registry import Registry  # noqa: E402
-from service.routes import documents, health, indexes, search  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError
+from service.deps import require_api_key
+from service.guard import RequestGuard
+from service.registry import Registry
+from service.routes import documents, health, indexes, search
+from service.settings import Settings
 
 
 def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
@@ -64,6 +60,12 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
     for router in (indexes.router, search.router, documents.router):
         app.include_router(router, dependencies=protected)
     app.add_middleware(RequestGuard, settings=settings)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Domain and storage errors become JSON 4xx/503/507 answers with a message, never a 5xx traceback."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -92,8 +94,6 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
     @app.exception_handler(sqlite3.Error)
     async def sqlite_error(request: Request, exc: sqlite3.Error) -> JSONResponse:
         return _storage_error(exc, "full" in str(exc))  # sqlite says "database or disk is full"
-
-    return app
 
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,9 @@ One deployment per partition (each replica opens the partition's folder) and one
 FastAPI app as ``pooledir serve`` (:func:`service.main.create_app`), whose registry holds a
 :class:`ShardedHandle` per partitioned index instead of one open index. The ingress encodes each
 query once (micro-batched with concurrent ones), sends the query vectors to every partition and
-merges their top-k by score; it encodes upserted documents and sends each to the partition that owns
-its id (:func:`pooledir.distributed.partition.partition_of`), and deletes likewise.
+merges their top-k by score; it runs the write pipeline on upserted documents (passages, encode, pool:
+:mod:`pooledir.pipeline`) and sends each document's rows to the partition that owns its id
+(:func:`pooledir.distributed.partition.partition_of`), which commits them; deletes likewise.
 
 Guarantees, as ``pooledir serve``: a write is answered after every partition it touched committed
 it to disk; a partition's searches never see half of its writes (the library's snapshots). A write
@@ -21,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from pooledir import Document, DocumentNotFoundError, Hit, InputError, PooledIndex, read_manifest
+from pooledir import Document, DocumentNotFoundError, Hit, IndexConfig, InputError, PooledIndex, pipeline, read_manifest
+from pooledir.corpus import check_documents
 from pooledir.distributed.partition import partition_of, read_partitions
 from pooledir.errors import IndexCorruptError, PooledirError
+from pooledir.index_info import IndexInfo
+from pooledir.pipeline import WriteBatch
 
 _ERRORS = {c.__name__: c for c in (InputError, DocumentNotFoundError, IndexCorruptError, PooledirError)}
 
@@ -59,10 +63,14 @@ class Partition:
         with self.lock:
             return _answer(lambda: self._fresh().search_embeddings(Q, params, with_text=with_text, filter=filter))
 
-    def upsert(self, documents: list[Document], embeddings: list[np.ndarray]) -> dict[str, Any]:
-        """Add or replace documents (token vectors given; pooled here); durable on return."""
+    def settings(self) -> dict[str, Any]:
+        """The partition's index settings (every partition has the same), for the ingress's write pipeline."""
+        return _answer(lambda: self.index.config)
+
+    def write(self, batch: WriteBatch) -> dict[str, Any]:
+        """Commit a batch the ingress prepared, encoded and pooled (:mod:`pooledir.pipeline`); durable on return."""
         with self.lock:
-            return _answer(lambda: self._fresh().add(documents, embeddings=embeddings).documents)
+            return _answer(lambda: self._fresh().write(batch).documents)
 
     def missing(self, ids: list[str]) -> dict[str, Any]:
         """The ids of ``ids`` this partition does not hold."""
@@ -84,14 +92,14 @@ class Partition:
         with self.lock:
             return _answer(lambda: len(self._fresh()))
 
-    def info(self) -> dict[str, Any]:
-        """The partition's :meth:`PooledIndex.info`."""
+    def describe(self) -> dict[str, Any]:
+        """The partition's :meth:`PooledIndex.describe`."""
         with self.lock:
-            return _answer(lambda: self._fresh().info())
+            return _answer(lambda: self._fresh().describe())
 
 
 class PartitionsView:
-    """What the routes' ``handle.read(fn)`` and stats see: the partitions as one index (len, get, info, device)."""
+    """What the routes' ``handle.read(fn)`` and stats see: the partitions as one index (len, get, describe, device)."""
 
     def __init__(self, handle: ShardedHandle) -> None:
         self.handle = handle
@@ -104,12 +112,9 @@ class PartitionsView:
         """The document, from the partition that owns its id."""
         return self.handle.call(self.handle.owner(doc_id), "get", doc_id)
 
-    def info(self) -> dict[str, Any]:
+    def describe(self) -> IndexInfo:
         """Summed counts and bytes; backend and settings from the first partition, plus the partition count."""
-        infos = self.handle.each("info")
-        first = infos[0]
-        out = {k: sum(i[k] for i in infos) for k in ("documents", "vectors_before_pooling", "vectors", "index_bytes")}
-        return first | out | {"backend": first["backend"] | {"partitions": len(infos)}}
+        return IndexInfo.merged(self.handle.each("describe"))
 
 
 class ShardedHandle:
@@ -121,8 +126,9 @@ class ShardedHandle:
         self.encoder = encoder
         self.batcher = batcher
         self.device = device
-        self.write_lock = threading.Lock()  # this ingress replica's writes, one at a time, in arrival order
+        self.write_lock = threading.Lock()  # this ingress replica's commits, one at a time (encoding runs outside)
         self.index = PartitionsView(self)
+        self._settings: IndexConfig | None = None
 
     def owner(self, doc_id: str) -> int:
         """The partition that owns ``doc_id``."""
@@ -162,15 +168,24 @@ class ShardedHandle:
         return merged
 
     def upsert(self, documents: list[Document]) -> int:
-        """Encode here, then each partition adds its own documents; durable on return."""
+        """Prepare (passages), encode and pool here, then each partition commits its documents; durable on return.
+
+        A document's passages go with it to the partition that owns its id.
+        """
+        config = self._config()
+        docs = check_documents(documents, "documents")
+        prepared = pipeline.prepare(docs, config.passage_stride, self.encoder)
+        batch = pipeline.encode_and_pool(prepared, self.encoder, pipeline.PoolSpec.of(config), self.device)
         with self.write_lock:
-            embeddings = self.encoder.encode_documents([d.text for d in documents])
-            groups = self._by_owner(documents, lambda d: d.id)
-            calls = [
-                self.partitions[p].upsert.remote([documents[j] for j in js], [embeddings[j] for j in js])
-                for p, js in groups.items()
-            ]
+            parts = batch.split(self.owner)
+            calls = [self.partitions[p].write.remote(part) for p, part in parts.items()]
             return sum(_unwrap(c.result()) for c in calls)
+
+    def _config(self) -> IndexConfig:
+        """The partitions' index settings (asked once)."""
+        if self._settings is None:
+            self._settings = self.call(0, "settings")
+        return self._settings
 
     def delete(self, ids: list[str]) -> int:
         """Delete by id: every id is checked first (any unknown: 404, nothing deleted), then deleted."""

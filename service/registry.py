@@ -157,7 +157,8 @@ class QueryBatcher:
                     return
             time.sleep(self.window)  # let concurrent requests join this batch
             with self._cond:
-                batch, total = [], 0
+                batch: list[tuple[list[str], Future]] = []
+                total = 0
                 while self._pending and (not batch or total + len(self._pending[0][0]) <= self.max_batch):
                     item = self._pending.pop(0)
                     batch.append(item)
@@ -184,8 +185,10 @@ class QueryBatcher:
 class IndexHandle:
     """One served index: reads on one :class:`PooledIndex`, writes on another, so neither waits for the other.
 
-    Writes are serialised in arrival order and durable (the library commits to disk) before they
-    return, so a 2xx answer means the document survives a crash. A write waiting for the folder's
+    A write is prepared, encoded and pooled outside the write lock (concurrent upserts encode side by
+    side), then committed under it: commits are serialised, in the order their encoding finished, and
+    durable (the library commits to disk) before they return, so a 2xx answer means the document
+    survives a crash. A write waiting for the folder's
     lock (another process compacting) holds nothing a read needs; the read side picks the commit up
     at its next read. Every ``checkpoint_every`` writes the sqlite WAL is folded into the database.
     """
@@ -218,8 +221,12 @@ class IndexHandle:
         return self.read(lambda index: hybrid.search(index, queries, params, mode, with_text, filter, Q=Q))
 
     def upsert(self, documents: Sequence[Document]) -> int:
-        """Encode and add; durable on return."""
-        return self._write(lambda writer: writer.add(documents).documents)
+        """Prepare, encode and pool outside the write lock (a long encode holds no other write up), then commit.
+
+        Durable on return.
+        """
+        batch = self.index.make_batch(documents)  # reads only the settings, which no write changes
+        return self._write(lambda writer: writer.write(batch).documents)
 
     def delete(self, ids: list[str]) -> int:
         """Delete; durable on return."""
@@ -257,11 +264,14 @@ class IndexHandle:
 
     def _after_write(self) -> None:
         """Unpin the writer's snapshot (a pinned reader stops every checkpoint) and fold the WAL now and then."""
+        writer = self._writer
+        if writer is None:  # the writer failed to open: nothing was written
+            return
         try:
-            self._writer.release()
+            writer.release()
             self._writes += 1
             if self.checkpoint_every and self._writes % self.checkpoint_every == 0:
-                self._writer.checkpoint()
+                writer.checkpoint()
         except sqlite3.Error:  # best effort: the write itself is committed
             log.warning("could not checkpoint the WAL of %s", self.index.path, exc_info=True)
 
@@ -299,18 +309,26 @@ class Registry:
         # indexes whose encoders would be identical share one, and their queries share a batcher
         encoders: dict[tuple, ColBERTEncoder] = {}
         batchers: dict[tuple, QueryBatcher] = {}
-        handles = {}
-        for name, path in zip(names, paths):
-            manifest = read_manifest(path)
-            key = encoder_key(manifest, checkpoint)
-            if key not in encoders:
-                encoders[key] = encoder_for_index(
-                    manifest, device, checkpoint, query_backend=query_backend, document_backend=document_backend
-                )
-            index = PooledIndex.open(path, device=device, encoder=encoders[key])
-            if micro_batching and key not in batchers:
-                batchers[key] = QueryBatcher(encoders[key], window_ms, max_batch)
-            handles[name] = IndexHandle(name, index, batchers.get(key), checkpoint_every)
+        handles: dict[str, IndexHandle] = {}
+        try:
+            for name, path in zip(names, paths):
+                manifest = read_manifest(path)
+                key = encoder_key(manifest, checkpoint)
+                if key not in encoders:
+                    encoders[key] = encoder_for_index(
+                        manifest, device, checkpoint, query_backend=query_backend, document_backend=document_backend
+                    )
+                index = PooledIndex.open(path, device=device, encoder=encoders[key])
+                if micro_batching and key not in batchers:
+                    batchers[key] = QueryBatcher(encoders[key], window_ms, max_batch)
+                handles[name] = IndexHandle(name, index, batchers.get(key), checkpoint_every)
+        except BaseException:
+            # a later index failed: what this call opened (indexes, batcher threads) is closed, not leaked
+            for b in batchers.values():
+                b.close()
+            for h in handles.values():
+                h.close()
+            raise
         return cls(handles)
 
     def close(self) -> None:

@@ -63,7 +63,7 @@ def test_memory_is_bounded_by_one_chunk(tmp_path, tiny_encoder, tiny_docs, monke
     chunk_docs, train_sample = 10, 300
     alive: weakref.WeakSet = weakref.WeakSet()
     read = [0]
-    calls = []  # per add: (documents, vectors, documents read but not committed, Chunk objects alive)
+    calls = []  # per write: (documents, vectors, documents read but not committed, Chunk objects alive)
     committed = [0]
 
     def corpus():
@@ -71,20 +71,20 @@ def test_memory_is_bounded_by_one_chunk(tmp_path, tiny_encoder, tiny_docs, monke
             read[0] += 1
             yield d
 
-    real_init, real_add = build.Chunk.__init__, PooledIndex.add
+    real_init, real_write = build.Chunk.__init__, PooledIndex.write
 
     def tracked_init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         alive.add(self)
 
-    def tracked_add(self, docs, embeddings=None, pooled=False, n_tokens=None, show_progress=False):
-        calls.append((len(docs), sum(len(e) for e in embeddings), read[0] - committed[0], len(alive)))
-        out = real_add(self, docs, embeddings=embeddings, pooled=pooled, n_tokens=n_tokens)
-        committed[0] += len(docs)
+    def tracked_write(self, batch):
+        calls.append((len(batch.documents), batch.n_vectors, read[0] - committed[0], len(alive)))
+        out = real_write(self, batch)
+        committed[0] += len(batch.documents)
         return out
 
     monkeypatch.setattr(build.Chunk, "__init__", tracked_init)
-    monkeypatch.setattr(PooledIndex, "add", tracked_add)
+    monkeypatch.setattr(PooledIndex, "write", tracked_write)
     idx = new_index(tmp_path / "i", tiny_encoder, backend="ivfpq", train_sample=train_sample)
     report = build_index(corpus(), idx, BuildConfig(chunk_docs=chunk_docs), show_progress=False)
     assert len(idx) == 120 and committed[0] == 120 and len(calls) >= 6

@@ -33,6 +33,18 @@ def test_k_above_the_document_count_returns_what_there_is(flat, tmp_path, tiny_e
     assert empty.search(["cancer"], k=3) == [[]]
 
 
+def test_k_and_params_k_never_silently_disagree(flat):
+    """params alone: its k; k alone: k; both and different: an InputError naming both (was: k won silently)."""
+    from pooledir.search import SearchParams
+
+    assert len(flat.search("cancer", params=SearchParams(k=3))[0]) == 3
+    assert len(flat.search("cancer", k=4)[0]) == 4
+    assert len(flat.search("cancer")[0]) == 10
+    assert len(flat.search("cancer", k=5, params=SearchParams(k=5))[0]) == 5
+    with pytest.raises(InputError, match=r"k=7 and params.k=3 disagree"):
+        flat.search("cancer", k=7, params=SearchParams(k=3))
+
+
 def test_queries_are_checked_before_the_encoder_loads(flat, tiny_encoder):
     flat.close()
     idx = PooledIndex.open(flat.path, device="cpu")  # no encoder: it would load from the checkpoint on first use

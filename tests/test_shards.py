@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -101,8 +102,8 @@ def test_index_from_shards_equals_direct_build(tmp_path, shards, direct, tiny_en
     # the index recorded the shards' checkpoint and encoder settings: it encodes queries as the documents were
     again = PooledIndex.open(tmp_path / "i", device="cpu")
     assert again.info()["checkpoint"] == str(read_shard_manifest(shards).spec.checkpoint)
-    assert [h.id for h in again.search(tiny_docs[9].text, k=5, params=EXACT)[0]] == [
-        h.id for h in ref.search(tiny_docs[9].text, k=5, params=EXACT)[0]
+    assert [h.id for h in again.search(tiny_docs[9].text, params=replace(EXACT, k=5))[0]] == [
+        h.id for h in ref.search(tiny_docs[9].text, params=replace(EXACT, k=5))[0]
     ]
 
 

@@ -53,7 +53,7 @@ def user_error(e: BaseException) -> PooledirError | None:
     the caller re-raises the pooledir error inside so the CLI prints one line.
     """
     seen = set()
-    stack = [e]
+    stack: list[BaseException | None] = [e]
     while stack:
         cur = stack.pop()
         if cur is None or id(cur) in seen:

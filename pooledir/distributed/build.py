@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pooledir import pipeline
 from pooledir.build import BuildReport, read_shard_folders, shards_pooled_for
 from pooledir.errors import InputError
 from pooledir.shards import ShardError, ShardInfo, ShardManifest, ShardSpec, open_shard
@@ -49,10 +50,7 @@ def shard_groups(manifests: Sequence[ShardManifest], groups: int | None) -> list
 
 def _pool(vectors: list[np.ndarray], config: IndexConfig) -> list[np.ndarray]:
     """Pool unpooled shard vectors as the index pools what it adds (a factor or a threshold)."""
-    from pooledir.pooling import pool_embeddings
-
-    c = config
-    return pool_embeddings(vectors, c.pool_factor, c.protected_tokens, device="cpu", pool_threshold=c.pool_threshold)
+    return pipeline.pool(vectors, pipeline.PoolSpec.of(config), device="cpu")
 
 
 def _group_vectors(

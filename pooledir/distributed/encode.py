@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pooledir import pipeline
 from pooledir.build import EncodeConfig, EncodeReport, _batches, encoder_record
 from pooledir.corpus import Document, _parquet_file, _read_parquet, _resolve, document_from_json_line, iter_corpus
 from pooledir.errors import CheckpointError, InputError, PooledirError
@@ -204,10 +205,9 @@ class ShardEncoder:
         return _row(task.number)
 
     def _write(self, task: ShardTask) -> dict[str, Any]:
-        from pooledir.pooling import pool_embeddings
-
         t0 = time.perf_counter()
         spec = self.spec
+        pooling = pipeline.PoolSpec(spec.pool_factor, spec.protected_tokens)
         # a try of its own: a dead try's temporary files never mix with this one's
         writer = ShardWriter(self.out, spec, tmp_suffix=f".{self.run_id}-{uuid.uuid4().hex[:8]}.tmp")
         writer.begin(task.number, task.start)
@@ -219,10 +219,10 @@ class ShardEncoder:
                     if d.id in ids:
                         raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
                     ids.add(d.id)
-                vecs = self.encoder.encode_documents([d.text for d in chunk])
+                vecs = pipeline.encode([d.text for d in chunk], self.encoder)
                 n_tokens = [len(v) for v in vecs]
-                if spec.pool_factor > 1:
-                    vecs = pool_embeddings(vecs, spec.pool_factor, spec.protected_tokens, self.encoder.device)
+                if pooling.pools:
+                    vecs = pipeline.pool(vecs, pooling, self.encoder.device)
                 writer.append(chunk, vecs, n_tokens)
                 tokens += sum(n_tokens)
                 vectors += sum(len(v) for v in vecs)

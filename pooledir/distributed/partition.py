@@ -14,13 +14,14 @@ merging their top-k by score gives the top-k of the whole.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pooledir.durable import read_versioned_json, write_json_durably
 from pooledir.errors import InputError
+from pooledir.pipeline import refuse_vectors_for_passages
 
 FORMAT = "pooledir-partitions"
 FORMAT_VERSION = 1
@@ -58,14 +59,9 @@ def is_partitioned(path: str | os.PathLike[str]) -> bool:
 def read_partitions(path: str | os.PathLike[str]) -> PartitionedIndex:
     """Open a partitioned index folder's layout, checking that every partition folder is there."""
     path = Path(path)
-    try:
-        data = json.loads((path / LAYOUT).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} is not a partitioned index ({LAYOUT} is missing)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path / LAYOUT} is corrupt: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path / LAYOUT} is not a pooledir partition layout ({FORMAT} version {FORMAT_VERSION})")
+    if not (path / LAYOUT).is_file():
+        raise InputError(f"{path} is not a partitioned index ({LAYOUT} is missing)")
+    data = read_versioned_json(path / LAYOUT, FORMAT, FORMAT_VERSION, "partition layout", "build it again")
     n = data.get("partitions")
     if not isinstance(n, int) or n < 1:
         raise InputError(f"{path / LAYOUT}: partitions={n!r} must be a positive integer")
@@ -78,10 +74,8 @@ def read_partitions(path: str | os.PathLike[str]) -> PartitionedIndex:
 
 def write_layout(path: Path, partitions: int) -> PartitionedIndex:
     """Write partitions.json (atomically, fsynced) and return the layout."""
-    from pooledir.shards import _write_json_atomic
-
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "partitions": partitions, "hash": "blake2b-64"}
-    _write_json_atomic(path / LAYOUT, data)
+    write_json_durably(path / LAYOUT, data)
     return PartitionedIndex(path, partitions)
 
 
@@ -105,8 +99,7 @@ def build_partitions(
 
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise InputError(f"partitions={partitions!r} must be a positive integer")
-    if config.passage_stride is not None:
-        raise InputError("a partitioned index cannot split documents into passages")
+    refuse_vectors_for_passages(config.passage_stride, "encoded shards")  # partitions are built from shards
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty; pick a new folder for the partitioned index")

@@ -13,17 +13,17 @@ router = APIRouter(tags=["indexes"])
 
 def stats(handle: IndexHandle) -> IndexStats:
     """Stats of one index, read under its read lock."""
-    info = handle.read(lambda index: index.info())
+    info = handle.read(lambda index: index.describe())
     return IndexStats(
         name=handle.name,
-        documents=info["documents"],
-        vectors_before_pooling=info["vectors_before_pooling"],
-        vectors=info["vectors"],
-        pool_factor=info["pool_factor"],
-        index_bytes=info["index_bytes"],
-        backend=info["backend"],
+        documents=info.documents,
+        vectors_before_pooling=info.vectors_before_pooling,
+        vectors=info.vectors,
+        pool_factor=info.pool_factor,
+        index_bytes=info.index_bytes,
+        backend=info.backend,
         device=handle.index.device,
-        checkpoint=info["checkpoint"],
+        checkpoint=info.checkpoint,
     )
 
 

@@ -82,24 +82,24 @@ class PooledirSystem:
         return self.index.search(list(queries), k=k, params=params)
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
-        info = self.index.info()
+        info = self.index.describe()
         return {
             "system": "pooledir",
             "index": self.config.backend,
             "pool_factor": None if self.pool_threshold is not None else self.config.pool_factor,
             "pool_threshold": self.pool_threshold,
             # the sub-quantizers the trained index holds (the default resolved), None for flat
-            "pq_m": info["backend"].get("pq_m", self.config.pq_m) if self.config.backend == "ivfpq" else None,
+            "pq_m": info.backend.get("pq_m", self.config.pq_m) if self.config.backend == "ivfpq" else None,
             "refine": self.config.keep_exact,
             "mode": self.mode,
             "fusion": asdict(self.fusion or Fusion()) if self.mode == "hybrid" else None,
             "nbits": None,
-            "vectors": info["vectors"],
+            "vectors": info.vectors,
             "pool_s": self.pool_s,
         }
 
     def bytes(self) -> dict[str, int]:  # noqa: D102
-        files = self.index.info()["bytes"]
+        files = self.index.describe().bytes
         vector_bytes = sum(v for k, v in files.items() if k.startswith(("segments", "quantizer")))
         store = sum(v for k, v in files.items() if k.startswith("docs.sqlite"))
         return {
