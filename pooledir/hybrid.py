@@ -84,11 +84,7 @@ def search(
     fusion.check()
     if filter:  # {} is no filter, as in the dense lane
         check_filter(filter)
-    if not lexical.has_table(index.folder.store.conn):
-        raise InputError(
-            f"{index.path} has no lexical table (made by an older pooledir and opened read-only): "
-            "open it once with write access to build it, or search with mode='dense'"
-        )
+    _require_table(index)
     if mode == "lexical":
         return lexical_hits(index, queries, params.k, filter, with_text)
     depth = max(params.k, fusion.depth)
@@ -138,6 +134,48 @@ def lexical_hits(
             ranked = _best_passages(index, q, k, filter)
         out.append(_hits(index, ranked, with_text))
     return out
+
+
+def lexical_stats(index: SearchableIndex, queries: Sequence[str]) -> list[lexical.Stats]:
+    """BM25 statistics of this index for each query's words (a partition's share of the collection's)."""
+    _require_table(index)
+    conn = index.folder.store.conn
+    return [lexical.local_stats(conn, q, len(index)) for q in queries]
+
+
+def lexical_hits_with(
+    index: SearchableIndex,
+    queries: Sequence[str],
+    stats: Sequence[lexical.Stats],
+    k: int,
+    filter: dict[str, Any] | None = None,
+) -> list[list[Hit]]:
+    """BM25's top ``k`` documents per query, scored with collection-wide ``stats`` (one per query).
+
+    What a partition answers: merged by score across partitions, the lists are one index's
+    :func:`lexical_hits` over all of their documents (an index with passages is not partitioned).
+    """
+    from pooledir.store import check_filter
+
+    _require_table(index)
+    store = index.folder.store
+    allowed = None
+    if filter:  # {} is no filter, as in the dense lane
+        check_filter(filter)
+        allowed = np.sort(store.matching(filter))
+    out = []
+    for q, s in zip(queries, stats):
+        doc_ints, scores = lexical.search_with(store.conn, q, k, s, allowed)
+        out.append(_hits(index, list(zip(store.ext_ids(doc_ints), scores.tolist())), False))
+    return out
+
+
+def _require_table(index: SearchableIndex) -> None:
+    if not lexical.has_table(index.folder.store.conn):
+        raise InputError(
+            f"{index.path} has no lexical table (made by an older pooledir and opened read-only): "
+            "open it once with write access to build it, or search with mode='dense'"
+        )
 
 
 def _best_passages(index: SearchableIndex, q: str, k: int, filter: dict[str, Any] | None) -> list[tuple[str, float]]:
