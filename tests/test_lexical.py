@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -335,3 +337,64 @@ def test_a_committed_format_2_index_gets_its_table_on_the_first_write_open(tmp_p
     assert sorted(h.id for h in dense) == ["alpha", "beta", "gamma"]
     add(idx, ["delta"], [4])
     assert lanes_agree(idx) == {"alpha", "beta", "gamma", "delta"}
+
+
+def test_kill_9_during_writes_keeps_both_lanes_in_step(tmp_path):
+    """kill -9 during upserts, replacements, deletes and compactions: every acknowledged write is in both lanes.
+
+    The writer prints each write once it returned (durable); the test kills it after 30 of them, whatever it
+    is doing then. Only the write in flight at the kill may or may not be there, so the last three document
+    numbers (which it could touch) are not checked.
+    """
+    from tests.index.test_folder import _child, assert_lanes_agree
+
+    path = tmp_path / "i"
+    with fake_index(path, backend="ivfpq", train_min_vectors=100, max_segments=4) as idx:
+        add(idx, ["seed"], [0])
+    writer = """
+        from pooledir.corpus import Document
+        def put(doc_id, word, seed):
+            idx.add([Document(doc_id, f"text of {word}", {"seed": seed})], embeddings=[doc_vectors(seed)], pooled=True)
+            print(f"+ {doc_id} {word}", flush=True)
+        i = 0
+        while True:
+            put(f"w{i}", f"alpha{i}", i + 1)
+            if i % 4 == 3:
+                put(f"w{i - 1}", f"beta{i - 1}", 500 + i)  # replaced: alpha{i-1} must leave the lexical lane
+            if i % 5 == 4:
+                idx.delete([f"w{i - 2}"])
+                print(f"- w{i - 2} -", flush=True)
+            if i % 6 == 5:
+                idx.compact()
+            i += 1
+    """
+    proc = _child(writer, path)
+    acked = [proc.stdout.readline().split() for _ in range(30)]  # blocks on the writer's own lines, no clock
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert all(len(a) == 3 for a in acked), proc.stderr.read()
+    state: dict[str, str | None] = {}
+    for op, doc_id, word in acked:
+        state[doc_id] = word if op == "+" else None
+    last = max(int(d[1:]) for d in state)
+    again = PooledIndex.open(path, device="cpu", encoder=FakeEncoder())
+    assert_lanes_agree(again)
+    checked = 0
+    for doc_id, word in state.items():
+        if int(doc_id[1:]) >= last - 2:
+            continue  # the write in flight may have touched it
+        n = doc_id[1:]
+        if word is None:
+            assert doc_id not in again.folder.store.lookup([doc_id])
+            assert lexical_ids(again, f"alpha{n} beta{n}") == []
+        else:
+            assert again.get(doc_id).text == f"text of {word}"
+            assert lexical_ids(again, word) == [doc_id]
+            other = f"alpha{n}" if word.startswith("beta") else f"beta{n}"
+            assert lexical_ids(again, other) == []  # a replaced text is gone from the lexical lane
+        checked += 1
+    assert checked >= 15
+    again.close()
+    conn = sqlite3.connect(path / "docs.sqlite")
+    conn.execute(f"INSERT INTO {lexical.TABLE} ({lexical.TABLE}) VALUES ('integrity-check')")  # raises if corrupt
+    conn.close()
