@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -40,6 +41,7 @@ def latency(index: PooledIndex, queries: list[str], fusion: Fusion) -> dict:
             times[m].append((time.perf_counter() - t) * 1000)
     out = {m: {"p50_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95))} for m, v in times.items()}
     out["hybrid_minus_dense_p50_ms"] = out["hybrid"]["p50_ms"] - out["dense"]["p50_ms"]
+    out["hybrid_over_dense_p50"] = out["hybrid"]["p50_ms"] / out["dense"]["p50_ms"]
     diffs = np.array(times["hybrid"]) - np.array(times["dense"])  # paired, same query
     out["hybrid_minus_dense_paired_median_ms"] = float(np.median(diffs))
     return out
@@ -100,10 +102,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     queries = list(load_queries(a.beir).values())[: a.queries]
+    load_before = os.getloadavg()[0]  # a shared machine: the load says what the milliseconds mean
     with PooledIndex.open(a.index, device="cpu") as index:
         info = index.info()
         lat = latency(index, queries, Fusion())
         dim = index.dim
+    lat["load_avg_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
     up = upserts(a.index, a.upserts, dim)
     out = {
         "index": str(a.index),
