@@ -4,8 +4,11 @@ One deployment per partition (each replica opens the partition's folder) and one
 FastAPI app as ``pooledir serve`` (:func:`service.main.create_app`), whose registry holds a
 :class:`ShardedHandle` per partitioned index instead of one open index. The ingress encodes each
 query once (micro-batched with concurrent ones), sends the query vectors to every partition and
-merges their top-k by score; it encodes upserted documents and sends each to the partition that owns
-its id (:func:`pooledir.distributed.partition.partition_of`), and deletes likewise.
+merges their top-k by score. Lexical (BM25) queries go out twice: every partition reports its
+statistics for the query's words, and then scores its rows with their sums, so that the merged top-k
+is one index's; hybrid queries merge both lanes to the fusion depth and fuse them here. It encodes
+upserted documents and sends each to the partition that owns its id
+(:func:`pooledir.distributed.partition.partition_of`), and deletes likewise.
 
 Guarantees, as ``pooledir serve``: a write is answered after every partition it touched committed
 it to disk; a partition's searches never see half of its writes (the library's snapshots). A write
