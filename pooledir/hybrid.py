@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -75,8 +75,14 @@ def search(
     filter: dict[str, Any] | None = None,
     fusion: Fusion | None = None,
     Q: np.ndarray | None = None,
+    *,
+    parallel: bool = True,
 ) -> list[list[Hit]]:
-    """``lexical`` or ``hybrid`` search of ``queries`` (already checked); ``Q``: their dense encodings, if made."""
+    """``lexical`` or ``hybrid`` search of ``queries`` (already checked); ``Q``: their dense encodings, if made.
+
+    ``parallel``: hybrid runs its lexical lane in a thread while the dense lane runs (the default), or after
+    it (same results; what ``eval/bench_hybrid.py`` compares).
+    """
     from pooledir.store import check_filter
 
     check_mode(mode)
@@ -89,15 +95,24 @@ def search(
         return lexical_hits(index, queries, params.k, filter, with_text)
     depth = max(params.k, fusion.depth)
     wide = replace(params, k=depth)
-    # the lexical lane runs beside the dense one (sqlite and torch release the GIL): a hybrid query costs
-    # about the slower lane where a core is free
-    lex_future = _pool().submit(lexical_hits, index, queries, depth, filter, False)
+    # the lexical lane runs beside the dense one (sqlite, faiss and torch release the GIL): a hybrid query
+    # costs about the slower lane where a core is free. Same commit: the thread reads through the index's
+    # own connection (opened with check_same_thread=False), inside the read transaction that pins the
+    # snapshot the dense lane searches; this call waits for the thread before it returns or raises, so the
+    # caller cannot end (release) that transaction under it.
+    lex_future = _pool().submit(lexical_hits, index, queries, depth, filter, False) if parallel else None
     try:
         if Q is None:
             dense = index.search(list(queries), k=depth, params=wide, filter=filter)
         else:
             dense = index.search_embeddings(Q, wide, filter=filter)
-    finally:
+    except BaseException:
+        if lex_future is not None:
+            wait([lex_future])  # the dense lane's error is the one raised, as when the lanes ran in turn
+        raise
+    if lex_future is None:
+        lex = lexical_hits(index, queries, depth, filter, False)
+    else:
         lex = lex_future.result()
     out = []
     for d, lx in zip(dense, lex):
@@ -111,6 +126,7 @@ _executor_lock = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
+    """The lexical lanes' threads, shared by every index of the process (one per hybrid search in flight)."""
     global _executor
     with _executor_lock:
         if _executor is None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -424,3 +425,105 @@ def test_lexical_search_takes_its_top_k_without_fts5s_sort_of_every_match(tmp_pa
     assert "d3" in idx.folder.store.ext_ids(doc_ints[:2]) and len(doc_ints) == 4
     ties = [(a, b) for a, b, s, t in zip(doc_ints, doc_ints[1:], scores, scores[1:]) if s == t]
     assert ties and all(a < b for a, b in ties)  # equal scores: smaller doc_int first
+
+
+@pytest.mark.parametrize("method", ["rrf", "convex"])
+def test_hybrid_lanes_in_parallel_give_the_sequential_results(real, method):
+    fusion = Fusion(method=method, weight=0.3, depth=20)
+    queries = ["code17 cancer", "gene cells code3", "nothing-matches-this", "code18"]
+    Q = real.encoder.encode_queries(queries)
+    for filt in (None, {}, {"half": 1}):
+        for k in (1, 5, 30):
+            for q in (None, Q):
+                args = (real, queries, SearchParams(k=k), "hybrid", True, filt, fusion, q)
+                par, seq = hybrid_search(*args), hybrid_search(*args, parallel=False)
+                assert [[(h.id, h.score, h.text) for h in r] for r in par] == [
+                    [(h.id, h.score, h.text) for h in r] for r in seq
+                ]
+                assert any(par)
+
+
+def lanes_meet(monkeypatch, idx: PooledIndex, in_dense) -> dict:
+    """Hold the lexical lane at its start until the dense lane, once it sees the lexical lane started, ran ``in_dense``.
+
+    With lanes that ran in turn the dense lane would wait in vain: the timeouts only turn that hang into a failure.
+    """
+    from pooledir import hybrid
+
+    started, dense_done, seen = threading.Event(), threading.Event(), {}
+    lexical_hits, search_embeddings = hybrid.lexical_hits, idx.search_embeddings
+
+    def lexical_lane(*a, **kw):
+        seen["lexical_thread"] = threading.current_thread().name
+        started.set()
+        assert dense_done.wait(60)
+        try:
+            return lexical_hits(*a, **kw)
+        finally:
+            seen["lexical_finished"] = True
+
+    def dense_lane(*a, **kw):
+        seen["overlap"] = started.wait(60)
+        try:
+            in_dense()
+            return search_embeddings(*a, **kw)
+        finally:
+            dense_done.set()
+
+    monkeypatch.setattr(hybrid, "lexical_hits", lexical_lane)
+    monkeypatch.setattr(idx, "search_embeddings", dense_lane)
+    return seen
+
+
+def test_the_lexical_lane_overlaps_the_dense_one_and_reads_the_pinned_commit(tmp_path, monkeypatch):
+    idx = fake_index(tmp_path / "i")
+    add(idx, ["a", "b", "c"], [1, 2, 3])
+    idx.pin()
+    commit = idx.commit
+    writer = PooledIndex.open(tmp_path / "i", device="cpu")
+
+    def write():  # lands while both lanes are in flight, before the lexical lane's query
+        add(writer, ["new"], [99])
+        assert writer.commit == commit + 1
+
+    seen = lanes_meet(monkeypatch, idx, write)
+    hits = hybrid_search(idx, ["zz99 zz1"], SearchParams(k=10), "hybrid", Q=vectors(99)[None])[0]
+    assert seen["overlap"] and seen["lexical_thread"] != threading.current_thread().name
+    assert {h.id for h in hits} == {"a", "b", "c"}  # zz99 is only in "new": neither lane saw the later commit
+    assert idx.commit == commit and lexical_ids(idx, "zz99") == []
+    monkeypatch.undo()
+    idx.pin()  # the newest commit: now both lanes see it
+    assert lexical_ids(idx, "zz99") == ["new"]
+    assert "new" in {h.id for h in hybrid_search(idx, ["zz99"], SearchParams(k=10), "hybrid", Q=vectors(99)[None])[0]}
+    writer.close()
+    idx.close()
+
+
+def test_an_error_in_either_lane_propagates_and_the_dense_one_wins(tmp_path, monkeypatch):
+    from pooledir import hybrid
+
+    idx = fake_index(tmp_path / "i")
+    add(idx, ["a", "b"], [1, 2])
+    Q = vectors(1)[None]
+
+    def fail():
+        raise InputError("dense lane failed")
+
+    seen = lanes_meet(monkeypatch, idx, fail)
+    with pytest.raises(InputError, match="dense lane failed"):
+        hybrid_search(idx, ["zz1"], SearchParams(k=3), "hybrid", Q=Q)
+    assert seen["overlap"] and seen["lexical_finished"]  # waited for: the lexical lane ended before the call did
+
+    monkeypatch.undo()
+
+    def lexical_fails(*a, **kw):
+        raise sqlite3.OperationalError("lexical lane failed")
+
+    monkeypatch.setattr(hybrid, "lexical_hits", lexical_fails)
+    for parallel in (True, False):
+        with pytest.raises(sqlite3.OperationalError, match="lexical lane failed"):
+            hybrid_search(idx, ["zz1"], SearchParams(k=3), "hybrid", Q=Q, parallel=parallel)
+    monkeypatch.setattr(idx, "search_embeddings", lambda *a, **kw: fail())
+    with pytest.raises(InputError, match="dense lane failed"):  # both failed: the dense error, as in turn
+        hybrid_search(idx, ["zz1"], SearchParams(k=3), "hybrid", Q=Q)
+    idx.close()
