@@ -381,6 +381,7 @@ RESULTS_PAGES = (
             "hybrid_bench_scifact.cpu.json",
             "hybrid_bench_scifact_run2.cpu.json",
             "hybrid_bench_scifact_run3.cpu.json",
+            "hybrid_bench_scifact_run4.cpu.json",
         ),
     ),
     ResultsPage(
