@@ -3,7 +3,9 @@
     python eval/bench_hybrid.py --index IDX --beir ../shared/data/beir/scifact --out OUT.json
 
 Latency: the same queries searched one at a time at k=10 in every mode, interleaved (dense, lexical, hybrid,
-rotating which goes first), so that the load of a shared machine falls on all modes alike; encoding included.
+hybrid_sequential, rotating which goes first), so that the load of a shared machine falls on all modes alike;
+encoding included. ``hybrid`` runs the lexical lane in a thread beside the dense one (what search does),
+``hybrid_sequential`` runs the lanes in turn (``pooledir.hybrid.search(..., parallel=False)``): same results.
 Upsert: two copies of the index in one process, one as made by this pooledir (lexical table + triggers),
 one with the table and its triggers dropped (the write path before the lexical lane); one-document upserts
 alternate between them, the same documents (text and vectors) in both.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -20,28 +23,41 @@ from pathlib import Path
 
 import numpy as np
 
-from pooledir import Document, PooledIndex
+from pooledir import Document, PooledIndex, hybrid
 from pooledir.evaluation import load_queries, machine_info
 from pooledir.fusion import Fusion
 from pooledir.lexical import TABLE
+from pooledir.search import SearchParams
 
-MODES = ("dense", "lexical", "hybrid")
+MODES = ("dense", "lexical", "hybrid", "hybrid_sequential")
+
+
+def search(index: PooledIndex, q: str, mode: str, fusion: Fusion) -> None:
+    if mode == "hybrid_sequential":
+        hybrid.search(index, [q], SearchParams(k=10), "hybrid", fusion=fusion, parallel=False)
+    else:
+        index.search(q, k=10, mode=mode, fusion=fusion)
 
 
 def latency(index: PooledIndex, queries: list[str], fusion: Fusion) -> dict:
     times: dict[str, list[float]] = {m: [] for m in MODES}
     for m in MODES:  # warm-up: the encoder, the mapped segments, the FTS5 pages
-        index.search(queries[0], k=10, mode=m, fusion=fusion)
+        search(index, queries[0], m, fusion)
     for i, q in enumerate(queries):
-        order = MODES[i % 3 :] + MODES[: i % 3]
+        order = MODES[i % len(MODES) :] + MODES[: i % len(MODES)]
         for m in order:
             t = time.perf_counter()
-            index.search(q, k=10, mode=m, fusion=fusion)
+            search(index, q, m, fusion)
             times[m].append((time.perf_counter() - t) * 1000)
     out = {m: {"p50_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95))} for m, v in times.items()}
     out["hybrid_minus_dense_p50_ms"] = out["hybrid"]["p50_ms"] - out["dense"]["p50_ms"]
+    out["hybrid_over_dense_p50"] = out["hybrid"]["p50_ms"] / out["dense"]["p50_ms"]
     diffs = np.array(times["hybrid"]) - np.array(times["dense"])  # paired, same query
     out["hybrid_minus_dense_paired_median_ms"] = float(np.median(diffs))
+    out["hybrid_sequential_minus_dense_p50_ms"] = out["hybrid_sequential"]["p50_ms"] - out["dense"]["p50_ms"]
+    out["hybrid_sequential_over_dense_p50"] = out["hybrid_sequential"]["p50_ms"] / out["dense"]["p50_ms"]
+    saved = np.array(times["hybrid_sequential"]) - np.array(times["hybrid"])  # paired, same query
+    out["parallel_saves_paired_median_ms"] = float(np.median(saved))
     return out
 
 
@@ -100,10 +116,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     queries = list(load_queries(a.beir).values())[: a.queries]
+    load_before = os.getloadavg()[0]  # a shared machine: the load says what the milliseconds mean
     with PooledIndex.open(a.index, device="cpu") as index:
         info = index.info()
         lat = latency(index, queries, Fusion())
         dim = index.dim
+    lat["load_avg_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
     up = upserts(a.index, a.upserts, dim)
     out = {
         "index": str(a.index),

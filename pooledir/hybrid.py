@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -75,8 +75,14 @@ def search(
     filter: dict[str, Any] | None = None,
     fusion: Fusion | None = None,
     Q: np.ndarray | None = None,
+    *,
+    parallel: bool = True,
 ) -> list[list[Hit]]:
-    """``lexical`` or ``hybrid`` search of ``queries`` (already checked); ``Q``: their dense encodings, if made."""
+    """``lexical`` or ``hybrid`` search of ``queries`` (already checked); ``Q``: their dense encodings, if made.
+
+    ``parallel``: hybrid runs its lexical lane in a thread while the dense lane runs (the default), or after
+    it (same results; what ``eval/bench_hybrid.py`` compares).
+    """
     from pooledir.store import check_filter
 
     check_mode(mode)
@@ -84,24 +90,29 @@ def search(
     fusion.check()
     if filter:  # {} is no filter, as in the dense lane
         check_filter(filter)
-    if not lexical.has_table(index.folder.store.conn):
-        raise InputError(
-            f"{index.path} has no lexical table (made by an older pooledir and opened read-only): "
-            "open it once with write access to build it, or search with mode='dense'"
-        )
+    _require_table(index)
     if mode == "lexical":
         return lexical_hits(index, queries, params.k, filter, with_text)
     depth = max(params.k, fusion.depth)
     wide = replace(params, k=depth)
-    # the lexical lane runs beside the dense one (sqlite and torch release the GIL): a hybrid query costs
-    # about the slower lane where a core is free
-    lex_future = _pool().submit(lexical_hits, index, queries, depth, filter, False)
+    # the lexical lane runs beside the dense one (sqlite, faiss and torch release the GIL): a hybrid query
+    # costs about the slower lane where a core is free. Same commit: the thread reads through the index's
+    # own connection (opened with check_same_thread=False), inside the read transaction that pins the
+    # snapshot the dense lane searches; this call waits for the thread before it returns or raises, so the
+    # caller cannot end (release) that transaction under it.
+    lex_future = _pool().submit(lexical_hits, index, queries, depth, filter, False) if parallel else None
     try:
         if Q is None:
             dense = index.search(list(queries), k=depth, params=wide, filter=filter)
         else:
             dense = index.search_embeddings(Q, wide, filter=filter)
-    finally:
+    except BaseException:
+        if lex_future is not None:
+            wait([lex_future])  # the dense lane's error is the one raised, as when the lanes ran in turn
+        raise
+    if lex_future is None:
+        lex = lexical_hits(index, queries, depth, filter, False)
+    else:
         lex = lex_future.result()
     out = []
     for d, lx in zip(dense, lex):
@@ -115,6 +126,7 @@ _executor_lock = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
+    """The lexical lanes' threads, shared by every index of the process (one per hybrid search in flight)."""
     global _executor
     with _executor_lock:
         if _executor is None:
@@ -138,6 +150,48 @@ def lexical_hits(
             ranked = _best_passages(index, q, k, filter)
         out.append(_hits(index, ranked, with_text))
     return out
+
+
+def lexical_stats(index: SearchableIndex, queries: Sequence[str]) -> list[lexical.Stats]:
+    """BM25 statistics of this index for each query's words (a partition's share of the collection's)."""
+    _require_table(index)
+    conn = index.folder.store.conn
+    return [lexical.local_stats(conn, q, len(index)) for q in queries]
+
+
+def lexical_hits_with(
+    index: SearchableIndex,
+    queries: Sequence[str],
+    stats: Sequence[lexical.Stats],
+    k: int,
+    filter: dict[str, Any] | None = None,
+) -> list[list[Hit]]:
+    """BM25's top ``k`` documents per query, scored with collection-wide ``stats`` (one per query).
+
+    What a partition answers: merged by score across partitions, the lists are one index's
+    :func:`lexical_hits` over all of their documents (an index with passages is not partitioned).
+    """
+    from pooledir.store import check_filter
+
+    _require_table(index)
+    store = index.folder.store
+    allowed = None
+    if filter:  # {} is no filter, as in the dense lane
+        check_filter(filter)
+        allowed = np.sort(store.matching(filter))
+    out = []
+    for q, s in zip(queries, stats):
+        doc_ints, scores = lexical.search_with(store.conn, q, k, s, allowed)
+        out.append(_hits(index, list(zip(store.ext_ids(doc_ints), scores.tolist())), False))
+    return out
+
+
+def _require_table(index: SearchableIndex) -> None:
+    if not lexical.has_table(index.folder.store.conn):
+        raise InputError(
+            f"{index.path} has no lexical table (made by an older pooledir and opened read-only): "
+            "open it once with write access to build it, or search with mode='dense'"
+        )
 
 
 def _best_passages(index: SearchableIndex, q: str, k: int, filter: dict[str, Any] | None) -> list[tuple[str, float]]:

