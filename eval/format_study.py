@@ -83,15 +83,19 @@ def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: in
 
 
 def residual_code(code: str, R: np.ndarray, sample: np.ndarray) -> Code:
-    """Train ``code`` (PQm, OPQm, RQmx8 with 8-bit codes) on ``sample`` residuals; encode and decode ``R``."""
+    """Train ``code`` (PQm, OPQm, RQm; ``xB`` for B-bit codes, default 8) on ``sample`` residuals; encode ``R``.
+
+    faiss's PQ needs m to divide the dimension: at 128 d a 24-byte PQ is PQ32x6 (32 six-bit codes), not PQ24.
+    """
     d = R.shape[1]
-    m = int(code.lstrip("OPQR").split("x")[0])
+    m, _, bits = code.lstrip("OPQR").partition("x")
+    m, bits = int(m), int(bits or 8)
     t = time.perf_counter()
     if code.startswith("RQ"):
-        quantizer = faiss.ResidualQuantizer(d, m, 8)
+        quantizer = faiss.ResidualQuantizer(d, m, bits)
         quantizer.max_beam_size = 1  # greedy: the default beam of 5 is 5x the encode time
     else:
-        quantizer = faiss.ProductQuantizer(d, m, 8)
+        quantizer = faiss.ProductQuantizer(d, m, bits)
     opq = faiss.OPQMatrix(d, m) if code.startswith("OPQ") else None
     if opq is not None:
         opq.train(sample)
@@ -104,7 +108,7 @@ def residual_code(code: str, R: np.ndarray, sample: np.ndarray) -> Code:
     decoded = quantizer.decode(codes)
     if opq is not None:
         decoded = opq.reverse_transform(decoded)
-    codebook_bytes = 4 * 256 * d * (1 if code.startswith(("PQ", "OPQ")) else m) + (4 * d * d if opq else 0)
+    codebook_bytes = 4 * 2**bits * d * (1 if code.startswith(("PQ", "OPQ")) else m) + (4 * d * d if opq else 0)
     return Code(decoded, int(codes.shape[1]), codebook_bytes, train_s, encode_s)
 
 
@@ -144,6 +148,7 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     ap.add_argument("--train-max", type=int, default=200_000, help="and at most this many vectors")
     ap.add_argument("--code-train", type=int, default=65_536, help="residuals sampled to train each code")
     ap.add_argument("--no-flat", action="store_true", help="skip the flat x1 and pooled flat rows")
+    ap.add_argument("--no-exact", action="store_true", help="skip only the flat x1 row (exact unpooled)")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()
 
@@ -184,11 +189,12 @@ def main() -> None:  # noqa: D103
         print(json.dumps(row), flush=True)
         write(args.out, result)
 
-    if not args.no_flat:
+    if not (args.no_flat or args.no_exact):
         flat1 = np.concatenate(docs).astype(np.float32)
         off1 = np.concatenate([[0], np.cumsum([len(x) for x in docs])])
         emit({"codec": "flat", "pool": 1, **score_run(ranked(Q, flat1, off1, ids, qids, 4), data.qrels)})
         del flat1
+    if not args.no_flat:
         emit({"codec": "flat", "pool": args.pool_factor, **score_run(ranked(Q, X, offsets, ids, qids, 8), data.qrels)})
     rng = np.random.default_rng(0)
     for rule in args.rules.split(","):
