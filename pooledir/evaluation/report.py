@@ -358,6 +358,14 @@ RESULTS_PAGES = (
             "codec_probe_nfcorpus_dev120_part2.cpu.json",
             "codec_probe_scifact_train300.cpu.json",
             *(
+                f"format_study/{f}.cpu.json"  # issue 21: list count rule x residual code in format-3 bytes
+                for f in (
+                    "nfcorpus_dev120_full_corpus",
+                    "nfcorpus_dev120_full_corpus_x3",
+                    "scifact_train300_flat",
+                )
+            ),
+            *(
                 f"pooling_probe/{d}_{v}.cpu.json"
                 for d in ("nfcorpus_dev120", "scifact_train300")
                 for v in ("protect4", "adaptive021")
