@@ -361,6 +361,7 @@ RESULTS_PAGES = (
                 f"format_study/{f}.cpu.json"  # issue 21: list count rule x residual code in format-3 bytes
                 for f in (
                     "nfcorpus_dev120_full_corpus",
+                    "nfcorpus_dev120_full_corpus_plaid",
                     "nfcorpus_dev120_full_corpus_x3",
                     "scifact_train300_flat",
                 )
