@@ -1,6 +1,7 @@
 """Single-query latency on CPU: where it goes, and the query backends against torch, in one process.
 
     python eval/bench_query_encoding.py INDEX [--beir ../shared/data/beir/scifact] [--queries 100] [--rounds 3]
+    python eval/bench_query_encoding.py --checkpoint CKPT [--beir ...] [--queries 100] [--out J]  (encoding only)
 
 1. The split of one search per backend: encode / candidate search (the ANN over the
    index's segments) / fetching the candidates' vectors / MaxSim / the rest (approximate
@@ -12,6 +13,10 @@
 4. nDCG@10 per backend on the BEIR test queries whose relevant documents all lie in the
    index (the index may hold a sample of the corpus: the number is only comparable between
    backends, not to full-corpus results).
+
+With ``--checkpoint`` instead of an index, only part 2 runs (torch against ONNX fp32, no index needed), with
+the largest |difference| between the two backends' vectors over every timed query: the measurement behind
+the default query backend ("auto": ONNX fp32 where ONNX Runtime is installed).
 
 The machine these numbers come from is shared with other work: read the ratios, which compare
 runs made in the same process at the same time, rather than the absolute milliseconds; the
@@ -150,9 +155,42 @@ def ndcg_at_10(index: PooledIndex, qids: list[str], texts: list[str], qrels: dic
     return float(np.mean([s["ndcg_cut_10"] for s in scores.values()]))
 
 
+def encode_only(args: argparse.Namespace) -> dict:
+    """Part 2 alone, for the default backend choice: torch vs ONNX fp32 p50 in one process, and their max |diff|."""
+    import torch
+
+    queries = list(load_queries(args.beir / "queries.jsonl").items())
+    texts = [t for _, t in sorted(queries)][: args.queries]
+    encoders = {b: ColBERTEncoder(args.checkpoint, device="cpu", query_backend=b) for b in ("torch", "onnx")}
+    result: dict = {
+        "checkpoint": str(args.checkpoint),
+        "queries_timed": len(texts),
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_avg_1min_start": round(os.getloadavg()[0], 2),
+    }
+    diff = max(
+        float(np.abs(encoders["onnx"].encode_queries([q]) - encoders["torch"].encode_queries([q])).max()) for q in texts
+    )
+    result["max_abs_diff_onnx_vs_torch"] = diff
+    fns = {b: (lambda q, e=e: e.encode_queries([q])) for b, e in encoders.items()}
+    times, cpu = interleaved(fns, texts, args.rounds)
+    ref = p(times["torch"])
+    result["encode_ms"] = {
+        n: {"p50": round(p(t), 2), "p90": round(p(t, 90), 2), "cpu_p50": round(p(cpu[n]), 2)} for n, t in times.items()
+    }
+    result["ratio_to_torch_p50"] = {n: round(p(t) / ref, 3) for n, t in times.items()}
+    result["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result, indent=1))
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("index", type=Path)
+    ap.add_argument("index", type=Path, nargs="?", help="an index folder (all four parts)")
+    ap.add_argument("--checkpoint", help="instead of an index: time query encoding only, torch vs ONNX fp32")
     ap.add_argument("--beir", type=Path, default=Path("../shared/data/beir/scifact"))
     ap.add_argument("--queries", type=int, default=100, help="test queries timed (all are scored for nDCG)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -161,6 +199,17 @@ def main() -> None:
     ap.add_argument("--skip-ndcg", action="store_true")
     args = ap.parse_args()
     import torch
+
+    if args.checkpoint:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = encode_only(args)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
+        return
+    if args.index is None:
+        ap.error("give an index folder, or --checkpoint for query encoding alone")
 
     if args.threads:
         torch.set_num_threads(args.threads)  # the ONNX backends take torch's thread count

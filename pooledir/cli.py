@@ -86,8 +86,9 @@ Rerank = Annotated[
 QueryBackend = Annotated[
     str,
     typer.Option(
-        help="How queries are encoded: torch; onnx (ONNX Runtime on CPU, the same vectors, faster; needs "
-        "pooledir[onnx]); onnx-int8 (faster still, but lossy)."
+        help="How queries are encoded: auto (onnx where ONNX Runtime is installed and the device is the CPU, "
+        "else torch); torch; onnx (ONNX Runtime on CPU, the same vectors, faster; needs pooledir[onnx]); "
+        "onnx-int8 (faster still, but lossy)."
     ),
 ]
 DocumentBackend = Annotated[
@@ -631,7 +632,7 @@ def search(
     mode: Annotated[
         str, typer.Option(help="dense (MaxSim), lexical (BM25 over the text) or hybrid (both, fused).")
     ] = "dense",
-    query_backend: QueryBackend = "torch",
+    query_backend: QueryBackend = "auto",
     device: Device = "auto",
 ) -> None:
     """Search an index; prints rank, score, id and the start of each document."""
@@ -732,7 +733,7 @@ def serve(
         str | None,
         typer.Option(
             help="How queries are encoded: torch, onnx (same vectors, faster on CPU; needs pooledir[onnx]) or "
-            "onnx-int8 (lossy). Default: $POOLEDIR_QUERY_BACKEND, else torch."
+            "onnx-int8 (lossy). Default: $POOLEDIR_QUERY_BACKEND, else auto (onnx where installed, else torch)."
         ),
     ] = None,
     document_backend: Annotated[
@@ -753,7 +754,7 @@ def serve(
 
     # the service reads these from the environment (also in worker processes); an option overrides it
     backends = {
-        "POOLEDIR_QUERY_BACKEND": query_backend or os.environ.get("POOLEDIR_QUERY_BACKEND", "torch"),
+        "POOLEDIR_QUERY_BACKEND": query_backend or os.environ.get("POOLEDIR_QUERY_BACKEND", "auto"),
         "POOLEDIR_DOCUMENT_BACKEND": document_backend or os.environ.get("POOLEDIR_DOCUMENT_BACKEND", "torch"),
     }
     check_backends(*backends.values())

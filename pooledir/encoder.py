@@ -31,13 +31,17 @@ from pooledir.index.manifest import ENCODER_SETTINGS, Manifest
 log = logging.getLogger(__name__)
 
 
-#: how queries can be encoded: torch, ONNX Runtime fp32 (lossless), ONNX Runtime INT8 (lossy, opt-in)
-QUERY_BACKENDS = ("torch", "onnx", "onnx-int8")
+#: how queries can be encoded: auto (the default: onnx where ONNX Runtime is installed and the device is the CPU,
+#: else torch), torch, ONNX Runtime fp32 (lossless), ONNX Runtime INT8 (lossy, opt-in)
+QUERY_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+#: measured (eval/results/query_backend/): on 2 CPU cores the fp32 ONNX graph encodes a query in well under
+#: torch's time with the same vectors within 1e-4, so it is what "auto" picks where it can run
+DEFAULT_QUERY_BACKEND = "auto"
 #: how documents can be encoded: lossless runtimes only (an index stores what they produce)
 DOCUMENT_BACKENDS = ("torch", "onnx")
 
 
-def check_backends(query_backend: str = "torch", document_backend: str = "torch") -> None:
+def check_backends(query_backend: str = DEFAULT_QUERY_BACKEND, document_backend: str = "torch") -> None:
     """Raise InputError for an unknown backend, or for an ONNX one when ONNX Runtime is not installed.
 
     Cheap (loads nothing), so callers check a user's choice before any model or file is touched.
@@ -51,7 +55,7 @@ def check_backends(query_backend: str = "torch", document_backend: str = "torch"
             f"document_backend={document_backend!r} is not one of {', '.join(DOCUMENT_BACKENDS)} (lossless only)"
         )
     for what, backend in (("query_backend", query_backend), ("document_backend", document_backend)):
-        if backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
+        if backend not in ("torch", "auto") and importlib.util.find_spec("onnxruntime") is None:
             raise InputError(
                 f"{what}={backend!r} needs ONNX Runtime, which is not installed: pip install 'pooledir[onnx]' "
                 "(or use the 'torch' backend)"
@@ -78,9 +82,10 @@ class ColBERTEncoder:
         The layout an index's vectors were made with (``"colbert-ai"`` or ``"pylate"``);
         a checkpoint of another layout is refused.
     query_backend
-        ``"torch"`` (default), ``"onnx"`` (ONNX Runtime, same vectors within 1e-5, about
-        half the CPU time per query; needs ``pooledir[onnx]``) or ``"onnx-int8"`` (INT8
-        weights: faster, lossy).
+        ``"auto"`` (default: ``"onnx"`` on the CPU where ONNX Runtime is installed and the graph
+        exports, else ``"torch"``, silently), ``"torch"``, ``"onnx"`` (ONNX Runtime, same vectors
+        within 1e-4, about half the CPU time per query; needs ``pooledir[onnx]``) or ``"onnx-int8"``
+        (INT8 weights: faster, lossy). ``query_backend`` says which one runs once a query was encoded.
     document_backend
         ``"torch"`` (default) or ``"onnx"`` (fp32, same vectors); never a lossy one.
     """
@@ -96,7 +101,7 @@ class ColBERTEncoder:
         markers: bool | None = None,
         mask_punctuation: bool | None = None,
         layout: str | None = None,
-        query_backend: str = "torch",
+        query_backend: str = DEFAULT_QUERY_BACKEND,
         document_backend: str = "torch",
     ) -> None:
         if batch_size <= 0:
@@ -141,7 +146,8 @@ class ColBERTEncoder:
         self._skip_ids = np.array(sorted(self._skip_token_ids()), dtype=np.int64)
         self.query_backend, self.document_backend = query_backend, document_backend
         self._runtimes: dict = {}
-        self._query_runtime = self._runtime(query_backend)
+        self._runtime_lock = threading.Lock()
+        self._query_runtime = None if query_backend == "auto" else self._runtime(query_backend)
         self._document_runtime = self._runtime(document_backend)
 
     def _runtime(self, backend: str):
@@ -161,6 +167,25 @@ class ColBERTEncoder:
                 self.path, self.model, self.linear, quantize=quantize, threads=torch.get_num_threads()
             )
         return self._runtimes[backend]
+
+    def _auto_query_runtime(self):
+        """Resolve ``"auto"`` on first use: the ONNX fp32 session where it can run, else torch (None), no error.
+
+        On first use, not in __init__: an encoder that only encodes documents never exports the query graph.
+        """
+        import importlib.util
+
+        with self._runtime_lock:
+            if self.query_backend != "auto":
+                return self._query_runtime
+            runtime = None
+            if self.device == "cpu" and importlib.util.find_spec("onnxruntime") is not None:
+                try:
+                    runtime = self._runtime("onnx")
+                except Exception as e:  # any export or session failure: torch computes the same vectors
+                    log.warning("query_backend='auto': ONNX Runtime unusable here (%s); encoding queries with torch", e)
+            self._query_runtime, self.query_backend = runtime, "onnx" if runtime is not None else "torch"
+            return runtime
 
     def _skip_token_ids(self) -> set[int]:
         """Token ids dropped from documents: colbert-ai's punctuation and pad, or PyLate's skiplist words."""
@@ -192,8 +217,9 @@ class ColBERTEncoder:
 
     def _query_forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Unit vectors (B, L, dim) of a query batch, by the chosen query backend."""
-        if self._query_runtime is not None:
-            return self._query_runtime(ids, mask)
+        runtime = self._auto_query_runtime() if self.query_backend == "auto" else self._query_runtime
+        if runtime is not None:
+            return runtime(ids, mask)
         return self._forward(ids, mask).cpu().numpy()
 
     def _tokenize(self, texts: list[str], is_query: bool, max_length: int, **kwargs) -> dict:

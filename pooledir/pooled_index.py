@@ -116,7 +116,7 @@ class PooledIndex:
         path: str | os.PathLike[str],
         device: str = "auto",
         encoder=None,
-        query_backend: str = "torch",
+        query_backend: str = "auto",
         document_backend: str = "torch",
     ) -> PooledIndex:
         """Open an index folder; raises :class:`IndexCorruptError` if its files disagree.
@@ -128,7 +128,7 @@ class PooledIndex:
 
         check_backends(query_backend, document_backend)
         backends = {"query_backend": query_backend, "document_backend": document_backend}
-        if encoder is not None and set(backends.values()) != {"torch"}:
+        if encoder is not None and (query_backend, document_backend) != ("auto", "torch"):
             raise InputError("pass either an encoder or the backends to load one with, not both")
         path = Path(path)
         manifest = read_manifest(path)

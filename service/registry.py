@@ -297,7 +297,7 @@ class Registry:
         window_ms: float,
         max_batch: int,
         checkpoint: Path | None = None,
-        query_backend: str = "torch",
+        query_backend: str = "auto",
         document_backend: str = "torch",
         checkpoint_every: int = 100,
     ) -> Registry:

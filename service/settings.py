@@ -19,8 +19,9 @@ class Settings(BaseSettings):
     #: encode with this checkpoint instead of the path in each index's manifest (e.g. mounted elsewhere in a container)
     checkpoint: Path | None = None
     device: str = "auto"
-    #: how queries are encoded: torch, onnx (ONNX Runtime: the same vectors, faster on CPU) or onnx-int8 (lossy)
-    query_backend: str = "torch"
+    #: how queries are encoded: auto (onnx where ONNX Runtime is installed and the device is the CPU, else torch),
+    #: torch, onnx (ONNX Runtime: the same vectors, faster on CPU) or onnx-int8 (lossy)
+    query_backend: str = "auto"
     #: how upserted documents are encoded: torch or onnx (lossless only)
     document_backend: str = "torch"
     api_key: SecretStr | None = None

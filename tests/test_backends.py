@@ -50,7 +50,7 @@ def test_check_backends_names_the_value_and_the_choices():
     from pooledir import check_backends
 
     check_backends()
-    with pytest.raises(InputError, match="query_backend='tensorrt' is not one of torch, onnx, onnx-int8"):
+    with pytest.raises(InputError, match="query_backend='tensorrt' is not one of auto, torch, onnx, onnx-int8"):
         check_backends("tensorrt")
     with pytest.raises(InputError, match=r"document_backend='onnx-int8' is not one of torch, onnx \(lossless only\)"):
         check_backends(document_backend="onnx-int8")

@@ -262,7 +262,7 @@ def test_cli_indexes_and_searches_with_a_pylate_checkpoint_as_with_a_colbert_ai_
 def test_onnx_query_backend_equals_torch(tmp_path, monkeypatch, model):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    torch_enc = ColBERTEncoder(FIXTURES / model, device="cpu")
+    torch_enc = ColBERTEncoder(FIXTURES / model, device="cpu", query_backend="torch")
     onnx_enc = ColBERTEncoder(FIXTURES / model, device="cpu", query_backend="onnx")
     queries = TEXTS["queries"] + ["a query long enough to be cut at the query length of twelve tokens, surely"]
     assert np.abs(onnx_enc.encode_queries(queries) - torch_enc.encode_queries(queries)).max() <= 1e-4

@@ -192,13 +192,13 @@ def test_onnx_query_backends(tmp_path, monkeypatch, tiny_ckpt, tiny_encoder):
     """fp32 ONNX Runtime gives torch's vectors; INT8 is close but not equal (lossy: opt-in only)."""
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    ref = tiny_encoder.encode_queries(QUERIES)
+    ref = ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="torch").encode_queries(QUERIES)  # the reference
     fast = ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="onnx").encode_queries(QUERIES)
     assert np.abs(fast - ref).max() <= 1e-4
     int8 = ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="onnx-int8").encode_queries(QUERIES)
     assert int8.shape == ref.shape and np.abs(int8 - ref).max() > 1e-4
     assert np.allclose(np.linalg.norm(int8, axis=2), 1, atol=1e-4)
-    with pytest.raises(InputError, match="query_backend='tensorrt' is not one of torch, onnx, onnx-int8"):
+    with pytest.raises(InputError, match="query_backend='tensorrt' is not one of auto, torch, onnx, onnx-int8"):
         ColBERTEncoder(tiny_ckpt, device="cpu", query_backend="tensorrt")
 
 

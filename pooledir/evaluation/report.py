@@ -358,6 +358,15 @@ RESULTS_PAGES = (
             "codec_probe_nfcorpus_dev120_part2.cpu.json",
             "codec_probe_scifact_train300.cpu.json",
             *(
+                f"format_study/{f}.cpu.json"  # issue 21: list count rule x residual code in format-3 bytes
+                for f in (
+                    "nfcorpus_dev120_full_corpus",
+                    "nfcorpus_dev120_full_corpus_plaid",
+                    "nfcorpus_dev120_full_corpus_x3",
+                    "scifact_train300_flat",
+                )
+            ),
+            *(
                 f"pooling_probe/{d}_{v}.cpu.json"
                 for d in ("nfcorpus_dev120", "scifact_train300")
                 for v in ("protect4", "adaptive021")
@@ -404,6 +413,8 @@ RESULTS_PAGES = (
             "query_encoding_scifact_full_1thread.cpu.json",
             "query_encoding_scifact_full.cpu.json",
             "query_encoding_scifact1k.cpu.json",
+            "query_backend/scifact100.cpu.json",
+            "query_backend/scifact100_run2.cpu.json",
             "doc_encoding_scifact192.cpu.json",
             "doc_encoding_scifact200.cpu.json",
             "load_scifact_m64.cpu.json",

@@ -53,9 +53,9 @@ def test_service_refuses_an_unknown_backend(monkeypatch):
     from service.settings import Settings
 
     monkeypatch.setenv("POOLEDIR_QUERY_BACKEND", "cuda-graphs")
-    with pytest.raises(ValidationError, match="query_backend='cuda-graphs' is not one of torch, onnx, onnx-int8"):
+    with pytest.raises(ValidationError, match="query_backend='cuda-graphs' is not one of auto, torch, onnx, onnx-int8"):
         Settings()
     monkeypatch.delenv("POOLEDIR_QUERY_BACKEND")
     with pytest.raises(ValidationError, match="document_backend='onnx-int8'"):
         Settings(document_backend="onnx-int8")
-    assert Settings().query_backend == "torch"  # the default is never lossy
+    assert Settings().query_backend == "auto"  # the default is never lossy: onnx fp32 or torch

@@ -1,0 +1,234 @@
+"""Issue 21's codec study: coarse list count rule x code, in the bytes the format-3 segment would store.
+
+    nice -n 5 python eval/format_study.py ../shared/data/beir/nfcorpus --split dev --queries-sample 120
+        --corpus-sample 1 --checkpoint CKPT --rules 4,8,16,plaid --codes PQ16,PQ24,PQ32
+        --out eval/results/format_study/nfcorpus_dev120.cpu.json  (one line)
+
+Every row scores every document by exhaustive MaxSim over its pooled vectors as the codec decodes them
+(``eval/codec_probe.py``'s measure: codec precision only, no candidate search). The share is against exact
+unpooled MaxSim (flat, pool x1) on the same cached embeddings. Codes are IVF standalone codes: the vector's
+list (L2 nearest centroid of a k-means coarse quantizer) and a code of its residual, i.e. what
+``IndexIVFPQ.sa_encode`` writes. Each coarse quantizer is trained once per list count and reused by every
+code; assignment is done once per list count and its time is added to every code's encode time.
+
+Bytes per original token: (2 B list number + code + 4 B local row in the inverted list) per pooled vector
+plus centroids (nlist x dim x 4) and codebooks, over the tokens before pooling; ``bytes_per_token_ids8``
+is today's store for comparison (code + 8 B faiss id per vector, same centroids and codebooks).
+Tune on train/dev qrels only. The JSON is rewritten after each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from pooledir import ColBERTEncoder, maxsim, pool_embeddings
+from pooledir.evaluation import encode_cached, load_beir, machine_info, score_run
+
+LIST_BYTES = 2  # the list number in an IVF standalone code for <= 65,536 lists
+ROW_BYTES = 4  # a uint32 local row per vector in the inverted lists
+ID_BYTES = 8  # today's faiss id per vector
+
+
+def nlist_for(rule: str, n_vectors: int) -> int:
+    """List count for ``rule``: ``k`` means k·√N, ``plaid`` PLAID's 2**floor(log2(16·√N))."""
+    root = math.sqrt(n_vectors)
+    if rule == "plaid":
+        return 2 ** int(math.floor(math.log2(16 * root)))
+    return int(round(float(rule) * root))
+
+
+@dataclass
+class Coarse:
+    """A trained coarse quantizer and every vector's list."""
+
+    centroids: np.ndarray
+    assign: np.ndarray
+    train_s: float
+    assign_s: float
+
+
+@dataclass
+class Code:
+    """A residual code: decoded residuals, bytes per vector, codebook bytes and timings."""
+
+    residuals: np.ndarray
+    code_bytes: int
+    codebook_bytes: int
+    train_s: float
+    encode_s: float
+
+
+def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: int) -> Coarse:
+    """k-means (L2) on a seeded sample of at most ``train_max`` vectors, then assign every vector."""
+    t = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    sample = X if len(X) <= train_max else X[np.sort(rng.choice(len(X), train_max, replace=False))]
+    km = faiss.Kmeans(X.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=train_max)
+    km.train(np.ascontiguousarray(sample))
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    index = faiss.IndexFlatL2(X.shape[1])
+    index.add(km.centroids)
+    _, assign = index.search(X, 1)
+    return Coarse(km.centroids, assign[:, 0], train_s, time.perf_counter() - t)
+
+
+def residual_code(code: str, R: np.ndarray, sample: np.ndarray) -> Code:
+    """Train ``code`` (PQm, OPQm, RQm; ``xB`` for B-bit codes, default 8) on ``sample`` residuals; encode ``R``.
+
+    faiss's PQ needs m to divide the dimension: at 128 d a 24-byte PQ is PQ32x6 (32 six-bit codes), not PQ24.
+    """
+    d = R.shape[1]
+    m, _, bits = code.lstrip("OPQR").partition("x")
+    m, bits = int(m), int(bits or 8)
+    t = time.perf_counter()
+    if code.startswith("RQ"):
+        quantizer = faiss.ResidualQuantizer(d, m, bits)
+        quantizer.max_beam_size = 1  # greedy: the default beam of 5 is 5x the encode time
+    else:
+        quantizer = faiss.ProductQuantizer(d, m, bits)
+    opq = faiss.OPQMatrix(d, m) if code.startswith("OPQ") else None
+    if opq is not None:
+        opq.train(sample)
+        sample = opq.apply(sample)
+    quantizer.train(sample)
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    codes = quantizer.compute_codes(opq.apply(R) if opq is not None else R)
+    encode_s = time.perf_counter() - t
+    decoded = quantizer.decode(codes)
+    if opq is not None:
+        decoded = opq.reverse_transform(decoded)
+    codebook_bytes = 4 * 2**bits * d * (1 if code.startswith(("PQ", "OPQ")) else m) + (4 * d * d if opq else 0)
+    return Code(decoded, int(codes.shape[1]), codebook_bytes, train_s, encode_s)
+
+
+def ranked(Q: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, ids: list[str], qids: list[str], batch: int):
+    """The top 100 documents of every query by exhaustive MaxSim over ``vectors``."""
+    scores = np.concatenate([maxsim(Q[i : i + batch], vectors, offsets) for i in range(0, len(Q), batch)])
+    run = {}
+    for qi, q in enumerate(qids):
+        top = np.argpartition(-scores[qi], min(99, len(ids) - 1))[:100]
+        run[q] = {ids[j]: float(scores[qi, j]) for j in top}
+    return run
+
+
+def write(out: Path, result: dict) -> None:
+    """Atomically rewrite the result JSON."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+
+
+def parse_args() -> argparse.Namespace:  # noqa: D103
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--corpus-sample", type=int)
+    ap.add_argument("--queries-sample", type=int)
+    ap.add_argument("--pool-factor", type=int, default=2)
+    ap.add_argument("--pool-threshold", type=float, help="adaptive pooling at this Ward merge height instead")
+    ap.add_argument("--protected-tokens", type=int, default=1)
+    ap.add_argument("--rules", default="4,8,16,plaid", help="','-separated: k (k·√N lists) or plaid")
+    ap.add_argument("--codes", default="PQ16,PQ24,PQ32", help="','-separated PQm, OPQm or RQm (8-bit)")
+    ap.add_argument("--niter", type=int, default=10)
+    ap.add_argument("--points-per-centroid", type=int, default=256, help="k-means sample: this many a centroid")
+    ap.add_argument("--train-max", type=int, default=200_000, help="and at most this many vectors")
+    ap.add_argument("--code-train", type=int, default=65_536, help="residuals sampled to train each code")
+    ap.add_argument("--no-flat", action="store_true", help="skip the flat x1 and pooled flat rows")
+    ap.add_argument("--no-exact", action="store_true", help="skip only the flat x1 row (exact unpooled)")
+    ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
+    return ap.parse_args()
+
+
+def main() -> None:  # noqa: D103
+    args = parse_args()
+    data = load_beir(args.dataset, args.split, args.corpus_sample, args.queries_sample)
+    encoder = ColBERTEncoder(args.checkpoint, device="cpu")
+    docs, _, Q = encode_cached(encoder, data, args.cache_dir)
+    pooled = pool_embeddings(docs, args.pool_factor, args.protected_tokens, pool_threshold=args.pool_threshold)
+    X = np.ascontiguousarray(np.concatenate(pooled).astype(np.float32))
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
+    ids, qids = [d.id for d in data.documents], list(data.queries)
+    n_tokens, d = sum(len(x) for x in docs), X.shape[1]
+    result = {
+        "dataset": data.name,
+        "split": args.split,
+        "documents": len(ids),
+        "queries": len(qids),
+        "tokens": n_tokens,
+        "vectors": len(X),
+        "pool_factor": None if args.pool_threshold is not None else args.pool_factor,
+        "pool_threshold": args.pool_threshold,
+        "protected_tokens": args.protected_tokens,
+        "niter": args.niter,
+        "points_per_centroid": args.points_per_centroid,
+        "train_max": args.train_max,
+        "code_train": args.code_train,
+        "machine": machine_info(),
+        "threads": faiss.omp_get_max_threads(),
+        "note": "exhaustive MaxSim over decoded vectors: codec precision only, not the engine's search",
+        "rows": [],
+    }
+
+    def emit(row: dict) -> None:
+        row["load_avg_1min"] = round(os.getloadavg()[0], 2)
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        write(args.out, result)
+
+    if not (args.no_flat or args.no_exact):
+        flat1 = np.concatenate(docs).astype(np.float32)
+        off1 = np.concatenate([[0], np.cumsum([len(x) for x in docs])])
+        emit({"codec": "flat", "pool": 1, **score_run(ranked(Q, flat1, off1, ids, qids, 4), data.qrels)})
+        del flat1
+    if not args.no_flat:
+        emit({"codec": "flat", "pool": args.pool_factor, **score_run(ranked(Q, X, offsets, ids, qids, 8), data.qrels)})
+    rng = np.random.default_rng(0)
+    for rule in args.rules.split(","):
+        nlist = nlist_for(rule, len(X))
+        train_max = min(args.train_max, args.points_per_centroid * nlist)
+        coarse = train_coarse(X, nlist, args.niter, train_max, seed=1234)
+        R = X - coarse.centroids[coarse.assign]
+        sample = np.ascontiguousarray(R[rng.choice(len(R), min(len(R), args.code_train), replace=False)])
+        for code in args.codes.split(","):
+            enc = residual_code(code, R, sample)
+            decoded = coarse.centroids[coarse.assign] + enc.residuals
+            fixed = nlist * d * 4 + enc.codebook_bytes
+            row = {
+                "codec": f"IVF{nlist},{code}",
+                "rule": rule,
+                "nlist": nlist,
+                "code": code,
+                "pool": args.pool_factor,
+                "code_bytes_per_vector": enc.code_bytes,
+                "bytes_per_token": (len(X) * (LIST_BYTES + enc.code_bytes + ROW_BYTES) + fixed) / n_tokens,
+                "bytes_per_token_ids8": (len(X) * (enc.code_bytes + ID_BYTES) + fixed) / n_tokens,
+                "fixed_bytes": fixed,
+                "mse": float(np.mean(np.sum((decoded - X) ** 2, axis=1))),
+                **score_run(ranked(Q, decoded, offsets, ids, qids, 8), data.qrels),
+                "kmeans_train_vectors": min(train_max, len(X)),
+                "kmeans_s": round(coarse.train_s, 1),
+                "code_train_s": round(enc.train_s, 1),
+                "train_s": round(coarse.train_s + enc.train_s, 1),
+                "assign_s": round(coarse.assign_s, 1),
+                "code_encode_s": round(enc.encode_s, 1),
+                "encode_vectors_per_s": round(len(X) / (coarse.assign_s + enc.encode_s)),
+            }
+            emit(row)
+
+
+if __name__ == "__main__":
+    main()
