@@ -16,6 +16,7 @@ from pooledir.corpus import Document
 from pooledir.evaluation.systems.base import Context
 from pooledir.fusion import Fusion
 from pooledir.hybrid import check_mode
+from pooledir.lexical import TABLE as LEXICAL_TABLE
 from pooledir.pooled_index import Hit, IndexConfig, PooledIndex
 from pooledir.pooling import check_pool_threshold, pool_embeddings
 from pooledir.search import SearchParams
@@ -102,22 +103,31 @@ class PooledirSystem:
         files = self.index.describe().bytes
         vector_bytes = sum(v for k, v in files.items() if k.startswith(("segments", "quantizer")))
         store = sum(v for k, v in files.items() if k.startswith("docs.sqlite"))
+        text, lexical = self._store_bytes()
+        # what a query reads: the vectors and the store less the documents' text and metadata; the lexical
+        # lane's FTS5 tables only where this mode reads them (a dense search never does, and PLAID has none)
+        table = max(0, store - text - lexical)
         return {
             "index_bytes": vector_bytes + store,
             "vector_bytes": vector_bytes,
-            # what a query reads: the vectors and the store less the documents' text and metadata
-            "search_bytes": vector_bytes + max(0, store - self._text_bytes()),
+            "lexical_bytes": lexical,
+            "search_bytes": vector_bytes + table + (lexical if self.mode != "dense" else 0),
         }
 
-    def _text_bytes(self) -> int:
-        """Bytes of document text and metadata in the store (counted apart: PLAID's index holds no text)."""
+    def _store_bytes(self) -> tuple[int, int]:
+        """Bytes of document text and metadata, and the pages of the lexical lane's FTS5 tables (``dbstat``)."""
         con = sqlite3.connect(f"file:{self.index.path / 'docs.sqlite'}?mode=ro", uri=True)
         try:
             sql = "SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB)) + LENGTH(metadata)), 0) FROM docs"
-            (n,) = con.execute(sql).fetchone()
+            (text,) = con.execute(sql).fetchone()
+            try:
+                sql = f"SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE '{LEXICAL_TABLE}%'"
+                (lexical,) = con.execute(sql).fetchone()
+            except sqlite3.OperationalError:  # a sqlite built without the dbstat table: counted with the store
+                lexical = 0
         finally:
             con.close()
-        return int(n)
+        return int(text), int(lexical)
 
     def close(self) -> None:  # noqa: D102
         if self.index is not None:
