@@ -408,6 +408,7 @@ class PooledIndex:
         files = [p for p in [*self.path.iterdir(), *(self.path / "segments").iterdir()] if p.is_file()]
         files = [p for p in files if not p.name.endswith(".tmp") and p.name != ".lock"]
         backend: dict[str, Any] = {"kind": self.config.backend, "dim": self.dim, "trained": snap.quantizer is not None}
+        backend["codec"] = self.folder.pq_kind if self.config.backend == "ivfpq" else "flat"  # what new segments are
         if snap.quantizer is not None:
             backend |= describe_quantizer(snap.quantizer)
             backend["device"] = "gpu" if self.device != "cpu" and faiss_gpu_available() else "cpu"
