@@ -302,6 +302,12 @@ class PooledIndex:
         """
         self.folder.compact(retrain)
 
+    def upgrade(self) -> bool:
+        """Rewrite a format 2 index as format 3 in place (re-trained, every segment pq3); False if already 3."""
+        done = self.folder.upgrade()
+        self.manifest = read_manifest(self.path)
+        return done
+
     def attach_segments(self, paths: Sequence[str | os.PathLike[str]]) -> int:
         """Attach segments built by :func:`pooledir.index.detached.build_segment` in one commit.
 

@@ -405,20 +405,46 @@ class IndexFolder:
                 retrain = False
             self._merge_locked([r.seg_id for r in snap.rows], retrain)
 
+    def upgrade(self) -> bool:
+        """Rewrite a format 2 folder as format 3: re-train at format 3's defaults, every segment as pq3, one commit.
+
+        The segments are switched by the compaction commit (a crash before it leaves the format 2 folder as it
+        was, after it a folder of pq3 segments that reads either way); the manifest says 3 only after it, so a
+        crash between the two leaves a folder that opens and whose next ``upgrade`` finishes the job. Returns
+        False when there was nothing to do (already format 3).
+        """
+        if self.format_version >= 3:
+            return False
+        with self.writing():
+            self.pq_kind = "pq3"
+            try:
+                snap, c = self.snapshot, self.config
+                trained = c.backend == "ivfpq" and (snap.quantizer is not None or snap.n_live >= c.train_min_vectors)
+                if snap.rows:
+                    self._merge_locked([r.seg_id for r in snap.rows], retrain=trained, keep_codec=False)
+            except BaseException:
+                self.pq_kind = "pq"
+                raise
+        manifest = read_manifest(self.path)
+        manifest.format_version = 3
+        manifest.write(self.path)
+        self.format_version = 3
+        return True
+
     def merge(self, seg_ids: list[int]) -> None:
         """Merge some segments into one (the tiered policy), dropping their deleted vectors."""
         with self.writing():
             live = {r.seg_id for r in self.snapshot.rows}
             self._merge_locked([s for s in seg_ids if s in live], retrain=False)
 
-    def _merge_locked(self, seg_ids: list[int], retrain: bool) -> None:
+    def _merge_locked(self, seg_ids: list[int], retrain: bool, keep_codec: bool = True) -> None:
         snap = self.snapshot
         idx = [i for i, s in enumerate(snap.segments) if s.seg_id in set(seg_ids)]
         if not idx or (len(idx) == 1 and snap.segments[idx[0]].live is None and not retrain):
             return  # nothing to gain
         quantizer, q_id, q_files = snap.quantizer, snap.quantizer_id, []
         if retrain:
-            quantizer = self._train(idx)
+            quantizer = self._train(idx, keep_codec)
             q_id = (snap.quantizer_id or 0) + 1
             q_files = [quantizer_path(self.path, q_id)]
             write_faiss(quantizer, q_files[0])
@@ -473,8 +499,11 @@ class IndexFolder:
         self.snapshot = self._load()
         self._remove_unreferenced()
 
-    def _train(self, idx: list[int]):
-        """Train a quantizer on a sample of the live vectors (exact where kept, else decoded)."""
+    def _train(self, idx: list[int], keep_codec: bool = True):
+        """Train a quantizer on a sample of the live vectors (exact where kept, else decoded).
+
+        ``keep_codec``: as many sub-quantizers as the current quantizer has, unless the config names a number.
+        """
         snap, c = self.snapshot, self.config
         sizes = np.array([snap.segments[i].n_live for i in idx], dtype=np.int64)
         total = int(sizes.sum())
@@ -492,7 +521,7 @@ class IndexFolder:
                 sample.append(seg.reconstruct(local))
         # a re-training keeps the codec the index was trained with unless the config names one: an index made
         # before the default changed (pq_m 16 -> 64) must not grow 2.5x, and re-encode lossily, on re-training
-        pq_m = c.pq_m or (int(snap.quantizer.pq.M) if snap.quantizer is not None else None)
+        pq_m = c.pq_m or (int(snap.quantizer.pq.M) if snap.quantizer is not None and keep_codec else None)
         legacy = self.pq_kind == "pq"
         return train_quantizer(np.concatenate(sample), total, c.nlist, pq_m, c.pq_nbits, self.use_gpu, legacy)
 
