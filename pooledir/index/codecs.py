@@ -15,6 +15,7 @@ Three kinds, one class each, looked up by the kind a segment row records (:func:
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from pooledir.index.segments import (
     merge_pq,
     open_segment_file,
     ranges,
+    search_ivf,
     verify_file,
     write_segment,
 )
@@ -237,6 +239,8 @@ class PQ3File(SegmentFile):
             views[name] = raw.reshape(n, code_size) if name == "codes" else raw.view(np.uint32)
         self.codes, self.lists, self.starts, self.rows = views["codes"], views["lists"], views["starts"], views["rows"]
         self.coarse_size = code_size - quantizer.pq.code_size
+        self._ivf = None
+        self._dm_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, n_vectors: int, dim: int, quantizer, exact_path: Path | None) -> PQ3File:
@@ -315,59 +319,35 @@ class PQ3File(SegmentFile):
             out[i : i + CHUNK] = self.quantizer.sa_decode(np.ascontiguousarray(self.codes[local[i : i + CHUNK]]))
         return out
 
-    def candidates(self, probe: Probe, live: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(token, local row, coarse score) of every live vector in the lists each token probes."""
-        n, p = probe.assign.shape
-        assign = probe.assign.ravel()
-        if not len(self.lists):
-            empty = np.empty(0, np.int64)
-            return empty, empty, np.empty(0, np.float32)
-        pos = np.minimum(np.searchsorted(self.lists, assign), len(self.lists) - 1)
-        hit = (self.lists[pos] == assign) & (assign >= 0)
-        lo = np.where(hit, self.starts[pos], 0).astype(np.int64)
-        cnt = np.where(hit, self.starts[np.minimum(pos + 1, len(self.starts) - 1)] - lo, 0).astype(np.int64)
-        rows = self.rows[ranges(lo, cnt)].astype(np.int64)
-        pair = np.repeat(np.arange(n * p), cnt)
-        if live is not None:
-            ok = (live[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1 == 1
-            rows, pair = rows[ok], pair[ok]
-        return pair // p, rows, probe.coarse.ravel()[pair]
+    def _lists(self):
+        """A faiss ``IndexIVFPQ`` over this segment's codes (ids = local rows), on the shared coarse quantizer.
+
+        Built on the first search, in memory (PQ codes + an 8-byte id a vector; nothing on disk): faiss's
+        scan of the probed lists measured 10x faster than numpy gathers over the mapped codes (eval report).
+        """
+        import faiss
+
+        if self._ivf is None:
+            with self._dm_lock:
+                if self._ivf is None:
+                    q = self.quantizer
+                    index = faiss.IndexIVFPQ(q.quantizer, q.d, q.nlist, q.pq.M, q.pq.nbits, faiss.METRIC_INNER_PRODUCT)
+                    index.pq = q.pq
+                    index.is_trained = True
+                    pq_codes = np.ascontiguousarray(self.codes[:, self.coarse_size :])
+                    rows = np.asarray(self.rows, dtype=np.int64)
+                    starts = self.starts.astype(np.int64)
+                    for j, lst in enumerate(self.lists.tolist()):
+                        ids = np.ascontiguousarray(rows[starts[j] : starts[j + 1]])
+                        codes = np.ascontiguousarray(pq_codes[ids])
+                        index.invlists.add_entries(lst, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+                    index.ntotal = len(self.codes)
+                    self._ivf = index
+        return self._ivf
 
     def search(self, probe: Probe, k: int, reader) -> tuple[np.ndarray, np.ndarray]:
-        """Per token top-``k`` (score, local id) among the live vectors of its probed lists.
-
-        score = q·centroid + Σ_m T[m, code_m], T the PQ inner-product tables of the query (computed once per
-        query by :class:`Probe`); vectorised gathers, no loop over tokens or vectors.
-        """
-        n = len(probe.x)
-        k = min(k, max(reader.n_live, 1))
-        tok, rows, score = self.candidates(probe, reader.live)
-        if len(rows):
-            if self.nbits == 8:
-                tables = probe.tables()  # (n, M * 256)
-                lin = np.asarray(self.codes[rows, self.coarse_size :], dtype=np.int64)
-                lin += np.arange(self.pq_m, dtype=np.int64) * 256 + (tok * tables.shape[1])[:, None]
-                score = score + tables.ravel()[lin].sum(1)
-            else:  # codes of fewer bits are bit-packed (a tiny training sample): decode, then dot
-                score = np.einsum("ij,ij->i", probe.x[tok], self.reconstruct(rows))
-        return top_k_per_token(tok, rows, score.astype(np.float32), n, k)
-
-
-def top_k_per_token(
-    tok: np.ndarray, ids: np.ndarray, score: np.ndarray, n: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(n, k) best scores and their ids per token from flat (token, id, score) triples; -inf / -1 where fewer."""
-    D = np.full((n, k), -np.inf, dtype=np.float32)
-    out = np.full((n, k), -1, dtype=np.int64)
-    if not len(tok):
-        return D, out
-    order = np.lexsort((-score, tok))
-    tok_s = tok[order]
-    rank = np.arange(len(order)) - np.searchsorted(tok_s, tok_s)
-    keep = rank < k
-    D[tok_s[keep], rank[keep]] = score[order][keep]
-    out[tok_s[keep], rank[keep]] = ids[order][keep]
-    return D, out
+        """Per token top-``k`` (score, local id) among the live vectors of its probed lists (faiss's IVF-PQ scan)."""
+        return search_ivf(self._lists(), probe, k, reader)
 
 
 CODECS: dict[str, SegmentCodec] = {c.kind: c for c in (FlatCodec(), PQCodec(), PQ3Codec())}

@@ -310,28 +310,14 @@ def write_segment(index, path: Path) -> None:
 # -- reading segments ---------------------------------------------------------------------------------------------
 @dataclass
 class Probe:
-    """One ANN request's query tokens and what the shared quantizer says about them, computed once for every segment.
+    """One ANN request's query tokens and the shared quantizer's lists for them, computed once for every segment.
 
-    ``assign``/``coarse``: per token the ``nprobe`` nearest lists and q·centroid (None without a quantizer);
-    :meth:`tables` the PQ inner-product tables q_m·codebook[m, j], (n, M·ksub), built on first use.
+    ``assign``/``coarse``: per token the ``nprobe`` nearest lists and q·centroid (None without a quantizer).
     """
 
     x: np.ndarray
     assign: np.ndarray | None = None
     coarse: np.ndarray | None = None
-    quantizer: object = None
-    _tables: np.ndarray | None = None
-
-    def tables(self) -> np.ndarray:
-        """(n, M·ksub) float32: token t's inner product with sub-codeword j of sub-quantizer m at [t, m·ksub + j]."""
-        if self._tables is None:
-            import faiss
-
-            pq = self.quantizer.pq
-            books = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
-            q = self.x.reshape(len(self.x), pq.M, pq.dsub)
-            self._tables = np.einsum("tmd,mkd->tmk", q, books).reshape(len(self.x), -1).astype(np.float32)
-        return self._tables
 
 
 class SegmentFile:
@@ -384,32 +370,14 @@ class SegmentFile:
         """Top-``k`` inner products of ``probe.x`` among ``reader``'s live vectors, inside faiss."""
         import faiss
 
-        x = probe.x
-        n = len(x)
-        k = min(k, max(reader.n_live, 1))
+        if self.kind == "pq":
+            return search_ivf(self.index, probe, k, reader)
+        n, k = len(probe.x), min(k, max(reader.n_live, 1))
         D = np.empty((n, k), dtype=np.float32)
         ids = np.empty((n, k), dtype=np.int64)
         sel = reader.selector()
-        index = self.index
-        if self.kind == "pq":
-            assign, coarse = probe.assign, probe.coarse
-            params = faiss.SearchParametersIVF(nprobe=assign.shape[1], sel=sel) if sel else None
-            if params is None:
-                params = faiss.SearchParametersIVF(nprobe=assign.shape[1])
-            index.search_preassigned_c(
-                n,
-                faiss.swig_ptr(x),
-                k,
-                faiss.swig_ptr(assign),
-                faiss.swig_ptr(coarse),
-                faiss.swig_ptr(D),
-                faiss.swig_ptr(ids),
-                False,
-                params,
-            )
-        else:
-            params = faiss.SearchParameters(sel=sel) if sel else None
-            index.search_c(n, faiss.swig_ptr(x), k, faiss.swig_ptr(D), faiss.swig_ptr(ids), params)
+        params = faiss.SearchParameters(sel=sel) if sel else None
+        self.index.search_c(n, faiss.swig_ptr(probe.x), k, faiss.swig_ptr(D), faiss.swig_ptr(ids), params)
         return D, ids
 
     def lists_used(self) -> np.ndarray:
@@ -544,6 +512,32 @@ class SegmentReader:
         """Drop this reader's reference to the file (its mapping closes when no snapshot refers to it)."""
         self.file = None
         self._selector = None
+
+
+def search_ivf(index, probe: Probe, k: int, reader: SegmentReader) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, local ids) of an IVF-PQ segment in the lists the probe already chose; dead ids skipped."""
+    import faiss
+
+    x, assign, coarse = probe.x, probe.assign, probe.coarse
+    n, k = len(x), min(k, max(reader.n_live, 1))
+    D = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    sel = reader.selector()
+    params = faiss.SearchParametersIVF(nprobe=assign.shape[1], sel=sel) if sel else None
+    if params is None:
+        params = faiss.SearchParametersIVF(nprobe=assign.shape[1])
+    index.search_preassigned_c(
+        n,
+        faiss.swig_ptr(x),
+        k,
+        faiss.swig_ptr(assign),
+        faiss.swig_ptr(coarse),
+        faiss.swig_ptr(D),
+        faiss.swig_ptr(ids),
+        False,
+        params,
+    )
+    return D, ids
 
 
 def live_bitmap(n_vectors: int, starts: np.ndarray, counts: np.ndarray) -> np.ndarray | None:

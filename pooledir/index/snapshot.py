@@ -74,10 +74,10 @@ class Snapshot:
     def ann(self, tokens: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, doc_ints) per token over every segment; the shared quantizer runs once.
 
-        Deleted vectors are skipped (a bitmap: inside faiss, or the live bits of a pq3 segment), so
+        Deleted vectors are skipped inside faiss (a bitmap selector over local ids, every kind), so
         they never take a candidate's place. Missing hits have doc -1.
         """
-        probe = Probe(np.ascontiguousarray(tokens, dtype=np.float32), quantizer=self.quantizer)
+        probe = Probe(np.ascontiguousarray(tokens, dtype=np.float32))
         if self.quantizer is not None and any(codec_for(s.kind).uses_quantizer for s in self.segments):
             probe.coarse, probe.assign = self.quantizer.quantizer.search(probe.x, min(nprobe, self.quantizer.nlist))
         x = probe.x

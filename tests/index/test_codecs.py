@@ -50,7 +50,7 @@ def pq3_reader(tmp_path: Path, quantizer, x: np.ndarray, counts: list[int]) -> S
 
 
 def probe(quantizer, q: np.ndarray, nprobe: int) -> Probe:
-    p = Probe(np.ascontiguousarray(q), quantizer=quantizer)
+    p = Probe(np.ascontiguousarray(q))
     p.coarse, p.assign = quantizer.quantizer.search(p.x, nprobe)
     return p
 
