@@ -305,6 +305,12 @@ class PooledIndex:
         """
         self.folder.compact(retrain)
 
+    def upgrade(self) -> bool:
+        """Rewrite a format 2 index as format 3 in place (re-trained, every segment pq3); False if already 3."""
+        done = self.folder.upgrade()
+        self.manifest = read_manifest(self.path)
+        return done
+
     def attach_segments(self, paths: Sequence[str | os.PathLike[str]]) -> int:
         """Attach segments built by :func:`pooledir.index.detached.build_segment` in one commit.
 
@@ -416,6 +422,7 @@ class PooledIndex:
         files = [p for p in [*self.path.iterdir(), *(self.path / "segments").iterdir()] if p.is_file()]
         files = [p for p in files if not p.name.endswith(".tmp") and p.name != ".lock"]
         backend: dict[str, Any] = {"kind": self.config.backend, "dim": self.dim, "trained": snap.quantizer is not None}
+        backend["codec"] = self.folder.pq_kind if self.config.backend == "ivfpq" else "flat"  # what new segments are
         if snap.quantizer is not None:
             backend |= describe_quantizer(snap.quantizer)
             backend["device"] = "gpu" if self.device != "cpu" and faiss_gpu_available() else "cpu"

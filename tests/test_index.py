@@ -7,7 +7,7 @@ import pytest
 
 from pooledir.corpus import Document
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
-from pooledir.index.segments import default_nlist, default_pq_m
+from pooledir.index.segments import default_nlist, default_nlist_v2, default_pq_m
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, approximate_scores
 from tests.conftest import FakeEncoder
@@ -37,8 +37,11 @@ def ids_of(hits):
 
 # -- defaults and search helpers ----------------------------------------------------------------------------------
 def test_defaults():
-    assert default_pq_m(128) == 64 and default_pq_m(96) == 48 and default_pq_m(384) == 96 and default_pq_m(6) == 3
-    assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2 and default_nlist(5) == 1
+    assert default_pq_m(128) == 32 and default_pq_m(96) == 24 and default_pq_m(384) == 96 and default_pq_m(6) == 1
+    assert default_pq_m(128, legacy=True) == 64 and default_pq_m(6, legacy=True) == 3  # format 2 folders
+    assert default_nlist(1_000_000) == 8192 and default_nlist(100) == 2 and default_nlist(5) == 1
+    assert default_nlist(1_000_000, n_train=262_144) == 262_144 // 39  # >= 39 training vectors a list
+    assert default_nlist_v2(1_000_000) == 4000 and default_nlist_v2(100) == 2
 
 
 def test_retraining_keeps_the_codec_the_index_was_trained_with(
@@ -47,7 +50,7 @@ def test_retraining_keeps_the_codec_the_index_was_trained_with(
     """An index trained under an older default (here 2 sub-quantizers) keeps it when re-trained later."""
     import pooledir.index.segments as segments
 
-    monkeypatch.setattr(segments, "default_pq_m", lambda dim: 2)  # the default when the index was made
+    monkeypatch.setattr(segments, "default_pq_m", lambda dim, legacy=False: 2)  # the default when the index was made
     idx = make_index(tmp_path / "old", tiny_encoder, tiny_docs, tiny_embeddings)
     assert idx.info()["backend"]["pq_m"] == 2
     monkeypatch.undo()  # today's default differs
@@ -249,19 +252,19 @@ def test_bad_configs(tmp_path, tiny_encoder):
 
 
 def test_crash_during_write_leaves_previous_index(built, tiny_encoder, monkeypatch):
-    import pooledir.index.folder as folder_mod
+    from pooledir.index.codecs import PQ3Codec
 
     idx, expected = built
     files_before = sorted(p.name for p in (idx.path / "segments").iterdir())
 
-    def boom(index, path):
+    def boom(codec, data, path):
         path.write_bytes(b"half a faiss file")
         raise OSError("disk full")
 
     def commit_fails(self):
         raise OSError("disk full at commit")
 
-    monkeypatch.setattr(folder_mod, "write_segment", boom)
+    monkeypatch.setattr(PQ3Codec, "write", boom)
     with pytest.raises(OSError, match="disk full"):
         idx.add([Document("new", "vitamin bone study")])
     monkeypatch.undo()
@@ -287,10 +290,10 @@ def test_crash_during_write_leaves_previous_index(built, tiny_encoder, monkeypat
             "format_version 99",
         ),
         (
-            lambda p: next(p.glob("segments/*.faiss")).write_bytes(next(p.glob("segments/*.faiss")).read_bytes()[:500]),
+            lambda p: next(p.glob("segments/*.pq3")).write_bytes(next(p.glob("segments/*.pq3")).read_bytes()[:500]),
             "corrupt or truncated",
         ),
-        (lambda p: next(p.glob("segments/*.faiss")).unlink(), "is missing"),
+        (lambda p: next(p.glob("segments/*.pq3")).unlink(), "is missing"),
         (lambda p: next(p.glob("quantizer.*.faiss")).write_bytes(b"junk"), "corrupt or truncated"),
         (
             lambda p: (p / "manifest.json").write_text(json.dumps({"format": "pooledir-index", "format_version": 1})),

@@ -2,10 +2,11 @@
 
 A detached segment is a folder::
 
-    segment.json    {"format": "pooledir-segment", "format_version": 1, "kind": "pq" | "flat",
+    segment.json    {"format": "pooledir-segment", "format_version": 1, "kind": "pq3" | "pq" | "flat",
                      "dim", "n_vectors", "n_docs", "quantizer": fingerprint of the quantizer used | null,
                      "exact": whether segment.f16 is there}
-    segment.faiss   the vectors, local ids 0..n-1 in document order (the segment file format)
+    segment.pq3     the vectors, local ids 0..n-1 in document order (the segment file format of its kind:
+                    ``segment.faiss`` for flat and format 2 pq segments)
     segment.f16     optional float16 copy, same rows (when the index keeps exact vectors)
     docs.jsonl      one {"id", "text", "metadata", "n_tokens", "n_vectors"} per document, in segment order
 
@@ -26,7 +27,7 @@ import numpy as np
 from pooledir.corpus import Document, check_documents
 from pooledir.errors import IndexCorruptError, InputError
 from pooledir.index.folder import open_folder
-from pooledir.index.segments import encode_segment, file_digest, fsync_dir, open_segment, write_array, write_segment
+from pooledir.index.segments import SegmentReader, file_digest, fsync_dir, live_bitmap, write_array
 from pooledir.index.snapshot import quantizer_path, segment_path
 from pooledir.store import NewDoc, SegmentRow
 
@@ -60,11 +61,12 @@ def build_segment(
             if v.ndim != 2 or v.shape[1] != dim or len(v) == 0:
                 raise InputError(f"document {d.id!r}: vectors of shape {v.shape} are not (n >= 1, {dim})")
         quantizer = snap.quantizer if config.backend == "ivfpq" else None
+        codec = folder.target_codec(quantizer)
         digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if quantizer is not None else None
         keep_exact = config.keep_exact
         packed = np.concatenate(vectors).astype(np.float32, copy=False)
         out.mkdir(parents=True, exist_ok=True)
-        write_segment(encode_segment(packed, quantizer), out / "segment.faiss")
+        codec.write(codec.encode([packed], dim, quantizer), out / f"segment{codec.suffix}")
         if keep_exact:
             write_array(packed.astype(np.float16), out / "segment.f16")
     finally:
@@ -79,7 +81,7 @@ def build_segment(
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "kind": "pq" if quantizer is not None else "flat",
+        "kind": codec.kind,
         "dim": dim,
         "n_vectors": len(packed),
         "n_docs": len(docs),
@@ -138,8 +140,9 @@ def attach(folder, paths: Sequence[Path]) -> int:
         raise InputError("no segment folders given")
     with folder.writing():
         snap, config = folder.snapshot, folder.config
-        want_kind = "pq" if config.backend == "ivfpq" and snap.quantizer is not None else "flat"
-        digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if want_kind == "pq" else None
+        want = folder.target_codec(snap.quantizer if config.backend == "ivfpq" else None)
+        want_kind = want.kind
+        digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if want.uses_quantizer else None
         checked, seen = [], set()
         for path in paths:
             meta, rows = _read_detached(path, folder.dim)
@@ -160,16 +163,10 @@ def attach(folder, paths: Sequence[Path]) -> int:
             starts = np.cumsum(counts) - counts
             exact = path / "segment.f16" if config.keep_exact else None
             try:  # maps the file and checks kind, dimension, vector count and quantizer shape
-                open_segment(
-                    path / "segment.faiss",
-                    meta["kind"],
-                    meta["n_vectors"],
-                    folder.dim,
-                    snap.quantizer,
-                    np.arange(len(rows)),
-                    starts,
-                    counts,
-                    exact,
+                file = want.open(path / f"segment{want.suffix}", meta["n_vectors"], folder.dim, snap.quantizer, exact)
+                live = live_bitmap(meta["n_vectors"], starts, counts)
+                SegmentReader(
+                    -1, want_kind, file, meta["n_vectors"], starts, counts, np.arange(len(rows)), live
                 ).close()
             except (IndexCorruptError, FileNotFoundError, ValueError) as e:
                 raise InputError(f"{path}: the segment file is unreadable or does not match docs.jsonl: {e}") from None
@@ -180,12 +177,12 @@ def attach(folder, paths: Sequence[Path]) -> int:
         try:
             for j, (path, meta, rows, starts) in enumerate(checked):
                 seg_id = next_id + j
-                new_files.append(segment_path(folder.path, seg_id))
-                _copy_durably(path / "segment.faiss", new_files[-1])
+                new_files.append(segment_path(folder.path, seg_id, want.suffix))
+                _copy_durably(path / f"segment{want.suffix}", new_files[-1])
                 if config.keep_exact:
                     new_files.append(segment_path(folder.path, seg_id, ".f16"))
                     _copy_durably(path / "segment.f16", new_files[-1])
-                q = snap.quantizer_id if meta["kind"] == "pq" else None
+                q = snap.quantizer_id if want.uses_quantizer else None
                 segs.append(SegmentRow(seg_id, meta["kind"], meta["n_vectors"], len(rows), q, config.keep_exact))
                 docs += [
                     NewDoc(
@@ -230,7 +227,9 @@ def train_for_attach(folder, sample: np.ndarray, n_total: int) -> None:
     c = folder.config
     if len(sample) == 0:
         raise InputError("no vectors to train on")
-    install_quantizer(folder, train_quantizer(sample, n_total, c.nlist, c.pq_m, c.pq_nbits, folder.use_gpu), n_total)
+    legacy = folder.pq_kind == "pq"
+    quantizer = train_quantizer(sample, n_total, c.nlist, c.pq_m, c.pq_nbits, folder.use_gpu, legacy)
+    install_quantizer(folder, quantizer, n_total)
 
 
 def install_quantizer(folder, quantizer, n_total: int) -> None:

@@ -1,11 +1,12 @@
 """The write side of an index folder: segments in, segments merged, one sqlite commit each time.
 
-Folder layout (format_version 2)::
+Folder layout (format_version 3; a format 2 folder has ``pq`` segments, ``<id>.faiss``)::
 
     manifest.json            format, config, encoder (written once, at creation)
     docs.sqlite              documents, the live segments, the commit counter, the current quantizer
     quantizer.<q>.faiss      trained, empty IVF-PQ: coarse centroids + PQ codebooks (a new <q> per training)
-    segments/<id>.faiss      immutable segment files (pq codes or flat float32), local ids 0..n-1
+    segments/<id>.pq3        immutable pq3 segment files (codes document-major + inverted rows), local ids 0..n-1
+    segments/<id>.faiss      immutable flat (float32) or format 2 pq segment files
     segments/<id>.f16        optional exact float16 copy of a segment's vectors (keep_exact)
     .lock                    serialises writers across processes (flock; a build holds it from start to end)
 
@@ -38,18 +39,15 @@ from pathlib import Path
 import numpy as np
 
 from pooledir.errors import IndexCorruptError, InputError
-from pooledir.index.manifest import IndexConfig, read_manifest
+from pooledir.index.codecs import SegmentCodec, codec_for
+from pooledir.index.manifest import FORMAT_VERSION, IndexConfig, read_manifest
 from pooledir.index.segments import (
     SegmentReader,
-    encode_segment,
     fsync_dir,
-    merge_pq,
-    open_segment_file,
     ranges,
     train_quantizer,
     write_array,
     write_faiss,
-    write_segment,
 )
 from pooledir.index.snapshot import SEGMENTS, Snapshot, load_snapshot, quantizer_path, segment_path
 from pooledir.store import DocStore, NewDoc, SegmentRow
@@ -64,7 +62,7 @@ TAIL_VECTORS = 65_536
 SMALL_WRITE = 64
 #: the only file names a write may remove when no commit refers to them (what segment_path, quantizer_path
 #: and their temp files are named): anything else in the folder (a user's backup, notes) is left alone
-OWN_SEGMENT_FILE = re.compile(r"\d{8,}\.(faiss|f16)(\.tmp)?")
+OWN_SEGMENT_FILE = re.compile(r"\d{8,}\.(faiss|pq3|f16)(\.tmp)?")
 OWN_ROOT_FILE = re.compile(r"quantizer\.\d+\.faiss(\.tmp)?")
 LOCK_FILE = ".lock"
 
@@ -131,18 +129,33 @@ class Batch:
 class IndexFolder:
     """One index folder: its store, its current snapshot and the writes that change them."""
 
-    def __init__(self, path: Path, store: DocStore, config: IndexConfig, dim: int, use_gpu: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        store: DocStore,
+        config: IndexConfig,
+        dim: int,
+        use_gpu: bool = False,
+        format_version: int | None = None,
+    ) -> None:
         self.path = path
         self.store = store
         self.config = config
         self.dim = dim
         self.use_gpu = use_gpu
+        if format_version is None:
+            format_version = _manifest_version(path)
+        self.format_version = format_version
+        #: the kind of the quantized segments this folder writes: format 2 folders keep writing ``pq``
+        self.pq_kind = "pq3" if format_version >= 3 else "pq"
         self.snapshot: Snapshot | None = None
         self._delta: tuple | None = None  # what the write in progress did, for the next snapshot
         self.snapshot = self._load()
 
     @classmethod
-    def open(cls, path: Path, config: IndexConfig, dim: int, use_gpu: bool = False) -> IndexFolder:
+    def open(
+        cls, path: Path, config: IndexConfig, dim: int, use_gpu: bool = False, format_version: int | None = None
+    ) -> IndexFolder:
         """Open the document store of ``path`` and load its snapshot; a corrupt store raises IndexCorruptError.
 
         sqlite's OperationalError (disk full, I/O, permissions) is the machine's problem and passes through.
@@ -156,7 +169,7 @@ class IndexFolder:
         except sqlite3.DatabaseError as e:
             raise IndexCorruptError(f"{path}/docs.sqlite is corrupt: {e}") from None
         try:
-            return cls(path, store, config, dim, use_gpu=use_gpu)
+            return cls(path, store, config, dim, use_gpu=use_gpu, format_version=format_version)
         except sqlite3.OperationalError:
             store.close()
             raise
@@ -254,7 +267,7 @@ class IndexFolder:
         """
         seg_dir = self.path / SEGMENTS
         seg_dir.mkdir(exist_ok=True)
-        keep = {segment_path(self.path, r.seg_id).name for r in self.snapshot.rows}
+        keep = {segment_path(self.path, r.seg_id, codec_for(r.kind).suffix).name for r in self.snapshot.rows}
         keep |= {segment_path(self.path, r.seg_id, ".f16").name for r in self.snapshot.rows if r.exact}
         q = self.snapshot.quantizer_id
         if q is not None:
@@ -269,10 +282,10 @@ class IndexFolder:
             fsync_dir(seg_dir)
             fsync_dir(self.path)
 
-    def _write_segment_files(self, seg_id: int, index, exact: np.ndarray | None) -> list[Path]:
-        files = [segment_path(self.path, seg_id)]
+    def _write_segment_files(self, seg_id: int, codec: SegmentCodec, data, exact: np.ndarray | None) -> list[Path]:
+        files = [segment_path(self.path, seg_id, codec.suffix)]
         try:
-            write_segment(index, files[0])
+            codec.write(data, files[0])
             if exact is not None:
                 files.append(segment_path(self.path, seg_id, ".f16"))
                 write_array(exact.astype(np.float16), files[1])
@@ -286,6 +299,10 @@ class IndexFolder:
         """The quantizer new vectors are encoded with: None = keep them exact (flat backend, or not yet trained)."""
         return self.snapshot.quantizer if self.config.backend == "ivfpq" else None
 
+    def target_codec(self, quantizer) -> SegmentCodec:
+        """The codec new segments are written with: flat without a quantizer, else this folder's format's."""
+        return codec_for("flat" if quantizer is None else self.pq_kind)
+
     # -- writes -----------------------------------------------------------------------------------------------
     def upsert(self, batch: Batch) -> int:
         """Write the batch as one new segment; documents with known ids are replaced. Returns how many replaced."""
@@ -295,9 +312,9 @@ class IndexFolder:
             counts = np.array([len(v) for v in batch.vectors], dtype=np.int64)
             seg_id = self.store.next_segment_id()
             quantizer = self._target_quantizer()
-            files = self._write_segment_files(
-                seg_id, encode_segment(packed, quantizer), packed if self.config.keep_exact else None
-            )
+            codec = self.target_codec(quantizer)
+            data = codec.encode([packed], self.dim, quantizer)
+            files = self._write_segment_files(seg_id, codec, data, packed if self.config.keep_exact else None)
             starts = np.cumsum(counts) - counts
             rows = [
                 NewDoc(i, t, m, int(n), int(c), seg_id, int(s))
@@ -305,7 +322,7 @@ class IndexFolder:
             ]
             seg = SegmentRow(
                 seg_id,
-                "pq" if quantizer is not None else "flat",
+                codec.kind,
                 len(packed),
                 len(rows),
                 self.snapshot.quantizer_id if quantizer is not None else None,
@@ -323,7 +340,7 @@ class IndexFolder:
             self._commit(files, change, fold=len(rows) >= SMALL_WRITE)
             try:  # the commit stands whatever happens here: without a delta the next snapshot is read from disk
                 exact = files[1] if self.config.keep_exact else None
-                file = open_segment_file(files[0], seg.kind, seg.n_vectors, self.dim, quantizer, exact)
+                file = codec.open(files[0], seg.n_vectors, self.dim, quantizer, exact)
                 (part,) = layout
                 reader = SegmentReader(seg_id, seg.kind, file, seg.n_vectors, part[:, 1], part[:, 2], part[:, 0])
                 self._delta = (np.fromiter(replaced.values(), np.int64, len(replaced)), reader, seg)
@@ -388,40 +405,60 @@ class IndexFolder:
                 retrain = False
             self._merge_locked([r.seg_id for r in snap.rows], retrain)
 
+    def upgrade(self) -> bool:
+        """Rewrite a format 2 folder as format 3: re-train at format 3's defaults, every segment as pq3, one commit.
+
+        The segments are switched by the compaction commit (a crash before it leaves the format 2 folder as it
+        was, after it a folder of pq3 segments that reads either way); the manifest says 3 only after it, so a
+        crash between the two leaves a folder that opens and whose next ``upgrade`` finishes the job. Returns
+        False when there was nothing to do (already format 3).
+        """
+        if self.format_version >= 3:
+            return False
+        with self.writing():
+            self.pq_kind = "pq3"
+            try:
+                snap, c = self.snapshot, self.config
+                trained = c.backend == "ivfpq" and (snap.quantizer is not None or snap.n_live >= c.train_min_vectors)
+                if snap.rows:
+                    self._merge_locked([r.seg_id for r in snap.rows], retrain=trained, keep_codec=False)
+            except BaseException:
+                self.pq_kind = "pq"
+                raise
+        manifest = read_manifest(self.path)
+        manifest.format_version = 3
+        manifest.write(self.path)
+        self.format_version = 3
+        return True
+
     def merge(self, seg_ids: list[int]) -> None:
         """Merge some segments into one (the tiered policy), dropping their deleted vectors."""
         with self.writing():
             live = {r.seg_id for r in self.snapshot.rows}
             self._merge_locked([s for s in seg_ids if s in live], retrain=False)
 
-    def _merge_locked(self, seg_ids: list[int], retrain: bool) -> None:
+    def _merge_locked(self, seg_ids: list[int], retrain: bool, keep_codec: bool = True) -> None:
         snap = self.snapshot
         idx = [i for i, s in enumerate(snap.segments) if s.seg_id in set(seg_ids)]
         if not idx or (len(idx) == 1 and snap.segments[idx[0]].live is None and not retrain):
             return  # nothing to gain
         quantizer, q_id, q_files = snap.quantizer, snap.quantizer_id, []
         if retrain:
-            quantizer = self._train(idx)
+            quantizer = self._train(idx, keep_codec)
             q_id = (snap.quantizer_id or 0) + 1
             q_files = [quantizer_path(self.path, q_id)]
             write_faiss(quantizer, q_files[0])
         if self.config.backend != "ivfpq":
             quantizer = None
         seg_id = self.store.next_segment_id()
+        codec = self.target_codec(quantizer)
         kinds = {snap.segments[i].kind for i in idx}
-        if quantizer is not None and not retrain and kinds == {"pq"}:
+        if codec.copy_merge and not retrain and kinds == {codec.kind}:
             parts = [(snap.segments[i], snap.segments[i].starts, snap.segments[i].counts) for i in idx]
-            index = merge_pq(parts, quantizer)  # codes copied, not re-encoded
-        else:
-            index = encode_segment(np.empty((0, self.dim), np.float32), quantizer)
-            done = 0
-            for i in idx:
-                for chunk in snap.vectors_of_segment(i, CHUNK):
-                    if quantizer is None:
-                        index.add(chunk)
-                    else:
-                        index.add_with_ids(chunk, np.arange(done, done + len(chunk), dtype=np.int64))
-                    done += len(chunk)
+            data = codec.merge(parts, quantizer)  # codes copied, not re-encoded
+        else:  # other kinds, or a new quantizer: decode and re-encode, chunk by chunk
+            chunks = (c for i in idx for c in snap.vectors_of_segment(i, CHUNK))
+            data = codec.encode(chunks, self.dim, quantizer)
         exact = None
         if self.config.keep_exact:
             exact = np.concatenate(
@@ -431,7 +468,7 @@ class IndexFolder:
                 ]
             )
         try:
-            files = self._write_segment_files(seg_id, index, exact) + q_files
+            files = self._write_segment_files(seg_id, codec, data, exact) + q_files
         except BaseException:
             for f in q_files:
                 f.unlink(missing_ok=True)
@@ -439,10 +476,8 @@ class IndexFolder:
         doc_ints = np.concatenate([snap.segments[i].doc_ints for i in idx])
         counts = np.concatenate([snap.segments[i].counts for i in idx])
         starts = np.cumsum(counts) - counts
-        kind = "pq" if quantizer is not None else "flat"
-        row = SegmentRow(
-            seg_id, kind, int(counts.sum()), len(doc_ints), q_id if kind == "pq" else None, exact is not None
-        )
+        q_of_row = q_id if codec.uses_quantizer else None
+        row = SegmentRow(seg_id, codec.kind, int(counts.sum()), len(doc_ints), q_of_row, exact is not None)
         old = [snap.segments[i].seg_id for i in idx]
 
         def change() -> None:
@@ -464,8 +499,11 @@ class IndexFolder:
         self.snapshot = self._load()
         self._remove_unreferenced()
 
-    def _train(self, idx: list[int]):
-        """Train a quantizer on a sample of the live vectors (exact where kept, else decoded)."""
+    def _train(self, idx: list[int], keep_codec: bool = True):
+        """Train a quantizer on a sample of the live vectors (exact where kept, else decoded).
+
+        ``keep_codec``: as many sub-quantizers as the current quantizer has, unless the config names a number.
+        """
         snap, c = self.snapshot, self.config
         sizes = np.array([snap.segments[i].n_live for i in idx], dtype=np.int64)
         total = int(sizes.sum())
@@ -483,8 +521,9 @@ class IndexFolder:
                 sample.append(seg.reconstruct(local))
         # a re-training keeps the codec the index was trained with unless the config names one: an index made
         # before the default changed (pq_m 16 -> 64) must not grow 2.5x, and re-encode lossily, on re-training
-        pq_m = c.pq_m or (int(snap.quantizer.pq.M) if snap.quantizer is not None else None)
-        return train_quantizer(np.concatenate(sample), total, c.nlist, pq_m, c.pq_nbits, self.use_gpu)
+        pq_m = c.pq_m or (int(snap.quantizer.pq.M) if snap.quantizer is not None and keep_codec else None)
+        legacy = self.pq_kind == "pq"
+        return train_quantizer(np.concatenate(sample), total, c.nlist, pq_m, c.pq_nbits, self.use_gpu, legacy)
 
     def close(self) -> None:
         """Release the snapshot and the store."""
@@ -495,7 +534,20 @@ class IndexFolder:
 def open_folder(path: Path, use_gpu: bool = False) -> IndexFolder:
     """The folder of the index at ``path``, its manifest read and checked: for code below the facade."""
     manifest = read_manifest(path)
-    return IndexFolder.open(path, manifest.config, manifest.dim, use_gpu=use_gpu)
+    return IndexFolder.open(
+        path, manifest.config, manifest.dim, use_gpu=use_gpu, format_version=manifest.format_version
+    )
+
+
+def _manifest_version(path: Path) -> int:
+    """The manifest's format_version (the caller already read and checked it); a folder without one: the current."""
+    import json
+
+    try:
+        version = json.loads((path / "manifest.json").read_text()).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return FORMAT_VERSION
+    return version if type(version) is int else FORMAT_VERSION
 
 
 def merge_choice(sizes: Sequence[int], max_segments: int, tail: int = TAIL_VECTORS) -> list[int]:

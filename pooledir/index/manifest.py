@@ -19,7 +19,9 @@ from pooledir.index.segments import fsync_dir
 from pooledir.pooling import check_pool_factor, check_pool_threshold
 
 FORMAT = "pooledir-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: versions this pooledir opens: 2 (``pq`` segments, still written to such folders) and 3 (``pq3`` segments)
+READABLE_VERSIONS = (2, 3)
 #: encoder settings an index records, so that queries are encoded the way its documents were
 ENCODER_SETTINGS = ("layout", "doc_maxlen", "query_maxlen", "query_augmentation", "markers", "mask_punctuation")
 
@@ -39,7 +41,8 @@ class IndexConfig:
         while their height is at most this (see :func:`pooledir.pooling.pool_embeddings`); ``None`` = use
         ``pool_factor``. Set with the default ``pool_factor`` only, as the factor is then unused.
     protected_tokens : leading vectors never pooled (1 = [CLS]).
-    nlist, pq_m, pq_nbits : IVF-PQ shape; ``None`` = ≈4·√N lists (N at training) and dim/2 sub-quantizers.
+    nlist, pq_m, pq_nbits : IVF-PQ shape; ``None`` = ``2**floor(log2(16·√N))`` lists (N at training, at least
+        39 training vectors a list) and dim/4 sub-quantizers (format 2 folders: ≈4·√N lists and dim/2).
     keep_exact : also keep float16 vectors so MaxSim scores exactly (more disk).
     train_sample : vectors sampled to train IVF-PQ.
     train_min_vectors : an IVF-PQ index keeps its vectors exact (flat segments) until it holds this
@@ -170,8 +173,11 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             f"format_version {FORMAT_VERSION} (segments). Rebuild it: create a new index from the same "
             "corpus and checkpoint (the old folder's docs.sqlite still holds every document's text)"
         )
-    if version != FORMAT_VERSION or type(version) is not int:
-        raise IndexCorruptError(f"{mf} has format_version {_describe(version)}, this pooledir reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS or type(version) is not int:
+        raise IndexCorruptError(
+            f"{mf} has format_version {_describe(version)}, "
+            f"this pooledir reads {' and '.join(map(str, READABLE_VERSIONS))}"
+        )
     try:
         known = set(IndexConfig.__dataclass_fields__)
         config = IndexConfig(**{k: v for k, v in data["config"].items() if k in known})
@@ -180,6 +186,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             encoder=dict(data["encoder"]),
             config=config,
             created_at=data.get("created_at", ""),
+            format_version=version,
         )
     except (KeyError, TypeError, AttributeError) as e:
         raise IndexCorruptError(f"{mf} lacks or mangles a field: {e}") from None

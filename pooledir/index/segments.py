@@ -47,25 +47,46 @@ log = logging.getLogger(__name__)
 GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
 
 
-def default_nlist(n_vectors: int) -> int:
-    """≈ 4·√N lists, but never so many that a list gets fewer than 39 training vectors.
+#: PLAID's rule: 2**floor(log2(LISTS_PER_ROOT_N·√N)) coarse lists (format 3); change here, or per index with nlist
+LISTS_PER_ROOT_N = 16
+#: a list gets at least this many training vectors (faiss's own warning threshold): caps nlist by the sample
+MIN_POINTS_PER_LIST = 39
+#: k-means iterations of the coarse quantizer: thousands of centroids on 2 cores must train in minutes
+COARSE_NITER = 10
+#: sub-quantizers per dimension of a new (format 3) index: dim/4 = 32 at 128 d (2 bits a dimension)
+DIMS_PER_SUBQUANTIZER = 4
+
+
+def default_nlist(n_vectors: int, n_train: int | None = None) -> int:
+    """PLAID's ``2**floor(log2(16·√N))`` lists, capped so a list gets ``MIN_POINTS_PER_LIST`` training vectors.
+
+    On NFCorpus dev (exhaustive MaxSim over decoded pooled x2 vectors) 13,312 lists + PQ32 kept 99.6% of
+    flat nDCG@10 where ≈2,256 lists + PQ32 kept 98.2% (issue 21): finer lists buy code precision.
+    """
+    n_train = n_vectors if n_train is None else n_train
+    rule = 2 ** int(math.floor(math.log2(max(LISTS_PER_ROOT_N * math.sqrt(max(n_vectors, 1)), 1))))
+    return max(1, min(rule, n_train // MIN_POINTS_PER_LIST))
+
+
+def default_nlist_v2(n_vectors: int) -> int:
+    """Format 2's ≈ 4·√N lists, never so many that a list gets fewer than 39 training vectors.
 
     On SciFact train qrels 2,048 lists beat 4·√N = 3,129 for 611,980 pooled vectors
     (eval/results/tune_scifact_train.json), but rounding down to a power of two cost IVF-PQ 4% of
-    nDCG@10 on a 500-document index (512 lists instead of 966), so the rule stays 4·√N.
+    nDCG@10 on a 500-document index (512 lists instead of 966), so the rule stayed 4·√N.
     """
     return max(1, min(int(round(4 * math.sqrt(max(n_vectors, 1)))), n_vectors // 39))
 
 
-def default_pq_m(dim: int) -> int:
-    """dim/2 sub-quantizers (64 for 128-d: 4 bits a dimension), rounded down to a GPU-legal divisor of ``dim``.
+def default_pq_m(dim: int, legacy: bool = False) -> int:
+    """dim/4 sub-quantizers (32 for 128-d) for format 3, dim/2 for format 2, rounded down to a GPU-legal divisor.
 
-    dim/8 (one bit per dimension) kept 94.4% of exact unpooled nDCG@10 on NFCorpus dev qrels and dim/4
-    98.4%; dim/2 is the smallest of the three that kept >= 99% on both tuning sets (SciFact train, NFCorpus
-    dev), the rule in eval/results/codec_rule.md.
+    Format 2 (coarse lists ≈4·√N): dim/2 was the smallest of dim/8, dim/4, dim/2 that kept >= 99% on both
+    tuning sets (eval/results/codec_rule.md). Format 3's finer lists give PQ32 the precision PQ64 had there.
     """
+    want = dim // 2 if legacy else dim // DIMS_PER_SUBQUANTIZER
     for m in sorted(GPU_PQ_M, reverse=True):
-        if m <= max(1, dim // 2) and dim % m == 0:
+        if m <= max(1, want) and dim % m == 0:
             return m
     return 1
 
@@ -188,18 +209,26 @@ def file_digest(path: Path) -> str:
 
 # -- the quantizer ------------------------------------------------------------------------------------------------
 def train_quantizer(
-    sample: np.ndarray, n_total: int, nlist: int | None, pq_m: int | None, pq_nbits: int, use_gpu: bool = False
+    sample: np.ndarray,
+    n_total: int,
+    nlist: int | None,
+    pq_m: int | None,
+    pq_nbits: int,
+    use_gpu: bool = False,
+    legacy: bool = False,
 ):
-    """An empty, trained ``IndexIVFPQ`` (inner product): coarse centroids + PQ codebooks.
+    """An empty, trained ``IndexIVFPQ`` (inner product, by residual): coarse centroids + PQ codebooks.
 
-    Lists are sized for the ``n_total`` vectors the index holds (≈4·√N), never beyond what
-    the sample can train; PQ bits drop only when the sample is smaller than 2**bits.
+    Lists are sized for the ``n_total`` vectors the index holds (:func:`default_nlist`; ``legacy``: format 2's
+    :func:`default_nlist_v2` and dim/2 sub-quantizers), never beyond what the sample can train; PQ bits drop
+    only when the sample is smaller than 2**bits.
     """
     import faiss
 
     n, dim = sample.shape
-    nlist = min(nlist or default_nlist(max(n_total, n)), max(1, n))
-    pq_m = pq_m or default_pq_m(dim)
+    auto = default_nlist_v2(max(n_total, n)) if legacy else default_nlist(max(n_total, n), n)
+    nlist = min(nlist or auto, max(1, n))
+    pq_m = pq_m or default_pq_m(dim, legacy)
     nbits = pq_nbits
     if n < (1 << nbits):  # faiss needs >= 2**nbits training points per codebook
         nbits = max(1, int(math.log2(max(n, 2))))
@@ -212,6 +241,8 @@ def train_quantizer(
     # the config's choice (train_sample), and the warning changes nothing in how faiss trains
     index.cp.min_points_per_centroid = 1
     index.pq.cp.min_points_per_centroid = 1
+    if not legacy:
+        index.cp.niter = COARSE_NITER
     x = np.ascontiguousarray(sample, dtype=np.float32)
     if use_gpu and nbits == 8 and faiss_gpu_available():
         res = faiss.StandardGpuResources()
@@ -277,6 +308,18 @@ def write_segment(index, path: Path) -> None:
 
 
 # -- reading segments ---------------------------------------------------------------------------------------------
+@dataclass
+class Probe:
+    """One ANN request's query tokens and the shared quantizer's lists for them, computed once for every segment.
+
+    ``assign``/``coarse``: per token the ``nprobe`` nearest lists and q·centroid (None without a quantizer).
+    """
+
+    x: np.ndarray
+    assign: np.ndarray | None = None
+    coarse: np.ndarray | None = None
+
+
 class SegmentFile:
     """One memory-mapped segment file (and its exact sidecar), shared by the readers of successive snapshots.
 
@@ -322,6 +365,20 @@ class SegmentFile:
         if self.kind == "pq":
             self._direct_map()
         return self.index.reconstruct_batch(np.ascontiguousarray(local, dtype=np.int64))
+
+    def search(self, probe: Probe, k: int, reader: SegmentReader):
+        """Top-``k`` inner products of ``probe.x`` among ``reader``'s live vectors, inside faiss."""
+        import faiss
+
+        if self.kind == "pq":
+            return search_ivf(self.index, probe, k, reader)
+        n, k = len(probe.x), min(k, max(reader.n_live, 1))
+        D = np.empty((n, k), dtype=np.float32)
+        ids = np.empty((n, k), dtype=np.int64)
+        sel = reader.selector()
+        params = faiss.SearchParameters(sel=sel) if sel else None
+        self.index.search_c(n, faiss.swig_ptr(probe.x), k, faiss.swig_ptr(D), faiss.swig_ptr(ids), params)
+        return D, ids
 
     def lists_used(self) -> np.ndarray:
         """The inverted lists (pq) that hold at least one of this segment's vectors, from the DirectMap."""
@@ -400,35 +457,9 @@ class SegmentReader:
             self._selector = faiss.IDSelectorBitmap(self.n_vectors, faiss.swig_ptr(self.live))
         return self._selector
 
-    def search(self, x: np.ndarray, k: int, assign: np.ndarray | None, coarse: np.ndarray | None):
-        """Top-``k`` inner products of ``x`` among live vectors; ``assign``/``coarse``: the shared quantizer's lists."""
-        import faiss
-
-        n = len(x)
-        k = min(k, max(self.n_live, 1))
-        D = np.empty((n, k), dtype=np.float32)
-        ids = np.empty((n, k), dtype=np.int64)
-        sel = self.selector()
-        index = self.index
-        if self.kind == "pq":
-            params = faiss.SearchParametersIVF(nprobe=assign.shape[1], sel=sel) if sel else None
-            if params is None:
-                params = faiss.SearchParametersIVF(nprobe=assign.shape[1])
-            index.search_preassigned_c(
-                n,
-                faiss.swig_ptr(x),
-                k,
-                faiss.swig_ptr(assign),
-                faiss.swig_ptr(coarse),
-                faiss.swig_ptr(D),
-                faiss.swig_ptr(ids),
-                False,
-                params,
-            )
-        else:
-            params = faiss.SearchParameters(sel=sel) if sel else None
-            index.search_c(n, faiss.swig_ptr(x), k, faiss.swig_ptr(D), faiss.swig_ptr(ids), params)
-        return D, ids
+    def search(self, probe: Probe, k: int):
+        """Top-``k`` inner products of the probe's tokens among live vectors: (scores, local ids), -1 = none."""
+        return self.file.search(probe, k, self)
 
     def docs_of(self, local: np.ndarray) -> np.ndarray:
         """Internal document number of each local id (-1 stays -1)."""
@@ -481,6 +512,32 @@ class SegmentReader:
         """Drop this reader's reference to the file (its mapping closes when no snapshot refers to it)."""
         self.file = None
         self._selector = None
+
+
+def search_ivf(index, probe: Probe, k: int, reader: SegmentReader) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, local ids) of an IVF-PQ segment in the lists the probe already chose; dead ids skipped."""
+    import faiss
+
+    x, assign, coarse = probe.x, probe.assign, probe.coarse
+    n, k = len(x), min(k, max(reader.n_live, 1))
+    D = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    sel = reader.selector()
+    params = faiss.SearchParametersIVF(nprobe=assign.shape[1], sel=sel) if sel else None
+    if params is None:
+        params = faiss.SearchParametersIVF(nprobe=assign.shape[1])
+    index.search_preassigned_c(
+        n,
+        faiss.swig_ptr(x),
+        k,
+        faiss.swig_ptr(assign),
+        faiss.swig_ptr(coarse),
+        faiss.swig_ptr(D),
+        faiss.swig_ptr(ids),
+        False,
+        params,
+    )
+    return D, ids
 
 
 def live_bitmap(n_vectors: int, starts: np.ndarray, counts: np.ndarray) -> np.ndarray | None:

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from pooledir.errors import IndexCorruptError
-from pooledir.index.segments import SegmentReader, live_bitmap, open_segment_file, ranges, read_quantizer
+from pooledir.index.codecs import codec_for
+from pooledir.index.segments import Probe, SegmentReader, live_bitmap, ranges, read_quantizer
 from pooledir.store import DocStore, SegmentRow
 
 SEGMENTS = "segments"
 
 
 def segment_path(folder: Path, seg_id: int, suffix: str = ".faiss") -> Path:
-    """``segments/<id>.faiss`` (or ``.f16``, the exact sidecar)."""
+    """``segments/<id>.faiss`` (``.pq3`` for a pq3 segment: its codec's suffix; ``.f16``, the exact sidecar)."""
     return folder / SEGMENTS / f"{seg_id:08d}{suffix}"
 
 
@@ -73,18 +74,18 @@ class Snapshot:
     def ann(self, tokens: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, doc_ints) per token over every segment; the shared quantizer runs once.
 
-        Deleted vectors are skipped inside faiss (a bitmap selector), so they never take a
-        candidate's place. Missing hits have doc -1.
+        Deleted vectors are skipped inside faiss (a bitmap selector over local ids, every kind), so
+        they never take a candidate's place. Missing hits have doc -1.
         """
-        x = np.ascontiguousarray(tokens, dtype=np.float32)
-        assign = coarse = None
-        if self.quantizer is not None and any(s.kind == "pq" for s in self.segments):
-            coarse, assign = self.quantizer.quantizer.search(x, min(nprobe, self.quantizer.nlist))
+        probe = Probe(np.ascontiguousarray(tokens, dtype=np.float32))
+        if self.quantizer is not None and any(codec_for(s.kind).uses_quantizer for s in self.segments):
+            probe.coarse, probe.assign = self.quantizer.quantizer.search(probe.x, min(nprobe, self.quantizer.nlist))
+        x = probe.x
         scores, docs = [], []
         for seg in self.segments:
             if seg.n_live == 0:
                 continue
-            D, ids = seg.search(x, k, assign, coarse)
+            D, ids = seg.search(probe, k)
             scores.append(D)
             docs.append(seg.docs_of(ids))
         if not scores:
@@ -336,14 +337,15 @@ def _readers(
                     f"{folder}: documents of segment {r.seg_id} overlap or run past its {r.n_vectors} vectors; "
                     "the index is mismatched"
                 )
-            if r.kind == "pq" and (quantizer is None or r.quantizer != q_id):
+            codec = codec_for(r.kind)
+            if codec.uses_quantizer and (quantizer is None or r.quantizer != q_id):
                 raise IndexCorruptError(f"{folder}: segment {r.seg_id} was encoded with another quantizer")
             old = reusable.get(r.seg_id)
             if old is not None and old.file is not None and old.kind == r.kind and old.n_vectors == r.n_vectors:
                 reader = old.with_documents(doc_ints, starts, counts)
             else:
                 exact = segment_path(folder, r.seg_id, ".f16") if r.exact else None
-                file = open_segment_file(segment_path(folder, r.seg_id), r.kind, r.n_vectors, dim, quantizer, exact)
+                file = codec.open(segment_path(folder, r.seg_id, codec.suffix), r.n_vectors, dim, quantizer, exact)
                 live = live_bitmap(r.n_vectors, starts, counts)
                 reader = SegmentReader(r.seg_id, r.kind, file, r.n_vectors, starts, counts, doc_ints, live)
                 fresh.append(reader)

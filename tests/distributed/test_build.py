@@ -78,7 +78,7 @@ def test_ivfpq_trains_once_on_a_sample_across_shards(ray_cluster, tmp_path, tiny
     info = idx.info()
     assert info["documents"] == 36 and info["vectors"] == manifest.vectors == report.vectors
     assert info["backend"]["trained"] and info["trained_vectors"] == manifest.vectors
-    assert {s["kind"] for s in info["segments"]} == {"pq"}
+    assert {s["kind"] for s in info["segments"]} == {"pq3"}
     hits = idx.search_embeddings(tiny_encoder.encode_queries(QUERIES), SearchParams(k=5, nprobe=4))
     assert all(len(h) == 5 for h in hits)
 

@@ -27,7 +27,7 @@ def test_ivfpq_partitions_share_one_quantizer(tmp_path, small_shards):
     for path in read_partitions(layout.path).parts:
         with PooledIndex.open(path, device="cpu") as idx:
             snap = idx.folder.snapshot
-            assert snap.quantizer is not None and {s.kind for s in snap.segments} == {"pq"}
+            assert snap.quantizer is not None and {s.kind for s in snap.segments} == {"pq3"}
             digests.add(file_digest(quantizer_path(path, snap.quantizer_id)))
             docs += len(idx)
     assert len(digests) == 1 and docs == 36

@@ -59,8 +59,9 @@ def break_folder(how: str, seg: Path) -> None:
     if how == "unknown":
         (seg / "segment.json").unlink()
     elif how == "corrupt":
-        data = (seg / "segment.faiss").read_bytes()
-        (seg / "segment.faiss").write_bytes(data[: len(data) // 2])
+        (file,) = [p for p in seg.iterdir() if p.name in ("segment.faiss", "segment.pq3")]
+        data = file.read_bytes()
+        file.write_bytes(data[: len(data) // 2])
     elif how == "lengths":  # the shard's rows say more vectors than its file holds
         lines = (seg / "docs.jsonl").read_text().splitlines()
         row = json.loads(lines[0])

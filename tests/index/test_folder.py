@@ -120,10 +120,10 @@ def test_untrained_ivfpq_stays_exact_then_trains_once_big_enough(tmp_path):
     add(idx, [f"d{i}" for i in range(60)], list(range(60)))  # ~420 vectors: past the threshold
     info = idx.info()
     assert info["backend"]["trained"] and info["trained_vectors"] == info["vectors"]
-    assert [s["kind"] for s in info["segments"]] == ["pq"]
+    assert [s["kind"] for s in info["segments"]] == ["pq3"]
     assert info["backend"]["pq_nbits"] == 8  # trained on enough vectors for full codebooks
     add(idx, ["b"], [2])
-    assert [s["kind"] for s in idx.info()["segments"]] == ["pq", "pq"]
+    assert [s["kind"] for s in idx.info()["segments"]] == ["pq3", "pq3"]
     assert not idx.info()["retrain_recommended"]
 
 
@@ -196,7 +196,7 @@ def test_kill_9_during_compaction_keeps_every_acknowledged_document(tmp_path, mo
     segments = len(again.info()["segments"])
     assert segments == (len(segments_before) if moment == "before_commit" else 1)
     add(again, ["later"], [777])  # the next writer removes whatever the crash left unreferenced
-    referenced = {f"{s['id']:08d}.faiss" for s in again.info()["segments"]}
+    referenced = {f"{s['id']:08d}.{'pq3' if s['kind'] == 'pq3' else 'faiss'}" for s in again.info()["segments"]}
     assert {p.name for p in (tmp_path / "i" / "segments").iterdir()} == referenced
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from pooledir.errors import IndexCorruptError, NoSpaceError
 from pooledir.index.segments import FOOTER, verify_file, write_faiss
 from pooledir.pooled_index import PooledIndex
+from tests.conftest import FakeEncoder
 from tests.index.test_folder import EVERYTHING, add, create, queries, results
 
 
@@ -23,12 +25,29 @@ def rot(path: Path, offset: int, n: int = 64, seed: int = 0) -> None:
         f.write(bytes(data))
 
 
-def pq_index(path: Path) -> PooledIndex:
+def pq_index(path: Path, kind: str = "pq3") -> PooledIndex:
+    """A trained index of two segments: pq3 (format 3), or pq (a format 2 folder, see :func:`format2`)."""
     idx = create(path, backend="ivfpq", train_min_vectors=200, train_sample=2000, nlist=4)
+    if kind == "pq":
+        idx = format2(idx)
     add(idx, [f"d{i}" for i in range(60)], list(range(60)))
     add(idx, [f"e{i}" for i in range(10)], list(range(100, 110)))
-    assert idx.info()["backend"]["trained"] and {s["kind"] for s in idx.info()["segments"]} == {"pq"}
+    assert idx.info()["backend"]["trained"] and {s["kind"] for s in idx.info()["segments"]} == {kind}
     return idx
+
+
+def format2(idx: PooledIndex) -> PooledIndex:
+    """The empty index reopened as a format 2 folder (its manifest says so): it writes ``pq`` segments."""
+    path = idx.path
+    idx.close()
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps(manifest | {"format_version": 2}))
+    return PooledIndex.open(path, device="cpu", encoder=FakeEncoder())
+
+
+def segment_file(folder: Path, seg_id: int) -> Path:
+    (path,) = [p for p in (folder / "segments").glob(f"{seg_id:08d}.*") if p.suffix in (".pq3", ".faiss")]
+    return path
 
 
 def snapshot_of(folder: Path) -> dict[str, bytes]:
@@ -55,10 +74,11 @@ def test_the_footer_catches_rot_truncation_and_a_missing_footer_is_legacy(tmp_pa
     assert verify_file(path) is False  # written before footers: nothing to check against
 
 
+@pytest.mark.parametrize("kind", ["pq3", "pq"])
 @pytest.mark.parametrize("where", [0.05, 0.5, -200])
-def test_a_rotted_segment_fails_the_open_so_nothing_is_written_into_it(tmp_path, where):
-    idx = pq_index(tmp_path / "i")
-    seg = tmp_path / "i" / "segments" / f"{idx.info()['segments'][0]['id']:08d}.faiss"
+def test_a_rotted_segment_fails_the_open_so_nothing_is_written_into_it(tmp_path, where, kind):
+    idx = pq_index(tmp_path / "i", kind)
+    seg = segment_file(tmp_path / "i", idx.info()["segments"][0]["id"])
     idx.close()
     rot(seg, int(where * seg.stat().st_size) if isinstance(where, float) else where)
     before = snapshot_of(tmp_path / "i")
@@ -68,7 +88,7 @@ def test_a_rotted_segment_fails_the_open_so_nothing_is_written_into_it(tmp_path,
 
 
 def test_a_segment_without_footer_is_still_checked_for_ids_and_codebooks(tmp_path):
-    idx = pq_index(tmp_path / "i")
+    idx = pq_index(tmp_path / "i", "pq")  # footers came with format 2: only pq segments may lack one
     q = queries()
     expected = results(idx, q, EVERYTHING)
     idx.close()
@@ -85,11 +105,12 @@ def test_a_segment_without_footer_is_still_checked_for_ids_and_codebooks(tmp_pat
         seg.write_bytes(good)
 
 
-def test_verify_notices_a_file_written_after_the_open(tmp_path):
-    idx = pq_index(tmp_path / "i")
+@pytest.mark.parametrize("kind", ["pq3", "pq"])
+def test_verify_notices_a_file_written_after_the_open(tmp_path, kind):
+    idx = pq_index(tmp_path / "i", kind)
     idx.verify()
     idx.verify(full=True)
-    seg = sorted((tmp_path / "i" / "segments").glob("*.faiss"))[0]
+    seg = segment_file(tmp_path / "i", idx.info()["segments"][0]["id"])
     rot(seg, seg.stat().st_size // 2)
     with pytest.raises(IndexCorruptError, match="no longer match the checksum"):
         idx.verify()
