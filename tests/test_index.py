@@ -37,7 +37,7 @@ def ids_of(hits):
 
 # -- defaults and search helpers ----------------------------------------------------------------------------------
 def test_defaults():
-    assert default_pq_m(128) == 32 and default_pq_m(96) == 24 and default_pq_m(384) == 96 and default_pq_m(6) == 1
+    assert default_pq_m(128) == 16 and default_pq_m(96) == 12 and default_pq_m(384) == 48 and default_pq_m(6) == 1
     assert default_pq_m(128, legacy=True) == 64 and default_pq_m(6, legacy=True) == 3  # format 2 folders
     assert default_nlist(1_000_000) == 8192 and default_nlist(100) == 2 and default_nlist(5) == 1
     assert default_nlist(1_000_000, n_train=262_144) == 262_144 // 39  # >= 39 training vectors a list
@@ -47,16 +47,16 @@ def test_defaults():
 def test_retraining_keeps_the_codec_the_index_was_trained_with(
     tmp_path, tiny_encoder, tiny_docs, tiny_embeddings, monkeypatch
 ):
-    """An index trained under an older default (here 2 sub-quantizers) keeps it when re-trained later."""
+    """An index trained under an older default (here 1 sub-quantizer) keeps it when re-trained later."""
     import pooledir.index.segments as segments
 
-    monkeypatch.setattr(segments, "default_pq_m", lambda dim, legacy=False: 2)  # the default when the index was made
+    monkeypatch.setattr(segments, "default_pq_m", lambda dim, legacy=False: 1)  # the default when the index was made
     idx = make_index(tmp_path / "old", tiny_encoder, tiny_docs, tiny_embeddings)
-    assert idx.info()["backend"]["pq_m"] == 2
+    assert idx.info()["backend"]["pq_m"] == 1
     monkeypatch.undo()  # today's default differs
-    assert segments.default_pq_m(tiny_encoder.dim) != 2
+    assert segments.default_pq_m(tiny_encoder.dim) != 1
     idx.compact(retrain=True)
-    assert idx.info()["backend"]["pq_m"] == 2
+    assert idx.info()["backend"]["pq_m"] == 1
     fresh = make_index(tmp_path / "new", tiny_encoder, tiny_docs, tiny_embeddings)
     assert fresh.info()["backend"]["pq_m"] == segments.default_pq_m(tiny_encoder.dim)
 

@@ -238,7 +238,7 @@ def test_passage_settings_and_ids_are_checked(tmp_path, tiny_encoder):
 
 def test_pq_m_must_divide_the_dimension_at_creation(tmp_path, tiny_encoder):
     """faiss would only fail when the index trains, thousands of documents later."""
-    with pytest.raises(InputError, match=r"pq_m=7 must divide the vector dimension 16; pass a divisor such as 4"):
+    with pytest.raises(InputError, match=r"pq_m=7 must divide the vector dimension 16; pass a divisor such as 2"):
         PooledIndex.create(tmp_path / "i", config=IndexConfig(pq_m=7), device="cpu", encoder=tiny_encoder)
     assert not (tmp_path / "i").exists()
 

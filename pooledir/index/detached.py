@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from pooledir.corpus import Document, check_documents
+from pooledir.durable import fsync_dir, write_durably
 from pooledir.errors import IndexCorruptError, InputError
 from pooledir.index.folder import open_folder
-from pooledir.index.segments import SegmentReader, file_digest, fsync_dir, live_bitmap, write_array
+from pooledir.index.segments import SegmentReader, file_digest, live_bitmap, write_array
 from pooledir.index.snapshot import quantizer_path, segment_path
 from pooledir.store import NewDoc, SegmentRow
 
@@ -127,11 +128,8 @@ def _read_detached(path: Path, dim: int) -> tuple[dict, list[dict]]:
 
 
 def _copy_durably(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+    with open(src, "rb") as f:
+        write_durably(dst, lambda out: shutil.copyfileobj(f, out, 1 << 22))
 
 
 def attach(folder, paths: Sequence[Path]) -> int:

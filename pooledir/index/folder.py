@@ -38,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pooledir.durable import fsync_dir
 from pooledir.errors import IndexCorruptError, InputError
 from pooledir.index.codecs import SegmentCodec, codec_for
 from pooledir.index.manifest import FORMAT_VERSION, IndexConfig, read_manifest
 from pooledir.index.segments import (
     SegmentReader,
-    fsync_dir,
     ranges,
     train_quantizer,
     write_array,

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pooledir.durable import write_json_durably
 from pooledir.errors import IndexCorruptError, InputError
-from pooledir.index.segments import fsync_dir
 from pooledir.pooling import check_pool_factor, check_pool_threshold
 
 FORMAT = "pooledir-index"
@@ -142,14 +142,7 @@ class Manifest:
 
     def write(self, folder: Path) -> None:
         """Write manifest.json atomically and durably."""
-        path = folder / "manifest.json"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.to_json(), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(folder)
+        write_json_durably(folder / "manifest.json", self.to_json())
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:

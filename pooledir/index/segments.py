@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pooledir.device import faiss_gpu_available
+from pooledir.durable import write_durably
 from pooledir.errors import IndexCorruptError
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,9 @@ LISTS_PER_ROOT_N = 16
 MIN_POINTS_PER_LIST = 39
 #: k-means iterations of the coarse quantizer: thousands of centroids on 2 cores must train in minutes
 COARSE_NITER = 10
-#: sub-quantizers per dimension of a new (format 3) index: dim/4 = 32 at 128 d (2 bits a dimension)
-DIMS_PER_SUBQUANTIZER = 4
+#: dimensions per sub-quantizer of a new (format 3) index: dim/8 = 16 at 128 d (1 bit a dimension), the rule in
+#: eval/results/format_rule.md applied to eval/results/format_study/
+DIMS_PER_SUBQUANTIZER = 8
 
 
 def default_nlist(n_vectors: int, n_train: int | None = None) -> int:
@@ -79,10 +81,12 @@ def default_nlist_v2(n_vectors: int) -> int:
 
 
 def default_pq_m(dim: int, legacy: bool = False) -> int:
-    """dim/4 sub-quantizers (32 for 128-d) for format 3, dim/2 for format 2, rounded down to a GPU-legal divisor.
+    """dim/8 sub-quantizers (16 for 128-d) for format 3, dim/2 for format 2, rounded down to a GPU-legal divisor.
 
     Format 2 (coarse lists ≈4·√N): dim/2 was the smallest of dim/8, dim/4, dim/2 that kept >= 99% on both
-    tuning sets (eval/results/codec_rule.md). Format 3's finer lists give PQ32 the precision PQ64 had there.
+    tuning sets (eval/results/codec_rule.md). Format 3 (PLAID's finer lists): no PQ16/PQ32 candidate kept 99%
+    of exact unpooled nDCG@10 on NFCorpus dev in the codec study; PQ16 had the highest share there (98.5%
+    against 97.2%), so eval/results/format_rule.md's fallback picks it, at half PQ32's code bytes.
     """
     want = dim // 2 if legacy else dim // DIMS_PER_SUBQUANTIZER
     for m in sorted(GPU_PQ_M, reverse=True):
@@ -92,37 +96,7 @@ def default_pq_m(dim: int, legacy: bool = False) -> int:
 
 
 # -- durable files ------------------------------------------------------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    """Fsync a folder, so a rename or unlink inside it survives a power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, write) -> None:
-    """``write(f)`` into a temp file, fsync, rename, fsync the folder.
-
-    On any failure the temp file is removed, so a full disk does not stay full of it, and an
-    ``OSError`` names the file being written (a failed ``f.write`` names none).
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+_write_durably = write_durably  # the one durable-write rule (pooledir/durable.py), under the name codecs.py uses
 
 
 #: the last bytes of a segment or quantizer file: magic, length of the faiss bytes before it, their CRC-32

@@ -218,8 +218,8 @@ def test_a_one_document_pq3_segment_is_small(tmp_path):
     idx = pq3_folder(tmp_path / "i")
     one = idx.info()["segments"][1]
     size = segment_file(tmp_path / "i", one["id"]).stat().st_size
-    code_size = idx.folder.snapshot.quantizer.sa_code_size()  # 1 byte of list number (8 lists) + pq_m dim/4 = 4
-    assert code_size == 5
+    code_size = idx.folder.snapshot.quantizer.sa_code_size()  # 1 byte of list number (8 lists) + pq_m dim/8 = 2
+    assert code_size == 3
     assert size <= 64 + one["vectors"] * (code_size + 4) + 4 * (2 * one["vectors"] + 1) + 3 * 8 + FOOTER.size
 
 
@@ -231,7 +231,7 @@ def test_a_format_2_folder_opens_searches_and_keeps_writing_pq_segments(tmp_path
     idx.delete(["d3"])
     info = idx.info()
     assert {s["kind"] for s in info["segments"]} == {"pq"} and info["backend"]["codec"] == "pq"
-    assert info["backend"]["pq_m"] == 8  # format 2's dim/2, not format 3's dim/4
+    assert info["backend"]["pq_m"] == 8  # format 2's dim/2, not format 3's dim/8
     assert segment_file(tmp_path / "old", info["segments"][0]["id"]).suffix == ".faiss"
     Q = queries()
     before = results(idx, Q)

@@ -23,6 +23,10 @@ from tests.index.test_folder import EVERYTHING, FakeEncoder, _child, add, result
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
+#: top-10 overlap of the upgraded index with format 2's answers that the tests require (see the first test)
+UPGRADED_OVERLAP = 0.3
+
+
 @pytest.fixture
 def old(tmp_path) -> Path:
     path = tmp_path / "old"
@@ -64,11 +68,12 @@ def test_upgrade_rewrites_every_segment_as_pq3_and_keeps_every_document(old):
     info = idx.info()
     assert idx.manifest.format_version == 3 and info["backend"]["codec"] == "pq3"
     assert [s["kind"] for s in info["segments"]] == ["pq3"] and info["deleted_vectors"] == 0
-    assert info["backend"]["pq_m"] == 4  # format 3's dim/4, re-trained
+    assert info["backend"]["pq_m"] == 2  # format 3's dim/8, re-trained
     assert len(idx) == 299 and idx.get("d7").text == "text of d7, replaced"
     assert sorted(p.suffix for p in (old / "segments").iterdir()) == [".pq3"]
-    # re-encoded at half the code bytes (4 B of PQ for 16-d random vectors): 0.65 of the top 10 measured
-    assert overlap(results(idx, Q), expected) >= 0.5
+    # re-encoded at a quarter of the code bytes (2 B of PQ for 16-d random vectors): 0.375 of the top 10
+    # measured, against 0.03 by chance (10 of 299); the codec's precision on real vectors is eval/'s job
+    assert overlap(results(idx, Q), expected) >= UPGRADED_OVERLAP
     assert idx.upgrade() is False
     add(idx, ["new"], [5])
     again = open_index(old)
@@ -113,7 +118,7 @@ def test_kill_9_during_an_upgrade_leaves_a_readable_index_with_every_document(ol
     if moment == "before_commit":
         assert results(idx, Q) == expected
     else:
-        assert overlap(results(idx, Q), expected) >= 0.5
+        assert overlap(results(idx, Q), expected) >= UPGRADED_OVERLAP
     assert idx.upgrade() is True  # the manifest still says 2: the next upgrade finishes the job
     assert idx.manifest.format_version == 3 and {s["kind"] for s in idx.info()["segments"]} == {"pq3"}
     assert len(idx) == 299
