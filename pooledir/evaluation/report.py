@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,12 +286,71 @@ class ResultsPage:
     files: tuple[str, ...]
     #: harness files (``pooledir eval beir``) merged into the plots drawn under the page; none: no plots
     plot_files: tuple[str, ...] = ()
+    #: a table computed from the files, shown above them (the page's verdict), or None
+    summary: Callable[[Path], list[str]] | None = None
 
 
 _CHECK_SETS = ("cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
 
+#: datasets of the format-3 checks (issue 21), and the files each has under eval/results/format3/
+FORMAT3_SETS = ("scifact", "nfcorpus", "cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
+FORMAT3_KINDS = ("default", "exact", "peers")
+
+
+def format3_files(kinds: tuple[str, ...] = FORMAT3_KINDS) -> tuple[str, ...]:
+    """``format3/<kind>_<dataset>.cpu.json`` for every dataset and kind."""
+    return tuple(f"format3/{k}_{d}.cpu.json" for d in FORMAT3_SETS for k in kinds)
+
+
+def format3_summary(results_dir: Path) -> list[str]:
+    """Per dataset: the format-3 default against exact unpooled search, PLAID nbits=2 and fast-plaid nbits=2."""
+    rows = []
+    for d in FORMAT3_SETS:
+        ours = _run(results_dir, f"format3/default_{d}.cpu.json", system="pooledir", index="ivfpq", pool_factor=2)
+        exact = _run(results_dir, f"format3/exact_{d}.cpu.json", **_EXACT)
+        plaid = _run(results_dir, f"format3/peers_{d}.cpu.json", **_PLAID2)
+        fast = _run(results_dir, f"format3/peers_{d}.cpu.json", system="fast-plaid", nbits=2, pool_factor=2)
+        share = ours["ndcg@10"] / exact["ndcg@10"]
+        both = ours["bytes_per_token"] <= plaid["bytes_per_token"] and ours["ndcg@10"] >= plaid["ndcg@10"]
+        rows.append(
+            [
+                d,
+                f"{ours['ndcg@10']:.4f} ({share:.1%})",
+                f"{plaid['ndcg@10']:.4f}",
+                f"{fast['ndcg@10']:.4f}",
+                f"{ours['bytes_per_token']:.1f} / {plaid['bytes_per_token']:.1f} / {fast['bytes_per_token']:.1f}",
+                f"{ours['bytes_per_token'] / plaid['bytes_per_token']:.2f}",
+                f"{ours['recall@100']:.3f} / {plaid['recall@100']:.3f}",
+                "yes" if both else "no",
+            ]
+        )
+    header = [
+        "dataset (test qrels, pool x2)",
+        "default nDCG@10 (share of exact unpooled)",
+        "PLAID nbits=2",
+        "fast-plaid nbits=2",
+        "B/original token: default / PLAID / fast-plaid",
+        "default / PLAID bytes",
+        "Recall@100: default / PLAID",
+        "PLAID beaten on both axes",
+    ]
+    lines = ["## Summary", ""] + _table(header, rows)
+    return [ln.replace("\\|", "|") for ln in lines]
+
+
 #: the results pages, in the order of the site's navigation
 RESULTS_PAGES = (
+    ResultsPage(
+        "format3",
+        "Format 3 against PLAID and fast-plaid on every dataset",
+        "The default index (format 3: PLAID's list-count rule, PQ16 residual codes stored document-major, uint32 "
+        "inverted rows, pool x2; rule in `eval/results/format_rule.md`) on the test qrels of every dataset, "
+        "beside exact unpooled search and the peers fed the same cached, pooled vectors. The default, the "
+        "exact runs and the peers ran in separate processes over the same embedding cache.",
+        format3_files(),
+        format3_files(),
+        format3_summary,
+    ),
     ResultsPage(
         "beir",
         "BEIR sweeps: pool factors, backends, PLAID",
@@ -555,6 +615,8 @@ def results_site(results_dir: Path, out_dir: Path, with_plots: bool = True) -> l
     written = [_write(out_dir / "index.md", _index_page(prov))]
     for page in RESULTS_PAGES:
         lines = [f"# {page.title}", "", page.about, "", _GENERATED_NOTE, ""]
+        if page.summary is not None:
+            lines += page.summary(results_dir)
         if page.plot_files:
             images = [f"img/{page.slug}/{n}" for n in _plot_names(page)]
             lines += [f"![{Path(i).stem.replace('_', ' ')}]({i})" for i in images] + [""]
@@ -584,7 +646,7 @@ _GENERATED_NOTE = (
 
 
 def _plot_names(page: ResultsPage) -> list[str]:
-    if page.slug == "frontier":
+    if page.slug in ("frontier", "format3"):
         return ["ndcg_vs_bytes_per_token.png"]
     return ["ndcg_vs_pool_factor.png", "ndcg_vs_bytes.png", "latency_vs_ndcg.png"]
 
@@ -628,64 +690,59 @@ def _run(results_dir: Path, name: str, **match: Any) -> dict:
 
 
 _EXACT = {"system": "pooledir", "index": "flat", "pool_factor": 1}
-_DEFAULT = {"system": "pooledir", "index": "ivfpq", "pool_factor": 2, "pq_m": 64, "refine": False}
 _PLAID2 = {"system": "plaid", "nbits": 2, "pool_factor": 2}
-#: each check set's exact unpooled run and its default-codec run (file names)
-_KEPT_SETS = {
-    "cranfield": ("check_cranfield.cpu.json", "check_cranfield_m64.cpu.json"),
-    "cisi": ("check_cisi.cpu.json", "check_cisi_m64.cpu.json"),
-    "med": ("check_med.cpu.json", "check_med_m64.cpu.json"),
-    "agentset-dbpedia-5k": ("check_agentset-dbpedia-5k_sample1500.cpu.json", "check_agentset-dbpedia-5k_m64.cpu.json"),
-    "vaswani": ("check_vaswani_codec.cpu.json", "check_vaswani_m64.cpu.json"),
-    "scifact": ("check_scifact_full.cpu.json", "check_scifact_m64.cpu.json"),
-    "nfcorpus": ("check_nfcorpus_full.cpu.json", "check_nfcorpus_full.cpu.json"),
-}
+_DEFAULT3 = {"system": "pooledir", "index": "ivfpq", "pool_factor": 2}
 
 
 def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
     """The README's headline table: (what, result, results page) rows computed from the committed JSON."""
     d = Path(results_dir)
+
+    def f3(kind: str, name: str, **match: Any) -> dict:
+        return _run(d, f"format3/{kind}_{name}.cpu.json", **match)
+
     rows = []
     for name, label in (("scifact", "SciFact"), ("nfcorpus", "NFCorpus")):
-        exact = _run(d, _KEPT_SETS[name][0], **_EXACT)
-        default = _run(d, _KEPT_SETS[name][1], **_DEFAULT)
-        plaid = _run(d, f"peers_{name}_test.cpu.json", **_PLAID2)
+        exact, default = f3("exact", name, **_EXACT), f3("default", name, **_DEFAULT3)
+        plaid = f3("peers", name, **_PLAID2)
         rows.append(
             (
                 f"{label} test, nDCG@10 (MiniLM zero-shot)",
-                f"exact unpooled {exact['ndcg@10']:.4f}; default (pool x2, IVF-PQ) {default['ndcg@10']:.4f}; "
+                f"exact unpooled {exact['ndcg@10']:.4f}; default (pool x2, format 3) {default['ndcg@10']:.4f}; "
                 f"PLAID nbits=2 on the same pooled vectors {plaid['ndcg@10']:.4f}",
-                "frontier",
+                "format3",
             )
         )
-    kept = {
-        s: _run(d, m64, **_DEFAULT)["ndcg@10"] / _run(d, exact, **_EXACT)["ndcg@10"]
-        for s, (exact, m64) in _KEPT_SETS.items()
+    kept = {s: f3("default", s, **_DEFAULT3)["ndcg@10"] / f3("exact", s, **_EXACT)["ndcg@10"] for s in FORMAT3_SETS}
+    ratio = {
+        s: f3("default", s, **_DEFAULT3)["bytes_per_token"] / f3("peers", s, **_PLAID2)["bytes_per_token"]
+        for s in FORMAT3_SETS
     }
     low = min(kept, key=kept.get)
     rows.append(
         (
             f"share of exact unpooled nDCG@10 the default keeps, {len(kept)} test sets",
             f"{min(kept.values()):.2%} ({low}) to {max(kept.values()):.2%}",
-            "frontier",
+            "format3",
         )
     )
-    ours, plaid = (_run(d, "peers_scifact_test.cpu.json", **m) for m in (_DEFAULT, _PLAID2))
-    fast = _run(d, "peers_scifact_test.cpu.json", system="fast-plaid", nbits=2)
+    ours, plaid = f3("default", "scifact", **_DEFAULT3), f3("peers", "scifact", **_PLAID2)
+    fast = f3("peers", "scifact", system="fast-plaid", nbits=2, pool_factor=2)
     rows.append(
         (
             "index bytes a query needs per original token (SciFact, pool x2)",
             f"default {ours['bytes_per_token']:.1f}; PLAID nbits=2 {plaid['bytes_per_token']:.1f}; "
-            f"exact float32 unpooled {_run(d, _KEPT_SETS['scifact'][0], **_EXACT)['bytes_per_token']:.1f}",
-            "frontier",
+            f"exact float32 unpooled {f3('exact', 'scifact', **_EXACT)['bytes_per_token']:.1f}; default / PLAID "
+            f"{min(ratio.values()):.2f} to {max(ratio.values()):.2f} over the {len(ratio)} test sets",
+            "format3",
         )
     )
     rows.append(
         (
-            "single-query p50 latency, encoding included (SciFact test, same vectors)",
+            "single-query p50 latency, encoding included (SciFact test, same vectors, loaded machine)",
             f"default {ours['latency_ms_p50']:.1f} ms; PLAID nbits=2 {plaid['latency_ms_p50']:.1f} ms; "
             f"fast-plaid (CPU) {fast['latency_ms_p50']:.1f} ms",
-            "frontier",
+            "format3",
         )
     )
     big = max(
@@ -707,7 +764,7 @@ def headline_markdown(results_dir: Path, link_prefix: str = "docs/results/") -> 
     """The headline table as Markdown, each row linking to the page it was measured on."""
     machines = {
         _machine(json.loads((Path(results_dir) / f).read_text()))
-        for f in ("peers_scifact_test.cpu.json", "check_scifact_m64.cpu.json")
+        for f in ("format3/peers_scifact.cpu.json", "format3/default_scifact.cpu.json")
     }
     lines = _table(
         ["what", "result", "measured"],
