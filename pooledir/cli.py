@@ -596,16 +596,10 @@ def _holding(idx) -> str:
 
     A passage index stores a short document as one row and a long one as a row per passage; M counts the rows.
     """
-    rows = len(idx)
+    documents = len(idx)
     if idx.config.passage_stride is None:
-        return _plural(rows, "document")
-    from pooledir.passages import is_passage_id
-
-    store = idx.folder.store  # passage rows end in #p<number> (refused as document ids in such an index)
-    ids = [r[0] for r in store.conn.execute("SELECT ext_id FROM docs WHERE ext_id GLOB '*#p[0-9]*'")]
-    passages = [i for i in ids if is_passage_id(i)]
-    documents = rows - len(passages) + sum(i.endswith("#p0") for i in passages)
-    return f"{_plural(documents, 'document')} ({_plural(rows, 'passage')})"
+        return _plural(documents, "document")
+    return f"{_plural(documents, 'document')} ({_plural(idx.n_rows, 'passage')})"
 
 
 def _print_summary(info: IndexInfo, what: str) -> None:

@@ -242,7 +242,7 @@ class Stats:
 
     rows: int = 0  #: rows in the lexical table (BM25's N)
     tokens: int = 0  #: tokens in those rows (N * average length)
-    docs: int = 0  #: documents of the index (``len(index)``), for :func:`kept_words`
+    docs: int = 0  #: stored rows of the index (``index.n_rows``), for :func:`kept_words`
     term_df: dict[str, int] = field(default_factory=dict)  #: rows holding each term of the query
     phrase_df: dict[str, int] = field(default_factory=dict)  #: rows holding each query word (a phrase of terms)
 

@@ -314,6 +314,10 @@ class DocStore:
         q = "SELECT ext_id FROM docs WHERE ext_id >= ? AND ext_id < ? ORDER BY ext_id"
         return [r[0] for r in self.conn.execute(q, (prefix, hi))]
 
+    def ids_glob(self, pattern: str) -> list[str]:
+        """The stored external ids that match the sqlite GLOB ``pattern`` (a scan of the id index)."""
+        return [r[0] for r in self.conn.execute("SELECT ext_id FROM docs WHERE ext_id GLOB ?", (pattern,))]
+
     def rows(self, doc_ints: Sequence[int]) -> list[DocRow]:
         """Rows for internal numbers, in the order given."""
         found: dict[int, DocRow] = {}

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -488,7 +489,8 @@ def test_counts_are_pluralised_and_a_passage_index_says_documents_and_passages(t
         capsys, "index", corpus, "--out", split, "--checkpoint", tiny_ckpt, "--index", "flat", "--split-passages"
     )
     assert code == 0, err
-    rows = json.loads(cli(capsys, "info", split, "--json")[1])["documents"]
+    assert json.loads(cli(capsys, "info", split, "--json")[1])["documents"] == 6  # documents, not rows
+    rows = int(re.match(r"6 documents \((\d+) passages\): ", out).group(1))
     assert rows > 6  # the long document is several passage rows
     held = f"6 documents ({rows} passages)"
     assert out.startswith(f"{held}: ")
