@@ -341,6 +341,8 @@ def _encode(encoder: ColBERTEncoder, docs: list[Document], progress: _Progress) 
 def _chunk_batch(chunk: Chunk, index: PooledIndex) -> pipeline.WriteBatch:
     """A pooled chunk as the batch :meth:`PooledIndex.write` commits (ids checked as ``add`` checks them)."""
     prepared = pipeline.prepare(check_documents(chunk.docs, "documents"), None)
+    if chunk.vectors is None or chunk.n_tokens is None:
+        raise ValueError("a chunk is committed only once encoded and pooled")  # a bug, not the user's input
     return pipeline.from_embeddings(
         prepared, chunk.vectors, pipeline.PoolSpec.of(index.config), pooled=True, n_tokens=chunk.n_tokens, dim=index.dim
     )
@@ -427,11 +429,12 @@ def _run(
     def add(chunk: Chunk) -> None:
         t = time.perf_counter()
         progress.stage(_write_stage(chunk, index))
-        index.write(_chunk_batch(chunk, index))
+        batch = _chunk_batch(chunk, index)
+        index.write(batch)
         report.add_s += time.perf_counter() - t
         report.added += len(chunk.docs)
         report.commits += 1
-        report.tokens += int(chunk.n_tokens.sum())
+        report.tokens += int(np.sum(batch.n_tokens))
         report.vectors += chunk.n_vectors
         new.committed()
 

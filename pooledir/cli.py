@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -278,8 +278,8 @@ def _index_streamed(
     # made is removed
     resuming, created = claim.resuming, claim.created
     encoder, total = None, None
-    if embeddings:
-        manifests, spec = build.read_shard_folders(embeddings)
+    if corpus is None:  # then embeddings were given (index() takes exactly one of them)
+        manifests, spec = build.read_shard_folders(embeddings or [])
         for m in manifests:
             if not m.complete:
                 missing = f"shards {m.missing()} are missing" if m.end is not None else "no encode finished there"
@@ -484,7 +484,7 @@ def encode(
         connect(address)
         ckpt = checkpoint or (have.checkpoint if have else None) or default_checkpoint()
         settings = {key: v for key, v in have.encoder.items() if key != "dim"} if have and checkpoint is None else {}
-        kwargs = {"settings": settings, "actors": actors, "device": device, "batch_size": batch_size}
+        kwargs: dict[str, Any] = {"settings": settings, "actors": actors, "device": device, "batch_size": batch_size}
         try:
             report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
         except PooledirError as e:
@@ -519,7 +519,7 @@ def encode(
                 batch_size=batch_size,
                 document_backend=document_backend,
             )
-        report = encode_corpus(docs, out, encoder, config, resume=resume, total=count_documents(corpus))
+        local = encode_corpus(docs, out, encoder, config, resume=resume, total=count_documents(corpus))
     except BaseException as e:
         done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
         if not done:
@@ -533,9 +533,9 @@ def encode(
         raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
     manifest = read_shard_manifest(out)
     typer.echo(
-        f"encoded {report.encoded} documents into {len(report.shards_written)} shards "
-        f"({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"
-        + (f"; {report.shards_skipped} shards were already complete" if report.shards_skipped else "")
+        f"encoded {local.encoded} documents into {len(local.shards_written)} shards "
+        f"({local.tokens} token vectors -> {local.vectors} after pooling x{config.pool_factor})"
+        + (f"; {local.shards_skipped} shards were already complete" if local.shards_skipped else "")
         + f"; {out} holds {len(manifest.shards)} shards, {manifest.documents} documents"
         + ("" if manifest.complete else " (not complete: other parts or a resume still to run)")
     )
@@ -549,7 +549,7 @@ def _claim_shard_folder(out: Path, may_continue: bool) -> tuple[bool, Path | Non
     ``--resume``/``--part`` continues is never removed.
     """
     from pooledir.errors import InputError
-    from pooledir.outdir import claim_output_folder
+    from pooledir.outdir import make_output_folder
 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; pick a folder for the shards")
@@ -557,7 +557,7 @@ def _claim_shard_folder(out: Path, may_continue: bool) -> tuple[bool, Path | Non
         if not may_continue:
             raise InputError(f"{out} exists and is not empty; pick a new folder, or continue the encode with --resume")
         return False, None
-    return True, claim_output_folder(out)
+    return True, make_output_folder(out)
 
 
 def _part(part: str | None) -> tuple[int, int]:
@@ -1047,7 +1047,7 @@ def eval_beir(
     from pooledir.search import SearchParams
 
     factors = _int_list(pool_factors, "--pool-factors")
-    peers = {c: {} for c in compare.split(",") if c}
+    peers: dict[str, dict[str, Any]] = {c: {} for c in compare.split(",") if c}
     for name in ("plaid", "fast-plaid"):
         if name in peers:
             peers[name] = {"nbits": _int_list(plaid_nbits, "--plaid-nbits"), "pool_factors": factors}
@@ -1055,6 +1055,7 @@ def eval_beir(
         thresholds = [float(x) for x in pool_thresholds.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--pool-thresholds must be comma-separated numbers, got {pool_thresholds!r}") from None
+    pq_ms: list[int | None] = [*_int_list(pq_m, "--pq-m")] or [None]
     refine_modes = {"off": False, "on": True}
     if any(x not in refine_modes for x in refine.split(",")):
         raise InputError(f"--refine must be off, on or off,on, got {refine!r}")
@@ -1063,7 +1064,7 @@ def eval_beir(
         checkpoint=str(checkpoint or default_checkpoint()),
         pool_factors=factors,
         pool_thresholds=thresholds,
-        pq_ms=_int_list(pq_m, "--pq-m") or [None],
+        pq_ms=pq_ms,
         refine=[refine_modes[x] for x in refine.split(",")],
         modes=[check_mode(m) for m in modes.split(",") if m],
         fusions=_fusions(fusion),
@@ -1159,9 +1160,10 @@ def _run_app() -> int:
         if line is not None:
             _fail(line)
         # usage errors of the click typer vendors (typer._click): they know how to show themselves
-        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+        exit_code = getattr(e, "exit_code", None)
+        if hasattr(e, "show") and isinstance(exit_code, int):
             e.show()
-            sys.exit(e.exit_code)
+            sys.exit(exit_code)
         raise
     # typer answers a KeyboardInterrupt with Exit(130), which standalone_mode=False returns as a code
     if code == 130:

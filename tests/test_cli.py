@@ -525,3 +525,13 @@ def test_encode_checks_out_before_the_model_and_leaves_nothing_on_failure(tmp_pa
     code, _, err = cli(capsys, "encode", tiny_beir, "--out", out, "--checkpoint", tmp_path / "no-such-checkpoint")
     one_error_line(code, err, "no-such-checkpoint")
     assert not (tmp_path / "new").exists()  # the folders it made for the failed encode are gone
+
+
+def test_an_encode_that_fails_after_it_started_removes_the_folders_it_made(tmp_path, tiny_ckpt, capsys):
+    """The shard folder was claimed with a context manager never entered: nothing was removed (mypy found it)."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"_id": "d0", "text": "cancer cells"}) + "\n{not json\n")
+    out = tmp_path / "new" / "shards"
+    code, _, err = cli(capsys, "encode", corpus, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu")
+    assert code == 2 and "error: " in err and "malformed JSON" in err, err
+    assert not (tmp_path / "new").exists()  # the folders it made for the failed encode are gone

@@ -63,7 +63,9 @@ def build_segment(
                 raise InputError(f"document {d.id!r}: vectors of shape {v.shape} are not (n >= 1, {dim})")
         quantizer = snap.quantizer if config.backend == "ivfpq" else None
         codec = folder.target_codec(quantizer)
-        digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if quantizer is not None else None
+        digest = None
+        if quantizer is not None and snap.quantizer_id is not None:  # a quantizer is loaded from its id's file
+            digest = file_digest(quantizer_path(folder.path, snap.quantizer_id))
         keep_exact = config.keep_exact
         packed = np.concatenate(vectors).astype(np.float32, copy=False)
         out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,8 @@ def attach(folder, paths: Sequence[Path]) -> int:
         want = folder.target_codec(snap.quantizer if config.backend == "ivfpq" else None)
         want_kind = want.kind
         digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if want.uses_quantizer else None
-        checked, seen = [], set()
+        checked: list = []
+        seen: set[str] = set()
         for path in paths:
             meta, rows = _read_detached(path, folder.dim)
             if meta["kind"] != want_kind or meta.get("quantizer") != digest:
