@@ -658,28 +658,9 @@ def encode_corpus(
                 report.shards_skipped += number in done
                 bar.update(n)
             else:
-                n, ids = 0, set()  # duplicates are caught here within a shard, across shards by the index build
-                for batch in _batches(shard_docs, config.chunk_docs):
-                    for i, d in enumerate(batch, start + n):
-                        if d.id in ids:
-                            raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
-                        ids.add(d.id)
-                    if n == 0:
-                        writer.begin(number, start)
-                    vectors = pipeline.encode([d.text for d in batch], encoder)
-                    n_tokens = [len(v) for v in vectors]
-                    if pooling.pools:
-                        vectors = pipeline.pool(vectors, pooling, encoder.device)
-                    writer.append(batch, vectors, n_tokens)
-                    report.tokens += sum(n_tokens)
-                    report.vectors += sum(len(v) for v in vectors)
-                    n += len(batch)
-                    bar.update(len(batch))
-                    del vectors
-                if n:
-                    writer.commit()
-                    report.shards_written.append(number)
-                    report.encoded += n
+                n = _write_shard(
+                    _batches(shard_docs, config.chunk_docs), (number, start), writer, encoder, pooling, report, bar
+                )
             report.documents += n
             if n < config.shard_docs:
                 break
@@ -694,6 +675,42 @@ def encode_corpus(
         raise InputError("the input holds no documents")
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _write_shard(
+    batches: Iterable[list[Document]],
+    at: tuple[int, int],
+    writer: ShardWriter,
+    encoder: ColBERTEncoder,
+    pooling: pipeline.PoolSpec,
+    report: EncodeReport,
+    bar: Any,
+) -> int:
+    """Encode, pool and write shard ``at`` = (number, first document's position); returns its documents."""
+    number, start = at
+    n, ids = 0, set()  # duplicates are caught here within a shard, across shards by the index build
+    for batch in batches:
+        for i, d in enumerate(batch, start + n):
+            if d.id in ids:
+                raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
+            ids.add(d.id)
+        if n == 0:
+            writer.begin(number, start)
+        vectors = pipeline.encode([d.text for d in batch], encoder)
+        n_tokens = [len(v) for v in vectors]
+        if pooling.pools:
+            vectors = pipeline.pool(vectors, pooling, encoder.device)
+        writer.append(batch, vectors, n_tokens)
+        report.tokens += sum(n_tokens)
+        report.vectors += sum(len(v) for v in vectors)
+        n += len(batch)
+        bar.update(len(batch))
+        del vectors
+    if n:
+        writer.commit()
+        report.shards_written.append(number)
+        report.encoded += n
+    return n
 
 
 def _skip_shard(docs: Iterable[Document], info: ShardInfo | None, folder: Path, start: int) -> int:
