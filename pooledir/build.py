@@ -341,6 +341,8 @@ def _encode(encoder: ColBERTEncoder, docs: list[Document], progress: _Progress) 
 def _chunk_batch(chunk: Chunk, index: PooledIndex) -> pipeline.WriteBatch:
     """A pooled chunk as the batch :meth:`PooledIndex.write` commits (ids checked as ``add`` checks them)."""
     prepared = pipeline.prepare(check_documents(chunk.docs, "documents"), None)
+    if chunk.vectors is None or chunk.n_tokens is None:
+        raise ValueError("a chunk is committed only once encoded and pooled")  # a bug, not the user's input
     return pipeline.from_embeddings(
         prepared, chunk.vectors, pipeline.PoolSpec.of(index.config), pooled=True, n_tokens=chunk.n_tokens, dim=index.dim
     )
@@ -427,11 +429,12 @@ def _run(
     def add(chunk: Chunk) -> None:
         t = time.perf_counter()
         progress.stage(_write_stage(chunk, index))
-        index.write(_chunk_batch(chunk, index))
+        batch = _chunk_batch(chunk, index)
+        index.write(batch)
         report.add_s += time.perf_counter() - t
         report.added += len(chunk.docs)
         report.commits += 1
-        report.tokens += int(chunk.n_tokens.sum())
+        report.tokens += int(np.sum(batch.n_tokens))
         report.vectors += chunk.n_vectors
         new.committed()
 
@@ -655,28 +658,9 @@ def encode_corpus(
                 report.shards_skipped += number in done
                 bar.update(n)
             else:
-                n, ids = 0, set()  # duplicates are caught here within a shard, across shards by the index build
-                for batch in _batches(shard_docs, config.chunk_docs):
-                    for i, d in enumerate(batch, start + n):
-                        if d.id in ids:
-                            raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
-                        ids.add(d.id)
-                    if n == 0:
-                        writer.begin(number, start)
-                    vectors = pipeline.encode([d.text for d in batch], encoder)
-                    n_tokens = [len(v) for v in vectors]
-                    if pooling.pools:
-                        vectors = pipeline.pool(vectors, pooling, encoder.device)
-                    writer.append(batch, vectors, n_tokens)
-                    report.tokens += sum(n_tokens)
-                    report.vectors += sum(len(v) for v in vectors)
-                    n += len(batch)
-                    bar.update(len(batch))
-                    del vectors
-                if n:
-                    writer.commit()
-                    report.shards_written.append(number)
-                    report.encoded += n
+                n = _write_shard(
+                    _batches(shard_docs, config.chunk_docs), (number, start), writer, encoder, pooling, report, bar
+                )
             report.documents += n
             if n < config.shard_docs:
                 break
@@ -691,6 +675,42 @@ def encode_corpus(
         raise InputError("the input holds no documents")
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _write_shard(
+    batches: Iterable[list[Document]],
+    at: tuple[int, int],
+    writer: ShardWriter,
+    encoder: ColBERTEncoder,
+    pooling: pipeline.PoolSpec,
+    report: EncodeReport,
+    bar: Any,
+) -> int:
+    """Encode, pool and write shard ``at`` = (number, first document's position); returns its documents."""
+    number, start = at
+    n, ids = 0, set()  # duplicates are caught here within a shard, across shards by the index build
+    for batch in batches:
+        for i, d in enumerate(batch, start + n):
+            if d.id in ids:
+                raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
+            ids.add(d.id)
+        if n == 0:
+            writer.begin(number, start)
+        vectors = pipeline.encode([d.text for d in batch], encoder)
+        n_tokens = [len(v) for v in vectors]
+        if pooling.pools:
+            vectors = pipeline.pool(vectors, pooling, encoder.device)
+        writer.append(batch, vectors, n_tokens)
+        report.tokens += sum(n_tokens)
+        report.vectors += sum(len(v) for v in vectors)
+        n += len(batch)
+        bar.update(len(batch))
+        del vectors
+    if n:
+        writer.commit()
+        report.shards_written.append(number)
+        report.encoded += n
+    return n
 
 
 def _skip_shard(docs: Iterable[Document], info: ShardInfo | None, folder: Path, start: int) -> int:

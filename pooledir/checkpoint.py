@@ -18,11 +18,15 @@ import string
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pooledir.checkpoint_settings import ColBERTSettings, LoadedCheckpoint
 from pooledir.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ def load_state_dict(path: Path) -> dict:
     raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
 
 
-def split_colbert_weights(state: dict) -> tuple[dict, object]:
+def split_colbert_weights(state: dict) -> tuple[dict, torch.Tensor]:
     """Split a HF_ColBERT state dict into (encoder weights without prefix, linear weight)."""
     if "linear.weight" not in state:
         raise CheckpointError("not a ColBERT checkpoint: 'linear.weight' is missing (convert a plain encoder first)")
@@ -244,8 +248,8 @@ def _write_checkpoint(src: Path, tmp: Path, dim: int, seed: int, meta: dict) -> 
     for f in copied:
         shutil.copy2(src / f, tmp / f)
     (tmp / "artifact.metadata").write_text(json.dumps(meta, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
+    for file in tmp.iterdir():
+        with open(file, "rb") as fh:
             os.fsync(fh.fileno())
 
 

@@ -10,6 +10,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("pooledir.checkpoint")  # the loaders' logger, where this warning was logged before
 
@@ -57,7 +62,7 @@ class ColBERTSettings:
 class LoadedCheckpoint:
     """What an encoder needs from a checkpoint folder, whatever its layout."""
 
-    model: object  # a transformers AutoModel, float32, eval mode
-    projection: object  # a torch module from hidden size to ``settings.dim``
-    tokenizer: object
+    model: torch.nn.Module  # a transformers AutoModel, float32, eval mode
+    projection: torch.nn.Module  # from hidden size to ``settings.dim``
+    tokenizer: PreTrainedTokenizerBase
     settings: ColBERTSettings

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -264,37 +264,16 @@ def _index_streamed(
     ray: tuple[str | None, int | None] | None = None,
     claim=None,
 ) -> None:
-    from itertools import chain
-
     from pooledir import build
-    from pooledir.errors import InputError, PooledirError
-    from pooledir.outdir import cleanup_on_failure
-    from pooledir.pooled_index import PooledIndex
 
     bconf = build.BuildConfig(chunk_docs or build.DEFAULT_CHUNK_DOCS, limit)
     bconf.check()
     _return_freed_memory()
     # a fresh build claims a new or empty folder (index()); if it stops before committing anything, what it
     # made is removed
-    resuming, created = claim.resuming, claim.created
     encoder, total = None, None
-    if embeddings:
-        manifests, spec = build.read_shard_folders(embeddings)
-        for m in manifests:
-            if not m.complete:
-                missing = f"shards {m.missing()} are missing" if m.end is not None else "no encode finished there"
-                typer.secho(f"warning: {m.path} is incomplete ({missing}); indexing the shards present", err=True)
-        if pool_factor is None and spec.pool_factor > 1 and config.pool_threshold is None:
-            config = replace(config, pool_factor=spec.pool_factor)
-        if resuming:
-            idx = PooledIndex.open(out, device=device)
-            _check_resume(idx, None if pool_factor is None else config, spec.checkpoint)
-        else:
-            try:
-                idx = build.create_index_for_shards(out, spec, config, device)
-            except BaseException:
-                cleanup_on_failure(out, created)
-                raise
+    if corpus is None:  # then embeddings were given (index() takes exactly one of them)
+        idx = _open_for_shards(embeddings or [], out, config, pool_factor, device, claim)
 
         def run():
             if ray is not None:  # tasks build one segment per run of shards; one commit attaches them
@@ -302,41 +281,107 @@ def _index_streamed(
                 from pooledir.distributed.build import build_index_ray
 
                 connect(ray[0])
-                return build_index_ray(embeddings, idx, segments=ray[1])
-            return build.build_index_from_shards(embeddings, idx, bconf, resume=resume)
+                return build_index_ray(embeddings or [], idx, segments=ray[1])
+            return build.build_index_from_shards(embeddings or [], idx, bconf, resume=resume)
 
     else:
-        from pooledir.corpus import count_documents, iter_corpus
-        from pooledir.encoder import ColBERTEncoder
+        from pooledir.corpus import count_documents
 
-        docs = iter_corpus(corpus)
-        first = next(docs, None)  # a missing, empty or malformed corpus fails before anything is created
-        if first is None:
-            raise InputError(f"{corpus}: no documents found")
-        docs, total = chain([first], docs), count_documents(corpus)
-        if resuming:
-            idx = PooledIndex.open(out, device=device, document_backend=document_backend)
-            _check_resume(idx, None if pool_factor is None else config, checkpoint)
-            idx.encoder.batch_size = batch_size
+        docs = _first_checked(corpus)
+        total = count_documents(corpus)
+        if claim.resuming:
+            idx = _open_to_resume(out, config, pool_factor, checkpoint, device, document_backend, batch_size)
         else:
-            try:
-                encoder = ColBERTEncoder(
-                    checkpoint or default_checkpoint(),
-                    device=device,
-                    batch_size=batch_size,
-                    document_backend=document_backend,
-                )
-                if split_passages and config.passage_stride is None:
-                    from pooledir.passages import default_stride
-
-                    config = replace(config, passage_stride=default_stride(encoder))
-                idx = PooledIndex.create(out, config=config, device=device, encoder=encoder)
-            except BaseException:
-                cleanup_on_failure(out, created)
-                raise
+            idx = _create_for_corpus(
+                out, config, checkpoint, device, batch_size, document_backend, split_passages, claim
+            )
+            encoder = idx.encoder
 
         def run():  # with passages too: build.py hands each chunk to PooledIndex.add, which splits it
             return build.build_index(docs, idx, bconf, resume=resume, total=total)
+
+    _run_build(idx, run, out, claim.created)
+    if corpus is not None and encoder is not None and total is not None:  # a pipe (total None) reads only once
+        from pooledir.corpus import iter_corpus
+
+        n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
+        _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
+
+
+def _open_for_shards(embeddings: list[Path], out: Path, config, pool_factor: int | None, device: str, claim):
+    """The index shard folders are built into: opened to resume, else created from the shards' spec."""
+    from pooledir import build
+    from pooledir.outdir import cleanup_on_failure
+    from pooledir.pooled_index import PooledIndex
+
+    manifests, spec = build.read_shard_folders(embeddings)
+    for m in manifests:
+        if not m.complete:
+            missing = f"shards {m.missing()} are missing" if m.end is not None else "no encode finished there"
+            typer.secho(f"warning: {m.path} is incomplete ({missing}); indexing the shards present", err=True)
+    if pool_factor is None and spec.pool_factor > 1 and config.pool_threshold is None:
+        config = replace(config, pool_factor=spec.pool_factor)
+    if claim.resuming:
+        idx = PooledIndex.open(out, device=device)
+        _check_resume(idx, None if pool_factor is None else config, spec.checkpoint)
+        return idx
+    try:
+        return build.create_index_for_shards(out, spec, config, device)
+    except BaseException:
+        cleanup_on_failure(out, claim.created)
+        raise
+
+
+def _first_checked(corpus: Path):
+    """The corpus's documents; a missing, empty or malformed corpus fails here, before anything is created."""
+    from itertools import chain
+
+    from pooledir.corpus import iter_corpus
+    from pooledir.errors import InputError
+
+    docs = iter_corpus(corpus)
+    first = next(docs, None)
+    if first is None:
+        raise InputError(f"{corpus}: no documents found")
+    return chain([first], docs)
+
+
+def _open_to_resume(out: Path, config, pool_factor, checkpoint, device: str, document_backend: str, batch_size: int):
+    """The index a resumed corpus build continues, checked against the options given again."""
+    from pooledir.pooled_index import PooledIndex
+
+    idx = PooledIndex.open(out, device=device, document_backend=document_backend)
+    _check_resume(idx, None if pool_factor is None else config, checkpoint)
+    idx.encoder.batch_size = batch_size
+    return idx
+
+
+def _create_for_corpus(
+    out: Path, config, checkpoint, device: str, batch_size: int, document_backend: str, split_passages: bool, claim
+):
+    """A new index for a corpus build (its encoder loaded); what the claim made is removed if this fails."""
+    from pooledir.encoder import ColBERTEncoder
+    from pooledir.outdir import cleanup_on_failure
+    from pooledir.pooled_index import PooledIndex
+
+    try:
+        encoder = ColBERTEncoder(
+            checkpoint or default_checkpoint(), device=device, batch_size=batch_size, document_backend=document_backend
+        )
+        if split_passages and config.passage_stride is None:
+            from pooledir.passages import default_stride
+
+            config = replace(config, passage_stride=default_stride(encoder))
+        return PooledIndex.create(out, config=config, device=device, encoder=encoder)
+    except BaseException:
+        cleanup_on_failure(out, claim.created)
+        raise
+
+
+def _run_build(idx, run, out: Path, created: Path | None) -> None:
+    """Run the build; on failure keep what was committed (and say how to resume), else remove what it made."""
+    from pooledir.errors import PooledirError
+    from pooledir.outdir import cleanup_on_failure
 
     with idx:
         try:
@@ -357,9 +402,6 @@ def _index_streamed(
         if report.skipped:
             typer.echo(f"resumed: {report.skipped} documents were already in the index; added {report.added}")
         _print_summary(idx.describe(), _holding(idx))
-    if corpus is not None and encoder is not None and total is not None:  # a pipe (total None) reads only once
-        n_long = _count_truncated(encoder, iter_corpus(corpus), limit)
-        _print_long_documents(n_long, encoder.settings.doc_maxlen, idx.config.passage_stride)
 
 
 def _count_truncated(encoder, docs, limit: int | None, batch: int = 1000) -> int:
@@ -446,13 +488,9 @@ def encode(
     ] = None,
 ) -> None:
     """Encode (and pool) a corpus into shards, for `pooledir index --embeddings` to build from without an encoder."""
-    from itertools import chain
-
-    from pooledir.build import DEFAULT_SHARD_DOCS, EncodeConfig, encode_corpus
-    from pooledir.corpus import count_documents, iter_corpus
-    from pooledir.encoder import ColBERTEncoder, check_backends
-    from pooledir.errors import InputError, PooledirError
-    from pooledir.outdir import cleanup_on_failure
+    from pooledir.build import DEFAULT_SHARD_DOCS, EncodeConfig
+    from pooledir.encoder import check_backends
+    from pooledir.errors import InputError
     from pooledir.shards import read_shard_manifest
 
     check_backends(document_backend=document_backend)
@@ -475,51 +513,58 @@ def encode(
         parts=n,
     )
     config.check()
+    settings = {key: v for key, v in have.encoder.items() if key != "dim"} if have and checkpoint is None else {}
+    ckpt = checkpoint or (have.checkpoint if have else None)  # None: default_checkpoint(), once out is checked
     if use_ray:
         if n > 1:
             raise InputError("--ray writes every shard itself: drop --part")
-        from pooledir.distributed import connect
-        from pooledir.distributed.encode import encode_corpus_ray
-
-        connect(address)
-        ckpt = checkpoint or (have.checkpoint if have else None) or default_checkpoint()
-        settings = {key: v for key, v in have.encoder.items() if key != "dim"} if have and checkpoint is None else {}
-        kwargs = {"settings": settings, "actors": actors, "device": device, "batch_size": batch_size}
-        try:
-            report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
-        except PooledirError as e:
-            done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
-            if not done or resume and "cannot resume" in str(e):
-                raise
-            kept = f"the {done} completed shards in {out} are kept"
-            raise type(e)(f"{e} ({kept}: fix that, then continue with: {_resume_command()})") from None
-        typer.echo(
-            f"encoded {report.encoded} documents into {len(report.shards_written)} shards with {report.actors} Ray "
-            f"actors ({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"
-            + (f"; {report.shards_skipped} shards were already complete" if report.shards_skipped else "")
-            + (f"; {report.abandoned_tries} tries of dead actors were redone" if report.abandoned_tries else "")
-        )
+        kwargs: dict[str, Any] = {"settings": settings, "actors": actors, "device": device, "batch_size": batch_size}
+        _encode_ray(corpus, out, ckpt, config, resume, address, kwargs)
         return
-    docs = iter_corpus(corpus)
-    first = next(docs, None)  # a missing, empty or malformed corpus fails before anything is created
-    if first is None:
-        raise InputError(f"{corpus}: no documents found")
-    docs = chain([first], docs)
-    fresh, created = _claim_shard_folder(out, resume or n > 1)  # before the model loads: that takes seconds
+    encoder_kwargs = {"device": device, "batch_size": batch_size, "document_backend": document_backend, **settings}
+    _encode_here(corpus, out, ckpt, config, resume or n > 1, resume, encoder_kwargs)
+
+
+def _encode_ray(corpus: Path, out: Path, ckpt, config, resume: bool, address: str | None, kwargs: dict[str, Any]):
+    """``pooledir encode --ray``: the shards written by Ray actors; completed ones are kept when it fails."""
+    from pooledir.distributed import connect
+    from pooledir.distributed.encode import encode_corpus_ray
+    from pooledir.errors import PooledirError
+
+    connect(address)
+    ckpt = ckpt or default_checkpoint()
     try:
-        if have and checkpoint is None:
-            settings = {key: v for key, v in have.encoder.items() if key != "dim"}
-            encoder = ColBERTEncoder(
-                have.checkpoint, device=device, batch_size=batch_size, document_backend=document_backend, **settings
-            )
-        else:
-            encoder = ColBERTEncoder(
-                checkpoint or default_checkpoint(),
-                device=device,
-                batch_size=batch_size,
-                document_backend=document_backend,
-            )
-        report = encode_corpus(docs, out, encoder, config, resume=resume, total=count_documents(corpus))
+        report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
+    except PooledirError as e:
+        done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
+        if not done or resume and "cannot resume" in str(e):
+            raise
+        kept = f"the {done} completed shards in {out} are kept"
+        raise type(e)(f"{e} ({kept}: fix that, then continue with: {_resume_command()})") from None
+    typer.echo(
+        f"encoded {report.encoded} documents into {len(report.shards_written)} shards with {report.actors} Ray "
+        f"actors ({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"
+        + (f"; {report.shards_skipped} shards were already complete" if report.shards_skipped else "")
+        + (f"; {report.abandoned_tries} tries of dead actors were redone" if report.abandoned_tries else "")
+    )
+
+
+def _encode_here(
+    corpus: Path, out: Path, ckpt, config, may_continue: bool, resume: bool, encoder_kwargs: dict[str, Any]
+) -> None:
+    """``pooledir encode`` in this process; a fresh folder that ends without a completed shard is removed."""
+    from pooledir.build import encode_corpus
+    from pooledir.corpus import count_documents
+    from pooledir.encoder import ColBERTEncoder
+    from pooledir.errors import PooledirError
+    from pooledir.outdir import cleanup_on_failure
+    from pooledir.shards import read_shard_manifest
+
+    docs = _first_checked(corpus)
+    fresh, created = _claim_shard_folder(out, may_continue)  # before the model loads: that takes seconds
+    try:
+        encoder = ColBERTEncoder(ckpt or default_checkpoint(), **encoder_kwargs)
+        local = encode_corpus(docs, out, encoder, config, resume=resume, total=count_documents(corpus))
     except BaseException as e:
         done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
         if not done:
@@ -533,9 +578,9 @@ def encode(
         raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
     manifest = read_shard_manifest(out)
     typer.echo(
-        f"encoded {report.encoded} documents into {len(report.shards_written)} shards "
-        f"({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"
-        + (f"; {report.shards_skipped} shards were already complete" if report.shards_skipped else "")
+        f"encoded {local.encoded} documents into {len(local.shards_written)} shards "
+        f"({local.tokens} token vectors -> {local.vectors} after pooling x{config.pool_factor})"
+        + (f"; {local.shards_skipped} shards were already complete" if local.shards_skipped else "")
         + f"; {out} holds {len(manifest.shards)} shards, {manifest.documents} documents"
         + ("" if manifest.complete else " (not complete: other parts or a resume still to run)")
     )
@@ -549,7 +594,7 @@ def _claim_shard_folder(out: Path, may_continue: bool) -> tuple[bool, Path | Non
     ``--resume``/``--part`` continues is never removed.
     """
     from pooledir.errors import InputError
-    from pooledir.outdir import claim_output_folder
+    from pooledir.outdir import make_output_folder
 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; pick a folder for the shards")
@@ -557,7 +602,7 @@ def _claim_shard_folder(out: Path, may_continue: bool) -> tuple[bool, Path | Non
         if not may_continue:
             raise InputError(f"{out} exists and is not empty; pick a new folder, or continue the encode with --resume")
         return False, None
-    return True, claim_output_folder(out)
+    return True, make_output_folder(out)
 
 
 def _part(part: str | None) -> tuple[int, int]:
@@ -596,16 +641,10 @@ def _holding(idx) -> str:
 
     A passage index stores a short document as one row and a long one as a row per passage; M counts the rows.
     """
-    rows = len(idx)
+    documents = len(idx)
     if idx.config.passage_stride is None:
-        return _plural(rows, "document")
-    from pooledir.passages import is_passage_id
-
-    store = idx.folder.store  # passage rows end in #p<number> (refused as document ids in such an index)
-    ids = [r[0] for r in store.conn.execute("SELECT ext_id FROM docs WHERE ext_id GLOB '*#p[0-9]*'")]
-    passages = [i for i in ids if is_passage_id(i)]
-    documents = rows - len(passages) + sum(i.endswith("#p0") for i in passages)
-    return f"{_plural(documents, 'document')} ({_plural(rows, 'passage')})"
+        return _plural(documents, "document")
+    return f"{_plural(documents, 'document')} ({_plural(idx.n_rows, 'passage')})"
 
 
 def _print_summary(info: IndexInfo, what: str) -> None:
@@ -1053,7 +1092,7 @@ def eval_beir(
     from pooledir.search import SearchParams
 
     factors = _int_list(pool_factors, "--pool-factors")
-    peers = {c: {} for c in compare.split(",") if c}
+    peers: dict[str, dict[str, Any]] = {c: {} for c in compare.split(",") if c}
     for name in ("plaid", "fast-plaid"):
         if name in peers:
             peers[name] = {"nbits": _int_list(plaid_nbits, "--plaid-nbits"), "pool_factors": factors}
@@ -1061,6 +1100,7 @@ def eval_beir(
         thresholds = [float(x) for x in pool_thresholds.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--pool-thresholds must be comma-separated numbers, got {pool_thresholds!r}") from None
+    pq_ms: list[int | None] = [*_int_list(pq_m, "--pq-m")] or [None]
     refine_modes = {"off": False, "on": True}
     if any(x not in refine_modes for x in refine.split(",")):
         raise InputError(f"--refine must be off, on or off,on, got {refine!r}")
@@ -1069,7 +1109,7 @@ def eval_beir(
         checkpoint=str(checkpoint or default_checkpoint()),
         pool_factors=factors,
         pool_thresholds=thresholds,
-        pq_ms=_int_list(pq_m, "--pq-m") or [None],
+        pq_ms=pq_ms,
         refine=[refine_modes[x] for x in refine.split(",")],
         modes=[check_mode(m) for m in modes.split(",") if m],
         fusions=_fusions(fusion),
@@ -1165,9 +1205,10 @@ def _run_app() -> int:
         if line is not None:
             _fail(line)
         # usage errors of the click typer vendors (typer._click): they know how to show themselves
-        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+        exit_code = getattr(e, "exit_code", None)
+        if hasattr(e, "show") and isinstance(exit_code, int):
             e.show()
-            sys.exit(e.exit_code)
+            sys.exit(exit_code)
         raise
     # typer answers a KeyboardInterrupt with Exit(130), which standalone_mode=False returns as a code
     if code == 130:

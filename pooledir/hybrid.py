@@ -38,8 +38,9 @@ class SearchableIndex(Protocol):
     config: IndexConfig
     folder: IndexFolder
 
-    def __len__(self) -> int:
-        """Stored rows (documents, or passages of split documents)."""
+    @property
+    def n_rows(self) -> int:
+        """Stored rows (documents, or passages of split documents): what the lexical table holds."""
         ...
 
     def get(self, id: str) -> Document:
@@ -138,13 +139,13 @@ def lexical_hits(
     index: SearchableIndex, queries: Sequence[str], k: int, filter: dict[str, Any] | None, with_text: bool
 ) -> list[list[Hit]]:
     """BM25's top ``k`` documents per query (a split document by its best passage)."""
-    if len(index) == 0:
+    if index.n_rows == 0:
         return [[] for _ in queries]
     conn = index.folder.store.conn
     out = []
     for q in queries:
         if index.config.passage_stride is None:
-            doc_ints, scores = lexical.search(conn, q, k, filter, n_rows=len(index))
+            doc_ints, scores = lexical.search(conn, q, k, filter, n_rows=index.n_rows)
             ranked = list(zip(index.folder.store.ext_ids(doc_ints), scores.tolist()))
         else:
             ranked = _best_passages(index, q, k, filter)
@@ -156,7 +157,7 @@ def lexical_stats(index: SearchableIndex, queries: Sequence[str]) -> list[lexica
     """BM25 statistics of this index for each query's words (a partition's share of the collection's)."""
     _require_table(index)
     conn = index.folder.store.conn
-    return [lexical.local_stats(conn, q, len(index)) for q in queries]
+    return [lexical.local_stats(conn, q, index.n_rows) for q in queries]
 
 
 def lexical_hits_with(
@@ -200,7 +201,7 @@ def _best_passages(index: SearchableIndex, q: str, k: int, filter: dict[str, Any
 
     conn, store = index.folder.store.conn, index.folder.store
     for factor in (4, 16, 64):
-        doc_ints, scores = lexical.search(conn, q, factor * k, filter, n_rows=len(index))
+        doc_ints, scores = lexical.search(conn, q, factor * k, filter, n_rows=index.n_rows)
         best: dict[str, float] = {}
         for row_id, s in zip(store.ext_ids(doc_ints), scores.tolist()):
             best.setdefault(parent_id(row_id), s)

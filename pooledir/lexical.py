@@ -242,7 +242,7 @@ class Stats:
 
     rows: int = 0  #: rows in the lexical table (BM25's N)
     tokens: int = 0  #: tokens in those rows (N * average length)
-    docs: int = 0  #: documents of the index (``len(index)``), for :func:`kept_words`
+    docs: int = 0  #: stored rows of the index (``index.n_rows``), for :func:`kept_words`
     term_df: dict[str, int] = field(default_factory=dict)  #: rows holding each term of the query
     phrase_df: dict[str, int] = field(default_factory=dict)  #: rows holding each query word (a phrase of terms)
 
@@ -315,6 +315,8 @@ def _phrase_freqs(conn: sqlite3.Connection, terms: tuple[str, ...]) -> tuple[np.
         ).reshape(-1, 2)
         k = (at[:, 0] << 32) + (at[:, 1] - j)  # where the phrase would start (negative: cannot match term 0)
         keys = k if keys is None else np.intersect1d(keys, k)
+    if keys is None:  # no terms: a phrase of nothing occurs nowhere
+        return np.empty(0, np.int64), np.empty(0, np.float64)
     doc_ints, counts = np.unique(keys >> 32, return_counts=True)
     return doc_ints, counts.astype(np.float64)
 

@@ -43,9 +43,7 @@ def claim_output_folder(out: Path, resume: bool = False) -> Iterator[Claim]:
 
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise InputError(f"{out} is a file, not a folder; pass a new folder for the index")
-    created = _make_folder(out)
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise InputError(f"{out} is not writable; pass a folder you may write to")
+    created = make_output_folder(out)
     with folder_lock(out, wait=False):
         resuming = resume and (out / "manifest.json").is_file()
         if not resume and (out / "manifest.json").is_file():
@@ -63,18 +61,24 @@ def claim_output_folder(out: Path, resume: bool = False) -> Iterator[Claim]:
             raise
 
 
-def _make_folder(out: Path) -> Path | None:
-    """Create ``out`` if missing; return the topmost folder this call created (None: it existed)."""
-    if out.is_dir():
-        return None
-    top = out.absolute()
-    while not top.parent.exists() and top.parent != top:
-        top = top.parent
-    try:
-        out.mkdir(parents=True)
-    except FileExistsError:  # another build made it a moment ago: the lock decides which one goes on
-        return None
-    return top
+def make_output_folder(out: Path) -> Path | None:
+    """Create ``out`` if missing; return the topmost folder this call created (None: it existed).
+
+    Raises :class:`InputError` when ``out`` is not writable.
+    """
+    created = None
+    if not out.is_dir():
+        top = out.absolute()
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        try:
+            out.mkdir(parents=True)
+            created = top
+        except FileExistsError:  # another build made it a moment ago: the lock decides which one goes on
+            pass
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"{out} is not writable; pass a folder you may write to")
+    return created
 
 
 def cleanup_on_failure(out: Path, created: Path | None) -> None:

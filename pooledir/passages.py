@@ -193,6 +193,12 @@ def stored_ids(store: DocStore, ids: Sequence[str]) -> list[str]:
     return out
 
 
+def count_documents(store: DocStore, rows: int) -> int:
+    """The documents ``rows`` stored rows hold: each split document's passage rows count as one document."""
+    passages = [i for i in store.ids_glob("*#p[0-9]*") if is_passage_id(i)]
+    return rows - len(passages) + len({parent_id(i) for i in passages})
+
+
 def parent_document(get: GetDocument, id: str) -> Document:
     """The whole document ``id`` that was split into passages (its first passage row holds it)."""
     if not is_passage_id(id):

@@ -176,7 +176,7 @@ def from_embeddings(
     spec: PoolSpec,
     device: str = "cpu",
     pooled: bool = False,
-    n_tokens: Sequence[int] | None = None,
+    n_tokens: Sequence[int] | np.ndarray | None = None,
     show_progress: bool = False,
     encode_s: float = 0.0,
     dim: int | None = None,

@@ -206,7 +206,21 @@ class PooledIndex:
         self.close()
 
     def __len__(self) -> int:
+        """Documents in the loaded snapshot; a document split into passages counts once (rows: :attr:`n_rows`)."""
+        return self._documents(self.n_rows)
+
+    @property
+    def n_rows(self) -> int:
+        """Stored rows of the loaded snapshot, what search ranks: a document, or one passage of a split document."""
         return self.folder.snapshot.n_docs
+
+    def _documents(self, rows: int) -> int:
+        """The documents ``rows`` stored rows hold: fewer than the rows where documents were split into passages."""
+        if self.config.passage_stride is None:
+            return rows
+        from pooledir.passages import count_documents
+
+        return count_documents(self.folder.store, rows)
 
     # -- writing ----------------------------------------------------------------------------------------------
     def add(
@@ -382,7 +396,7 @@ class PooledIndex:
             check_filter(filter)  # before any work: both lanes match it in sqlite
         if Q.ndim != 3 or Q.shape[2] != self.dim:
             raise InputError(f"query embeddings of shape {Q.shape} are not (nq, Lq, {self.dim})")
-        if len(self) == 0:
+        if self.n_rows == 0:
             return [[] for _ in range(len(Q))]
         if self.config.passage_stride is not None:
             from pooledir.passages import search_parents
@@ -390,7 +404,7 @@ class PooledIndex:
             def rows(p: SearchParams) -> list[list[Hit]]:
                 return self._search_hits(Q, p, False, filter)
 
-            return search_parents(rows, len(self), self.get, params, with_text)
+            return search_parents(rows, self.n_rows, self.get, params, with_text)
         return self._search_hits(Q, params, with_text, filter)
 
     def _search_hits(
@@ -431,7 +445,7 @@ class PooledIndex:
             path=str(self.path),
             device=self.device,
             checkpoint=self.manifest.checkpoint,
-            documents=counts["documents"],
+            documents=self._documents(counts["documents"]),
             vectors_before_pooling=counts["tokens"],
             vectors=counts["vectors"],
             pool_factor=self.config.pool_factor,

@@ -90,7 +90,7 @@ class SearchParams:
         rerank: int | None = None,
     ) -> SearchParams:
         """These defaults for every knob given as None (an option the CLI or an HTTP request left out)."""
-        knobs = {"nprobe": nprobe, "candidates_per_token": candidates_per_token, "rerank": rerank}
+        knobs: dict[str, Any] = {"nprobe": nprobe, "candidates_per_token": candidates_per_token, "rerank": rerank}
         return replace(cls(k=k), **{n: v for n, v in knobs.items() if v is not None})
 
     def check(self, n_documents: int | None = None) -> None:

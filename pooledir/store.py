@@ -22,13 +22,16 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, overload
 
 import numpy as np
 
 from pooledir.corpus import check_utf8
 from pooledir.errors import IndexCorruptError, InputError, NoSpaceError
 from pooledir.lexical import ensure_table, has_table
+
+#: internal document numbers: a list, or the int64 array a search ranks
+DocInts: TypeAlias = Sequence[int] | np.ndarray
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +210,14 @@ class DocStore:
         return _Transaction(self.conn, self.path)
 
     # -- meta -------------------------------------------------------------------------------------------------
+    @overload
+    def get_meta(self, key: str, default: str) -> str: ...
+
+    @overload
+    def get_meta(self, key: str, default: None = None) -> str | None: ...
+
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        """Read a meta value."""
+        """Read a meta value; ``default`` where there is none."""
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
@@ -314,7 +323,11 @@ class DocStore:
         q = "SELECT ext_id FROM docs WHERE ext_id >= ? AND ext_id < ? ORDER BY ext_id"
         return [r[0] for r in self.conn.execute(q, (prefix, hi))]
 
-    def rows(self, doc_ints: Sequence[int]) -> list[DocRow]:
+    def ids_glob(self, pattern: str) -> list[str]:
+        """The stored external ids that match the sqlite GLOB ``pattern`` (a scan of the id index)."""
+        return [r[0] for r in self.conn.execute("SELECT ext_id FROM docs WHERE ext_id GLOB ?", (pattern,))]
+
+    def rows(self, doc_ints: DocInts) -> list[DocRow]:
         """Rows for internal numbers, in the order given."""
         found: dict[int, DocRow] = {}
         for chunk in _chunks([int(d) for d in doc_ints], 500):
@@ -326,7 +339,7 @@ class DocStore:
                 found[r[0]] = DocRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5])
         return [found[int(d)] for d in doc_ints]
 
-    def ext_ids(self, doc_ints: Sequence[int]) -> list[str]:
+    def ext_ids(self, doc_ints: DocInts) -> list[str]:
         """External ids for internal numbers, in the order given."""
         found: dict[int, str] = {}
         for chunk in _chunks([int(d) for d in doc_ints], 500):

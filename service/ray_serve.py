@@ -325,8 +325,8 @@ def build_app(folder: str | Path, settings: dict[str, Any] | None = None, replic
 
     folder = Path(folder).resolve()
     layout = read_partitions(folder)
-    partition = serve.deployment(Partition, name="partition", num_replicas=replicas, ray_actor_options={"num_cpus": 0})
+    partition = serve.deployment(name="partition", num_replicas=replicas, ray_actor_options={"num_cpus": 0})(Partition)
     handles = [partition.options(name=f"partition-{i}").bind(str(p), device) for i, p in enumerate(layout.parts)]
-    ingress = serve.deployment(serve.ingress()(Ingress), name="ingress", ray_actor_options={"num_cpus": 0})
+    ingress = serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0})(serve.ingress()(Ingress))
     settings = (settings or {}) | {"device": device}
     return ingress.bind(folder.name, str(folder), handles, settings)

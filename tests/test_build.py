@@ -246,7 +246,7 @@ def test_a_passage_index_is_built_by_the_index_and_not_resumed(tmp_path, tiny_en
     long = Document("long", " ".join(["cell cancer"] * 200))
     idx = new_index(tmp_path / "p", tiny_encoder, backend="flat", passage_stride=30)
     report = build_index([*tiny_docs[:20], long], idx, BuildConfig(chunk_docs=8), show_progress=False)
-    assert report.added == 21 and len(idx) > 21  # the long document is several rows
+    assert report.added == 21 and len(idx) == 21 and idx.n_rows > 21  # the long document is several rows
     assert idx.get("long") == long
     with pytest.raises(InputError, match="resuming is not supported for an index that splits"):
         build_index([*tiny_docs[:20], long], idx, BuildConfig(chunk_docs=8), resume=True, show_progress=False)

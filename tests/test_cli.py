@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -488,7 +489,8 @@ def test_counts_are_pluralised_and_a_passage_index_says_documents_and_passages(t
         capsys, "index", corpus, "--out", split, "--checkpoint", tiny_ckpt, "--index", "flat", "--split-passages"
     )
     assert code == 0, err
-    rows = json.loads(cli(capsys, "info", split, "--json")[1])["documents"]
+    assert json.loads(cli(capsys, "info", split, "--json")[1])["documents"] == 6  # documents, not rows
+    rows = int(re.match(r"6 documents \((\d+) passages\): ", out).group(1))
     assert rows > 6  # the long document is several passage rows
     held = f"6 documents ({rows} passages)"
     assert out.startswith(f"{held}: ")
@@ -522,4 +524,14 @@ def test_encode_checks_out_before_the_model_and_leaves_nothing_on_failure(tmp_pa
     out = tmp_path / "new" / "shards"
     code, _, err = cli(capsys, "encode", tiny_beir, "--out", out, "--checkpoint", tmp_path / "no-such-checkpoint")
     one_error_line(code, err, "no-such-checkpoint")
+    assert not (tmp_path / "new").exists()  # the folders it made for the failed encode are gone
+
+
+def test_an_encode_that_fails_after_it_started_removes_the_folders_it_made(tmp_path, tiny_ckpt, capsys):
+    """The shard folder was claimed with a context manager never entered: nothing was removed (mypy found it)."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"_id": "d0", "text": "cancer cells"}) + "\n{not json\n")
+    out = tmp_path / "new" / "shards"
+    code, _, err = cli(capsys, "encode", corpus, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu")
+    assert code == 2 and "error: " in err and "malformed JSON" in err, err
     assert not (tmp_path / "new").exists()  # the folders it made for the failed encode are gone

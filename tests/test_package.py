@@ -109,6 +109,34 @@ def test_the_storage_engine_never_imports_the_facade():
     assert not [m for m in engine if "pooledir.pooled_index" in graph[m]]
 
 
+#: the longest function body (docstring left out) a module of pooledir/ or service/ may hold
+MAX_BODY_LINES = 60
+
+
+def body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from a function's first statement after its docstring to its end: a typer signature is not counted."""
+    body = fn.body
+    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return (fn.end_lineno or fn.lineno) - body[0].lineno + 1
+
+
+def test_body_lines_counts_the_body_not_the_signature_or_docstring():
+    tree = ast.parse('def f(\n    a: int = 1,\n    b: int = 2,\n) -> None:\n    """Doc."""\n    x = a\n    return x\n')
+    assert body_lines(tree.body[0]) == 2
+
+
+def test_no_function_body_is_over_60_lines():
+    """Issue 18's target: functions short enough to read at once (the CLI's typer signatures aside)."""
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({body_lines(node)} lines)"
+        for path in sorted([*PACKAGE.rglob("*.py"), *SERVICE.rglob("*.py")])
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > MAX_BODY_LINES
+    ]
+    assert not long, "split these into steps with one job each: " + "; ".join(long)
+
+
 @pytest.mark.parametrize("module", ["passages", "hybrid"])
 def test_the_search_modes_reach_no_private_member_of_the_index_or_encoder(module):
     """They work through what the facade passes in (Protocols, callables), not its or the encoder's internals."""

@@ -149,7 +149,7 @@ def test_passages_are_stored_under_the_parent(tmp_path, tiny_encoder, long_corpu
     from pooledir.passages import window_tokens
 
     idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
-    n_passages = len(idx) - 40
+    n_passages = idx.n_rows - 40
     window = window_tokens(tiny_encoder)
     assert window == 64 - 3  # [CLS], the marker and [SEP]
     assert n_passages >= (420 - window) // 30 + 1
@@ -169,14 +169,24 @@ def test_passages_are_stored_under_the_parent(tmp_path, tiny_encoder, long_corpu
     assert again.search(NEEDLE, k=1)[0][0].id == "long"
     # replacing the document replaces all of its passages; deleting it deletes them all
     again.add([Document("long", "a short replacement about cancer")])
-    assert len(again) == 41 and again.get("long").text == "a short replacement about cancer"
+    assert again.n_rows == 41 and again.get("long").text == "a short replacement about cancer"
     again.add([long_corpus[-1]])
-    assert len(again) == 40 + n_passages
-    assert again.delete(["long"]) == 1 and len(again) == 40
+    assert again.n_rows == 40 + n_passages and len(again) == 41
+    assert again.delete(["long"]) == 1 and len(again) == again.n_rows == 40
     with pytest.raises(DocumentNotFoundError, match="unknown document id 'long'"):
         again.get("long")
     with pytest.raises(DocumentNotFoundError, match="'long'"):
         again.delete(["long"])
+
+
+def test_a_passage_index_counts_documents_not_passage_rows(tmp_path, tiny_encoder, long_corpus):
+    """len(), describe().documents and info()["documents"] counted rows: 21 documents showed as 26."""
+    idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus[20:], 30)
+    assert idx.n_rows > 21  # the long document is several rows
+    assert len(idx) == 21 and idx.describe().documents == 21 and idx.info()["documents"] == 21
+    assert len(idx.search("cancer", k=21)[0]) == 21 and len(idx.search("cancer", k=5)[0]) == 5
+    idx.delete(["long"])
+    assert len(idx) == idx.n_rows == 20 and idx.describe().documents == 20
 
 
 def test_a_passage_id_is_refused_by_every_write_and_the_document_stays_whole(tmp_path, tiny_encoder, long_corpus):
@@ -211,12 +221,12 @@ def test_a_passage_id_is_refused_by_every_write_and_the_document_stays_whole(tmp
 def test_a_document_that_lost_one_passage_is_still_deleted_and_replaced_whole(tmp_path, tiny_encoder, long_corpus):
     """An index damaged by an older version (one passage deleted alone): the document's id still reaches the rest."""
     idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
-    n = len(idx)
+    n = idx.n_rows
     store = idx.folder.store
     idx.folder.delete([store.lookup(["long#p3"])["long#p3"]])  # what `delete long#p3` did before
-    assert len(idx) == n - 1
+    assert idx.n_rows == n - 1 and len(idx) == 41
     idx.add([long_corpus[-1]])  # adding it again replaces every passage left
-    assert len(idx) == n
+    assert idx.n_rows == n
     idx.folder.delete([store.lookup(["long#p0", "long#p3"])[i] for i in ("long#p0", "long#p3")])
     assert idx.delete(["long"]) == 1 and len(idx) == 40
     assert store.ids_starting_with("long#p") == []

@@ -168,7 +168,6 @@ def build_index_ray(
     from tqdm.auto import tqdm
 
     from pooledir.distributed import require_ray, user_error
-    from pooledir.index.detached import train_for_attach
 
     ray = require_ray()
     t_start = time.perf_counter()
@@ -181,16 +180,9 @@ def build_index_ray(
     if spec.dim != index.dim:
         raise ShardError(f"the shards hold {spec.dim}-d vectors; the index holds {index.dim}-d ones")
     pooled = shards_pooled_for(spec, index.config)
-    cfg = index.config
     groups = shard_groups(manifests, segments)
     report = BuildReport()
-    if cfg.backend == "ivfpq" and index.folder.snapshot.quantizer is None:
-        expected = sum(m.vectors for m in manifests) if pooled else sum(i.tokens for m in manifests for i in m.shards)
-        if (expected if pooled else expected // cfg.pool_factor) >= cfg.train_min_vectors:
-            t = time.perf_counter()
-            sample, total = training_sample(manifests, cfg, pooled)
-            train_for_attach(index.folder, sample, total)
-            log.info("trained on %d vectors sampled across the shards in %.1fs", len(sample), time.perf_counter() - t)
+    _train_before_attach(index, manifests, pooled)
     work = index.path / f".ray-build-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     task = ray.remote(num_cpus=1, max_retries=3)(build_group_segment)
@@ -208,14 +200,7 @@ def build_index_ray(
             )
             for g, group in enumerate(groups)
         ]
-        pending, done = list(refs), {}
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                result = ray.get(ref)
-                done[ref] = result
-                bar.update(result["documents"])
-        results = [done[r] for r in refs]
+        results = _gather(ray, refs, bar)
         t = time.perf_counter()
         report.added = index.attach_segments([r["path"] for r in results])
         report.add_s = time.perf_counter() - t
@@ -239,3 +224,30 @@ def build_index_ray(
     report.tokens = sum(r["tokens"] for r in results)
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _train_before_attach(index: PooledIndex, manifests: Sequence[ShardManifest], pooled: bool) -> None:
+    """Train an untrained IVF-PQ index on a sample across all shards, when they hold enough vectors to."""
+    from pooledir.index.detached import train_for_attach
+
+    cfg = index.config
+    if cfg.backend != "ivfpq" or index.folder.snapshot.quantizer is not None:
+        return
+    expected = sum(m.vectors for m in manifests) if pooled else sum(i.tokens for m in manifests for i in m.shards)
+    if (expected if pooled else expected // cfg.pool_factor) >= cfg.train_min_vectors:
+        t = time.perf_counter()
+        sample, total = training_sample(manifests, cfg, pooled)
+        train_for_attach(index.folder, sample, total)
+        log.info("trained on %d vectors sampled across the shards in %.1fs", len(sample), time.perf_counter() - t)
+
+
+def _gather(ray: Any, refs: list, bar: Any) -> list[dict[str, Any]]:
+    """The tasks' results in the order of ``refs``, the bar moved as each one finishes."""
+    pending, done = list(refs), {}
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            result = ray.get(ref)
+            done[ref] = result
+            bar.update(result["documents"])
+    return [done[r] for r in refs]

@@ -37,7 +37,7 @@ from pooledir import pipeline
 from pooledir.build import EncodeConfig, EncodeReport, _batches, encoder_record
 from pooledir.corpus import Document, _parquet_file, _read_parquet, _resolve, document_from_json_line, iter_corpus
 from pooledir.errors import CheckpointError, InputError, PooledirError
-from pooledir.shards import ShardError, ShardSpec, ShardWriter, ids_digest, read_shard_header, shard_name
+from pooledir.shards import ShardError, ShardInfo, ShardSpec, ShardWriter, ids_digest, read_shard_header, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,6 @@ def encode_corpus_ray(
     from tqdm.auto import tqdm
 
     from pooledir.distributed import require_ray, user_error
-    from pooledir.encoder import ColBERTEncoder
 
     ray = require_ray()
     config = config or EncodeConfig()
@@ -320,83 +319,35 @@ def encode_corpus_ray(
     if config.parts != 1:
         raise InputError("a distributed encode writes every shard itself; parts must be 1")
     t_start = time.perf_counter()
-    settings = dict(settings or {})
-    probe = ColBERTEncoder(checkpoint, device="cpu", **settings)  # the record every shard carries
-    record_checkpoint, record = encoder_record(probe)
-    del probe
-    spec = ShardSpec(
-        dim=record["dim"],
-        pool_factor=config.pool_factor,
-        protected_tokens=config.protected_tokens,
-        checkpoint=record_checkpoint,
-        encoder=record,
-        shard_docs=config.shard_docs,
-    )
+    spec = _shard_spec(checkpoint, dict(settings or {}), config)
     writer = ShardWriter.open(out, spec, resume=resume)
     out = writer.path.resolve()
     plan = plan_shards(corpus, config.shard_docs, config.limit)
     done = writer.completed()
-    for number in done:
-        if number >= len(plan) or done[number].documents != plan[number].documents:
-            raise ShardError(
-                f"cannot resume {out}: its shard {number} does not match the input's shard {number} "
-                "(the input changed, or the limit); resume with the same input, or encode into a new folder"
-            )
-    checks = [ShardTask(**(asdict(t) | {"ids_sha256": done[t.number].ids_sha256})) for t in plan if t.number in done]
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = max(1, int(resources.get("CPU", 1)))
-    actors = actors or gpus or cpus
-    if actors < 1:
-        raise InputError(f"actors={actors} must be >= 1")
-    cpus_per_actor = max(1, cpus // actors)  # CPU actors share the cluster's CPUs out between them
+    pool = _actor_pool(ray.cluster_resources(), actors, device)
     run_id = uuid.uuid4().hex[:8]
     ctor = {
         "corpus": str(Path(corpus).resolve()),
         "out": str(out),
         "spec": asdict(spec),
-        "settings": {k: v for k, v in record.items() if k != "dim"},
-        "device": "cuda" if gpus and device == "auto" else device,
+        "settings": {k: v for k, v in spec.encoder.items() if k != "dim"},
+        "device": pool.device,
         "batch_size": batch_size,
         "chunk_docs": config.chunk_docs,
         "run_id": run_id,
-        "threads": None if gpus else cpus_per_actor,
+        "threads": None if pool.gpus else pool.cpus_per_actor,
         "fault_marker": None if fault_marker is None else str(fault_marker),
     }
-    report = DistributedEncodeReport(actors=actors, shards_skipped=len(done))
+    report = DistributedEncodeReport(actors=pool.actors, shards_skipped=len(done))
     total = sum(t.documents for t in plan)
     bar = tqdm(total=total, desc="encode (ray)", unit="doc", disable=not show_progress, smoothing=0.05)
     bar.update(sum(t.documents for t in plan if t.number in done))
-    todo = checks + [t for t in plan if t.number not in done]
+    todo = _resume_checks(out, plan, done) + [t for t in plan if t.number not in done]
     data_context = ray.data.DataContext.get_current()
     ray_bars = data_context.enable_progress_bars
     data_context.enable_progress_bars = ray_bars and not show_progress  # the driver's own bar instead
     try:
-        while todo:
-            if report.rounds == MAX_ROUNDS:
-                missing = sorted(t.number for t in todo)
-                raise ShardError(f"shards {missing[:10]} of {out} did not complete after {MAX_ROUNDS} rounds")
-            report.rounds += 1
-            ds = ray.data.from_items([asdict(t) for t in todo], override_num_blocks=len(todo)).map_batches(
-                ShardEncoder,
-                fn_constructor_kwargs=ctor,
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))),
-                num_gpus=1 if gpus else None,
-                num_cpus=None if gpus else cpus_per_actor,
-            )
-            for row in ds.iter_rows():
-                if row["error"]:
-                    raise _ERRORS.get(row["error"], PooledirError)(row["message"])
-                report.tokens += int(row["tokens"])
-                report.vectors += int(row["vectors"])
-                if row["documents"]:
-                    report.encoded += int(row["documents"])
-                    report.shards_written.append(int(row["number"]))
-                    report.shard_seconds[int(row["number"])] = float(row["seconds"])
-                    bar.update(int(row["documents"]))
-            have = writer.completed()
-            todo = [t for t in plan if t.number not in have]
+        _run_rounds(ray, todo, plan, writer, _Round(ctor, pool, out), report, bar)
     except Exception as e:
         err = user_error(e)
         if err is not None:
@@ -412,6 +363,106 @@ def encode_corpus_ray(
     report.shards_written.sort()
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _shard_spec(checkpoint: str | Path, settings: dict[str, Any], config: EncodeConfig) -> ShardSpec:
+    """The spec every shard carries: the encoder's record (loaded once on the driver, on CPU) and the pooling."""
+    from pooledir.encoder import ColBERTEncoder
+
+    probe = ColBERTEncoder(checkpoint, device="cpu", **settings)
+    record_checkpoint, record = encoder_record(probe)
+    del probe
+    return ShardSpec(
+        dim=record["dim"],
+        pool_factor=config.pool_factor,
+        protected_tokens=config.protected_tokens,
+        checkpoint=record_checkpoint,
+        encoder=record,
+        shard_docs=config.shard_docs,
+    )
+
+
+def _resume_checks(out: Path, plan: list[ShardTask], done: dict[int, ShardInfo]) -> list[ShardTask]:
+    """Tasks that re-read the input of each completed shard (its ids' hash), after checking its size matches."""
+    for number in done:
+        if number >= len(plan) or done[number].documents != plan[number].documents:
+            raise ShardError(
+                f"cannot resume {out}: its shard {number} does not match the input's shard {number} "
+                "(the input changed, or the limit); resume with the same input, or encode into a new folder"
+            )
+    return [ShardTask(**(asdict(t) | {"ids_sha256": done[t.number].ids_sha256})) for t in plan if t.number in done]
+
+
+@dataclass(frozen=True)
+class _ActorPool:
+    """How many encoder actors run, on what: one GPU each where the cluster has GPUs, else a share of its CPUs."""
+
+    actors: int
+    gpus: int
+    cpus_per_actor: int
+    device: str
+
+
+def _actor_pool(resources: dict[str, Any], actors: int | None, device: str) -> _ActorPool:
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    actors = actors or gpus or cpus
+    if actors < 1:
+        raise InputError(f"actors={actors} must be >= 1")
+    cpus_per_actor = max(1, cpus // actors)  # CPU actors share the cluster's CPUs out between them
+    return _ActorPool(actors, gpus, cpus_per_actor, "cuda" if gpus and device == "auto" else device)
+
+
+@dataclass(frozen=True)
+class _Round:
+    """What every round of actors is started with."""
+
+    ctor: dict[str, Any]
+    pool: _ActorPool
+    out: Path
+
+
+def _run_rounds(
+    ray: Any,
+    todo: list[ShardTask],
+    plan: list[ShardTask],
+    writer: ShardWriter,
+    run: _Round,
+    report: DistributedEncodeReport,
+    bar: Any,
+) -> None:
+    """Encode ``todo`` in rounds of actors until every shard of ``plan`` is complete (dead actors' shards redone)."""
+    pool = run.pool
+    while todo:
+        if report.rounds == MAX_ROUNDS:
+            missing = sorted(t.number for t in todo)
+            raise ShardError(f"shards {missing[:10]} of {run.out} did not complete after {MAX_ROUNDS} rounds")
+        report.rounds += 1
+        ds = ray.data.from_items([asdict(t) for t in todo], override_num_blocks=len(todo)).map_batches(
+            ShardEncoder,
+            fn_constructor_kwargs=run.ctor,
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(pool.actors, len(todo))),
+            num_gpus=1 if pool.gpus else None,
+            num_cpus=None if pool.gpus else pool.cpus_per_actor,
+        )
+        for row in ds.iter_rows():
+            _count_row(row, report, bar)
+        have = writer.completed()
+        todo = [t for t in plan if t.number not in have]
+
+
+def _count_row(row: dict[str, Any], report: DistributedEncodeReport, bar: Any) -> None:
+    """Add one shard's result row to the report and the bar; a row that carries an error raises it."""
+    if row["error"]:
+        raise _ERRORS.get(row["error"], PooledirError)(row["message"])
+    report.tokens += int(row["tokens"])
+    report.vectors += int(row["vectors"])
+    if row["documents"]:
+        report.encoded += int(row["documents"])
+        report.shards_written.append(int(row["number"]))
+        report.shard_seconds[int(row["number"])] = float(row["seconds"])
+        bar.update(int(row["documents"]))
 
 
 def _remove_dead_tries(out: Path, run_id: str) -> int:

@@ -63,7 +63,9 @@ def build_segment(
                 raise InputError(f"document {d.id!r}: vectors of shape {v.shape} are not (n >= 1, {dim})")
         quantizer = snap.quantizer if config.backend == "ivfpq" else None
         codec = folder.target_codec(quantizer)
-        digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if quantizer is not None else None
+        digest = None
+        if quantizer is not None and snap.quantizer_id is not None:  # a quantizer is loaded from its id's file
+            digest = file_digest(quantizer_path(folder.path, snap.quantizer_id))
         keep_exact = config.keep_exact
         packed = np.concatenate(vectors).astype(np.float32, copy=False)
         out.mkdir(parents=True, exist_ok=True)
@@ -139,66 +141,10 @@ def attach(folder, paths: Sequence[Path]) -> int:
     with folder.writing():
         snap, config = folder.snapshot, folder.config
         want = folder.target_codec(snap.quantizer if config.backend == "ivfpq" else None)
-        want_kind = want.kind
         digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if want.uses_quantizer else None
-        checked, seen = [], set()
-        for path in paths:
-            meta, rows = _read_detached(path, folder.dim)
-            if meta["kind"] != want_kind or meta.get("quantizer") != digest:
-                raise InputError(
-                    f"{path} was built for another quantizer ({meta['kind']}, {meta.get('quantizer')}) than this "
-                    f"index's ({want_kind}, {digest}); build it again against the index as it is now"
-                )
-            if bool(meta.get("exact")) != config.keep_exact:
-                raise InputError(
-                    f"{path}: exact copy {bool(meta.get('exact'))}, the index keeps_exact={config.keep_exact}"
-                )
-            dupes = seen & {r["id"] for r in rows}
-            if dupes or len({r["id"] for r in rows}) != len(rows):
-                raise InputError(f"{path}: document id {sorted(dupes)[:1] or 'repeated'} appears twice in the segments")
-            seen |= {r["id"] for r in rows}
-            counts = np.array([r["n_vectors"] for r in rows], dtype=np.int64)
-            starts = np.cumsum(counts) - counts
-            exact = path / "segment.f16" if config.keep_exact else None
-            try:  # maps the file and checks kind, dimension, vector count and quantizer shape
-                file = want.open(path / f"segment{want.suffix}", meta["n_vectors"], folder.dim, snap.quantizer, exact)
-                live = live_bitmap(meta["n_vectors"], starts, counts)
-                SegmentReader(
-                    -1, want_kind, file, meta["n_vectors"], starts, counts, np.arange(len(rows)), live
-                ).close()
-            except (IndexCorruptError, FileNotFoundError, ValueError) as e:
-                raise InputError(f"{path}: the segment file is unreadable or does not match docs.jsonl: {e}") from None
-            checked.append((path, meta, rows, starts))
-        new_files: list[Path] = []
-        docs, segs = [], []
-        next_id = folder.store.next_segment_id()
-        try:
-            for j, (path, meta, rows, starts) in enumerate(checked):
-                seg_id = next_id + j
-                new_files.append(segment_path(folder.path, seg_id, want.suffix))
-                _copy_durably(path / f"segment{want.suffix}", new_files[-1])
-                if config.keep_exact:
-                    new_files.append(segment_path(folder.path, seg_id, ".f16"))
-                    _copy_durably(path / "segment.f16", new_files[-1])
-                q = snap.quantizer_id if want.uses_quantizer else None
-                segs.append(SegmentRow(seg_id, meta["kind"], meta["n_vectors"], len(rows), q, config.keep_exact))
-                docs += [
-                    NewDoc(
-                        r["id"],
-                        r.get("text", ""),
-                        r.get("metadata") or {},
-                        int(r.get("n_tokens", r["n_vectors"])),
-                        r["n_vectors"],
-                        seg_id,
-                        int(s),
-                    )
-                    for r, s in zip(rows, starts)
-                ]
-            fsync_dir(segment_path(folder.path, 0).parent)
-        except BaseException:
-            for f in new_files:
-                f.unlink(missing_ok=True)
-            raise
+        seen: set[str] = set()
+        checked = [_check_detached(folder, path, want, digest, seen) for path in paths]
+        new_files, docs, segs = _copy_in(folder, checked, want)
         replaced = folder.store.lookup([d.id for d in docs])
 
         def change() -> None:
@@ -210,6 +156,73 @@ def attach(folder, paths: Sequence[Path]) -> int:
         folder._commit(new_files, change)
     folder.maintain()
     return len(docs)
+
+
+def _check_detached(folder, path: Path, want, digest: str | None, seen: set[str]) -> tuple:
+    """(path, meta, rows, starts) of one detached segment, checked against the index and the ``seen`` ids."""
+    config, snap = folder.config, folder.snapshot
+    meta, rows = _read_detached(path, folder.dim)
+    if meta["kind"] != want.kind or meta.get("quantizer") != digest:
+        raise InputError(
+            f"{path} was built for another quantizer ({meta['kind']}, {meta.get('quantizer')}) than this "
+            f"index's ({want.kind}, {digest}); build it again against the index as it is now"
+        )
+    if bool(meta.get("exact")) != config.keep_exact:
+        raise InputError(f"{path}: exact copy {bool(meta.get('exact'))}, the index keeps_exact={config.keep_exact}")
+    dupes = seen & {r["id"] for r in rows}
+    if dupes or len({r["id"] for r in rows}) != len(rows):
+        raise InputError(f"{path}: document id {sorted(dupes)[:1] or 'repeated'} appears twice in the segments")
+    seen |= {r["id"] for r in rows}
+    counts = np.array([r["n_vectors"] for r in rows], dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    exact = path / "segment.f16" if config.keep_exact else None
+    try:  # maps the file and checks kind, dimension, vector count and quantizer shape
+        file = want.open(path / f"segment{want.suffix}", meta["n_vectors"], folder.dim, snap.quantizer, exact)
+        live = live_bitmap(meta["n_vectors"], starts, counts)
+        SegmentReader(-1, want.kind, file, meta["n_vectors"], starts, counts, np.arange(len(rows)), live).close()
+    except (IndexCorruptError, FileNotFoundError, ValueError) as e:
+        raise InputError(f"{path}: the segment file is unreadable or does not match docs.jsonl: {e}") from None
+    return path, meta, rows, starts
+
+
+def _copy_in(folder, checked: list[tuple], want) -> tuple[list[Path], list[NewDoc], list[SegmentRow]]:
+    """Copy checked segments into the folder under new ids (fsynced); their files, documents and segment rows.
+
+    On any failure the files copied so far are removed.
+    """
+    config, snap = folder.config, folder.snapshot
+    new_files: list[Path] = []
+    docs: list[NewDoc] = []
+    segs: list[SegmentRow] = []
+    next_id = folder.store.next_segment_id()
+    try:
+        for j, (path, meta, rows, starts) in enumerate(checked):
+            seg_id = next_id + j
+            new_files.append(segment_path(folder.path, seg_id, want.suffix))
+            _copy_durably(path / f"segment{want.suffix}", new_files[-1])
+            if config.keep_exact:
+                new_files.append(segment_path(folder.path, seg_id, ".f16"))
+                _copy_durably(path / "segment.f16", new_files[-1])
+            q = snap.quantizer_id if want.uses_quantizer else None
+            segs.append(SegmentRow(seg_id, meta["kind"], meta["n_vectors"], len(rows), q, config.keep_exact))
+            docs += [
+                NewDoc(
+                    r["id"],
+                    r.get("text", ""),
+                    r.get("metadata") or {},
+                    int(r.get("n_tokens", r["n_vectors"])),
+                    r["n_vectors"],
+                    seg_id,
+                    int(s),
+                )
+                for r, s in zip(rows, starts)
+            ]
+        fsync_dir(segment_path(folder.path, 0).parent)
+    except BaseException:
+        for f in new_files:
+            f.unlink(missing_ok=True)
+        raise
+    return new_files, docs, segs
 
 
 def train_for_attach(folder, sample: np.ndarray, n_total: int) -> None:

@@ -148,9 +148,8 @@ class IndexFolder:
         self.format_version = format_version
         #: the kind of the quantized segments this folder writes: format 2 folders keep writing ``pq``
         self.pq_kind = "pq3" if format_version >= 3 else "pq"
-        self.snapshot: Snapshot | None = None
         self._delta: tuple | None = None  # what the write in progress did, for the next snapshot
-        self.snapshot = self._load()
+        self.snapshot: Snapshot = self._load(None)
 
     @classmethod
     def open(
@@ -181,15 +180,16 @@ class IndexFolder:
             raise
 
     # -- reading ----------------------------------------------------------------------------------------------
-    def _load(self, attempts: int = 20) -> Snapshot:
+    def _load(self, previous: Snapshot | None, attempts: int = 20) -> Snapshot:
         """Pin the newest commit and map its files; a file unlinked under us means a newer commit: retry.
 
-        Files the current snapshot already maps are reused (no re-map, the DirectMap kept).
+        Files ``previous`` (the current snapshot; None when opening) already maps are reused (no re-map, the
+        DirectMap kept).
         """
         for _ in range(attempts):
             self.store.pin()
             try:
-                return load_snapshot(self.path, self.store, self.dim, previous=self.snapshot)
+                return load_snapshot(self.path, self.store, self.dim, previous=previous)
             except FileNotFoundError:
                 continue
         raise IndexCorruptError(f"{self.path}: a file the latest commit lists is missing")
@@ -202,7 +202,7 @@ class IndexFolder:
         """Load the newest commit if there is one; returns True when something changed."""
         if not self.is_stale():
             return False
-        self.snapshot = self._load()
+        self.snapshot = self._load(self.snapshot)
         return True
 
     # -- the write protocol -----------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class IndexFolder:
             return old
         if delta is not None and commit == old.commit + 1:
             return old.after_write(commit, *delta)
-        return self._load()
+        return self._load(self.snapshot)
 
     def _commit(self, new_files: list[Path], change, fold: bool = True) -> None:
         """Run ``change`` (row edits) and bump the counter in one transaction; on error drop ``new_files``.
@@ -461,12 +461,7 @@ class IndexFolder:
             data = codec.encode(chunks, self.dim, quantizer)
         exact = None
         if self.config.keep_exact:
-            exact = np.concatenate(
-                [
-                    np.asarray(snap.segments[i].exact[ranges(snap.segments[i].starts, snap.segments[i].counts)])
-                    for i in idx
-                ]
-            )
+            exact = np.concatenate([_live_exact(snap.segments[i]) for i in idx])
         try:
             files = self._write_segment_files(seg_id, codec, data, exact) + q_files
         except BaseException:
@@ -496,7 +491,7 @@ class IndexFolder:
             row.n_vectors,
             " retrained" if retrain else "",
         )
-        self.snapshot = self._load()
+        self.snapshot = self._load(self.snapshot)
         self._remove_unreferenced()
 
     def _train(self, idx: list[int], keep_codec: bool = True):
@@ -570,3 +565,10 @@ def ensure_layout(path: Path) -> None:
     """Create the segments folder of a new index."""
     (path / SEGMENTS).mkdir(parents=True, exist_ok=True)
     fsync_dir(path)
+
+
+def _live_exact(seg: SegmentReader) -> np.ndarray:
+    """The exact (float16) copies of a segment's live vectors, in document order (``keep_exact`` indexes)."""
+    if seg.exact is None:  # keep_exact is fixed at creation: every segment of such an index has its copy
+        raise IndexCorruptError(f"a segment of kind {seg.kind!r} has no exact copy, though the index keeps them")
+    return np.asarray(seg.exact[ranges(seg.starts, seg.counts)])

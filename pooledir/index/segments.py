@@ -35,12 +35,16 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pooledir.device import faiss_gpu_available
 from pooledir.durable import write_durably
 from pooledir.errors import IndexCorruptError
+
+if TYPE_CHECKING:
+    import faiss
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +234,7 @@ def train_quantizer(
     return index
 
 
-def read_quantizer(path: Path):
+def read_quantizer(path: Path) -> faiss.IndexIVFPQ:
     """Load a trained empty IVF-PQ written by :func:`write_faiss` (fully in memory: a few MB)."""
     import faiss
 

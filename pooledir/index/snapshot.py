@@ -9,8 +9,10 @@ commit builds a new snapshot; the old one goes when nothing refers to it.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +20,9 @@ from pooledir.errors import IndexCorruptError
 from pooledir.index.codecs import codec_for
 from pooledir.index.segments import Probe, SegmentReader, live_bitmap, ranges, read_quantizer
 from pooledir.store import DocStore, SegmentRow
+
+if TYPE_CHECKING:
+    import faiss
 
 SEGMENTS = "segments"
 
@@ -44,7 +49,7 @@ class Snapshot:
     dim: int
     segments: list[SegmentReader]
     rows: list[SegmentRow]
-    quantizer: object | None
+    quantizer: faiss.IndexIVFPQ | None
     quantizer_id: int | None
     trained_vectors: int
     seg_of: np.ndarray
@@ -159,6 +164,8 @@ class Snapshot:
             seg_of[added.doc_ints] = len(segments)
             start_of[added.doc_ints] = added.starts
             count_of[added.doc_ints] = added.counts
+            if added_row is None:
+                raise ValueError("after_write needs the added segment's row")  # a caller's bug, not input
             segments.append(added)
             rows.append(added_row)
         return Snapshot(
@@ -207,7 +214,7 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
     if quantizer is not None and quantizer.d != dim:
         raise IndexCorruptError(f"{folder}: the quantizer has dimension {quantizer.d}, the manifest says {dim}")
     rows = store.segments()
-    if reusable and commit >= previous.commit:
+    if previous is not None and reusable and commit >= previous.commit:
         return _refresh(folder, store, dim, previous, commit, rows)
     layout = store.layout()  # doc_int, segment, seg_start, n_vectors; sorted by segment, start
     size = int(layout[:, 0].max()) + 1 if len(layout) else 0
@@ -312,7 +319,7 @@ def _readers(
     reusable: dict[int, SegmentReader],
     layout_of,
     tables: tuple[np.ndarray, np.ndarray, np.ndarray],
-    keep: set[int] = frozenset(),
+    keep: Set[int] = frozenset(),
 ) -> list[SegmentReader]:
     """One reader per committed segment, and each document's place in ``tables`` (seg_of, start_of, count_of).
 

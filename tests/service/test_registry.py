@@ -42,7 +42,8 @@ def test_http_upsert_into_a_passage_index(tmp_path, tiny_encoder, tiny_docs, mon
         monkeypatch.setattr(type(tiny_encoder), "encode_documents", watched)
         r = client.post("/indexes/p/documents", json={"documents": [{"id": "long", "text": LONG}]})
         assert r.status_code == 200, r.text
-        assert r.json()["upserted"] == 1
+        assert r.json() == {"upserted": 1, "documents": 21}  # documents, not passage rows (it said 26)
+        assert client.get("/indexes/p").json()["documents"] == 21
         assert locked_while_encoding == [False]  # a long encode holds no other write up
         assert client.get("/indexes/p/documents/long").json()["text"] == LONG  # the whole document
         hits = client.post("/indexes/p/search", json={"query": "needle zebra quartz", "k": 21}).json()["results"]

@@ -28,7 +28,7 @@ class Bm25sSystem:
     def __init__(self, method: str, k1: float, b: float) -> None:
         self.method, self.k1, self.b = method, k1, b
         self.name = f"bm25s-{method}-k{k1:g}-b{b:g}"
-        self.retriever = None
+        self.retriever: Any = None  # a bm25s.BM25 once built (bm25s ships no types)
         self.ids: list[str] = []
 
     def build(self, context: Context, documents: Sequence[Document], vectors: Sequence[np.ndarray]) -> None:  # noqa: D102

@@ -43,11 +43,14 @@ class FastPlaidSystem:
         self._row: dict[str, Any] = {}
 
     def _ask(self, **cmd) -> dict:
-        self._proc.stdin.write(json.dumps(cmd) + "\n")
-        self._proc.stdin.flush()
-        line = self._proc.stdout.readline()
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise RuntimeError(f"{self.name}: call build() first (it starts fast-plaid's runner)")
+        proc.stdin.write(json.dumps(cmd) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"fast-plaid's runner exited (code {self._proc.wait()}); its stderr is above")
+            raise RuntimeError(f"fast-plaid's runner exited (code {proc.wait()}); its stderr is above")
         reply = json.loads(line)
         if not reply.get("ok"):
             raise RuntimeError(f"fast-plaid failed: {reply.get('error')}")
@@ -99,10 +102,11 @@ class FastPlaidSystem:
         return {"index_bytes": size, "vector_bytes": size, "search_bytes": size}
 
     def close(self) -> None:  # noqa: D102
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            self._proc.stdin.close()
-            self._proc.wait(timeout=60)
+        proc = self._proc
+        if proc is not None and proc.poll() is None and proc.stdin is not None:
+            proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            proc.stdin.close()
+            proc.wait(timeout=60)
         self._proc = None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from typing import Any
 
 
 def main() -> None:  # noqa: D103
@@ -23,7 +24,7 @@ def main() -> None:  # noqa: D103
     from fast_plaid import search as fast_plaid_search
 
     answers = sys.stdout
-    index = None
+    index: Any = None  # fast_plaid_search.FastPlaid once built (untyped)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":

@@ -110,7 +110,7 @@ class PlaidSystem:
             indexer = Indexer(checkpoint=str(context.encoder.path), config=self._config, verbose=0)
             indexer.index(name=self.name, collection=self.texts, overwrite=True)
         self._index_path = Path(indexer.get_index())
-        self._searcher = None
+        self._searcher: Any = None  # colbert-ai's Searcher, loaded on the first search (untyped)
         self._row = {
             "system": "plaid",
             "index": "plaid",

@@ -74,16 +74,22 @@ class PooledirSystem:
             pool_s = time.perf_counter() - t
         self.pool_s = pool_s + self.index.add(documents, embeddings=vectors).pool_s
 
+    def _built(self) -> PooledIndex:
+        """The index :meth:`build` made or opened."""
+        if self.index is None:
+            raise RuntimeError(f"{self.name}: call build() before searching or measuring it")
+        return self.index
+
     def search(self, queries: Sequence[str], k: int, vectors: np.ndarray | None = None) -> list[list[Hit]]:  # noqa: D102
         params = replace(self.params, k=k)
         if self.mode != "dense":
-            return hybrid.search(self.index, list(queries), params, self.mode, fusion=self.fusion, Q=vectors)
+            return hybrid.search(self._built(), list(queries), params, self.mode, fusion=self.fusion, Q=vectors)
         if vectors is not None:
-            return self.index.search_embeddings(vectors, params)
-        return self.index.search(list(queries), k=k, params=params)
+            return self._built().search_embeddings(vectors, params)
+        return self._built().search(list(queries), k=k, params=params)
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
-        info = self.index.describe()
+        info = self._built().describe()
         return {
             "system": "pooledir",
             "index": self.config.backend,
@@ -100,7 +106,7 @@ class PooledirSystem:
         }
 
     def bytes(self) -> dict[str, int]:  # noqa: D102
-        files = self.index.describe().bytes
+        files = self._built().describe().bytes
         vector_bytes = sum(v for k, v in files.items() if k.startswith(("segments", "quantizer")))
         store = sum(v for k, v in files.items() if k.startswith("docs.sqlite"))
         text, lexical = self._store_bytes()
@@ -116,7 +122,7 @@ class PooledirSystem:
 
     def _store_bytes(self) -> tuple[int, int]:
         """Bytes of document text and metadata, and the pages of the lexical lane's FTS5 tables (``dbstat``)."""
-        con = sqlite3.connect(f"file:{self.index.path / 'docs.sqlite'}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{self._built().path / 'docs.sqlite'}?mode=ro", uri=True)
         try:
             sql = "SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB)) + LENGTH(metadata)), 0) FROM docs"
             (text,) = con.execute(sql).fetchone()
