@@ -50,19 +50,19 @@ def test_readyz_finds_a_corrupt_commit_without_a_read_first(client, served_index
 def test_a_failing_disk_is_a_json_error_and_nothing_is_lost(client, monkeypatch, code, status, message):
     import pooledir.index.folder as folder_mod
 
-    real = folder_mod.write_segment
+    real = folder_mod.IndexFolder._write_segment_files  # every segment file of a write goes through it
 
     def fail(*args, **kwargs):
         raise OSError(code, "simulated")
 
-    monkeypatch.setattr(folder_mod, "write_segment", fail)
+    monkeypatch.setattr(folder_mod.IndexFolder, "_write_segment_files", fail)
     r = client.post(DOCS, json={"documents": [{"id": "new", "text": "bone"}]})
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json" and message in r.json()["detail"]
     assert client.get("/indexes/tiny").json()["documents"] == 120
     assert client.get(f"{DOCS}/new").status_code == 404
     assert client.post(SEARCH, json={"query": "bone"}).status_code == 200
-    monkeypatch.setattr(folder_mod, "write_segment", real)  # space again: the next write goes through
+    monkeypatch.setattr(folder_mod.IndexFolder, "_write_segment_files", real)  # space again: the next write goes through
     assert client.post(DOCS, json={"documents": [{"id": "new", "text": "bone"}]}).json()["documents"] == 121
 
 
