@@ -62,7 +62,7 @@ def test_a_failing_disk_is_a_json_error_and_nothing_is_lost(client, monkeypatch,
     assert client.get("/indexes/tiny").json()["documents"] == 120
     assert client.get(f"{DOCS}/new").status_code == 404
     assert client.post(SEARCH, json={"query": "bone"}).status_code == 200
-    monkeypatch.setattr(folder_mod.IndexFolder, "_write_segment_files", real)  # space again: the next write goes through
+    monkeypatch.setattr(folder_mod.IndexFolder, "_write_segment_files", real)  # space again
     assert client.post(DOCS, json={"documents": [{"id": "new", "text": "bone"}]}).json()["documents"] == 121
 
 
