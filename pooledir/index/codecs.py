@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pooledir.durable import write_durably
 from pooledir.errors import IndexCorruptError
 from pooledir.index.segments import (
     FOOTER,
@@ -29,8 +30,8 @@ from pooledir.index.segments import (
     SegmentFile,
     _stamp,
     _write_checksummed,
-    _write_durably,
     encode_segment,
+    map_exact,
     merge_pq,
     open_segment_file,
     ranges,
@@ -208,7 +209,7 @@ class PQ3Codec(SegmentCodec):
                 put(np.ascontiguousarray(arrays[name]).tobytes())
                 put(b"\x00" * _pad(size))
 
-        _write_durably(path, lambda f: _write_checksummed(f, payload))
+        write_durably(path, lambda f: _write_checksummed(f, payload))
 
     def open(self, path: Path, n_vectors: int, dim: int, quantizer, exact_path: Path | None) -> PQ3File:
         """Map and check a ``.pq3`` file (:meth:`PQ3File.open`)."""
@@ -269,13 +270,7 @@ class PQ3File(SegmentFile):
             raise IndexCorruptError(f"{path} was encoded with another quantizer than this index's: mismatched")
         if pq3_payload_bytes(n, code_size, n_lists) != len(mm) - FOOTER.size:
             raise IndexCorruptError(f"{path} is corrupt: its size does not match its header")
-        exact = None
-        if exact_path is not None:
-            raw = np.memmap(exact_path, dtype=np.float16, mode="r")
-            if len(raw) != n_vectors * dim:
-                raise IndexCorruptError(f"{exact_path} holds {len(raw)} values, expected {n_vectors} x {dim}")
-            exact = raw.reshape(n_vectors, dim)
-        file = cls(path, mm, head, quantizer, exact)
+        file = cls(path, mm, head, quantizer, map_exact(exact_path, n_vectors, dim))
         file._check_structure()
         file._stamp = stamp
         return file

@@ -100,9 +100,6 @@ def default_pq_m(dim: int, legacy: bool = False) -> int:
 
 
 # -- durable files ------------------------------------------------------------------------------------------------
-_write_durably = write_durably  # the one durable-write rule (pooledir/durable.py), under the name codecs.py uses
-
-
 #: the last bytes of a segment or quantizer file: magic, length of the faiss bytes before it, their CRC-32
 FOOTER = struct.Struct("<8sQI")
 FOOTER_MAGIC = b"pdcrc32\x00"
@@ -162,7 +159,7 @@ def verify_file(path: Path) -> bool:
 
 
 def write_faiss(index, path: Path) -> None:
-    """Write a faiss index durably (see :func:`_write_durably`), with a checksum footer.
+    """Write a faiss index durably (see :func:`pooledir.durable.write_durably`), with a checksum footer.
 
     The bytes go through a Python file object: faiss's own file writer only prints an error when
     ``fclose`` fails, so a full disk could leave a truncated file that looked written (and was
@@ -170,14 +167,14 @@ def write_faiss(index, path: Path) -> None:
     """
     import faiss
 
-    _write_durably(
+    write_durably(
         path, lambda f: _write_checksummed(f, lambda put: faiss.write_index(index, faiss.PyCallbackIOWriter(put)))
     )
 
 
 def write_array(array: np.ndarray, path: Path) -> None:
     """Write raw array bytes durably (the float16 sidecar)."""
-    _write_durably(path, lambda f: f.write(np.ascontiguousarray(array).tobytes()))
+    write_durably(path, lambda f: f.write(np.ascontiguousarray(array).tobytes()))
 
 
 def file_digest(path: Path) -> str:
@@ -552,17 +549,22 @@ def open_segment_file(
         if index.nlist != quantizer.nlist or index.pq.M != quantizer.pq.M or index.pq.nbits != quantizer.pq.nbits:
             raise IndexCorruptError(f"{path} was encoded with another quantizer than this index's: mismatched")
         _check_pq_structure(path, index, quantizer, count_lists=not checked)
-    exact = None
-    if exact_path is not None:
-        raw = np.memmap(exact_path, dtype=np.float16, mode="r")
-        if len(raw) != n_vectors * dim:
-            raise IndexCorruptError(f"{exact_path} holds {len(raw)} values, expected {n_vectors} x {dim}")
-        exact = raw.reshape(n_vectors, dim)
+    exact = map_exact(exact_path, n_vectors, dim)
     file = SegmentFile(index, kind, quantizer if kind == "pq" else None, exact)
     file.path, file._stamp = path, stamp
     if kind == "pq" and not checked:
         file._direct_map()  # no footer: check the ids now (the first search would build this map anyway)
     return file
+
+
+def map_exact(exact_path: Path | None, n_vectors: int, dim: int) -> np.ndarray | None:
+    """Memory-map a segment's float16 sidecar (``keep_exact``), checking its size; None without one."""
+    if exact_path is None:
+        return None
+    raw = np.memmap(exact_path, dtype=np.float16, mode="r")
+    if len(raw) != n_vectors * dim:
+        raise IndexCorruptError(f"{exact_path} holds {len(raw)} values, expected {n_vectors} x {dim}")
+    return raw.reshape(n_vectors, dim)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
