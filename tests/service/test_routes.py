@@ -111,3 +111,27 @@ def test_api_key(make_client):
 def test_without_micro_batching_answers_the_same(make_client, client):
     plain = make_client(micro_batching=False)
     assert search(plain, k=4).json()["results"] == search(client, k=4).json()["results"]
+
+
+#: the service's URL contract: every (method, path) of its OpenAPI schema; a route that moves fails here
+ROUTES = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/indexes"),
+    ("GET", "/indexes/{name}"),
+    ("POST", "/indexes/{name}/search"),
+    ("POST", "/indexes/{name}/search/batch"),
+    ("POST", "/indexes/{name}/documents"),
+    ("DELETE", "/indexes/{name}/documents"),
+    ("GET", "/indexes/{name}/documents/{doc_id}"),
+}
+
+
+def test_openapi_paths_are_pinned():
+    from service.main import create_app
+    from service.settings import Settings
+
+    schema = create_app(Settings(indexes=[], device="cpu")).openapi()  # no lifespan: nothing is opened
+    assert {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops} == ROUTES
+    protected = {(m.upper(), p) for p, ops in schema["paths"].items() for m, op in ops.items() if op.get("security")}
+    assert protected == ROUTES - {("GET", "/healthz"), ("GET", "/readyz")}  # health stays outside the API key
