@@ -40,6 +40,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def use_gpu(device: str) -> bool:
+    """True when ``device`` resolves to CUDA (``"auto"`` on a machine without a GPU is the CPU).
+
+    Raises :class:`InputError` as :func:`resolve_device` does (CUDA asked for without a GPU).
+    """
+    return resolve_device(device) != "cpu"
+
+
 def faiss_gpu_available() -> bool:
     """True when this faiss build has GPU support and sees a GPU."""
     import faiss

@@ -21,7 +21,7 @@ import numpy as np
 
 from pooledir import pipeline
 from pooledir.corpus import Document, check_documents
-from pooledir.device import faiss_gpu_available, resolve_device
+from pooledir.device import faiss_gpu_available, resolve_device, use_gpu
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.fusion import Fusion
 from pooledir.index.folder import IndexFolder, ensure_layout
@@ -64,7 +64,7 @@ class PooledIndex:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
         self._encoder = encoder
         self._backends: dict[str, str] = {}  # how an encoder loaded on first use runs (see open())
-        self.folder = IndexFolder.open(path, self.config, self.dim, use_gpu=device != "cpu")
+        self.folder = IndexFolder.open(path, self.config, self.dim, use_gpu=use_gpu(self.device))
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod

@@ -344,3 +344,36 @@ def _waiting(reads) -> None:
             if reads._cond._waiters:
                 return
         threading.Event().wait(0.001)
+
+
+# -- the device: the resolved one decides whether FAISS may use a GPU --------------------------------------------
+def test_auto_device_without_cuda_serves_on_the_cpu(served_index, monkeypatch):
+    """Device 'auto' on a machine without CUDA: the served index's FAISS side is told CPU (it was told GPU)."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with TestClient(create_app(Settings(indexes=[served_index], device="auto"))) as client:
+        handle = client.app.state.registry.handles["tiny"]
+        assert handle.index.folder.use_gpu is False
+        assert client.get("/indexes/tiny").json()["device"] == "cpu"
+        assert client.post("/indexes/tiny/search", json={"query": "bone", "k": 3}).status_code == 200
+
+
+def test_cuda_without_cuda_refuses_to_start_with_the_fix(served_index, monkeypatch):
+    import torch
+    from fastapi.testclient import TestClient
+
+    from pooledir.errors import InputError
+    from service.main import create_app
+    from service.settings import Settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = {t for t in threading.enumerate() if t.name == "query-batcher"}
+    with pytest.raises(InputError, match="device='cuda' but torch sees no CUDA GPU; use device='cpu' or 'auto'"):
+        with TestClient(create_app(Settings(indexes=[served_index], device="cuda"))):
+            pass
+    assert {t for t in threading.enumerate() if t.name == "query-batcher" and t.is_alive()} <= before
