@@ -8,7 +8,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.guard import key_ok
-from service.registry import IndexHandle, Registry
+from service.handles import IndexHandle
+from service.registry import Registry
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)

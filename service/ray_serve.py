@@ -20,9 +20,10 @@ part of it before another's, and a crash between them keeps the parts already co
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -44,6 +45,12 @@ from pooledir.fusion import Fusion, fuse
 from pooledir.index_info import IndexInfo
 from pooledir.lexical import Stats
 from pooledir.pipeline import WriteBatch
+
+if TYPE_CHECKING:
+    from service.registry import Registry
+    from service.settings import Settings
+
+T = TypeVar("T")
 
 _ERRORS = {c.__name__: c for c in (InputError, DocumentNotFoundError, IndexCorruptError, PooledirError)}
 
@@ -144,7 +151,7 @@ class PartitionsView:
 
 
 class ShardedHandle:
-    """The registry entry of a partitioned index: the interface of :class:`service.registry.IndexHandle`."""
+    """The registry entry of a partitioned index: implements :class:`service.handles.IndexHandle`."""
 
     def __init__(self, name: str, partitions: list, encoder, batcher, device: str) -> None:
         self.name = name
@@ -263,25 +270,16 @@ class ShardedHandle:
                 _unwrap(c.result())
         return len(ids)
 
-    def read(self, fn):
+    def read(self, fn: Callable[[PartitionsView], T]) -> T:
         """Run ``fn`` on the partitions seen as one index (len, get, info)."""
         return fn(self.index)
 
-    def refresh(self) -> None:
-        """Nothing to do here: every partition call loads its newest commit."""
-
-
-class ShardedRegistry:
-    """The registry the ingress's app serves: one :class:`ShardedHandle` per partitioned index."""
-
-    def __init__(self, handles: dict[str, ShardedHandle]) -> None:
-        self.handles = handles
+    def problem(self) -> str | None:
+        """None: a partition that cannot serve answers its calls with the error (a JSON 503), not here."""
+        return None
 
     def close(self) -> None:
-        """Stop the query batchers."""
-        for h in self.handles.values():
-            if h.batcher is not None:
-                h.batcher.close()
+        """Nothing to close here: the partitions are Ray Serve's, the batcher the registry's."""
 
 
 class Ingress:
@@ -297,10 +295,11 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         from pooledir import encoder_for_index
+        from service.concurrency import QueryBatcher
         from service.main import create_app
-        from service.registry import QueryBatcher
+        from service.registry import Registry
 
-        def open_registry(settings) -> ShardedRegistry:
+        def open_registry(settings: Settings) -> Registry:
             layout = read_partitions(self.folder)
             manifest = read_manifest(layout.part(0))
             encoder = encoder_for_index(
@@ -314,7 +313,7 @@ class Ingress:
             if settings.micro_batching:
                 batcher = QueryBatcher(encoder, settings.batch_window_ms, settings.max_batch_queries)
             handle = ShardedHandle(self.name, self.partitions, encoder, batcher, encoder.device)
-            return ShardedRegistry({self.name: handle})
+            return Registry({self.name: handle}, [batcher] if batcher is not None else [])
 
         return create_app(self.settings, open_registry=open_registry)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from service.registry import Registry
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -30,12 +31,7 @@ async def readyz(request: Request, response: Response) -> Health:
     return Health(status="ready", indexes=sorted(registry.handles))
 
 
-def _problems(registry) -> dict[str, str]:
+def _problems(registry: Registry) -> dict[str, str]:
     """Index name -> why it cannot serve, for the indexes that cannot (the check loads a newer commit if any)."""
-    out = {}
-    for name, handle in registry.handles.items():
-        problem = getattr(handle, "problem", None)  # a Ray Serve handle's partitions report through their calls
-        message = problem() if problem is not None else None
-        if message:
-            out[name] = message
-    return out
+    problems = {name: handle.problem() for name, handle in registry.handles.items()}
+    return {name: message for name, message in problems.items() if message}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import IndexDep, RegistryDep
-from service.registry import IndexHandle
+from service.handles import IndexHandle
 from service.schemas import IndexList, IndexStats
 
 router = APIRouter(tags=["indexes"])
@@ -22,7 +22,7 @@ def stats(handle: IndexHandle) -> IndexStats:
         pool_factor=info.pool_factor,
         index_bytes=info.index_bytes,
         backend=info.backend,
-        device=handle.index.device,
+        device=handle.device,
         checkpoint=info.checkpoint,
     )
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 
 from pooledir import SearchParams
 from service.deps import IndexDep, SettingsDep
-from service.registry import IndexHandle
+from service.handles import IndexHandle
 from service.schemas import BatchSearchRequest, BatchSearchResponse, Hit, SearchOptions, SearchRequest, SearchResponse
 from service.settings import Settings
 

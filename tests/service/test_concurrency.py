@@ -1,141 +1,206 @@
-"""Reads never wait for writes, and every worker reads what any worker wrote (issue 22, items 7-9).
+"""service/concurrency.py: the query batcher and the read side, with stand-ins for the encoder and the index.
 
-Two apps on one folder stand for two worker processes: each has its own registry, its own
-sqlite connections and its own snapshot, as ``pooledir serve --workers 2`` gives each worker.
-Ordering is asserted on state (a lock held, a request not yet answered), never on time.
+Ordering is asserted on state (requests queued, a thread waiting on a condition), never on time.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
-import time
-import types
 
+import numpy as np
 import pytest
 
-DOCS = "/indexes/tiny/documents"
-#: only for a test that fails: how long to wait for what should come at once
-STUCK_S = int(os.environ.get("POOLEDIR_TEST_STUCK_S", "120"))
+
+# -- QueryBatcher -----------------------------------------------------------------------------------------------
+class _GatedEncoder:
+    """encode_queries records its batches; the first call waits for ``gate``, so later queries pile up."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+
+    def encode_queries(self, texts):
+        self.calls.append(list(texts))
+        self.entered.set()
+        self.gate.wait()
+        if self.fail_on in texts:
+            raise RuntimeError(f"cannot encode {self.fail_on}")
+        return np.array([[[float(len(t))]] for t in texts])
 
 
-class Call(threading.Thread):
-    """One request in its own thread; ``response`` once answered."""
+def _submit(batcher, queries, out, errors):
+    def run():
+        try:
+            out[tuple(queries)] = batcher.encode(list(queries))
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            errors[tuple(queries)] = e
 
-    def __init__(self, client, method: str, url: str, body=None) -> None:
-        super().__init__(daemon=True)
-        self.args = (client, method, url, body)
-        self.response = None
-        self.start()
-
-    def run(self) -> None:
-        client, method, url, body = self.args
-        self.response = client.request(method, url, json=body)
+    t = threading.Thread(target=run)
+    t.start()
+    return t
 
 
-@pytest.fixture()
-def folder_lock(served_index):
-    """Take the folder's write lock as another process would (its own open file), for the test's block."""
-    lock = open(served_index / ".lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    yield lock
-    fcntl.flock(lock, fcntl.LOCK_UN)
-    lock.close()
+def _pending(batcher, n):
+    """Wait until ``n`` requests are queued (state the test observes, no clock)."""
+    while True:
+        with batcher._cond:
+            if len(batcher._pending) == n:
+                return
+        threading.Event().wait(0.001)
 
 
-def test_searches_and_reads_answer_while_a_queued_write_waits_for_the_folder_lock(client, folder_lock, monkeypatch):
-    """Item 7: an upsert waiting for another process's write holds nothing a read needs."""
-    import pooledir.index.folder as folder_mod
+def test_query_batcher_encodes_waiting_queries_in_one_call():
+    from service.concurrency import QueryBatcher
 
-    queued = threading.Event()
-
-    def flock(fd, op):  # the server's writer reached the folder lock: it waits there from now on
-        if op == fcntl.LOCK_EX:
-            queued.set()
-        return fcntl.flock(fd, op)
-
-    monkeypatch.setattr(folder_mod, "fcntl", types.SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
-    upsert = Call(client, "POST", DOCS, {"documents": [{"id": "new", "text": "bone density", "metadata": {"n": -1}}]})
-    try:
-        assert queued.wait(STUCK_S), "the upsert never reached the folder lock"
-        reads = [
-            Call(client, "POST", "/indexes/tiny/search", {"query": "bone", "k": 5}),
-            Call(client, "POST", "/indexes/tiny/search/batch", {"queries": ["bone", "cells"], "k": 3}),
-            Call(client, "GET", "/indexes/tiny/documents/d1"),
-            Call(client, "GET", "/indexes/tiny"),
-            Call(client, "GET", "/indexes"),
-            Call(client, "GET", f"{DOCS}/new"),  # not there yet
-        ]
-        deadline = time.monotonic() + STUCK_S
-        for r in reads:
-            r.join(max(0.0, deadline - time.monotonic()))
-        answered = [r.response.status_code if r.response is not None else None for r in reads]
-        still_queued = upsert.is_alive()
-    finally:
-        fcntl.flock(folder_lock, fcntl.LOCK_UN)  # the other process's write ends
-        upsert.join(STUCK_S)
-    assert answered == [200] * 5 + [404]  # every read answered while the write waited
-    assert still_queued  # ... and the write really was still waiting
-    assert reads[0].response.json()["results"]
-    assert reads[3].response.json()["documents"] == 120
-    assert upsert.response.status_code == 200, upsert.response.text
-    assert upsert.response.json() == {"upserted": 1, "documents": 121}
-    assert client.get(f"{DOCS}/new").json()["text"] == "bone density"
+    enc = _GatedEncoder()
+    batcher = QueryBatcher(enc, window_ms=0, max_batch=4)
+    out, errors = {}, {}
+    first = _submit(batcher, ["a"], out, errors)
+    enc.entered.wait()  # the batcher is inside the first call: the next ones queue
+    threads = [_submit(batcher, q, out, errors) for q in (["bb", "ccc"], ["dddd"], ["eeeee"])]
+    _pending(batcher, 3)
+    enc.gate.set()
+    for t in [first, *threads]:
+        t.join()
+    batcher.close()
+    assert not errors
+    # the three waiting requests (4 queries, max_batch) go in one call; each gets its own rows back
+    assert enc.calls == [["a"], ["bb", "ccc", "dddd", "eeeee"]]
+    for queries, Q in out.items():
+        assert Q[:, 0, 0].tolist() == [len(q) for q in queries]
 
 
-def test_every_read_route_sees_writes_of_another_worker(make_client):
-    """Item 8: after an acknowledged write in worker A, every read route of worker B shows it."""
-    a, b = make_client(), make_client()
-    assert b.get("/indexes/tiny").json()["documents"] == 120  # B has loaded (and read) the old commit
-    doc = {"id": "fresh", "text": "vitamin bone density", "metadata": {"tag": "fresh"}}
-    assert a.post(DOCS, json={"documents": [doc]}).status_code == 200
+def test_query_batcher_fails_every_request_of_a_failed_batch_and_goes_on():
+    from service.concurrency import QueryBatcher
 
-    def seen_by_b() -> dict:
-        r = b.get(f"{DOCS}/fresh")
-        search = {"k": 5, "filter": {"tag": "fresh"}}
-        batch = b.post("/indexes/tiny/search/batch", json=search | {"queries": ["vitamin", "bone"]}).json()
-        return {
-            "get": r.json()["text"] if r.status_code == 200 else r.status_code,
-            "stats": b.get("/indexes/tiny").json()["documents"],
-            "list": b.get("/indexes").json()["indexes"][0]["documents"],
-            "search": [h["id"] for h in b.post("/indexes/tiny/search", json=search | {"query": "x"}).json()["results"]],
-            "batch": [[h["id"] for h in hits] for hits in batch["results"]],
-        }
-
-    expected = {"get": "vitamin bone density", "stats": 121, "list": 121, "search": ["fresh"]}
-    assert seen_by_b() == expected | {"batch": [["fresh"], ["fresh"]]}
-    replaced = {"id": "fresh", "text": "a new text", "metadata": {"tag": "fresh"}}
-    assert a.post(DOCS, json={"documents": [replaced]}).status_code == 200
-    assert b.get(f"{DOCS}/fresh").json()["text"] == "a new text"
-    assert a.request("DELETE", DOCS, json={"ids": ["fresh", "d7"]}).json() == {"deleted": 2, "documents": 119}
-    assert seen_by_b() == {"get": 404, "stats": 119, "list": 119, "search": [], "batch": [[], []]}
-    assert b.get(f"{DOCS}/d7").status_code == 404
-    batch = b.post("/indexes/tiny/search/batch", json={"queries": ["bone", "cells"], "k": 200}).json()["results"]
-    assert [len(hits) for hits in batch] == [119, 119]  # every document asked for: the new count
+    enc = _GatedEncoder(fail_on="bad")
+    batcher = QueryBatcher(enc, window_ms=0, max_batch=8)
+    out, errors = {}, {}
+    first = _submit(batcher, ["a"], out, errors)
+    enc.entered.wait()
+    threads = [_submit(batcher, q, out, errors) for q in (["bad"], ["ok"])]
+    _pending(batcher, 2)
+    enc.gate.set()
+    for t in [first, *threads]:
+        t.join()
+    assert set(errors) == {("bad",), ("ok",)} and all("cannot encode bad" in str(e) for e in errors.values())
+    assert batcher.encode(["again"])[0, 0, 0] == 5  # the thread survived the failure
+    batcher.close()
+    batcher._thread.join()
+    assert not batcher._thread.is_alive()
 
 
-def test_an_idle_worker_lets_the_other_checkpoint_the_wal(make_client, served_index):
-    """Item 9: worker B's snapshot pins no WAL frames while B is idle, so A's checkpoints fold the WAL."""
-    a, b = make_client(), make_client()
-    wal = served_index / "docs.sqlite-wal"
-    sizes = []
-    for i in range(60):
-        r = a.post(DOCS, json={"documents": [{"id": f"w{i}", "text": f"write number {i} bone", "metadata": {"i": i}}]})
-        assert r.status_code == 200, r.text
-        if i % 5 == 0:  # B keeps reading now and then, as a serving worker does
-            assert b.post("/indexes/tiny/search", json={"query": "bone", "k": 3}).status_code == 200
-        sizes.append(wal.stat().st_size if wal.exists() else 0)
-    print("WAL bytes after each write:", sizes)
-    assert max(sizes[30:]) <= max(sizes[:30])  # folded again and again: it does not grow with the writes
-    assert b.get("/indexes/tiny").json()["documents"] == 180
+def test_query_batcher_checks_queries_before_queueing():
+    from pooledir import InputError
+    from service.concurrency import QueryBatcher
+
+    enc = _GatedEncoder()
+    enc.gate.set()
+    batcher = QueryBatcher(enc, window_ms=0, max_batch=8)
+    with pytest.raises(InputError):
+        batcher.encode(["fine", "   "])
+    assert enc.calls == []
+    batcher.close()
 
 
-def test_the_service_checkpoints_every_n_writes(make_client, served_index):
-    a, b = make_client(wal_checkpoint_every=4), make_client()
-    assert b.get("/indexes/tiny/documents/d1").status_code == 200
-    sizes = []
-    for i in range(8):
-        assert a.post(DOCS, json={"documents": [{"id": f"w{i}", "text": f"write {i}"}]}).status_code == 200
-        sizes.append((served_index / "docs.sqlite-wal").stat().st_size)
-    assert sizes[3] == sizes[7] == 0 and min(sizes[:3]) > 0, sizes
+# -- ReadSide (what replaced the RW lock: reads never wait for writes, only for a newer commit to load) ----------
+class _FakeIndex:
+    """The part of PooledIndex that ReadSide uses; ``stale`` says a newer commit is on disk."""
+
+    path = "fake"
+
+    def __init__(self) -> None:
+        self.stale = False
+        self.pins = self.releases = 0
+        self.commit = 0
+
+    def is_stale(self) -> bool:
+        return self.stale
+
+    def pin(self) -> None:
+        self.pins += 1
+        self.stale = False
+        self.commit += 1
+
+    def release(self) -> None:
+        self.releases += 1
+
+
+def test_read_side_pins_once_for_concurrent_reads_and_releases_when_idle():
+    from service.concurrency import ReadSide
+
+    index = _FakeIndex()
+    reads = ReadSide(index)
+    with reads.reading() as a, reads.reading() as b:  # the second read joins the pinned snapshot
+        assert a is b is index and index.pins == 1 and index.releases == 0
+    assert index.releases == 1  # idle: no read transaction held
+    with reads.reading():
+        assert index.pins == 2  # pinned afresh for the next read
+
+
+def test_read_side_loads_a_newer_commit_after_the_reads_in_flight():
+    from service.concurrency import ReadSide
+
+    index = _FakeIndex()
+    reads = ReadSide(index)
+    started, seen = threading.Event(), []
+    with reads.reading():
+        index.stale = True  # a write committed while this read runs
+
+        def later() -> None:
+            started.set()
+            with reads.reading() as i:
+                seen.append(i.commit)
+
+        t = threading.Thread(target=later)
+        t.start()
+        started.wait()
+        _waiting(reads)  # it waits for this read (on the old commit) to end before loading
+        assert index.commit == 1 and not seen
+    t.join()
+    assert seen == [2] and index.pins == 2
+
+
+def test_exclusive_waits_for_reads_and_holds_new_ones_off():
+    from service.concurrency import ReadSide
+
+    index = _FakeIndex()
+    reads = ReadSide(index)
+    order: list[str] = []
+    entered = threading.Event()
+    with reads.reading():
+
+        def hold() -> None:
+            with reads.exclusive():
+                order.append("exclusive")
+
+        t = threading.Thread(target=hold)
+        t.start()
+        _waiting(reads)
+        order.append("read ends")
+    t.join()
+    with reads.exclusive():
+
+        def read() -> None:
+            entered.set()
+            with reads.reading():
+                order.append("read")
+
+        r = threading.Thread(target=read)
+        r.start()
+        entered.wait()
+        _waiting(reads)
+        order.append("exclusive ends")
+    r.join()
+    assert order == ["read ends", "exclusive", "exclusive ends", "read"]
+
+
+def _waiting(reads) -> None:
+    """Return once some thread waits on the read side's condition (observed state, no clock)."""
+    while True:
+        with reads._cond:
+            if reads._cond._waiters:
+                return
+        threading.Event().wait(0.001)
