@@ -13,7 +13,7 @@ from pooledir import Document, InputError
 from service.deps import IndexDep, SettingsDep
 from service.schemas import DeleteRequest, DeleteResponse, DocumentOut, UpsertRequest, UpsertResponse
 
-router = APIRouter(tags=["documents"])
+router = APIRouter(prefix="/indexes/{name}/documents", tags=["documents"])
 
 
 class DocIdConvertor(Convertor[str]):
@@ -33,7 +33,7 @@ class DocIdConvertor(Convertor[str]):
 register_url_convertor("doc_id", DocIdConvertor())
 
 
-@router.post("/indexes/{name}/documents", response_model=UpsertResponse)
+@router.post("", response_model=UpsertResponse)
 def upsert(req: UpsertRequest, handle: IndexDep, settings: SettingsDep) -> UpsertResponse:
     """Add or replace documents by id; durable on disk before the answer."""
     if len(req.documents) > settings.max_batch_documents:
@@ -50,14 +50,14 @@ def upsert(req: UpsertRequest, handle: IndexDep, settings: SettingsDep) -> Upser
     return UpsertResponse(upserted=n, documents=handle.read(len))
 
 
-@router.delete("/indexes/{name}/documents", response_model=DeleteResponse)
+@router.delete("", response_model=DeleteResponse)
 def delete(req: DeleteRequest, handle: IndexDep) -> DeleteResponse:
     """Delete documents by id; any unknown id fails the whole request (404) before anything is deleted."""
     n = handle.delete(req.ids)
     return DeleteResponse(deleted=n, documents=handle.read(len))
 
 
-@router.get("/indexes/{name}/documents/{doc_id:doc_id}", response_model=DocumentOut)
+@router.get("/{doc_id:doc_id}", response_model=DocumentOut)
 def get_document(doc_id: str, handle: IndexDep) -> DocumentOut:
     """One stored document; ids may contain ``/`` (a folder of .txt files makes such ids)."""
     doc = handle.read(lambda index: index.get(doc_id))

@@ -8,7 +8,7 @@ from service.deps import IndexDep, RegistryDep
 from service.handles import IndexHandle
 from service.schemas import IndexList, IndexStats
 
-router = APIRouter(tags=["indexes"])
+router = APIRouter(prefix="/indexes", tags=["indexes"])
 
 
 def stats(handle: IndexHandle) -> IndexStats:
@@ -27,13 +27,13 @@ def stats(handle: IndexHandle) -> IndexStats:
     )
 
 
-@router.get("/indexes", response_model=IndexList)
+@router.get("", response_model=IndexList)
 def list_indexes(registry: RegistryDep) -> IndexList:
     """Every served index with its stats."""
     return IndexList(indexes=[stats(h) for h in registry.handles.values()])
 
 
-@router.get("/indexes/{name}", response_model=IndexStats)
+@router.get("/{name}", response_model=IndexStats)
 def index_stats(handle: IndexDep) -> IndexStats:
     """Documents, vectors before and after pooling, pool factor, bytes, device, checkpoint."""
     return stats(handle)

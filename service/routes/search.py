@@ -12,7 +12,7 @@ from service.handles import IndexHandle
 from service.schemas import BatchSearchRequest, BatchSearchResponse, Hit, SearchOptions, SearchRequest, SearchResponse
 from service.settings import Settings
 
-router = APIRouter(tags=["search"])
+router = APIRouter(prefix="/indexes/{name}/search", tags=["search"])
 
 
 def _params(opts: SearchOptions, max_k: int) -> SearchParams:
@@ -54,7 +54,7 @@ def _check_size(n_queries: int, opts: SearchOptions, settings: Settings) -> None
         )
 
 
-@router.post("/indexes/{name}/search", response_model=SearchResponse, response_model_exclude_none=True)
+@router.post("", response_model=SearchResponse, response_model_exclude_none=True)
 def search(req: SearchRequest, handle: IndexDep, settings: SettingsDep) -> SearchResponse:
     """Top-k documents for one query by MaxSim."""
     t = time.perf_counter()
@@ -62,7 +62,7 @@ def search(req: SearchRequest, handle: IndexDep, settings: SettingsDep) -> Searc
     return SearchResponse(results=results[0], took_ms=(time.perf_counter() - t) * 1000)
 
 
-@router.post("/indexes/{name}/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True)
+@router.post("/batch", response_model=BatchSearchResponse, response_model_exclude_none=True)
 def search_batch(req: BatchSearchRequest, handle: IndexDep, settings: SettingsDep) -> BatchSearchResponse:
     """Top-k documents for each of several queries; one result list per query, in order."""
     if len(req.queries) > settings.max_batch_queries:
