@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError
 from service.deps import require_api_key
 from service.guard import RequestGuard
-from service.registry import Registry
+from service.registry import Registry, warn_if_build_checkpoint_set
 from service.routes import documents, health, indexes, search
 from service.settings import Settings
 
@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        warn_if_build_checkpoint_set(settings.serve_checkpoint)
         if open_registry is not None:
             registry = open_registry(settings)
         else:
@@ -40,7 +41,7 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
                 settings.micro_batching,
                 settings.batch_window_ms,
                 settings.max_batch_queries,
-                settings.checkpoint,
+                settings.serve_checkpoint,
                 settings.query_backend,
                 settings.document_backend,
                 settings.wal_checkpoint_every,

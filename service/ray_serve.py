@@ -294,20 +294,20 @@ class Ingress:
         self.settings = Settings(**settings)
 
     def __serve_build_asgi_app__(self):
-        from pooledir import encoder_for_index
         from service.concurrency import QueryBatcher
         from service.main import create_app
-        from service.registry import Registry
+        from service.registry import Registry, served_encoder
 
         def open_registry(settings: Settings) -> Registry:
             layout = read_partitions(self.folder)
             manifest = read_manifest(layout.part(0))
-            encoder = encoder_for_index(
+            encoder = served_encoder(
+                self.name,
                 manifest,
                 settings.device,
-                settings.checkpoint,
-                query_backend=settings.query_backend,
-                document_backend=settings.document_backend,
+                settings.serve_checkpoint,
+                settings.query_backend,
+                settings.document_backend,
             )
             batcher = None
             if settings.micro_batching:

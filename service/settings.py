@@ -16,8 +16,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POOLEDIR_")
 
     indexes: list[Path] = []
-    #: encode with this checkpoint instead of the path in each index's manifest (e.g. mounted elsewhere in a container)
-    checkpoint: Path | None = None
+    #: POOLEDIR_SERVE_CHECKPOINT: load every served index's weights from here instead of the path in its manifest
+    #: (e.g. mounted elsewhere in a container); how text is encoded still follows each index, and a checkpoint
+    #: whose vectors differ in size from an index's is refused. POOLEDIR_CHECKPOINT is the checkpoint
+    #: ``pooledir index`` builds with: the service does not read it.
+    serve_checkpoint: Path | None = None
     device: str = "auto"
     #: how queries are encoded: auto (onnx where ONNX Runtime is installed and the device is the CPU, else torch),
     #: torch, onnx (ONNX Runtime: the same vectors, faster on CPU) or onnx-int8 (lossy)

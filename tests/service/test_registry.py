@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -94,3 +95,52 @@ def test_cuda_without_cuda_refuses_to_start_with_the_fix(served_index, monkeypat
         with TestClient(create_app(Settings(indexes=[served_index], device="cuda"))):
             pass
     assert {t for t in threading.enumerate() if t.name == "query-batcher" and t.is_alive()} <= before
+
+
+# -- which checkpoint serves: the manifest's, or POOLEDIR_SERVE_CHECKPOINT; never POOLEDIR_CHECKPOINT -------------
+@pytest.fixture(scope="module")
+def wide_ckpt(tiny_ckpt, tmp_path_factory):
+    """The tiny BERT with a 32-d projection: the served index holds 16-d vectors."""
+    from pooledir.checkpoint import convert_checkpoint
+
+    return convert_checkpoint(tiny_ckpt.parent / "bert", tmp_path_factory.mktemp("wide") / "ckpt32", dim=32)
+
+
+def test_the_build_checkpoint_variable_does_not_override_served_indexes(served_index, wide_ckpt, monkeypatch, caplog):
+    """$POOLEDIR_CHECKPOINT means "build with" (the CLI): the service serves each index with its own checkpoint.
+
+    On main the service loaded it for every index and refused to start (16-d index, 32-d checkpoint).
+    """
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(wide_ckpt))
+    monkeypatch.setenv("POOLEDIR_INDEXES", f'["{served_index}"]')
+    monkeypatch.setenv("POOLEDIR_DEVICE", "cpu")
+    settings = Settings()
+    assert settings.serve_checkpoint is None
+    with caplog.at_level("WARNING", logger="service.registry"), TestClient(create_app(settings)) as client:
+        r = client.post("/indexes/tiny/search", json={"query": "bone", "k": 3})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        assert client.app.state.registry.handles["tiny"].index.encoder.dim == 16
+    assert "set POOLEDIR_SERVE_CHECKPOINT" in caplog.text
+
+
+def test_a_serve_checkpoint_of_another_size_is_refused_with_the_setting_named(served_index, wide_ckpt, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from pooledir.errors import InputError
+    from service.main import create_app
+    from service.settings import Settings
+
+    monkeypatch.setenv("POOLEDIR_SERVE_CHECKPOINT", str(wide_ckpt))
+    settings = Settings(indexes=[served_index], device="cpu")
+    assert settings.serve_checkpoint == wide_ckpt
+    message = f"index 'tiny' holds 16-d vectors but $POOLEDIR_SERVE_CHECKPOINT ({wide_ckpt}) makes 32-d ones"
+    with pytest.raises(InputError, match=re.escape(message)):
+        with TestClient(create_app(settings)):
+            pass
+    with PooledIndex.open(served_index, device="cpu") as idx:
+        assert len(idx) == 120  # nothing indexed was touched
