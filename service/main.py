@@ -7,6 +7,7 @@ import errno
 import logging
 import math
 import sqlite3
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, status
@@ -21,7 +22,9 @@ from service.routes import documents, health, indexes, search
 from service.settings import Settings
 
 
-def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, open_registry: Callable[[Settings], Registry] | None = None
+) -> FastAPI:
     """Build the app; its lifespan opens ``settings.indexes`` into ``app.state.registry``.
 
     ``open_registry(settings)`` replaces :meth:`Registry.open` (the sharded service on Ray Serve
@@ -30,7 +33,7 @@ def create_app(settings: Settings | None = None, open_registry=None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warn_if_build_checkpoint_set(settings.serve_checkpoint)
         if open_registry is not None:
             registry = open_registry(settings)
