@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POOLEDIR_")
 
     indexes: list[Path] = []
-    #: encode with this checkpoint instead of the path in each index's manifest (e.g. mounted elsewhere in a container)
+    #: where an index's checkpoint is when the path in its manifest is not on this machine (e.g. mounted elsewhere in a
+    #: container); an index whose recorded checkpoint is here keeps it (pooledir.encoder.checkpoint_for_index)
     checkpoint: Path | None = None
     device: str = "auto"
     #: how queries are encoded: auto (onnx where ONNX Runtime is installed and the device is the CPU, else torch),

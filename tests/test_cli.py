@@ -420,15 +420,14 @@ def no_server(monkeypatch):
 
 
 def test_serve_checks_its_settings_port_and_indexes_before_starting(tmp_path, built, capsys, monkeypatch, no_server):
-    """Issue 22, items 11 and 13: each a line and exit 2 before any model loads or any port is bound."""
-    import socket
+    """Issue 22, items 11 and 13: each a line and exit 2 before any model loads or any port is bound.
 
-    from pooledir.checkpoint import convert_checkpoint
-    from tests.conftest import make_tiny_bert
+    A checkpoint of another dimension: see test_pooledir_checkpoint_is_the_checkpoint_used_where_none_is_given_or_found.
+    """
+    import socket
 
     (tmp_path / "a").symlink_to(built)
     (tmp_path / "b").symlink_to(built)
-    other = convert_checkpoint(make_tiny_bert(tmp_path / "bert"), tmp_path / "ck8", dim=8, doc_maxlen=64)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -438,7 +437,6 @@ def test_serve_checks_its_settings_port_and_indexes_before_starting(tmp_path, bu
             ((built, "--port", "0"), {}, "--port 0 is not a TCP port"),
             ((built, "--port", "8123"), {"POOLEDIR_MAX_K": "abc"}, "POOLEDIR_MAX_K='abc' is not valid"),
             ((tmp_path / "a", tmp_path / "b"), {}, "are the same index folder"),
-            ((built,), {"POOLEDIR_CHECKPOINT": str(other)}, "holds 16-d vectors but $POOLEDIR_CHECKPOINT"),
             ((built, "--port", str(port)), {}, f"port {port} is in use on 127.0.0.1"),
         ]
         for args, env, message in cases:
@@ -451,16 +449,64 @@ def test_serve_checks_its_settings_port_and_indexes_before_starting(tmp_path, bu
 
 
 def test_serve_names_a_symlinked_index_by_the_link(tmp_path, built, capsys, no_server, monkeypatch):
-    from pooledir import cli as cli_module
+    from pooledir.cli import serve as serve_module
 
     # 8123 may be taken on this machine
-    monkeypatch.setattr(cli_module, "_check_port_free", lambda host, port: None, raising=False)
+    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None)
     link = tmp_path / "served-name"
     link.symlink_to(built)
     code, _, err = cli(capsys, "serve", link, "--port", "8123")
     assert code == 0, err
     (_, kwargs, indexes) = no_server[0]
     assert kwargs["port"] == 8123 and [Path(p).name for p in json.loads(indexes)] == ["served-name"]
+
+
+def test_pooledir_checkpoint_is_the_checkpoint_used_where_none_is_given_or_found(
+    tmp_path, tiny_ckpt, tiny_beir, capsys, monkeypatch, no_server
+):
+    """Issue 18, item 7: one meaning in the CLI and the service (on main, a build's default here, an override there)."""
+    import shutil
+
+    from pooledir.checkpoint import convert_checkpoint
+    from pooledir.cli import serve as serve_module
+    from tests.conftest import make_tiny_bert
+
+    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None)
+    ckpt, out = tmp_path / "ckpt", tmp_path / "idx"
+    shutil.copytree(tiny_ckpt, ckpt)
+    other = convert_checkpoint(make_tiny_bert(tmp_path / "bert"), tmp_path / "ck8", dim=8, doc_maxlen=64)
+    search = ("search", out, "title 3", "-k", "5", "--json", "--device", "cpu", "--query-backend", "torch")
+
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(ckpt))
+    code, _, err = cli(capsys, "index", tiny_beir, "--out", out, "--index", "flat", "--device", "cpu")
+    assert code == 0, err  # a build given no --checkpoint builds with it
+    assert json.loads(cli(capsys, "info", out, "--json")[1])["checkpoint"] == str(ckpt.resolve())
+    code, expected, err = cli(capsys, *search)
+    assert code == 0 and len(json.loads(expected)["results"]) == 5, err
+
+    # the index's own checkpoint is on this machine: the variable never replaces it, for search or serve
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(other))
+    assert cli(capsys, *search)[:2] == (0, expected)
+    code, _, err = cli(capsys, "serve", out, "--port", "8123")
+    assert code == 0 and len(no_server) == 1, err
+
+    # built elsewhere (its recorded folder is not here): the index reads its weights from the variable
+    moved = tmp_path / "mounted"
+    ckpt.rename(moved)
+    monkeypatch.delenv("POOLEDIR_CHECKPOINT")
+    one_error_line(*cli(capsys, *search)[::2], "checkpoint not found")
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(moved))
+    assert cli(capsys, *search)[:2] == (0, expected)
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(other))  # ... and is refused when it makes other vectors
+    one_error_line(*cli(capsys, *search)[::2], "the encoder makes 8-d vectors; this index holds 16-d ones")
+    one_error_line(*cli(capsys, "serve", out)[::2], "holds 16-d vectors but $POOLEDIR_CHECKPOINT")
+    assert len(no_server) == 1
+
+
+def test_the_help_says_what_pooledir_checkpoint_means():
+    meaning = "$POOLEDIR_CHECKPOINT is the checkpoint to use where none is given or found"
+    for command in ([], ["index"], ["search"], ["add"], ["serve"]):
+        assert meaning in " ".join(run(*command, "--help").stdout.split())
 
 
 def test_help_keeps_the_extras_in_brackets():
