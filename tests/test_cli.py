@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -410,12 +411,23 @@ def test_a_full_disk_at_the_sqlite_commit_is_one_line_and_loses_nothing(tmp_path
 
 @pytest.fixture()
 def no_server(monkeypatch):
-    """uvicorn.run records its call instead of serving; the service's environment is restored afterwards."""
+    """uvicorn.run records (the app, its keywords, the indexes served) instead of serving.
+
+    One process is handed an app made from the settings record (``create_app`` records it here); worker
+    processes load the service by name and read the environment, which is restored afterwards.
+    """
     uvicorn = pytest.importorskip("uvicorn")
+    service_main = pytest.importorskip("service.main")
     for key in ("POOLEDIR_INDEXES", "POOLEDIR_DEVICE", "POOLEDIR_QUERY_BACKEND", "POOLEDIR_DOCUMENT_BACKEND"):
         monkeypatch.delenv(key, raising=False)
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append((a, kw, os.environ["POOLEDIR_INDEXES"])))
+
+    def run(app, **kw):
+        served = json.loads(os.environ["POOLEDIR_INDEXES"]) if isinstance(app, str) else app.settings.indexes
+        calls.append((app, kw, [str(p) for p in served]))
+
+    monkeypatch.setattr(service_main, "create_app", lambda settings=None: SimpleNamespace(settings=settings))
+    monkeypatch.setattr(uvicorn, "run", run)
     return calls
 
 
@@ -452,13 +464,38 @@ def test_serve_names_a_symlinked_index_by_the_link(tmp_path, built, capsys, no_s
     from pooledir.cli import serve as serve_module
 
     # 8123 may be taken on this machine
-    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None)
+    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None, raising=False)
     link = tmp_path / "served-name"
     link.symlink_to(built)
     code, _, err = cli(capsys, "serve", link, "--port", "8123")
     assert code == 0, err
     (_, kwargs, indexes) = no_server[0]
-    assert kwargs["port"] == 8123 and [Path(p).name for p in json.loads(indexes)] == ["served-name"]
+    assert kwargs["port"] == 8123 and [Path(p).name for p in indexes] == ["served-name"]
+
+
+def test_serve_hands_one_process_its_settings_as_a_record_and_workers_the_environment(
+    tmp_path, built, capsys, no_server, monkeypatch
+):
+    """Issue 18, item 6: no environment variables where the process boundary allows (on main, always them)."""
+    from pooledir.cli import serve as serve_module
+    from service.settings import Settings
+
+    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None, raising=False)
+    monkeypatch.setenv("POOLEDIR_MAX_K", "77")  # what no option sets still comes from the environment
+    args = ("serve", built, "--port", "8123", "--device", "cpu", "--query-backend", "torch")
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    app, kwargs, indexes = no_server[0]
+    assert isinstance(app.settings, Settings) and "workers" not in kwargs
+    assert (app.settings.device, app.settings.query_backend, app.settings.max_k) == ("cpu", "torch", 77)
+    assert indexes == [str(built)] and "POOLEDIR_INDEXES" not in os.environ and "POOLEDIR_DEVICE" not in os.environ
+
+    code, _, err = cli(capsys, *args, "--workers", "2")
+    assert code == 0, err
+    app, kwargs, indexes = no_server[1]
+    assert (app, kwargs["factory"], kwargs["workers"]) == ("service.main:create_app", True, 2)
+    assert indexes == [str(built)] and os.environ["POOLEDIR_DEVICE"] == "cpu"
+    assert Settings().query_backend == "torch"  # each worker reads the same settings from the environment
 
 
 def test_pooledir_checkpoint_is_the_checkpoint_used_where_none_is_given_or_found(
@@ -471,7 +508,7 @@ def test_pooledir_checkpoint_is_the_checkpoint_used_where_none_is_given_or_found
     from pooledir.cli import serve as serve_module
     from tests.conftest import make_tiny_bert
 
-    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None)
+    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None, raising=False)
     ckpt, out = tmp_path / "ckpt", tmp_path / "idx"
     shutil.copytree(tiny_ckpt, ckpt)
     other = convert_checkpoint(make_tiny_bert(tmp_path / "bert"), tmp_path / "ck8", dim=8, doc_maxlen=64)

@@ -6,6 +6,7 @@ worker loads a model. The library never imports the service by name: it is loade
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -51,10 +52,10 @@ def serve(
     from pooledir.encoder import check_backends
     from pooledir.errors import InputError
 
-    # the service reads these from the environment (also in worker processes); an option overrides it
+    # an option overrides the service's setting from the environment
     backends = {
-        "POOLEDIR_QUERY_BACKEND": query_backend or os.environ.get("POOLEDIR_QUERY_BACKEND", "auto"),
-        "POOLEDIR_DOCUMENT_BACKEND": document_backend or os.environ.get("POOLEDIR_DOCUMENT_BACKEND", "torch"),
+        "query_backend": query_backend or os.environ.get("POOLEDIR_QUERY_BACKEND", "auto"),
+        "document_backend": document_backend or os.environ.get("POOLEDIR_DOCUMENT_BACKEND", "torch"),
     }
     check_backends(*backends.values())
     if use_ray:
@@ -71,18 +72,25 @@ def serve(
         with open_index(d, device="cpu") as idx:
             manifest = idx.manifest
         _check_checkpoint_dim(d, manifest)
-    try:
-        import uvicorn
-    except ImportError:
-        raise InputError('the service needs its extra: pip install "pooledir[service]"') from None
-    # the service reads its settings from the environment, also in worker processes; an index is served
-    # under the name given (a symlink's, not its target's), so the path is made absolute without resolving
-    os.environ["POOLEDIR_INDEXES"] = json.dumps([os.path.abspath(d) for d in index_dirs])
-    os.environ["POOLEDIR_DEVICE"] = device
-    os.environ.update(backends)
-    _check_service_settings()
+    # an index is served under the name given (a symlink's, not its target's): absolute, not resolved
+    given = {"indexes": [os.path.abspath(d) for d in index_dirs], "device": device, **backends}
+    settings = _service_settings(given)
     _check_port_free(host, port)  # before the workers load a model for seconds, then fail to bind
-    # the library never imports the service: uvicorn loads it by name
+    _run_uvicorn(settings, given, host, port, workers)
+
+
+def _run_uvicorn(settings: Any, given: dict[str, Any], host: str, port: int, workers: int) -> None:
+    """Serve: one process gets its settings as the typed record; worker processes read them from the environment."""
+    import uvicorn
+
+    if workers == 1:
+        # the library never imports the service by name
+        create_app = importlib.import_module("service.main").create_app
+        uvicorn.run(create_app(settings), host=host, port=port)
+        return
+    # uvicorn starts each worker afresh and loads the service by name: the process boundary is the environment
+    os.environ.update({f"POOLEDIR_{key.upper()}": value for key, value in given.items() if isinstance(value, str)})
+    os.environ["POOLEDIR_INDEXES"] = json.dumps(given["indexes"])
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
 
 
@@ -144,19 +152,22 @@ def _checkpoint_dim(path: Path) -> int | None:
         return None  # unreadable here: the service's own start-up reports it
 
 
-def _check_service_settings() -> None:
-    """Validate the service's settings ($POOLEDIR_*) here, as one line, instead of in each worker's start-up."""
-    import importlib
+def _service_settings(given: dict[str, Any]) -> Any:
+    """The service's settings as its typed record: ``given`` over ``$POOLEDIR_*``, validated here as one line.
 
+    Returns a ``service.settings.Settings`` (typed ``Any``: the library never imports the service by name).
+    """
     from pooledir.errors import InputError
 
     try:
-        settings = importlib.import_module("service.settings")  # the library never imports the service by name
+        import uvicorn  # noqa: F401 -- the server the service runs on
         from pydantic import ValidationError
+
+        settings = importlib.import_module("service.settings")
     except ImportError:
-        return  # uvicorn's own import of the service then says what is missing
+        raise InputError('the service needs its extra: pip install "pooledir[service]"') from None
     try:
-        settings.Settings()
+        return settings.Settings(**given)
     except ValidationError as e:
         err = e.errors()[0]
         field = str(err["loc"][0]) if err.get("loc") else ""
@@ -197,7 +208,6 @@ def _serve_ray(
     replicas: int,
     backends: dict[str, str],
 ) -> None:
-    import importlib
     import signal
 
     from pooledir.distributed import connect, require_ray
@@ -215,11 +225,7 @@ def _serve_ray(
 
     ray_serve = importlib.import_module("service.ray_serve")  # the library never imports the service by name
     serve.start(http_options={"host": host, "port": port})
-    settings = {
-        "query_backend": backends["POOLEDIR_QUERY_BACKEND"],
-        "document_backend": backends["POOLEDIR_DOCUMENT_BACKEND"],
-    }
-    app = ray_serve.build_app(index_dirs[0], settings, replicas=replicas, device=device)
+    app = ray_serve.build_app(index_dirs[0], backends, replicas=replicas, device=device)
     typer.echo(f"serving {index_dirs[0].name} on http://{host}:{port} (Ray Serve; Ctrl-C stops)", err=True)
 
     def stop(*_: Any) -> None:  # SIGTERM (docker stop, kill) stops it as Ctrl-C does
