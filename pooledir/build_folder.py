@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -127,12 +127,12 @@ class ResumeConflict(InputError):
 
 @dataclass
 class _Run:
-    """One build in progress: the claimed folder, the index being filled, and the hooks to report through."""
+    """One build in progress: the claimed folder and the hooks to report through."""
 
     out: Path
     claim: Claim
     hooks: BuildHooks
-    encoder: ColBERTEncoder | None = field(default=None)  # set when this build loaded one (a new corpus build)
+    encoder: ColBERTEncoder | None = None  # set when this build loaded one (a new corpus build)
 
 
 def build_index_folder(
