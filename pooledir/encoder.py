@@ -389,7 +389,7 @@ def encoder_key(manifest: Manifest | Mapping[str, Any], checkpoint: str | os.Pat
     Indexes with equal keys can share one :func:`encoder_for_index` result.
     """
     recorded_checkpoint, settings = _recorded(manifest)
-    source = str(checkpoint or recorded_checkpoint)
+    source = str(checkpoint_for_index(recorded_checkpoint, checkpoint))
     path = Path(source).expanduser()
     return (str(path.resolve()) if path.exists() else source, *sorted(settings.items()))
 
@@ -414,13 +414,30 @@ def encoder_for_index(
     device
         As for :class:`ColBERTEncoder`.
     checkpoint
-        Load the weights from here instead of the manifest's checkpoint path.
+        Where the weights are when the manifest's checkpoint path is not on this machine (e.g. a container
+        mount); a recorded checkpoint that is here wins (:func:`checkpoint_for_index`).
     **kwargs
         Passed on to :class:`ColBERTEncoder` (e.g. ``batch_size``, ``query_backend``,
         ``document_backend``: how it runs, never what it computes).
     """
     recorded_checkpoint, settings = _recorded(manifest)
-    return ColBERTEncoder(checkpoint or recorded_checkpoint, device=device, **(kwargs | settings))
+    source = checkpoint_for_index(recorded_checkpoint, checkpoint)
+    return ColBERTEncoder(source, device=device, **(kwargs | settings))
+
+
+def checkpoint_for_index(
+    recorded: str | os.PathLike[str], fallback: str | os.PathLike[str] | None
+) -> str | os.PathLike[str]:
+    """The checkpoint an index loads: the one it records, or ``fallback`` where that folder is not on this machine.
+
+    One rule for ``$POOLEDIR_CHECKPOINT`` everywhere: the checkpoint to use where none is given or found. An
+    index built elsewhere (its recorded folder missing here, e.g. in a container) reads its weights from the
+    fallback; one whose checkpoint is here never has it replaced, so indexes built with different
+    checkpoints can be served together.
+    """
+    if fallback is None or Path(recorded).expanduser().exists():
+        return recorded
+    return fallback
 
 
 def check_texts(texts: Sequence[str], what: str, allow_empty: bool = False) -> list[str]:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError
 from service.deps import require_api_key
 from service.guard import RequestGuard
-from service.registry import Registry, warn_if_build_checkpoint_set
+from service.registry import Registry
 from service.routes import documents, health, indexes, search
 from service.settings import Settings
 
@@ -34,7 +34,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        warn_if_build_checkpoint_set(settings.serve_checkpoint)
         if open_registry is not None:
             registry = open_registry(settings)
         else:
@@ -44,7 +43,7 @@ def create_app(
                 settings.micro_batching,
                 settings.batch_window_ms,
                 settings.max_batch_queries,
-                settings.serve_checkpoint,
+                settings.checkpoint,
                 settings.query_backend,
                 settings.document_backend,
                 settings.wal_checkpoint_every,

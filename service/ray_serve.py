@@ -305,7 +305,7 @@ class Ingress:
                 self.name,
                 manifest,
                 settings.device,
-                settings.serve_checkpoint,
+                settings.checkpoint,
                 settings.query_backend,
                 settings.document_backend,
             )

@@ -7,7 +7,6 @@ Per-index rules (reads never wait for writes, durable writes, micro-batched quer
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,33 +26,26 @@ def served_encoder(
     name: str,
     manifest: Manifest,
     device: str,
-    serve_checkpoint: Path | None,
+    checkpoint: Path | None,
     query_backend: str = "auto",
     document_backend: str = "torch",
 ) -> ColBERTEncoder:
-    """The encoder that serves index ``name``: its manifest's checkpoint, or ``serve_checkpoint`` when set.
+    """The encoder that serves index ``name``: its manifest's checkpoint, or ``checkpoint`` where that is not here.
 
-    Raises :class:`InputError` when ``serve_checkpoint`` makes vectors of another size than the index holds.
+    ``checkpoint`` is ``$POOLEDIR_CHECKPOINT`` (:func:`pooledir.encoder.checkpoint_for_index`). Raises
+    :class:`InputError` when the checkpoint loaded makes vectors of another size than the index holds.
     """
     encoder = encoder_for_index(
-        manifest, device, serve_checkpoint, query_backend=query_backend, document_backend=document_backend
+        manifest, device, checkpoint, query_backend=query_backend, document_backend=document_backend
     )
     if encoder.dim != manifest.dim:
-        source = f"$POOLEDIR_SERVE_CHECKPOINT ({serve_checkpoint})" if serve_checkpoint else "its manifest's checkpoint"
+        fallback = checkpoint is not None and encoder.checkpoint == str(checkpoint)
+        source = f"$POOLEDIR_CHECKPOINT ({checkpoint})" if fallback else "its manifest's checkpoint"
         raise InputError(
             f"index {name!r} holds {manifest.dim}-d vectors but {source} makes {encoder.dim}-d ones; "
             "serve it with (a copy of) the checkpoint it was built with"
         )
     return encoder
-
-
-def warn_if_build_checkpoint_set(serve_checkpoint: Path | None) -> None:
-    """Log that $POOLEDIR_CHECKPOINT (the checkpoint to build with) is not what the service serves with."""
-    if os.environ.get("POOLEDIR_CHECKPOINT") and serve_checkpoint is None:
-        log.warning(
-            "POOLEDIR_CHECKPOINT is the checkpoint `pooledir index` builds with; the service ignores it and loads "
-            "each index's weights from its manifest: set POOLEDIR_SERVE_CHECKPOINT to load them from elsewhere"
-        )
 
 
 class Registry:
@@ -71,14 +63,14 @@ class Registry:
         micro_batching: bool,
         window_ms: float,
         max_batch: int,
-        serve_checkpoint: Path | None = None,
+        checkpoint: Path | None = None,
         query_backend: str = "auto",
         document_backend: str = "torch",
         checkpoint_every: int = 100,
     ) -> Registry:
         """Open every index folder; names are folder names and must be distinct.
 
-        ``serve_checkpoint``: load every index's weights from here (see :func:`served_encoder`).
+        ``checkpoint``: an index's weights where its manifest's checkpoint is not here (:func:`served_encoder`).
         """
         names = [Path(p).name for p in paths]
         dupes = {n for n in names if names.count(n) > 1}
@@ -91,11 +83,9 @@ class Registry:
         try:
             for name, path in zip(names, paths):
                 manifest = read_manifest(path)
-                key = encoder_key(manifest, serve_checkpoint)
+                key = encoder_key(manifest, checkpoint)
                 if key not in encoders:
-                    encoders[key] = served_encoder(
-                        name, manifest, device, serve_checkpoint, query_backend, document_backend
-                    )
+                    encoders[key] = served_encoder(name, manifest, device, checkpoint, query_backend, document_backend)
                 index = PooledIndex.open(path, device=device, encoder=encoders[key])
                 if micro_batching and key not in batchers:
                     batchers[key] = QueryBatcher(encoders[key], window_ms, max_batch)

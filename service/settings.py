@@ -16,11 +16,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POOLEDIR_")
 
     indexes: list[Path] = []
-    #: POOLEDIR_SERVE_CHECKPOINT: load every served index's weights from here instead of the path in its manifest
-    #: (e.g. mounted elsewhere in a container); how text is encoded still follows each index, and a checkpoint
-    #: whose vectors differ in size from an index's is refused. POOLEDIR_CHECKPOINT is the checkpoint
-    #: ``pooledir index`` builds with: the service does not read it.
-    serve_checkpoint: Path | None = None
+    #: where an index's checkpoint is when the path in its manifest is not on this machine (e.g. mounted elsewhere in a
+    #: container); an index whose recorded checkpoint is here keeps it (pooledir.encoder.checkpoint_for_index)
+    checkpoint: Path | None = None
     device: str = "auto"
     #: how queries are encoded: auto (onnx where ONNX Runtime is installed and the device is the CPU, else torch),
     #: torch, onnx (ONNX Runtime: the same vectors, faster on CPU) or onnx-int8 (lossy)

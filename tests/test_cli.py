@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -410,25 +411,35 @@ def test_a_full_disk_at_the_sqlite_commit_is_one_line_and_loses_nothing(tmp_path
 
 @pytest.fixture()
 def no_server(monkeypatch):
-    """uvicorn.run records its call instead of serving; the service's environment is restored afterwards."""
+    """uvicorn.run records (the app, its keywords, the indexes served) instead of serving.
+
+    One process is handed an app made from the settings record (``create_app`` records it here); worker
+    processes load the service by name and read the environment, which is restored afterwards.
+    """
     uvicorn = pytest.importorskip("uvicorn")
+    service_main = pytest.importorskip("service.main")
     for key in ("POOLEDIR_INDEXES", "POOLEDIR_DEVICE", "POOLEDIR_QUERY_BACKEND", "POOLEDIR_DOCUMENT_BACKEND"):
         monkeypatch.delenv(key, raising=False)
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append((a, kw, os.environ["POOLEDIR_INDEXES"])))
+
+    def run(app, **kw):
+        served = json.loads(os.environ["POOLEDIR_INDEXES"]) if isinstance(app, str) else app.settings.indexes
+        calls.append((app, kw, [str(p) for p in served]))
+
+    monkeypatch.setattr(service_main, "create_app", lambda settings=None: SimpleNamespace(settings=settings))
+    monkeypatch.setattr(uvicorn, "run", run)
     return calls
 
 
 def test_serve_checks_its_settings_port_and_indexes_before_starting(tmp_path, built, capsys, monkeypatch, no_server):
-    """Issue 22, items 11 and 13: each a line and exit 2 before any model loads or any port is bound."""
-    import socket
+    """Issue 22, items 11 and 13: each a line and exit 2 before any model loads or any port is bound.
 
-    from pooledir.checkpoint import convert_checkpoint
-    from tests.conftest import make_tiny_bert
+    A checkpoint of another dimension: see test_pooledir_checkpoint_is_the_checkpoint_used_where_none_is_given_or_found.
+    """
+    import socket
 
     (tmp_path / "a").symlink_to(built)
     (tmp_path / "b").symlink_to(built)
-    other = convert_checkpoint(make_tiny_bert(tmp_path / "bert"), tmp_path / "ck8", dim=8, doc_maxlen=64)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -438,7 +449,6 @@ def test_serve_checks_its_settings_port_and_indexes_before_starting(tmp_path, bu
             ((built, "--port", "0"), {}, "--port 0 is not a TCP port"),
             ((built, "--port", "8123"), {"POOLEDIR_MAX_K": "abc"}, "POOLEDIR_MAX_K='abc' is not valid"),
             ((tmp_path / "a", tmp_path / "b"), {}, "are the same index folder"),
-            ((built,), {"POOLEDIR_CHECKPOINT": str(other)}, "holds 16-d vectors but $POOLEDIR_CHECKPOINT"),
             ((built, "--port", str(port)), {}, f"port {port} is in use on 127.0.0.1"),
         ]
         for args, env, message in cases:
@@ -451,16 +461,89 @@ def test_serve_checks_its_settings_port_and_indexes_before_starting(tmp_path, bu
 
 
 def test_serve_names_a_symlinked_index_by_the_link(tmp_path, built, capsys, no_server, monkeypatch):
-    from pooledir import cli as cli_module
+    from pooledir.cli import serve as serve_module
 
     # 8123 may be taken on this machine
-    monkeypatch.setattr(cli_module, "_check_port_free", lambda host, port: None, raising=False)
+    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None, raising=False)
     link = tmp_path / "served-name"
     link.symlink_to(built)
     code, _, err = cli(capsys, "serve", link, "--port", "8123")
     assert code == 0, err
     (_, kwargs, indexes) = no_server[0]
-    assert kwargs["port"] == 8123 and [Path(p).name for p in json.loads(indexes)] == ["served-name"]
+    assert kwargs["port"] == 8123 and [Path(p).name for p in indexes] == ["served-name"]
+
+
+def test_serve_hands_one_process_its_settings_as_a_record_and_workers_the_environment(
+    tmp_path, built, capsys, no_server, monkeypatch
+):
+    """Issue 18, item 6: no environment variables where the process boundary allows (on main, always them)."""
+    from pooledir.cli import serve as serve_module
+    from service.settings import Settings
+
+    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None, raising=False)
+    monkeypatch.setenv("POOLEDIR_MAX_K", "77")  # what no option sets still comes from the environment
+    args = ("serve", built, "--port", "8123", "--device", "cpu", "--query-backend", "torch")
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    app, kwargs, indexes = no_server[0]
+    assert isinstance(app.settings, Settings) and "workers" not in kwargs
+    assert (app.settings.device, app.settings.query_backend, app.settings.max_k) == ("cpu", "torch", 77)
+    assert indexes == [str(built)] and "POOLEDIR_INDEXES" not in os.environ and "POOLEDIR_DEVICE" not in os.environ
+
+    code, _, err = cli(capsys, *args, "--workers", "2")
+    assert code == 0, err
+    app, kwargs, indexes = no_server[1]
+    assert (app, kwargs["factory"], kwargs["workers"]) == ("service.main:create_app", True, 2)
+    assert indexes == [str(built)] and os.environ["POOLEDIR_DEVICE"] == "cpu"
+    assert Settings().query_backend == "torch"  # each worker reads the same settings from the environment
+
+
+def test_pooledir_checkpoint_is_the_checkpoint_used_where_none_is_given_or_found(
+    tmp_path, tiny_ckpt, tiny_beir, capsys, monkeypatch, no_server
+):
+    """Issue 18, item 7: one meaning in the CLI and the service (on main, a build's default here, an override there)."""
+    import shutil
+
+    from pooledir.checkpoint import convert_checkpoint
+    from pooledir.cli import serve as serve_module
+    from tests.conftest import make_tiny_bert
+
+    monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None, raising=False)
+    ckpt, out = tmp_path / "ckpt", tmp_path / "idx"
+    shutil.copytree(tiny_ckpt, ckpt)
+    other = convert_checkpoint(make_tiny_bert(tmp_path / "bert"), tmp_path / "ck8", dim=8, doc_maxlen=64)
+    search = ("search", out, "title 3", "-k", "5", "--json", "--device", "cpu", "--query-backend", "torch")
+
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(ckpt))
+    code, _, err = cli(capsys, "index", tiny_beir, "--out", out, "--index", "flat", "--device", "cpu")
+    assert code == 0, err  # a build given no --checkpoint builds with it
+    assert json.loads(cli(capsys, "info", out, "--json")[1])["checkpoint"] == str(ckpt.resolve())
+    code, expected, err = cli(capsys, *search)
+    assert code == 0 and len(json.loads(expected)["results"]) == 5, err
+
+    # the index's own checkpoint is on this machine: the variable never replaces it, for search or serve
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(other))
+    assert cli(capsys, *search)[:2] == (0, expected)
+    code, _, err = cli(capsys, "serve", out, "--port", "8123")
+    assert code == 0 and len(no_server) == 1, err
+
+    # built elsewhere (its recorded folder is not here): the index reads its weights from the variable
+    moved = tmp_path / "mounted"
+    ckpt.rename(moved)
+    monkeypatch.delenv("POOLEDIR_CHECKPOINT")
+    one_error_line(*cli(capsys, *search)[::2], "checkpoint not found")
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(moved))
+    assert cli(capsys, *search)[:2] == (0, expected)
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(other))  # ... and is refused when it makes other vectors
+    one_error_line(*cli(capsys, *search)[::2], "the encoder makes 8-d vectors; this index holds 16-d ones")
+    one_error_line(*cli(capsys, "serve", out)[::2], "holds 16-d vectors but $POOLEDIR_CHECKPOINT")
+    assert len(no_server) == 1
+
+
+def test_the_help_says_what_pooledir_checkpoint_means():
+    meaning = "$POOLEDIR_CHECKPOINT is the checkpoint to use where none is given or found"
+    for command in ([], ["index"], ["search"], ["add"], ["serve"]):
+        assert meaning in " ".join(run(*command, "--help").stdout.split())
 
 
 def test_help_keeps_the_extras_in_brackets():

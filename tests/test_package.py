@@ -59,7 +59,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_core_never_imports_evaluation_or_service():
     for path in PACKAGE.rglob("*.py"):
         name = module_name(path)
-        if name.startswith("pooledir.evaluation") or name == "pooledir.cli":  # the CLI's eval commands, lazily
+        if name.startswith(("pooledir.evaluation", "pooledir.cli")):  # the CLI's eval commands, lazily
             continue
         bad = {m for m in imports(path, top_level_only=False) if m.startswith(("pooledir.evaluation", "service"))}
         assert not bad, f"{name} imports {bad}"
@@ -97,7 +97,10 @@ def test_no_import_cycles():
     evaluation = {m: {n for n in deps if n.startswith("pooledir.evaluation")} for m, deps in lazy.items()}
     assert find_cycle({m: deps for m, deps in evaluation.items() if m.startswith("pooledir.evaluation")}) is None
     # and the core reaches evaluation only from the CLI, which evaluation never imports
-    assert not any(m.startswith("pooledir.evaluation") and "pooledir.cli" in deps for m, deps in lazy.items())
+    assert not any(
+        m.startswith("pooledir.evaluation") and any(d.startswith("pooledir.cli") for d in deps)
+        for m, deps in lazy.items()
+    )
     assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]  # the checker itself finds one
 
 
@@ -224,7 +227,7 @@ def test_library_error_messages_name_no_cli_flags_or_make_variables():
     pattern = re.compile(r"(?<![\w-])--[a-z]|\b(CORPUS|LIMIT|DEMO|CKPT|DATASETS)=")
     found = []
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "cli.py":  # the CLI may name its own flags
+        if "cli" in path.relative_to(PACKAGE).parts:  # the CLI may name its own flags
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise) and node.exc is not None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 
 QUERIES = ["does vitamin d reduce risk?", "cancer cells, in mice!"]
 
 
 def test_served_queries_follow_the_index_not_the_checkpoint(tmp_path, tiny_ckpt, tiny_docs):
-    """POOLEDIR_SERVE_CHECKPOINT moves where the weights are read from, never how queries are encoded."""
+    """POOLEDIR_CHECKPOINT (an index built elsewhere) moves where weights are read from, never how queries encode."""
     from fastapi.testclient import TestClient
 
     from pooledir import IndexConfig, PooledIndex
@@ -40,7 +42,8 @@ def test_served_queries_follow_the_index_not_the_checkpoint(tmp_path, tiny_ckpt,
         expected_hits = idx.search(QUERIES[0], k=5)[0]
     assert not np.allclose(ColBERTEncoder(mounted, device="cpu").encode_queries(QUERIES)[:, :12], expected)
 
-    app = create_app(Settings(indexes=[path], device="cpu", serve_checkpoint=mounted))
+    shutil.rmtree(built)  # the index was built elsewhere: only the mounted copy is here
+    app = create_app(Settings(indexes=[path], device="cpu", checkpoint=mounted))
     with TestClient(app) as client:
         handle = app.state.registry.handles["conv"]
         served = handle.encode_queries(QUERIES)

@@ -97,7 +97,7 @@ def test_cuda_without_cuda_refuses_to_start_with_the_fix(served_index, monkeypat
     assert {t for t in threading.enumerate() if t.name == "query-batcher" and t.is_alive()} <= before
 
 
-# -- which checkpoint serves: the manifest's, or POOLEDIR_SERVE_CHECKPOINT; never POOLEDIR_CHECKPOINT -------------
+# -- which checkpoint serves: the manifest's; $POOLEDIR_CHECKPOINT only where that is not on this machine -------
 @pytest.fixture(scope="module")
 def wide_ckpt(tiny_ckpt, tmp_path_factory):
     """The tiny BERT with a 32-d projection: the served index holds 16-d vectors."""
@@ -106,8 +106,8 @@ def wide_ckpt(tiny_ckpt, tmp_path_factory):
     return convert_checkpoint(tiny_ckpt.parent / "bert", tmp_path_factory.mktemp("wide") / "ckpt32", dim=32)
 
 
-def test_the_build_checkpoint_variable_does_not_override_served_indexes(served_index, wide_ckpt, monkeypatch, caplog):
-    """$POOLEDIR_CHECKPOINT means "build with" (the CLI): the service serves each index with its own checkpoint.
+def test_pooledir_checkpoint_does_not_override_an_index_whose_checkpoint_is_here(served_index, wide_ckpt, monkeypatch):
+    """$POOLEDIR_CHECKPOINT is the checkpoint to use where none is found: it never replaces an index's own.
 
     On main the service loaded it for every index and refused to start (16-d index, 32-d checkpoint).
     """
@@ -120,27 +120,36 @@ def test_the_build_checkpoint_variable_does_not_override_served_indexes(served_i
     monkeypatch.setenv("POOLEDIR_INDEXES", f'["{served_index}"]')
     monkeypatch.setenv("POOLEDIR_DEVICE", "cpu")
     settings = Settings()
-    assert settings.serve_checkpoint is None
-    with caplog.at_level("WARNING", logger="service.registry"), TestClient(create_app(settings)) as client:
+    assert settings.checkpoint == wide_ckpt
+    with TestClient(create_app(settings)) as client:
         r = client.post("/indexes/tiny/search", json={"query": "bone", "k": 3})
         assert r.status_code == 200 and len(r.json()["results"]) == 3
         assert client.app.state.registry.handles["tiny"].index.encoder.dim == 16
-    assert "set POOLEDIR_SERVE_CHECKPOINT" in caplog.text
 
 
-def test_a_serve_checkpoint_of_another_size_is_refused_with_the_setting_named(served_index, wide_ckpt, monkeypatch):
+def test_a_fallback_checkpoint_of_another_size_is_refused_with_the_setting_named(
+    tiny_ckpt, tiny_docs, wide_ckpt, tmp_path, monkeypatch
+):
+    """An index built elsewhere (its checkpoint folder gone) and a $POOLEDIR_CHECKPOINT that makes 32-d vectors."""
+    import shutil
+
     from fastapi.testclient import TestClient
 
+    from pooledir import IndexConfig
     from pooledir.errors import InputError
     from service.main import create_app
     from service.settings import Settings
 
-    monkeypatch.setenv("POOLEDIR_SERVE_CHECKPOINT", str(wide_ckpt))
-    settings = Settings(indexes=[served_index], device="cpu")
-    assert settings.serve_checkpoint == wide_ckpt
-    message = f"index 'tiny' holds 16-d vectors but $POOLEDIR_SERVE_CHECKPOINT ({wide_ckpt}) makes 32-d ones"
+    moved = shutil.copytree(tiny_ckpt, tmp_path / "elsewhere")
+    path = tmp_path / "built-elsewhere"
+    with PooledIndex.create(path, checkpoint=moved, config=IndexConfig(backend="flat"), device="cpu") as idx:
+        idx.add(tiny_docs[:20])
+    shutil.rmtree(moved)
+    monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(wide_ckpt))
+    settings = Settings(indexes=[path], device="cpu")
+    message = f"index 'built-elsewhere' holds 16-d vectors but $POOLEDIR_CHECKPOINT ({wide_ckpt}) makes 32-d ones"
     with pytest.raises(InputError, match=re.escape(message)):
         with TestClient(create_app(settings)):
             pass
-    with PooledIndex.open(served_index, device="cpu") as idx:
-        assert len(idx) == 120  # nothing indexed was touched
+    with PooledIndex.open(path, device="cpu") as idx:
+        assert len(idx) == 20  # nothing indexed was touched
