@@ -26,7 +26,7 @@ from pooledir.checkpoint import ColBERTSettings, load_checkpoint, punctuation_id
 from pooledir.corpus import check_utf8
 from pooledir.device import resolve_device
 from pooledir.errors import CheckpointError, IndexCorruptError, InputError
-from pooledir.index.manifest import ENCODER_SETTINGS, Manifest
+from pooledir.index.manifest import EncoderRecord, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -373,14 +373,13 @@ def _put_at_1(seqs, value: int, insert: bool):
 
 
 def _recorded(manifest: Manifest | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(checkpoint, recorded encoder settings) of a manifest; settings older manifests lack are None."""
-    try:
-        checkpoint, enc = manifest["checkpoint"], manifest["encoder"]
-    except (KeyError, TypeError):
-        checkpoint, enc = None, None
+    """(checkpoint, recorded encoder settings) of a manifest or its JSON; settings older manifests lack are None."""
+    if isinstance(manifest, Manifest):
+        return manifest.checkpoint, manifest.encoder.settings()
+    checkpoint, enc = manifest.get("checkpoint"), manifest.get("encoder")
     if not isinstance(enc, dict) or not checkpoint:
         raise IndexCorruptError("the index manifest lacks its 'encoder' settings or its 'checkpoint'")
-    return str(checkpoint), {k: enc.get(k) for k in ENCODER_SETTINGS}
+    return str(checkpoint), EncoderRecord.from_json({"dim": 0} | enc).settings()
 
 
 def encoder_key(manifest: Manifest | Mapping[str, Any], checkpoint: str | os.PathLike[str] | None = None) -> tuple:

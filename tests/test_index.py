@@ -11,6 +11,7 @@ from pooledir.index.segments import default_nlist, default_nlist_v2, default_pq_
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, approximate_scores
 from tests.conftest import FakeEncoder
+from tests.engine import engine
 
 
 def unit_rows(rng, n, d):
@@ -75,10 +76,10 @@ def test_ivfpq_segments_agree_with_flat(tmp_path):
         out[backend] = idx
     assert out["ivfpq"].info()["backend"]["trained"]
     q = x[:50] + 0.05 * unit_rows(rng, 50, 64)
-    _, exact = out["flat"].folder.snapshot.ann(q, 1, 0)
-    _, approx = out["ivfpq"].folder.snapshot.ann(q, 10, 32)
+    _, exact = engine(out["flat"]).snapshot.ann(q, 1, 0)
+    _, approx = engine(out["ivfpq"]).snapshot.ann(q, 10, 32)
     assert np.mean([exact[i, 0] in approx[i] for i in range(50)]) >= 0.9
-    decoded, _ = out["ivfpq"].folder.snapshot.fetch(np.arange(1, 501))  # doc_ints start at 1
+    decoded, _ = engine(out["ivfpq"]).snapshot.fetch(np.arange(1, 501))  # doc_ints start at 1
     # random unit vectors are sqrt(2) apart; PQ must decode far closer to the original than that
     assert np.linalg.norm(decoded - x[:500], axis=1).mean() < 0.5 * np.sqrt(2)
 
@@ -138,7 +139,7 @@ def test_zero_query_rows_fetch_nothing_and_score_nothing(tmp_path, tiny_encoder,
     Q = tiny_encoder.encode_queries([tiny_docs[9].text, tiny_docs[40].text])
     padded = np.concatenate([Q, np.zeros((2, 5, Q.shape[2]), np.float32)], axis=1)  # padding without augmentation
     searched = []
-    snap = idx.folder.snapshot
+    snap = engine(idx).snapshot
     real_ann = snap.ann
     snap.ann = lambda x, k, nprobe: searched.append(len(x)) or real_ann(x, k, nprobe)
     a, b = idx.search_embeddings(Q), idx.search_embeddings(padded)
@@ -182,12 +183,12 @@ def test_add_delete_replace_without_retraining(tmp_path, tiny_encoder, tiny_docs
     trained = idx.info()["backend"]["nlist"]
     idx.add(tiny_docs[100:])
     assert len(idx) == 120 and idx.info()["backend"]["nlist"] == trained
-    before = idx.folder.store.lookup(["d50"])["d50"]
+    before = idx.doc_store.lookup(["d50"])["d50"]
     idx.delete(["d3", "d4"])
     assert len(idx) == 118
     with pytest.raises(DocumentNotFoundError):
         idx.get("d3")
-    assert idx.folder.store.lookup(["d50"])["d50"] == before  # ids stay stable across deletes
+    assert idx.doc_store.lookup(["d50"])["d50"] == before  # ids stay stable across deletes
     idx.add([Document("d5", "a replaced document about vitamin bone")])
     assert len(idx) == 118 and idx.get("d5").text == "a replaced document about vitamin bone"
     info = idx.info()
@@ -268,7 +269,7 @@ def test_crash_during_write_leaves_previous_index(built, tiny_encoder, monkeypat
     with pytest.raises(OSError, match="disk full"):
         idx.add([Document("new", "vitamin bone study")])
     monkeypatch.undo()
-    monkeypatch.setattr(type(idx.folder.store), "bump_commit", commit_fails)
+    monkeypatch.setattr(type(idx.doc_store), "bump_commit", commit_fails)
     with pytest.raises(OSError, match="disk full at commit"):
         idx.add([Document("new", "vitamin bone study")])
     with pytest.raises(OSError, match="disk full at commit"):
@@ -311,8 +312,8 @@ def test_corrupt_index_fails_clearly(built, tiny_encoder, damage, msg):
 
 def test_mismatched_vectors_fail_clearly(built, tiny_encoder):
     idx, _ = built
-    idx.folder.store.unpin()
-    idx.folder.store.conn.execute("UPDATE docs SET n_vectors = n_vectors + 1 WHERE ext_id = 'd1'")
+    idx.doc_store.unpin()
+    idx.doc_store.conn.execute("UPDATE docs SET n_vectors = n_vectors + 1 WHERE ext_id = 'd1'")
     idx.close()
     with pytest.raises(IndexCorruptError, match="mismatched"):
         PooledIndex.open(idx.path, device="cpu", encoder=tiny_encoder)
@@ -340,9 +341,9 @@ def test_metadata_filter_ranks_only_matching_documents_exactly(tmp_path, tiny_en
     pooled = pool_embeddings([tiny_embeddings[i] for i in wanted], 2)
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
     ref = maxsim(Q, np.concatenate(pooled).astype(np.float32), offsets)[0]
-    idx.folder.store.unpin()
+    idx.doc_store.unpin()
     for i in wanted:
-        idx.folder.store.conn.execute(
+        idx.doc_store.conn.execute(
             "UPDATE docs SET metadata = json_set(metadata, '$.grp', 'a') WHERE ext_id = ?", (f"d{i}",)
         )
     got = idx.search_embeddings(Q, SearchParams(k=5), filter={"grp": "a"})[0]

@@ -12,6 +12,7 @@ from pooledir.corpus import Document
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from tests.conftest import WORDS
+from tests.engine import engine
 
 
 @pytest.fixture()
@@ -107,7 +108,7 @@ def test_a_full_disk_keeps_the_old_index_and_removes_the_temp_file(flat, monkeyp
 
 
 def test_a_commit_that_is_not_a_number_is_corruption(flat, tiny_encoder):
-    flat.folder.store.conn.execute("UPDATE meta SET value = 'x1' WHERE key = 'commit'")
+    flat.doc_store.conn.execute("UPDATE meta SET value = 'x1' WHERE key = 'commit'")
     flat.close()
     with pytest.raises(IndexCorruptError, match="commit 'x1' is not a number"):
         PooledIndex.open(flat.path, device="cpu", encoder=tiny_encoder)
@@ -153,7 +154,7 @@ def test_passages_are_stored_under_the_parent(tmp_path, tiny_encoder, long_corpu
     window = window_tokens(tiny_encoder)
     assert window == 64 - 3  # [CLS], the marker and [SEP]
     assert n_passages >= (420 - window) // 30 + 1
-    store = idx.folder.store
+    store = idx.doc_store
     first = store.rows([store.lookup(["long#p0"])["long#p0"]])[0]
     assert first.metadata["parent_id"] == "long" and first.metadata["n_passages"] == n_passages
     last = store.rows([store.lookup([f"long#p{n_passages - 1}"])[f"long#p{n_passages - 1}"]])[0]
@@ -222,12 +223,12 @@ def test_a_document_that_lost_one_passage_is_still_deleted_and_replaced_whole(tm
     """An index damaged by an older version (one passage deleted alone): the document's id still reaches the rest."""
     idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
     n = idx.n_rows
-    store = idx.folder.store
-    idx.folder.delete([store.lookup(["long#p3"])["long#p3"]])  # what `delete long#p3` did before
+    store = idx.doc_store
+    engine(idx).delete([store.lookup(["long#p3"])["long#p3"]])  # what `delete long#p3` did before
     assert idx.n_rows == n - 1 and len(idx) == 41
     idx.add([long_corpus[-1]])  # adding it again replaces every passage left
     assert idx.n_rows == n
-    idx.folder.delete([store.lookup(["long#p0", "long#p3"])[i] for i in ("long#p0", "long#p3")])
+    engine(idx).delete([store.lookup(["long#p0", "long#p3"])[i] for i in ("long#p0", "long#p3")])
     assert idx.delete(["long"]) == 1 and len(idx) == 40
     assert store.ids_starting_with("long#p") == []
 
@@ -286,3 +287,30 @@ def test_a_threshold_excludes_a_pool_factor_and_is_checked():
     IndexConfig(pool_threshold=0).check()  # merges only duplicates
     old = {k: v for k, v in vars(IndexConfig()).items() if k != "pool_threshold"}
     assert IndexConfig(**old).pool_threshold is None  # manifests written before the field read as fixed-factor
+
+
+def test_the_facade_answers_the_queries_its_callers_need(tmp_path):
+    """stats(), row_ids(), known_ids(), doc_store, quantizer, train/install_quantizer: typed, no engine reached."""
+    from tests.conftest import FakeEncoder
+
+    rng = np.random.default_rng(0)
+    vecs = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in rng.standard_normal((60, 5, 16)).astype(np.float32)]
+    docs = [Document(f"d{i}", f"text {i}") for i in range(60)]
+    config = IndexConfig(backend="ivfpq", pool_factor=1, nlist=4, pq_m=4, train_min_vectors=10_000)
+    idx = PooledIndex.create(tmp_path / "a", config=config, device="cpu", encoder=FakeEncoder())
+    assert idx.stats().stored_vectors == 0 and idx.quantizer is None and idx.row_ids() == []
+    idx.train_quantizer(np.concatenate(vecs), n_total=300)  # a detached build trains before anything is added
+    assert idx.stats().trained and idx.quantizer.nlist == 4 and idx.stats().trained_vectors == 300
+    other = PooledIndex.create(tmp_path / "b", config=config, device="cpu", encoder=FakeEncoder())
+    other.install_quantizer(idx.quantizer, 300)  # partitions share one quantizer
+    assert other.stats().trained and other.describe().backend["nlist"] == 4
+    idx.add(docs, embeddings=vecs, pooled=True)
+    idx.delete(["d3"])
+    stats = idx.stats()
+    assert (stats.rows, stats.live_vectors, stats.stored_vectors) == (59, 295, 300)
+    assert stats.commit == idx.commit and stats.segments == len(idx.describe().segments)
+    assert sorted(idx.row_ids()) == sorted(d.id for d in docs if d.id != "d3")
+    assert idx.known_ids(["d1", "d3", "nope"]) == {"d1"}
+    assert idx.doc_store.rows([idx.doc_store.lookup(["d7"])["d7"]])[0].text == "text 7"
+    with pytest.raises(InputError, match="already holds"):
+        idx.install_quantizer(other.quantizer, 300)

@@ -133,7 +133,7 @@ def test_a_full_disk_at_the_commit_is_one_error_and_nothing_is_committed(tmp_pat
     q = queries()
     expected = results(idx, q)
     segments = sorted((tmp_path / "i" / "segments").iterdir())
-    conn = idx.folder.store.conn
+    conn = idx.doc_store.conn
     conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0] + 1}")
     from pooledir.corpus import Document
     from tests.index.test_folder import doc_vectors
