@@ -10,7 +10,6 @@ from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.index.segments import default_nlist, default_nlist_v2, default_pq_m
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, approximate_scores
-from tests.conftest import FakeEncoder
 from tests.engine import engine
 
 
@@ -60,28 +59,6 @@ def test_retraining_keeps_the_codec_the_index_was_trained_with(
     assert idx.info()["backend"]["pq_m"] == 1
     fresh = make_index(tmp_path / "new", tiny_encoder, tiny_docs, tiny_embeddings)
     assert fresh.info()["backend"]["pq_m"] == segments.default_pq_m(tiny_encoder.dim)
-
-
-def test_ivfpq_segments_agree_with_flat(tmp_path):
-    """Nearest neighbours through a pq segment (shared quantizer, preassigned lists) vs exact ones."""
-    rng = np.random.default_rng(1)
-    x = unit_rows(rng, 20_000, 64)
-    docs = [Document(f"v{i}", "") for i in range(len(x))]
-    out = {}
-    for backend in ("flat", "ivfpq"):
-        idx = PooledIndex.create(
-            tmp_path / backend, config=IndexConfig(backend=backend), device="cpu", encoder=FakeEncoder(64)
-        )
-        idx.add(docs, embeddings=list(x[:, None, :]), pooled=True)
-        out[backend] = idx
-    assert out["ivfpq"].info()["backend"]["trained"]
-    q = x[:50] + 0.05 * unit_rows(rng, 50, 64)
-    _, exact = engine(out["flat"]).snapshot.ann(q, 1, 0)
-    _, approx = engine(out["ivfpq"]).snapshot.ann(q, 10, 32)
-    assert np.mean([exact[i, 0] in approx[i] for i in range(50)]) >= 0.9
-    decoded, _ = engine(out["ivfpq"]).snapshot.fetch(np.arange(1, 501))  # doc_ints start at 1
-    # random unit vectors are sqrt(2) apart; PQ must decode far closer to the original than that
-    assert np.linalg.norm(decoded - x[:500], axis=1).mean() < 0.5 * np.sqrt(2)
 
 
 def test_search_params_from_optional_keeps_defaults_for_missing_knobs():
