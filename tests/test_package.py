@@ -277,3 +277,23 @@ def test_only_the_cli_reads_the_encoder_record_as_a_dict():
     files = [p for d in ("pooledir", "service", "eval", "tests") for p in sorted((ROOT / d).rglob("*.py"))]
     users = {str(p.relative_to(ROOT)) for p in files if ".encoder.items()" in p.read_text()}
     assert users <= {"pooledir/cli.py", "tests/test_package.py"}, users
+
+
+def test_the_type_checker_config_names_modules_that_exist():
+    """Every file mypy checks and every module it checks strictly is there (a moved module drops out silently)."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert [f for f in cfg["files"] if not (ROOT / f).is_file()] == []
+    strict = [m for o in cfg["overrides"] if o.get("disallow_untyped_defs") for m in o["module"]]
+    assert "pooledir.pooled_index" in strict
+    missing = [
+        m
+        for m in strict
+        if not (ROOT / (m.replace(".", "/") + ".py")).is_file() and not (ROOT / m.replace(".", "/")).is_dir()
+    ]
+    assert missing == []
+    assert {f"pooledir/{m.removeprefix('pooledir.').replace('.', '/')}.py" for m in strict if m != "pooledir"} <= {
+        *cfg["files"],
+        *(f.replace("/__init__.py", ".py") for f in cfg["files"]),
+    }

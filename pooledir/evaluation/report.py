@@ -40,7 +40,7 @@ def merge_results(results: list[dict]) -> list[dict]:
         seen = {_label(r) for r in into["runs"]}
         into["runs"] += [r for r in res["runs"] if _label(r) not in seen]
         done = {r["system"] for r in into["runs"]}
-        skipped = {}
+        skipped: dict[str, Any] = {}
         for s in into["skipped"] + list(res.get("skipped") or []):
             skipped.setdefault(s["system"], s)
         into["skipped"] = [s for name, s in skipped.items() if name not in done]
@@ -564,10 +564,16 @@ def _machine(data: dict) -> str:
     return str(m) if m else "not recorded in the file"
 
 
+def _machine_fields(data: dict) -> dict[str, Any]:
+    """The file's ``machine`` object, or {} where it records none (or only a string)."""
+    m = data.get("machine")
+    return m if isinstance(m, dict) else {}
+
+
 def _load(data: dict, prov: dict) -> str:
     """The 1-minute load average: the file's own fields where it records them, else provenance.json's."""
     own = sorted({k for k in _walk_keys(data) if "load_avg" in k})
-    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    machine = _machine_fields(data)
     for where in (data, machine):  # a file that records one load for the whole run
         if "load_avg_1min" in where and _is_scalar(where["load_avg_1min"]):
             return _fmt(where["load_avg_1min"])
@@ -587,7 +593,7 @@ def _walk_keys(v: Any):
 
 
 def _provenance_lines(name: str, data: dict, prov: dict) -> list[str]:
-    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    machine = _machine_fields(data)
     ran_at = data.get("commit") or machine.get("commit")  # where a result records the commit it ran at
     commits = sorted({str(r["commit"]) for r in data.get("runs", []) if isinstance(r, dict) and r.get("commit")})
     commit = (f"; ran at {ran_at}" if ran_at else "") + ("; rows at " + ", ".join(commits) if commits else "")
@@ -724,7 +730,7 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
         s: f3("default", s, **_DEFAULT3)["bytes_per_token"] / f3("peers", s, **_PLAID2)["bytes_per_token"]
         for s in FORMAT3_SETS
     }
-    low = min(kept, key=kept.get)
+    low = min(kept, key=lambda s: kept[s])
     rows.append(
         (
             f"share of exact unpooled nDCG@10 the default keeps, {len(kept)} test sets",
