@@ -418,9 +418,7 @@ def test_lexical_search_takes_its_top_k_without_fts5s_sort_of_every_match(tmp_pa
     assert seen and not [s for s in seen if "ORDER BY bm25" in s], seen[:5]  # FTS5's nested sort
     match = lexical.fts_query("text of zz3 zz50")
     ref = conn.execute(f"SELECT rowid, rank FROM {lexical.TABLE} WHERE {lexical.TABLE} MATCH ? ORDER BY rank", (match,))
-    ref = [
-        (r, -s) for r, s in ref.fetchall() if where is None or idx.doc_store.rows([r])[0].metadata["group"] == "a"
-    ]
+    ref = [(r, -s) for r, s in ref.fetchall() if where is None or idx.doc_store.rows([r])[0].metadata["group"] == "a"]
     np.testing.assert_allclose(scores, [s for _, s in ref[:4]], rtol=1e-6)
     assert "d3" in idx.doc_store.ext_ids(doc_ints[:2]) and len(doc_ints) == 4
     ties = [(a, b) for a, b, s, t in zip(doc_ints, doc_ints[1:], scores, scores[1:]) if s == t]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pooledir.errors import IndexCorruptError, NoSpaceError
-from pooledir.index.segments import FOOTER, verify_file, write_faiss
+from pooledir.index.segments import FOOTER, default_nlist, default_nlist_v2, default_pq_m, verify_file, write_faiss
 from pooledir.pooled_index import PooledIndex
 from tests.conftest import FakeEncoder
 from tests.index.test_folder import EVERYTHING, add, create, queries, results
@@ -150,3 +150,11 @@ def test_a_full_disk_at_the_commit_is_one_error_and_nothing_is_committed(tmp_pat
         assert len(idx) == 21
         with sqlite3.connect(tmp_path / "i" / "docs.sqlite") as c:
             assert c.execute("SELECT COUNT(*) FROM docs WHERE ext_id LIKE 'n%'").fetchone()[0] == 0
+
+
+def test_defaults():
+    assert default_pq_m(128) == 16 and default_pq_m(96) == 12 and default_pq_m(384) == 48 and default_pq_m(6) == 1
+    assert default_pq_m(128, legacy=True) == 64 and default_pq_m(6, legacy=True) == 3  # format 2 folders
+    assert default_nlist(1_000_000) == 8192 and default_nlist(100) == 2 and default_nlist(5) == 1
+    assert default_nlist(1_000_000, n_train=262_144) == 262_144 // 39  # >= 39 training vectors a list
+    assert default_nlist_v2(1_000_000) == 4000 and default_nlist_v2(100) == 2

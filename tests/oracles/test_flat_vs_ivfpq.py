@@ -9,7 +9,7 @@ from pooledir.corpus import Document
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from tests.conftest import FakeEncoder
 from tests.engine import engine
-from tests.test_index import unit_rows
+from tests.test_pooled_index import unit_rows
 
 #: share of the exact top 10 that IVF-PQ's top 10 (nprobe 32) holds, on 20k random 64-d unit vectors: 0.256
 #: measured, against 10/20,000 by chance (random vectors are PQ's hard case; real ones cluster)
