@@ -50,8 +50,24 @@ def test_missing_checkpoint_and_cuda(tmp_path, tiny_ckpt):
             ColBERTEncoder(tiny_ckpt, device="cuda")
 
 
-#: the GPU encodes in float32 like the CPU, but its kernels sum in another order: unit vectors agree to this
-GPU_ENCODING_ATOL = 1e-4
+#: the GPU runs the model under float16 autocast (ColBERTEncoder._forward), the CPU in float32: each unit
+#: vector's entries agree to GPU_ENCODING_ATOL and the two vectors' cosine is at least GPU_ENCODING_MIN_COS
+GPU_ENCODING_ATOL = 1e-2
+GPU_ENCODING_MIN_COS = 0.999
+
+
+def assert_close_unit_rows(a: np.ndarray, b: np.ndarray) -> None:
+    """Same shape, entries within GPU_ENCODING_ATOL, each non-zero row's cosine >= GPU_ENCODING_MIN_COS."""
+    assert a.shape == b.shape and np.abs(a - b).max() <= GPU_ENCODING_ATOL
+    rows = np.abs(b).sum(-1) > 0  # zero rows (padding without query augmentation) have no direction
+    assert (a * b).sum(-1)[rows].min() >= GPU_ENCODING_MIN_COS
+
+
+def test_assert_close_unit_rows_sees_a_turned_vector():
+    x = np.eye(4, dtype=np.float32)
+    assert_close_unit_rows(x + 1e-3, x)
+    with pytest.raises(AssertionError):
+        assert_close_unit_rows(x[[1, 0, 2, 3]], x)
 
 
 def _cuda_available() -> bool:
@@ -63,15 +79,13 @@ def _cuda_available() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
 def test_cuda_encoding_matches_cpu(tiny_ckpt, tiny_encoder):
-    """Queries and documents encoded on the GPU equal the CPU's within GPU_ENCODING_ATOL (same token counts)."""
+    """Queries and documents encoded on the GPU equal the CPU's within the stated tolerance (same token counts)."""
     gpu = ColBERTEncoder(tiny_ckpt, device="cuda", batch_size=8)
     texts = [t for t in TEXTS if t] * 3  # several batches, mixed lengths
-    for a, b in zip(
-        gpu.encode_documents(texts, dtype="float32"), tiny_encoder.encode_documents(texts, dtype="float32")
-    ):
-        assert a.shape == b.shape and np.abs(a - b).max() <= GPU_ENCODING_ATOL
-    Qg, Qc = gpu.encode_queries(QUERIES), tiny_encoder.encode_queries(QUERIES)
-    assert Qg.shape == Qc.shape and np.abs(Qg - Qc).max() <= GPU_ENCODING_ATOL
+    cpu_docs = tiny_encoder.encode_documents(texts, dtype="float32")
+    for a, b in zip(gpu.encode_documents(texts, dtype="float32"), cpu_docs, strict=True):
+        assert_close_unit_rows(a, b)
+    assert_close_unit_rows(gpu.encode_queries(QUERIES), tiny_encoder.encode_queries(QUERIES))
 
 
 def test_projection_is_seeded_and_orthonormal():
