@@ -81,7 +81,7 @@ def profile(size: int, folder: Path) -> dict:
     loads, add_s, assign_s, vectors, first = [load()], 0.0, 0.0, 0, 0
     for start in range(0, n_docs, 2000):
         docs, vecs = B.make_docs(start, min(2000, n_docs - start), c)
-        q = index.folder.snapshot.quantizer
+        q = index.quantizer
         if q is not None:
             x = np.concatenate(vecs).astype(np.float32)
             t = time.perf_counter()

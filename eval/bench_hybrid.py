@@ -62,7 +62,7 @@ def latency(index: PooledIndex, queries: list[str], fusion: Fusion) -> dict:
 
 
 def drop_lexical(index: PooledIndex) -> None:
-    conn = index.folder.store.conn
+    conn = index.doc_store.conn
     for trigger in ("docs_lex_insert", "docs_lex_delete", "docs_lex_update"):
         conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
@@ -77,7 +77,7 @@ def upserts(path: Path, n: int, dim: int) -> dict:
         a = PooledIndex.open(with_lex, device="cpu")
         b = PooledIndex.open(without, device="cpu")
         drop_lexical(b)
-        rows = a.folder.store.rows(list(range(1, n + 1)))  # real texts of the corpus' size
+        rows = a.doc_store.rows(list(range(1, n + 1)))  # real texts of the corpus' size
         rng = np.random.default_rng(0)
         times: dict[str, list[float]] = {"with_lexical": [], "without_lexical": []}
         for i, r in enumerate(rows):
@@ -89,7 +89,7 @@ def upserts(path: Path, n: int, dim: int) -> dict:
                 t = time.perf_counter()
                 idx.add([doc], embeddings=[vec], pooled=True)
                 times[name].append((time.perf_counter() - t) * 1000)
-        assert a.folder.store.conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0] == len(a)
+        assert a.doc_store.conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0] == len(a)
         a.close()
         b.close()
     finally:

@@ -221,7 +221,7 @@ def main() -> None:
     qids = sorted(q for q in qrels if q in all_queries and set(qrels[q]) <= indexed)
     texts = [all_queries[q] for q in qids]
     timed = texts[: args.queries]
-    ckpt, enc_kw = index.manifest["checkpoint"], {k: v for k, v in index.manifest["encoder"].items() if k != "dim"}
+    ckpt, enc_kw = index.manifest.checkpoint, index.manifest.encoder.settings()
     encoders = {b: ColBERTEncoder(ckpt, device="cpu", query_backend=b, **enc_kw) for b in BACKENDS}
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared with other work)")

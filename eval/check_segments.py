@@ -115,7 +115,7 @@ def describe(index) -> dict:
 def quantizer_arrays(index) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
-    q = index.folder.snapshot.quantizer
+    q = index.quantizer
     return q.quantizer.reconstruct_n(0, q.nlist), faiss.vector_to_array(q.pq.centroids)
 
 

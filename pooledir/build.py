@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +31,7 @@ import numpy as np
 from pooledir import pipeline
 from pooledir.corpus import Document, check_documents
 from pooledir.errors import InputError
+from pooledir.index.manifest import EncoderRecord, record_encoder
 from pooledir.shards import (
     ShardError,
     ShardInfo,
@@ -239,7 +239,7 @@ def shard_chunks(
 # -- which documents are new -----------------------------------------------------------------------------------
 def _known_ids(index: PooledIndex, ids: Sequence[str]) -> set[str]:
     """The ids among ``ids`` the index already holds (one sqlite query per 500 ids; nothing kept)."""
-    return set(index.folder.store.lookup(ids))
+    return index.known_ids(ids)
 
 
 class _NewDocuments:
@@ -360,7 +360,7 @@ def _check_resume(index: PooledIndex, resume: bool) -> None:
 def _write_stage(chunk: Chunk, index: PooledIndex) -> str:
     """The progress bar's stage for committing ``chunk``: the first IVF-PQ write also trains."""
     cfg = index.config
-    trains = cfg.backend != "flat" and index.folder.snapshot.quantizer is None
+    trains = cfg.backend != "flat" and not index.stats().trained
     if trains and len(index) == 0 and chunk.n_vectors >= cfg.train_min_vectors:
         return f"train IVF-PQ on {min(chunk.n_vectors, cfg.train_sample):,} vectors, write"
     return "write"
@@ -552,7 +552,7 @@ class _RecordedEncoder:
 
     path: str
     dim: int
-    settings: SimpleNamespace
+    settings: EncoderRecord  # holds the settings as attributes, as a loaded encoder's ColBERTSettings do
 
 
 def create_index_for_shards(
@@ -562,12 +562,11 @@ def create_index_for_shards(
 
     Queries are later encoded with that checkpoint and those settings, as the documents were.
     """
-    from pooledir.pooled_index import ENCODER_SETTINGS, PooledIndex
+    from pooledir.pooled_index import PooledIndex
 
     shards_pooled_for(spec, config)
-    settings = SimpleNamespace(**{k: spec.encoder.get(k) for k in ENCODER_SETTINGS})
     PooledIndex.create(
-        path, config=config, device=device, encoder=_RecordedEncoder(spec.checkpoint, spec.dim, settings)
+        path, config=config, device=device, encoder=_RecordedEncoder(spec.checkpoint, spec.dim, spec.encoder)
     ).close()
     return PooledIndex.open(path, device=device)  # loads the encoder from the record when a query needs it
 
@@ -600,13 +599,9 @@ def build_index_from_shards(
 
 
 # -- into shards -----------------------------------------------------------------------------------------------
-def encoder_record(encoder: ColBERTEncoder) -> tuple[str, dict[str, Any]]:
-    """(checkpoint, settings) as an index records them, so shards can be indexed without the encoder."""
-    from pooledir.pooled_index import ENCODER_SETTINGS
-
-    return str(Path(encoder.path).resolve()), {"dim": encoder.dim} | {
-        k: getattr(encoder.settings, k) for k in ENCODER_SETTINGS
-    }
+def encoder_record(encoder: ColBERTEncoder) -> tuple[str, EncoderRecord]:
+    """(checkpoint, record) as an index records them, so shards can be indexed without the encoder."""
+    return record_encoder(encoder)
 
 
 def encode_corpus(

@@ -18,7 +18,7 @@ import string
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from pooledir.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
         ) from None
 
 
-def load_state_dict(path: Path) -> dict:
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load the weights of a checkpoint folder (safetensors preferred, no pickle unless only .bin exists)."""
     import torch
 
@@ -104,11 +105,12 @@ def load_state_dict(path: Path) -> dict:
         return load_file(str(st))
     bin_ = path / "pytorch_model.bin"
     if bin_.is_file():
-        return torch.load(bin_, map_location="cpu", weights_only=True)
+        state: dict[str, torch.Tensor] = torch.load(bin_, map_location="cpu", weights_only=True)
+        return state
     raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
 
 
-def split_colbert_weights(state: dict) -> tuple[dict, torch.Tensor]:
+def split_colbert_weights(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Split a HF_ColBERT state dict into (encoder weights without prefix, linear weight)."""
     if "linear.weight" not in state:
         raise CheckpointError("not a ColBERT checkpoint: 'linear.weight' is missing (convert a plain encoder first)")
@@ -121,12 +123,12 @@ def split_colbert_weights(state: dict) -> tuple[dict, torch.Tensor]:
     return encoder, linear
 
 
-def punctuation_ids(tokenizer) -> set[int]:
+def punctuation_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Token ids colbert-ai drops from documents: the first token of each punctuation symbol."""
     return {tokenizer.encode(s, add_special_tokens=False)[0] for s in string.punctuation}
 
 
-def _plain_encoder_weights(src: Path) -> dict:
+def _plain_encoder_weights(src: Path) -> dict[str, torch.Tensor]:
     state = load_state_dict(src)
     # sentence-transformers/HF task models may carry a prefix (bert., model.) and heads; keep the encoder
     prefixes = {k.split(".", 1)[0] for k in state}
@@ -204,7 +206,7 @@ def convert_checkpoint(
     return out
 
 
-def _holds_checkpoint(out: Path, meta: dict) -> bool:
+def _holds_checkpoint(out: Path, meta: dict[str, Any]) -> bool:
     """True when ``out`` is already the checkpoint ``meta`` describes; False when it is missing or empty.
 
     Raises :class:`CheckpointError` for anything else there (a file, other files, another checkpoint):
@@ -226,7 +228,7 @@ def _holds_checkpoint(out: Path, meta: dict) -> bool:
     raise CheckpointError(f"{out} exists and holds {what}; pass a new folder, or delete it first")
 
 
-def _write_checkpoint(src: Path, tmp: Path, dim: int, seed: int, meta: dict) -> None:
+def _write_checkpoint(src: Path, tmp: Path, dim: int, seed: int, meta: dict[str, Any]) -> None:
     """Write the converted checkpoint's files into ``tmp``, each fsynced."""
     import torch
     from safetensors.torch import save_file
@@ -253,7 +255,7 @@ def _write_checkpoint(src: Path, tmp: Path, dim: int, seed: int, meta: dict) -> 
             os.fsync(fh.fileno())
 
 
-def _install(tmp: Path, out: Path, meta: dict) -> None:
+def _install(tmp: Path, out: Path, meta: dict[str, Any]) -> None:
     """Rename the finished folder to ``out`` (missing, or an empty folder) and make it durable.
 
     Another conversion that got there first with the same checkpoint is fine (its folder is kept).

@@ -20,11 +20,15 @@ import logging
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pooledir.checkpoint_settings import ColBERTSettings, LoadedCheckpoint
 from pooledir.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ def _activation(name: str, file: Path) -> torch.nn.Module:
     return cls()
 
 
-def _read_weights(folder: Path) -> dict:
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Read model.safetensors (single or sharded) first, else pytorch_model.bin; raise naming the missing file."""
     from safetensors.torch import load_file
 
@@ -101,7 +105,8 @@ def _read_weights(folder: Path) -> dict:
         return {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
     bin_ = folder / "pytorch_model.bin"
     if bin_.is_file():
-        return torch.load(bin_, map_location="cpu", weights_only=True)
+        state: dict[str, torch.Tensor] = torch.load(bin_, map_location="cpu", weights_only=True)
+        return state
     raise CheckpointError(f"{single} is missing (no weights in {folder}: model.safetensors or pytorch_model.bin)")
 
 
@@ -118,7 +123,7 @@ class DenseModule(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project token vectors (..., in) to (..., out)."""
-        out = self.activation_function(self.linear(x))
+        out: torch.Tensor = self.activation_function(self.linear(x))  # a Module's __call__ is untyped
         if self.use_residual:
             out = out + (self.residual(x) if hasattr(self, "residual") else x)
         return out
@@ -152,7 +157,7 @@ class DenseModule(torch.nn.Module):
         return module.eval()
 
 
-def _fix_config(config) -> None:
+def _fix_config(config: PretrainedConfig) -> None:
     """Translate what transformers 5 writes into what 4.57 reads (ModernBERT's rope thetas)."""
     rope = getattr(config, "rope_parameters", None)
     if config.model_type == "modernbert" and isinstance(rope, dict):
@@ -162,7 +167,7 @@ def _fix_config(config) -> None:
             config.local_rope_theta = float(rope["sliding_attention"]["rope_theta"])
 
 
-def _encoder_weights(state: dict, folder: Path) -> dict:
+def _encoder_weights(state: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
     """Strip a task prefix (``bert.``, ``model.``), drop a colbert-ai ``linear.weight``, rename gamma/beta."""
     state = {k: v for k, v in state.items() if k != "linear.weight"}
     tops = {k.split(".", 1)[0] for k in state}
@@ -181,7 +186,7 @@ def _encoder_weights(state: dict, folder: Path) -> dict:
     return out
 
 
-def load_transformer(folder: Path):
+def load_transformer(folder: Path) -> PreTrainedModel:
     """The Transformer module's AutoModel (float32, eval mode) from its folder."""
     from transformers import AutoConfig, AutoModel
 
@@ -198,10 +203,11 @@ def load_transformer(folder: Path):
         raise CheckpointError(f"{folder}: weights missing for {missing[:5]} ({len(missing)} in all)")
     if unexpected:
         log.debug("ignoring unexpected weights %s", unexpected[:5])
-    return model.float().eval()
+    loaded: PreTrainedModel = model.float().eval()
+    return loaded
 
 
-def load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     """The tokenizer, with [MASK] as pad token as PyLate sets it (else EOS, else the tokenizer's own pad)."""
     import transformers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast

@@ -18,15 +18,21 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pooledir.checkpoint import ColBERTSettings, load_checkpoint, punctuation_ids, resolve_checkpoint
+from pooledir.checkpoint import load_checkpoint, punctuation_ids, resolve_checkpoint
+from pooledir.checkpoint_settings import ColBERTSettings
 from pooledir.corpus import check_utf8
 from pooledir.device import resolve_device
 from pooledir.errors import CheckpointError, IndexCorruptError, InputError
-from pooledir.index.manifest import ENCODER_SETTINGS, Manifest
+from pooledir.index.manifest import EncoderRecord, Manifest
+
+if TYPE_CHECKING:
+    import torch
+
+    from pooledir.runtime_onnx import OnnxRuntimeEncoder
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +151,12 @@ class ColBERTEncoder:
         self.d_marker = tok.convert_tokens_to_ids(self.settings.doc_token_id)
         self._skip_ids = np.array(sorted(self._skip_token_ids()), dtype=np.int64)
         self.query_backend, self.document_backend = query_backend, document_backend
-        self._runtimes: dict = {}
+        self._runtimes: dict[str, OnnxRuntimeEncoder] = {}
         self._runtime_lock = threading.Lock()
         self._query_runtime = None if query_backend == "auto" else self._runtime(query_backend)
         self._document_runtime = self._runtime(document_backend)
 
-    def _runtime(self, backend: str):
+    def _runtime(self, backend: str) -> OnnxRuntimeEncoder | None:
         """The ONNX Runtime session for ``backend`` (one per kind, shared by queries and documents), or None."""
         if backend == "torch":
             return None
@@ -168,7 +174,7 @@ class ColBERTEncoder:
             )
         return self._runtimes[backend]
 
-    def _auto_query_runtime(self):
+    def _auto_query_runtime(self) -> OnnxRuntimeEncoder | None:
         """Resolve ``"auto"`` on first use: the ONNX fp32 session where it can run, else torch (None), no error.
 
         On first use, not in __init__: an encoder that only encodes documents never exports the query graph.
@@ -204,7 +210,7 @@ class ColBERTEncoder:
         """Dimension of the output vectors."""
         return self.settings.dim
 
-    def _forward(self, ids: np.ndarray, mask: np.ndarray):
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
         """Run encoder + projection + L2 norm on one padded batch; returns a float32 tensor (B, L, dim)."""
         import torch
 
@@ -222,7 +228,7 @@ class ColBERTEncoder:
             return runtime(ids, mask)
         return self._forward(ids, mask).cpu().numpy()
 
-    def _tokenize(self, texts: list[str], is_query: bool, max_length: int, **kwargs) -> dict:
+    def _tokenize(self, texts: list[str], is_query: bool, max_length: int, **kwargs: Any) -> dict[str, Any]:
         """Tokenize with the query or document marker at position 1, as the checkpoint's layout does it.
 
         colbert-ai tokenizes ". " + text and overwrites the "." after [CLS]; PyLate tokenizes the
@@ -280,7 +286,8 @@ class ColBERTEncoder:
         m = self.settings.doc_maxlen
 
         def head(text: str) -> list[int]:
-            return self._tokenize([text], False, m + 1)["input_ids"][0]
+            ids: list[int] = self._tokenize([text], False, m + 1)["input_ids"][0]
+            return ids
 
         clipped = [clip_text(t, m, head, min_chars=16 * m) for t in documents]
         ids = list(self._tokenize(clipped, False, m + 1)["input_ids"])  # one token more tells who was cut
@@ -357,7 +364,7 @@ class ColBERTEncoder:
         return out  # type: ignore[return-value]
 
 
-def _put_at_1(seqs, value: int, insert: bool):
+def _put_at_1(seqs: Any, value: int, insert: bool) -> Any:
     """Insert ``value`` after the first token of each sequence, or overwrite position 1 with it."""
     if isinstance(seqs, np.ndarray):
         if insert:
@@ -373,17 +380,18 @@ def _put_at_1(seqs, value: int, insert: bool):
 
 
 def _recorded(manifest: Manifest | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(checkpoint, recorded encoder settings) of a manifest; settings older manifests lack are None."""
-    try:
-        checkpoint, enc = manifest["checkpoint"], manifest["encoder"]
-    except (KeyError, TypeError):
-        checkpoint, enc = None, None
+    """(checkpoint, recorded encoder settings) of a manifest or its JSON; settings older manifests lack are None."""
+    if isinstance(manifest, Manifest):
+        return manifest.checkpoint, manifest.encoder.settings()
+    checkpoint, enc = manifest.get("checkpoint"), manifest.get("encoder")
     if not isinstance(enc, dict) or not checkpoint:
         raise IndexCorruptError("the index manifest lacks its 'encoder' settings or its 'checkpoint'")
-    return str(checkpoint), {k: enc.get(k) for k in ENCODER_SETTINGS}
+    return str(checkpoint), EncoderRecord.from_json({"dim": 0} | enc).settings()
 
 
-def encoder_key(manifest: Manifest | Mapping[str, Any], checkpoint: str | os.PathLike[str] | None = None) -> tuple:
+def encoder_key(
+    manifest: Manifest | Mapping[str, Any], checkpoint: str | os.PathLike[str] | None = None
+) -> tuple[Any, ...]:
     """What makes two indexes' encoders interchangeable: the same weights and the same recorded settings.
 
     Indexes with equal keys can share one :func:`encoder_for_index` result.

@@ -25,8 +25,8 @@ from pooledir.search import Hit, SearchParams
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from pooledir.index.folder import IndexFolder
     from pooledir.index.manifest import IndexConfig
+    from pooledir.store import DocStore
 
 MODES = ("dense", "lexical", "hybrid")
 
@@ -36,7 +36,11 @@ class SearchableIndex(Protocol):
 
     path: Path
     config: IndexConfig
-    folder: IndexFolder
+
+    @property
+    def doc_store(self) -> DocStore:
+        """The document store at the pinned snapshot: the lexical table and the ids it ranks."""
+        ...
 
     @property
     def n_rows(self) -> int:
@@ -141,12 +145,12 @@ def lexical_hits(
     """BM25's top ``k`` documents per query (a split document by its best passage)."""
     if index.n_rows == 0:
         return [[] for _ in queries]
-    conn = index.folder.store.conn
+    conn = index.doc_store.conn
     out = []
     for q in queries:
         if index.config.passage_stride is None:
             doc_ints, scores = lexical.search(conn, q, k, filter, n_rows=index.n_rows)
-            ranked = list(zip(index.folder.store.ext_ids(doc_ints), scores.tolist()))
+            ranked = list(zip(index.doc_store.ext_ids(doc_ints), scores.tolist()))
         else:
             ranked = _best_passages(index, q, k, filter)
         out.append(_hits(index, ranked, with_text))
@@ -156,7 +160,7 @@ def lexical_hits(
 def lexical_stats(index: SearchableIndex, queries: Sequence[str]) -> list[lexical.Stats]:
     """BM25 statistics of this index for each query's words (a partition's share of the collection's)."""
     _require_table(index)
-    conn = index.folder.store.conn
+    conn = index.doc_store.conn
     return [lexical.local_stats(conn, q, index.n_rows) for q in queries]
 
 
@@ -175,7 +179,7 @@ def lexical_hits_with(
     from pooledir.store import check_filter
 
     _require_table(index)
-    store = index.folder.store
+    store = index.doc_store
     allowed = None
     if filter:  # {} is no filter, as in the dense lane
         check_filter(filter)
@@ -188,7 +192,7 @@ def lexical_hits_with(
 
 
 def _require_table(index: SearchableIndex) -> None:
-    if not lexical.has_table(index.folder.store.conn):
+    if not lexical.has_table(index.doc_store.conn):
         raise InputError(
             f"{index.path} has no lexical table (made by an older pooledir and opened read-only): "
             "open it once with write access to build it, or search with mode='dense'"
@@ -199,7 +203,7 @@ def _best_passages(index: SearchableIndex, q: str, k: int, filter: dict[str, Any
     """Documents by their best passage: asks for more rows (x4, x16, x64) until ``k`` documents or none left."""
     from pooledir.passages import parent_id
 
-    conn, store = index.folder.store.conn, index.folder.store
+    conn, store = index.doc_store.conn, index.doc_store
     for factor in (4, 16, 64):
         doc_ints, scores = lexical.search(conn, q, factor * k, filter, n_rows=index.n_rows)
         best: dict[str, float] = {}

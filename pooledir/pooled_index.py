@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from pooledir.device import faiss_gpu_available, resolve_device, use_gpu
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.fusion import Fusion
 from pooledir.index.folder import IndexFolder, ensure_layout
-from pooledir.index.manifest import ENCODER_SETTINGS, IndexConfig, Manifest, read_manifest
+from pooledir.index.manifest import IndexConfig, Manifest, read_manifest, record_encoder
 from pooledir.index.segments import describe_quantizer
 from pooledir.index_info import IndexInfo, SegmentInfo
 from pooledir.lexical import has_table
@@ -33,7 +33,19 @@ from pooledir.pipeline import WriteBatch
 from pooledir.search import Hit, SearchParams, exact_search, search_embeddings
 from pooledir.store import MAX_FILTER_FIELDS, DocStore, check_filter
 
-__all__ = ["MAX_FILTER_FIELDS", "AddResult", "Hit", "IndexConfig", "IndexInfo", "PooledIndex", "read_manifest"]
+if TYPE_CHECKING:
+    from pooledir.encoder import ColBERTEncoder
+
+__all__ = [
+    "MAX_FILTER_FIELDS",
+    "AddResult",
+    "Hit",
+    "IndexConfig",
+    "IndexInfo",
+    "PooledIndex",
+    "SnapshotStats",
+    "read_manifest",
+]
 
 
 @dataclass(frozen=True)
@@ -48,13 +60,37 @@ class AddResult:
     write_s: float
 
 
+@dataclass(frozen=True)
+class SnapshotStats:
+    """Counts of the loaded snapshot, cheap to read (no file is opened; :meth:`PooledIndex.describe` has the rest).
+
+    Attributes
+    ----------
+    commit : the commit the snapshot shows.
+    rows : live stored rows (documents, or passages of split documents).
+    segments : segment files the snapshot reads.
+    stored_vectors : vectors in those segments, deleted ones not yet compacted away included.
+    live_vectors : vectors of live rows.
+    trained : whether the index has a trained quantizer (an IVF-PQ index past ``train_min_vectors``).
+    trained_vectors : vectors the quantizer was trained for (0 untrained).
+    """
+
+    commit: int
+    rows: int
+    segments: int
+    stored_vectors: int
+    live_vectors: int
+    trained: bool
+    trained_vectors: int
+
+
 class PooledIndex:
     """A pooled ColBERT index: create or open one, then add, delete, get and search.
 
     Use :meth:`create` and :meth:`open` rather than the constructor.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, device: str, encoder=None) -> None:
+    def __init__(self, path: Path, manifest: Manifest, device: str, encoder: Any = None) -> None:
         self.path = path
         self.manifest = manifest
         self.config = manifest.config
@@ -62,9 +98,9 @@ class PooledIndex:
         self.device = resolve_device(device)  # 'auto' becomes the device in use
         if encoder is not None and encoder.dim != self.dim:
             raise InputError(f"the encoder makes {encoder.dim}-d vectors; this index holds {self.dim}-d ones")
-        self._encoder = encoder
+        self._encoder: Any = encoder  # a ColBERTEncoder, or a stand-in that records one (build.py, tests)
         self._backends: dict[str, str] = {}  # how an encoder loaded on first use runs (see open())
-        self.folder = IndexFolder.open(path, self.config, self.dim, use_gpu=use_gpu(self.device))
+        self._folder = IndexFolder.open(path, self.config, self.dim, use_gpu=use_gpu(self.device))
 
     # -- opening ----------------------------------------------------------------------------------------------
     @classmethod
@@ -74,7 +110,7 @@ class PooledIndex:
         checkpoint: str | os.PathLike[str] | None = None,
         config: IndexConfig | None = None,
         device: str = "auto",
-        encoder=None,
+        encoder: Any = None,
     ) -> PooledIndex:
         """Create an empty index folder for ``checkpoint`` (or a ready ``encoder``)."""
         from pooledir.encoder import ColBERTEncoder
@@ -100,11 +136,8 @@ class PooledIndex:
 
             check_stride(config.passage_stride, encoder)
         path.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(
-            checkpoint=str(Path(encoder.path).resolve()),
-            encoder={"dim": encoder.dim} | {k: getattr(encoder.settings, k) for k in ENCODER_SETTINGS},
-            config=config,
-        )
+        checkpoint, record = record_encoder(encoder)
+        manifest = Manifest(checkpoint=checkpoint, encoder=record, config=config)
         ensure_layout(path)
         DocStore.create(path / "docs.sqlite").close()
         manifest.write(path)
@@ -115,7 +148,7 @@ class PooledIndex:
         cls,
         path: str | os.PathLike[str],
         device: str = "auto",
-        encoder=None,
+        encoder: Any = None,
         query_backend: str = "auto",
         document_backend: str = "torch",
     ) -> PooledIndex:
@@ -143,11 +176,11 @@ class PooledIndex:
         against its checksum again) and one read of the document store. ``full`` re-reads every
         segment file and runs sqlite's ``quick_check`` (O(index)).
         """
-        self.folder.snapshot.verify(full)
+        self._folder.snapshot.verify(full)
         try:
-            self.folder.store.get_meta("commit")
+            self._folder.store.get_meta("commit")
             if full:
-                result = self.folder.store.conn.execute("PRAGMA quick_check").fetchone()[0]
+                result = self._folder.store.conn.execute("PRAGMA quick_check").fetchone()[0]
                 if result != "ok":
                     raise sqlite3.DatabaseError(result)
         except sqlite3.OperationalError:
@@ -157,35 +190,35 @@ class PooledIndex:
 
     def is_stale(self) -> bool:
         """True when another process has committed a write this object has not loaded."""
-        return self.folder.is_stale()
+        return self._folder.is_stale()
 
     def refresh(self) -> bool:
         """Catch up with writes another process committed; returns True if anything was reloaded."""
-        return self.folder.refresh()
+        return self._folder.refresh()
 
     @property
     def commit(self) -> int:
         """The commit the loaded snapshot shows."""
-        return self.folder.snapshot.commit
+        return self._folder.snapshot.commit
 
     def pin(self) -> None:
         """Hold a read transaction at the newest commit, its snapshot loaded, until :meth:`release`."""
-        self.folder.store.pin()
-        self.folder.refresh()  # pinned first: if the counter on disk still equals the snapshot's, so does the pin's
+        self._folder.store.pin()
+        self._folder.refresh()  # pinned first: if the counter on disk still equals the snapshot's, so does the pin's
 
     def release(self) -> None:
         """End the read transaction that pins the snapshot: an idle reader then holds no sqlite WAL frames.
 
         Reads of the store (``get``, ``info``, hits' ids) must :meth:`pin` again first.
         """
-        self.folder.store.unpin()
+        self._folder.store.unpin()
 
     def checkpoint(self) -> None:
         """Fold the sqlite WAL into the database and truncate it (best effort: gives up while others read)."""
-        self.folder.store.checkpoint()
+        self._folder.store.checkpoint()
 
     @property
-    def encoder(self):
+    def encoder(self) -> ColBERTEncoder:
         """The ColBERT encoder, loaded from the manifest's checkpoint on first use."""
         if self._encoder is None:
             from pooledir.encoder import encoder_for_index
@@ -193,16 +226,16 @@ class PooledIndex:
             self._encoder = encoder_for_index(self.manifest, self.device, **self._backends)
             if self._encoder.dim != self.dim:
                 raise IndexCorruptError(f"checkpoint dim {self._encoder.dim} != index dim {self.dim}")
-        return self._encoder
+        return cast("ColBERTEncoder", self._encoder)
 
     def close(self) -> None:
         """Release the segment mappings and the sqlite connections."""
-        self.folder.close()
+        self._folder.close()
 
     def __enter__(self) -> PooledIndex:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __len__(self) -> int:
@@ -212,7 +245,53 @@ class PooledIndex:
     @property
     def n_rows(self) -> int:
         """Stored rows of the loaded snapshot, what search ranks: a document, or one passage of a split document."""
-        return self.folder.snapshot.n_docs
+        return self._folder.snapshot.n_docs
+
+    def stats(self) -> SnapshotStats:
+        """Counts of the loaded snapshot (call :meth:`refresh` first to see other processes' writes)."""
+        snap = self._folder.snapshot
+        return SnapshotStats(
+            commit=snap.commit,
+            rows=snap.n_docs,
+            segments=len(snap.segments),
+            stored_vectors=snap.n_stored,
+            live_vectors=snap.n_live,
+            trained=snap.quantizer is not None,
+            trained_vectors=snap.trained_vectors,
+        )
+
+    @property
+    def quantizer(self) -> Any:
+        """The trained faiss IVF-PQ quantizer of the loaded snapshot (for reading), or None while untrained.
+
+        :meth:`describe` says the same in words (``backend``: nlist, pq_m, ...).
+        """
+        return self._folder.snapshot.quantizer
+
+    @property
+    def doc_store(self) -> DocStore:
+        """The document store (ids, texts, metadata and the lexical table) at the pinned snapshot: for reading.
+
+        What the lexical lane searches; writes go through :meth:`add`/:meth:`write`/:meth:`delete`.
+        """
+        return self._folder.store
+
+    @property
+    def folder(self) -> IndexFolder:
+        """Deprecated: the storage engine under this facade, kept only until the CLI and the service stop reading it.
+
+        Use :meth:`stats`, :attr:`doc_store`, :attr:`quantizer`, :meth:`row_ids`, :meth:`known_ids`,
+        :meth:`install_quantizer` or :meth:`train_quantizer` instead.
+        """
+        return self._folder
+
+    def row_ids(self) -> list[str]:
+        """External ids of every live stored row of the loaded snapshot (documents, or passages), in stored order."""
+        return self._folder.store.ext_ids(self._folder.snapshot.live_docs())
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that are stored rows (with passages: a passage's id, e.g. ``doc#p0``)."""
+        return set(self._folder.store.lookup(list(ids)))
 
     def _documents(self, rows: int) -> int:
         """The documents ``rows`` stored rows hold: fewer than the rows where documents were split into passages."""
@@ -220,7 +299,7 @@ class PooledIndex:
             return rows
         from pooledir.passages import count_documents
 
-        return count_documents(self.folder.store, rows)
+        return count_documents(self._folder.store, rows)
 
     # -- writing ----------------------------------------------------------------------------------------------
     def add(
@@ -240,7 +319,7 @@ class PooledIndex:
         Same as ``write(make_batch(...))`` (see :mod:`pooledir.pipeline`).
         """
         docs = check_documents(documents, "documents")
-        self.folder.check_writable()  # before encoding, which may take minutes
+        self._folder.check_writable()  # before encoding, which may take minutes
         return self.write(self.make_batch(docs, embeddings, pooled, n_tokens, show_progress))
 
     def make_batch(
@@ -278,9 +357,9 @@ class PooledIndex:
         t0 = time.perf_counter()
         index_batch = batch.to_index_batch()
         if batch.passage_stride is not None:  # re-adding a document replaces all of its old passages
-            self.folder.refresh()
+            self._folder.refresh()
             index_batch = replace(index_batch, replaces=tuple(self._stored_ids(batch.documents)))
-        replaced = self.folder.upsert(index_batch)
+        replaced = self._folder.upsert(index_batch)
         return AddResult(
             len(batch.documents), replaced, batch.n_vectors, batch.encode_s, batch.pool_s, time.perf_counter() - t0
         )
@@ -291,21 +370,21 @@ class PooledIndex:
             return list(ids)
         from pooledir.passages import stored_ids
 
-        return stored_ids(self.folder.store, ids)
+        return stored_ids(self._folder.store, ids)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by external id (tombstones, O(ids)); unknown ids raise before anything changes."""
         ids = list(dict.fromkeys(ids))
         if not ids:
             raise InputError("no document ids given")
-        self.folder.refresh()
+        self._folder.refresh()
         found = self._lookup_all(self._stored_ids(ids))
-        self.folder.delete(list(found.values()))
+        self._folder.delete(list(found.values()))
         return len(ids)
 
     def _lookup_all(self, ids: list[str]) -> dict[str, int]:
-        self.folder.refresh()
-        found = self.folder.store.lookup(ids)
+        self._folder.refresh()
+        found = self._folder.store.lookup(ids)
         missing = [i for i in ids if i not in found]
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -317,11 +396,11 @@ class PooledIndex:
 
         A crash at any point leaves the previous segments valid: the new one is switched in by one commit.
         """
-        self.folder.compact(retrain)
+        self._folder.compact(retrain)
 
     def upgrade(self) -> bool:
         """Rewrite a format 2 index as format 3 in place (re-trained, every segment pq3); False if already 3."""
-        done = self.folder.upgrade()
+        done = self._folder.upgrade()
         self.manifest = read_manifest(self.path)
         return done
 
@@ -332,19 +411,35 @@ class PooledIndex:
         """
         from pooledir.index.detached import attach
 
-        return attach(self.folder, [Path(p) for p in paths])
+        return attach(self._folder, [Path(p) for p in paths])
+
+    def train_quantizer(self, sample: np.ndarray, n_total: int) -> None:
+        """Train the IVF-PQ quantizer of an index that holds no vectors yet on ``sample``, in one commit.
+
+        For builds that write their segments elsewhere and attach them (:meth:`attach_segments`): ``n_total``
+        is how many vectors those will hold (it sizes the IVF lists).
+        """
+        from pooledir.index.detached import train_for_attach
+
+        train_for_attach(self._folder, sample, n_total)
+
+    def install_quantizer(self, quantizer: Any, n_total: int) -> None:
+        """Make a trained faiss quantizer this (still empty) index's, in one commit: partitions share one."""
+        from pooledir.index.detached import install_quantizer
+
+        install_quantizer(self._folder, quantizer, n_total)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def get(self, id: str) -> Document:
         """The stored document with external id ``id``."""
-        found = self.folder.store.lookup([id])
+        found = self._folder.store.lookup([id])
         if id not in found and self.config.passage_stride is not None:
             from pooledir.passages import parent_document
 
             return parent_document(self.get, id)
         if id not in found:
             raise DocumentNotFoundError(f"unknown document id {id!r}")
-        row = self.folder.store.rows([found[id]])[0]
+        row = self._folder.store.rows([found[id]])[0]
         return Document(row.id, row.text, row.metadata)
 
     def search(
@@ -411,7 +506,7 @@ class PooledIndex:
         self, Q: np.ndarray, params: SearchParams, with_text: bool, filter: dict[str, Any] | None
     ) -> list[list[Hit]]:
         """One hit per stored row (document or passage), best first."""
-        snap, store = self.folder.snapshot, self.folder.store
+        snap, store = self._folder.snapshot, self._folder.store
         if filter:
             ranked = exact_search(Q, store.matching(filter), snap.fetch, params.k)
         else:  # min(k, live documents) hits: exhaustive where the ANN candidates run out
@@ -431,12 +526,12 @@ class PooledIndex:
 
     def describe(self) -> IndexInfo:
         """Counts, sizes, segments and settings of the loaded snapshot, for ``pooledir info`` and the service."""
-        snap, store = self.folder.snapshot, self.folder.store
+        snap, store = self._folder.snapshot, self._folder.store
         counts = store.counts()
         files = [p for p in [*self.path.iterdir(), *(self.path / "segments").iterdir()] if p.is_file()]
         files = [p for p in files if not p.name.endswith(".tmp") and p.name != ".lock"]
         backend: dict[str, Any] = {"kind": self.config.backend, "dim": self.dim, "trained": snap.quantizer is not None}
-        backend["codec"] = self.folder.pq_kind if self.config.backend == "ivfpq" else "flat"  # what new segments are
+        backend["codec"] = self._folder.pq_kind if self.config.backend == "ivfpq" else "flat"  # what new segments are
         if snap.quantizer is not None:
             backend |= describe_quantizer(snap.quantizer)
             backend["device"] = "gpu" if self.device != "cpu" and faiss_gpu_available() else "cpu"
@@ -455,7 +550,7 @@ class PooledIndex:
             segments=tuple(SegmentInfo(s.seg_id, s.kind, s.n_vectors, s.n_live) for s in snap.segments),
             deleted_vectors=snap.n_stored - snap.n_live,
             trained_vectors=snap.trained_vectors,
-            retrain_recommended=self.folder.retrain_recommended(),
+            retrain_recommended=self._folder.retrain_recommended(),
             bytes=sizes,
             index_bytes=sum(sizes.values()),
             commit=snap.commit,

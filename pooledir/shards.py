@@ -37,7 +37,8 @@ import numpy as np
 
 from pooledir.corpus import Document
 from pooledir.durable import fsync_dir, read_versioned_json, write_json_durably
-from pooledir.errors import FormatError, InputError
+from pooledir.errors import FormatError, IndexCorruptError, InputError
+from pooledir.index.manifest import EncoderRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ShardSpec:
     pool_factor : the factor the vectors were pooled with (1 = unpooled token vectors).
     protected_tokens : leading vectors pooling kept as they are.
     checkpoint : the encoder's checkpoint (as resolved on the machine that encoded).
-    encoder : the encoder settings an index records (dim, doc/query lengths, conventions).
+    encoder : the encoder record an index records (dim, doc/query lengths, conventions); a dict is read as one.
     shard_docs : documents per shard (shard n starts at corpus position n * shard_docs).
     """
 
@@ -72,8 +73,12 @@ class ShardSpec:
     pool_factor: int
     protected_tokens: int
     checkpoint: str
-    encoder: dict[str, Any]
+    encoder: EncoderRecord
     shard_docs: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):  # from JSON, or from asdict() across processes
+            object.__setattr__(self, "encoder", EncoderRecord.from_json(self.encoder))
 
     def differences(self, other: ShardSpec) -> list[str]:
         """Fields whose values differ, as ``name: mine vs other``."""
@@ -168,23 +173,25 @@ def ids_digest(ids: Iterable[str]) -> tuple[int, str]:
 
 
 # -- reading headers and manifests -----------------------------------------------------------------------------
-def _load_json(path: Path, what: str) -> dict:
+def _load_json(path: Path, what: str) -> dict[str, Any]:
     return read_versioned_json(
         path, FORMAT, FORMAT_VERSION, what, "re-encode the corpus with this version", error=ShardError
     )
 
 
-def _spec_of(data: dict, path: Path) -> ShardSpec:
+def _spec_of(data: dict[str, Any], path: Path) -> ShardSpec:
     try:
         spec = ShardSpec(**{k: data[k] for k in ShardSpec.__dataclass_fields__})
     except KeyError as e:
         raise ShardError(f"{path} lacks the field {e}") from None
+    except IndexCorruptError as e:  # a mangled encoder record
+        raise ShardError(f"{path}: {e}") from None
     if not (isinstance(spec.dim, int) and spec.dim > 0 and isinstance(spec.shard_docs, int) and spec.shard_docs > 0):
         raise ShardError(f"{path}: dim={spec.dim!r} and shard_docs={spec.shard_docs!r} must be positive integers")
     return spec
 
 
-def _info_of(data: dict, path: Path) -> ShardInfo:
+def _info_of(data: dict[str, Any], path: Path) -> ShardInfo:
     try:
         return ShardInfo(**{k: data[k] for k in ShardInfo.__dataclass_fields__})
     except (KeyError, TypeError) as e:

@@ -108,7 +108,7 @@ class Partition:
     def missing(self, ids: list[str]) -> dict[str, Any]:
         """The ids of ``ids`` this partition does not hold."""
         with self.lock:
-            return _answer(lambda: [i for i in ids if i not in self._fresh().folder.store.lookup(ids)])
+            return _answer(lambda: [i for i in ids if i not in self._fresh().known_ids(ids)])
 
     def delete(self, ids: list[str]) -> dict[str, Any]:
         """Delete documents (all must be here); durable on return."""

@@ -41,12 +41,12 @@ def add(idx: PooledIndex, ids: list[str], seeds: list[int], group: str = "a") ->
 
 def lanes_agree(idx: PooledIndex) -> set[str]:
     """Both lanes hold exactly the stored rows, with their text; returns the ids."""
-    conn = idx.folder.store.conn
+    conn = idx.doc_store.conn
     docs = dict(conn.execute("SELECT doc_int, text FROM docs").fetchall())
     lex = dict(conn.execute(f"SELECT rowid, body FROM {lexical.TABLE}").fetchall())
     assert lex == docs
     assert len(idx) == len(docs)  # the dense lane's snapshot counts the same rows
-    return set(idx.folder.store.ext_ids(list(docs)))
+    return set(idx.doc_store.ext_ids(list(docs)))
 
 
 def lexical_ids(idx: PooledIndex, query: str, k: int = 10, **kw) -> list[str]:
@@ -160,7 +160,7 @@ def test_passages_are_scored_per_parent(tmp_path, tiny_encoder):
         tmp_path / "i", config=IndexConfig(backend="flat", passage_stride=30), device="cpu", encoder=tiny_encoder
     )
     idx.add(docs)
-    conn = idx.folder.store.conn
+    conn = idx.doc_store.conn
     rows = conn.execute(
         f"SELECT d.ext_id, d.metadata, l.body FROM docs d JOIN {lexical.TABLE} l ON l.rowid = d.doc_int "
         "WHERE d.ext_id LIKE 'long#p%'"
@@ -298,7 +298,7 @@ def test_eval_runs_every_mode_and_the_bm25s_reference(tiny_beir, tiny_ckpt, tmp_
 
 
 def test_skipping_words_in_half_the_rows_changes_no_ranking(real):
-    conn = real.folder.store.conn
+    conn = real.doc_store.conn
     n = len(real)
     for q in ["the cancer of cells", "a study of the blood and the heart code9", "the of and", "code7 the"]:
         full_ids, full_scores = lexical.search(conn, q, 60)
@@ -312,7 +312,7 @@ def test_skipping_words_in_half_the_rows_changes_no_ranking(real):
 def test_useful_words_keeps_every_word_when_none_is_rare(tmp_path):
     idx = fake_index(tmp_path / "i", backend="flat")
     add(idx, ["a", "b", "c"], [1, 2, 3])  # "text" and "of" are in every row
-    conn, n = idx.folder.store.conn, len(idx)
+    conn, n = idx.doc_store.conn, len(idx)
     assert lexical.useful_words(conn, ["text", "of", "zz1"], n) == ["zz1"]
     assert lexical.useful_words(conn, ["text", "of", "zzzz"], n) == ["text", "of", "zzzz"]
     assert lexical_ids(idx, "text of") != []  # a query of common words still finds the rows
@@ -386,7 +386,7 @@ def test_kill_9_during_writes_keeps_both_lanes_in_step(tmp_path):
             continue  # the write in flight may have touched it
         n = doc_id[1:]
         if word is None:
-            assert doc_id not in again.folder.store.lookup([doc_id])
+            assert doc_id not in again.doc_store.lookup([doc_id])
             assert lexical_ids(again, f"alpha{n} beta{n}") == []
         else:
             assert again.get(doc_id).text == f"text of {word}"
@@ -408,7 +408,7 @@ def test_lexical_search_takes_its_top_k_without_fts5s_sort_of_every_match(tmp_pa
     idx = fake_index(tmp_path / "i", backend="flat")
     add(idx, [f"d{i}" for i in range(12)], list(range(12)))
     add(idx, ["x", "y"], [50, 51], group="b")
-    conn = idx.folder.store.conn
+    conn = idx.doc_store.conn
     seen: list[str] = []
     conn.set_trace_callback(seen.append)
     try:
@@ -418,11 +418,9 @@ def test_lexical_search_takes_its_top_k_without_fts5s_sort_of_every_match(tmp_pa
     assert seen and not [s for s in seen if "ORDER BY bm25" in s], seen[:5]  # FTS5's nested sort
     match = lexical.fts_query("text of zz3 zz50")
     ref = conn.execute(f"SELECT rowid, rank FROM {lexical.TABLE} WHERE {lexical.TABLE} MATCH ? ORDER BY rank", (match,))
-    ref = [
-        (r, -s) for r, s in ref.fetchall() if where is None or idx.folder.store.rows([r])[0].metadata["group"] == "a"
-    ]
+    ref = [(r, -s) for r, s in ref.fetchall() if where is None or idx.doc_store.rows([r])[0].metadata["group"] == "a"]
     np.testing.assert_allclose(scores, [s for _, s in ref[:4]], rtol=1e-6)
-    assert "d3" in idx.folder.store.ext_ids(doc_ints[:2]) and len(doc_ints) == 4
+    assert "d3" in idx.doc_store.ext_ids(doc_ints[:2]) and len(doc_ints) == 4
     ties = [(a, b) for a, b, s, t in zip(doc_ints, doc_ints[1:], scores, scores[1:]) if s == t]
     assert ties and all(a < b for a, b in ties)  # equal scores: smaller doc_int first
 

@@ -9,6 +9,7 @@ from pooledir import pipeline
 from pooledir.corpus import Document
 from pooledir.errors import InputError
 from pooledir.pooled_index import IndexConfig, PooledIndex
+from tests.engine import engine
 
 LONG = " ".join(["vitamin bone heart"] * 60) + " the needle zebra quartz"  # far past doc_maxlen=64 tokens
 RULE = r"splits documents into passages \(passage_stride=30\), which needs their text: pass documents, not"
@@ -21,7 +22,7 @@ def make(path, encoder, stride=None, backend="flat"):
 
 def stored(idx):
     """Every stored row: id, text, metadata, token count and vectors."""
-    store, snap = idx.folder.store, idx.folder.snapshot
+    store, snap = idx.doc_store, engine(idx).snapshot
     live = np.flatnonzero(snap.seg_of >= 0)
     out = []
     for n, row in zip(live, store.rows(live)):

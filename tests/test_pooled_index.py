@@ -1,4 +1,4 @@
-"""PooledIndex: k beyond the index, input checked before work, a full disk, a corrupt generation, passages."""
+"""PooledIndex: k beyond the index, input checked first, a full disk, a corrupt commit, pooling settings, queries."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from pooledir.corpus import Document
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.pooled_index import IndexConfig, PooledIndex
-from tests.conftest import WORDS
+from pooledir.search import SearchParams
+from tests.engine import engine
 
 
 @pytest.fixture()
@@ -107,143 +108,10 @@ def test_a_full_disk_keeps_the_old_index_and_removes_the_temp_file(flat, monkeyp
 
 
 def test_a_commit_that_is_not_a_number_is_corruption(flat, tiny_encoder):
-    flat.folder.store.conn.execute("UPDATE meta SET value = 'x1' WHERE key = 'commit'")
+    flat.doc_store.conn.execute("UPDATE meta SET value = 'x1' WHERE key = 'commit'")
     flat.close()
     with pytest.raises(IndexCorruptError, match="commit 'x1' is not a number"):
         PooledIndex.open(flat.path, device="cpu", encoder=tiny_encoder)
-
-
-# -- passages -----------------------------------------------------------------------------------------------------
-FILLER, NEEDLE = WORDS[: len(WORDS) // 2], " ".join(WORDS[len(WORDS) // 2 :][:10])
-
-
-@pytest.fixture(scope="module")
-def long_corpus():
-    rng = np.random.default_rng(0)
-    docs = [Document(f"d{i}", " ".join(rng.choice(FILLER, 30))) for i in range(40)]
-    # the long document's only words in common with the query are in its tail, far past doc_maxlen=64 tokens
-    tail = " ".join(rng.choice(FILLER, 400)) + " " + NEEDLE + " " + " ".join(rng.choice(FILLER, 10))
-    return docs + [Document("long", tail, {"src": "book"})]
-
-
-def passage_index(path, encoder, docs, stride):
-    idx = PooledIndex.create(
-        path, config=IndexConfig(backend="flat", passage_stride=stride), device="cpu", encoder=encoder
-    )
-    idx.add(docs)
-    return idx
-
-
-def test_a_match_in_the_tail_is_found_only_with_passages(tmp_path, tiny_encoder, long_corpus):
-    assert tiny_encoder.count_truncated([d.text for d in long_corpus]) == 1
-    plain = passage_index(tmp_path / "plain", tiny_encoder, long_corpus, None)
-    assert "long" not in ids_of(plain.search(NEEDLE, k=5)[0])
-    split = passage_index(tmp_path / "split", tiny_encoder, long_corpus, 30)
-    hits = split.search(NEEDLE, k=5, with_text=True)[0]
-    assert hits[0].id == "long"
-    assert hits[0].text == long_corpus[-1].text and hits[0].metadata == {"src": "book"}  # the whole document
-    assert len(set(ids_of(hits))) == 5  # one hit per document, however many of its passages matched
-
-
-def test_passages_are_stored_under_the_parent(tmp_path, tiny_encoder, long_corpus):
-    from pooledir.passages import window_tokens
-
-    idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
-    n_passages = idx.n_rows - 40
-    window = window_tokens(tiny_encoder)
-    assert window == 64 - 3  # [CLS], the marker and [SEP]
-    assert n_passages >= (420 - window) // 30 + 1
-    store = idx.folder.store
-    first = store.rows([store.lookup(["long#p0"])["long#p0"]])[0]
-    assert first.metadata["parent_id"] == "long" and first.metadata["n_passages"] == n_passages
-    last = store.rows([store.lookup([f"long#p{n_passages - 1}"])[f"long#p{n_passages - 1}"]])[0]
-    start, end = last.metadata["span"]
-    assert last.text == "" and long_corpus[-1].text[start:end].endswith(long_corpus[-1].text.split()[-1])
-    assert idx.get("long") == long_corpus[-1] and idx.get("d3") == long_corpus[3]
-    # k documents come back even though one document owns many of the rows
-    assert len(idx.search("cancer", k=41)[0]) == 41
-    # the setting is in the manifest and survives reopening
-    idx.close()
-    assert json.loads((tmp_path / "i" / "manifest.json").read_text())["config"]["passage_stride"] == 30
-    again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
-    assert again.search(NEEDLE, k=1)[0][0].id == "long"
-    # replacing the document replaces all of its passages; deleting it deletes them all
-    again.add([Document("long", "a short replacement about cancer")])
-    assert again.n_rows == 41 and again.get("long").text == "a short replacement about cancer"
-    again.add([long_corpus[-1]])
-    assert again.n_rows == 40 + n_passages and len(again) == 41
-    assert again.delete(["long"]) == 1 and len(again) == again.n_rows == 40
-    with pytest.raises(DocumentNotFoundError, match="unknown document id 'long'"):
-        again.get("long")
-    with pytest.raises(DocumentNotFoundError, match="'long'"):
-        again.delete(["long"])
-
-
-def test_a_passage_index_counts_documents_not_passage_rows(tmp_path, tiny_encoder, long_corpus):
-    """len(), describe().documents and info()["documents"] counted rows: 21 documents showed as 26."""
-    idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus[20:], 30)
-    assert idx.n_rows > 21  # the long document is several rows
-    assert len(idx) == 21 and idx.describe().documents == 21 and idx.info()["documents"] == 21
-    assert len(idx.search("cancer", k=21)[0]) == 21 and len(idx.search("cancer", k=5)[0]) == 5
-    idx.delete(["long"])
-    assert len(idx) == idx.n_rows == 20 and idx.describe().documents == 20
-
-
-def test_a_passage_id_is_refused_by_every_write_and_the_document_stays_whole(tmp_path, tiny_encoder, long_corpus):
-    """Issue 22 item 6: deleting `long#p3` left the parent undeletable by its id and its other passages stored."""
-    from pooledir.cli import main
-
-    idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
-    n = len(idx)
-    message = r"'long#p3' ends like a passage id .* by its own id \(here 'long'\)"
-    with pytest.raises(InputError, match=message):
-        idx.delete(["long#p3"])
-    with pytest.raises(InputError, match=message):
-        idx.delete(["d1", "long#p3"])
-    with pytest.raises(InputError, match=message):
-        idx.add([Document("long#p3", "a replacement passage")])
-    assert len(idx) == n and idx.get("long") == long_corpus[-1] and idx.get("d1") == long_corpus[1]
-    idx.close()
-    import sys
-
-    argv, sys.argv = sys.argv, ["pooledir", "delete", str(tmp_path / "i"), "long#p3"]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            main()
-    finally:
-        sys.argv = argv
-    assert exit_.value.code == 2
-    with PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder) as again:
-        assert len(again) == n
-        assert again.delete(["long"]) == 1 and len(again) == 40  # the parent, all of its passages
-
-
-def test_a_document_that_lost_one_passage_is_still_deleted_and_replaced_whole(tmp_path, tiny_encoder, long_corpus):
-    """An index damaged by an older version (one passage deleted alone): the document's id still reaches the rest."""
-    idx = passage_index(tmp_path / "i", tiny_encoder, long_corpus, 30)
-    n = idx.n_rows
-    store = idx.folder.store
-    idx.folder.delete([store.lookup(["long#p3"])["long#p3"]])  # what `delete long#p3` did before
-    assert idx.n_rows == n - 1 and len(idx) == 41
-    idx.add([long_corpus[-1]])  # adding it again replaces every passage left
-    assert idx.n_rows == n
-    idx.folder.delete([store.lookup(["long#p0", "long#p3"])[i] for i in ("long#p0", "long#p3")])
-    assert idx.delete(["long"]) == 1 and len(idx) == 40
-    assert store.ids_starting_with("long#p") == []
-
-
-def test_passage_settings_and_ids_are_checked(tmp_path, tiny_encoder):
-    with pytest.raises(InputError, match="passage_stride=0 must be a positive number"):
-        PooledIndex.create(tmp_path / "a", config=IndexConfig(passage_stride=0), device="cpu", encoder=tiny_encoder)
-    with pytest.raises(InputError, match="passage_stride=62 is larger than the 61 tokens of one passage"):
-        PooledIndex.create(tmp_path / "b", config=IndexConfig(passage_stride=62), device="cpu", encoder=tiny_encoder)
-    idx = PooledIndex.create(
-        tmp_path / "c", config=IndexConfig(backend="flat", passage_stride=10), device="cpu", encoder=tiny_encoder
-    )
-    with pytest.raises(InputError, match=r"'x#p3' ends like a passage id"):
-        idx.add([Document("x#p3", "cancer")])
-    with pytest.raises(InputError, match="pass documents, not embeddings"):
-        idx.add([Document("x", "cancer")], embeddings=[np.ones((3, 16), np.float16)])
 
 
 def test_pq_m_must_divide_the_dimension_at_creation(tmp_path, tiny_encoder):
@@ -286,3 +154,317 @@ def test_a_threshold_excludes_a_pool_factor_and_is_checked():
     IndexConfig(pool_threshold=0).check()  # merges only duplicates
     old = {k: v for k, v in vars(IndexConfig()).items() if k != "pool_threshold"}
     assert IndexConfig(**old).pool_threshold is None  # manifests written before the field read as fixed-factor
+
+
+def test_the_facade_answers_the_queries_its_callers_need(tmp_path):
+    """stats(), row_ids(), known_ids(), doc_store, quantizer, train/install_quantizer: typed, no engine reached."""
+    from tests.conftest import FakeEncoder
+
+    rng = np.random.default_rng(0)
+    vecs = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in rng.standard_normal((60, 5, 16)).astype(np.float32)]
+    docs = [Document(f"d{i}", f"text {i}") for i in range(60)]
+    config = IndexConfig(backend="ivfpq", pool_factor=1, nlist=4, pq_m=4, train_min_vectors=10_000)
+    idx = PooledIndex.create(tmp_path / "a", config=config, device="cpu", encoder=FakeEncoder())
+    assert idx.stats().stored_vectors == 0 and idx.quantizer is None and idx.row_ids() == []
+    idx.train_quantizer(np.concatenate(vecs), n_total=300)  # a detached build trains before anything is added
+    assert idx.stats().trained and idx.quantizer.nlist == 4 and idx.stats().trained_vectors == 300
+    other = PooledIndex.create(tmp_path / "b", config=config, device="cpu", encoder=FakeEncoder())
+    other.install_quantizer(idx.quantizer, 300)  # partitions share one quantizer
+    assert other.stats().trained and other.describe().backend["nlist"] == 4
+    idx.add(docs, embeddings=vecs, pooled=True)
+    idx.delete(["d3"])
+    stats = idx.stats()
+    assert (stats.rows, stats.live_vectors, stats.stored_vectors) == (59, 295, 300)
+    assert stats.commit == idx.commit and stats.segments == len(idx.describe().segments)
+    assert sorted(idx.row_ids()) == sorted(d.id for d in docs if d.id != "d3")
+    assert idx.known_ids(["d1", "d3", "nope"]) == {"d1"}
+    assert idx.doc_store.rows([idx.doc_store.lookup(["d7"])["d7"]])[0].text == "text 7"
+    with pytest.raises(InputError, match="already holds"):
+        idx.install_quantizer(other.quantizer, 300)
+
+
+# -- moved from tests/test_index.py: build, search, reopen, bad input, crashes and corruption --------------------
+def unit_rows(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_embeddings(tiny_encoder, tiny_docs):
+    return tiny_encoder.encode_documents([d.text for d in tiny_docs])
+
+
+def make_index(path, tiny_encoder, tiny_docs, tiny_embeddings, **config):
+    # the tiny corpus holds ~1,500 vectors: let IVF-PQ train on them rather than stay exact
+    config.setdefault("train_min_vectors", 500)
+    idx = PooledIndex.create(path, config=IndexConfig(**config), device="cpu", encoder=tiny_encoder)
+    idx.add(tiny_docs, embeddings=tiny_embeddings)
+    return idx
+
+
+def test_retraining_keeps_the_codec_the_index_was_trained_with(
+    tmp_path, tiny_encoder, tiny_docs, tiny_embeddings, monkeypatch
+):
+    """An index trained under an older default (here 1 sub-quantizer) keeps it when re-trained later."""
+    import pooledir.index.segments as segments
+
+    monkeypatch.setattr(segments, "default_pq_m", lambda dim, legacy=False: 1)  # the default when the index was made
+    idx = make_index(tmp_path / "old", tiny_encoder, tiny_docs, tiny_embeddings)
+    assert idx.info()["backend"]["pq_m"] == 1
+    monkeypatch.undo()  # today's default differs
+    assert segments.default_pq_m(tiny_encoder.dim) != 1
+    idx.compact(retrain=True)
+    assert idx.info()["backend"]["pq_m"] == 1
+    fresh = make_index(tmp_path / "new", tiny_encoder, tiny_docs, tiny_embeddings)
+    assert fresh.info()["backend"]["pq_m"] == segments.default_pq_m(tiny_encoder.dim)
+
+
+# -- the pooled index ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["flat", "ivfpq"])
+def test_build_search_reopen(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings, backend):
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend=backend)
+    info = idx.info()
+    assert info["documents"] == 120
+    assert info["vectors"] < info["vectors_before_pooling"]
+    hits = idx.search([tiny_docs[5].text, tiny_docs[17].text], k=5)
+    assert len(hits) == 2 and all(len(h) == 5 for h in hits)
+    assert hits[0][0].score >= hits[0][-1].score
+    # the bulk add's sqlite WAL is folded into the database: the folder holds the index's real size
+    wal = tmp_path / "i" / "docs.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    idx.close()
+    again = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
+    assert ids_of(again.search([tiny_docs[5].text, tiny_docs[17].text], k=5)[0]) == ids_of(hits[0])
+    assert again.get("d3") == tiny_docs[3]
+
+
+def test_exact_scores_equal_maxsim_over_pooled_vectors(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    from pooledir.maxsim import maxsim
+    from pooledir.pooling import pool_embeddings
+
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend="flat")
+    Q = tiny_encoder.encode_queries([tiny_docs[9].text])
+    pooled = pool_embeddings(tiny_embeddings, 2)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
+    ref = maxsim(Q, np.concatenate(pooled).astype(np.float32), offsets)[0]
+    params = SearchParams(k=10, candidates_per_token=2000, rerank=120)
+    hits = idx.search_embeddings(Q, params)[0]
+    best = np.argsort(-ref)[:10]
+    assert ids_of(hits) == [tiny_docs[i].id for i in best]
+    assert np.allclose([h.score for h in hits], ref[best], atol=1e-2)
+
+
+def test_zero_query_rows_fetch_nothing_and_score_nothing(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq")
+    Q = tiny_encoder.encode_queries([tiny_docs[9].text, tiny_docs[40].text])
+    padded = np.concatenate([Q, np.zeros((2, 5, Q.shape[2]), np.float32)], axis=1)  # padding without augmentation
+    searched = []
+    snap = engine(idx).snapshot
+    real_ann = snap.ann
+    snap.ann = lambda x, k, nprobe: searched.append(len(x)) or real_ann(x, k, nprobe)
+    a, b = idx.search_embeddings(Q), idx.search_embeddings(padded)
+    assert searched == [2 * Q.shape[1], 2 * Q.shape[1]]  # the zero rows never reached the ANN index
+    for ha, hb in zip(a, b):
+        assert ids_of(ha) == ids_of(hb) and np.allclose([h.score for h in ha], [h.score for h in hb], atol=1e-5)
+
+
+def test_index_records_the_encoding_conventions(tmp_path, tiny_ckpt, tiny_docs):
+    from pooledir.encoder import ColBERTEncoder
+
+    enc = ColBERTEncoder(tiny_ckpt, device="cpu", query_augmentation=False, markers=False)
+    idx = PooledIndex.create(tmp_path / "i", config=IndexConfig(backend="flat"), device="cpu", encoder=enc)
+    idx.add(tiny_docs[:20])
+    hits = idx.search(tiny_docs[3].text, k=3)[0]
+    idx.close()
+    again = PooledIndex.open(tmp_path / "i", device="cpu")  # loads the encoder from the manifest
+    s = again.encoder.settings
+    assert (s.query_augmentation, s.markers) == (False, False)
+    assert ids_of(again.search(tiny_docs[3].text, k=3)[0]) == ids_of(hits)
+
+
+def test_keep_exact_store(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    """With every document a candidate, exact.f16 must score exactly as the flat index, across writes."""
+    exact = make_index(tmp_path / "e", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq", keep_exact=True)
+    flat = make_index(tmp_path / "f", tiny_encoder, tiny_docs, tiny_embeddings, backend="flat")
+    for idx in (exact, flat):
+        idx.add([Document("new", "protein expression in brain cells")])
+        idx.delete(["d0"])
+    exact = PooledIndex.open(tmp_path / "e", device="cpu", encoder=tiny_encoder)
+    everything = SearchParams(k=20, nprobe=10_000, candidates_per_token=5000, rerank=1000)
+    for q in ["protein expression in brain cells", tiny_docs[40].text]:
+        Q = tiny_encoder.encode_queries([q])
+        a, b = exact.search_embeddings(Q, everything)[0], flat.search_embeddings(Q, everything)[0]
+        assert ids_of(a) == ids_of(b)
+        assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
+
+
+def test_add_delete_replace_without_retraining(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs[:100], tiny_embeddings[:100], backend="ivfpq")
+    trained = idx.info()["backend"]["nlist"]
+    idx.add(tiny_docs[100:])
+    assert len(idx) == 120 and idx.info()["backend"]["nlist"] == trained
+    before = idx.doc_store.lookup(["d50"])["d50"]
+    idx.delete(["d3", "d4"])
+    assert len(idx) == 118
+    with pytest.raises(DocumentNotFoundError):
+        idx.get("d3")
+    assert idx.doc_store.lookup(["d50"])["d50"] == before  # ids stay stable across deletes
+    idx.add([Document("d5", "a replaced document about vitamin bone")])
+    assert len(idx) == 118 and idx.get("d5").text == "a replaced document about vitamin bone"
+    info = idx.info()
+    assert sum(s["live_vectors"] for s in info["segments"]) == info["vectors"]
+    hits = idx.search(["a replaced document about vitamin bone"], k=118)[0]
+    assert "d3" not in ids_of(hits) and "d5" in ids_of(hits)
+    reopened = PooledIndex.open(tmp_path / "i", device="cpu", encoder=tiny_encoder)
+    assert len(reopened) == 118 and reopened.get("d5").text.startswith("a replaced")
+
+
+# -- bad input: clear errors, nothing already indexed lost -------------------------------------------------------
+@pytest.fixture()
+def built(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq")
+    expected = ids_of(idx.search(["cancer cells"], k=5)[0])
+    return idx, expected
+
+
+def assert_intact(path, encoder, expected, n=120):
+    idx = PooledIndex.open(path, device="cpu", encoder=encoder)
+    assert len(idx) == n
+    assert ids_of(idx.search(["cancer cells"], k=5)[0]) == expected
+
+
+def test_bad_search_parameters(built, tiny_encoder):
+    idx, expected = built
+    with pytest.raises(InputError, match="k=0 must be a positive integer"):
+        idx.search(["cancer"], k=0)
+    with pytest.raises(InputError, match="nprobe=-1"):
+        idx.search(["cancer"], params=SearchParams(nprobe=-1))
+    with pytest.raises(InputError, match="query 0 is empty"):
+        idx.search([""])
+    assert_intact(idx.path, tiny_encoder, expected)
+
+
+def test_bad_adds_change_nothing(built, tiny_encoder):
+    idx, expected = built
+    with pytest.raises(InputError, match="duplicate document id 'x'"):
+        idx.add([Document("x", "a"), Document("x", "b")])
+    with pytest.raises(InputError, match="no documents found"):
+        idx.add([])
+    with pytest.raises(InputError, match=r"embedding shape \(3, 5\)"):
+        idx.add([Document("y", "a")], embeddings=[np.ones((3, 5), np.float16)])
+    with pytest.raises(DocumentNotFoundError, match="unknown document id"):
+        idx.delete(["d1", "nope"])
+    assert idx.get("d1").id == "d1"
+    assert_intact(idx.path, tiny_encoder, expected)
+
+
+def test_bad_configs(tmp_path, tiny_encoder):
+    for config, msg in [
+        (IndexConfig(pool_factor=0), "pool_factor=0"),
+        (IndexConfig(pool_factor=-2), "pool_factor"),
+        (IndexConfig(backend="hnsw"), "backend='hnsw'"),
+    ]:
+        with pytest.raises(InputError, match=msg):
+            PooledIndex.create(tmp_path / "x", config=config, device="cpu", encoder=tiny_encoder)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(InputError, match="exists and is not empty"):
+        PooledIndex.create(tmp_path / "full", device="cpu", encoder=tiny_encoder)
+
+
+def test_crash_during_write_leaves_previous_index(built, tiny_encoder, monkeypatch):
+    from pooledir.index.codecs import PQ3Codec
+
+    idx, expected = built
+    files_before = sorted(p.name for p in (idx.path / "segments").iterdir())
+
+    def boom(codec, data, path):
+        path.write_bytes(b"half a faiss file")
+        raise OSError("disk full")
+
+    def commit_fails(self):
+        raise OSError("disk full at commit")
+
+    monkeypatch.setattr(PQ3Codec, "write", boom)
+    with pytest.raises(OSError, match="disk full"):
+        idx.add([Document("new", "vitamin bone study")])
+    monkeypatch.undo()
+    monkeypatch.setattr(type(idx.doc_store), "bump_commit", commit_fails)
+    with pytest.raises(OSError, match="disk full at commit"):
+        idx.add([Document("new", "vitamin bone study")])
+    with pytest.raises(OSError, match="disk full at commit"):
+        idx.delete(["d1"])
+    monkeypatch.undo()
+    # the live object recovered from disk and still answers, unchanged; no stray segment file is left
+    assert len(idx) == 120 and ids_of(idx.search(["cancer cells"], k=5)[0]) == expected
+    assert sorted(p.name for p in (idx.path / "segments").iterdir()) == files_before
+    assert_intact(idx.path, tiny_encoder, expected)
+
+
+@pytest.mark.parametrize(
+    "damage, msg",
+    [
+        (lambda p: (p / "manifest.json").write_text("{trunc"), "manifest.json is corrupt"),
+        (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),
+        (
+            lambda p: (p / "manifest.json").write_text(json.dumps({"format": "pooledir-index", "format_version": 99})),
+            "format_version 99",
+        ),
+        (
+            lambda p: next(p.glob("segments/*.pq3")).write_bytes(next(p.glob("segments/*.pq3")).read_bytes()[:500]),
+            "corrupt or truncated",
+        ),
+        (lambda p: next(p.glob("segments/*.pq3")).unlink(), "is missing"),
+        (lambda p: next(p.glob("quantizer.*.faiss")).write_bytes(b"junk"), "corrupt or truncated"),
+        (
+            lambda p: (p / "manifest.json").write_text(json.dumps({"format": "pooledir-index", "format_version": 1})),
+            "format_version 1 index .* Rebuild it",
+        ),
+    ],
+)
+def test_corrupt_index_fails_clearly(built, tiny_encoder, damage, msg):
+    idx, _ = built
+    idx.close()
+    damage(idx.path)
+    with pytest.raises(IndexCorruptError, match=msg):
+        PooledIndex.open(idx.path, device="cpu", encoder=tiny_encoder)
+
+
+def test_mismatched_vectors_fail_clearly(built, tiny_encoder):
+    idx, _ = built
+    idx.doc_store.unpin()
+    idx.doc_store.conn.execute("UPDATE docs SET n_vectors = n_vectors + 1 WHERE ext_id = 'd1'")
+    idx.close()
+    with pytest.raises(IndexCorruptError, match="mismatched"):
+        PooledIndex.open(idx.path, device="cpu", encoder=tiny_encoder)
+
+
+def test_open_missing_folder(tmp_path):
+    with pytest.raises(InputError, match="no index at"):
+        PooledIndex.open(tmp_path / "none")
+
+
+def test_metadata_filter_ranks_only_matching_documents_exactly(tmp_path, tiny_encoder, tiny_docs, tiny_embeddings):
+    from pooledir.maxsim import maxsim
+    from pooledir.pooling import pool_embeddings
+
+    idx = make_index(tmp_path / "i", tiny_encoder, tiny_docs, tiny_embeddings, backend="ivfpq", keep_exact=True)
+    idx.add([Document("tagged", "vitamin bone study", {"src": "api", "ok": True})])
+    assert ids_of(idx.search(["cancer cells"], k=5, filter={"n": 7})[0]) == ["d7"]
+    assert ids_of(idx.search(["cancer cells"], k=5, filter={"src": "api", "ok": True})[0]) == ["tagged"]
+    assert idx.search(["cancer cells"], k=5, filter={"n": 7, "src": "api"})[0] == []
+    # the order among matches is exact MaxSim over their (exact) vectors
+    wanted = [i for i in range(120) if i < 30]
+    Q = tiny_encoder.encode_queries(["protein expression"])
+    hits = idx.search_embeddings(Q, SearchParams(k=5), filter=None)  # unfiltered still works
+    assert len(hits[0]) == 5
+    pooled = pool_embeddings([tiny_embeddings[i] for i in wanted], 2)
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
+    ref = maxsim(Q, np.concatenate(pooled).astype(np.float32), offsets)[0]
+    idx.doc_store.unpin()
+    for i in wanted:
+        idx.doc_store.conn.execute(
+            "UPDATE docs SET metadata = json_set(metadata, '$.grp', 'a') WHERE ext_id = ?", (f"d{i}",)
+        )
+    got = idx.search_embeddings(Q, SearchParams(k=5), filter={"grp": "a"})[0]
+    assert ids_of(got) == [f"d{wanted[j]}" for j in np.argsort(-ref, kind="stable")[:5]]

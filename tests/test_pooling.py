@@ -5,11 +5,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import pdist
 
 from pooledir.errors import InputError
-from pooledir.pooling import n_clusters, pool_embeddings, ward_labels, ward_labels_torch
+from pooledir.pooling import n_clusters, pool_embeddings, ward_labels
 
 
 def unit(rng, n, d=16):
@@ -23,36 +21,6 @@ def canonical(labels) -> list[int]:
     return [seen.setdefault(int(v), len(seen)) for v in labels]
 
 
-def scipy_labels(X, k):
-    """Ward on condensed cosine distances (PyLate 1.6's input), scipy's reference implementation."""
-    return fcluster(linkage(pdist(X.astype(np.float64), "cosine"), "ward"), k, "maxclust") - 1
-
-
-@given(n=st.integers(2, 60), k=st.integers(1, 60), seed=st.integers(0, 10_000))
-@settings(max_examples=60, deadline=None)
-def test_cpu_labels_equal_scipy(n, k, seed):
-    X = unit(np.random.default_rng(seed), n)
-    k = min(k, n)
-    assert canonical(ward_labels(X, k)) == canonical(scipy_labels(X, k))
-
-
-def test_torch_batched_labels_equal_scipy():
-    rng = np.random.default_rng(0)
-    docs = [unit(rng, n) for n in (1, 2, 5, 17, 40, 64)]
-    width = max(len(d) for d in docs)
-    X = torch.zeros(len(docs), width, 16, dtype=torch.float64)
-    for i, d in enumerate(docs):
-        X[i, : len(d)] = torch.from_numpy(d).double()
-    lengths = torch.tensor([len(d) for d in docs])
-    for factor in (2, 3, 4):
-        k = (lengths // factor).clamp(min=1)
-        labels, alive = ward_labels_torch(X, lengths, k)
-        for i, d in enumerate(docs):
-            ref = scipy_labels(d, int(k[i])) if len(d) > 1 else [0]
-            assert canonical(labels[i, : len(d)].tolist()) == canonical(ref)
-            assert int(alive[i].sum()) == min(int(k[i]), len(d))
-
-
 @pytest.mark.parametrize("factor", [2, 3, 4])
 def test_counts_norms_and_protected_token(factor):
     rng = np.random.default_rng(1)
@@ -63,16 +31,6 @@ def test_counts_norms_and_protected_token(factor):
         assert p.dtype == np.float16
         assert np.allclose(np.linalg.norm(p.astype(np.float32), axis=1), 1, atol=2e-3)
         assert np.allclose(p[0], d[0], atol=1e-3)  # [CLS] kept as it is
-
-
-def test_pooled_means_are_cluster_means():
-    rng = np.random.default_rng(2)
-    d = unit(rng, 30)
-    p = pool_embeddings([d], 3, protected_tokens=0)[0].astype(np.float32)
-    labels = scipy_labels(d, 10)
-    expected = np.stack([d[labels == c].mean(0) for c in range(10)])
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    assert np.allclose(p, expected, atol=2e-3)
 
 
 def test_torch_path_matches_cpu_path():
@@ -101,15 +59,36 @@ def test_bad_pool_factor(bad):
         pool_embeddings([np.ones((3, 4), np.float32)], bad)
 
 
+#: GPU pooling runs Ward in float32, the CPU path (scipy) in float64: pooled unit vectors agree to this (max abs)
+GPU_POOLING_ATOL = 1e-4
+
+
+def assert_same_rows(a: np.ndarray, b: np.ndarray, atol: float) -> None:
+    """The same set of rows, in any order (cluster numbering differs between paths), each within ``atol``."""
+    assert a.shape == b.shape
+    match = np.argmax(a.astype(np.float64) @ b.astype(np.float64).T, axis=1)
+    assert sorted(match.tolist()) == list(range(len(b))), "the rows do not pair up one to one"
+    assert np.abs(a - b[match]).max() <= atol
+
+
+def test_assert_same_rows_sees_a_different_row():
+    x = unit(np.random.default_rng(0), 4)
+    assert_same_rows(x[::-1], x, 0.0)
+    with pytest.raises(AssertionError):
+        assert_same_rows(x, np.concatenate([x[:3], -x[3:]]), 1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_pooling_matches_cpu():
+    """Batched Ward on the GPU (float32) pools every document as scipy does on the CPU, within GPU_POOLING_ATOL."""
     rng = np.random.default_rng(5)
-    docs = [unit(rng, n, 128) for n in (5, 80, 240)]
-    gpu = pool_embeddings(docs, 2, device="cuda")
-    cpu = pool_embeddings(docs, 2, device="cpu")
-    for a, b in zip(gpu, cpu):
-        assert a.shape == b.shape
+    docs = [unit(rng, n, 128) for n in (1, 2, 5, 80, 240)]
+    for factor in (2, 4):
+        gpu = pool_embeddings(docs, factor, device="cuda")
+        cpu = pool_embeddings(docs, factor, device="cpu")
+        for a, b in zip(gpu, cpu):
+            assert_same_rows(a.astype(np.float32), b.astype(np.float32), GPU_POOLING_ATOL)
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, np.bool_(True), 2.0, np.float32(2), "2", None])

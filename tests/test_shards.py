@@ -77,7 +77,7 @@ def test_shard_folder_layout(shards, tiny_ckpt, tiny_docs):
     assert m.complete and m.end == 120 and [s.number for s in m.shards] == [0, 1, 2, 3, 4]
     assert [s.documents for s in m.shards] == [25, 25, 25, 25, 20] and m.documents == 120
     assert m.spec.dim == 16 and m.spec.pool_factor == 2 and m.spec.checkpoint == str(tiny_ckpt.resolve())
-    assert m.spec.encoder["doc_maxlen"] == 64 and m.spec.encoder["markers"] is True
+    assert m.spec.encoder.doc_maxlen == 64 and m.spec.encoder.markers is True
     # every shard is self-describing: its header alone says how its vectors were made
     spec, info = read_shard_header(shards / "shard-00002.json")
     assert spec == m.spec and info.start == 50 and info.documents == 25

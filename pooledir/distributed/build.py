@@ -171,7 +171,7 @@ def build_index_ray(
 
     ray = require_ray()
     t_start = time.perf_counter()
-    if len(index) or index.folder.snapshot.n_stored:
+    if len(index) or index.stats().stored_vectors:
         raise InputError(
             f"{index.path} already holds documents; a distributed build attaches all of its segments in one "
             "commit, into an index without documents"
@@ -228,16 +228,14 @@ def build_index_ray(
 
 def _train_before_attach(index: PooledIndex, manifests: Sequence[ShardManifest], pooled: bool) -> None:
     """Train an untrained IVF-PQ index on a sample across all shards, when they hold enough vectors to."""
-    from pooledir.index.detached import train_for_attach
-
     cfg = index.config
-    if cfg.backend != "ivfpq" or index.folder.snapshot.quantizer is not None:
+    if cfg.backend != "ivfpq" or index.stats().trained:
         return
     expected = sum(m.vectors for m in manifests) if pooled else sum(i.tokens for m in manifests for i in m.shards)
     if (expected if pooled else expected // cfg.pool_factor) >= cfg.train_min_vectors:
         t = time.perf_counter()
         sample, total = training_sample(manifests, cfg, pooled)
-        train_for_attach(index.folder, sample, total)
+        index.train_quantizer(sample, total)
         log.info("trained on %d vectors sampled across the shards in %.1fs", len(sample), time.perf_counter() - t)
 
 

@@ -330,7 +330,7 @@ def encode_corpus_ray(
         "corpus": str(Path(corpus).resolve()),
         "out": str(out),
         "spec": asdict(spec),
-        "settings": {k: v for k, v in spec.encoder.items() if k != "dim"},
+        "settings": spec.encoder.settings(),
         "device": pool.device,
         "batch_size": batch_size,
         "chunk_docs": config.chunk_docs,
@@ -373,7 +373,7 @@ def _shard_spec(checkpoint: str | Path, settings: dict[str, Any], config: Encode
     record_checkpoint, record = encoder_record(probe)
     del probe
     return ShardSpec(
-        dim=record["dim"],
+        dim=record.dim,
         pool_factor=config.pool_factor,
         protected_tokens=config.protected_tokens,
         checkpoint=record_checkpoint,

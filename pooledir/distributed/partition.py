@@ -113,9 +113,7 @@ def build_partitions(
         mine = (c.select([i for i, d in enumerate(c.docs) if partition_of(d.id, partitions) == p]) for c in chunks)
         with build.create_index_for_shards(folder, spec, config, device) as index:
             if quantizer is not None:
-                from pooledir.index.detached import install_quantizer
-
-                install_quantizer(index.folder, quantizer, total)
+                index.install_quantizer(quantizer, total)
             build._run(mine, index, None, False, show_progress, None)
     return write_layout(out, partitions)
 

@@ -14,19 +14,23 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pooledir.evaluation.beir import BeirData
 
+if TYPE_CHECKING:
+    from pooledir.encoder import ColBERTEncoder
 
-def _sha(h, path: Path) -> None:
+
+def _sha(h: hashlib._Hash, path: Path) -> None:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
 
 
-def cache_key(checkpoint_dir: Path, texts: list[str], settings: dict) -> str:
+def cache_key(checkpoint_dir: Path, texts: list[str], settings: dict[str, Any]) -> str:
     """A key that changes with any checkpoint file, any encoded text or any encoding setting."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for p in sorted(checkpoint_dir.iterdir()):
@@ -61,7 +65,9 @@ def cached(cache_dir: Path, key: str, compute: Callable[[], list[np.ndarray]]) -
     return arrays, seconds
 
 
-def encode_cached(encoder, data: BeirData, cache_dir: Path, show_progress: bool = False):
+def encode_cached(
+    encoder: ColBERTEncoder, data: BeirData, cache_dir: Path, show_progress: bool = False
+) -> tuple[list[np.ndarray], float, np.ndarray]:
     """Document vectors, the seconds their encoding took, and query vectors (nq, Lq, dim), through the cache."""
     texts = [d.text for d in data.documents]
     key = cache_key(encoder.path, texts, encoder.settings.__dict__ | {"kind": "documents"})

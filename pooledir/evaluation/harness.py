@@ -127,7 +127,7 @@ class EvalConfig:
 
 def measure(
     system: System, context: Context, data: BeirData, doc_vecs: list[np.ndarray], Q: np.ndarray, cfg: EvalConfig
-) -> tuple[dict, dict]:
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """Build ``system`` from the cached vectors and measure it; returns (row, run)."""
     tokens = sum(len(v) for v in doc_vecs)
     t = time.perf_counter()
@@ -150,7 +150,7 @@ def measure(
     return row, run
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every system of ``cfg``; returns the result dict (see RUN_KEYS)."""
     from pooledir.encoder import ColBERTEncoder
 

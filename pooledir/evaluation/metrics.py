@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pooledir.errors import InputError
+from pooledir.search import Hit
 
 
 def score_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
@@ -30,7 +31,7 @@ def drop_self_hits(qid: str, hits: dict[str, float]) -> dict[str, float]:
     return {d: s for d, s in hits.items() if d != qid}
 
 
-def run_from_hits(qids: Iterable[str], results) -> dict[str, dict[str, float]]:
+def run_from_hits(qids: Iterable[str], results: Iterable[Iterable[Hit]]) -> dict[str, dict[str, float]]:
     """A run (qid -> doc id -> score) from one ranked list of hits per query, BEIR's self-hit rule applied."""
     return {q: drop_self_hits(q, {h.id: h.score for h in hits}) for q, hits in zip(qids, results)}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 from pooledir.errors import InputError
 
 
-def load_results(paths: list[Path]) -> list[dict]:
+def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     """Read evaluation JSON files, checking they look like ``pooledir eval beir`` output."""
     out = []
     for p in paths:
@@ -25,13 +25,13 @@ def load_results(paths: list[Path]) -> list[dict]:
     return out
 
 
-def merge_results(results: list[dict]) -> list[dict]:
+def merge_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Files of one experiment (same dataset, split, documents and queries) as one result, runs in file order.
 
     A later check (a new codec, a peer) then shares the table and plot panel of the rows it is compared
     with, as they were measured on the same vectors; a system measured in several files keeps its first row.
     """
-    merged: dict[tuple, dict] = {}
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for res in results:
         key = (res["dataset"], res.get("split") or "test", res.get("documents"), res.get("queries"))
         if key not in merged:
@@ -40,7 +40,7 @@ def merge_results(results: list[dict]) -> list[dict]:
         seen = {_label(r) for r in into["runs"]}
         into["runs"] += [r for r in res["runs"] if _label(r) not in seen]
         done = {r["system"] for r in into["runs"]}
-        skipped = {}
+        skipped: dict[str, Any] = {}
         for s in into["skipped"] + list(res.get("skipped") or []):
             skipped.setdefault(s["system"], s)
         into["skipped"] = [s for name, s in skipped.items() if name not in done]
@@ -51,7 +51,7 @@ def merge_results(results: list[dict]) -> list[dict]:
 DISPLAY_NAMES = {"plaid": "PLAID", "fast-plaid": "fast-plaid"}
 
 
-def _label(run: dict, short: bool = False) -> str:
+def _label(run: dict[str, Any], short: bool = False) -> str:
     """``pooledir ivfpq pool x2`` / ``PLAID nbits=2`` for tables; ``ivfpq x2`` / ``PLAID 2b`` for plots."""
     pf = run.get("pool_factor") or 1
     if run["system"] == "pooledir":
@@ -62,7 +62,7 @@ def _label(run: dict, short: bool = False) -> str:
             f = run.get("fusion")
             codec += f" {run['mode']}" + (f" {f['method']} w{f['weight']:g} d{f['depth']}" if f else "")
         return f"{run['index']} {pool}{codec}" if short else f"pooledir {run['index']} {pool}{codec}"
-    name = DISPLAY_NAMES.get(run["system"], run["system"])
+    name: str = DISPLAY_NAMES.get(run["system"], run["system"])
     if run.get("nbits") is not None:
         name += f" {run['nbits']}b" if short else f" nbits={run['nbits']}"
     if pf > 1:
@@ -70,7 +70,7 @@ def _label(run: dict, short: bool = False) -> str:
     return name
 
 
-def markdown_table(results: list[dict]) -> str:
+def markdown_table(results: list[dict[str, Any]]) -> str:
     """One row per run, per dataset, with quality relative to the unpooled flat run."""
     lines = []
     for res in results:
@@ -106,7 +106,7 @@ def _num(v: float | int | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _per_token(run: dict) -> str:
+def _per_token(run: dict[str, Any]) -> str:
     v = run.get("bytes_per_token")
     return "-" if v is None else f"{v:.1f}"
 
@@ -120,7 +120,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def plots(results: list[dict], out_dir: Path) -> list[Path]:
+def plots(results: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """nDCG@10 vs pool factor, vs index bytes, vs bytes per original token (Pareto), latency vs nDCG@10."""
     import matplotlib
 
@@ -194,15 +194,15 @@ STYLES = {
 }
 
 
-def _kind(run: dict) -> str:
+def _kind(run: dict[str, Any]) -> str:
     if run["system"] != "pooledir":
-        return run["system"]
+        return str(run["system"])
     if run.get("pool_threshold") is not None:
         return f"{run['index']} adaptive"
     return f"{run['index']} refine" if run.get("refine") else run["index"]
 
 
-def _pareto_plot(plt, results: list[dict], path: Path) -> Path:
+def _pareto_plot(plt: Any, results: list[dict[str, Any]], path: Path) -> Path:
     """nDCG@10 against bytes a query needs per original (unpooled) token, one panel per dataset."""
     from matplotlib.lines import Line2D
 
@@ -260,7 +260,7 @@ def _pareto_plot(plt, results: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
@@ -520,16 +520,16 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows] + [""]
 
 
-def _records_table(records: dict[str, dict] | list[dict], first: str | None) -> list[str]:
+def _records_table(records: dict[str, dict[str, Any]] | list[dict[str, Any]], first: str | None) -> list[str]:
     """Rows of dicts as one table (nested values printed as compact JSON), keys in first-seen order."""
     items = list(records.items()) if isinstance(records, dict) else [(None, r) for r in records]
     cols = list(dict.fromkeys(k for _, r in items for k in r))
     named = first is not None
-    header = ([first] if named else []) + cols
+    header = ([first] if first is not None else []) + cols
     return _table(header, [([name] if named else []) + [r.get(c) for c in cols] for name, r in items])
 
 
-def render_value(data: dict, level: int = 3) -> list[str]:
+def render_value(data: dict[str, Any], level: int = 3) -> list[str]:
     """Any result JSON as Markdown: scalar fields in one table, records and lists of records as tables."""
     h = "#" * min(level, 6)
     scalars = {k: v for k, v in data.items() if _is_scalar(v) and k != "machine"}
@@ -548,7 +548,7 @@ def render_value(data: dict, level: int = 3) -> list[str]:
     return lines
 
 
-def _is_harness(data: dict) -> bool:
+def _is_harness(data: dict[str, Any]) -> bool:
     return (
         isinstance(data, dict)
         and "dataset" in data
@@ -557,17 +557,23 @@ def _is_harness(data: dict) -> bool:
     )
 
 
-def _machine(data: dict) -> str:
+def _machine(data: dict[str, Any]) -> str:
     m = data.get("machine")
     if isinstance(m, dict):
         return f"{m.get('cpu')}, GPU: {m.get('gpu') or 'none'}"
     return str(m) if m else "not recorded in the file"
 
 
-def _load(data: dict, prov: dict) -> str:
+def _machine_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The file's ``machine`` object, or {} where it records none (or only a string)."""
+    m = data.get("machine")
+    return m if isinstance(m, dict) else {}
+
+
+def _load(data: dict[str, Any], prov: dict[str, Any]) -> str:
     """The 1-minute load average: the file's own fields where it records them, else provenance.json's."""
     own = sorted({k for k in _walk_keys(data) if "load_avg" in k})
-    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    machine = _machine_fields(data)
     for where in (data, machine):  # a file that records one load for the whole run
         if "load_avg_1min" in where and _is_scalar(where["load_avg_1min"]):
             return _fmt(where["load_avg_1min"])
@@ -576,7 +582,7 @@ def _load(data: dict, prov: dict) -> str:
     return prov.get("load_avg_1min") or "not recorded"
 
 
-def _walk_keys(v: Any):
+def _walk_keys(v: Any) -> Iterator[str]:
     if isinstance(v, dict):
         for k, x in v.items():
             yield k
@@ -586,8 +592,8 @@ def _walk_keys(v: Any):
             yield from _walk_keys(x)
 
 
-def _provenance_lines(name: str, data: dict, prov: dict) -> list[str]:
-    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+def _provenance_lines(name: str, data: dict[str, Any], prov: dict[str, Any]) -> list[str]:
+    machine = _machine_fields(data)
     ran_at = data.get("commit") or machine.get("commit")  # where a result records the commit it ran at
     commits = sorted({str(r["commit"]) for r in data.get("runs", []) if isinstance(r, dict) and r.get("commit")})
     commit = (f"; ran at {ran_at}" if ran_at else "") + ("; rows at " + ", ".join(commits) if commits else "")
@@ -599,7 +605,7 @@ def _provenance_lines(name: str, data: dict, prov: dict) -> list[str]:
     ]
 
 
-def render_file(name: str, data: dict, prov: dict) -> list[str]:
+def render_file(name: str, data: dict[str, Any], prov: dict[str, Any]) -> list[str]:
     """One result file's section: its provenance, then its tables."""
     lines = [f"## {name}", ""] + _provenance_lines(name, data, prov)
     if _is_harness(data):
@@ -651,7 +657,7 @@ def _plot_names(page: ResultsPage) -> list[str]:
     return ["ndcg_vs_pool_factor.png", "ndcg_vs_bytes.png", "latency_vs_ndcg.png"]
 
 
-def _index_page(prov: dict) -> str:
+def _index_page(prov: dict[str, Any]) -> str:
     lines = ["# Results", "", _GENERATED_NOTE, ""]
     lines += [f"- [{p.title}]({p.slug}.md): {p.about}" for p in RESULTS_PAGES] + [""]
     lines += [
@@ -680,10 +686,10 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _run(results_dir: Path, name: str, **match: Any) -> dict:
+def _run(results_dir: Path, name: str, **match: Any) -> dict[str, Any]:
     """The first run of a harness file whose fields equal ``match``."""
-    data = json.loads((Path(results_dir) / name).read_text())
-    for r in data["runs"]:
+    runs: list[dict[str, Any]] = json.loads((Path(results_dir) / name).read_text())["runs"]
+    for r in runs:
         if all(r.get(k) == v for k, v in match.items()):
             return r
     raise InputError(f"{name}: no run with {match}")
@@ -694,7 +700,7 @@ _PLAID2 = {"system": "plaid", "nbits": 2, "pool_factor": 2}
 _DEFAULT3 = {"system": "pooledir", "index": "ivfpq", "pool_factor": 2}
 
 
-def _headline_ndcg_rows(f3: Callable[..., dict]) -> list[tuple[str, str, str]]:
+def _headline_ndcg_rows(f3: Callable[..., dict[str, Any]]) -> list[tuple[str, str, str]]:
     """SciFact's and NFCorpus's nDCG@10: exact unpooled, the default and PLAID on the same pooled vectors."""
     rows = []
     for name, label in (("scifact", "SciFact"), ("nfcorpus", "NFCorpus")):
@@ -715,7 +721,7 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
     """The README's headline table: (what, result, results page) rows computed from the committed JSON."""
     d = Path(results_dir)
 
-    def f3(kind: str, name: str, **match: Any) -> dict:
+    def f3(kind: str, name: str, **match: Any) -> dict[str, Any]:
         return _run(d, f"format3/{kind}_{name}.cpu.json", **match)
 
     rows = _headline_ndcg_rows(f3)
@@ -724,7 +730,7 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
         s: f3("default", s, **_DEFAULT3)["bytes_per_token"] / f3("peers", s, **_PLAID2)["bytes_per_token"]
         for s in FORMAT3_SETS
     }
-    low = min(kept, key=kept.get)
+    low = min(kept, key=lambda s: kept[s])
     rows.append(
         (
             f"share of exact unpooled nDCG@10 the default keeps, {len(kept)} test sets",

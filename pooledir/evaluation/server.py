@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -25,14 +26,14 @@ def free_port(host: str = HOST) -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @dataclass
 class ServerProcess:
     """A running ``pooledir serve``: its process, base URL, command line and log file (if any)."""
 
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     url: str
     cmd: list[str]
     log_path: Path | None = None
@@ -55,7 +56,7 @@ class ServerProcess:
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except OSError:
         return False
 
@@ -94,7 +95,7 @@ def start_server(
 
 
 @contextmanager
-def running_server(index_dirs: Sequence[str | os.PathLike[str]], **kwargs) -> Iterator[ServerProcess]:
+def running_server(index_dirs: Sequence[str | os.PathLike[str]], **kwargs: Any) -> Iterator[ServerProcess]:
     """:func:`start_server` for the block, stopped after it."""
     server = start_server(index_dirs, **kwargs)
     try:

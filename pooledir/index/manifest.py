@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import ItemsView
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pooledir.durable import write_json_durably
 from pooledir.errors import IndexCorruptError, InputError
@@ -27,6 +28,71 @@ ENCODER_SETTINGS = ("layout", "doc_maxlen", "query_maxlen", "query_augmentation"
 
 
 DEFAULT_POOL_FACTOR = 2
+
+
+class RecordableEncoder(Protocol):
+    """What :meth:`EncoderRecord.of` reads: a loaded encoder, or a stand-in built from a record."""
+
+    @property
+    def path(self) -> str | os.PathLike[str]:
+        """Where the checkpoint is."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        ...
+
+    @property
+    def settings(self) -> Any:
+        """An object with the :data:`ENCODER_SETTINGS` as attributes."""
+        ...
+
+
+@dataclass(frozen=True)
+class EncoderRecord:
+    """How an index's (or a shard folder's) vectors were encoded: the ``encoder`` object of its JSON.
+
+    Queries are encoded with these settings, whatever the checkpoint's own metadata says. Settings an
+    older manifest lacks are None (the checkpoint's value is then used).
+    """
+
+    dim: int
+    layout: str | None = None
+    doc_maxlen: int | None = None
+    query_maxlen: int | None = None
+    query_augmentation: bool | None = None
+    markers: bool | None = None
+    mask_punctuation: bool | None = None
+
+    @classmethod
+    def of(cls, encoder: RecordableEncoder) -> EncoderRecord:
+        """The record of a loaded encoder: the one rule that builds it."""
+        return cls(dim=int(encoder.dim), **{k: getattr(encoder.settings, k) for k in ENCODER_SETTINGS})
+
+    @classmethod
+    def from_json(cls, data: Any) -> EncoderRecord:
+        """Read the JSON object; raises :class:`IndexCorruptError` if it is not one with a ``dim``."""
+        if not isinstance(data, dict) or not isinstance(data.get("dim"), int) or isinstance(data["dim"], bool):
+            raise IndexCorruptError(f"the encoder record {data!r} is not an object with an integer 'dim'")
+        return cls(dim=data["dim"], **{k: data.get(k) for k in ENCODER_SETTINGS})
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object, keys in the order manifests have always had them."""
+        return asdict(self)
+
+    def settings(self) -> dict[str, Any]:
+        """The recorded settings (all but ``dim``), as :class:`~pooledir.encoder.ColBERTEncoder` keywords."""
+        return {k: getattr(self, k) for k in ENCODER_SETTINGS}
+
+    def items(self) -> ItemsView[str, Any]:
+        """Deprecated: the JSON's items, only until ``pooledir encode`` (cli.py) reads :meth:`settings` instead."""
+        return self.to_json().items()
+
+
+def record_encoder(encoder: RecordableEncoder) -> tuple[str, EncoderRecord]:
+    """(checkpoint, record) as an index or a shard folder saves them: the checkpoint path resolved."""
+    return str(Path(encoder.path).resolve()), EncoderRecord.of(encoder)
 
 
 @dataclass(frozen=True)
@@ -121,7 +187,7 @@ class Manifest:
     """The folder's description: format, the encoder that made its vectors, and the config."""
 
     checkpoint: str
-    encoder: dict[str, Any]
+    encoder: EncoderRecord
     config: IndexConfig
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     format: str = FORMAT
@@ -130,15 +196,23 @@ class Manifest:
     @property
     def dim(self) -> int:
         """Vector dimension."""
-        return int(self.encoder["dim"])
-
-    def __getitem__(self, key: str) -> Any:
-        """Dict-style access (``manifest["encoder"]``), as callers of the format-1 dict read it."""
-        return self.to_json()[key]
+        return self.encoder.dim
 
     def to_json(self) -> dict[str, Any]:
         """The manifest.json content."""
-        return asdict(self) | {"config": asdict(self.config)}
+        return asdict(self) | {"encoder": self.encoder.to_json(), "config": asdict(self.config)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        """A manifest from its JSON (format and version checked by :func:`read_manifest`)."""
+        known = set(IndexConfig.__dataclass_fields__)
+        return cls(
+            checkpoint=data["checkpoint"],
+            encoder=EncoderRecord.from_json(data["encoder"]),
+            config=IndexConfig(**{k: v for k, v in data["config"].items() if k in known}),
+            created_at=data.get("created_at", ""),
+            format_version=data.get("format_version", FORMAT_VERSION),
+        )
 
     def write(self, folder: Path) -> None:
         """Write manifest.json atomically and durably."""
@@ -172,20 +246,12 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             f"this pooledir reads {' and '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
-        known = set(IndexConfig.__dataclass_fields__)
-        config = IndexConfig(**{k: v for k, v in data["config"].items() if k in known})
-        return Manifest(
-            checkpoint=data["checkpoint"],
-            encoder=dict(data["encoder"]),
-            config=config,
-            created_at=data.get("created_at", ""),
-            format_version=version,
-        )
-    except (KeyError, TypeError, AttributeError) as e:
+        return Manifest.from_json(data)
+    except (KeyError, TypeError, AttributeError, IndexCorruptError) as e:
         raise IndexCorruptError(f"{mf} lacks or mangles a field: {e}") from None
 
 
-def _describe(value) -> str:
+def _describe(value: object) -> str:
     """A JSON value as written, with its type unless it is an integer: ``"2" (a string)``."""
     if type(value) is int:
         return str(value)

@@ -9,6 +9,7 @@ from pooledir.errors import InputError
 from pooledir.index.segments import file_digest
 from pooledir.index.snapshot import quantizer_path
 from pooledir.pooled_index import IndexConfig, PooledIndex
+from tests.engine import engine
 
 
 def test_partition_of_is_stable_and_spreads():
@@ -26,7 +27,7 @@ def test_ivfpq_partitions_share_one_quantizer(tmp_path, small_shards):
     digests, docs = set(), 0
     for path in read_partitions(layout.path).parts:
         with PooledIndex.open(path, device="cpu") as idx:
-            snap = idx.folder.snapshot
+            snap = engine(idx).snapshot
             assert snap.quantizer is not None and {s.kind for s in snap.segments} == {"pq3"}
             digests.add(file_digest(quantizer_path(path, snap.quantizer_id)))
             docs += len(idx)

@@ -57,11 +57,11 @@ def test_partitions_split_the_documents_by_id(single, sharded):
     held = []
     for p, path in enumerate(layout.parts):
         with PooledIndex.open(path, device="cpu") as idx:
-            ids = idx.folder.store.ext_ids(np.flatnonzero(idx.folder.snapshot.seg_of >= 0))
+            ids = idx.row_ids()
             assert ids and all(partition_of(i, 2) == p for i in ids)
             held += ids
     with PooledIndex.open(single, device="cpu") as one:
-        assert sorted(held) == sorted(one.folder.store.ext_ids(np.flatnonzero(one.folder.snapshot.seg_of >= 0)))
+        assert sorted(held) == sorted(one.row_ids())
 
 
 def test_sharded_search_answers_as_one_index(single, sharded):
@@ -111,7 +111,7 @@ def test_writes_are_routed_by_id(sharded):
         for d in docs:  # each is on disk in its own partition, and only there
             for p, path in enumerate(layout.parts):
                 with PooledIndex.open(path, device="cpu") as idx:
-                    assert (d["id"] in idx.folder.store.lookup([d["id"]])) == (p == partition_of(d["id"], 2))
+                    assert (d["id"] in idx.doc_store.lookup([d["id"]])) == (p == partition_of(d["id"], 2))
         assert http.get(f"{url}/indexes/split/documents/new-3").json()["text"] == "vitamin bone heart 3"
         hits = http.post(f"{url}/indexes/split/search", json={"query": "vitamin bone heart 3", "k": 42}).json()
         assert "new-3" in [h["id"] for h in hits["results"]]

@@ -17,6 +17,7 @@ from pooledir.corpus import Document
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams
 from tests.conftest import FakeEncoder
+from tests.engine import engine
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 16
@@ -183,7 +184,8 @@ def test_kill_9_during_compaction_keeps_every_acknowledged_document(tmp_path, mo
         "after_commit": """
             import pooledir.index.folder as f
             f.IndexFolder._remove_unreferenced = lambda self: os.kill(os.getpid(), signal.SIGKILL)
-            idx.folder._merge_locked([r.seg_id for r in idx.folder.snapshot.rows], retrain=False)
+            from tests.engine import engine
+            engine(idx)._merge_locked([r.seg_id for r in engine(idx).snapshot.rows], retrain=False)
         """,
     }[moment]
     proc = _child(code, tmp_path / "i")
@@ -235,7 +237,7 @@ def test_kill_9_at_any_moment_of_writes_and_compactions(tmp_path):
 
 def assert_lanes_agree(idx: PooledIndex) -> None:
     """The lexical lane (FTS5, same transactions) holds exactly the stored rows and texts."""
-    conn = idx.folder.store.conn
+    conn = idx.doc_store.conn
     lex = dict(conn.execute("SELECT rowid, body FROM docs_lex").fetchall())
     assert lex == dict(conn.execute("SELECT doc_int, text FROM docs").fetchall()) and len(lex) == len(idx)
 
@@ -279,55 +281,6 @@ def test_two_processes_one_writing_one_searching(tmp_path):
     assert len(idx) == len(PooledIndex.open(tmp_path / "i", device="cpu", encoder=FakeEncoder()))
 
 
-def assert_same_snapshot(mine, disk):
-    assert mine.commit == disk.commit and mine.n_docs == disk.n_docs
-    n = max(len(mine.seg_of), len(disk.seg_of))
-    for name in ("seg_of", "start_of", "count_of"):
-        a, b = getattr(mine, name), getattr(disk, name)
-        fill = -1 if name == "seg_of" else 0
-        a = np.concatenate([a, np.full(n - len(a), fill, a.dtype)])
-        b = np.concatenate([b, np.full(n - len(b), fill, b.dtype)])
-        assert np.array_equal(a, b), name
-    assert [r.seg_id for r in mine.segments] == [r.seg_id for r in disk.segments]
-    assert mine.rows == disk.rows
-    for r, d in zip(mine.segments, disk.segments):
-        assert np.array_equal(r.doc_ints, d.doc_ints) and np.array_equal(r.starts, d.starts)
-        assert np.array_equal(r.counts, d.counts)
-        assert (r.live is None) == (d.live is None)
-        if r.live is not None:
-            assert np.array_equal(r.live, d.live)
-
-
-@pytest.mark.parametrize("backend", ["flat", "ivfpq"])
-def test_snapshot_after_each_write_equals_one_loaded_from_disk(tmp_path, backend):
-    """Writes derive the next snapshot in O(batch), other handles refresh from the touched segments only;
-    both must be exactly what a fresh open loads."""
-    from pooledir.index.snapshot import load_snapshot
-
-    idx = create(tmp_path / "i", backend=backend, train_min_vectors=150, max_segments=5, max_dead_fraction=0.6)
-    other = PooledIndex.open(idx.path, device="cpu", encoder=FakeEncoder())
-    rng = np.random.default_rng(3)
-    seed = 0
-    for step in range(30):
-        if step % 3 == 2 and len(idx) > 3:
-            known = idx.folder.store.ext_ids(np.flatnonzero(idx.folder.snapshot.seg_of >= 0)[:20])
-            idx.delete(list(rng.choice(known, 2, replace=False)))
-        else:
-            ids = [f"d{int(i)}" for i in rng.choice(40, int(rng.integers(1, 6)), replace=False)]
-            add(idx, ids, list(range(seed, seed + len(ids))))
-            seed += len(ids)
-        disk = load_snapshot(idx.path, idx.folder.store, DIM)
-        assert_same_snapshot(idx.folder.snapshot, disk)
-        if step % 2:  # every other write: a refresh then spans one commit or two
-            other.refresh()
-            assert_same_snapshot(other.folder.snapshot, disk)
-    assert len(idx) == len(other)
-    assert results(idx, queries()) == results(other, queries())
-    assert results(idx, queries()) == results(
-        PooledIndex.open(idx.path, device="cpu", encoder=FakeEncoder()), queries()
-    )
-
-
 def test_merge_choice_keeps_small_writes_off_large_segments():
     from pooledir.index.folder import merge_choice
 
@@ -347,10 +300,10 @@ def test_merging_small_segments_copies_their_codes_exactly(tmp_path):
     before = []
     for i in range(12):
         add(idx, [f"s{i}"], [5000 + i])
-        before.append(idx.folder.snapshot.fetch(np.array([idx.folder.store.lookup([f"s{i}"])[f"s{i}"]]))[0])
+        before.append(engine(idx).snapshot.fetch(np.array([idx.doc_store.lookup([f"s{i}"])[f"s{i}"]]))[0])
     assert len(idx.info()["segments"]) <= 4 + 1  # small ones were merged
     for i, vecs in enumerate(before):
-        after = idx.folder.snapshot.fetch(np.array([idx.folder.store.lookup([f"s{i}"])[f"s{i}"]]))[0]
+        after = engine(idx).snapshot.fetch(np.array([idx.doc_store.lookup([f"s{i}"])[f"s{i}"]]))[0]
         assert np.array_equal(after, vecs)
     Q = queries()
     hits = results(idx, Q)

@@ -25,6 +25,7 @@ from pooledir.index.folder import FolderBusyError
 from pooledir.outdir import claim_output_folder
 from pooledir.pooled_index import PooledIndex
 from pooledir.search import SearchParams
+from tests.engine import engine
 from tests.index.test_folder import add, create, queries, results
 from tests.pipes import CorpusPipe
 
@@ -61,7 +62,7 @@ def trained(tmp_path) -> Path:
     with create(path, backend="ivfpq", train_min_vectors=200, nlist=4, pq_m=4) as idx:
         add(idx, [f"d{i}" for i in range(60)], list(range(60)))
         add(idx, ["x1", "x2"], [101, 102])
-        assert idx.folder.snapshot.quantizer is not None and len(idx.folder.snapshot.rows) >= 1
+        assert idx.quantizer is not None and len(engine(idx).snapshot.rows) >= 1
     return path
 
 
@@ -123,7 +124,7 @@ def test_writes_leave_the_users_files_and_remove_only_their_own(trained):
         add(idx, ["y"], [500])
         idx.delete(["d3"])
         idx.compact(retrain=True)  # drops every old segment file and the old quantizer
-        q = idx.folder.snapshot.quantizer_id
+        q = engine(idx).snapshot.quantizer_id
     assert {n: (trained / n).read_bytes() for n in user} == user
     assert (trained / "segments" / "my-folder").is_dir()
     assert not any(f.exists() for f in stale)
@@ -265,7 +266,7 @@ def test_a_read_only_folder_is_searched_and_writes_say_read_only(trained, tmp_pa
     Q = queries(3)
     idx = PooledIndex.open(trained, device="cpu")
     if with_wal:  # a commit still in the WAL, as a live index mounted read-only elsewhere has
-        idx.folder.store.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        idx.doc_store.conn.execute("PRAGMA wal_autocheckpoint = 0")
         add(idx, ["in-wal"], [777])
         assert (trained / "docs.sqlite-wal").stat().st_size > 0
     expected, n = results(idx, Q, SearchParams()), len(idx)

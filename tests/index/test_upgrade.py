@@ -58,7 +58,15 @@ def test_the_format_2_fixture_opens_searches_as_before_and_takes_writes(old):
 
 
 def overlap(a: list, b: list) -> float:
-    return float(np.mean([len({i for i, _ in x} & {i for i, _ in y}) / len(x) for x, y in zip(a, b)]))
+    """Share of the top ids two result lists (rows of (id, score)) have in common, as faiss measures kNN overlap."""
+    from faiss.contrib.evaluation import knn_intersection_measure
+
+    return float(knn_intersection_measure(*(np.array([[i for i, _ in row] for row in r]) for r in (a, b))))
+
+
+def test_overlap_is_the_share_of_common_ids():
+    a = [[("x", 1.0), ("y", 0.5)], [("z", 1.0), ("w", 0.5)]]
+    assert overlap(a, a) == 1.0 and overlap(a, [[("y", 1.0), ("q", 0.5)], [("p", 1.0), ("r", 0.5)]]) == 0.25
 
 
 def test_upgrade_rewrites_every_segment_as_pq3_and_keeps_every_document(old):

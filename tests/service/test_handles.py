@@ -186,7 +186,7 @@ def test_http_upsert_into_a_passage_index(tmp_path, tiny_encoder, tiny_docs, mon
         hits = client.post("/indexes/p/search", json={"query": "needle zebra quartz", "k": 21}).json()["results"]
         assert [h["id"] for h in hits].count("long") == 1  # one hit per document, not per passage
     with PooledIndex.open(path, device="cpu", encoder=tiny_encoder) as idx:
-        assert len(idx.folder.store.ids_starting_with("long#p")) > 1  # stored as passages
+        assert len(idx.doc_store.ids_starting_with("long#p")) > 1  # stored as passages
 
 
 class _Call:
@@ -228,9 +228,9 @@ def test_ray_serve_upsert_into_passage_partitions(tmp_path, tiny_encoder, tiny_d
     owner = partition_of("long", 2)
     with PooledIndex.open(parts[owner], device="cpu", encoder=tiny_encoder) as idx:
         assert idx.get("long").text == LONG
-        assert len(idx.folder.store.ids_starting_with("long#p")) > 1
+        assert len(idx.doc_store.ids_starting_with("long#p")) > 1
     with PooledIndex.open(parts[1 - owner], device="cpu", encoder=tiny_encoder) as idx:
-        assert not idx.folder.store.ids_starting_with("long#p")
+        assert not idx.doc_store.ids_starting_with("long#p")
     for d in docs[1:]:
         assert bodies[partition_of(d.id, 2)].get(d.id)["ok"] == d
     assert handle.read(lambda view: view.describe()).backend["partitions"] == 2

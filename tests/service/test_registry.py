@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from pooledir import IndexConfig, PooledIndex
+from tests.engine import engine
 
 
 def passage_index(path, encoder, docs):
@@ -76,7 +77,7 @@ def test_auto_device_without_cuda_serves_on_the_cpu(served_index, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with TestClient(create_app(Settings(indexes=[served_index], device="auto"))) as client:
         handle = client.app.state.registry.handles["tiny"]
-        assert handle.index.folder.use_gpu is False
+        assert engine(handle.index).use_gpu is False
         assert client.get("/indexes/tiny").json()["device"] == "cpu"
         assert client.post("/indexes/tiny/search", json={"query": "bone", "k": 3}).status_code == 200
 

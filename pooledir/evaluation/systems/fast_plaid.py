@@ -39,10 +39,10 @@ class FastPlaidSystem:
         self.nbits = nbits
         self.pool_factor = pool_factor
         self.name = f"fast-plaid-nbits{nbits}" + (f"-pf{pool_factor}" if pool_factor > 1 else "")
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[str] | None = None
         self._row: dict[str, Any] = {}
 
-    def _ask(self, **cmd) -> dict:
+    def _ask(self, **cmd: Any) -> dict[str, Any]:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdout is None:
             raise RuntimeError(f"{self.name}: call build() first (it starts fast-plaid's runner)")
@@ -51,7 +51,7 @@ class FastPlaidSystem:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"fast-plaid's runner exited (code {proc.wait()}); its stderr is above")
-        reply = json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
         if not reply.get("ok"):
             raise RuntimeError(f"fast-plaid failed: {reply.get('error')}")
         return reply

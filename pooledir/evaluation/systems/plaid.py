@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,12 +28,17 @@ from pooledir.evaluation.metrics import folder_bytes
 from pooledir.evaluation.systems.base import Context, SystemUnavailable
 from pooledir.pooled_index import Hit
 
+if TYPE_CHECKING:
+    import torch
 
-def _query_encoder(encoder):
+    from pooledir.encoder import ColBERTEncoder
+
+
+def _query_encoder(encoder: ColBERTEncoder) -> Callable[..., torch.Tensor]:
     """colbert-ai's ``Searcher.encode`` through our encoder: (1, live tokens, dim), zero padding rows dropped."""
     import torch
 
-    def encode(text, full_length_search=False):
+    def encode(text: str | list[str], full_length_search: bool = False) -> torch.Tensor:
         Q = encoder.encode_queries(text if isinstance(text, list) else [text])
         live = np.any(Q != 0, axis=2).any(axis=0)
         return torch.from_numpy(np.ascontiguousarray(Q[:, live]))
@@ -42,14 +47,14 @@ def _query_encoder(encoder):
 
 
 @contextmanager
-def _precomputed_passages(texts: list[str], vectors: Sequence[np.ndarray]):
+def _precomputed_passages(texts: list[str], vectors: Sequence[np.ndarray]) -> Iterator[None]:
     """Make colbert-ai's CollectionEncoder return our vectors for the passages it is asked to encode."""
     import torch
     from colbert.indexing import collection_encoder
 
     row = {t: i for i, t in enumerate(texts)}  # equal texts encode equally, so any of them will do
 
-    def encode_passages(self, passages):
+    def encode_passages(self: Any, passages: Sequence[str]) -> tuple[torch.Tensor | None, list[int] | None]:
         if len(passages) == 0:
             return None, None
         idx = [row[p] for p in passages]
@@ -73,7 +78,7 @@ class PlaidSystem:
         self.name = f"plaid-nbits{nbits}" + (f"-pf{pool_factor}" if pool_factor > 1 else "")
         self._row: dict[str, Any] = {}
 
-    def _quiet(self):
+    def _quiet(self) -> contextlib.ExitStack:
         """colbert-ai's run context, with its many prints swallowed."""
         from colbert.infra import Run
 
