@@ -273,13 +273,6 @@ def test_the_storage_engine_is_read_only_through_the_facade():
     assert "tests/engine.py" in reads["_folder"]  # the walk sees a read
 
 
-def test_only_the_cli_reads_the_encoder_record_as_a_dict():
-    """``EncoderRecord.items()`` is a shim for pooledir/cli.py's ``encode`` (being moved on another branch)."""
-    files = [p for d in ("pooledir", "service", "eval", "tests") for p in sorted((ROOT / d).rglob("*.py"))]
-    users = {str(p.relative_to(ROOT)) for p in files if ".encoder.items()" in p.read_text()}
-    assert users <= {"pooledir/cli.py", "tests/test_package.py"}, users
-
-
 def test_the_type_checker_config_names_modules_that_exist():
     """Every file mypy checks and every module it checks strictly is there (a moved module drops out silently)."""
     import tomllib

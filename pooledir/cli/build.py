@@ -295,7 +295,7 @@ def encode(
         parts=n,
     )
     config.check()
-    settings = {key: v for key, v in have.encoder.items() if key != "dim"} if have and checkpoint is None else {}
+    settings = have.encoder.settings() if have and checkpoint is None else {}
     ckpt = checkpoint or (have.checkpoint if have else None)  # None: default_checkpoint(), once out is checked
     if use_ray:
         if n > 1:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import ItemsView
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,10 +83,6 @@ class EncoderRecord:
     def settings(self) -> dict[str, Any]:
         """The recorded settings (all but ``dim``), as :class:`~pooledir.encoder.ColBERTEncoder` keywords."""
         return {k: getattr(self, k) for k in ENCODER_SETTINGS}
-
-    def items(self) -> ItemsView[str, Any]:
-        """Deprecated: the JSON's items, only until ``pooledir encode`` (cli.py) reads :meth:`settings` instead."""
-        return self.to_json().items()
 
 
 def record_encoder(encoder: RecordableEncoder) -> tuple[str, EncoderRecord]:
