@@ -460,6 +460,7 @@ RESULTS_PAGES = (
         "(`eval/bench_coarse.py`), and SciFact on identical vectors, single-file design against segments.",
         (
             "bench_scale.cpu.json",
+            "bench_scale_format3.cpu.json",  # the format-3 defaults (pq3, PLAID's list rule), issue 21
             "bench_scale.before_perf.cpu.json",
             "bench_coarse.cpu.json",
             "check_segments_scifact.cpu.json",
