@@ -7,12 +7,16 @@ after open, search p50 (same SearchParams at every size), p50 of 20 single-docum
 20 deletes, and compaction time. ``--design single`` runs the same steps against the previous
 single-file engine (commit 6e06448, checked out with ``git worktree`` into ``--old-tree``).
 
+The index is built with its own defaults (the format-3 codec, list count and sub-quantizers it picks);
+``--pinned`` pins what eval/results/bench_scale.cpu.json (format 2) ran at: ≈4·√N lists capped at 4,096
+and pq_m 16.
+
     python eval/bench_scale.py --sizes 100000,1000000 --design both
     python eval/bench_scale.py --sizes 10000000 --design segments
     python eval/bench_scale.py --plot-only
 
-Results are merged into eval/results/bench_scale.cpu.json (keyed by design and size) and plotted
-into eval/results/bench_scale.png. This is a benchmark, never part of the tests.
+Results are merged into ``--results`` (default eval/results/bench_scale_format3.cpu.json; keyed by design
+and size) and plotted beside it (same name, .png). This is a benchmark, never part of the tests.
 """
 
 from __future__ import annotations
@@ -30,8 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "eval" / "results" / "bench_scale.cpu.json"
-PLOT = ROOT / "eval" / "results" / "bench_scale.png"
+RESULTS = ROOT / "eval" / "results" / "bench_scale_format3.cpu.json"
 OLD_COMMIT = "6e06448"
 DIM = 128
 PER_DOC = 100
@@ -114,14 +117,20 @@ def add(index, docs, vecs, design: str):
 
 
 # -- workers ------------------------------------------------------------------------------------------------------
-def worker_build(design: str, size: int, folder: Path, chunk_docs: int) -> dict:
-    from pooledir.pooled_index import IndexConfig, PooledIndex
+def build_config(size: int, pinned: bool):
+    """The index's defaults, or (``pinned``) what bench_scale.cpu.json and the single-file design ran at."""
+    from pooledir.pooled_index import IndexConfig
+
+    # pq_m 16 and ≈4·√N lists capped at 4,096: format 2's runs (bench_scale.cpu.json) and 6e06448's
+    return IndexConfig(pool_factor=1, nlist=nlist_for(size), pq_m=16) if pinned else IndexConfig(pool_factor=1)
+
+
+def worker_build(design: str, size: int, folder: Path, chunk_docs: int, pinned: bool) -> dict:
+    from pooledir.pooled_index import PooledIndex
 
     c = centers()
     n_docs = n_docs_for(size)
-    # pq_m 16: what the committed results and the single-file design (6e06448) ran at, the default until codec
-    # rule 2 (eval/results/codec_rule.md) made it 64; pinned so a re-run measures the same engine work
-    config = IndexConfig(pool_factor=1, nlist=nlist_for(size), pq_m=16)
+    config = build_config(size, pinned or design == "single")
     index = PooledIndex.create(folder, config=config, device="cpu", encoder=FakeEncoder())
     load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
@@ -139,12 +148,16 @@ def worker_build(design: str, size: int, folder: Path, chunk_docs: int) -> dict:
             flush=True,
         )
     wall_s = time.perf_counter() - t0
+    shape = index.info()["backend"] if design == "segments" else {"nlist": config.nlist, "pq_m": config.pq_m}
     index.close()
     load.append(os.getloadavg()[0])
     return {
         "vectors": vectors,
         "documents": n_docs,
-        "nlist": config.nlist,
+        "pinned": pinned or design == "single",
+        "nlist": shape.get("nlist"),
+        "pq_m": shape.get("pq_m"),
+        "codec": shape.get("codec", "single-file ivfpq"),
         "build_s": build_s,
         "build_wall_s": wall_s,
         "build_vectors_per_s": vectors / build_s,
@@ -231,16 +244,16 @@ def ensure_old_tree(old_tree: Path) -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), OLD_COMMIT], check=True)
 
 
-def load_results() -> dict:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
+def load_results(results: Path) -> dict:
+    return json.loads(results.read_text()) if results.is_file() else {"runs": []}
 
 
-def save_result(row: dict) -> None:
+def save_result(row: dict, results: Path) -> None:
     import fcntl
 
     with open(Path("/tmp") / "pooledir-bench-scale.lock", "w") as lock:  # several sizes may run side by side
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _save_result(row)
+        _save_result(row, results)
 
 
 def head_commit() -> str:
@@ -248,26 +261,26 @@ def head_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def _save_result(row: dict) -> None:
+def _save_result(row: dict, results: Path) -> None:
     if row["design"] == "single":
         row.setdefault("commit", f"{OLD_COMMIT} (run by bench_scale at {head_commit()})")
     row.setdefault("commit", head_commit())
-    data = load_results()
+    data = load_results(results)
     data["runs"] = [r for r in data["runs"] if (r["design"], r["size"]) != (row["design"], row["size"])] + [row]
     data["runs"].sort(key=lambda r: (r["design"], r["size"]))
     data["machine"] = f"{os.cpu_count()} CPU cores shared with other jobs (load averages in each run), no GPU"
     data["search_params"] = SEARCH
     data["vectors"] = f"{DIM}-d unit vectors, ~{PER_DOC} per document, around {N_CLUSTERS} random centres"
-    RESULTS.write_text(json.dumps(data, indent=2))
+    results.write_text(json.dumps(data, indent=2))
 
 
-def plot() -> None:
+def plot(results: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = load_results()["runs"]
+    runs = load_results(results)["runs"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for design, style in (("segments", "o-"), ("single", "s--")):
         rows = sorted((r for r in runs if r["design"] == design and "open_s" in r), key=lambda r: r["vectors"])
@@ -298,7 +311,7 @@ def plot() -> None:
         f"1-min load average while timing writes and searches: {'; '.join(loads) or 'not recorded'}"
     )
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
+    fig.savefig(results.with_name(results.name.removesuffix(".cpu.json") + ".png"), dpi=110)
 
 
 def main() -> None:
@@ -309,13 +322,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/pooledir-bench-scale"))
     ap.add_argument("--old-tree", type=Path, default=Path("/tmp/pooledir-old-6e06448"))
     ap.add_argument("--keep", action="store_true", help="keep the built index folders")
+    ap.add_argument("--pinned", action="store_true", help="nlist ≈4·√N (<= 4096) and pq_m 16, as format 2's runs")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the JSON the rows are merged into")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--worker", nargs=4, metavar=("STEP", "DESIGN", "SIZE", "FOLDER"))
     args = ap.parse_args()
     if args.worker:
         step, design, size, folder = args.worker
         fn = worker_build if step == "build" else worker_ops
-        extra = (args.chunk_docs,) if step == "build" else ()
+        extra = (args.chunk_docs, args.pinned) if step == "build" else ()
         print(json.dumps(fn(design, int(float(size)), Path(folder), *extra)))
         return
     if not args.plot_only:
@@ -327,15 +342,15 @@ def main() -> None:
                 folder = args.work / f"{design}-{size}"
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.parent.mkdir(parents=True, exist_ok=True)
-                chunk = ["--chunk-docs", str(args.chunk_docs)]
+                chunk = ["--chunk-docs", str(args.chunk_docs)] + (["--pinned"] if args.pinned else [])
                 row = {"design": design, "size": size}
                 row |= run_worker(["build", design, str(size), str(folder)], design, args.old_tree, chunk)
                 row |= run_worker(["ops", design, str(size), str(folder)], design, args.old_tree)
-                save_result(row)
+                save_result(row, args.results)
                 print(json.dumps(row), flush=True)
                 if not args.keep:
                     shutil.rmtree(folder, ignore_errors=True)
-    plot()
+    plot(args.results)
 
 
 if __name__ == "__main__":

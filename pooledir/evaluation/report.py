@@ -460,6 +460,8 @@ RESULTS_PAGES = (
         "(`eval/bench_coarse.py`), and SciFact on identical vectors, single-file design against segments.",
         (
             "bench_scale.cpu.json",
+            "bench_scale_format3.cpu.json",  # the format-3 defaults (pq3, PLAID's list rule), issue 21
+            "quantizer_fp16_nfcorpus_dev120.cpu.json",  # float16 coarse centroids: bytes, nDCG@10, assignment
             "bench_scale.before_perf.cpu.json",
             "bench_coarse.cpu.json",
             "check_segments_scifact.cpu.json",
