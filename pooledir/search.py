@@ -22,10 +22,10 @@ documents, :func:`exact_search` scores every (matching) document by full MaxSim.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -152,45 +152,87 @@ def one_blas_thread():
     return _blas.limit(limits=1, user_api="blas")
 
 
+class CandidateSource(Protocol):
+    """Step 1-2 of a search for one kind of segment: the documents worth scoring by exact MaxSim."""
+
+    def candidates(self, queries: np.ndarray, params: SearchParams) -> list[np.ndarray]:
+        """Per query (nq, Lq, d) the doc_ints to re-score (unique)."""
+        ...
+
+
+class TokenAnn:
+    """Per-token vector ANN (format-2 ``pq`` and ``flat`` segments): steps 1 and 2 of the module docstring."""
+
+    def __init__(self, ann: Ann) -> None:
+        self.ann = ann
+
+    def candidates(self, queries: np.ndarray, params: SearchParams) -> list[np.ndarray]:
+        """The best ``max(rerank, k)`` documents of each query by the approximate MaxSim of its tokens' hits."""
+        nq, lq, dim = queries.shape
+        kp, depth = params.depths()
+        tokens = queries.reshape(nq * lq, dim)
+        # zero rows (padding of queries encoded without augmentation) match nothing: they fetch no candidates
+        live = np.flatnonzero(np.any(tokens != 0, axis=1))
+        scores, docs = np.zeros((nq * lq, kp), np.float32), np.full((nq * lq, kp), -1, np.int64)
+        if len(live):
+            scores[live], docs[live] = self.ann(tokens[live], kp, params.nprobe)
+        scores, docs = scores.reshape(nq, lq, kp), docs.reshape(nq, lq, kp)
+        out = []
+        for q in range(nq):
+            cands, approx = approximate_scores(scores[q], docs[q])
+            if len(cands) > depth:
+                cands = cands[np.argpartition(-approx, depth - 1)[:depth]]
+            out.append(cands)
+        return out
+
+
+Sources = CandidateSource | Sequence[CandidateSource] | Ann
+
+
+def candidate_sources(sources: Sources) -> list[CandidateSource]:
+    """A list of sources; a bare ``ann`` callable (the per-token lane over every segment) is wrapped in TokenAnn."""
+    if hasattr(sources, "candidates"):
+        return [sources]
+    if callable(sources):
+        return [TokenAnn(sources)]
+    return list(sources)
+
+
 def search_embeddings(
-    queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams, live: np.ndarray
+    queries: np.ndarray, sources: Sources, fetch: Fetch, params: SearchParams, live: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Search encoded queries (nq, Lq, d) among the ``live`` documents (every one the index holds).
 
-    Returns per query (doc_ints, scores), best first: exactly ``min(k, len(live))`` documents.
+    ``sources`` generate candidates, one per kind of segment (e.g. ``Snapshot.sources()``: the centroid
+    lane for pq3 segments, per-token ANN for the others); their candidates are ranked together by exact
+    MaxSim. Returns per query (doc_ints, scores), best first: exactly ``min(k, len(live))`` documents.
     """
     if params.exhaustive or params.k * EXHAUSTIVE_FRACTION >= len(live):
         return exact_search(queries, live, fetch, params.k)
+    sources = candidate_sources(sources)
     small = queries.shape[0] * queries.shape[1] <= SMALL_SEARCH_TOKENS
     want = min(params.k, len(live))
     with one_blas_thread() if small else nullcontext():
-        results = _search(queries, ann, fetch, params)
+        results = _search(queries, sources, fetch, params)
         kp, _ = params.depths()
         for factor in WIDEN:  # a short query's few tokens may share their nearest vectors among few documents
             short = [q for q, (docs, _) in enumerate(results) if len(docs) < want]
             if not short:
                 break
             wider = replace(params, candidates_per_token=factor * kp, nprobe=factor * params.nprobe)
-            for q, ranked in zip(short, _search(queries[short], ann, fetch, wider)):
+            for q, ranked in zip(short, _search(queries[short], sources, fetch, wider)):
                 results[q] = ranked
     return _fill_up(queries, results, live, fetch, params.k)
 
 
-def _search(queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams) -> list[tuple[np.ndarray, np.ndarray]]:
-    nq, lq, dim = queries.shape
-    kp, depth = params.depths()
-    tokens = queries.reshape(nq * lq, dim)
-    # zero rows (padding of queries encoded without augmentation) match nothing: they fetch no candidates
-    live = np.flatnonzero(np.any(tokens != 0, axis=1))
-    scores, docs = np.zeros((nq * lq, kp), np.float32), np.full((nq * lq, kp), -1, np.int64)
-    if len(live):
-        scores[live], docs[live] = ann(tokens[live], kp, params.nprobe)
-    scores, docs = scores.reshape(nq, lq, kp), docs.reshape(nq, lq, kp)
+def _search(
+    queries: np.ndarray, sources: list[CandidateSource], fetch: Fetch, params: SearchParams
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    found = [source.candidates(queries, params) for source in sources]
     results = []
-    for q in range(nq):
-        cands, approx = approximate_scores(scores[q], docs[q])
-        if len(cands) > depth:
-            cands = cands[np.argpartition(-approx, depth - 1)[:depth]]
+    for q in range(len(queries)):
+        parts = [c[q] for c in found]
+        cands = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts or [np.empty(0, np.int64)]))
         if len(cands) == 0:
             results.append((np.empty(0, np.int64), np.empty(0, np.float32)))
             continue
