@@ -1,19 +1,25 @@
-"""Late-interaction search: per-token ANN candidates, then MaxSim on the best of them.
+"""Late-interaction search: candidate documents per kind of segment, then MaxSim on the best of them.
 
-1. Every query token asks the index for its ``max(candidates_per_token, k)``
-   nearest vectors (``nprobe`` lists for IVF-PQ, over every segment); their
-   documents are the candidates.
-2. Each candidate gets an approximate MaxSim from those hits alone: per query
-   token, its best hit, or, where none of its vectors came back, that token's
-   lowest returned score (an upper bound on what it could have had). The best
-   ``max(rerank, k)`` candidates go on.
-3. Those are scored by full MaxSim over all their vectors (decoded from PQ,
-   or the exact float16 copy) and the top ``k`` are returned.
-4. A query whose candidates hold fewer than ``min(k, live documents)``
-   documents (a short query, sparse IVF lists, many deleted vectors) asks
-   again with 4x, then 16x the nearest vectors and IVF lists; if still short,
-   it is ranked by :func:`exact_search` over every live document. Every
-   search returns ``min(k, live documents)`` documents.
+Candidates come from one lane per kind of segment (``Snapshot.sources()``), ranked together:
+
+* **pq3 segments** (format 3, the default): the centroid lane, PLAID's candidate generation over the mapped
+  codes (:mod:`pooledir.index.plaid`): per query token its ``nprobe`` best lists by q·centroid, the documents
+  in them ranked by centroid interaction, the best PLAID-``ndocs`` (256 for k <= 10, 1,024 for k <= 100, then
+  max(4k, 4,096), times ``candidates_per_token / 32``) ranked again over all their vectors' lists, and the best
+  ``max(ndocs / 4, rerank, k)`` go on.
+* **format-2 pq and flat segments**: per-token ANN (:class:`TokenAnn`): every query token asks for its
+  ``max(candidates_per_token, k)`` nearest vectors (``nprobe`` lists for IVF-PQ); each candidate gets an
+  approximate MaxSim from those hits alone (per query token its best hit or, where none of its vectors came
+  back, that token's lowest returned score); the best ``max(rerank, k)`` go on.
+
+Then:
+
+1. The candidates are scored by full MaxSim over all their vectors (decoded from PQ, or the exact float16
+   copy) and the top ``k`` are returned.
+2. A query whose candidates hold fewer than ``min(k, live documents)`` documents (a short query, sparse
+   lists, many deleted vectors) asks again with 4x, then 16x ``nprobe`` and ``candidates_per_token``; if still
+   short, it is ranked by :func:`exact_search` over every live document. Every search returns
+   ``min(k, live documents)`` documents.
 
 With a metadata filter, or ``exhaustive=True``, or ``k`` at least half the
 documents, :func:`exact_search` scores every (matching) document by full MaxSim.
@@ -67,9 +73,11 @@ class SearchParams:
     Attributes
     ----------
     k : documents returned per query.
-    nprobe : IVF lists visited per query token (ignored by the flat backend).
-    candidates_per_token : nearest vectors fetched per query token (at least ``k``).
-    rerank : candidate documents scored by full MaxSim (at least ``k``).
+    nprobe : IVF lists visited per query token (PLAID's ncells in the centroid lane; ignored by flat segments).
+    candidates_per_token : per-token ANN: nearest vectors fetched per query token (at least ``k``); centroid
+        lane: its depth, PLAID's ndocs for ``k`` times ``candidates_per_token / 32``.
+    rerank : candidate documents scored by full MaxSim, at least (and at least ``k``; the centroid lane
+        scores at least ndocs / 4).
     exhaustive : score every document by full MaxSim, no ANN step (the exact oracle; slow).
     """
 

@@ -107,11 +107,12 @@ class CentroidLane:
         docs, lists = self._pairs(cells)
         if len(docs) == 0:
             return docs
-        cheap_docs, cheap = _interaction(S, docs, lists)
-        docs = cheap_docs[_top(cheap, depths.ndocs)]
+        ST = np.ascontiguousarray(S.T)
+        cheap_docs, cheap = _interaction(ST, docs, lists)
+        docs = np.sort(cheap_docs[_top(cheap, depths.ndocs)])
         if len(docs) <= depths.rescore:
             return docs
-        docs, full = _interaction(S, *self._all_lists(docs))
+        docs, full = _interaction(ST, *self._all_lists(docs))
         return docs[_top(full, depths.rescore)]
 
     def _pairs(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,13 +160,18 @@ def _list_numbers(codes: np.ndarray, rows: np.ndarray, coarse_size: int) -> np.n
     return (head << (8 * np.arange(coarse_size, dtype=np.int64))).sum(axis=1)
 
 
-def _interaction(S: np.ndarray, docs: np.ndarray, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(unique docs ascending, per doc the sum over tokens of the best S over its lists): centroid interaction."""
-    pairs = np.unique(docs * S.shape[1] + lists)  # one (doc, list) pair each: a list held twice counts once
-    docs, lists = np.divmod(pairs, S.shape[1])
+def _interaction(ST: np.ndarray, docs: np.ndarray, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique docs ascending, per doc the sum over tokens of the best score over its lists): centroid interaction.
+
+    ``ST`` is (nlist, Lq): a list's scores are one contiguous row, so the gather is one row copy per pair. The
+    pairs come in sorted runs (per list, per segment), which a stable sort merges cheaply; a list a document
+    holds twice is simply counted twice (it cannot change a max).
+    """
+    order = np.argsort(docs, kind="stable")
+    docs, lists = docs[order], lists[order]
     first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
-    best = np.maximum.reduceat(S[:, lists], first, axis=1)  # (Lq, unique docs)
-    return docs[first], best.sum(axis=0)
+    best = np.maximum.reduceat(ST[lists], first, axis=0)  # (unique docs, Lq)
+    return docs[first], best.sum(axis=1)
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
