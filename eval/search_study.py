@@ -24,7 +24,7 @@ import numpy as np
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams
 from pooledir.evaluation import encode_cached, load_beir, machine_info, run_from_hits, score_run
-from pooledir.index.plaid import CentroidLane
+from pooledir.index.plaid import NPROBE_PER_CELL, CentroidLane
 from pooledir.index.segments import Probe, search_ivf
 from pooledir.search import Hit, TokenAnn, search_embeddings
 
@@ -75,7 +75,8 @@ def lanes(snap, ncells: list[int], depths: list[float]) -> dict[str, tuple[objec
     lane = CentroidLane(snap.centroids(), list(snap.segments))
     for n in ncells:
         for f in depths:
-            out[f"centroid-nc{n}-x{f:g}"] = (lane, {"nprobe": n, "candidates_per_token": max(1, round(32 * f))})
+            knobs = {"nprobe": n * NPROBE_PER_CELL, "candidates_per_token": max(1, round(32 * f))}
+            out[f"centroid-nc{n}-x{f:g}"] = (lane, knobs)
     return out
 
 
@@ -131,7 +132,7 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     ap.add_argument("--split", default="train")
     ap.add_argument("--queries-sample", type=int)
     ap.add_argument("--pool-factor", type=int, default=2)
-    ap.add_argument("--ncells", default="2,4,8,16,32")
+    ap.add_argument("--ncells", default="2,4,8,16,32", help="lists a token in the centroid lane (nprobe = 4 x this)")
     ap.add_argument("--depths", default="0.5,1,2")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()

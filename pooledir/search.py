@@ -3,7 +3,7 @@
 Candidates come from one lane per kind of segment (``Snapshot.sources()``), ranked together:
 
 * **pq3 segments** (format 3, the default): the centroid lane, PLAID's candidate generation over the mapped
-  codes (:mod:`pooledir.index.plaid`): per query token its ``nprobe`` best lists by q·centroid, the documents
+  codes (:mod:`pooledir.index.plaid`): per query token its ``nprobe / 4`` best lists by q·centroid, the documents
   in them ranked by centroid interaction, the best PLAID-``ndocs`` (256 for k <= 10, 1,024 for k <= 100, then
   max(4k, 4,096), times ``candidates_per_token / 32``) ranked again over all their vectors' lists, and the best
   ``max(ndocs / 4, rerank, k)`` go on.
@@ -73,7 +73,8 @@ class SearchParams:
     Attributes
     ----------
     k : documents returned per query.
-    nprobe : IVF lists visited per query token (PLAID's ncells in the centroid lane; ignored by flat segments).
+    nprobe : IVF lists visited per query token by per-token ANN; the centroid lane (pq3) probes nprobe / 4
+        (PLAID's ncells: 8 at the default); ignored by flat segments.
     candidates_per_token : per-token ANN: nearest vectors fetched per query token (at least ``k``); centroid
         lane: its depth, PLAID's ndocs for ``k`` times ``candidates_per_token / 32``.
     rerank : candidate documents scored by full MaxSim, at least (and at least ``k``; the centroid lane

@@ -431,6 +431,7 @@ RESULTS_PAGES = (
                 for d in ("nfcorpus_dev120", "scifact_train300")
                 for v in ("protect4", "adaptive021")
             ),
+            "search_study/nfcorpus_dev120.cpu.json",  # issue 21: pq3 search lanes (eval/results/search_rule.md)
         ),
     ),
     ResultsPage(

@@ -31,6 +31,9 @@ from pooledir.index.segments import SegmentReader, ranges
 NDOCS_BY_K = ((10, 256), (100, 1024))
 #: ``SearchParams.candidates_per_token`` at which the lane goes PLAID's depth; twice that goes twice as deep
 REFERENCE_CANDIDATES = 32
+#: ``SearchParams.nprobe`` per list a query token probes here (ncells = nprobe / 4: the default nprobe 32, tuned
+#: for per-token ANN, probes 8 lists a token, the best Recall@100 on NFCorpus dev: eval/results/search_study/)
+NPROBE_PER_CELL = 4
 #: share of the centroid-scored documents that are decoded and scored by exact MaxSim (PLAID: ndocs / 4)
 RESCORE_SHARE = 4
 
@@ -41,7 +44,7 @@ class LaneDepths:
 
     Attributes
     ----------
-    ncells : lists probed per query token (PLAID's ncells; ``SearchParams.nprobe``).
+    ncells : lists probed per query token (PLAID's ncells; ``SearchParams.nprobe / 4``).
     ndocs : documents kept after the cheap score of step b (PLAID's ndocs).
     rescore : documents kept after the full centroid interaction, decoded and scored by exact MaxSim.
     """
@@ -66,8 +69,9 @@ def lane_depths(k: int, ncells: int, depth: float = 1.0, rerank: int = 0) -> Lan
 
 
 def depths_for(params) -> LaneDepths:
-    """The lane's depths for a ``SearchParams``: nprobe lists a token, PLAID's ndocs x candidates_per_token / 32."""
-    return lane_depths(params.k, params.nprobe, params.candidates_per_token / REFERENCE_CANDIDATES, params.rerank)
+    """The lane's depths for a ``SearchParams``: nprobe / 4 lists a token, PLAID's ndocs x candidates_per_token / 32."""
+    ncells = -(-params.nprobe // NPROBE_PER_CELL)
+    return lane_depths(params.k, ncells, params.candidates_per_token / REFERENCE_CANDIDATES, params.rerank)
 
 
 def centroids_of(quantizer) -> np.ndarray:
