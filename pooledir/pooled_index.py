@@ -510,7 +510,7 @@ class PooledIndex:
         if filter:
             ranked = exact_search(Q, store.matching(filter), snap.fetch, params.k)
         else:  # min(k, live documents) hits: exhaustive where the ANN candidates run out
-            ranked = search_embeddings(Q, snap.ann, snap.fetch, params, snap.live_docs())
+            ranked = search_embeddings(Q, snap.sources(), snap.fetch, params, snap.live_docs())
         out = []
         for doc_ints, scores in ranked:
             if with_text:

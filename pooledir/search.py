@@ -1,19 +1,25 @@
-"""Late-interaction search: per-token ANN candidates, then MaxSim on the best of them.
+"""Late-interaction search: candidate documents per kind of segment, then MaxSim on the best of them.
 
-1. Every query token asks the index for its ``max(candidates_per_token, k)``
-   nearest vectors (``nprobe`` lists for IVF-PQ, over every segment); their
-   documents are the candidates.
-2. Each candidate gets an approximate MaxSim from those hits alone: per query
-   token, its best hit, or, where none of its vectors came back, that token's
-   lowest returned score (an upper bound on what it could have had). The best
-   ``max(rerank, k)`` candidates go on.
-3. Those are scored by full MaxSim over all their vectors (decoded from PQ,
-   or the exact float16 copy) and the top ``k`` are returned.
-4. A query whose candidates hold fewer than ``min(k, live documents)``
-   documents (a short query, sparse IVF lists, many deleted vectors) asks
-   again with 4x, then 16x the nearest vectors and IVF lists; if still short,
-   it is ranked by :func:`exact_search` over every live document. Every
-   search returns ``min(k, live documents)`` documents.
+Candidates come from one lane per kind of segment (``Snapshot.sources()``), ranked together:
+
+* **pq3 segments** (format 3, the default): the centroid lane, PLAID's candidate generation over the mapped
+  codes (:mod:`pooledir.index.plaid`): per query token its ``nprobe / 4`` best lists by q·centroid, the documents
+  in them ranked by centroid interaction, the best PLAID-``ndocs`` (256 for k <= 10, 1,024 for k <= 100, then
+  max(4k, 4,096), times ``candidates_per_token / 32``) ranked again over all their vectors' lists, and the best
+  ``max(ndocs / 4, rerank, k)`` go on.
+* **format-2 pq and flat segments**: per-token ANN (:class:`TokenAnn`): every query token asks for its
+  ``max(candidates_per_token, k)`` nearest vectors (``nprobe`` lists for IVF-PQ); each candidate gets an
+  approximate MaxSim from those hits alone (per query token its best hit or, where none of its vectors came
+  back, that token's lowest returned score); the best ``max(rerank, k)`` go on.
+
+Then:
+
+1. The candidates are scored by full MaxSim over all their vectors (decoded from PQ, or the exact float16
+   copy) and the top ``k`` are returned.
+2. A query whose candidates hold fewer than ``min(k, live documents)`` documents (a short query, sparse
+   lists, many deleted vectors) asks again with 4x, then 16x ``nprobe`` and ``candidates_per_token``; if still
+   short, it is ranked by :func:`exact_search` over every live document. Every search returns
+   ``min(k, live documents)`` documents.
 
 With a metadata filter, or ``exhaustive=True``, or ``k`` at least half the
 documents, :func:`exact_search` scores every (matching) document by full MaxSim.
@@ -22,10 +28,10 @@ documents, :func:`exact_search` scores every (matching) document by full MaxSim.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -67,9 +73,12 @@ class SearchParams:
     Attributes
     ----------
     k : documents returned per query.
-    nprobe : IVF lists visited per query token (ignored by the flat backend).
-    candidates_per_token : nearest vectors fetched per query token (at least ``k``).
-    rerank : candidate documents scored by full MaxSim (at least ``k``).
+    nprobe : IVF lists visited per query token by per-token ANN; the centroid lane (pq3) probes nprobe / 4
+        (PLAID's ncells: 8 at the default); ignored by flat segments.
+    candidates_per_token : per-token ANN: nearest vectors fetched per query token (at least ``k``); centroid
+        lane: its depth, PLAID's ndocs for ``k`` times ``candidates_per_token / 32``.
+    rerank : candidate documents scored by full MaxSim, at least (and at least ``k``; the centroid lane
+        scores at least ndocs / 4).
     exhaustive : score every document by full MaxSim, no ANN step (the exact oracle; slow).
     """
 
@@ -152,45 +161,87 @@ def one_blas_thread():
     return _blas.limit(limits=1, user_api="blas")
 
 
+class CandidateSource(Protocol):
+    """Step 1-2 of a search for one kind of segment: the documents worth scoring by exact MaxSim."""
+
+    def candidates(self, queries: np.ndarray, params: SearchParams) -> list[np.ndarray]:
+        """Per query (nq, Lq, d) the doc_ints to re-score (unique)."""
+        ...
+
+
+class TokenAnn:
+    """Per-token vector ANN (format-2 ``pq`` and ``flat`` segments): steps 1 and 2 of the module docstring."""
+
+    def __init__(self, ann: Ann) -> None:
+        self.ann = ann
+
+    def candidates(self, queries: np.ndarray, params: SearchParams) -> list[np.ndarray]:
+        """The best ``max(rerank, k)`` documents of each query by the approximate MaxSim of its tokens' hits."""
+        nq, lq, dim = queries.shape
+        kp, depth = params.depths()
+        tokens = queries.reshape(nq * lq, dim)
+        # zero rows (padding of queries encoded without augmentation) match nothing: they fetch no candidates
+        live = np.flatnonzero(np.any(tokens != 0, axis=1))
+        scores, docs = np.zeros((nq * lq, kp), np.float32), np.full((nq * lq, kp), -1, np.int64)
+        if len(live):
+            scores[live], docs[live] = self.ann(tokens[live], kp, params.nprobe)
+        scores, docs = scores.reshape(nq, lq, kp), docs.reshape(nq, lq, kp)
+        out = []
+        for q in range(nq):
+            cands, approx = approximate_scores(scores[q], docs[q])
+            if len(cands) > depth:
+                cands = cands[np.argpartition(-approx, depth - 1)[:depth]]
+            out.append(cands)
+        return out
+
+
+Sources = CandidateSource | Sequence[CandidateSource] | Ann
+
+
+def candidate_sources(sources: Sources) -> list[CandidateSource]:
+    """A list of sources; a bare ``ann`` callable (the per-token lane over every segment) is wrapped in TokenAnn."""
+    if hasattr(sources, "candidates"):
+        return [sources]
+    if callable(sources):
+        return [TokenAnn(sources)]
+    return list(sources)
+
+
 def search_embeddings(
-    queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams, live: np.ndarray
+    queries: np.ndarray, sources: Sources, fetch: Fetch, params: SearchParams, live: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Search encoded queries (nq, Lq, d) among the ``live`` documents (every one the index holds).
 
-    Returns per query (doc_ints, scores), best first: exactly ``min(k, len(live))`` documents.
+    ``sources`` generate candidates, one per kind of segment (e.g. ``Snapshot.sources()``: the centroid
+    lane for pq3 segments, per-token ANN for the others); their candidates are ranked together by exact
+    MaxSim. Returns per query (doc_ints, scores), best first: exactly ``min(k, len(live))`` documents.
     """
     if params.exhaustive or params.k * EXHAUSTIVE_FRACTION >= len(live):
         return exact_search(queries, live, fetch, params.k)
+    sources = candidate_sources(sources)
     small = queries.shape[0] * queries.shape[1] <= SMALL_SEARCH_TOKENS
     want = min(params.k, len(live))
     with one_blas_thread() if small else nullcontext():
-        results = _search(queries, ann, fetch, params)
+        results = _search(queries, sources, fetch, params)
         kp, _ = params.depths()
         for factor in WIDEN:  # a short query's few tokens may share their nearest vectors among few documents
             short = [q for q, (docs, _) in enumerate(results) if len(docs) < want]
             if not short:
                 break
             wider = replace(params, candidates_per_token=factor * kp, nprobe=factor * params.nprobe)
-            for q, ranked in zip(short, _search(queries[short], ann, fetch, wider)):
+            for q, ranked in zip(short, _search(queries[short], sources, fetch, wider)):
                 results[q] = ranked
     return _fill_up(queries, results, live, fetch, params.k)
 
 
-def _search(queries: np.ndarray, ann: Ann, fetch: Fetch, params: SearchParams) -> list[tuple[np.ndarray, np.ndarray]]:
-    nq, lq, dim = queries.shape
-    kp, depth = params.depths()
-    tokens = queries.reshape(nq * lq, dim)
-    # zero rows (padding of queries encoded without augmentation) match nothing: they fetch no candidates
-    live = np.flatnonzero(np.any(tokens != 0, axis=1))
-    scores, docs = np.zeros((nq * lq, kp), np.float32), np.full((nq * lq, kp), -1, np.int64)
-    if len(live):
-        scores[live], docs[live] = ann(tokens[live], kp, params.nprobe)
-    scores, docs = scores.reshape(nq, lq, kp), docs.reshape(nq, lq, kp)
+def _search(
+    queries: np.ndarray, sources: list[CandidateSource], fetch: Fetch, params: SearchParams
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    found = [source.candidates(queries, params) for source in sources]
     results = []
-    for q in range(nq):
-        cands, approx = approximate_scores(scores[q], docs[q])
-        if len(cands) > depth:
-            cands = cands[np.argpartition(-approx, depth - 1)[:depth]]
+    for q in range(len(queries)):
+        parts = [c[q] for c in found]
+        cands = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts or [np.empty(0, np.int64)]))
         if len(cands) == 0:
             results.append((np.empty(0, np.int64), np.empty(0, np.float32)))
             continue

@@ -431,6 +431,8 @@ RESULTS_PAGES = (
                 for d in ("nfcorpus_dev120", "scifact_train300")
                 for v in ("protect4", "adaptive021")
             ),
+            # issue 21: pq3 search lanes (eval/results/search_rule.md)
+            *(f"search_study/{f}.cpu.json" for f in ("nfcorpus_dev120", "scifact_train150")),
         ),
     ),
     ResultsPage(

@@ -15,7 +15,6 @@ Three kinds, one class each, looked up by the kind a segment row records (:func:
 from __future__ import annotations
 
 import struct
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,6 @@ from pooledir.index.segments import (
     merge_pq,
     open_segment_file,
     ranges,
-    search_ivf,
     verify_file,
     write_segment,
 )
@@ -57,6 +55,7 @@ class SegmentCodec:
     suffix: str = ".faiss"
     uses_quantizer: bool = False
     copy_merge: bool = False  # merges copy codes (no decode/re-encode) when every part is of this kind
+    centroid_lane: bool = False  # searched by PLAID's centroid interaction (pooledir.index.plaid), not per token
 
     def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer) -> object:
         """Encode vectors (float32 chunks, in local-id order) into this codec's in-memory segment data."""
@@ -177,6 +176,7 @@ class PQ3Codec(SegmentCodec):
     suffix = ".pq3"
     uses_quantizer = True
     copy_merge = True
+    centroid_lane = True
 
     def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer) -> PQ3Data:
         """``sa_encode`` the chunks and index their list numbers."""
@@ -240,8 +240,6 @@ class PQ3File(SegmentFile):
             views[name] = raw.reshape(n, code_size) if name == "codes" else raw.view(np.uint32)
         self.codes, self.lists, self.starts, self.rows = views["codes"], views["lists"], views["starts"], views["rows"]
         self.coarse_size = code_size - quantizer.pq.code_size
-        self._ivf = None
-        self._dm_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, n_vectors: int, dim: int, quantizer, exact_path: Path | None) -> PQ3File:
@@ -314,35 +312,39 @@ class PQ3File(SegmentFile):
             out[i : i + CHUNK] = self.quantizer.sa_decode(np.ascontiguousarray(self.codes[local[i : i + CHUNK]]))
         return out
 
-    def _lists(self):
-        """A faiss ``IndexIVFPQ`` over this segment's codes (ids = local rows), on the shared coarse quantizer.
-
-        Built on the first search, in memory (PQ codes + an 8-byte id a vector; nothing on disk): faiss's
-        scan of the probed lists measured 10x faster than numpy gathers over the mapped codes (eval report).
-        """
-        import faiss
-
-        if self._ivf is None:
-            with self._dm_lock:
-                if self._ivf is None:
-                    q = self.quantizer
-                    index = faiss.IndexIVFPQ(q.quantizer, q.d, q.nlist, q.pq.M, q.pq.nbits, faiss.METRIC_INNER_PRODUCT)
-                    index.pq = q.pq
-                    index.is_trained = True
-                    pq_codes = np.ascontiguousarray(self.codes[:, self.coarse_size :])
-                    rows = np.asarray(self.rows, dtype=np.int64)
-                    starts = self.starts.astype(np.int64)
-                    for j, lst in enumerate(self.lists.tolist()):
-                        ids = np.ascontiguousarray(rows[starts[j] : starts[j + 1]])
-                        codes = np.ascontiguousarray(pq_codes[ids])
-                        index.invlists.add_entries(lst, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
-                    index.ntotal = len(self.codes)
-                    self._ivf = index
-        return self._ivf
-
     def search(self, probe: Probe, k: int, reader) -> tuple[np.ndarray, np.ndarray]:
-        """Per token top-``k`` (score, local id) among the live vectors of its probed lists (faiss's IVF-PQ scan)."""
-        return search_ivf(self._lists(), probe, k, reader)
+        """Per token top-``k`` (score, local id) among the live vectors of its probed lists, read from the map.
+
+        The per-token lane over a pq3 segment (``Snapshot.ann``; searches use the centroid lane,
+        :mod:`pooledir.index.plaid`): each token's probed lists' live rows are decoded and scored
+        q·(centroid + residual), as faiss's IVF-PQ scan scores them; nothing is copied into a faiss index.
+        """
+        n, k = len(probe.x), max(1, min(k, reader.n_live))
+        D = np.full((n, k), -np.inf, dtype=np.float32)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        for t in range(n):
+            rows = self._live_rows(probe.assign[t][probe.assign[t] >= 0], reader.live)
+            if not len(rows):
+                continue
+            s = self._decoded(rows) @ probe.x[t]
+            top = np.argsort(-s, kind="stable")[:k]
+            D[t, : len(top)], ids[t, : len(top)] = s[top], rows[top]
+        return D, ids
+
+    def _decoded(self, rows: np.ndarray) -> np.ndarray:
+        return self.quantizer.sa_decode(np.ascontiguousarray(self.codes[rows]))
+
+    def _live_rows(self, lists: np.ndarray, live: np.ndarray | None) -> np.ndarray:
+        """Local rows of the vectors in ``lists`` (those this segment holds), dead ones dropped, ascending."""
+        at = np.searchsorted(self.lists, lists)
+        held = at < len(self.lists)
+        held[held] = self.lists[at[held]] == lists[held]
+        at = at[held]
+        lo, hi = self.starts[at].astype(np.int64), self.starts[at + 1].astype(np.int64)
+        rows = np.sort(np.asarray(self.rows[ranges(lo, hi - lo)], dtype=np.int64))
+        if live is not None:
+            rows = rows[((live[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1).astype(bool)]
+        return rows
 
 
 CODECS: dict[str, SegmentCodec] = {c.kind: c for c in (FlatCodec(), PQCodec(), PQ3Codec())}

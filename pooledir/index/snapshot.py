@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,9 @@ import numpy as np
 
 from pooledir.errors import IndexCorruptError
 from pooledir.index.codecs import codec_for
+from pooledir.index.plaid import CentroidLane, centroids_of
 from pooledir.index.segments import Probe, SegmentReader, live_bitmap, ranges, read_quantizer
+from pooledir.search import TokenAnn
 from pooledir.store import DocStore, SegmentRow
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ class Snapshot:
     n_docs: int
     _keep: list = field(default_factory=list)
     _live: np.ndarray | None = field(default=None, repr=False)
+    _centroids: np.ndarray | None = field(default=None, repr=False)  # the quantizer's, float32: shared by snapshots
 
     @property
     def n_live(self) -> int:
@@ -76,18 +80,34 @@ class Snapshot:
             self._live = np.flatnonzero(self.seg_of >= 0)
         return self._live
 
-    def ann(self, tokens: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, doc_ints) per token over every segment; the shared quantizer runs once.
+    def centroids(self) -> np.ndarray:
+        """The shared quantizer's centroids, float32 (nlist, d): copied once per quantizer, not per query."""
+        if self._centroids is None:
+            self._centroids = centroids_of(self.quantizer)
+        return self._centroids
 
-        Deleted vectors are skipped inside faiss (a bitmap selector over local ids, every kind), so
-        they never take a candidate's place. Missing hits have doc -1.
+    def sources(self) -> list:
+        """Candidate generation per kind of segment: the centroid lane (pq3), per-token ANN (pq, flat)."""
+        lane = [s for s in self.segments if codec_for(s.kind).centroid_lane and s.n_live]
+        rest = [s for s in self.segments if not codec_for(s.kind).centroid_lane and s.n_live]
+        out: list = [CentroidLane(self.centroids(), lane)] if lane else []
+        return out + ([TokenAnn(partial(self.ann, segments=rest))] if rest else [])
+
+    def ann(
+        self, tokens: np.ndarray, k: int, nprobe: int, segments: list[SegmentReader] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, doc_ints) per token over every segment (or ``segments``); the quantizer runs once.
+
+        Deleted vectors are never returned (a bitmap over local ids, every kind), so they never take a
+        candidate's place. Missing hits have doc -1.
         """
+        segments = self.segments if segments is None else segments
         probe = Probe(np.ascontiguousarray(tokens, dtype=np.float32))
-        if self.quantizer is not None and any(codec_for(s.kind).uses_quantizer for s in self.segments):
+        if self.quantizer is not None and any(codec_for(s.kind).uses_quantizer for s in segments):
             probe.coarse, probe.assign = self.quantizer.quantizer.search(probe.x, min(nprobe, self.quantizer.nlist))
         x = probe.x
         scores, docs = [], []
-        for seg in self.segments:
+        for seg in segments:
             if seg.n_live == 0:
                 continue
             D, ids = seg.search(probe, k)
@@ -180,6 +200,7 @@ class Snapshot:
             start_of=start_of,
             count_of=count_of,
             n_docs=self.n_docs - len(deleted) + (len(added.doc_ints) if added is not None else 0),
+            _centroids=self._centroids,
         )
 
     def verify(self, full: bool = False) -> None:
@@ -205,8 +226,9 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
     """
     commit = _int_meta(store, "commit", "0")
     q_id = _int_meta(store, "quantizer", None)
+    centroids = None
     if previous is not None and previous.quantizer_id == q_id:
-        quantizer = previous.quantizer
+        quantizer, centroids = previous.quantizer, previous._centroids
         reusable = {r.seg_id: r for r in previous.segments if r.file is not None}
     else:
         quantizer = read_quantizer(quantizer_path(folder, q_id)) if q_id is not None else None
@@ -243,6 +265,7 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
         start_of=start_of,
         count_of=count_of,
         n_docs=len(layout),
+        _centroids=centroids,
     )
 
 
@@ -307,6 +330,7 @@ def _refresh(folder: Path, store: DocStore, dim: int, previous: Snapshot, commit
         start_of=start_of,
         count_of=count_of,
         n_docs=sum(len(r.doc_ints) for r in readers),
+        _centroids=previous._centroids,
     )
 
 

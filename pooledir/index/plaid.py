@@ -1,0 +1,186 @@
+"""PLAID-style candidate generation over the mapped pq3 segments (centroid interaction, no per-vector ANN).
+
+For one query (Lq tokens), over every pq3 segment of a snapshot (colbert-ai's ``IndexScorer.retrieve`` /
+``score_pids``, with pooledir's per-segment inverted rows in place of PLAID's centroid -> passage lists):
+
+a. ``S = Q·Cᵀ``: query tokens x every centroid of the shared quantizer, one BLAS call (the float32
+   centroids are copied once per quantizer, :class:`CentroidLane`);
+b. per token its ``ncells`` best lists; the documents in the union of those lists (the mapped ``lists``,
+   ``starts``, ``rows`` of each segment; dead rows dropped) each get a cheap score, the centroid
+   interaction over the probed lists they hold (per token the best ``S`` of those lists, summed); the
+   best ``ndocs`` go on;
+c. those get the full centroid interaction: the list number of **every** vector of theirs (the first
+   ``coarse_size`` bytes of its code; codes are document-major, so a document's codes are one slice),
+   per token the best ``S`` over them, summed; the best ``rescore`` go on;
+d. the caller decodes those (``sa_decode``) and ranks them by exact MaxSim.
+
+Depths grow with k as PLAID's (``colbert/searcher.py``): ndocs 256 for k <= 10, 1,024 for k <= 100, else
+max(4k, 4,096); ``rescore`` is ndocs / 4 (at least k). Nothing here builds a faiss index: the codes are
+read from the memory map where they lie.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pooledir.index.segments import SegmentReader, ranges
+
+#: (largest k, documents kept after the cheap centroid score) from colbert-ai's searcher.py; above: max(4k, 4096)
+NDOCS_BY_K = ((10, 256), (100, 1024))
+#: ``SearchParams.candidates_per_token`` at which the lane goes PLAID's depth; twice that goes twice as deep
+REFERENCE_CANDIDATES = 32
+#: ``SearchParams.nprobe`` per list a query token probes here (ncells = nprobe / 4: the default nprobe 32, tuned
+#: for per-token ANN, probes 8 lists a token, the best Recall@100 on NFCorpus dev: eval/results/search_study/)
+NPROBE_PER_CELL = 4
+#: share of the centroid-scored documents that are decoded and scored by exact MaxSim (PLAID: ndocs / 4)
+RESCORE_SHARE = 4
+
+
+@dataclass(frozen=True)
+class LaneDepths:
+    """How deep one search of the centroid lane goes.
+
+    Attributes
+    ----------
+    ncells : lists probed per query token (PLAID's ncells; ``SearchParams.nprobe / 4``).
+    ndocs : documents kept after the cheap score of step b (PLAID's ndocs).
+    rescore : documents kept after the full centroid interaction, decoded and scored by exact MaxSim.
+    """
+
+    ncells: int
+    ndocs: int
+    rescore: int
+
+
+def plaid_ndocs(k: int) -> int:
+    """PLAID's ndocs for ``k``: 256 up to k = 10, 1,024 up to 100, then max(4k, 4,096)."""
+    for most, ndocs in NDOCS_BY_K:
+        if k <= most:
+            return ndocs
+    return max(4 * k, 4096)
+
+
+def lane_depths(k: int, ncells: int, depth: float = 1.0, rerank: int = 0) -> LaneDepths:
+    """Depths for ``k``: PLAID's ndocs scaled by ``depth``, ndocs / 4 (at least ``rerank`` and ``k``) re-scored."""
+    ndocs = max(int(round(plaid_ndocs(k) * depth)), k)
+    return LaneDepths(ncells=ncells, ndocs=ndocs, rescore=max(ndocs // RESCORE_SHARE, rerank, k))
+
+
+def depths_for(params) -> LaneDepths:
+    """The lane's depths for a ``SearchParams``: nprobe / 4 lists a token, PLAID's ndocs x candidates_per_token / 32."""
+    ncells = -(-params.nprobe // NPROBE_PER_CELL)
+    return lane_depths(params.k, ncells, params.candidates_per_token / REFERENCE_CANDIDATES, params.rerank)
+
+
+def centroids_of(quantizer) -> np.ndarray:
+    """The shared quantizer's coarse centroids as one float32 (nlist, d) array (a copy, made once)."""
+    return np.ascontiguousarray(quantizer.quantizer.reconstruct_n(0, quantizer.nlist), dtype=np.float32)
+
+
+class CentroidLane:
+    """Candidate documents of the pq3 segments of one snapshot by PLAID's centroid interaction.
+
+    ``centroids`` is shared by every snapshot of the same quantizer; ``segments`` are the snapshot's pq3
+    readers (their files mapped, their live bitmaps and document tables as of that commit).
+    """
+
+    def __init__(self, centroids: np.ndarray, segments: list[SegmentReader]) -> None:
+        self.centroids = centroids
+        self.segments = [s for s in segments if s.n_live > 0]
+
+    def candidates(self, queries: np.ndarray, params) -> list[np.ndarray]:
+        """Per query (nq, Lq, d) the doc_ints to score by exact MaxSim, at the depths of ``params`` (SearchParams)."""
+        return self.at_depths(queries, depths_for(params))
+
+    def at_depths(self, queries: np.ndarray, depths: LaneDepths) -> list[np.ndarray]:
+        """Per query (nq, Lq, d) the doc_ints to score by exact MaxSim (at most ``depths.rescore``)."""
+        nq, lq, dim = queries.shape
+        S = (queries.reshape(nq * lq, dim) @ self.centroids.T).reshape(nq, lq, -1)
+        out = []
+        for q in range(nq):
+            used = np.any(queries[q] != 0, axis=1)  # zero rows (padding without augmentation) match nothing
+            out.append(self._one(S[q][used], depths) if used.any() else np.empty(0, np.int64))
+        return out
+
+    def _one(self, S: np.ndarray, depths: LaneDepths) -> np.ndarray:
+        """Steps b and c for one query's centroid scores S (Lq, nlist)."""
+        ncells = min(depths.ncells, S.shape[1])
+        cells = np.unique(np.argpartition(-S, ncells - 1, axis=1)[:, :ncells])
+        docs, lists = self._pairs(cells)
+        if len(docs) == 0:
+            return docs
+        ST = np.ascontiguousarray(S.T)
+        cheap_docs, cheap = _interaction(ST, docs, lists)
+        docs = np.sort(cheap_docs[_top(cheap, depths.ndocs)])
+        if len(docs) <= depths.rescore:
+            return docs
+        docs, full = _interaction(ST, *self._all_lists(docs))
+        return docs[_top(full, depths.rescore)]
+
+    def _pairs(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(doc_int, list) of every live vector in the lists ``cells``, over every segment (duplicates kept)."""
+        docs, lists = [], []
+        for seg in self.segments:
+            f = seg.file
+            at = np.searchsorted(f.lists, cells)
+            held = at < len(f.lists)
+            held[held] = f.lists[at[held]] == cells[held]
+            at = at[held]
+            if not len(at):
+                continue
+            lo, hi = f.starts[at].astype(np.int64), f.starts[at + 1].astype(np.int64)
+            rows = np.asarray(f.rows[ranges(lo, hi - lo)], dtype=np.int64)
+            of_list = np.repeat(cells[held], hi - lo)
+            if seg.live is not None:  # a deleted document's vectors stay in the file: never a candidate
+                alive = (seg.live[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1
+                rows, of_list = rows[alive.astype(bool)], of_list[alive.astype(bool)]
+            docs.append(seg.docs_of(rows))
+            lists.append(of_list)
+        if not docs:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(docs), np.concatenate(lists)
+
+    def _all_lists(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(doc_int, list) of every vector of ``docs`` (sorted, live): one slice of codes per document."""
+        out_docs, out_lists = [], []
+        for seg in self.segments:
+            j = np.searchsorted(seg.doc_ints, docs)
+            mine = (j < len(seg.doc_ints)) & (seg.doc_ints[np.minimum(j, len(seg.doc_ints) - 1)] == docs)
+            if not mine.any():
+                continue
+            j = j[mine]
+            rows = ranges(seg.starts[j], seg.counts[j])
+            f = seg.file
+            out_lists.append(_list_numbers(f.codes, rows, f.coarse_size))
+            out_docs.append(np.repeat(docs[mine], seg.counts[j]))
+        return np.concatenate(out_docs), np.concatenate(out_lists)
+
+
+def _list_numbers(codes: np.ndarray, rows: np.ndarray, coarse_size: int) -> np.ndarray:
+    """List number of each row (the little-endian first ``coarse_size`` bytes of its code), one gather."""
+    head = np.asarray(codes[rows, :coarse_size], dtype=np.int64)
+    return (head << (8 * np.arange(coarse_size, dtype=np.int64))).sum(axis=1)
+
+
+def _interaction(ST: np.ndarray, docs: np.ndarray, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique docs ascending, per doc the sum over tokens of the best score over its lists): centroid interaction.
+
+    ``ST`` is (nlist, Lq): a list's scores are one contiguous row, so the gather is one row copy per pair. The
+    pairs come in sorted runs (per list, per segment), which a stable sort merges cheaply; a list a document
+    holds twice is simply counted twice (it cannot change a max).
+    """
+    order = np.argsort(docs, kind="stable")
+    docs, lists = docs[order], lists[order]
+    first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
+    best = np.maximum.reduceat(ST[lists], first, axis=0)  # (unique docs, Lq)
+    return docs[first], best.sum(axis=1)
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` best scores (all of them when fewer), best first."""
+    if len(scores) > n:
+        part = np.argpartition(-scores, n - 1)[:n]
+        return part[np.argsort(-scores[part], kind="stable")]
+    return np.argsort(-scores, kind="stable")
