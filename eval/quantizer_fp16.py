@@ -41,7 +41,7 @@ def measure_default(args: argparse.Namespace) -> dict:
     system = PooledirSystem("ivfpq", 2)
     context = Context(encoder=encoder, device="cpu", workdir=args.work)
     row, _ = measure(system, context, data, docs, Q, SimpleNamespace(search=SearchParams(), latency_queries=0))
-    qfile = sorted((args.work / system.folder).glob("quantizer.*.faiss"))[-1]
+    qfile = sorted((args.work / system.subdir).glob("quantizer.*.faiss"))[-1]
     t = time.perf_counter()
     q = read_quantizer(qfile)
     read_s = time.perf_counter() - t

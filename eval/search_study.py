@@ -86,7 +86,7 @@ def hits_of(store, ranked) -> list[list[Hit]]:  # noqa: D103
 
 def measure(index, data, Q, named: dict, qids: list[str]) -> dict[str, dict]:
     """Per lane: nDCG@10 (k=10, timed one query at a time, lanes interleaved), Recall@100 (k=100)."""
-    snap, store = index.folder.snapshot, index.folder.store
+    snap, store = index._folder.snapshot, index._folder.store
     fetch, live = snap.fetch, snap.live_docs()
     names = list(named)
     times = {n: [] for n in names}
@@ -154,7 +154,7 @@ def main() -> None:  # noqa: D103
         index.add(data.documents, embeddings=docs)
         build_s = time.perf_counter() - t
         named = lanes(
-            index.folder.snapshot, [int(x) for x in args.ncells.split(",")], [float(x) for x in args.depths.split(",")]
+            index._folder.snapshot, [int(x) for x in args.ncells.split(",")], [float(x) for x in args.depths.split(",")]
         )
         rows = measure(index, data, Q, named, list(data.queries))
         info = index.info()

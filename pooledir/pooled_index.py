@@ -276,15 +276,6 @@ class PooledIndex:
         """
         return self._folder.store
 
-    @property
-    def folder(self) -> IndexFolder:
-        """Deprecated: the storage engine under this facade, kept only until the CLI and the service stop reading it.
-
-        Use :meth:`stats`, :attr:`doc_store`, :attr:`quantizer`, :meth:`row_ids`, :meth:`known_ids`,
-        :meth:`install_quantizer` or :meth:`train_quantizer` instead.
-        """
-        return self._folder
-
     def row_ids(self) -> list[str]:
         """External ids of every live stored row of the loaded snapshot (documents, or passages), in stored order."""
         return self._folder.store.ext_ids(self._folder.snapshot.live_docs())

@@ -12,7 +12,6 @@ from pooledir.corpus import Document
 from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams
-from tests.engine import engine
 
 
 @pytest.fixture()

@@ -12,6 +12,7 @@ from pooledir.corpus import Document
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, exact_search, search_embeddings
 from tests.conftest import FakeEncoder
+from tests.engine import engine
 
 DIM = 16
 N_DOCS = 160
@@ -50,7 +51,7 @@ def indexes(tmp_path_factory):
             idx.add([docs[i] for i in part], embeddings=[vectors[i] for i in part], pooled=True)
         idx.delete(DELETED)
         out[backend] = idx
-    assert out["ivfpq"].info()["backend"]["trained"] and len(out["ivfpq"].folder.snapshot.segments) == 3
+    assert out["ivfpq"].info()["backend"]["trained"] and len(engine(out["ivfpq"]).snapshot.segments) == 3
     yield out
     for idx in out.values():
         idx.close()
@@ -58,10 +59,10 @@ def indexes(tmp_path_factory):
 
 def oracle(idx: PooledIndex, q: np.ndarray) -> dict[str, float]:
     """Naive MaxSim of every live document, over the vectors the index stores (decoded for IVF-PQ)."""
-    snap = idx.folder.snapshot
+    snap = engine(idx).snapshot
     live = np.flatnonzero(snap.seg_of >= 0)
     vectors, offsets = snap.fetch(live)
-    ids = idx.folder.store.ext_ids(live)
+    ids = engine(idx).store.ext_ids(live)
     return {i: naive_maxsim(q, vectors[a:b]) for i, a, b in zip(ids, offsets[:-1], offsets[1:])}
 
 

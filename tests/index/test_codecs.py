@@ -23,6 +23,7 @@ from pooledir.index.segments import (
 from pooledir.pooled_index import PooledIndex
 from pooledir.search import SearchParams
 from tests.conftest import FakeEncoder
+from tests.engine import engine
 from tests.index.test_folder import EVERYTHING, add, create, doc_vectors, queries, results
 from tests.index.test_segments_corruption import format2, segment_file, snapshot_of
 
@@ -135,7 +136,7 @@ def test_grown_index_equals_a_fresh_build_with_the_same_quantizer(tmp_path):
     assert len(info["segments"]) <= 8  # merges happened (copying codes)
     fresh = create(tmp_path / "fresh", **config)
     quantizer_file = next((tmp_path / "grown").glob("quantizer.*.faiss"))
-    install_quantizer(fresh.folder, read_quantizer(quantizer_file), info["trained_vectors"])  # as a Ray build does
+    install_quantizer(engine(fresh), read_quantizer(quantizer_file), info["trained_vectors"])  # as a Ray build does
     add(fresh, list(final), list(final.values()))
     Q = queries(8)
     assert results(grown, Q) == results(fresh, Q)
@@ -220,7 +221,7 @@ def test_a_one_document_pq3_segment_is_small(tmp_path):
     idx = pq3_folder(tmp_path / "i")
     one = idx.info()["segments"][1]
     size = segment_file(tmp_path / "i", one["id"]).stat().st_size
-    code_size = idx.folder.snapshot.quantizer.sa_code_size()  # 1 byte of list number (8 lists) + pq_m dim/8 = 2
+    code_size = engine(idx).snapshot.quantizer.sa_code_size()  # 1 byte of list number (8 lists) + pq_m dim/8 = 2
     assert code_size == 3
     assert size <= 64 + one["vectors"] * (code_size + 4) + 4 * (2 * one["vectors"] + 1) + 3 * 8 + FOOTER.size
 

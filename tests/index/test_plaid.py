@@ -14,6 +14,7 @@ from pooledir.index.plaid import CentroidLane, lane_depths, plaid_ndocs
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, exact_search, search_embeddings
 from tests.conftest import FakeEncoder
+from tests.engine import engine
 
 DIM = 32
 TOPICS = 40
@@ -68,7 +69,7 @@ def index(tmp_path_factory):
     idx = build(
         tmp_path_factory.mktemp("plaid") / "i", clustered_docs(), deleted=[f"d{i}" for i in range(0, N_DOCS, 5)]
     )
-    snap = idx.folder.snapshot
+    snap = engine(idx).snapshot
     assert {s.kind for s in snap.segments} == {"pq3"} and len(snap.segments) == 3
     yield idx
     idx.close()
@@ -86,7 +87,7 @@ def test_depths_grow_with_k_as_plaids():
 def test_the_lane_finds_the_exhaustive_top_k(index, k):
     """Recall of the exact top k (exhaustive MaxSim over the same decoded vectors) among the lane's candidates
     and in the answer of a default search: >= 0.95 (0.99-1.0 measured), answers of length k, never a dead doc."""
-    snap = index.folder.snapshot
+    snap = engine(index).snapshot
     Q = clustered_queries(20)
     live = snap.live_docs()
     truth = exact_search(Q, live, snap.fetch, k)
@@ -95,7 +96,7 @@ def test_the_lane_finds_the_exhaustive_top_k(index, k):
     cands = lane.candidates(Q, SearchParams(k=k))
     answers = index.search_embeddings(Q, SearchParams(k=k))
     found = [len(set(c.tolist()) & set(t.tolist())) / k for c, (t, _) in zip(cands, truth)]
-    ext = [set(index.folder.store.ext_ids(t)) for t, _ in truth]
+    ext = [set(engine(index).store.ext_ids(t)) for t, _ in truth]
     got = [len({h.id for h in hits} & want) / k for hits, want in zip(answers, ext)]
     assert np.mean(found) >= 0.95 and np.mean(got) >= 0.95, (np.mean(found), np.mean(got))
     assert all(len(c) <= lane_depths(k, 32, rerank=64).rescore for c in cands)
@@ -106,7 +107,7 @@ def test_the_lane_finds_the_exhaustive_top_k(index, k):
 
 def test_dead_vectors_never_come_back(index):
     """Probing every list as deep as there are documents yields exactly the live documents: no deleted one."""
-    snap = index.folder.snapshot
+    snap = engine(index).snapshot
     assert all(s.live is not None for s in snap.segments)  # every segment holds dead vectors
     (lane,) = snap.sources()
     nlist = len(snap.centroids())
@@ -121,7 +122,7 @@ def test_min_k_live_with_deletions_and_several_segments(tmp_path):
     idx = build(tmp_path / "i", clustered_docs(seed=3), parts=5, deleted=gone)
     try:
         n_live = len(idx)
-        assert len(idx.folder.snapshot.segments) == 5 and n_live == N_DOCS - len(set(gone))
+        assert len(engine(idx).snapshot.segments) == 5 and n_live == N_DOCS - len(set(gone))
         Q = clustered_queries(4, seed=5, tokens=2)
         for k in (1, 10, 100, n_live - 1, n_live + 10):
             for knobs in ({"nprobe": 1, "candidates_per_token": 1, "rerank": 1}, {}):
@@ -144,7 +145,7 @@ def test_searching_a_pq3_index_builds_no_faiss_copy_of_its_codes(index, monkeypa
     monkeypatch.setattr(faiss, "IndexIVFPQ", refuse)
     index.search_embeddings(clustered_queries(3), SearchParams(k=10))
     index.search_embeddings(clustered_queries(3), SearchParams(k=100))
-    snap = index.folder.snapshot
+    snap = engine(index).snapshot
     snap.ann(clustered_queries(1)[0], 10, 4)  # the per-token lane over a pq3 segment reads the map too
     for seg in snap.segments:
         assert isinstance(seg.file.codes.base, np.memmap) and not hasattr(seg.file, "_ivf")
@@ -152,7 +153,7 @@ def test_searching_a_pq3_index_builds_no_faiss_copy_of_its_codes(index, monkeypa
 
 def test_candidates_of_several_lanes_are_ranked_together(index):
     """An index with pq3 and older segments asks each lane; their candidates are scored by one exact MaxSim."""
-    snap = index.folder.snapshot
+    snap = engine(index).snapshot
     (lane,) = snap.sources()
     live = snap.live_docs()
     half = set(live[: len(live) // 2].tolist())

@@ -54,14 +54,14 @@ class PooledirSystem:
         self.params = replace(params or SearchParams(), exhaustive=backend == "flat")
         pooling = f"pt{self.pool_threshold:g}" if self.pool_threshold is not None else f"pf{pool_factor}"
         self.name = f"pooledir-{backend}-{pooling}" + (f"-m{pq_m}" if pq_m else "") + ("-refine" if refine else "")
-        self.folder = self.name  # systems that differ only in the search mode share one built index
+        self.subdir = self.name  # systems that differ only in the search mode share one built index
         if mode != "dense":
             self.name += f"-{mode}" + (f"-{fusion.method}{fusion.weight:g}-d{fusion.depth}" if fusion else "")
         self.index: PooledIndex | None = None
         self.pool_s = 0.0
 
     def build(self, context: Context, documents: Sequence[Document], vectors: Sequence[np.ndarray]) -> None:  # noqa: D102
-        path = context.workdir / self.folder
+        path = context.workdir / self.subdir
         if (path / "manifest.json").is_file():  # built by a system before this one, from the same vectors
             self.index = PooledIndex.open(path, device=context.device, encoder=context.encoder)
             return
