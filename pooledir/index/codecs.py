@@ -307,6 +307,8 @@ class PQ3File(SegmentFile):
         if self.exact is not None:
             return np.asarray(self.exact[local], dtype=np.float32)
         local = np.asarray(local, dtype=np.int64)
+        if len(local) <= CHUNK:  # one decode, no copy into a second buffer
+            return self.quantizer.sa_decode(np.ascontiguousarray(self.codes[local]))
         out = np.empty((len(local), self.dim), dtype=np.float32)
         for i in range(0, len(local), CHUNK):
             out[i : i + CHUNK] = self.quantizer.sa_decode(np.ascontiguousarray(self.codes[local[i : i + CHUNK]]))

@@ -133,8 +133,10 @@ class Snapshot:
         doc_ints = np.asarray(doc_ints, dtype=np.int64)
         counts = self.count_of[doc_ints]
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        out = np.empty((int(offsets[-1]), self.dim), dtype=np.float32)
         segs = self.seg_of[doc_ints]
+        if len(segs) and np.all(segs == segs[0]):  # one segment (the usual case): decoded in place, no scatter
+            return self.segments[segs[0]].reconstruct(ranges(self.start_of[doc_ints], counts)), offsets
+        out = np.empty((int(offsets[-1]), self.dim), dtype=np.float32)
         for s in np.unique(segs):
             mine = np.flatnonzero(segs == s)
             local = ranges(self.start_of[doc_ints[mine]], counts[mine])
