@@ -146,11 +146,12 @@ class CentroidLane:
         """(doc_int, list) of every vector of ``docs`` (sorted, live): one slice of codes per document."""
         out_docs, out_lists = [], []
         for seg in self.segments:
-            j = np.searchsorted(seg.doc_ints, docs)
-            mine = (j < len(seg.doc_ints)) & (seg.doc_ints[np.minimum(j, len(seg.doc_ints) - 1)] == docs)
+            ints, order = seg.by_doc()  # doc_ints are in merge order, not sorted, in a merged segment
+            j = np.searchsorted(ints, docs)
+            mine = (j < len(ints)) & (ints[np.minimum(j, len(ints) - 1)] == docs)
             if not mine.any():
                 continue
-            j = j[mine]
+            j = order[j[mine]]
             rows = ranges(seg.starts[j], seg.counts[j])
             f = seg.file
             out_lists.append(_list_numbers(f.codes, rows, f.coarse_size))

@@ -482,6 +482,17 @@ class SegmentReader:
     doc_ints: np.ndarray
     live: np.ndarray | None = None
     _selector: object = None
+    _by_doc: tuple[np.ndarray, np.ndarray] | None = None
+
+    def by_doc(self) -> tuple[np.ndarray, np.ndarray]:
+        """(doc_ints ascending, their positions in ``doc_ints``): a merged segment's documents are in merge order.
+
+        Computed once (a reader is immutable); what a lookup of documents by number searches.
+        """
+        if self._by_doc is None:
+            order = np.argsort(self.doc_ints, kind="stable")
+            self._by_doc = (self.doc_ints[order], order)
+        return self._by_doc
 
     @property
     def index(self):
