@@ -294,12 +294,51 @@ _CHECK_SETS = ("cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
 
 #: datasets of the format-3 checks (issue 21), and the files each has under eval/results/format3/
 FORMAT3_SETS = ("scifact", "nfcorpus", "cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
-FORMAT3_KINDS = ("default", "exact", "peers")
+FORMAT3_KINDS = ("default", "exact", "peers", "plaid4", "peers_x3")
+#: datasets whose format-3 default also ran at pool x3 (``format3/default_x3_<dataset>.cpu.json``)
+FORMAT3_X3_SETS: tuple[str, ...] = ()
 
 
 def format3_files(kinds: tuple[str, ...] = FORMAT3_KINDS) -> tuple[str, ...]:
-    """``format3/<kind>_<dataset>.cpu.json`` for every dataset and kind."""
-    return tuple(f"format3/{k}_{d}.cpu.json" for d in FORMAT3_SETS for k in kinds)
+    """``format3/<kind>_<dataset>.cpu.json`` for every dataset and kind, and the default's pool-x3 runs."""
+    files = [f"format3/{k}_{d}.cpu.json" for d in FORMAT3_SETS for k in kinds]
+    return tuple(files + [f"format3/default_x3_{d}.cpu.json" for d in FORMAT3_X3_SETS])
+
+
+def _cell(run: dict[str, Any] | None) -> str:
+    """nDCG@10 / bytes per original token / Recall@100 of one run ("not run" where there is none)."""
+    if run is None:
+        return "not run"
+    return f"{run['ndcg@10']:.4f} / {run['bytes_per_token']:.1f} / {run['recall@100']:.3f}"
+
+
+def format3_more(results_dir: Path) -> list[str]:
+    """Per dataset: PLAID nbits=4 at pool x2, and every system at pool x3 (the issue's other peer settings)."""
+    rows = []
+    for d in FORMAT3_SETS:
+        ours = (
+            _run(results_dir, f"format3/default_x3_{d}.cpu.json", system="pooledir", index="ivfpq", pool_factor=3)
+            if d in FORMAT3_X3_SETS
+            else None
+        )
+        rows.append(
+            [
+                d,
+                _cell(_run(results_dir, f"format3/plaid4_{d}.cpu.json", system="plaid", nbits=4, pool_factor=2)),
+                _cell(ours),
+                _cell(_run(results_dir, f"format3/peers_x3_{d}.cpu.json", system="plaid", nbits=2, pool_factor=3)),
+                _cell(_run(results_dir, f"format3/peers_x3_{d}.cpu.json", system="fast-plaid", nbits=2, pool_factor=3)),
+            ]
+        )
+    header = [
+        "dataset (test qrels)",
+        "PLAID nbits=4, pool x2",
+        "default, pool x3",
+        "PLAID nbits=2, pool x3",
+        "fast-plaid nbits=2, pool x3",
+    ]
+    lines = ["## PLAID nbits 4, and pool x3", "", "Each cell: nDCG@10 / B per original token / Recall@100.", ""]
+    return lines + _table(header, rows)
 
 
 def format3_summary(results_dir: Path) -> list[str]:
@@ -334,7 +373,7 @@ def format3_summary(results_dir: Path) -> list[str]:
         "Recall@100: default / PLAID",
         "PLAID beaten on both axes",
     ]
-    lines = ["## Summary", ""] + _table(header, rows)
+    lines = ["## Summary", ""] + _table(header, rows) + [""] + format3_more(results_dir)
     return [ln.replace("\\|", "|") for ln in lines]
 
 
