@@ -46,7 +46,7 @@ def cli_markdown() -> str:
     lines = [
         "# CLI reference",
         "",
-        "Generated at build time from the typer app in `pooledir/cli.py` (`pooledir COMMAND --help` prints the same).",
+        "Generated at build time from the typer app in `pooledir/cli/` (`pooledir COMMAND --help` prints the same).",
         "Errors a user can fix print one line `error: ...` and exit 2; Ctrl-C prints `interrupted` and exits 130.",
         "",
     ]
