@@ -9,16 +9,7 @@ import pytest
 
 from pooledir import IndexConfig, PooledIndex
 from tests.engine import engine
-
-
-def passage_index(path, encoder, docs):
-    """A flat index that splits long documents into passages (stride 30)."""
-    with PooledIndex.create(
-        path, config=IndexConfig(backend="flat", passage_stride=30), device="cpu", encoder=encoder
-    ) as idx:
-        if docs:
-            idx.add(docs)
-    return path
+from tests.service.test_handles import passage_index
 
 
 def test_registry_open_closes_what_it_opened_when_a_later_index_fails(tmp_path, tiny_encoder, tiny_docs, monkeypatch):
@@ -136,7 +127,6 @@ def test_a_fallback_checkpoint_of_another_size_is_refused_with_the_setting_named
 
     from fastapi.testclient import TestClient
 
-    from pooledir import IndexConfig
     from pooledir.errors import InputError
     from service.main import create_app
     from service.settings import Settings
