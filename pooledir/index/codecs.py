@@ -324,8 +324,11 @@ class PQ3File(SegmentFile):
         n, k = len(probe.x), max(1, min(k, reader.n_live))
         D = np.full((n, k), -np.inf, dtype=np.float32)
         ids = np.full((n, k), -1, dtype=np.int64)
+        assign = probe.assign
+        if assign is None:  # a caller's bug: a pq3 segment is searched through the shared quantizer's lists
+            raise ValueError("a pq3 segment needs the probe's coarse assignment")
         for t in range(n):
-            rows = self._live_rows(probe.assign[t][probe.assign[t] >= 0], reader.live)
+            rows = self._live_rows(assign[t][assign[t] >= 0], reader.live)
             if not len(rows):
                 continue
             s = self._decoded(rows) @ probe.x[t]
