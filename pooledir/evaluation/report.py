@@ -296,7 +296,7 @@ _CHECK_SETS = ("cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
 FORMAT3_SETS = ("scifact", "nfcorpus", "cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
 FORMAT3_KINDS = ("default", "exact", "peers", "plaid4", "peers_x3")
 #: datasets whose format-3 default also ran at pool x3 (``format3/default_x3_<dataset>.cpu.json``)
-FORMAT3_X3_SETS: tuple[str, ...] = ()
+FORMAT3_X3_SETS: tuple[str, ...] = FORMAT3_SETS
 
 
 def format3_files(kinds: tuple[str, ...] = FORMAT3_KINDS) -> tuple[str, ...]:
