@@ -806,7 +806,8 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
     )
     rows.append(
         (
-            f"segment engine at {big['vectors']:,} synthetic vectors (format 2; format 3 has run at 10^5 and 10^6 only)",
+            f"segment engine at {big['vectors']:,} synthetic vectors "
+            "(format 2; format 3 has run at 10^5 and 10^6 only)",
             f"upsert p50 {big['upsert_p50_ms']:.1f} ms; delete p50 {big['delete_p50_ms']:.1f} ms; "
             f"open {big['open_s']:.2f} s; build peak RSS {big['build_peak_rss_mb'] / 1000:.2f} GB",
             "scale",
