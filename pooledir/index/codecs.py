@@ -27,6 +27,7 @@ from pooledir.index.segments import (
     FOOTER,
     Probe,
     SegmentFile,
+    SegmentReader,
     _stamp,
     _write_checksummed,
     encode_segment,
@@ -328,7 +329,7 @@ class PQ3File(SegmentFile):
         if assign is None:  # a caller's bug: a pq3 segment is searched through the shared quantizer's lists
             raise ValueError("a pq3 segment needs the probe's coarse assignment")
         for t in range(n):
-            rows = self._live_rows(assign[t][assign[t] >= 0], reader.live)
+            rows = self._live_rows(assign[t][assign[t] >= 0], reader)
             if not len(rows):
                 continue
             s = self._decoded(rows) @ probe.x[t]
@@ -339,17 +340,20 @@ class PQ3File(SegmentFile):
     def _decoded(self, rows: np.ndarray) -> np.ndarray:
         return self.quantizer.sa_decode(np.ascontiguousarray(self.codes[rows]))
 
-    def _live_rows(self, lists: np.ndarray, live: np.ndarray | None) -> np.ndarray:
-        """Local rows of the vectors in ``lists`` (those this segment holds), dead ones dropped, ascending."""
+    def rows_of_lists(self, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(local rows, the list of each) of the vectors in ``lists`` that this segment holds, read from the map."""
         at = np.searchsorted(self.lists, lists)
         held = at < len(self.lists)
         held[held] = self.lists[at[held]] == lists[held]
         at = at[held]
         lo, hi = self.starts[at].astype(np.int64), self.starts[at + 1].astype(np.int64)
-        rows = np.sort(np.asarray(self.rows[ranges(lo, hi - lo)], dtype=np.int64))
-        if live is not None:
-            rows = rows[((live[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1).astype(bool)]
-        return rows
+        rows = np.asarray(self.rows[ranges(lo, hi - lo)], dtype=np.int64)
+        return rows, np.repeat(lists[held], hi - lo)
+
+    def _live_rows(self, lists: np.ndarray, reader: SegmentReader) -> np.ndarray:
+        """Local rows of the live vectors in ``lists`` (those this segment holds), ascending."""
+        rows, _ = self.rows_of_lists(lists)
+        return np.sort(rows[reader.alive(rows)])
 
 
 CODECS: dict[str, SegmentCodec] = {c.kind: c for c in (FlatCodec(), PQCodec(), PQ3Codec())}

@@ -123,21 +123,10 @@ class CentroidLane:
         """(doc_int, list) of every live vector in the lists ``cells``, over every segment (duplicates kept)."""
         docs, lists = [], []
         for seg in self.segments:
-            f = seg.file
-            at = np.searchsorted(f.lists, cells)
-            held = at < len(f.lists)
-            held[held] = f.lists[at[held]] == cells[held]
-            at = at[held]
-            if not len(at):
-                continue
-            lo, hi = f.starts[at].astype(np.int64), f.starts[at + 1].astype(np.int64)
-            rows = np.asarray(f.rows[ranges(lo, hi - lo)], dtype=np.int64)
-            of_list = np.repeat(cells[held], hi - lo)
-            if seg.live is not None:  # a deleted document's vectors stay in the file: never a candidate
-                alive = (seg.live[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1
-                rows, of_list = rows[alive.astype(bool)], of_list[alive.astype(bool)]
-            docs.append(seg.docs_of(rows))
-            lists.append(of_list)
+            rows, of_list = seg.file.rows_of_lists(cells)
+            keep = seg.alive(rows)  # a deleted document's vectors stay in the file: never a candidate
+            docs.append(seg.docs_of(rows[keep]))
+            lists.append(of_list[keep])
         if not docs:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate(docs), np.concatenate(lists)

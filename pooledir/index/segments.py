@@ -547,6 +547,12 @@ class SegmentReader:
             live_bitmap(self.n_vectors, starts, counts),
         )
 
+    def alive(self, local: np.ndarray) -> np.ndarray:
+        """Which of these local ids (int64) still belong to a document: their bit in ``live`` (all, when None)."""
+        if self.live is None:
+            return np.ones(len(local), dtype=bool)
+        return ((self.live[local >> 3] >> (local & 7).astype(np.uint8)) & 1).astype(bool)
+
     def without(self, gone: np.ndarray) -> SegmentReader:
         """A reader over the same file with documents ``gone`` deleted: O(this segment's documents + bitmap bytes)."""
         drop = np.isin(self.doc_ints, gone)
