@@ -43,7 +43,7 @@ docs-deps:
 		|| echo "docs-deps: chromium not installed; the browser test will skip" >&2
 
 lint: install
-	$(BIN)/ruff check pooledir service eval tests
+	$(BIN)/ruff check pooledir eval tests
 	$(BIN)/mypy
 
 demo: install

@@ -417,7 +417,7 @@ def no_server(monkeypatch):
     processes load the service by name and read the environment, which is restored afterwards.
     """
     uvicorn = pytest.importorskip("uvicorn")
-    service_main = pytest.importorskip("service.main")
+    service_main = pytest.importorskip("pooledir.service.main")
     for key in ("POOLEDIR_INDEXES", "POOLEDIR_DEVICE", "POOLEDIR_QUERY_BACKEND", "POOLEDIR_DOCUMENT_BACKEND"):
         monkeypatch.delenv(key, raising=False)
     calls = []
@@ -478,7 +478,7 @@ def test_serve_hands_one_process_its_settings_as_a_record_and_workers_the_enviro
 ):
     """Issue 18, item 6: no environment variables where the process boundary allows (on main, always them)."""
     from pooledir.cli import serve as serve_module
-    from service.settings import Settings
+    from pooledir.service.settings import Settings
 
     monkeypatch.setattr(serve_module, "_check_port_free", lambda host, port: None, raising=False)
     monkeypatch.setenv("POOLEDIR_MAX_K", "77")  # what no option sets still comes from the environment
@@ -493,7 +493,7 @@ def test_serve_hands_one_process_its_settings_as_a_record_and_workers_the_enviro
     code, _, err = cli(capsys, *args, "--workers", "2")
     assert code == 0, err
     app, kwargs, indexes = no_server[1]
-    assert (app, kwargs["factory"], kwargs["workers"]) == ("service.main:create_app", True, 2)
+    assert (app, kwargs["factory"], kwargs["workers"]) == ("pooledir.service.main:create_app", True, 2)
     assert indexes == [str(built)] and os.environ["POOLEDIR_DEVICE"] == "cpu"
     assert Settings().query_backend == "torch"  # each worker reads the same settings from the environment
 

@@ -69,7 +69,7 @@ def test_shard_and_partition_headers_share_the_reader(tmp_path):
 
 
 def _sources() -> list[Path]:
-    return sorted([*ROOT.glob("pooledir/**/*.py"), *ROOT.glob("service/**/*.py")])
+    return sorted([*ROOT.glob("pooledir/**/*.py")])
 
 
 def test_omp_wait_policy_is_set_in_one_place():

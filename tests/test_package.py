@@ -14,7 +14,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pooledir"
-SERVICE = ROOT / "service"
 
 
 def module_name(path: Path) -> str:
@@ -23,7 +22,7 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path, top_level_only: bool) -> set[str]:
-    """pooledir and service modules ``path`` imports.
+    """pooledir modules (the service among them) ``path`` imports.
 
     ``from pkg import sub`` counts as pkg.sub when sub is a module, and ``from pooledir import Name`` as the
     module the package's lazy ``__getattr__`` loads for ``Name``.
@@ -41,14 +40,14 @@ def imports(path: Path, top_level_only: bool) -> set[str]:
             out |= {f"{node.module}.{a.name}" for a in node.names}
             if node.module == "pooledir":
                 out |= {_EXPORTS[a.name] for a in node.names if a.name in _EXPORTS}
-    modules = {module_name(p) for root in (PACKAGE, SERVICE) for p in root.rglob("*.py")}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
     return {m for m in out if m in modules}
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Each module of pooledir/ and service/ -> the modules of both it imports anywhere: at the top, inside
-    functions, and under ``TYPE_CHECKING`` (a type that points up is a dependency that points up)."""
-    return {module_name(p): imports(p, top_level_only=False) for root in (PACKAGE, SERVICE) for p in root.rglob("*.py")}
+    """Each module of pooledir/ -> the modules of pooledir/ it imports anywhere: at the top, inside functions, and
+    under ``TYPE_CHECKING`` (a type that points up is a dependency that points up)."""
+    return {module_name(p): imports(p, top_level_only=False) for p in PACKAGE.rglob("*.py")}
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -57,12 +56,31 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_core_never_imports_evaluation_or_service():
+    """The library sits below both: only the CLI reaches evaluation (its eval commands) and the service (serve),
+    inside its commands; the service never reaches evaluation, nor evaluation the service."""
+    checked = 0
     for path in PACKAGE.rglob("*.py"):
         name = module_name(path)
-        if name.startswith(("pooledir.evaluation", "pooledir.cli")):  # the CLI's eval commands, lazily
+        found = imports(path, top_level_only=False)
+        evaluation = {m for m in found if m.startswith("pooledir.evaluation")}
+        service = {m for m in found if m == "pooledir.service" or m.startswith("pooledir.service.")}
+        if name.startswith("pooledir.cli"):
             continue
-        bad = {m for m in imports(path, top_level_only=False) if m.startswith(("pooledir.evaluation", "service"))}
-        assert not bad, f"{name} imports {bad}"
+        checked += 1
+        if not name.startswith("pooledir.evaluation"):
+            assert not evaluation, f"{name} imports {evaluation}"
+        if not name.startswith("pooledir.service"):
+            assert not service, f"{name} imports {service}"
+    assert checked > 50  # the walk sees the package, the service among it
+    assert "pooledir.service.main" in import_graph()["pooledir.cli.serve"]  # and sees the CLI's lazy imports
+
+
+def test_the_service_installs_inside_the_package_not_as_a_top_level_module():
+    """Issue 18, item 7: a top-level ``service`` package in site-packages collides with anyone else's."""
+    tomllib = pytest.importorskip("tomllib")
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert found["include"] == ["pooledir*"]
+    assert not (ROOT / "service").exists() and (PACKAGE / "service" / "main.py").is_file()
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -85,7 +103,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycles():
-    """None among the modules of pooledir/ and service/, imports inside functions counted.
+    """None among the modules of pooledir/ (the service among them), imports inside functions counted.
 
     A lazy import only defers a dependency: the CLI importing the library inside a command points down
     and is fine, but two modules that import each other (at any level) are one module in two files.
@@ -112,7 +130,7 @@ def test_the_storage_engine_never_imports_the_facade():
     assert not [m for m in engine if "pooledir.pooled_index" in graph[m]]
 
 
-#: the longest function body (docstring left out) a module of pooledir/ or service/ may hold
+#: the longest function body (docstring left out) a module of pooledir/ (the service among them) may hold
 MAX_BODY_LINES = 60
 
 
@@ -133,7 +151,7 @@ def test_no_function_body_is_over_60_lines():
     """Issue 18's target: functions short enough to read at once (the CLI's typer signatures aside)."""
     long = [
         f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({body_lines(node)} lines)"
-        for path in sorted([*PACKAGE.rglob("*.py"), *SERVICE.rglob("*.py")])
+        for path in sorted(PACKAGE.rglob("*.py"))
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > MAX_BODY_LINES
     ]
@@ -157,7 +175,8 @@ def test_importing_the_library_and_cli_loads_no_evaluation_colbert_or_service():
         """
         import json, sys
         import pooledir, pooledir.cli, pooledir.pooled_index, pooledir.encoder, pooledir.corpus, pooledir.pooling
-        print(json.dumps(sorted(m for m in sys.modules if m.startswith(("pooledir.evaluation", "colbert", "service")))))
+        loaded = ("pooledir.evaluation", "colbert", "pooledir.service", "service")
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith(loaded))))
         """
     )
     assert r.returncode == 0, r.stderr
@@ -256,7 +275,7 @@ def test_the_storage_engine_is_read_only_through_the_facade():
     Callers use its queries (``stats()``, ``doc_store``, ``quantizer``, ``row_ids()``, ``known_ids()``);
     the white-box tests of the engine itself reach it through ``tests/engine.py`` only.
     """
-    files = [p for d in ("pooledir", "service", "eval", "tests") for p in sorted((ROOT / d).rglob("*.py"))]
+    files = [p for d in ("pooledir", "eval", "tests") for p in sorted((ROOT / d).rglob("*.py"))]
     assert len(files) > 100
     reads = {
         attr: {str(p.relative_to(ROOT)) for p in files if _attribute_reads(p, attr)} for attr in ("folder", "_folder")

@@ -98,7 +98,7 @@ def _type(p) -> str:
 
 
 def _openapi() -> dict:
-    from service.main import create_app
+    from pooledir.service.main import create_app
 
     return create_app().openapi()
 
@@ -108,7 +108,8 @@ def http_markdown(schema: dict) -> str:
     lines = [
         "# HTTP reference",
         "",
-        f"Generated at build time from `service.main.create_app().openapi()` (OpenAPI {schema.get('openapi')}); "
+        "Generated at build time from `pooledir.service.main.create_app().openapi()` "
+        f"(OpenAPI {schema.get('openapi')}); "
         "the raw schema is [openapi.json](openapi.json), and a running service shows it at `/docs`.",
         "",
     ]

@@ -1,12 +1,12 @@
 """``pooledir serve``: the HTTP service (uvicorn) or, with ``--ray``, Ray Serve; the checks run before either starts.
 
 Every check that can fail (the indexes, the settings, the port) runs here, as one line and exit 2, before any
-worker loads a model. The library never imports the service by name: it is loaded by its module path.
+worker loads a model. The service (:mod:`pooledir.service`) is imported inside the commands only: ``pooledir --help``
+and the library load none of it.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +19,7 @@ from pooledir.cli._common import CHECKPOINT_HELP, Device, RayAddress, UseRay, fa
 
 if TYPE_CHECKING:
     from pooledir.index.manifest import Manifest
+    from pooledir.service.settings import Settings
 
 
 @app.command(epilog=CHECKPOINT_HELP)
@@ -79,19 +80,19 @@ def serve(
     _run_uvicorn(settings, given, host, port, workers)
 
 
-def _run_uvicorn(settings: Any, given: dict[str, Any], host: str, port: int, workers: int) -> None:
+def _run_uvicorn(settings: Settings, given: dict[str, Any], host: str, port: int, workers: int) -> None:
     """Serve: one process gets its settings as the typed record; worker processes read them from the environment."""
     import uvicorn
 
     if workers == 1:
-        # the library never imports the service by name
-        create_app = importlib.import_module("service.main").create_app
+        from pooledir.service.main import create_app
+
         uvicorn.run(create_app(settings), host=host, port=port)
         return
     # uvicorn starts each worker afresh and loads the service by name: the process boundary is the environment
     os.environ.update({f"POOLEDIR_{key.upper()}": value for key, value in given.items() if isinstance(value, str)})
     os.environ["POOLEDIR_INDEXES"] = json.dumps(given["indexes"])
-    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("pooledir.service.main:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 def _check_distinct_indexes(index_dirs: list[Path]) -> None:
@@ -152,22 +153,19 @@ def _checkpoint_dim(path: Path) -> int | None:
         return None  # unreadable here: the service's own start-up reports it
 
 
-def _service_settings(given: dict[str, Any]) -> Any:
-    """The service's settings as its typed record: ``given`` over ``$POOLEDIR_*``, validated here as one line.
-
-    Returns a ``service.settings.Settings`` (typed ``Any``: the library never imports the service by name).
-    """
+def _service_settings(given: dict[str, Any]) -> Settings:
+    """The service's settings as its typed record: ``given`` over ``$POOLEDIR_*``, validated here as one line."""
     from pooledir.errors import InputError
 
     try:
         import uvicorn  # noqa: F401 -- the server the service runs on
         from pydantic import ValidationError
 
-        settings = importlib.import_module("service.settings")
+        from pooledir.service.settings import Settings
     except ImportError:
         raise InputError('the service needs its extra: pip install "pooledir[service]"') from None
     try:
-        return settings.Settings(**given)
+        return Settings(**given)
     except ValidationError as e:
         err = e.errors()[0]
         field = str(err["loc"][0]) if err.get("loc") else ""
@@ -223,7 +221,8 @@ def _serve_ray(
     connect(address)
     from ray import serve
 
-    ray_serve = importlib.import_module("service.ray_serve")  # the library never imports the service by name
+    from pooledir.service import ray_serve
+
     serve.start(http_options={"host": host, "port": port})
     app = ray_serve.build_app(index_dirs[0], backends, replicas=replicas, device=device)
     typer.echo(f"serving {index_dirs[0].name} on http://{host}:{port} (Ray Serve; Ctrl-C stops)", err=True)

@@ -39,7 +39,7 @@ def sharded(ray_cluster, tmp_path_factory, small_shards):
     from ray import serve
 
     from pooledir.distributed.partition import build_partitions
-    from service.ray_serve import build_app
+    from pooledir.service.ray_serve import build_app
 
     folder = tmp_path_factory.mktemp("sharded") / "split"
     build_partitions([small_shards], folder, 2, FLAT, show_progress=False)
@@ -67,8 +67,8 @@ def test_partitions_split_the_documents_by_id(single, sharded):
 def test_sharded_search_answers_as_one_index(single, sharded):
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     _, url = sharded
     with TestClient(create_app(Settings(indexes=[single], device="cpu"))) as one, httpx.Client(timeout=60) as http:

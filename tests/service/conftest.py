@@ -18,8 +18,8 @@ def served_index(tmp_path, tiny_encoder, tiny_docs):
 def make_client(served_index):
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     clients = []
 
@@ -54,8 +54,8 @@ def shared_client(tmp_path_factory, tiny_encoder, tiny_docs):
     """One app on its own tiny index for a whole module: for tests that change nothing (bad input)."""
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     path = tiny_index(tmp_path_factory.mktemp("shared") / "tiny", tiny_encoder, tiny_docs)
     with TestClient(create_app(Settings(indexes=[path], device="cpu"))) as client:

@@ -17,8 +17,8 @@ def test_service_query_backend_from_settings(served_index, onnx_cache, monkeypat
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     monkeypatch.setenv("POOLEDIR_QUERY_BACKEND", "onnx")
     monkeypatch.setenv("POOLEDIR_DOCUMENT_BACKEND", "onnx")
@@ -50,7 +50,7 @@ def test_service_refuses_an_unknown_backend(monkeypatch):
     pytest.importorskip("pydantic_settings")
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from pooledir.service.settings import Settings
 
     monkeypatch.setenv("POOLEDIR_QUERY_BACKEND", "cuda-graphs")
     with pytest.raises(ValidationError, match="query_backend='cuda-graphs' is not one of auto, torch, onnx, onnx-int8"):

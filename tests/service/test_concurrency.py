@@ -52,7 +52,7 @@ def _pending(batcher, n):
 
 
 def test_query_batcher_encodes_waiting_queries_in_one_call():
-    from service.concurrency import QueryBatcher
+    from pooledir.service.concurrency import QueryBatcher
 
     enc = _GatedEncoder()
     batcher = QueryBatcher(enc, window_ms=0, max_batch=4)
@@ -73,7 +73,7 @@ def test_query_batcher_encodes_waiting_queries_in_one_call():
 
 
 def test_query_batcher_fails_every_request_of_a_failed_batch_and_goes_on():
-    from service.concurrency import QueryBatcher
+    from pooledir.service.concurrency import QueryBatcher
 
     enc = _GatedEncoder(fail_on="bad")
     batcher = QueryBatcher(enc, window_ms=0, max_batch=8)
@@ -94,7 +94,7 @@ def test_query_batcher_fails_every_request_of_a_failed_batch_and_goes_on():
 
 def test_query_batcher_checks_queries_before_queueing():
     from pooledir import InputError
-    from service.concurrency import QueryBatcher
+    from pooledir.service.concurrency import QueryBatcher
 
     enc = _GatedEncoder()
     enc.gate.set()
@@ -129,7 +129,7 @@ class _FakeIndex:
 
 
 def test_read_side_pins_once_for_concurrent_reads_and_releases_when_idle():
-    from service.concurrency import ReadSide
+    from pooledir.service.concurrency import ReadSide
 
     index = _FakeIndex()
     reads = ReadSide(index)
@@ -141,7 +141,7 @@ def test_read_side_pins_once_for_concurrent_reads_and_releases_when_idle():
 
 
 def test_read_side_loads_a_newer_commit_after_the_reads_in_flight():
-    from service.concurrency import ReadSide
+    from pooledir.service.concurrency import ReadSide
 
     index = _FakeIndex()
     reads = ReadSide(index)
@@ -164,7 +164,7 @@ def test_read_side_loads_a_newer_commit_after_the_reads_in_flight():
 
 
 def test_exclusive_waits_for_reads_and_holds_new_ones_off():
-    from service.concurrency import ReadSide
+    from pooledir.service.concurrency import ReadSide
 
     index = _FakeIndex()
     reads = ReadSide(index)

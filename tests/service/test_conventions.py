@@ -16,8 +16,8 @@ def test_served_queries_follow_the_index_not_the_checkpoint(tmp_path, tiny_ckpt,
     from pooledir import IndexConfig, PooledIndex
     from pooledir.checkpoint import convert_checkpoint
     from pooledir.encoder import ColBERTEncoder
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     bert = tiny_ckpt.parent / "bert"
     # the same weights twice: built with every convention off, served from a copy whose metadata says all on

@@ -197,8 +197,8 @@ def corrupt_client(tmp_path_factory, tiny_encoder, tiny_docs):
     from fastapi.testclient import TestClient
 
     from pooledir import Document, PooledIndex
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
     from tests.service.conftest import tiny_index
 
     path = tiny_index(tmp_path_factory.mktemp("corrupt") / "tiny", tiny_encoder, tiny_docs)

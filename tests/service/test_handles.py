@@ -163,8 +163,8 @@ def test_http_upsert_into_a_passage_index(tmp_path, tiny_encoder, tiny_docs, mon
     """200, the document is split and found by its tail, and encoding ran outside the write lock."""
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     path = passage_index(tmp_path / "p", tiny_encoder, tiny_docs[:20])
     with TestClient(create_app(Settings(indexes=[path], device="cpu"))) as client:
@@ -218,7 +218,7 @@ class _LocalHandle:
 def test_ray_serve_upsert_into_passage_partitions(tmp_path, tiny_encoder, tiny_docs):
     """The ingress's write path (ShardedHandle.upsert) carries passages to the partition that owns the document."""
     from pooledir.distributed.partition import partition_of
-    from service.ray_serve import Partition, ShardedHandle
+    from pooledir.service.ray_serve import Partition, ShardedHandle
 
     parts = [passage_index(tmp_path / f"part-{i}", tiny_encoder, []) for i in range(2)]
     bodies = [Partition(str(p)) for p in parts]
@@ -246,8 +246,8 @@ def _params(k):
 
 def test_both_handles_implement_the_protocol_the_routes_use(client, tiny_encoder):
     """The local handle and the Ray Serve one are both IndexHandles (mypy checks the signatures: ``make lint``)."""
-    from service.handles import IndexHandle, LocalIndexHandle
-    from service.ray_serve import ShardedHandle
+    from pooledir.service.handles import IndexHandle, LocalIndexHandle
+    from pooledir.service.ray_serve import ShardedHandle
 
     local = client.app.state.registry.handles["tiny"]
     sharded = ShardedHandle("split", [], tiny_encoder, None, "cpu")

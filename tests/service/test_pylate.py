@@ -16,8 +16,8 @@ def test_service_creates_upserts_searches_and_deletes_with_a_pylate_checkpoint(t
     from fastapi.testclient import TestClient
 
     from pooledir import IndexConfig, PooledIndex
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     path = tmp_path / "pl"
     ckpt = FIXTURES / model

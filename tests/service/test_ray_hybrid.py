@@ -1,6 +1,6 @@
 """Ray Serve's ingress over partitions answers lexical and hybrid queries as one index over the same documents.
 
-In-process and fast: the partitions are :class:`service.ray_serve.Partition` bodies behind a stand-in for
+In-process and fast: the partitions are :class:`pooledir.service.ray_serve.Partition` bodies behind a stand-in for
 Ray's deployment handles (arguments and answers pickled, as Ray sends them), so the ingress's merging,
 the summed BM25 statistics and the fusion are the code under test, without a Ray cluster
 (``tests/distributed/test_serve.py`` runs the same over a real one, marked slow).
@@ -42,7 +42,7 @@ class Remote:
 @pytest.fixture(scope="module")
 def one_and_split(tmp_path_factory, tiny_encoder):
     """One index and a 3-partition copy of the same 45 documents (the same vectors in both)."""
-    from service.ray_serve import Partition, ShardedHandle
+    from pooledir.service.ray_serve import Partition, ShardedHandle
 
     rng = np.random.default_rng(3)
     docs = [

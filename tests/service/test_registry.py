@@ -14,7 +14,7 @@ from tests.service.test_handles import passage_index
 
 def test_registry_open_closes_what_it_opened_when_a_later_index_fails(tmp_path, tiny_encoder, tiny_docs, monkeypatch):
     from pooledir.errors import IndexCorruptError
-    from service import registry as registry_module
+    from pooledir.service import registry as registry_module
 
     good = passage_index(tmp_path / "good", tiny_encoder, tiny_docs[:5])
     broken = passage_index(tmp_path / "broken", tiny_encoder, tiny_docs[:5])
@@ -48,8 +48,8 @@ def test_registry_open_closes_what_it_opened_when_a_later_index_fails(tmp_path, 
 def test_a_request_outside_the_lifespan_is_a_503(tmp_path):
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     client = TestClient(create_app(Settings(indexes=[], device="cpu")))  # no `with`: the lifespan never ran
     r = client.post("/indexes/x/search", json={"query": "hello"})
@@ -62,8 +62,8 @@ def test_auto_device_without_cuda_serves_on_the_cpu(served_index, monkeypatch):
     import torch
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with TestClient(create_app(Settings(indexes=[served_index], device="auto"))) as client:
@@ -78,8 +78,8 @@ def test_cuda_without_cuda_refuses_to_start_with_the_fix(served_index, monkeypat
     from fastapi.testclient import TestClient
 
     from pooledir.errors import InputError
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     before = {t for t in threading.enumerate() if t.name == "query-batcher"}
@@ -105,8 +105,8 @@ def test_pooledir_checkpoint_does_not_override_an_index_whose_checkpoint_is_here
     """
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     monkeypatch.setenv("POOLEDIR_CHECKPOINT", str(wide_ckpt))
     monkeypatch.setenv("POOLEDIR_INDEXES", f'["{served_index}"]')
@@ -128,8 +128,8 @@ def test_a_fallback_checkpoint_of_another_size_is_refused_with_the_setting_named
     from fastapi.testclient import TestClient
 
     from pooledir.errors import InputError
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     moved = shutil.copytree(tiny_ckpt, tmp_path / "elsewhere")
     path = tmp_path / "built-elsewhere"

@@ -128,8 +128,8 @@ ROUTES = {
 
 
 def test_openapi_paths_are_pinned():
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     schema = create_app(Settings(indexes=[], device="cpu")).openapi()  # no lifespan: nothing is opened
     assert {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops} == ROUTES

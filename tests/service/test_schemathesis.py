@@ -60,8 +60,8 @@ def run_schemathesis(app_or_schema, examples: int, mode=GenerationMode.POSITIVE,
 
 
 def make_app(path, **overrides):
-    from service.main import create_app
-    from service.settings import Settings
+    from pooledir.service.main import create_app
+    from pooledir.service.settings import Settings
 
     return create_app(Settings(indexes=[path], device="cpu", max_batch_queries=8, max_batch_documents=8, **overrides))
 

@@ -1,7 +1,7 @@
 """The indexes a service process serves: opened by name, closed together.
 
 Per-index rules (reads never wait for writes, durable writes, micro-batched queries) live in
-:mod:`service.handles` and :mod:`service.concurrency`.
+:mod:`pooledir.service.handles` and :mod:`pooledir.service.concurrency`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from pooledir import ColBERTEncoder, PooledIndex, encoder_for_index, encoder_key, read_manifest
 from pooledir.errors import InputError
-from service.concurrency import QueryBatcher
-from service.handles import IndexHandle, LocalIndexHandle
+from pooledir.service.concurrency import QueryBatcher
+from pooledir.service.handles import IndexHandle, LocalIndexHandle
 
 if TYPE_CHECKING:
     from pooledir.index.manifest import Manifest  # what read_manifest returns

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import IndexDep, RegistryDep
-from service.handles import IndexHandle
-from service.schemas import IndexList, IndexStats
+from pooledir.service.deps import IndexDep, RegistryDep
+from pooledir.service.handles import IndexHandle
+from pooledir.service.schemas import IndexList, IndexStats
 
 router = APIRouter(prefix="/indexes", tags=["indexes"])
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.guard import key_ok
-from service.handles import IndexHandle
-from service.registry import Registry
-from service.settings import Settings
+from pooledir.service.guard import key_ok
+from pooledir.service.handles import IndexHandle
+from pooledir.service.registry import Registry
+from pooledir.service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -51,7 +51,7 @@ def require_api_key(
 ) -> None:
     """When POOLEDIR_API_KEY is set, demand ``Authorization: Bearer <key>`` (the rule is :func:`key_ok`).
 
-    :class:`service.guard.RequestGuard` applies it before any body is read; this dependency
+    :class:`pooledir.service.guard.RequestGuard` applies it before any body is read; this dependency
     states it in the OpenAPI schema and guards any route mounted outside the middleware.
     """
     if not key_ok(settings, f"Bearer {creds.credentials}" if creds else None):

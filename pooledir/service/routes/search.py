@@ -7,10 +7,17 @@ import time
 from fastapi import APIRouter, HTTPException
 
 from pooledir import SearchParams
-from service.deps import IndexDep, SettingsDep
-from service.handles import IndexHandle
-from service.schemas import BatchSearchRequest, BatchSearchResponse, Hit, SearchOptions, SearchRequest, SearchResponse
-from service.settings import Settings
+from pooledir.service.deps import IndexDep, SettingsDep
+from pooledir.service.handles import IndexHandle
+from pooledir.service.schemas import (
+    BatchSearchRequest,
+    BatchSearchResponse,
+    Hit,
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+)
+from pooledir.service.settings import Settings
 
 router = APIRouter(prefix="/indexes/{name}/search", tags=["search"])
 

@@ -18,7 +18,7 @@ import secrets
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.settings import Settings
+from pooledir.service.settings import Settings
 
 #: routes that answer without the API key: liveness, readiness and the API docs
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})

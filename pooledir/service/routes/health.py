@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from service.registry import Registry
-from service.schemas import Health
+from pooledir.service.registry import Registry
+from pooledir.service.schemas import Health
 
 router = APIRouter(tags=["health"])
 

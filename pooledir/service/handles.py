@@ -1,7 +1,7 @@
 """What a route holds for one served index: the :class:`IndexHandle` protocol, and its local implementation.
 
 Routes see only the protocol, so they never test which kind of handle they hold: :class:`LocalIndexHandle`
-(``pooledir serve``: one index folder in this process) and :class:`service.ray_serve.ShardedHandle`
+(``pooledir serve``: one index folder in this process) and :class:`pooledir.service.ray_serve.ShardedHandle`
 (``pooledir serve --ray``: partitions behind Ray Serve deployments) both implement it.
 
 The local handle's rules:
@@ -9,7 +9,7 @@ The local handle's rules:
 * Reads (searches, lookups, stats) and writes (upsert, delete) run on two :class:`PooledIndex`
   objects over the same folder, each with its own sqlite connection. Snapshots are immutable: a
   read never waits for a write, in this process or another; a write waiting for the folder's lock
-  holds nothing a read needs (:class:`service.concurrency.ReadSide`).
+  holds nothing a read needs (:class:`pooledir.service.concurrency.ReadSide`).
 * Writes are serialised per index and durable (the library commits to disk) before they return,
   so a 2xx answer means the document survives a crash.
 """
@@ -27,7 +27,7 @@ import numpy as np
 from pooledir import Document, Hit, PooledIndex, SearchParams
 from pooledir.errors import IndexCorruptError
 from pooledir.index_info import IndexInfo
-from service.concurrency import QueryBatcher, ReadSide
+from pooledir.service.concurrency import QueryBatcher, ReadSide
 
 log = logging.getLogger(__name__)
 

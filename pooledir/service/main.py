@@ -15,11 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError
-from service.deps import require_api_key
-from service.guard import RequestGuard
-from service.registry import Registry
-from service.routes import documents, health, indexes, search
-from service.settings import Settings
+from pooledir.service.deps import require_api_key
+from pooledir.service.guard import RequestGuard
+from pooledir.service.registry import Registry
+from pooledir.service.routes import documents, health, indexes, search
+from pooledir.service.settings import Settings
 
 
 def create_app(

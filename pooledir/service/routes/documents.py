@@ -10,8 +10,8 @@ from fastapi import APIRouter, HTTPException
 from starlette.convertors import Convertor, register_url_convertor
 
 from pooledir import Document, InputError
-from service.deps import IndexDep, SettingsDep
-from service.schemas import DeleteRequest, DeleteResponse, DocumentOut, UpsertRequest, UpsertResponse
+from pooledir.service.deps import IndexDep, SettingsDep
+from pooledir.service.schemas import DeleteRequest, DeleteResponse, DocumentOut, UpsertRequest, UpsertResponse
 
 router = APIRouter(prefix="/indexes/{name}/documents", tags=["documents"])
 

@@ -1,7 +1,7 @@
 """The HTTP service over a partitioned index on Ray Serve (``pooledir serve --ray``).
 
 One deployment per partition (each replica opens the partition's folder) and one ingress: the same
-FastAPI app as ``pooledir serve`` (:func:`service.main.create_app`), whose registry holds a
+FastAPI app as ``pooledir serve`` (:func:`pooledir.service.main.create_app`), whose registry holds a
 :class:`ShardedHandle` per partitioned index instead of one open index. The ingress encodes each
 query once (micro-batched with concurrent ones), sends the query vectors to every partition and
 merges their top-k by score. Lexical (BM25) queries go out twice: every partition reports its
@@ -47,8 +47,8 @@ from pooledir.lexical import Stats
 from pooledir.pipeline import WriteBatch
 
 if TYPE_CHECKING:
-    from service.registry import Registry
-    from service.settings import Settings
+    from pooledir.service.registry import Registry
+    from pooledir.service.settings import Settings
 
 T = TypeVar("T")
 
@@ -151,7 +151,7 @@ class PartitionsView:
 
 
 class ShardedHandle:
-    """The registry entry of a partitioned index: implements :class:`service.handles.IndexHandle`."""
+    """The registry entry of a partitioned index: implements :class:`pooledir.service.handles.IndexHandle`."""
 
     def __init__(self, name: str, partitions: list, encoder, batcher, device: str) -> None:
         self.name = name
@@ -286,7 +286,7 @@ class Ingress:
     """The ingress deployment body: the pooledir FastAPI app over sharded handles."""
 
     def __init__(self, name: str, folder: str, partitions: list, settings: dict[str, Any]) -> None:
-        from service.settings import Settings
+        from pooledir.service.settings import Settings
 
         self.name = name
         self.folder = folder
@@ -294,9 +294,9 @@ class Ingress:
         self.settings = Settings(**settings)
 
     def __serve_build_asgi_app__(self):
-        from service.concurrency import QueryBatcher
-        from service.main import create_app
-        from service.registry import Registry, served_encoder
+        from pooledir.service.concurrency import QueryBatcher
+        from pooledir.service.main import create_app
+        from pooledir.service.registry import Registry, served_encoder
 
         def open_registry(settings: Settings) -> Registry:
             layout = read_partitions(self.folder)
