@@ -20,6 +20,7 @@ part of it before another's, and a crash between them keeps the parts already co
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _ERRORS = {c.__name__: c for c in (InputError, DocumentNotFoundError, IndexCorruptError, PooledirError)}
+
+#: how long ``/readyz`` waits for the partitions' answers before it calls the ones still silent unreachable
+PROBE_TIMEOUT_S = 10.0
 
 
 def _answer(fn, *args) -> dict[str, Any]:
@@ -130,6 +134,11 @@ class Partition:
         with self.lock:
             return _answer(lambda: self._fresh().describe())
 
+    def verify(self) -> dict[str, Any]:
+        """The partition's :meth:`PooledIndex.verify` on its newest commit (an error answer if a file is damaged)."""
+        with self.lock:
+            return _answer(lambda: self._fresh().verify())
+
 
 class PartitionsView:
     """What the routes' ``handle.read(fn)`` and stats see: the partitions as one index (len, get, describe, device)."""
@@ -153,8 +162,11 @@ class PartitionsView:
 class ShardedHandle:
     """The registry entry of a partitioned index: implements :class:`pooledir.service.handles.IndexHandle`."""
 
-    def __init__(self, name: str, partitions: list, encoder, batcher, device: str) -> None:
+    def __init__(
+        self, name: str, partitions: list, encoder, batcher, device: str, probe_timeout_s: float = PROBE_TIMEOUT_S
+    ) -> None:
         self.name = name
+        self.probe_timeout_s = probe_timeout_s
         self.partitions = partitions
         self.encoder = encoder
         self.batcher = batcher
@@ -275,11 +287,34 @@ class ShardedHandle:
         return fn(self.index)
 
     def problem(self) -> str | None:
-        """None: a partition that cannot serve answers its calls with the error (a JSON 503), not here."""
-        return None
+        """Why this index cannot serve now, else None: every partition verifies its files, all at once.
+
+        Names each partition that answers with an error (a damaged or missing file) or does not answer
+        (its actor died, no replica runs, nothing within ``probe_timeout_s``), with the reason.
+        """
+        deadline = time.monotonic() + self.probe_timeout_s
+        problems: dict[int, str] = {}
+        calls = []
+        for i, partition in enumerate(self.partitions):
+            try:
+                calls.append((i, partition.verify.remote()))
+            except Exception as e:  # Ray's: the deployment is gone
+                problems[i] = _unreachable(e)
+        for i, call in calls:
+            try:
+                _unwrap(call.result(timeout_s=max(0.0, deadline - time.monotonic())))
+            except PooledirError as e:
+                problems[i] = str(e)
+            except Exception as e:  # Ray's: the actor died, no replica is running, a timeout
+                problems[i] = _unreachable(e)
+        return "; ".join(f"partition {i}: {why}" for i, why in sorted(problems.items())) or None
 
     def close(self) -> None:
         """Nothing to close here: the partitions are Ray Serve's, the batcher the registry's."""
+
+
+def _unreachable(error: Exception) -> str:
+    return f"does not answer ({type(error).__name__}: {str(error)[:200]})"
 
 
 class Ingress:

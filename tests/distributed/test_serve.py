@@ -72,6 +72,8 @@ def test_sharded_search_answers_as_one_index(single, sharded):
 
     _, url = sharded
     with TestClient(create_app(Settings(indexes=[single], device="cpu"))) as one, httpx.Client(timeout=60) as http:
+        # every partition answers the readiness probe (ShardedHandle.problem, over real deployment handles)
+        assert http.get(f"{url}/readyz").json() == {"status": "ready", "indexes": ["split"]}
         for body in (
             {"k": 10},
             {"k": 5, "with_text": True},

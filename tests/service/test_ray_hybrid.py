@@ -8,6 +8,7 @@ the summed BM25 statistics and the fusion are the code under test, without a Ray
 
 from __future__ import annotations
 
+import os
 import pickle
 from types import SimpleNamespace
 
@@ -34,7 +35,7 @@ class Remote:
     def __getattr__(self, name: str):
         def remote(*args):
             answer = getattr(self.body, name)(*pickle.loads(pickle.dumps(args)))
-            return SimpleNamespace(result=lambda: pickle.loads(pickle.dumps(answer)))
+            return SimpleNamespace(result=lambda timeout_s=None: pickle.loads(pickle.dumps(answer)))
 
         return SimpleNamespace(remote=remote)
 
@@ -117,3 +118,109 @@ def test_with_text_and_a_bad_mode(one_and_split):
     assert got and all(h.text == one.get(h.id).text and h.metadata == one.get(h.id).metadata for h in got)
     with pytest.raises(InputError, match="bm25"):
         handle.search(QUERIES[:1], SearchParams(k=3), with_text=False, mode="bm25")
+
+
+class ActorDiedError(Exception):
+    """Stands in for ray.exceptions.ActorDiedError (these tests run without Ray)."""
+
+
+class DeadPartition:
+    """A deployment handle whose actor died: every call's answer raises, as Ray's does."""
+
+    def __getattr__(self, name: str):
+        def result(timeout_s=None):
+            raise ActorDiedError("The actor died unexpectedly before finishing this task.")
+
+        return SimpleNamespace(remote=lambda *args: SimpleNamespace(result=result))
+
+
+class SilentPartition:
+    """A deployment handle whose replica never answers: ``result`` gives up after the timeout it is handed."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def __getattr__(self, name: str):
+        def result(timeout_s=None):
+            self.timeouts.append(timeout_s)
+            raise TimeoutError(f"Timed out waiting for result after {timeout_s}s.")
+
+        return SimpleNamespace(remote=lambda *args: SimpleNamespace(result=result))
+
+
+@pytest.fixture()
+def two_partitions(tmp_path, tiny_encoder, tiny_docs):
+    """A 2-partition index behind in-process deployment handles; yields (handle, partition folders)."""
+    from pooledir.service.ray_serve import Partition, ShardedHandle
+
+    split = tmp_path / "split"
+    for p in range(2):
+        mine = [d for d in tiny_docs[:20] if partition_of(d.id, 2) == p]
+        config = IndexConfig(backend="flat", pool_factor=1)
+        with PooledIndex.create(split / f"part-{p:05d}", config=config, device="cpu", encoder=tiny_encoder) as part:
+            part.add(mine)
+    layout = write_layout(split, 2)
+    bodies = [Partition(str(path)) for path in layout.parts]
+    yield (
+        ShardedHandle("split", [Remote(b) for b in bodies], tiny_encoder, None, "cpu", probe_timeout_s=3.0),
+        layout.parts,
+    )
+    for body in bodies:
+        body.index.close()
+
+
+def readyz(handle):
+    from fastapi.testclient import TestClient
+
+    from pooledir.service.main import create_app
+    from pooledir.service.registry import Registry
+    from pooledir.service.settings import Settings
+
+    app = create_app(Settings(device="cpu"), open_registry=lambda settings: Registry({"split": handle}))
+    with TestClient(app) as client:
+        r = client.get("/readyz")
+    return r.status_code, r.json()
+
+
+def test_readyz_names_a_partition_whose_actor_died(two_partitions):
+    """Issue 18: ShardedHandle.problem() was always None, so /readyz said ready over a dead partition."""
+    handle, _ = two_partitions
+    assert handle.problem() is None
+    assert readyz(handle) == (200, {"status": "ready", "indexes": ["split"]})
+    handle.partitions[1] = DeadPartition()
+    problem = handle.problem()
+    assert problem == (
+        "partition 1: does not answer (ActorDiedError: The actor died unexpectedly before finishing this task.)"
+    )
+    code, body = readyz(handle)
+    assert code == 503 and body["detail"] == {"split": problem}
+
+
+def test_readyz_names_a_partition_that_does_not_answer_in_time(two_partitions):
+    handle, _ = two_partitions
+    silent = SilentPartition()
+    handle.partitions[0] = silent
+    problem = handle.problem()
+    assert problem is not None and problem.startswith("partition 0: does not answer (TimeoutError: Timed out waiting")
+    assert "partition 1" not in problem
+    # bounded by the handle's probe timeout, never an unbounded wait
+    assert silent.timeouts and all(t is not None and 0 <= t <= handle.probe_timeout_s for t in silent.timeouts)
+
+
+def test_readyz_names_a_partition_with_a_damaged_file_and_recovers_with_it(two_partitions):
+    handle, parts = two_partitions
+    segment = sorted((parts[0] / "segments").iterdir())[0]
+    good = segment.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF  # bit rot: the same size, a checksum that no longer matches
+    segment.write_bytes(bytes(damaged))
+    stamp = segment.stat().st_mtime_ns
+    os.utime(segment, ns=(stamp + 10**9, stamp + 10**9))  # a new mtime however coarse the clock: it is re-read
+    problem = handle.problem()
+    assert problem is not None and problem.startswith("partition 0: ") and "partition 1" not in problem
+    assert "corrupt" in problem and segment.name in problem
+    code, body = readyz(handle)
+    assert code == 503 and body["status"] == "corrupt" and body["detail"] == {"split": problem}
+    segment.write_bytes(good)
+    os.utime(segment, ns=(stamp + 2 * 10**9, stamp + 2 * 10**9))
+    assert handle.problem() is None  # ready again once the file is whole
