@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from pooledir import IndexConfig
-from pooledir.build import EncodeConfig, build_index_from_shards, create_index_for_shards, encode_corpus
+from pooledir.build import build_index_from_shards, create_index_for_shards
+from pooledir.build_shards import EncodeConfig, encode_corpus
 from pooledir.corpus import iter_corpus
 from pooledir.encoder import ColBERTEncoder
 from pooledir.evaluation import free_port, load_qrels, load_queries, machine_info, running_server

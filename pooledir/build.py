@@ -1,4 +1,4 @@
-"""Streamed builds: a corpus, or a folder of encoded shards, into an index one chunk at a time.
+"""Streamed index builds: a corpus, or folders of encoded shards, into an index one chunk at a time.
 
 Each chunk goes read → encode → pool → write (the steps of :mod:`pooledir.pipeline`), and every write
 is one durable commit, so:
@@ -11,7 +11,7 @@ is one durable commit, so:
   chunk, and skips. Duplicate ids are caught the same way: within the chunk (and the training
   buffer) in memory, against everything committed before in the index's store.
 
-:func:`encode_corpus` runs the first half (read → encode → pool) into shards
+:func:`pooledir.build_shards.encode_corpus` runs the first half (read → encode → pool) into shards
 (:mod:`pooledir.shards`); :func:`build_index_from_shards` runs the second half from them,
 without an encoder.
 """
@@ -21,43 +21,33 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from pooledir import pipeline
 from pooledir.corpus import Document, check_documents
 from pooledir.errors import InputError
-from pooledir.index.manifest import EncoderRecord, record_encoder
-from pooledir.shards import (
-    ShardError,
-    ShardInfo,
-    ShardManifest,
-    ShardSpec,
-    ShardWriter,
-    check_compatible,
-    ids_digest,
-    open_shard,
-    read_shard_manifest,
-)
+from pooledir.index.manifest import EncoderRecord
+from pooledir.shards import ShardError, ShardManifest, ShardSpec, check_compatible, open_shard, read_shard_manifest
 
 if TYPE_CHECKING:
     from pooledir.encoder import ColBERTEncoder
     from pooledir.pooled_index import IndexConfig, PooledIndex
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: documents per chunk: on 128-d vectors of ~250 tokens a document, about 0.1 GB of float16 token
 #: vectors plus 0.06 GB of float32 pooled ones at factor 2 (see the README's memory rule)
 DEFAULT_CHUNK_DOCS = 2_000
-#: documents per shard of ``encode_corpus``; a shard is streamed to disk, so this sets the unit of resume
-DEFAULT_SHARD_DOCS = 10_000
 
 
-def _check_positive(name: str, value: int | None, optional: bool = False) -> None:
+def check_positive(name: str, value: int | None, optional: bool = False) -> None:
+    """Raise :class:`InputError` unless ``value`` is a positive integer (or None, when ``optional``)."""
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -79,41 +69,8 @@ class BuildConfig:
 
     def check(self) -> None:
         """Raise :class:`InputError` for values that cannot work."""
-        _check_positive("chunk_docs", self.chunk_docs)
-        _check_positive("limit", self.limit, optional=True)
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    """How :func:`encode_corpus` turns a corpus into shards.
-
-    Attributes
-    ----------
-    pool_factor : pool the vectors before writing them (1 = keep every token vector, pool at index time).
-    protected_tokens : leading vectors never pooled.
-    shard_docs : documents per shard (shard n holds corpus positions [n·shard_docs, (n+1)·shard_docs)).
-    chunk_docs : documents encoded at a time (memory grows with it, not with the shard).
-    limit : encode only the first ``limit`` documents.
-    part, parts : write only the shards whose number is ``part`` modulo ``parts`` (for several processes).
-    """
-
-    pool_factor: int = 2
-    protected_tokens: int = 1
-    shard_docs: int = DEFAULT_SHARD_DOCS
-    chunk_docs: int = DEFAULT_CHUNK_DOCS
-    limit: int | None = None
-    part: int = 0
-    parts: int = 1
-
-    def check(self) -> None:
-        """Raise :class:`InputError` for values that cannot work."""
-        for name in ("pool_factor", "shard_docs", "chunk_docs", "parts"):
-            _check_positive(name, getattr(self, name))
-        _check_positive("limit", self.limit, optional=True)
-        if self.protected_tokens < 0:
-            raise InputError(f"protected_tokens={self.protected_tokens} must be >= 0")
-        if not 0 <= self.part < self.parts:
-            raise InputError(f"part={self.part} must be between 0 and parts - 1 = {self.parts - 1}")
+        check_positive("chunk_docs", self.chunk_docs)
+        check_positive("limit", self.limit, optional=True)
 
 
 @dataclass
@@ -140,19 +97,6 @@ class BuildReport:
     def docs_per_s(self) -> float:
         """Documents read per second, over the whole build."""
         return self.documents / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class EncodeReport:
-    """What :func:`encode_corpus` did: documents read, shards written and skipped, vectors written."""
-
-    documents: int = 0
-    encoded: int = 0
-    shards_written: list[int] = field(default_factory=list)
-    shards_skipped: int = 0
-    tokens: int = 0
-    vectors: int = 0
-    seconds: float = 0.0
 
 
 @dataclass(eq=False)
@@ -197,7 +141,8 @@ def _merge(chunks: list[Chunk]) -> Chunk:
     )
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), read lazily."""
     it = iter(items)
     while batch := list(islice(it, size)):
         yield batch
@@ -208,7 +153,7 @@ def corpus_chunks(documents: Iterable[Document], chunk_docs: int, limit: int | N
     if limit is not None:
         documents = islice(documents, limit)
     start = 0
-    for batch in _batches(documents, chunk_docs):
+    for batch in batches(documents, chunk_docs):
         yield Chunk(start, batch)
         start += len(batch)
 
@@ -222,7 +167,7 @@ def shard_chunks(
         for info in m.shards:
             shard = open_shard(m.path, m.spec, info, verify=verify)
             i = 0
-            for batch in _batches(shard.documents(), chunk_docs):
+            for batch in batches(shard.documents(), chunk_docs):
                 if left is not None:
                     batch = batch[:left]
                     left -= len(batch)
@@ -596,127 +541,3 @@ def build_index_from_shards(
         total = min(total, config.limit)
     chunks = shard_chunks(manifests, config.chunk_docs, pooled, config.limit, verify)
     return _run(chunks, index, None, resume, show_progress, total)
-
-
-# -- into shards -----------------------------------------------------------------------------------------------
-def encoder_record(encoder: ColBERTEncoder) -> tuple[str, EncoderRecord]:
-    """(checkpoint, record) as an index records them, so shards can be indexed without the encoder."""
-    return record_encoder(encoder)
-
-
-def encode_corpus(
-    documents: Iterable[Document],
-    out: str | Path,
-    encoder: ColBERTEncoder,
-    config: EncodeConfig | None = None,
-    *,
-    resume: bool = False,
-    show_progress: bool = True,
-    total: int | None = None,
-) -> EncodeReport:
-    """Encode (and pool) a document stream into a shard folder; see :mod:`pooledir.shards` for the format.
-
-    With ``resume`` (implied when ``config.parts > 1``), shards already complete in ``out`` are skipped
-    after checking that they hold the same document ids as the input at their positions; a shard cut
-    short by a crash is written again.
-    """
-    from tqdm.auto import tqdm
-
-    config = config or EncodeConfig()
-    config.check()
-    checkpoint, settings = encoder_record(encoder)
-    pooling = pipeline.PoolSpec(config.pool_factor, config.protected_tokens)
-    spec = ShardSpec(
-        dim=encoder.dim,
-        pool_factor=config.pool_factor,
-        protected_tokens=config.protected_tokens,
-        checkpoint=checkpoint,
-        encoder=settings,
-        shard_docs=config.shard_docs,
-    )
-    # several parts share one folder: each goes on beside the shards the others already wrote
-    writer = ShardWriter.open(out, spec, resume=resume or config.parts > 1)
-    done = writer.completed()
-    report = EncodeReport()
-    t_start = time.perf_counter()
-    docs = iter(documents) if config.limit is None else islice(documents, config.limit)
-    if total is not None and config.limit is not None:
-        total = min(total, config.limit)
-    bar = tqdm(total=total, desc="encode", unit="doc", disable=not show_progress, smoothing=0.05)
-    number = 0
-    try:
-        while True:
-            start = number * config.shard_docs
-            shard_docs = islice(docs, config.shard_docs)
-            if number in done or number % config.parts != config.part:
-                n = _skip_shard(shard_docs, done.get(number), writer.path, start)
-                report.shards_skipped += number in done
-                bar.update(n)
-            else:
-                n = _write_shard(
-                    _batches(shard_docs, config.chunk_docs), (number, start), writer, encoder, pooling, report, bar
-                )
-            report.documents += n
-            if n < config.shard_docs:
-                break
-            number += 1
-        writer.finish(report.documents)
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        bar.close()
-    if report.documents == 0:
-        raise InputError("the input holds no documents")
-    report.seconds = time.perf_counter() - t_start
-    return report
-
-
-def _write_shard(
-    batches: Iterable[list[Document]],
-    at: tuple[int, int],
-    writer: ShardWriter,
-    encoder: ColBERTEncoder,
-    pooling: pipeline.PoolSpec,
-    report: EncodeReport,
-    bar: Any,
-) -> int:
-    """Encode, pool and write shard ``at`` = (number, first document's position); returns its documents."""
-    number, start = at
-    n, ids = 0, set()  # duplicates are caught here within a shard, across shards by the index build
-    for batch in batches:
-        for i, d in enumerate(batch, start + n):
-            if d.id in ids:
-                raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
-            ids.add(d.id)
-        if n == 0:
-            writer.begin(number, start)
-        vectors = pipeline.encode([d.text for d in batch], encoder)
-        n_tokens = [len(v) for v in vectors]
-        if pooling.pools:
-            vectors = pipeline.pool(vectors, pooling, encoder.device)
-        writer.append(batch, vectors, n_tokens)
-        report.tokens += sum(n_tokens)
-        report.vectors += sum(len(v) for v in vectors)
-        n += len(batch)
-        bar.update(len(batch))
-        del vectors
-    if n:
-        writer.commit()
-        report.shards_written.append(number)
-        report.encoded += n
-    return n
-
-
-def _skip_shard(docs: Iterable[Document], info: ShardInfo | None, folder: Path, start: int) -> int:
-    """Read past one shard's documents; for a completed shard, check they are the ones it holds."""
-    if info is None:
-        return sum(1 for _ in docs)
-    n, digest = ids_digest(d.id for d in docs)
-    if n != info.documents or digest != info.ids_sha256:
-        raise ShardError(
-            f"cannot resume {folder}: shard {info.number} holds other documents than positions {start} to "
-            f"{start + n - 1} of the input (the input changed, or its order, or the limit); "
-            "resume with the same input, or encode into a new folder"
-        )
-    return n

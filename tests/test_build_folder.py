@@ -98,7 +98,7 @@ def test_a_resume_with_other_pooling_or_checkpoint_is_refused_and_loses_nothing(
 
 
 def test_shards_build_into_a_folder_and_resume(tmp_path, tiny_encoder, tiny_docs):
-    from pooledir.build import EncodeConfig, encode_corpus
+    from pooledir.build_shards import EncodeConfig, encode_corpus
 
     shards = tmp_path / "shards"
     encode_corpus(tiny_docs, shards, tiny_encoder, EncodeConfig(pool_factor=2, shard_docs=40), show_progress=False)

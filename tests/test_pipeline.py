@@ -57,7 +57,8 @@ def test_one_rule_refuses_vectors_made_without_text_for_a_passage_index(tmp_path
 
 
 def test_encoded_shards_into_a_passage_index_are_refused_by_the_same_rule(tmp_path, tiny_encoder, tiny_docs):
-    from pooledir.build import EncodeConfig, create_index_for_shards, encode_corpus
+    from pooledir.build import create_index_for_shards
+    from pooledir.build_shards import EncodeConfig, encode_corpus
     from pooledir.distributed.partition import build_partitions
     from pooledir.shards import read_shard_manifest
 

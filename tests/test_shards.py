@@ -8,14 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pooledir.build import (
-    BuildConfig,
-    EncodeConfig,
-    build_index,
-    build_index_from_shards,
-    create_index_for_shards,
-    encode_corpus,
-)
+from pooledir.build import BuildConfig, build_index, build_index_from_shards, create_index_for_shards
+from pooledir.build_shards import EncodeConfig, encode_corpus
 from pooledir.corpus import Document
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams
@@ -120,32 +114,6 @@ def test_pooled_shards_need_the_same_factor(tmp_path, shards):
     with pytest.raises(ShardError, match=r"pooled x2; an index over them needs pool_factor=2 \(got 3\)"):
         create_index_for_shards(tmp_path / "i", spec, IndexConfig(pool_factor=3), device="cpu")
     assert not (tmp_path / "i").exists()
-
-
-def test_encode_resumes_after_a_crash(tmp_path, tiny_encoder, tiny_docs, shards):
-    def crashing():
-        for i, d in enumerate(tiny_docs):
-            if i == 60:
-                raise RuntimeError("simulated crash")
-            yield d
-
-    out = tmp_path / "s"
-    with pytest.raises(RuntimeError):
-        encode_corpus(crashing(), out, tiny_encoder, EncodeConfig(shard_docs=25, chunk_docs=10), show_progress=False)
-    assert [s.number for s in read_shard_manifest(out).shards] == [0, 1]
-    assert not read_shard_manifest(out).complete
-    (out / "shard-00002.npy.tmp").write_bytes(b"left over by a kill -9")
-    with pytest.raises(ShardError, match="not empty"):
-        encode(tiny_encoder, tiny_docs, out)
-    report = encode(tiny_encoder, tiny_docs, out, resume=True)
-    assert report.shards_skipped == 2 and report.shards_written == [2, 3, 4] and report.encoded == 70
-    a, b = read_shard_manifest(out), read_shard_manifest(shards)
-    assert a.complete and [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
-    # resuming with another corpus, or other settings, is refused
-    with pytest.raises(ShardError, match="shard 0 holds other documents"):
-        encode(tiny_encoder, tiny_docs[::-1], out, resume=True)
-    with pytest.raises(ShardError, match="other settings .*pool_factor: 2 vs 3"):
-        encode(tiny_encoder, tiny_docs, out, resume=True, pool_factor=3)
 
 
 def test_parts_written_separately_index_together(tmp_path, tiny_encoder, tiny_docs, shards, direct):

@@ -270,7 +270,7 @@ def encode(
     ] = None,
 ) -> None:
     """Encode (and pool) a corpus into shards, for `pooledir index --embeddings` to build from without an encoder."""
-    from pooledir.build import DEFAULT_SHARD_DOCS, EncodeConfig
+    from pooledir.build_shards import DEFAULT_SHARD_DOCS, EncodeConfig
     from pooledir.encoder import check_backends
     from pooledir.errors import InputError
     from pooledir.shards import read_shard_manifest
@@ -335,8 +335,8 @@ def _encode_here(
     corpus: Path, out: Path, ckpt, config, may_continue: bool, resume: bool, encoder_kwargs: dict[str, Any]
 ) -> None:
     """``pooledir encode`` in this process; a fresh folder that ends without a completed shard is removed."""
-    from pooledir.build import encode_corpus
     from pooledir.build_folder import checked_documents
+    from pooledir.build_shards import encode_corpus
     from pooledir.corpus import count_documents
     from pooledir.encoder import ColBERTEncoder
     from pooledir.errors import PooledirError

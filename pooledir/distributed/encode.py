@@ -1,7 +1,7 @@
 """Distributed encode: a pool of Ray actors writes a corpus's shards, one shard per task.
 
 The driver plans the shards (shard n = corpus positions [n·shard_docs, (n+1)·shard_docs), as in
-:func:`pooledir.build.encode_corpus`), and Ray Data streams the plan through ``map_batches`` over an
+:func:`pooledir.build_shards.encode_corpus`), and Ray Data streams the plan through ``map_batches`` over an
 actor pool: each actor loads the encoder once, reads its shard's documents from the corpus (a
 ``.jsonl`` shard starts at a byte offset the driver found, a ``.parquet`` one at its row, so no actor
 re-reads what precedes it),
@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from pooledir import pipeline
-from pooledir.build import EncodeConfig, EncodeReport, _batches, encoder_record
+from pooledir.build import batches
+from pooledir.build_shards import EncodeConfig, EncodeReport, encoder_record
 from pooledir.corpus import Document, _parquet_file, _read_parquet, _resolve, document_from_json_line, iter_corpus
 from pooledir.errors import CheckpointError, InputError, PooledirError
 from pooledir.shards import ShardError, ShardInfo, ShardSpec, ShardWriter, ids_digest, read_shard_header, shard_name
@@ -60,7 +61,7 @@ class ShardTask:
 
 @dataclass
 class DistributedEncodeReport(EncodeReport):
-    """:class:`~pooledir.build.EncodeReport` plus what the cluster did.
+    """:class:`~pooledir.build_shards.EncodeReport` plus what the cluster did.
 
     ``shard_seconds`` is each written shard's time inside its actor (encode + pool + write),
     ``abandoned_tries`` the shard tries whose actor died (their temporary files were removed).
@@ -214,7 +215,7 @@ class ShardEncoder:
         tokens = vectors = n = 0
         ids: set[str] = set()
         try:
-            for chunk in _batches(read_shard_documents(self.corpus, task), self.chunk_docs):
+            for chunk in batches(read_shard_documents(self.corpus, task), self.chunk_docs):
                 for i, d in enumerate(chunk, task.start + n):
                     if d.id in ids:
                         raise InputError(f"duplicate document id {d.id!r} (again at document {i} of the input)")
@@ -289,7 +290,7 @@ def encode_corpus_ray(
 ) -> DistributedEncodeReport:
     """Encode (and pool) ``corpus`` into the shard folder ``out`` on the connected Ray cluster.
 
-    The same shards as :func:`pooledir.build.encode_corpus` (ids, lengths, vectors to float16
+    The same shards as :func:`pooledir.build_shards.encode_corpus` (ids, lengths, vectors to float16
     rounding), written by ``actors`` encoder actors (default: one per GPU, else one per CPU), each
     with one GPU where the cluster has GPUs. Call :func:`pooledir.distributed.connect` first; the
     corpus and ``out`` must be paths every worker can reach (a shared file system).
@@ -297,7 +298,7 @@ def encode_corpus_ray(
     Parameters
     ----------
     corpus, out, checkpoint, config
-        As for :func:`pooledir.build.encode_corpus` (``config.parts`` must be 1).
+        As for :func:`pooledir.build_shards.encode_corpus` (``config.parts`` must be 1).
     actors, device, batch_size
         Encoder actors; their device (``auto``: CUDA where the cluster has GPUs); documents per encoder batch.
     resume, show_progress

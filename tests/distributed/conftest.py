@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from pooledir.build import EncodeConfig
+from pooledir.build_shards import EncodeConfig
 from tests.conftest import random_text
 
 SHARDS_CONFIG = EncodeConfig(shard_docs=8, chunk_docs=3)
@@ -54,7 +54,7 @@ def small_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_shards(tmp_path_factory, tiny_encoder, small_corpus):
     """The small corpus encoded in one process (pooled x2, 8 documents a shard): the reference for Ray's."""
-    from pooledir.build import encode_corpus
+    from pooledir.build_shards import encode_corpus
     from pooledir.corpus import iter_corpus
 
     out = tmp_path_factory.mktemp("serial") / "shards"

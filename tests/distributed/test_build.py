@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pooledir.build import BuildConfig, EncodeConfig, build_index_from_shards, create_index_for_shards, encode_corpus
+from pooledir.build import BuildConfig, build_index_from_shards, create_index_for_shards
+from pooledir.build_shards import EncodeConfig, encode_corpus
 from pooledir.corpus import iter_corpus
 from pooledir.pooled_index import IndexConfig
 from pooledir.search import SearchParams

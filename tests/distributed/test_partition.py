@@ -47,7 +47,7 @@ def test_bad_partition_input(tmp_path, small_shards):
 
 def test_cli_partitions_keep_an_adaptive_pooling_threshold(tmp_path, tiny_encoder, small_corpus):
     """`--partitions` builds with the same config as one index: `--pool-threshold` is not dropped."""
-    from pooledir.build import EncodeConfig, encode_corpus
+    from pooledir.build_shards import EncodeConfig, encode_corpus
     from pooledir.corpus import iter_corpus
     from tests.distributed.test_encode import run_cli
 

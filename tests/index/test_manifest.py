@@ -57,7 +57,7 @@ def test_a_mangled_record_is_a_corrupt_index_not_a_type_error(bad, tmp_path):
 def test_an_index_and_its_shards_record_the_same_json(tmp_path, tiny_encoder, tiny_docs):
     """The manifest and a shard folder hold the record the same way: ``{"dim": .., <settings>}``."""
     from pooledir import PooledIndex
-    from pooledir.build import EncodeConfig, encode_corpus
+    from pooledir.build_shards import EncodeConfig, encode_corpus
 
     PooledIndex.create(tmp_path / "i", encoder=tiny_encoder, device="cpu").close()
     encode_corpus(tiny_docs[:2], tmp_path / "s", tiny_encoder, EncodeConfig(shard_docs=2), show_progress=False)
