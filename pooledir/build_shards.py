@@ -4,13 +4,15 @@ The first half of a build, run apart: a shard folder holds each document's vecto
 for an index to pool) with the encoder's record, so :func:`pooledir.build.build_index_from_shards`
 indexes it later without a model. Each shard is written, fsynced and then listed, so a stopped
 encode resumes at the first shard not complete; several processes may each write every ``parts``-th
-shard of one folder.
+shard of one folder. :func:`encode_shard_folder` is what ``pooledir encode`` runs: the folder claimed first
+(:func:`pooledir.outdir.claim_shard_folder`), removed again if the encode fails before completing a shard,
+and kept, with how to continue, if it fails later.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -18,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from pooledir import pipeline
 from pooledir.build import DEFAULT_CHUNK_DOCS, batches, check_positive
+from pooledir.build_folder import BuildHooks, Corpus, checked_documents
 from pooledir.corpus import Document
-from pooledir.errors import InputError
+from pooledir.errors import InputError, PooledirError
 from pooledir.index.manifest import EncoderRecord, record_encoder
+from pooledir.outdir import claim_shard_folder
 from pooledir.shards import ShardError, ShardInfo, ShardSpec, ShardWriter, ids_digest
 
 if TYPE_CHECKING:
@@ -197,3 +201,67 @@ def _skip_shard(docs: Iterable[Document], info: ShardInfo | None, folder: Path, 
             "resume with the same input, or encode into a new folder"
         )
     return n
+
+
+def encode_shard_folder(
+    corpus: Corpus,
+    out: str | Path,
+    encoder: ColBERTEncoder | Callable[[], ColBERTEncoder],
+    config: EncodeConfig | None = None,
+    *,
+    resume: bool = False,
+    hooks: BuildHooks | None = None,
+    show_progress: bool = True,
+) -> EncodeReport:
+    """Encode a corpus into the shard folder ``out``, claimed first; what ``pooledir encode`` runs.
+
+    Parameters
+    ----------
+    corpus
+        A corpus path (:func:`pooledir.corpus.iter_corpus`) or an iterable of documents, read once, lazily.
+    out
+        A new or empty folder; with ``resume`` (implied when ``config.parts > 1``), one holding shards of
+        the same input to continue. A second encode into it (or into the same part) is refused at once.
+    encoder
+        The encoder, or a callable that makes one: called once the folder is claimed, so a model loads only
+        for an encode that can go ahead.
+    config
+        As for :func:`encode_corpus`.
+    resume
+        Continue the encode in ``out``: completed shards are checked against the input and skipped.
+    show_progress
+        A progress bar on stderr.
+    hooks
+        ``resume_hint`` (quoted in the message of an encode that stopped after completing shards) and
+        ``stopped`` (told of an interruption that kept shards) of :class:`pooledir.build_folder.BuildHooks`.
+
+    An encode that fails before completing a shard leaves nothing it made; one that fails later keeps its
+    completed shards, and the same call with ``resume=True`` continues after them.
+    """
+    from pooledir.corpus import count_documents
+
+    config = config or EncodeConfig()
+    config.check()
+    hooks = hooks or BuildHooks()
+    docs = checked_documents(corpus)  # a missing or empty corpus fails here, before anything is created
+    total = count_documents(corpus) if isinstance(corpus, str | Path) else None
+    out = Path(out)
+    with claim_shard_folder(out, resume or config.parts > 1, config.part, config.parts):
+        try:
+            loaded = encoder() if callable(encoder) else encoder
+            # resume=True: the claim checked the folder (it holds its lock files now)
+            return encode_corpus(docs, out, loaded, config, resume=True, show_progress=show_progress, total=total)
+        except BaseException as e:
+            _raise_keeping_shards(e, out, hooks)
+            raise
+
+
+def _raise_keeping_shards(error: BaseException, out: Path, hooks: BuildHooks) -> None:
+    """For an encode that completed shards: say they are kept and how to continue (a pooledir error, reworded)."""
+    done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
+    if not done:
+        return  # the claim removes what this encode made
+    kept = f"the {done} completed shards in {out} are kept"
+    if isinstance(error, PooledirError):
+        raise type(error)(f"{error} ({kept}: fix that, then continue with: {hooks.resume_hint})") from None
+    hooks.stopped(f"stopped; {kept}; continue with: {hooks.resume_hint}")

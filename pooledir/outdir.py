@@ -1,24 +1,31 @@
-"""The output folder of a build: claim it before the work, remove what the build made if it fails.
+"""The output folder of a build or an encode: claim it before the work, remove what it made if it fails.
 
 A build writes into a folder that did not exist or was empty, so that a failed or
 interrupted build can be undone completely, and only what it made is removed: the
 folders it created, or the contents of the empty folder it was given. The claim holds
 the folder's writer lock (``.lock``, see :func:`pooledir.index.folder.folder_lock`) from
 the first check to the end of the build: a second build into the same folder is refused
-at once and never removes what the first one wrote.
+at once and never removes what the first one wrote. A shard folder is claimed the same way
+(:func:`claim_shard_folder`), except that the parts of a split encode share it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from pooledir.errors import InputError
+
+#: the lock every encoder of a shard folder holds (exclusively, or shared by the parts of a split encode); the
+#: folder's own ``.lock`` is its manifest's, taken for a moment by each writer
+ENCODE_LOCK = ".encode.lock"
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,74 @@ def claim_output_folder(out: Path, resume: bool = False) -> Iterator[Claim]:
                 else:
                     (out / LOCK_FILE).unlink(missing_ok=True)
             raise
+
+
+@dataclass(frozen=True)
+class ShardClaim:
+    """An encode's hold on its shard folder."""
+
+    #: the topmost folder the claim created, or None
+    created: Path | None
+    #: True when the folder held nothing: an encode that fails before completing a shard removes what it made
+    fresh: bool
+
+
+@contextmanager
+def claim_shard_folder(out: Path, may_continue: bool, part: int = 0, parts: int = 1) -> Iterator[ShardClaim]:
+    """Hold the shard folder ``out`` for one encode: new or empty, or with ``may_continue`` one with shards.
+
+    One encode holds the folder alone; the ``parts`` of a split encode share it, each part once. A second
+    encode of the folder (or of the same part) is refused at once with :class:`InputError`, as are a file
+    and, without ``may_continue``, a folder that holds files; nothing is touched then. If the block fails
+    before any shard is complete, the claim removes what it made (the folders it created, or the contents
+    of the empty folder it was given), unless another part is encoding there.
+    """
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise InputError(f"{out} is a file; pick a folder for the shards")
+    if not may_continue and out.is_dir() and _holds_files(out):
+        raise InputError(f"{out} exists and is not empty; pick a new folder, or resume the encode there")
+    created = make_output_folder(out)
+    with ExitStack() as locks:
+        shared = locks.enter_context(_hold(out, out / ENCODE_LOCK, shared=parts > 1))
+        if parts > 1:
+            locks.enter_context(_hold(out, out / f".encode-part-{part}-of-{parts}.lock", shared=False))
+        fresh = not _holds_files(out)
+        if not fresh and not may_continue:  # filled between the first look and the lock
+            raise InputError(f"{out} exists and is not empty; pick a new folder, or resume the encode there")
+        try:
+            yield ShardClaim(created, fresh)
+        except BaseException:
+            if fresh and not any(out.glob("shard-*.json")) and _alone(shared):
+                cleanup_on_failure(out, created)
+            raise
+
+
+def _holds_files(out: Path) -> bool:
+    """Whether ``out`` holds anything but lock files."""
+    return any(not (p.name == ".lock" or p.name.startswith(".encode")) for p in out.iterdir())
+
+
+@contextmanager
+def _hold(out: Path, lock: Path, shared: bool) -> Iterator[IO[str]]:
+    """``flock`` ``lock`` (shared or exclusive) without waiting; :class:`InputError` when another encode holds it."""
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"{out} is being written by another encode (it holds {lock}); wait for it to finish, "
+                "or pick another folder"
+            ) from None
+        yield f
+
+
+def _alone(lock: IO[str]) -> bool:
+    """Whether no other encode shares the folder: the shared lock becomes exclusive without waiting."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def make_output_folder(out: Path) -> Path | None:

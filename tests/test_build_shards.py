@@ -80,3 +80,92 @@ def test_a_duplicate_id_in_a_shard_and_an_empty_input_are_refused(tmp_path, tiny
     assert [s.number for s in read_shard_manifest(tmp_path / "dup").shards] == [0]  # the shard before it stays
     with pytest.raises(InputError, match="the input holds no documents"):
         encode(tiny_encoder, [], tmp_path / "empty")
+
+
+# -- encode_shard_folder: the folder claimed, cleaned up, resumed (what `pooledir encode` runs) ---------------------
+def stopping(docs, at, error):
+    """The documents, then ``error`` raised when document ``at`` is due (a Ctrl-C or a bad line mid-corpus)."""
+    for i, d in enumerate(docs):
+        if i == at:
+            raise error
+        yield d
+
+
+def test_a_second_encode_into_the_same_new_folder_is_refused(tmp_path, tiny_encoder, tiny_docs):
+    """Issue 18: the claim lived in the CLI; a library caller had none (two encodes wrote one folder)."""
+    from pooledir.build_shards import encode_shard_folder
+
+    out = tmp_path / "new" / "s"
+    config = EncodeConfig(shard_docs=25, chunk_docs=10)
+    refused = []
+
+    def second_encode_while_the_first_holds_the_folder():
+        with pytest.raises(InputError, match="is being written by another encode") as e:
+            encode_shard_folder(tiny_docs, out, tiny_encoder, config, show_progress=False)
+        refused.append(str(e.value))
+        return tiny_encoder
+
+    report = encode_shard_folder(
+        tiny_docs, out, second_encode_while_the_first_holds_the_folder, config, show_progress=False
+    )
+    assert refused and report.encoded == len(tiny_docs) and read_shard_manifest(out).complete
+    with pytest.raises(InputError, match="exists and is not empty; pick a new folder, or resume the encode there"):
+        encode_shard_folder(tiny_docs, out, tiny_encoder, config, show_progress=False)
+    # the parts of a split encode share a folder; one part twice is refused
+    split = tmp_path / "split"
+    part0 = EncodeConfig(shard_docs=25, chunk_docs=10, part=0, parts=2)
+
+    def other_parts():
+        part1 = EncodeConfig(shard_docs=25, chunk_docs=10, part=1, parts=2)
+        assert encode_shard_folder(tiny_docs, split, tiny_encoder, part1, show_progress=False).encoded > 0
+        with pytest.raises(InputError, match="is being written by another encode"):
+            encode_shard_folder(tiny_docs, split, tiny_encoder, part0, show_progress=False)
+        return tiny_encoder
+
+    encode_shard_folder(tiny_docs, split, other_parts, part0, show_progress=False)
+    assert read_shard_manifest(split).complete
+
+
+def test_a_stopped_encode_keeps_its_shards_and_resumes(tmp_path, tiny_encoder, tiny_docs, shards):
+    from pooledir.build_folder import BuildHooks
+    from pooledir.build_shards import encode_shard_folder
+
+    out = tmp_path / "s"
+    config = EncodeConfig(shard_docs=25, chunk_docs=10)
+    said = []
+    hooks = BuildHooks(resume_hint="run it again", stopped=said.append)
+    with pytest.raises(KeyboardInterrupt):
+        encode_shard_folder(
+            stopping(tiny_docs, 60, KeyboardInterrupt()), out, tiny_encoder, config, hooks=hooks, show_progress=False
+        )
+    assert said == [f"stopped; the 2 completed shards in {out} are kept; continue with: run it again"]
+    with pytest.raises(InputError, match="malformed") as e:
+        encode_shard_folder(
+            stopping(tiny_docs, 80, InputError("line 81: malformed JSON")),
+            out,
+            tiny_encoder,
+            config,
+            resume=True,
+            show_progress=False,
+        )
+    assert "the 3 completed shards" in str(e.value) and "continue with: the same call with resume=True" in str(e.value)
+    report = encode_shard_folder(tiny_docs, out, tiny_encoder, config, resume=True, show_progress=False)
+    assert report.shards_skipped == 3 and report.encoded == len(tiny_docs) - 75
+    got, want = read_shard_manifest(out), read_shard_manifest(shards)
+    assert got.complete and [s.sha256 for s in got.shards] == [s.sha256 for s in want.shards]
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_an_encode_that_stops_before_a_shard_leaves_what_it_found(tmp_path, tiny_encoder, tiny_docs, existed):
+    from pooledir.build_shards import encode_shard_folder
+
+    out = tmp_path / "new" / "s"
+    if existed:
+        out.mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt):
+        encode_shard_folder(stopping(tiny_docs, 5, KeyboardInterrupt()), out, tiny_encoder, show_progress=False)
+    assert (list(out.iterdir()) == []) if existed else not (tmp_path / "new").exists()
+    loaded = []
+    with pytest.raises(InputError, match="no documents given"):  # checked before the folder or the model
+        encode_shard_folder([], tmp_path / "other", lambda: loaded.append(1), show_progress=False)
+    assert not (tmp_path / "other").exists() and not loaded

@@ -35,6 +35,7 @@ from pooledir.cli._common import (
 
 if TYPE_CHECKING:
     from pooledir.build_folder import BuildHooks, BuildOptions, FolderBuildReport
+    from pooledir.build_shards import EncodeConfig
     from pooledir.pooled_index import IndexConfig
 
 
@@ -304,7 +305,7 @@ def encode(
         _encode_ray(corpus, out, ckpt, config, resume, address, kwargs)
         return
     encoder_kwargs = {"device": device, "batch_size": batch_size, "document_backend": document_backend, **settings}
-    _encode_here(corpus, out, ckpt, config, resume or n > 1, resume, encoder_kwargs)
+    _encode_here(corpus, out, ckpt, config, resume, encoder_kwargs)
 
 
 def _encode_ray(corpus: Path, out: Path, ckpt, config, resume: bool, address: str | None, kwargs: dict[str, Any]):
@@ -332,33 +333,17 @@ def _encode_ray(corpus: Path, out: Path, ckpt, config, resume: bool, address: st
 
 
 def _encode_here(
-    corpus: Path, out: Path, ckpt, config, may_continue: bool, resume: bool, encoder_kwargs: dict[str, Any]
+    corpus: Path, out: Path, ckpt: str | Path | None, config: EncodeConfig, resume: bool, encoder_kwargs: dict[str, Any]
 ) -> None:
-    """``pooledir encode`` in this process; a fresh folder that ends without a completed shard is removed."""
-    from pooledir.build_folder import checked_documents
-    from pooledir.build_shards import encode_corpus
-    from pooledir.corpus import count_documents
+    """``pooledir encode`` in this process (:func:`pooledir.build_shards.encode_shard_folder`)."""
+    from pooledir.build_shards import encode_shard_folder
     from pooledir.encoder import ColBERTEncoder
-    from pooledir.errors import PooledirError
-    from pooledir.outdir import cleanup_on_failure
     from pooledir.shards import read_shard_manifest
 
-    docs = checked_documents(corpus)
-    fresh, created = _claim_shard_folder(out, may_continue)  # before the model loads: that takes seconds
-    try:
-        encoder = ColBERTEncoder(ckpt or default_checkpoint(), **encoder_kwargs)
-        local = encode_corpus(docs, out, encoder, config, resume=resume, total=count_documents(corpus))
-    except BaseException as e:
-        done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
-        if not done:
-            if fresh:  # nothing completed: leave no folder (or contents) behind that blocks the retry
-                cleanup_on_failure(out, created)
-            raise
-        kept = f"the {done} completed shards in {out} are kept"
-        if isinstance(e, PooledirError):
-            raise type(e)(f"{e} ({kept}: fix that, then continue with: {resume_command()})") from None
-        typer.secho(f"stopped; {kept}; continue with: {resume_command()}", err=True, fg="yellow")
-        raise  # main() prints 'interrupted' and exits 130 for Ctrl-C
+    def load() -> ColBERTEncoder:  # once the folder is claimed: a model takes seconds to load
+        return ColBERTEncoder(ckpt or default_checkpoint(), **encoder_kwargs)
+
+    local = encode_shard_folder(corpus, out, load, config, resume=resume, hooks=_hooks())
     manifest = read_shard_manifest(out)
     typer.echo(
         f"encoded {local.encoded} documents into {len(local.shards_written)} shards "
@@ -367,25 +352,6 @@ def _encode_here(
         + f"; {out} holds {len(manifest.shards)} shards, {manifest.documents} documents"
         + ("" if manifest.complete else " (not complete: other parts or a resume still to run)")
     )
-
-
-def _claim_shard_folder(out: Path, may_continue: bool) -> tuple[bool, Path | None]:
-    """Check ``out`` before any model loads; claim it when the encode starts it afresh.
-
-    Returns (fresh, the topmost folder created): a fresh folder that ends without one completed
-    shard is removed again (its contents only, when it existed empty). A folder with shards that
-    ``--resume``/``--part`` continues is never removed.
-    """
-    from pooledir.errors import InputError
-    from pooledir.outdir import make_output_folder
-
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file; pick a folder for the shards")
-    if out.is_dir() and any(out.iterdir()):
-        if not may_continue:
-            raise InputError(f"{out} exists and is not empty; pick a new folder, or continue the encode with --resume")
-        return False, None
-    return True, make_output_folder(out)
 
 
 def _part(part: str | None) -> tuple[int, int]:
