@@ -177,7 +177,7 @@ def cleanup_on_failure(out: Path, created: Path | None) -> None:
 
 
 @contextmanager
-def _sigint_deferred():
+def _sigint_deferred() -> Iterator[None]:
     """Hold SIGINT back inside the block (main thread only); deliver it once the block is done."""
     import threading
 

@@ -308,7 +308,15 @@ def encode(
     _encode_here(corpus, out, ckpt, config, resume, encoder_kwargs)
 
 
-def _encode_ray(corpus: Path, out: Path, ckpt, config, resume: bool, address: str | None, kwargs: dict[str, Any]):
+def _encode_ray(
+    corpus: Path,
+    out: Path,
+    ckpt: str | Path | None,
+    config: EncodeConfig,
+    resume: bool,
+    address: str | None,
+    kwargs: dict[str, Any],
+) -> None:
     """``pooledir encode --ray``: the shards written by Ray actors; completed ones are kept when it fails."""
     from pooledir.distributed import connect
     from pooledir.distributed.encode import encode_corpus_ray

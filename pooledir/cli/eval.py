@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pooledir.cli._app import app
 from pooledir.cli._common import Candidates, Checkpoint, Device, NProbe, Rerank, default_checkpoint
+
+if TYPE_CHECKING:
+    from pooledir.fusion import Fusion
 
 eval_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Evaluate on BEIR datasets and report.")
 app.add_typer(eval_app, name="eval")
@@ -24,12 +27,12 @@ def _int_list(value: str, what: str) -> list[int]:
         raise InputError(f"{what} must be comma-separated integers, got {value!r}") from None
 
 
-def _fusions(spec: str) -> list:
+def _fusions(spec: str) -> list[Fusion | None]:
     """``method:weight[:depth],...`` as Fusion settings; empty: [None] (the library's default)."""
     from pooledir.errors import InputError
     from pooledir.fusion import Fusion
 
-    out = []
+    out: list[Fusion | None] = []
     for item in [x for x in spec.split(",") if x.strip()]:
         parts = item.strip().split(":")
         try:

@@ -30,6 +30,7 @@ from pooledir.errors import InputError
 from pooledir.shards import ShardError, ShardInfo, ShardManifest, ShardSpec, open_shard
 
 if TYPE_CHECKING:
+    from pooledir.corpus import Document
     from pooledir.index.manifest import IndexConfig
     from pooledir.pooled_index import PooledIndex
 
@@ -54,10 +55,12 @@ def _pool(vectors: list[np.ndarray], config: IndexConfig) -> list[np.ndarray]:
 
 
 def _group_vectors(
-    group: list[tuple[str, dict, dict]], pooled: bool, config: IndexConfig, verify: bool
-) -> tuple[list, list[np.ndarray], list[int]]:
+    group: list[tuple[str, dict[str, Any], dict[str, Any]]], pooled: bool, config: IndexConfig, verify: bool
+) -> tuple[list[Document], list[np.ndarray], list[int]]:
     """A group's documents, pooled vectors (float32) and token counts, read from its shards."""
-    docs, vectors, n_tokens = [], [], []
+    docs: list[Document] = []
+    vectors: list[np.ndarray] = []
+    n_tokens: list[int] = []
     for folder, spec, info in group:
         shard = open_shard(Path(folder), ShardSpec(**spec), ShardInfo(**info), verify=verify)
         off = shard.offsets
@@ -72,7 +75,7 @@ def _group_vectors(
 
 
 def build_group_segment(
-    out_dir: str, index_path: str, group: list[tuple[str, dict, dict]], pooled: bool, verify: bool
+    out_dir: str, index_path: str, group: list[tuple[str, dict[str, Any], dict[str, Any]]], pooled: bool, verify: bool
 ) -> dict[str, Any]:
     """Ray task body: build the detached segment of one group of shards; returns its counts."""
     from pooledir.index.detached import build_segment
@@ -188,7 +191,7 @@ def build_index_ray(
     task = ray.remote(num_cpus=1, max_retries=3)(build_group_segment)
     total_docs = sum(m.documents for m in manifests)
     bar = tqdm(total=total_docs, desc="build (ray)", unit="doc", disable=not show_progress, smoothing=0.05)
-    refs: list = []
+    refs: list[Any] = []  # Ray ObjectRefs
     try:
         refs = [
             task.remote(
@@ -239,7 +242,7 @@ def _train_before_attach(index: PooledIndex, manifests: Sequence[ShardManifest],
         log.info("trained on %d vectors sampled across the shards in %.1fs", len(sample), time.perf_counter() - t)
 
 
-def _gather(ray: Any, refs: list, bar: Any) -> list[dict[str, Any]]:
+def _gather(ray: Any, refs: list[Any], bar: Any) -> list[dict[str, Any]]:
     """The tasks' results in the order of ``refs``, the bar moved as each one finishes."""
     pending, done = list(refs), {}
     while pending:

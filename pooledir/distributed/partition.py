@@ -18,10 +18,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pooledir.durable import read_versioned_json, write_json_durably
 from pooledir.errors import InputError
 from pooledir.pipeline import refuse_vectors_for_passages
+
+if TYPE_CHECKING:
+    from pooledir.index.manifest import IndexConfig
+    from pooledir.shards import ShardManifest
 
 FORMAT = "pooledir-partitions"
 FORMAT_VERSION = 1
@@ -83,7 +88,7 @@ def build_partitions(
     paths: Sequence[str | Path],
     out: str | Path,
     partitions: int,
-    config,
+    config: IndexConfig,
     *,
     device: str = "cpu",
     chunk_docs: int = 2_000,
@@ -118,7 +123,7 @@ def build_partitions(
     return write_layout(out, partitions)
 
 
-def _shared_quantizer(manifests, config, pooled: bool):
+def _shared_quantizer(manifests: list[ShardManifest], config: IndexConfig, pooled: bool) -> tuple[Any, int]:
     """IVF-PQ partitions share one quantizer, trained once on a sample across all shards (as one index would be).
 
     Then every partition encodes a vector as one index over all the documents would, and the merged

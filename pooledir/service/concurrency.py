@@ -23,7 +23,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from pooledir import check_texts
+from pooledir.encoder import check_texts
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,13 @@ _bearer = HTTPBearer(auto_error=False)
 
 def get_settings(request: Request) -> Settings:
     """The app's settings."""
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_registry(request: Request) -> Registry:
     """The open indexes; 503 while none are open (before the app's lifespan started or after it ended)."""
-    registry = getattr(request.app.state, "registry", None)
+    registry: Registry | None = getattr(request.app.state, "registry", None)
     if registry is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "the indexes are not open (the service is starting or stopping)"

@@ -24,9 +24,11 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from pooledir import Document, Hit, PooledIndex, SearchParams
+from pooledir.corpus import Document
 from pooledir.errors import IndexCorruptError
 from pooledir.index_info import IndexInfo
+from pooledir.pooled_index import Hit, PooledIndex
+from pooledir.search import SearchParams
 from pooledir.service.concurrency import QueryBatcher, ReadSide
 
 log = logging.getLogger(__name__)
@@ -139,12 +141,13 @@ class LocalIndexHandle:
         mode: str = "dense",
     ) -> list[list[Hit]]:
         """Encode (batched with other requests; not for lexical), then search the newest commit."""
-        Q = self.encode_queries(queries) if mode != "lexical" else None
         if mode == "dense":
+            Q = self.encode_queries(queries)
             return self.read(lambda index: index.search_embeddings(Q, params, with_text=with_text, filter=filter))
         from pooledir import hybrid
 
-        return self.read(lambda index: hybrid.search(index, queries, params, mode, with_text, filter, Q=Q))
+        dense_Q = self.encode_queries(queries) if mode != "lexical" else None
+        return self.read(lambda index: hybrid.search(index, queries, params, mode, with_text, filter, Q=dense_Q))
 
     def upsert(self, documents: Sequence[Document]) -> int:
         """Prepare, encode and pool outside the write lock (a long encode holds no other write up), then commit.

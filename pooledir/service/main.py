@@ -7,14 +7,15 @@ import errno
 import logging
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from pooledir import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError
+from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError
 from pooledir.service.deps import require_api_key
 from pooledir.service.guard import RequestGuard
 from pooledir.service.registry import Registry
@@ -123,7 +124,7 @@ def _clip(value: str, limit: int = MAX_ECHO_CHARS) -> str:
     return clipped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _short_error(error: dict) -> dict:
+def _short_error(error: Mapping[str, Any]) -> dict[str, Any]:
     """A validation error without a large echo of the input: loc, msg and type, plus the input if it is small."""
     out = {
         "type": error.get("type"),

@@ -28,26 +28,23 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from pooledir import (
-    Document,
-    DocumentNotFoundError,
-    Hit,
-    IndexConfig,
-    InputError,
-    PooledIndex,
-    hybrid,
-    pipeline,
-    read_manifest,
-)
-from pooledir.corpus import check_documents
+from pooledir import hybrid, pipeline
+from pooledir.corpus import Document, check_documents
 from pooledir.distributed.partition import partition_of, read_partitions
-from pooledir.errors import IndexCorruptError, PooledirError
+from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError, PooledirError
 from pooledir.fusion import Fusion, fuse
 from pooledir.index_info import IndexInfo
 from pooledir.lexical import Stats
 from pooledir.pipeline import WriteBatch
+from pooledir.pooled_index import Hit, IndexConfig, PooledIndex, read_manifest
+from pooledir.search import SearchParams
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from ray.serve import Application
+
+    from pooledir.encoder import ColBERTEncoder
+    from pooledir.service.concurrency import QueryBatcher
     from pooledir.service.registry import Registry
     from pooledir.service.settings import Settings
 
@@ -59,10 +56,10 @@ _ERRORS = {c.__name__: c for c in (InputError, DocumentNotFoundError, IndexCorru
 PROBE_TIMEOUT_S = 10.0
 
 
-def _answer(fn, *args) -> dict[str, Any]:
+def _answer(fn: Callable[[], object]) -> dict[str, Any]:
     """Run ``fn`` in a partition; a pooledir error travels back as its class name and message."""
     try:
-        return {"ok": fn(*args)}
+        return {"ok": fn()}
     except PooledirError as e:
         name = type(e).__name__ if type(e).__name__ in _ERRORS else "PooledirError"
         return {"error": name, "message": str(e)}
@@ -85,7 +82,9 @@ class Partition:
         self.index.refresh()  # another replica of this partition may have written
         return self.index
 
-    def search(self, Q: np.ndarray, params, with_text: bool, filter: dict | None) -> dict[str, Any]:
+    def search(
+        self, Q: np.ndarray, params: SearchParams, with_text: bool, filter: dict[str, Any] | None
+    ) -> dict[str, Any]:
         """Top-k of this partition's documents for already-encoded queries."""
         with self.lock:
             return _answer(lambda: self._fresh().search_embeddings(Q, params, with_text=with_text, filter=filter))
@@ -95,7 +94,9 @@ class Partition:
         with self.lock:
             return _answer(lambda: hybrid.lexical_stats(self._fresh(), queries))
 
-    def lexical_search(self, queries: list[str], stats: list, k: int, filter: dict | None) -> dict[str, Any]:
+    def lexical_search(
+        self, queries: list[str], stats: list[Stats], k: int, filter: dict[str, Any] | None
+    ) -> dict[str, Any]:
         """BM25 top-k of this partition's documents, scored with the collection-wide ``stats``."""
         with self.lock:
             return _answer(lambda: hybrid.lexical_hits_with(self._fresh(), queries, stats, k, filter))
@@ -152,7 +153,8 @@ class PartitionsView:
 
     def get(self, doc_id: str) -> Document:
         """The document, from the partition that owns its id."""
-        return self.handle.call(self.handle.owner(doc_id), "get", doc_id)
+        doc: Document = self.handle.call(self.handle.owner(doc_id), "get", doc_id)
+        return doc
 
     def describe(self) -> IndexInfo:
         """Summed counts and bytes; backend and settings from the first partition, plus the partition count."""
@@ -163,7 +165,13 @@ class ShardedHandle:
     """The registry entry of a partitioned index: implements :class:`pooledir.service.handles.IndexHandle`."""
 
     def __init__(
-        self, name: str, partitions: list, encoder, batcher, device: str, probe_timeout_s: float = PROBE_TIMEOUT_S
+        self,
+        name: str,
+        partitions: list[Any],  # Ray Serve deployment handles: handle.method.remote(*args).result()
+        encoder: ColBERTEncoder,
+        batcher: QueryBatcher | None,
+        device: str,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         self.name = name
         self.probe_timeout_s = probe_timeout_s
@@ -179,23 +187,28 @@ class ShardedHandle:
         """The partition that owns ``doc_id``."""
         return partition_of(doc_id, len(self.partitions))
 
-    def call(self, i: int, method: str, *args) -> Any:
+    def call(self, i: int, method: str, *args: Any) -> Any:
         """Call one partition and wait for its answer."""
         return _unwrap(getattr(self.partitions[i], method).remote(*args).result())
 
-    def each(self, method: str, *args) -> list[Any]:
+    def each(self, method: str, *args: Any) -> list[Any]:
         """Call every partition at once; their answers in partition order."""
         calls = [getattr(p, method).remote(*args) for p in self.partitions]
         return [_unwrap(c.result()) for c in calls]
 
-    def _by_owner(self, items: list, key) -> dict[int, list[int]]:
+    def _by_owner(self, items: list[T], key: Callable[[T], str]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}
         for j, item in enumerate(items):
             groups.setdefault(self.owner(key(item)), []).append(j)
         return groups
 
     def search(
-        self, queries: list[str], params, with_text: bool, filter: dict | None = None, mode: str = "dense"
+        self,
+        queries: list[str],
+        params: SearchParams,
+        with_text: bool,
+        filter: dict[str, Any] | None = None,
+        mode: str = "dense",
     ) -> list[list[Hit]]:
         """Search every partition and merge, as one index over all their documents would answer.
 
@@ -218,11 +231,13 @@ class ShardedHandle:
         ]
         return self._with_text(fused, with_text)
 
-    def _dense(self, queries: list[str], params, with_text: bool, filter: dict | None) -> list[list[Hit]]:
+    def _dense(
+        self, queries: list[str], params: SearchParams, with_text: bool, filter: dict[str, Any] | None
+    ) -> list[list[Hit]]:
         Q = self.batcher.encode(queries) if self.batcher is not None else self.encoder.encode_queries(queries)
         return self._merge(self.each("search", Q, params, with_text, filter), len(queries), params.k)
 
-    def _lexical(self, queries: list[str], k: int, filter: dict | None) -> list[list[Hit]]:
+    def _lexical(self, queries: list[str], k: int, filter: dict[str, Any] | None) -> list[list[Hit]]:
         """BM25 over the partitions: their statistics summed first (a write between the two calls may skew them)."""
         per_partition = self.each("lexical_stats", queries)
         stats = [sum((part[q] for part in per_partition), Stats()) for q in range(len(queries))]
@@ -320,7 +335,7 @@ def _unreachable(error: Exception) -> str:
 class Ingress:
     """The ingress deployment body: the pooledir FastAPI app over sharded handles."""
 
-    def __init__(self, name: str, folder: str, partitions: list, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, folder: str, partitions: list[Any], settings: dict[str, Any]) -> None:
         from pooledir.service.settings import Settings
 
         self.name = name
@@ -328,7 +343,7 @@ class Ingress:
         self.partitions = partitions
         self.settings = Settings(**settings)
 
-    def __serve_build_asgi_app__(self):
+    def __serve_build_asgi_app__(self) -> FastAPI:
         from pooledir.service.concurrency import QueryBatcher
         from pooledir.service.main import create_app
         from pooledir.service.registry import Registry, served_encoder
@@ -353,7 +368,9 @@ class Ingress:
         return create_app(self.settings, open_registry=open_registry)
 
 
-def build_app(folder: str | Path, settings: dict[str, Any] | None = None, replicas: int = 1, device: str = "cpu"):
+def build_app(
+    folder: str | Path, settings: dict[str, Any] | None = None, replicas: int = 1, device: str = "cpu"
+) -> Application:
     """The Ray Serve application for a partitioned index folder (served under the folder's name)."""
     from ray import serve
 

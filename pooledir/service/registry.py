@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pooledir import ColBERTEncoder, PooledIndex, encoder_for_index, encoder_key, read_manifest
+from pooledir.encoder import ColBERTEncoder, encoder_for_index, encoder_key
 from pooledir.errors import InputError
+from pooledir.pooled_index import PooledIndex, read_manifest
 from pooledir.service.concurrency import QueryBatcher
 from pooledir.service.handles import IndexHandle, LocalIndexHandle
 
@@ -77,8 +78,8 @@ class Registry:
         if dupes:
             raise InputError(f"two indexes share the name {sorted(dupes)[0]!r}; serve folders with distinct names")
         # indexes whose encoders would be identical share one, and their queries share a batcher
-        encoders: dict[tuple, ColBERTEncoder] = {}
-        batchers: dict[tuple, QueryBatcher] = {}
+        encoders: dict[tuple[Any, ...], ColBERTEncoder] = {}  # by encoder_key
+        batchers: dict[tuple[Any, ...], QueryBatcher] = {}
         handles: dict[str, IndexHandle] = {}
         try:
             for name, path in zip(names, paths):

@@ -23,7 +23,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from pooledir import check_metadata, check_utf8
+from pooledir.corpus import check_metadata, check_utf8
 from pooledir.pooled_index import MAX_FILTER_FIELDS
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pooledir import check_backends
+from pooledir.encoder import check_backends
 
 
 class Settings(BaseSettings):

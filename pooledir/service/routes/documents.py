@@ -9,7 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from starlette.convertors import Convertor, register_url_convertor
 
-from pooledir import Document, InputError
+from pooledir.corpus import Document
+from pooledir.errors import InputError
 from pooledir.service.deps import IndexDep, SettingsDep
 from pooledir.service.schemas import DeleteRequest, DeleteResponse, DocumentOut, UpsertRequest, UpsertResponse
 

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, HTTPException
 
-from pooledir import SearchParams
+from pooledir.search import SearchParams
 from pooledir.service.deps import IndexDep, SettingsDep
 from pooledir.service.handles import IndexHandle
 from pooledir.service.schemas import (
