@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError
+from pooledir.errors import DocumentNotFoundError, IndexCorruptError, InputError, NoSpaceError, PooledirError
 from pooledir.service.deps import require_api_key
 from pooledir.service.guard import RequestGuard
 from pooledir.service.registry import Registry
@@ -90,6 +90,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NoSpaceError)
     async def no_space(request: Request, exc: NoSpaceError) -> JSONResponse:
         return _storage_error(exc, True)
+
+    @app.exception_handler(PooledirError)  # any other: the server cannot serve it now (a Ray partition down)
+    async def unavailable(request: Request, exc: PooledirError) -> JSONResponse:
+        log.error("cannot serve: %s", exc, exc_info=exc)
+        return JSONResponse({"detail": _clip(str(exc), 1000)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
     @app.exception_handler(OSError)
     async def os_error(request: Request, exc: OSError) -> JSONResponse:

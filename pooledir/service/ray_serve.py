@@ -52,6 +52,11 @@ T = TypeVar("T")
 
 _ERRORS = {c.__name__: c for c in (InputError, DocumentNotFoundError, IndexCorruptError, PooledirError)}
 
+
+class PartitionUnavailableError(PooledirError):
+    """A partition did not answer (its actor died, no replica runs): the service answers 503, retry later."""
+
+
 #: how long ``/readyz`` waits for the partitions' answers before it calls the ones still silent unreachable
 PROBE_TIMEOUT_S = 10.0
 
@@ -189,12 +194,30 @@ class ShardedHandle:
 
     def call(self, i: int, method: str, *args: Any) -> Any:
         """Call one partition and wait for its answer."""
-        return _unwrap(getattr(self.partitions[i], method).remote(*args).result())
+        return self._wait(i, self._send(i, method, *args))
 
     def each(self, method: str, *args: Any) -> list[Any]:
         """Call every partition at once; their answers in partition order."""
-        calls = [getattr(p, method).remote(*args) for p in self.partitions]
-        return [_unwrap(c.result()) for c in calls]
+        calls = [self._send(i, method, *args) for i in range(len(self.partitions))]
+        return [self._wait(i, c) for i, c in enumerate(calls)]
+
+    def _send(self, i: int, method: str, *args: Any) -> Any:
+        """Start a call of partition ``i`` (Ray's response); Ray's failure as :class:`PartitionUnavailableError`."""
+        try:
+            return getattr(self.partitions[i], method).remote(*args)
+        except Exception as e:  # Ray's: the deployment is gone
+            raise self._unavailable(i, e) from e
+
+    def _wait(self, i: int, response: Any) -> Any:
+        """Partition ``i``'s answer: its pooledir error raised here; Ray's (a dead actor) a 503, not a traceback."""
+        try:
+            answer = response.result()
+        except Exception as e:  # Ray's: the actor died, no replica is running
+            raise self._unavailable(i, e) from e
+        return _unwrap(answer)
+
+    def _unavailable(self, i: int, error: Exception) -> PartitionUnavailableError:
+        return PartitionUnavailableError(f"partition {i} of {self.name} {_unreachable(error)}; retry later")
 
     def _by_owner(self, items: list[T], key: Callable[[T], str]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}
@@ -272,8 +295,8 @@ class ShardedHandle:
         batch = pipeline.encode_and_pool(prepared, self.encoder, pipeline.PoolSpec.of(config), self.device)
         with self.write_lock:
             parts = batch.split(self.owner)
-            calls = [self.partitions[p].write.remote(part) for p, part in parts.items()]
-            return sum(_unwrap(c.result()) for c in calls)
+            calls = [(p, self._send(p, "write", part)) for p, part in parts.items()]
+            return sum(self._wait(p, c) for p, c in calls)
 
     def _config(self) -> IndexConfig:
         """The partitions' index settings (asked once)."""
@@ -292,9 +315,9 @@ class ShardedHandle:
             if missing:
                 more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
                 raise DocumentNotFoundError(f"unknown document id(s): {', '.join(map(repr, missing[:5]))}{more}")
-            calls = [self.partitions[p].delete.remote([ids[j] for j in js]) for p, js in groups.items()]
-            for c in calls:
-                _unwrap(c.result())
+            calls = [(p, self._send(p, "delete", [ids[j] for j in js])) for p, js in groups.items()]
+            for p, c in calls:
+                self._wait(p, c)
         return len(ids)
 
     def read(self, fn: Callable[[PartitionsView], T]) -> T:

@@ -224,3 +224,26 @@ def test_readyz_names_a_partition_with_a_damaged_file_and_recovers_with_it(two_p
     segment.write_bytes(good)
     os.utime(segment, ns=(stamp + 2 * 10**9, stamp + 2 * 10**9))
     assert handle.problem() is None  # ready again once the file is whole
+
+
+def test_a_request_that_reaches_a_dead_partition_is_a_json_503_not_a_traceback(two_partitions, tiny_docs):
+    """Ray's own failure (the actor died) used to escape the routes as a bare 500."""
+    from fastapi.testclient import TestClient
+
+    from pooledir.service.main import create_app
+    from pooledir.service.registry import Registry
+    from pooledir.service.settings import Settings
+
+    handle, _ = two_partitions
+    handle.partitions[1] = DeadPartition()
+    app = create_app(Settings(device="cpu"), open_registry=lambda settings: Registry({"split": handle}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for method, url, body in [
+            ("POST", "/indexes/split/search", {"query": "cancer", "k": 3}),
+            ("GET", "/indexes/split", None),
+            ("POST", "/indexes/split/documents", {"documents": [{"id": "new", "text": "bone density"}]}),
+            ("DELETE", "/indexes/split/documents", {"ids": [tiny_docs[0].id]}),
+        ]:
+            r = client.request(method, url, json=body)
+            assert r.status_code == 503, (url, r.text)
+            assert r.json()["detail"].startswith("partition 1 of split does not answer (ActorDiedError: "), r.text
