@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from pooledir.corpus import Document
-from pooledir.index.plaid import CentroidLane, lane_depths, plaid_ndocs
+from pooledir.index.plaid import (
+    LONG_RUNS,
+    CentroidLane,
+    _interaction,
+    _max_by_rank,
+    _max_by_token,
+    lane_depths,
+    plaid_ndocs,
+)
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, exact_search, search_embeddings
 from tests.conftest import FakeEncoder
@@ -194,3 +202,32 @@ def test_a_merged_segment_keeps_every_document_findable(tmp_path):
         assert np.mean([len({h.id for h in a} & w) / 10 for a, w in zip(answers, want)]) >= 0.95
     finally:
         idx.close()
+
+
+def naive_interaction(S: np.ndarray, docs: np.ndarray, lists: np.ndarray) -> dict[int, float]:
+    """Per document: sum over tokens of the max of S[token, list] over the document's lists (a double loop)."""
+    out = {}
+    for d in np.unique(docs):
+        mine = lists[docs == d]
+        out[int(d)] = float(sum(max(S[t, c] for c in mine) for t in range(S.shape[0])))
+    return out
+
+
+@pytest.mark.parametrize("per_doc", [1, 3, LONG_RUNS, 5 * LONG_RUNS])
+def test_the_centroid_interaction_equals_a_double_loop(per_doc):
+    """Both ways of reducing the pairs (token by token for long runs, rank by rank for short ones) give the
+    naive double loop's scores, bit for bit equal to each other, whatever order the pairs come in."""
+    rng = np.random.default_rng(per_doc)
+    S = rng.standard_normal((7, 50)).astype(np.float32)
+    n_docs = 40
+    docs = np.repeat(rng.permutation(1000)[:n_docs], rng.integers(1, 2 * per_doc + 1, n_docs))
+    lists = rng.integers(0, 50, len(docs))
+    shuffle = rng.permutation(len(docs))
+    got_docs, got = _interaction(S, np.ascontiguousarray(S.T), docs[shuffle], lists[shuffle])
+    want = naive_interaction(S, docs, lists)
+    assert got_docs.tolist() == sorted(want)
+    np.testing.assert_allclose(got, [want[d] for d in got_docs.tolist()], rtol=1e-5)
+    o = np.argsort(docs, kind="stable")
+    first = np.flatnonzero(np.r_[True, docs[o][1:] != docs[o][:-1]])
+    by_token, by_rank = _max_by_token(S, lists[o], first), _max_by_rank(np.ascontiguousarray(S.T), lists[o], first)
+    assert np.array_equal(by_token, by_rank)
