@@ -518,6 +518,7 @@ RESULTS_PAGES = (
             "query_encoding_scifact1k.cpu.json",
             "query_backend/scifact100.cpu.json",
             "query_backend/scifact100_run2.cpu.json",
+            "query_backend/scifact300.cpu.json",  # the rule of query_backend/rule.md
             "doc_encoding_scifact192.cpu.json",
             "doc_encoding_scifact200.cpu.json",
             "load_scifact_m64.cpu.json",
