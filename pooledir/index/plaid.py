@@ -22,10 +22,17 @@ read from the memory map where they lie.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from pooledir.index.segments import SegmentReader, ranges
+
+if TYPE_CHECKING:
+    import faiss
+
+    from pooledir.index.codecs import PQ3File
+    from pooledir.search import SearchParams
 
 #: (largest k, documents kept after the cheap centroid score) from colbert-ai's searcher.py; above: max(4k, 4096)
 NDOCS_BY_K = ((10, 256), (100, 1024))
@@ -68,13 +75,13 @@ def lane_depths(k: int, ncells: int, depth: float = 1.0, rerank: int = 0) -> Lan
     return LaneDepths(ncells=ncells, ndocs=ndocs, rescore=max(ndocs // RESCORE_SHARE, rerank, k))
 
 
-def depths_for(params) -> LaneDepths:
+def depths_for(params: SearchParams) -> LaneDepths:
     """The lane's depths for a ``SearchParams``: nprobe / 4 lists a token, PLAID's ndocs x candidates_per_token / 32."""
     ncells = -(-params.nprobe // NPROBE_PER_CELL)
     return lane_depths(params.k, ncells, params.candidates_per_token / REFERENCE_CANDIDATES, params.rerank)
 
 
-def centroids_of(quantizer) -> np.ndarray:
+def centroids_of(quantizer: faiss.IndexIVFPQ) -> np.ndarray:
     """The shared quantizer's coarse centroids as one float32 (nlist, d) array (a copy, made once)."""
     return np.ascontiguousarray(quantizer.quantizer.reconstruct_n(0, quantizer.nlist), dtype=np.float32)
 
@@ -90,7 +97,7 @@ class CentroidLane:
         self.centroids = centroids
         self.segments = [s for s in segments if s.n_live > 0]
 
-    def candidates(self, queries: np.ndarray, params) -> list[np.ndarray]:
+    def candidates(self, queries: np.ndarray, params: SearchParams) -> list[np.ndarray]:
         """Per query (nq, Lq, d) the doc_ints to score by exact MaxSim, at the depths of ``params`` (SearchParams)."""
         return self.at_depths(queries, depths_for(params))
 
@@ -117,13 +124,13 @@ class CentroidLane:
         if len(docs) <= depths.rescore:
             return docs
         docs, full = _interaction(S, ST, *self._all_lists(docs))
-        return docs[_top(full, depths.rescore)]
+        return np.asarray(docs[_top(full, depths.rescore)])
 
     def _pairs(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(doc_int, list) of every live vector in the lists ``cells``, over every segment (duplicates kept)."""
         docs, lists = [], []
         for seg in self.segments:
-            rows, of_list = seg.file.rows_of_lists(cells)
+            rows, of_list = _pq3(seg).rows_of_lists(cells)
             keep = seg.alive(rows)  # a deleted document's vectors stay in the file: never a candidate
             docs.append(seg.docs_of(rows[keep]))
             lists.append(of_list[keep])
@@ -142,10 +149,15 @@ class CentroidLane:
                 continue
             j = order[j[mine]]
             rows = ranges(seg.starts[j], seg.counts[j])
-            f = seg.file
+            f = _pq3(seg)
             out_lists.append(_list_numbers(f.codes, rows, f.coarse_size))
             out_docs.append(np.repeat(docs[mine], seg.counts[j]))
         return np.concatenate(out_docs), np.concatenate(out_lists)
+
+
+def _pq3(seg: SegmentReader) -> PQ3File:
+    """A pq3 segment's mapped file (the lane is only given pq3 segments: ``Snapshot.sources``)."""
+    return cast("PQ3File", seg.file)
 
 
 def _list_numbers(codes: np.ndarray, rows: np.ndarray, coarse_size: int) -> np.ndarray:
@@ -188,7 +200,7 @@ def _max_by_token(S: np.ndarray, lists: np.ndarray, first: np.ndarray) -> np.nda
     gathered = np.take(S, lists, axis=1).ravel()  # (Lq * n,): token t's scores of every pair, contiguous
     starts = (np.arange(lq, dtype=np.int64)[:, None] * n + first[None, :]).ravel()
     best = np.maximum.reduceat(gathered, starts).reshape(lq, -1)
-    return np.ascontiguousarray(best.T).sum(axis=1)  # summed as the rank-wise path sums: the same floats
+    return np.asarray(np.ascontiguousarray(best.T).sum(axis=1))  # summed as the rank-wise path sums: the same floats
 
 
 def _max_by_rank(ST: np.ndarray, lists: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -203,7 +215,7 @@ def _max_by_rank(ST: np.ndarray, lists: np.ndarray, first: np.ndarray) -> np.nda
     for lo, hi in zip(bounds[1:-1], bounds[2:]):
         mine = run[lo:hi]
         best[mine] = np.maximum(best[mine], gathered[lo:hi])
-    return best.sum(axis=1)
+    return np.asarray(best.sum(axis=1))
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
