@@ -115,28 +115,42 @@ class CentroidLane:
         """Steps b and c for one query's centroid scores S (Lq, nlist)."""
         ncells = min(depths.ncells, S.shape[1])
         cells = np.unique(np.argpartition(-S, ncells - 1, axis=1)[:, :ncells])
-        docs, lists = self._pairs(cells)
+        docs, lists, first = self._runs(cells)
         if len(docs) == 0:
             return docs
         ST = np.ascontiguousarray(S.T)
-        cheap_docs, cheap = _interaction(S, ST, docs, lists)
-        docs = np.sort(cheap_docs[_top(cheap, depths.ndocs)])
+        cheap = _run_scores(S, ST, lists, first)
+        if np.any(docs[1:] < docs[:-1]):  # merged or several segments: ascending, as _top's ties expect
+            order = np.argsort(docs)
+            docs, cheap = docs[order], cheap[order]
+        docs = np.sort(docs[_top(cheap, depths.ndocs)])
         if len(docs) <= depths.rescore:
             return docs
         docs, full = _interaction(S, ST, *self._all_lists(docs))
         return np.asarray(docs[_top(full, depths.rescore)])
 
-    def _pairs(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(doc_int, list) of every live vector in the lists ``cells``, over every segment (duplicates kept)."""
-        docs, lists = [], []
+    def _runs(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live vectors in the lists ``cells`` grouped by document, over every segment.
+
+        Returns (doc_int of each run, list of each vector, first vector of each run). A segment's rows are
+        sorted (radix on 16-bit digits) and cut at its live documents' row ranges: a deleted document's
+        vectors, still in the file, lie in no live range, and no row needs a search for its document.
+        """
+        docs, lists, counts = [], [], []
         for seg in self.segments:
             rows, of_list = _pq3(seg).rows_of_lists(cells)
-            keep = seg.alive(rows)  # a deleted document's vectors stay in the file: never a candidate
-            docs.append(seg.docs_of(rows[keep]))
-            lists.append(of_list[keep])
+            order = _stable_order(rows)
+            rows, of_list = rows[order], of_list[order]
+            lo = np.searchsorted(rows, seg.starts)
+            n = np.searchsorted(rows, seg.starts + seg.counts) - lo
+            held = n > 0
+            lists.append(of_list[ranges(lo[held], n[held])])
+            docs.append(np.asarray(seg.doc_ints)[held])
+            counts.append(n[held])
         if not docs:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        return np.concatenate(docs), np.concatenate(lists)
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+        n_all = np.concatenate(counts)
+        return np.concatenate(docs), np.concatenate(lists), np.cumsum(n_all) - n_all
 
     def _all_lists(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(doc_int, list) of every vector of ``docs`` (sorted, live): one slice of codes per document."""
@@ -187,11 +201,29 @@ def _interaction(S: np.ndarray, ST: np.ndarray, docs: np.ndarray, lists: np.ndar
     order = np.argsort(docs, kind="stable")
     docs, lists = docs[order], lists[order]
     first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
-    if len(docs) >= LONG_RUNS * len(first):
-        best = _max_by_token(S, lists, first)
-    else:
-        best = _max_by_rank(ST, lists, first)
-    return docs[first], best
+    return docs[first], _run_scores(S, ST, lists, first)
+
+
+def _run_scores(S: np.ndarray, ST: np.ndarray, lists: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per run of pairs (``first[j]:first[j + 1]``) the sum over tokens of the best ``S`` over its lists."""
+    if len(lists) >= LONG_RUNS * len(first):
+        return _max_by_token(S, lists, first)
+    return _max_by_rank(ST, lists, first)
+
+
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of non-negative integers, by numpy's radix sort on 16-bit digits.
+
+    numpy sorts 16-bit integers stably by radix, other widths by timsort: on 2 cores, 24k ranks took 0.12 ms
+    as uint16 and 1.3 ms as int64; keys up to 2**32 take two passes (least significant digit first).
+    """
+    top = int(keys.max()) if len(keys) else 0
+    if top < 1 << 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    if top >= 1 << 32:
+        return np.argsort(keys, kind="stable")
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    return order[np.argsort((keys[order] >> 16).astype(np.uint16), kind="stable")]
 
 
 def _max_by_token(S: np.ndarray, lists: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -208,7 +240,7 @@ def _max_by_rank(ST: np.ndarray, lists: np.ndarray, first: np.ndarray) -> np.nda
     n = len(lists)
     run = np.repeat(np.arange(len(first)), np.diff(np.r_[first, n]))
     rank = np.arange(n) - first[run]
-    order = np.argsort(rank, kind="stable")
+    order = _stable_order(rank)
     bounds = np.searchsorted(rank[order], np.arange(int(rank.max()) + 2))
     gathered, run = ST[lists[order]], run[order]  # (n, Lq) rows, rank 0 first
     best = np.array(gathered[: bounds[1]])  # rank 0: one pair of every run, in run order

@@ -16,6 +16,7 @@ from pooledir.index.plaid import (
     _interaction,
     _max_by_rank,
     _max_by_token,
+    _stable_order,
     lane_depths,
     plaid_ndocs,
 )
@@ -231,3 +232,30 @@ def test_the_centroid_interaction_equals_a_double_loop(per_doc):
     first = np.flatnonzero(np.r_[True, docs[o][1:] != docs[o][:-1]])
     by_token, by_rank = _max_by_token(S, lists[o], first), _max_by_rank(np.ascontiguousarray(S.T), lists[o], first)
     assert np.array_equal(by_token, by_rank)
+
+
+@pytest.mark.parametrize("top", [40, 1 << 16, 1 << 31, 1 << 40])
+def test_the_radix_order_is_numpys_stable_argsort(top):
+    """16-bit keys (one radix pass), up to 2**32 (two), beyond (timsort): always the stable argsort."""
+    keys = np.random.default_rng(top).integers(0, top, 5000)
+    keys[::7] = keys[0]  # ties: stability is what the rank-wise reduction relies on
+    assert np.array_equal(_stable_order(keys), np.argsort(keys, kind="stable"))
+    assert len(_stable_order(np.empty(0, np.int64))) == 0
+
+
+def test_runs_hold_each_live_documents_vectors_in_the_probed_lists(index):
+    """Grouping by row ranges equals looking each row's document up and testing its live bit (deletions, three
+    segments): the same (document, list) pairs, one run per document, never a deleted document."""
+    snap = engine(index).snapshot
+    lane = CentroidLane(snap.centroids(), list(snap.segments))
+    cells = np.arange(0, snap.quantizer.nlist, 3)
+    docs, lists, first = lane._runs(cells)
+    got = sorted(zip(np.repeat(docs, np.diff(np.r_[first, len(lists)])).tolist(), lists.tolist()))
+    want = []
+    for seg in lane.segments:
+        rows, of_list = seg.file.rows_of_lists(cells)
+        keep = seg.alive(rows)
+        want += zip(seg.docs_of(rows[keep]).tolist(), of_list[keep].tolist())
+    assert got == sorted(want) and len(got) > 0
+    assert len(np.unique(docs)) == len(docs)
+    assert set(docs.tolist()) <= set(snap.live_docs().tolist())
