@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: ONNX opset of the export (ONNX Runtime ≥ 1.14 runs it)
 OPSET = 17
+#: ONNX Runtime's session option that lets idle intra-op threads busy-wait for the next run
+SPINNING = "session.intra_op.allow_spinning"
 
 
 def default_cache_dir() -> Path:
@@ -134,6 +136,10 @@ class OnnxRuntimeEncoder:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # idle pool threads sleep instead of spinning: on 2 shared cores a spinning pool took CPU from the search
+        # that follows each query's encoding (same process, interleaved, 300 SciFact queries, load 6-7: encode
+        # 19.0 -> 17.8 ms, encode + search 48.8 -> 44.5 ms p50, process CPU 39.2 -> 30.6 ms)
+        options.add_session_config_entry(SPINNING, "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.quantized = quantize
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -145,7 +145,7 @@ def approximate_scores(scores: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray
     return cands, best.sum(axis=1)
 
 
-def one_blas_thread():
+def one_blas_thread() -> AbstractContextManager[Any]:
     """A context that runs BLAS on one thread (numpy's and faiss's OpenBLAS).
 
     A search's matrix products are small (32 tokens x a few thousand centroids or vectors):
@@ -158,7 +158,7 @@ def one_blas_thread():
         from threadpoolctl import ThreadpoolController
 
         _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
+    return cast(AbstractContextManager[Any], _blas.limit(limits=1, user_api="blas"))
 
 
 class CandidateSource(Protocol):

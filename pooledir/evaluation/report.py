@@ -511,13 +511,18 @@ RESULTS_PAGES = (
     ResultsPage(
         "speed",
         "Speed: encoding, HTTP load, Ray",
-        "Query and document encoding backends, the HTTP service under load, and Ray on a local cluster.",
+        "Query and document encoding backends, single-query latency against PLAID in one process, the HTTP "
+        "service under load, and Ray on a local cluster.",
         (
             "query_encoding_scifact_full_1thread.cpu.json",
             "query_encoding_scifact_full.cpu.json",
             "query_encoding_scifact1k.cpu.json",
             "query_backend/scifact100.cpu.json",
             "query_backend/scifact100_run2.cpu.json",
+            "query_backend/scifact300.cpu.json",  # the rule of query_backend/rule.md
+            "latency/scifact_test.cpu.json",  # pooledir's default vs PLAID nbits 2, one process, encoding included
+            "latency/scifact_test_run2.cpu.json",
+            "latency/scifact_test_f26bb5e.cpu.json",  # the same benchmark at the code before the lane's speed-up
             "doc_encoding_scifact192.cpu.json",
             "doc_encoding_scifact200.cpu.json",
             "load_scifact_m64.cpu.json",

@@ -9,11 +9,11 @@ commit builds a new snapshot; the old one goes when nothing refers to it.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from pooledir.errors import IndexCorruptError
 from pooledir.index.codecs import codec_for
 from pooledir.index.plaid import CentroidLane, centroids_of
 from pooledir.index.segments import Probe, SegmentReader, live_bitmap, ranges, read_quantizer
-from pooledir.search import TokenAnn
+from pooledir.search import CandidateSource, TokenAnn
 from pooledir.store import DocStore, SegmentRow
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Snapshot:
     start_of: np.ndarray
     count_of: np.ndarray
     n_docs: int
-    _keep: list = field(default_factory=list)
+    _keep: list[object] = field(default_factory=list)
     _live: np.ndarray | None = field(default=None, repr=False)
     _centroids: np.ndarray | None = field(default=None, repr=False)  # the quantizer's, float32: shared by snapshots
 
@@ -83,14 +83,16 @@ class Snapshot:
     def centroids(self) -> np.ndarray:
         """The shared quantizer's centroids, float32 (nlist, d): copied once per quantizer, not per query."""
         if self._centroids is None:
+            if self.quantizer is None:  # _readers refuses a quantized segment without one: not reachable by input
+                raise IndexCorruptError("the index has quantized segments but no quantizer")
             self._centroids = centroids_of(self.quantizer)
         return self._centroids
 
-    def sources(self) -> list:
+    def sources(self) -> list[CandidateSource]:
         """Candidate generation per kind of segment: the centroid lane (pq3), per-token ANN (pq, flat)."""
         lane = [s for s in self.segments if codec_for(s.kind).centroid_lane and s.n_live]
         rest = [s for s in self.segments if not codec_for(s.kind).centroid_lane and s.n_live]
-        out: list = [CentroidLane(self.centroids(), lane)] if lane else []
+        out: list[CandidateSource] = [CentroidLane(self.centroids(), lane)] if lane else []
         return out + ([TokenAnn(partial(self.ann, segments=rest))] if rest else [])
 
     def ann(
@@ -143,7 +145,7 @@ class Snapshot:
             out[ranges(offsets[mine], counts[mine])] = self.segments[s].reconstruct(local)
         return out, offsets
 
-    def vectors_of_segment(self, i: int, chunk: int = 65_536):
+    def vectors_of_segment(self, i: int, chunk: int = 65_536) -> Iterator[np.ndarray]:
         """Yield the live vectors of segment ``i`` in document order, in chunks (decoded or exact)."""
         seg = self.segments[i]
         local = ranges(seg.starts, seg.counts)
@@ -271,7 +273,9 @@ def load_snapshot(folder: Path, store: DocStore, dim: int, previous: Snapshot | 
     )
 
 
-def _refresh(folder: Path, store: DocStore, dim: int, previous: Snapshot, commit: int, rows: list) -> Snapshot:
+def _refresh(
+    folder: Path, store: DocStore, dim: int, previous: Snapshot, commit: int, rows: list[SegmentRow]
+) -> Snapshot:
     """A newer commit with the same quantizer, from ``previous``: reads only new or touched segments' rows.
 
     Segments no commit after ``previous`` touched (lost documents) keep their readers; documents
@@ -340,10 +344,10 @@ def _readers(
     folder: Path,
     dim: int,
     rows: list[SegmentRow],
-    quantizer,
+    quantizer: faiss.IndexIVFPQ | None,
     q_id: int | None,
     reusable: dict[int, SegmentReader],
-    layout_of,
+    layout_of: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]],
     tables: tuple[np.ndarray, np.ndarray, np.ndarray],
     keep: Set[int] = frozenset(),
 ) -> list[SegmentReader]:
@@ -393,7 +397,7 @@ def _readers(
     return readers
 
 
-def _int_meta(store: DocStore, key: str, default: str | None):
+def _int_meta(store: DocStore, key: str, default: str | None) -> Any:  # int, or None without a default
     """A number the store keeps in its meta table; a value that is not one means a corrupt index."""
     value = store.get_meta(key, default)
     try:

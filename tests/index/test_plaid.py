@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from pooledir.corpus import Document
-from pooledir.index.plaid import CentroidLane, lane_depths, plaid_ndocs
+from pooledir.index.plaid import (
+    LONG_RUNS,
+    CentroidLane,
+    _interaction,
+    _max_by_rank,
+    _max_by_token,
+    _stable_order,
+    lane_depths,
+    plaid_ndocs,
+)
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, exact_search, search_embeddings
 from tests.conftest import FakeEncoder
@@ -194,3 +203,59 @@ def test_a_merged_segment_keeps_every_document_findable(tmp_path):
         assert np.mean([len({h.id for h in a} & w) / 10 for a, w in zip(answers, want)]) >= 0.95
     finally:
         idx.close()
+
+
+def naive_interaction(S: np.ndarray, docs: np.ndarray, lists: np.ndarray) -> dict[int, float]:
+    """Per document: sum over tokens of the max of S[token, list] over the document's lists (a double loop)."""
+    out = {}
+    for d in np.unique(docs):
+        mine = lists[docs == d]
+        out[int(d)] = float(sum(max(S[t, c] for c in mine) for t in range(S.shape[0])))
+    return out
+
+
+@pytest.mark.parametrize("per_doc", [1, 3, LONG_RUNS, 5 * LONG_RUNS])
+def test_the_centroid_interaction_equals_a_double_loop(per_doc):
+    """Both ways of reducing the pairs (token by token for long runs, rank by rank for short ones) give the
+    naive double loop's scores, bit for bit equal to each other, whatever order the pairs come in."""
+    rng = np.random.default_rng(per_doc)
+    S = rng.standard_normal((7, 50)).astype(np.float32)
+    n_docs = 40
+    docs = np.repeat(rng.permutation(1000)[:n_docs], rng.integers(1, 2 * per_doc + 1, n_docs))
+    lists = rng.integers(0, 50, len(docs))
+    shuffle = rng.permutation(len(docs))
+    got_docs, got = _interaction(S, np.ascontiguousarray(S.T), docs[shuffle], lists[shuffle])
+    want = naive_interaction(S, docs, lists)
+    assert got_docs.tolist() == sorted(want)
+    np.testing.assert_allclose(got, [want[d] for d in got_docs.tolist()], rtol=1e-5)
+    o = np.argsort(docs, kind="stable")
+    first = np.flatnonzero(np.r_[True, docs[o][1:] != docs[o][:-1]])
+    by_token, by_rank = _max_by_token(S, lists[o], first), _max_by_rank(np.ascontiguousarray(S.T), lists[o], first)
+    assert np.array_equal(by_token, by_rank)
+
+
+@pytest.mark.parametrize("top", [40, 1 << 16, 1 << 31, 1 << 40])
+def test_the_radix_order_is_numpys_stable_argsort(top):
+    """16-bit keys (one radix pass), up to 2**32 (two), beyond (timsort): always the stable argsort."""
+    keys = np.random.default_rng(top).integers(0, top, 5000)
+    keys[::7] = keys[0]  # ties: stability is what the rank-wise reduction relies on
+    assert np.array_equal(_stable_order(keys), np.argsort(keys, kind="stable"))
+    assert len(_stable_order(np.empty(0, np.int64))) == 0
+
+
+def test_runs_hold_each_live_documents_vectors_in_the_probed_lists(index):
+    """Grouping by row ranges equals looking each row's document up and testing its live bit (deletions, three
+    segments): the same (document, list) pairs, one run per document, never a deleted document."""
+    snap = engine(index).snapshot
+    lane = CentroidLane(snap.centroids(), list(snap.segments))
+    cells = np.arange(0, snap.quantizer.nlist, 3)
+    docs, lists, first = lane._runs(cells)
+    got = sorted(zip(np.repeat(docs, np.diff(np.r_[first, len(lists)])).tolist(), lists.tolist()))
+    want = []
+    for seg in lane.segments:
+        rows, of_list = seg.file.rows_of_lists(cells)
+        keep = seg.alive(rows)
+        want += zip(seg.docs_of(rows[keep]).tolist(), of_list[keep].tolist())
+    assert got == sorted(want) and len(got) > 0
+    assert len(np.unique(docs)) == len(docs)
+    assert set(docs.tolist()) <= set(snap.live_docs().tolist())
