@@ -44,6 +44,7 @@ from pooledir.index.codecs import SegmentCodec, codec_for
 from pooledir.index.manifest import FORMAT_VERSION, IndexConfig, read_manifest
 from pooledir.index.segments import (
     SegmentReader,
+    planned_nlist,
     ranges,
     train_quantizer,
     write_array,
@@ -361,7 +362,7 @@ class IndexFolder:
         snap, c = self.snapshot, self.config
         if c.backend == "ivfpq" and snap.quantizer is None and snap.n_live >= c.train_min_vectors:
             self.compact()
-        elif self._sample_outgrown() or snap.n_stored - snap.n_live > c.max_dead_fraction * max(snap.n_stored, 1):
+        elif self.retrain_recommended() or snap.n_stored - snap.n_live > c.max_dead_fraction * max(snap.n_stored, 1):
             self.compact()
         else:
             group = merge_choice([s.n_vectors for s in snap.segments], c.max_segments)
@@ -383,16 +384,28 @@ class IndexFolder:
         return min(snap.n_live, c.train_sample) >= c.retrain_factor * had
 
     def retrain_recommended(self) -> bool:
-        """True when re-training would help; compaction then re-trains.
+        """True when re-training would help; the next write's compaction then re-trains.
 
-        Either a larger sample (see above), or, with ``nlist`` sized automatically (≈4·√N), an
-        index ``retrain_factor`` times larger than it was trained for.
+        Either a larger sample (see above), or (:meth:`_lists_outgrown`) a list count that no longer fits the corpus.
+        """
+        return self._sample_outgrown() or self._lists_outgrown()
+
+    def _lists_outgrown(self) -> bool:
+        """True when the automatic list count of a training now differs and the index grew ``retrain_factor``-fold.
+
+        Grown since the quantizer's training, with ``nlist`` sized automatically. So a streamed build ends with
+        the lists a bulk build of its size picks, or up to ``retrain_factor`` times fewer where the sample caps
+        them (N/39 lists up to ``train_sample`` vectors; ``train_sample``/39 beyond, the same for both); under
+        PLAID's ``16·√N`` rule alone, the factor's square root. Every re-training re-encodes the index in one
+        compaction: growth by 4x between trainings keeps that to about a third more encoding than the vectors'.
         """
         snap, c = self.snapshot, self.config
-        if snap.quantizer is None:
+        if snap.quantizer is None or c.nlist is not None:
             return False
-        grown = snap.n_live > c.retrain_factor * max(snap.trained_vectors, 1)
-        return self._sample_outgrown() or (c.nlist is None and grown)
+        if snap.n_live < c.retrain_factor * max(snap.trained_vectors, 1):
+            return False
+        want = planned_nlist(snap.n_live, min(snap.n_live, c.train_sample), legacy=self.pq_kind == "pq")
+        return want != int(snap.quantizer.nlist)
 
     def compact(self, retrain: bool | None = None) -> None:
         """Merge every segment into one without deleted vectors; train first when due (or ``retrain``)."""

@@ -95,6 +95,13 @@ def default_nlist_v2(n_vectors: int) -> int:
     return max(1, min(int(round(4 * math.sqrt(max(n_vectors, 1)))), n_vectors // 39))
 
 
+def planned_nlist(n_total: int, n_sample: int, legacy: bool = False) -> int:
+    """The list count :func:`train_quantizer` picks for ``n_total`` vectors trained on ``n_sample`` of them."""
+    n = max(n_total, n_sample)
+    auto = default_nlist_v2(n) if legacy else default_nlist(n, n_sample)
+    return min(auto, max(1, n_sample))
+
+
 def default_pq_m(dim: int, legacy: bool = False) -> int:
     """dim/8 sub-quantizers (16 for 128-d) for format 3, dim/2 for format 2, rounded down to a GPU-legal divisor.
 
@@ -245,8 +252,7 @@ def train_quantizer(
     import faiss
 
     n, dim = sample.shape
-    auto = default_nlist_v2(max(n_total, n)) if legacy else default_nlist(max(n_total, n), n)
-    nlist = min(nlist or auto, max(1, n))
+    nlist = min(nlist, max(1, n)) if nlist else planned_nlist(n_total, n, legacy)
     pq_m = pq_m or default_pq_m(dim, legacy)
     nbits = pq_nbits
     if n < (1 << nbits):  # faiss needs >= 2**nbits training points per codebook
