@@ -37,9 +37,10 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, Any
 
 import numpy as np
 
@@ -47,10 +48,19 @@ from pooledir.device import faiss_gpu_available
 from pooledir.durable import write_durably
 from pooledir.errors import IndexCorruptError
 
-if TYPE_CHECKING:
+log = logging.getLogger(__name__)
+
+#: a faiss object (index, quantizer, selector): SWIG classes whose stubs lack much of what is used here
+#: (DirectMap, PyCallbackIOWriter, SearchParameters(sel=...), the concrete class after read/clone/downcast)
+Faiss = Any
+
+
+def _faiss() -> Any:
+    """The faiss module, imported on first use (``import pooledir`` stays light) and typed at this boundary."""
     import faiss
 
-log = logging.getLogger(__name__)
+    return faiss
+
 
 #: sub-quantizer counts faiss's GPU IVF-PQ accepts (with 8-bit codes)
 GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
@@ -81,7 +91,7 @@ def default_nlist(n_vectors: int, n_train: int | None = None) -> int:
     flat nDCG@10 where ≈2,256 lists + PQ32 kept 98.2% (issue 21): finer lists buy code precision.
     """
     n_train = n_vectors if n_train is None else n_train
-    rule = 2 ** int(math.floor(math.log2(max(LISTS_PER_ROOT_N * math.sqrt(max(n_vectors, 1)), 1))))
+    rule = 1 << int(math.floor(math.log2(max(LISTS_PER_ROOT_N * math.sqrt(max(n_vectors, 1)), 1))))
     return max(1, min(rule, n_train // MIN_POINTS_PER_LIST))
 
 
@@ -124,11 +134,11 @@ FOOTER_MAGIC = b"pdcrc32\x00"
 _CHECK_CHUNK = 1 << 22
 
 
-def _write_checksummed(f, write) -> None:
+def _write_checksummed(f: IO[bytes], write: Callable[[Callable[[bytes], int]], object]) -> None:
     """``write(put)`` the payload through ``put``, then the footer that records its length and CRC-32."""
     state = [0, 0]
 
-    def put(data) -> int:
+    def put(data: bytes) -> int:
         state[0] += len(data)
         state[1] = zlib.crc32(data, state[1])
         return f.write(data)
@@ -176,16 +186,16 @@ def verify_file(path: Path) -> bool:
     return True
 
 
-def write_faiss(index, path: Path) -> None:
+def write_faiss(index: Faiss, path: Path) -> None:
     """Write a faiss index durably (see :func:`pooledir.durable.write_durably`), with a checksum footer.
 
     The bytes go through a Python file object: faiss's own file writer only prints an error when
     ``fclose`` fails, so a full disk could leave a truncated file that looked written (and was
     committed); Python raises ``OSError`` for any failed write, flush or fsync.
     """
-    import faiss
+    faiss = _faiss()
 
-    def write(f) -> None:
+    def write(f: IO[bytes]) -> None:
         _write_checksummed(f, lambda put: faiss.write_index(index, faiss.PyCallbackIOWriter(put)))
 
     half = _fp16_coarse(index)
@@ -201,13 +211,13 @@ def write_faiss(index, path: Path) -> None:
         del half
 
 
-def _fp16_coarse(index):
+def _fp16_coarse(index: Faiss) -> Faiss:
     """The coarse centroids of a trained, empty IVF (a quantizer) as a float16 ``IndexScalarQuantizer``.
 
     None for anything else, and for centroids that float16 cannot hold exactly (a quantizer trained before
     :func:`train_quantizer` rounded them): the file keeps what the codes were encoded against, bit for bit.
     """
-    import faiss
+    faiss = _faiss()
 
     if not isinstance(index, faiss.IndexIVF) or index.ntotal or index.quantizer.ntotal != index.nlist:
         return None
@@ -241,7 +251,7 @@ def train_quantizer(
     pq_nbits: int,
     use_gpu: bool = False,
     legacy: bool = False,
-):
+) -> Faiss:
     """An empty, trained ``IndexIVFPQ`` (inner product, by residual): coarse centroids + PQ codebooks.
 
     Lists are sized for the ``n_total`` vectors the index holds (:func:`default_nlist`; ``legacy``: format 2's
@@ -249,7 +259,7 @@ def train_quantizer(
     only when the sample is smaller than 2**bits. On CPU the coarse k-means and the residuals run on numpy's
     BLAS (:func:`spherical_kmeans`, :func:`assign_lists`): faiss's own flat search assigned 2-3x slower here.
     """
-    import faiss
+    faiss = _faiss()
 
     n, dim = sample.shape
     nlist = min(nlist, max(1, n)) if nlist else planned_nlist(n_total, n, legacy)
@@ -281,8 +291,8 @@ def train_quantizer(
     return index
 
 
-def _train_on_gpu(index, x: np.ndarray, pq_m: int):
-    import faiss
+def _train_on_gpu(index: Faiss, x: np.ndarray, pq_m: int) -> Faiss:
+    faiss = _faiss()
 
     res = faiss.StandardGpuResources()
     options = faiss.GpuClonerOptions()
@@ -292,7 +302,7 @@ def _train_on_gpu(index, x: np.ndarray, pq_m: int):
     return faiss.index_gpu_to_cpu(gpu)
 
 
-def _train_on_cpu(index, x: np.ndarray) -> None:
+def _train_on_cpu(index: Faiss, x: np.ndarray) -> None:
     """Coarse spherical k-means and the residuals on numpy's BLAS, then faiss trains the PQ on those residuals.
 
     What faiss's ``IndexIVF.train`` does (spherical k-means for inner product, at most 256 points a centroid,
@@ -360,25 +370,25 @@ def assign_lists(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def coarse_centroids(index) -> np.ndarray:
+def coarse_centroids(index: Faiss) -> np.ndarray:
     """The (nlist, d) float32 centroids of an IVF whose coarse quantizer is flat: a view of faiss's memory."""
-    import faiss
+    faiss = _faiss()
 
     flat = faiss.downcast_index(index.quantizer)
-    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+    return np.asarray(faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d)).reshape(flat.ntotal, flat.d)
 
 
-def sa_encode(index, x: np.ndarray) -> np.ndarray:
+def sa_encode(index: Faiss, x: np.ndarray) -> np.ndarray:
     """``index.sa_encode(x)``: list number, then the PQ code of the residual; lists from :func:`assign_lists`.
 
     The same codes as faiss's (up to exact ties between two centroids), at the speed of numpy's BLAS; a batch
     of fewer than :data:`BLAS_ASSIGN_MIN_ROWS` rows (a single-document write) goes through faiss as it is.
     """
-    import faiss
+    faiss = _faiss()
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     if len(x) < BLAS_ASSIGN_MIN_ROWS:
-        return index.sa_encode(x)
+        return np.asarray(index.sa_encode(x), dtype=np.uint8)
     codes = np.empty((len(x), index.sa_code_size()), dtype=np.uint8)
     if len(x):
         lists = assign_lists(coarse_centroids(index), x)
@@ -386,12 +396,12 @@ def sa_encode(index, x: np.ndarray) -> np.ndarray:
     return codes
 
 
-def round_centroids(index) -> None:
+def round_centroids(index: Faiss) -> None:
     """Round an IVF's coarse centroids to float16 values, so the quantizer file can store them at half the bytes.
 
     Done before anything is encoded: codes are the same before and after the quantizer is written and read.
     """
-    import faiss
+    faiss = _faiss()
 
     coarse = faiss.downcast_index(index.quantizer)
     centroids = coarse.reconstruct_n(0, coarse.ntotal).astype(np.float16).astype(np.float32)
@@ -399,12 +409,12 @@ def round_centroids(index) -> None:
     coarse.add(centroids)
 
 
-def read_quantizer(path: Path) -> faiss.IndexIVFPQ:
+def read_quantizer(path: Path) -> Faiss:
     """Load a trained empty IVF-PQ written by :func:`write_faiss` (fully in memory: a few MB).
 
     Its coarse quantizer is always an ``IndexFlatIP``: float16 centroids on disk are decoded into one.
     """
-    import faiss
+    faiss = _faiss()
 
     verify_file(path)
     try:
@@ -425,9 +435,9 @@ def read_quantizer(path: Path) -> faiss.IndexIVFPQ:
     return index
 
 
-def _decode_coarse(index, coarse) -> None:
+def _decode_coarse(index: Faiss, coarse: Faiss) -> None:
     """Give ``index`` a flat float32 coarse quantizer of ``coarse``'s float16 centroids (BLAS-speed assignment)."""
-    import faiss
+    faiss = _faiss()
 
     flat = faiss.IndexFlatIP(index.d)
     flat.add(coarse.reconstruct_n(0, coarse.ntotal))
@@ -436,15 +446,15 @@ def _decode_coarse(index, coarse) -> None:
     coarse.this.own(True)  # ... and Python the float16 one it no longer points at, freed with this reference
 
 
-def describe_quantizer(q) -> dict:
+def describe_quantizer(q: Faiss) -> dict[str, int]:
     """The resolved IVF-PQ shape, as ``info()`` reports it."""
     return {"nlist": int(q.nlist), "pq_m": int(q.pq.M), "pq_nbits": int(q.pq.nbits)}
 
 
 # -- writing segments ---------------------------------------------------------------------------------------------
-def encode_segment(vectors: np.ndarray, quantizer=None):
+def encode_segment(vectors: np.ndarray, quantizer: Faiss = None) -> Faiss:
     """A faiss index holding ``vectors`` under ids 0..n-1: PQ-coded with ``quantizer``, else flat float32."""
-    import faiss
+    faiss = _faiss()
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if quantizer is None:
@@ -456,9 +466,9 @@ def encode_segment(vectors: np.ndarray, quantizer=None):
     return index
 
 
-def write_segment(index, path: Path) -> None:
+def write_segment(index: Faiss, path: Path) -> None:
     """Write a segment file durably; a pq segment leaves its coarse centroids out (they are shared)."""
-    import faiss
+    faiss = _faiss()
 
     if isinstance(index, faiss.IndexIVF):
         real = index.quantizer
@@ -494,7 +504,7 @@ class SegmentFile:
     decoding built (8 bytes a vector: O(index) to rebuild).
     """
 
-    def __init__(self, index, kind: str, quantizer=None, exact: np.ndarray | None = None) -> None:
+    def __init__(self, index: Faiss, kind: str, quantizer: Faiss = None, exact: np.ndarray | None = None) -> None:
         self.index = index
         self.kind = kind
         self.exact = exact
@@ -511,7 +521,7 @@ class SegmentFile:
             self._shared = quantizer  # the shared quantizer outlives this segment
 
     def _direct_map(self) -> None:
-        import faiss
+        faiss = _faiss()
 
         if not self._dm_ready:
             with self._dm_lock:
@@ -530,11 +540,11 @@ class SegmentFile:
             return np.asarray(self.exact[local], dtype=np.float32)
         if self.kind == "pq":
             self._direct_map()
-        return self.index.reconstruct_batch(np.ascontiguousarray(local, dtype=np.int64))
+        return np.asarray(self.index.reconstruct_batch(np.ascontiguousarray(local, dtype=np.int64)), np.float32)
 
-    def search(self, probe: Probe, k: int, reader: SegmentReader):
+    def search(self, probe: Probe, k: int, reader: SegmentReader) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` inner products of ``probe.x`` among ``reader``'s live vectors, inside faiss."""
-        import faiss
+        faiss = _faiss()
 
         if self.kind == "pq":
             return search_ivf(self.index, probe, k, reader)
@@ -548,7 +558,7 @@ class SegmentFile:
 
     def lists_used(self) -> np.ndarray:
         """The inverted lists (pq) that hold at least one of this segment's vectors, from the DirectMap."""
-        import faiss
+        faiss = _faiss()
 
         self._direct_map()
         return np.unique(faiss.vector_to_array(self.index.direct_map.array) >> 32)
@@ -596,7 +606,7 @@ class SegmentReader:
     counts: np.ndarray
     doc_ints: np.ndarray
     live: np.ndarray | None = None
-    _selector: object = None
+    _selector: Faiss = None
     _by_doc: tuple[np.ndarray, np.ndarray] | None = None
 
     def by_doc(self) -> tuple[np.ndarray, np.ndarray]:
@@ -610,7 +620,7 @@ class SegmentReader:
         return self._by_doc
 
     @property
-    def index(self):
+    def index(self) -> Faiss:
         """The faiss index (None once closed)."""
         return self.file.index if self.file is not None else None
 
@@ -624,9 +634,9 @@ class SegmentReader:
         """Vectors that still belong to a document."""
         return int(self.counts.sum())
 
-    def selector(self):
+    def selector(self) -> Faiss:
         """Faiss ``IDSelectorBitmap`` over the live vectors, or None when every vector is live."""
-        import faiss
+        faiss = _faiss()
 
         if self.live is None:
             return None
@@ -634,9 +644,15 @@ class SegmentReader:
             self._selector = faiss.IDSelectorBitmap(self.n_vectors, faiss.swig_ptr(self.live))
         return self._selector
 
-    def search(self, probe: Probe, k: int):
+    def open_file(self) -> SegmentFile:
+        """The mapped file; a closed reader (its snapshot was released) has none."""
+        if self.file is None:
+            raise RuntimeError(f"segment {self.seg_id}'s reader is closed: use a snapshot that is still open")
+        return self.file
+
+    def search(self, probe: Probe, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` inner products of the probe's tokens among live vectors: (scores, local ids), -1 = none."""
-        return self.file.search(probe, k, self)
+        return self.open_file().search(probe, k, self)
 
     def docs_of(self, local: np.ndarray) -> np.ndarray:
         """Internal document number of each local id (-1 stays -1)."""
@@ -645,7 +661,7 @@ class SegmentReader:
 
     def reconstruct(self, local: np.ndarray) -> np.ndarray:
         """float32 vectors of local ids: the exact sidecar when kept, else decoded from the segment."""
-        return self.file.reconstruct(local)
+        return self.open_file().reconstruct(local)
 
     def with_documents(self, doc_ints: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> SegmentReader:
         """A reader over the same file whose live documents are these (the table a newer commit has)."""
@@ -666,7 +682,7 @@ class SegmentReader:
         """Which of these local ids (int64) still belong to a document: their bit in ``live`` (all, when None)."""
         if self.live is None:
             return np.ones(len(local), dtype=bool)
-        return ((self.live[local >> 3] >> (local & 7).astype(np.uint8)) & 1).astype(bool)
+        return np.asarray((self.live[local >> 3] >> (local & 7).astype(np.uint8)) & 1, dtype=bool)
 
     def without(self, gone: np.ndarray) -> SegmentReader:
         """A reader over the same file with documents ``gone`` deleted: O(this segment's documents + bitmap bytes)."""
@@ -697,11 +713,13 @@ class SegmentReader:
         self._selector = None
 
 
-def search_ivf(index, probe: Probe, k: int, reader: SegmentReader) -> tuple[np.ndarray, np.ndarray]:
+def search_ivf(index: Faiss, probe: Probe, k: int, reader: SegmentReader) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, local ids) of an IVF-PQ segment in the lists the probe already chose; dead ids skipped."""
-    import faiss
+    faiss = _faiss()
 
     x, assign, coarse = probe.x, probe.assign, probe.coarse
+    if assign is None or coarse is None:  # a caller's bug: pq segments are searched in the probe's lists
+        raise ValueError("an IVF-PQ segment needs the probe's coarse assignment")
     n, k = len(x), min(k, max(reader.n_live, 1))
     D = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)
@@ -733,10 +751,10 @@ def live_bitmap(n_vectors: int, starts: np.ndarray, counts: np.ndarray) -> np.nd
 
 
 def open_segment_file(
-    path: Path, kind: str, n_vectors: int, dim: int, quantizer, exact_path: Path | None = None
+    path: Path, kind: str, n_vectors: int, dim: int, quantizer: Faiss, exact_path: Path | None = None
 ) -> SegmentFile:
     """Memory-map a segment file and check it: its checksum, and that it holds what its commit row says."""
-    import faiss
+    faiss = _faiss()
 
     stamp = _stamp(path)  # FileNotFoundError: a newer commit dropped it (the caller reloads)
     checked = verify_file(path)
@@ -780,9 +798,9 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _check_pq_structure(path: Path, index, quantizer, count_lists: bool) -> None:
+def _check_pq_structure(path: Path, index: Faiss, quantizer: Faiss, count_lists: bool) -> None:
     """Codebooks equal to the quantizer's; with ``count_lists`` (a file without a footer), list sizes that add up."""
-    import faiss
+    faiss = _faiss()
 
     mine = faiss.vector_to_array(index.pq.centroids)
     if not np.array_equal(mine, faiss.vector_to_array(quantizer.pq.centroids)):
@@ -800,7 +818,7 @@ def open_segment(
     kind: str,
     n_vectors: int,
     dim: int,
-    quantizer,
+    quantizer: Faiss,
     doc_ints: np.ndarray,
     starts: np.ndarray,
     counts: np.ndarray,
@@ -816,17 +834,17 @@ def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     starts = np.asarray(starts, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(starts, counts) + np.arange(int(counts.sum()), dtype=np.int64) - offsets
+    return np.asarray(np.repeat(starts, counts) + np.arange(int(counts.sum()), dtype=np.int64) - offsets)
 
 
 # -- merging ------------------------------------------------------------------------------------------------------
-def merge_pq(parts: list[tuple[SegmentReader, np.ndarray, np.ndarray]], quantizer):
+def merge_pq(parts: list[tuple[SegmentReader, np.ndarray, np.ndarray]], quantizer: Faiss) -> Faiss:
     """A new pq index holding the given vectors of pq segments, renumbered 0..n-1, without re-encoding.
 
     ``parts``: per source segment, (reader, starts, counts) of the documents to keep, in the
     order they go into the new segment. Codes are copied list by list from the mapped files.
     """
-    import faiss
+    faiss = _faiss()
 
     out = faiss.clone_index(quantizer)  # swig returns the concrete class, owned
     code_size = out.code_size
@@ -841,7 +859,8 @@ def merge_pq(parts: list[tuple[SegmentReader, np.ndarray, np.ndarray]], quantize
         inv = reader.index.invlists
         # a small segment touches few lists: visit only those (a merge of many one-document segments
         # would otherwise pay nlist Python-level calls per segment)
-        lists = reader.file.lists_used() if reader.n_vectors < out.nlist else range(out.nlist)
+        file = reader.open_file()
+        lists = file.lists_used() if reader.n_vectors < out.nlist else range(out.nlist)
         for lst in lists:
             lst = int(lst)
             size = inv.list_size(lst)
@@ -849,7 +868,7 @@ def merge_pq(parts: list[tuple[SegmentReader, np.ndarray, np.ndarray]], quantize
                 continue
             ids = faiss.rev_swig_ptr(inv.get_ids(lst), size)
             if ids.min() < 0 or ids.max() >= reader.n_vectors:
-                raise IndexCorruptError(f"{reader.file.path or 'a segment'} is corrupt: its ids are not 0..n-1")
+                raise IndexCorruptError(f"{file.path or 'a segment'} is corrupt: its ids are not 0..n-1")
             codes = faiss.rev_swig_ptr(inv.get_codes(lst), size * code_size).reshape(size, code_size)
             new = new_of_old[ids]
             ok = new >= 0
