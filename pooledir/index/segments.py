@@ -307,10 +307,17 @@ def _train_on_cpu(index: Faiss, x: np.ndarray) -> None:
 
     What faiss's ``IndexIVF.train`` does (spherical k-means for inner product, at most 256 points a centroid,
     then the PQ on residuals to the assigned centroid), with the assignments computed as one GEMM per block.
+    Residuals are computed only for the points the PQ trains on (faiss would sample ``2**nbits`` x
+    ``PQ_POINTS_PER_CENTROID`` = 65,536 of them at 8 bits), in place: for a 262,144-vector sample a quarter of
+    the assignments, and one 32 MB array instead of two 134 MB temporaries.
     """
     centroids = spherical_kmeans(x, int(index.nlist), int(index.cp.niter), int(index.cp.max_points_per_centroid))
     index.quantizer.add(centroids)
-    residuals = x - centroids[assign_lists(centroids, x)]
+    n_pq = (1 << int(index.pq.nbits)) * int(index.pq.cp.max_points_per_centroid)
+    if len(x) > n_pq:
+        x = x[np.sort(np.random.default_rng(1234).choice(len(x), n_pq, replace=False))]
+    residuals = centroids[assign_lists(centroids, x)]
+    np.subtract(x, residuals, out=residuals)
     index.pq.train(residuals)
     index.is_trained = True
     index.precompute_table()
