@@ -347,6 +347,7 @@ class IndexFolder:
                 self._delta = (np.fromiter(replaced.values(), np.int64, len(replaced)), reader, seg)
             except Exception:  # noqa: BLE001 - only an optimisation failed
                 log.warning("could not map the new segment %d in place; reloading the commit", seg_id, exc_info=True)
+            del packed, data  # the batch's float32 copy (and a flat segment's): not held through a compaction
         self.maintain()
         return len(replaced)
 
@@ -520,18 +521,20 @@ class IndexFolder:
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(total, min(total, c.train_sample), replace=False))
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        sample = []
+        sample = np.empty((len(pick), self.dim), dtype=np.float32)  # filled in place: no list + concatenate copy
+        at = 0
         for j, i in enumerate(idx):
             mine = pick[(pick >= bounds[j]) & (pick < bounds[j + 1])] - bounds[j]
             if len(mine):
                 seg = snap.segments[i]
                 local = ranges(seg.starts, seg.counts)[mine]
-                sample.append(seg.reconstruct(local))
+                sample[at : at + len(mine)] = seg.reconstruct(local)
+                at += len(mine)
         # a re-training keeps the codec the index was trained with unless the config names one: an index made
         # before the default changed (pq_m 16 -> 64) must not grow 2.5x, and re-encode lossily, on re-training
         pq_m = c.pq_m or (int(snap.quantizer.pq.M) if snap.quantizer is not None and keep_codec else None)
         legacy = self.pq_kind == "pq"
-        return train_quantizer(np.concatenate(sample), total, c.nlist, pq_m, c.pq_nbits, self.use_gpu, legacy)
+        return train_quantizer(sample, total, c.nlist, pq_m, c.pq_nbits, self.use_gpu, legacy)
 
     def close(self) -> None:
         """Release the snapshot and the store."""

@@ -402,3 +402,26 @@ def test_merging_small_segments_copies_their_codes_exactly(tmp_path):
     hits = results(idx, Q)
     idx.compact()
     assert results(idx, Q) == hits
+
+
+def test_the_write_that_trains_does_not_hold_its_batch_through_the_training(tmp_path):
+    """Peak numpy memory (tracemalloc sees numpy's allocations) of an add whose compaction trains the quantizer.
+
+    Measured on 40,000 16-d vectors (2.56 MB a float32 copy): 16.5 MB on main (the batch's packed copy held
+    through the compaction, the training sample gathered in a list then concatenated), 11.4 MB now.
+    """
+    import tracemalloc
+
+    idx = create(tmp_path / "i", backend="ivfpq", train_min_vectors=1000, pq_m=8, nlist=16)
+    rng = np.random.default_rng(0)
+    vecs = [rng.standard_normal((100, DIM)).astype(np.float32) for _ in range(400)]
+    docs = [Document(f"d{i}", "x") for i in range(400)]
+    batch = sum(v.nbytes for v in vecs)
+    tracemalloc.start()
+    try:
+        idx.add(docs, embeddings=vecs, pooled=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert idx.info()["backend"]["trained"]
+    assert peak < 5.5 * batch, f"{peak / batch:.1f} batches"
