@@ -1,9 +1,13 @@
 """Format 3's quantizer costs on real vectors: k-means training time and assignment (sa_encode) speed.
 
 Trains the shared IVF-PQ quantizer as :func:`pooledir.index.segments.train_quantizer` does (PLAID's nlist rule,
-dim/4 sub-quantizers, ``COARSE_NITER`` iterations) on a sample of cached document vectors, then encodes vectors
-with the flat coarse quantizer and with an HNSW graph over the same centroids, and reports vectors/s and how often
-the two assign the same list. Prints one JSON object.
+dim/8 sub-quantizers, ``COARSE_NITER`` iterations, the k-means on numpy's BLAS) on a sample of cached document
+vectors, then encodes vectors with faiss's ``sa_encode`` (its flat coarse quantizer), with
+:func:`pooledir.index.segments.sa_encode` (lists assigned by GEMM) and with an HNSW graph over the same centroids,
+and reports vectors/s and how often each assigns faiss's list. ``--compare-kmeans`` also times faiss's own
+spherical ``Clustering`` (what ``IndexIVF.train`` ran before) against ``segments.spherical_kmeans`` at the
+same list count and reports each one's mean squared residual on the encoded (held-out) vectors. Prints one
+JSON object.
 
     PYTHONPATH=. python eval/format3_probe.py --vectors .cache/pooledir-eval/<key>/vectors.npy --n 694000
 
@@ -29,10 +33,11 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=None)
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef", default="16,32,64")
+    ap.add_argument("--compare-kmeans", action="store_true")
     args = ap.parse_args()
     import faiss
 
-    from pooledir.index.segments import train_quantizer
+    from pooledir.index.segments import sa_encode, train_quantizer
 
     raw = np.load(args.vectors, mmap_mode="r")
     rng = np.random.default_rng(0)
@@ -50,6 +55,10 @@ def main() -> None:
     out["flat_encode_vps"] = round(len(enc) / (time.perf_counter() - t))
     coarse = q.coarse_code_size()
     flat_lists = flat_codes[:, :coarse].copy().view(np.uint16 if coarse == 2 else np.uint8).ravel()
+    t = time.perf_counter()
+    blas_codes = sa_encode(q, enc)
+    out["blas_encode_vps"] = round(len(enc) / (time.perf_counter() - t))
+    out["blas_same_code"] = round(float(np.mean((blas_codes == flat_codes).all(axis=1))), 6)
     centroids = q.quantizer.reconstruct_n(0, q.nlist)
     t = time.perf_counter()
     hnsw = faiss.IndexHNSWFlat(q.d, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -61,7 +70,33 @@ def main() -> None:
         _, lists = hnsw.search(enc, 1)
         out[f"hnsw_ef{ef}_assign_vps"] = round(len(enc) / (time.perf_counter() - t))
         out[f"hnsw_ef{ef}_same_list"] = round(float(np.mean(lists.ravel() == flat_lists)), 4)
+    if args.compare_kmeans:
+        out |= compare_kmeans(sample, enc, int(q.nlist))
     print(json.dumps(out))
+
+
+def compare_kmeans(sample: np.ndarray, held: np.ndarray, nlist: int) -> dict:
+    """Seconds and held-out mean squared residual (2 - 2·max q·c for unit vectors) of both k-means."""
+    import faiss
+
+    from pooledir.index.segments import COARSE_NITER, spherical_kmeans
+
+    def fit(c: np.ndarray) -> float:
+        best = np.concatenate([(held[i : i + 8192] @ c.T).max(axis=1) for i in range(0, len(held), 8192)])
+        return round(float(np.mean(2 - 2 * best)), 5)
+
+    t = time.perf_counter()
+    mine = spherical_kmeans(sample, nlist, COARSE_NITER)
+    out = {"kmeans_blas_s": round(time.perf_counter() - t, 1), "kmeans_blas_residual": fit(mine)}
+    cp = faiss.ClusteringParameters()
+    cp.niter, cp.spherical, cp.min_points_per_centroid = COARSE_NITER, True, 1
+    clus = faiss.Clustering(sample.shape[1], nlist, cp)
+    t = time.perf_counter()
+    clus.train(sample, faiss.IndexFlatIP(sample.shape[1]))
+    out["kmeans_faiss_s"] = round(time.perf_counter() - t, 1)
+    out["kmeans_faiss_residual"] = fit(faiss.vector_to_array(clus.centroids).reshape(nlist, -1))
+    out["load_after"] = os.getloadavg()[0]
+    return out
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pooledir.index.segments import (
     merge_pq,
     open_segment_file,
     ranges,
+    sa_encode,
     verify_file,
     write_segment,
 )
@@ -180,8 +181,8 @@ class PQ3Codec(SegmentCodec):
     centroid_lane = True
 
     def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer) -> PQ3Data:
-        """``sa_encode`` the chunks and index their list numbers."""
-        parts = [quantizer.sa_encode(np.ascontiguousarray(c, dtype=np.float32)) for c in _split(chunks)]
+        """``sa_encode`` the chunks (:func:`~pooledir.index.segments.sa_encode`) and index their list numbers."""
+        parts = [sa_encode(quantizer, c) for c in _split(chunks)]
         codes = np.concatenate(parts) if parts else np.empty((0, quantizer.sa_code_size()), np.uint8)
         return self._data(codes, dim, quantizer)
 

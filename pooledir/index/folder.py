@@ -44,6 +44,7 @@ from pooledir.index.codecs import SegmentCodec, codec_for
 from pooledir.index.manifest import FORMAT_VERSION, IndexConfig, read_manifest
 from pooledir.index.segments import (
     SegmentReader,
+    planned_nlist,
     ranges,
     train_quantizer,
     write_array,
@@ -346,6 +347,7 @@ class IndexFolder:
                 self._delta = (np.fromiter(replaced.values(), np.int64, len(replaced)), reader, seg)
             except Exception:  # noqa: BLE001 - only an optimisation failed
                 log.warning("could not map the new segment %d in place; reloading the commit", seg_id, exc_info=True)
+            del packed, data  # the batch's float32 copy (and a flat segment's): not held through a compaction
         self.maintain()
         return len(replaced)
 
@@ -361,7 +363,7 @@ class IndexFolder:
         snap, c = self.snapshot, self.config
         if c.backend == "ivfpq" and snap.quantizer is None and snap.n_live >= c.train_min_vectors:
             self.compact()
-        elif self._sample_outgrown() or snap.n_stored - snap.n_live > c.max_dead_fraction * max(snap.n_stored, 1):
+        elif self.retrain_recommended() or snap.n_stored - snap.n_live > c.max_dead_fraction * max(snap.n_stored, 1):
             self.compact()
         else:
             group = merge_choice([s.n_vectors for s in snap.segments], c.max_segments)
@@ -383,16 +385,28 @@ class IndexFolder:
         return min(snap.n_live, c.train_sample) >= c.retrain_factor * had
 
     def retrain_recommended(self) -> bool:
-        """True when re-training would help; compaction then re-trains.
+        """True when re-training would help; the next write's compaction then re-trains.
 
-        Either a larger sample (see above), or, with ``nlist`` sized automatically (≈4·√N), an
-        index ``retrain_factor`` times larger than it was trained for.
+        Either a larger sample (see above), or (:meth:`_lists_outgrown`) a list count that no longer fits the corpus.
+        """
+        return self._sample_outgrown() or self._lists_outgrown()
+
+    def _lists_outgrown(self) -> bool:
+        """True when the automatic list count of a training now differs and the index grew ``retrain_factor``-fold.
+
+        Grown since the quantizer's training, with ``nlist`` sized automatically. So a streamed build ends with
+        the lists a bulk build of its size picks, or up to ``retrain_factor`` times fewer where the sample caps
+        them (N/39 lists up to ``train_sample`` vectors; ``train_sample``/39 beyond, the same for both); under
+        PLAID's ``16·√N`` rule alone, the factor's square root. Every re-training re-encodes the index in one
+        compaction: growth by 4x between trainings keeps that to about a third more encoding than the vectors'.
         """
         snap, c = self.snapshot, self.config
-        if snap.quantizer is None:
+        if snap.quantizer is None or c.nlist is not None:
             return False
-        grown = snap.n_live > c.retrain_factor * max(snap.trained_vectors, 1)
-        return self._sample_outgrown() or (c.nlist is None and grown)
+        if snap.n_live < c.retrain_factor * max(snap.trained_vectors, 1):
+            return False
+        want = planned_nlist(snap.n_live, min(snap.n_live, c.train_sample), legacy=self.pq_kind == "pq")
+        return want != int(snap.quantizer.nlist)
 
     def compact(self, retrain: bool | None = None) -> None:
         """Merge every segment into one without deleted vectors; train first when due (or ``retrain``)."""
@@ -507,18 +521,20 @@ class IndexFolder:
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(total, min(total, c.train_sample), replace=False))
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        sample = []
+        sample = np.empty((len(pick), self.dim), dtype=np.float32)  # filled in place: no list + concatenate copy
+        at = 0
         for j, i in enumerate(idx):
             mine = pick[(pick >= bounds[j]) & (pick < bounds[j + 1])] - bounds[j]
             if len(mine):
                 seg = snap.segments[i]
                 local = ranges(seg.starts, seg.counts)[mine]
-                sample.append(seg.reconstruct(local))
+                sample[at : at + len(mine)] = seg.reconstruct(local)
+                at += len(mine)
         # a re-training keeps the codec the index was trained with unless the config names one: an index made
         # before the default changed (pq_m 16 -> 64) must not grow 2.5x, and re-encode lossily, on re-training
         pq_m = c.pq_m or (int(snap.quantizer.pq.M) if snap.quantizer is not None and keep_codec else None)
         legacy = self.pq_kind == "pq"
-        return train_quantizer(np.concatenate(sample), total, c.nlist, pq_m, c.pq_nbits, self.use_gpu, legacy)
+        return train_quantizer(sample, total, c.nlist, pq_m, c.pq_nbits, self.use_gpu, legacy)
 
     def close(self) -> None:
         """Release the snapshot and the store."""

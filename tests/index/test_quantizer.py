@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 
 from pooledir.errors import IndexCorruptError
-from pooledir.index.segments import FOOTER, read_quantizer, train_quantizer, write_faiss
+from pooledir.index.segments import (
+    FOOTER,
+    assign_lists,
+    coarse_centroids,
+    read_quantizer,
+    sa_encode,
+    spherical_kmeans,
+    train_quantizer,
+    write_faiss,
+)
 from pooledir.pooled_index import PooledIndex
 from tests.conftest import FakeEncoder
 from tests.index.test_folder import add, results
@@ -120,3 +129,52 @@ def test_a_format_3_index_with_float32_centroids_opens_searches_and_retrains_to_
     assert all(len(h) == 10 for h in hits)
     again = PooledIndex.open(path, device="cpu", encoder=FakeEncoder())
     assert results(again, Q) == hits  # the reloaded float16 centroids give the codes the new segment holds
+
+
+# -- training and encoding on numpy's BLAS ----------------------------------------------------------------------
+def clustered(n: int, seed: int, k: int = 50, dim: int = DIM) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = unit(k, 99, dim)
+    x = centres[rng.integers(0, k, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_blas_sa_encode_writes_faiss_own_codes(trained):
+    """The codes pq3 segments store are faiss's ``sa_encode`` codes: list number first, then the residual's PQ code."""
+    x = unit(3000, 2, 32)
+    assert np.array_equal(sa_encode(trained, x), trained.sa_encode(x))
+    assert sa_encode(trained, x[:0]).shape == (0, trained.sa_code_size())
+
+
+def test_assign_lists_is_the_flat_quantizers_nearest_list_in_blocks(trained, monkeypatch):
+    import pooledir.index.segments as segments
+
+    x = unit(1000, 3, 32)
+    _, want = trained.quantizer.search(x, 1)
+    monkeypatch.setattr(segments, "ASSIGN_BLOCK_BYTES", 4 * 64 * 100)  # blocks of 100 rows: several GEMMs
+    assert np.array_equal(assign_lists(coarse_centroids(trained), x), want[:, 0])
+
+
+def test_spherical_kmeans_fits_as_well_as_faiss_clustering():
+    """Same objective as faiss's spherical k-means (what IndexIVF.train ran before): held-out mean max inner product."""
+    train, held = unit(8000, 4), unit(2000, 5)  # no planted clusters: the fit does not hinge on the seeding
+    mine = spherical_kmeans(train, 64, 10)
+    cp = faiss.ClusteringParameters()
+    cp.niter, cp.spherical, cp.min_points_per_centroid = 10, True, 1
+    clus = faiss.Clustering(DIM, 64, cp)
+    clus.train(train, faiss.IndexFlatIP(DIM))
+    theirs = faiss.vector_to_array(clus.centroids).reshape(64, DIM)
+    assert mine.shape == (64, DIM) and np.allclose(np.linalg.norm(mine, axis=1), 1, atol=1e-5)
+
+    def fit(c: np.ndarray) -> float:
+        return float((held @ c.T).max(axis=1).mean())
+
+    assert fit(mine) >= fit(theirs) - 0.002, (fit(mine), fit(theirs))
+
+
+def test_spherical_kmeans_splits_empty_clusters_off_large_ones():
+    """Three distinct points repeated, eight centroids: clusters fall empty and are split, never NaN."""
+    x = np.repeat(unit(3, 6), 200, axis=0)
+    c = spherical_kmeans(x, 8, 5)
+    assert np.isfinite(c).all() and np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+    assert len(np.unique(assign_lists(c, x))) == 3  # every point keeps a centroid of its own
