@@ -82,10 +82,12 @@ def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: in
     return Coarse(km.centroids, assign[:, 0], train_s, time.perf_counter() - t)
 
 
-def residual_code(code: str, R: np.ndarray, sample: np.ndarray) -> Code:
+def residual_code(code: str, R: np.ndarray, sample: np.ndarray, opq_niter: int = 50, opq_train: int = 65_536) -> Code:
     """Train ``code`` (PQm, OPQm, RQm; ``xB`` for B-bit codes, default 8) on ``sample`` residuals; encode ``R``.
 
     faiss's PQ needs m to divide the dimension: at 128 d a 24-byte PQ is PQ32x6 (32 six-bit codes), not PQ24.
+    The OPQ rotation trains ``opq_niter`` rounds on at most ``opq_train`` of the sample (faiss: 50 and 65,536;
+    each round trains a PQ, so it costs tens of times a PQ's training).
     """
     d = R.shape[1]
     m, _, bits = code.lstrip("OPQR").partition("x")
@@ -98,6 +100,7 @@ def residual_code(code: str, R: np.ndarray, sample: np.ndarray) -> Code:
         quantizer = faiss.ProductQuantizer(d, m, bits)
     opq = faiss.OPQMatrix(d, m) if code.startswith("OPQ") else None
     if opq is not None:
+        opq.niter, opq.max_train_points = opq_niter, opq_train
         opq.train(sample)
         sample = opq.apply(sample)
     quantizer.train(sample)
@@ -142,11 +145,13 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     ap.add_argument("--pool-threshold", type=float, help="adaptive pooling at this Ward merge height instead")
     ap.add_argument("--protected-tokens", type=int, default=1)
     ap.add_argument("--rules", default="4,8,16,plaid", help="','-separated: k (k·√N lists) or plaid")
-    ap.add_argument("--codes", default="PQ16,PQ24,PQ32", help="','-separated PQm, OPQm or RQm (8-bit)")
+    ap.add_argument("--codes", default="PQ16,PQ24,PQ32", help="','-separated PQm, OPQm or RQm; xB: B-bit codes")
     ap.add_argument("--niter", type=int, default=10)
     ap.add_argument("--points-per-centroid", type=int, default=256, help="k-means sample: this many a centroid")
     ap.add_argument("--train-max", type=int, default=200_000, help="and at most this many vectors")
     ap.add_argument("--code-train", type=int, default=65_536, help="residuals sampled to train each code")
+    ap.add_argument("--opq-niter", type=int, default=50, help="OPQ rotation rounds (faiss's default 50)")
+    ap.add_argument("--opq-train", type=int, default=65_536, help="residuals the OPQ rotation trains on")
     ap.add_argument("--no-flat", action="store_true", help="skip the flat x1 and pooled flat rows")
     ap.add_argument("--no-exact", action="store_true", help="skip only the flat x1 row (exact unpooled)")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
@@ -177,6 +182,8 @@ def main() -> None:  # noqa: D103
         "points_per_centroid": args.points_per_centroid,
         "train_max": args.train_max,
         "code_train": args.code_train,
+        "opq_niter": args.opq_niter,
+        "opq_train": args.opq_train,
         "machine": machine_info(),
         "threads": faiss.omp_get_max_threads(),
         "note": "exhaustive MaxSim over decoded vectors: codec precision only, not the engine's search",
@@ -204,7 +211,7 @@ def main() -> None:  # noqa: D103
         R = X - coarse.centroids[coarse.assign]
         sample = np.ascontiguousarray(R[rng.choice(len(R), min(len(R), args.code_train), replace=False)])
         for code in args.codes.split(","):
-            enc = residual_code(code, R, sample)
+            enc = residual_code(code, R, sample, args.opq_niter, args.opq_train)
             decoded = coarse.centroids[coarse.assign] + enc.residuals
             fixed = nlist * d * 4 + enc.codebook_bytes
             row = {
