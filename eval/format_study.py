@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pooledir import ColBERTEncoder, maxsim, pool_embeddings
-from pooledir.evaluation import encode_cached, load_beir, machine_info, score_run
+from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams, maxsim, pool_embeddings
+from pooledir.evaluation import encode_cached, load_beir, machine_info, run_from_hits, score_run
 
 LIST_BYTES = 2  # the list number in an IVF standalone code for <= 65,536 lists
 ROW_BYTES = 4  # a uint32 local row per vector in the inverted lists
@@ -125,6 +126,41 @@ def ranked(Q: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, ids: list[st
     return run
 
 
+def confirm(
+    code: str, args: argparse.Namespace, encoder: ColBERTEncoder, data, docs: list, Q: np.ndarray
+) -> list[dict]:
+    """The engine itself at ``code`` (``PQmxB``): its default search and ``exhaustive=True``, k=100, every query."""
+    m, _, bits = code.removeprefix("PQ").partition("x")
+    config = IndexConfig(
+        pool_factor=args.pool_factor, protected_tokens=args.protected_tokens, pq_m=int(m), pq_nbits=int(bits or 8)
+    )
+    qids = list(data.queries)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = PooledIndex.create(Path(tmp) / "i", config=config, device="cpu", encoder=encoder)
+        t = time.perf_counter()
+        index.add(data.documents, embeddings=docs)
+        build_s = time.perf_counter() - t
+        info = index.info()
+        rows = []
+        for name, params in (("default", SearchParams(k=100)), ("exhaustive", SearchParams(k=100, exhaustive=True))):
+            t = time.perf_counter()
+            hits = index.search_embeddings(Q, params)
+            search_s = time.perf_counter() - t
+            rows.append(
+                {
+                    "codec": f"engine {name}",
+                    "code": code,
+                    "pool": args.pool_factor,
+                    "backend": info["backend"],
+                    "build_s": round(build_s, 1),
+                    "search_s": round(search_s, 1),
+                    **score_run(run_from_hits(qids, hits), data.qrels),
+                }
+            )
+        index.close()
+    return rows
+
+
 def write(out: Path, result: dict) -> None:
     """Atomically rewrite the result JSON."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +190,7 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     ap.add_argument("--opq-train", type=int, default=65_536, help="residuals the OPQ rotation trains on")
     ap.add_argument("--no-flat", action="store_true", help="skip the flat x1 and pooled flat rows")
     ap.add_argument("--no-exact", action="store_true", help="skip only the flat x1 row (exact unpooled)")
+    ap.add_argument("--confirm", help="PQmxB: also build the engine's index at this code and score its search")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()
 
@@ -204,13 +241,13 @@ def main() -> None:  # noqa: D103
     if not args.no_flat:
         emit({"codec": "flat", "pool": args.pool_factor, **score_run(ranked(Q, X, offsets, ids, qids, 8), data.qrels)})
     rng = np.random.default_rng(0)
-    for rule in args.rules.split(","):
+    for rule in [r for r in args.rules.split(",") if r]:
         nlist = nlist_for(rule, len(X))
         train_max = min(args.train_max, args.points_per_centroid * nlist)
         coarse = train_coarse(X, nlist, args.niter, train_max, seed=1234)
         R = X - coarse.centroids[coarse.assign]
         sample = np.ascontiguousarray(R[rng.choice(len(R), min(len(R), args.code_train), replace=False)])
-        for code in args.codes.split(","):
+        for code in [c for c in args.codes.split(",") if c]:
             enc = residual_code(code, R, sample, args.opq_niter, args.opq_train)
             decoded = coarse.centroids[coarse.assign] + enc.residuals
             fixed = nlist * d * 4 + enc.codebook_bytes
@@ -234,6 +271,9 @@ def main() -> None:  # noqa: D103
                 "code_encode_s": round(enc.encode_s, 1),
                 "encode_vectors_per_s": round(len(X) / (coarse.assign_s + enc.encode_s)),
             }
+            emit(row)
+    if args.confirm:
+        for row in confirm(args.confirm, args, encoder, data, docs, Q):
             emit(row)
 
 
