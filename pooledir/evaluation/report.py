@@ -465,6 +465,7 @@ RESULTS_PAGES = (
                     "scifact_train300_flat",
                     "code_scifact_train_all",  # eval/results/code_rule.md: 20-24 B codes, all tuning queries
                     "code_nfcorpus_dev_all",
+                    "code_confirm_nfcorpus_dev_PQ16x8",
                 )
             ),
             *(
