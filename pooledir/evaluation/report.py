@@ -466,6 +466,7 @@ RESULTS_PAGES = (
                     "code_scifact_train_all",  # eval/results/code_rule.md: 20-24 B codes, all tuning queries
                     "code_nfcorpus_dev_all",
                     "code_confirm_nfcorpus_dev_PQ16x8",
+                    "code_confirm_scifact_train_PQ16x8",
                 )
             ),
             *(
