@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pooledir import ColBERTEncoder, maxsim, pool_embeddings
-from pooledir.evaluation import encode_cached, load_beir, machine_info, score_run
+from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams, maxsim, pool_embeddings
+from pooledir.evaluation import encode_cached, load_beir, machine_info, run_from_hits, score_run
 
 LIST_BYTES = 2  # the list number in an IVF standalone code for <= 65,536 lists
 ROW_BYTES = 4  # a uint32 local row per vector in the inverted lists
@@ -82,10 +83,12 @@ def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: in
     return Coarse(km.centroids, assign[:, 0], train_s, time.perf_counter() - t)
 
 
-def residual_code(code: str, R: np.ndarray, sample: np.ndarray) -> Code:
+def residual_code(code: str, R: np.ndarray, sample: np.ndarray, opq_niter: int = 50, opq_train: int = 65_536) -> Code:
     """Train ``code`` (PQm, OPQm, RQm; ``xB`` for B-bit codes, default 8) on ``sample`` residuals; encode ``R``.
 
     faiss's PQ needs m to divide the dimension: at 128 d a 24-byte PQ is PQ32x6 (32 six-bit codes), not PQ24.
+    The OPQ rotation trains ``opq_niter`` rounds on at most ``opq_train`` of the sample (faiss: 50 and 65,536;
+    each round trains a PQ, so it costs tens of times a PQ's training).
     """
     d = R.shape[1]
     m, _, bits = code.lstrip("OPQR").partition("x")
@@ -98,6 +101,7 @@ def residual_code(code: str, R: np.ndarray, sample: np.ndarray) -> Code:
         quantizer = faiss.ProductQuantizer(d, m, bits)
     opq = faiss.OPQMatrix(d, m) if code.startswith("OPQ") else None
     if opq is not None:
+        opq.niter, opq.max_train_points = opq_niter, opq_train
         opq.train(sample)
         sample = opq.apply(sample)
     quantizer.train(sample)
@@ -122,6 +126,63 @@ def ranked(Q: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, ids: list[st
     return run
 
 
+def confirm(
+    code: str, args: argparse.Namespace, encoder: ColBERTEncoder, data, docs: list, Q: np.ndarray
+) -> list[dict]:
+    """The engine itself at ``code`` (``PQmxB``): its default search and ``exhaustive=True``, k=100, every query."""
+    m, _, bits = code.removeprefix("PQ").partition("x")
+    config = IndexConfig(
+        pool_factor=args.pool_factor, protected_tokens=args.protected_tokens, pq_m=int(m), pq_nbits=int(bits or 8)
+    )
+    qids = list(data.queries)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = PooledIndex.create(Path(tmp) / "i", config=config, device="cpu", encoder=encoder)
+        t = time.perf_counter()
+        index.add(data.documents, embeddings=docs)
+        build_s = time.perf_counter() - t
+        info = index.info()
+        rows = []
+        for name, params in (("default", SearchParams(k=100)), ("exhaustive", SearchParams(k=100, exhaustive=True))):
+            t = time.perf_counter()
+            hits = index.search_embeddings(Q, params)
+            search_s = time.perf_counter() - t
+            rows.append(
+                {
+                    "codec": f"engine {name}",
+                    "code": code,
+                    "pool": args.pool_factor,
+                    "backend": info["backend"],
+                    "build_s": round(build_s, 1),
+                    "search_s": round(search_s, 1),
+                    **score_run(run_from_hits(qids, hits), data.qrels),
+                }
+            )
+        index.close()
+    return rows
+
+
+def centroid_candidates(Q: np.ndarray, coarse: Coarse, offsets: np.ndarray, n: int) -> list[np.ndarray]:
+    """Per query the ``n`` documents with the best MaxSim over their vectors' centroids (PLAID's first stage)."""
+    out = []
+    for q in Q:
+        s = (q @ coarse.centroids.T)[:, coarse.assign]  # (Lq, N): each vector scored by its centroid
+        per_doc = np.maximum.reduceat(s, offsets[:-1], axis=1).sum(axis=0)
+        out.append(np.sort(np.argpartition(-per_doc, min(n, len(per_doc)) - 1)[:n]))
+    return out
+
+
+def ranked_among(Q: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, cands: list[np.ndarray], ids, qids):
+    """The top 100 of every query by MaxSim over ``vectors``, among its candidate documents only."""
+    run = {}
+    for qi, docs in enumerate(cands):
+        lo, n = offsets[docs], offsets[docs + 1] - offsets[docs]
+        rows = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(n.sum())
+        s = maxsim(Q[qi : qi + 1], vectors[rows], np.concatenate([[0], np.cumsum(n)]))[0]
+        top = np.argpartition(-s, min(99, len(docs) - 1))[:100]
+        run[qids[qi]] = {ids[docs[j]]: float(s[j]) for j in top}
+    return run
+
+
 def write(out: Path, result: dict) -> None:
     """Atomically rewrite the result JSON."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,13 +203,21 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     ap.add_argument("--pool-threshold", type=float, help="adaptive pooling at this Ward merge height instead")
     ap.add_argument("--protected-tokens", type=int, default=1)
     ap.add_argument("--rules", default="4,8,16,plaid", help="','-separated: k (k·√N lists) or plaid")
-    ap.add_argument("--codes", default="PQ16,PQ24,PQ32", help="','-separated PQm, OPQm or RQm (8-bit)")
+    ap.add_argument("--codes", default="PQ16,PQ24,PQ32", help="','-separated PQm, OPQm or RQm; xB: B-bit codes")
     ap.add_argument("--niter", type=int, default=10)
     ap.add_argument("--points-per-centroid", type=int, default=256, help="k-means sample: this many a centroid")
     ap.add_argument("--train-max", type=int, default=200_000, help="and at most this many vectors")
     ap.add_argument("--code-train", type=int, default=65_536, help="residuals sampled to train each code")
+    ap.add_argument("--opq-niter", type=int, default=50, help="OPQ rotation rounds (faiss's default 50)")
+    ap.add_argument("--opq-train", type=int, default=65_536, help="residuals the OPQ rotation trains on")
     ap.add_argument("--no-flat", action="store_true", help="skip the flat x1 and pooled flat rows")
     ap.add_argument("--no-exact", action="store_true", help="skip only the flat x1 row (exact unpooled)")
+    ap.add_argument(
+        "--candidates",
+        type=int,
+        help="score only each query's N best documents by centroid MaxSim (the first rule's lists), not all",
+    )
+    ap.add_argument("--confirm", help="PQmxB: also build the engine's index at this code and score its search")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()
 
@@ -177,6 +246,8 @@ def main() -> None:  # noqa: D103
         "points_per_centroid": args.points_per_centroid,
         "train_max": args.train_max,
         "code_train": args.code_train,
+        "opq_niter": args.opq_niter,
+        "opq_train": args.opq_train,
         "machine": machine_info(),
         "threads": faiss.omp_get_max_threads(),
         "note": "exhaustive MaxSim over decoded vectors: codec precision only, not the engine's search",
@@ -189,22 +260,44 @@ def main() -> None:  # noqa: D103
         print(json.dumps(row), flush=True)
         write(args.out, result)
 
+    rules = [r for r in args.rules.split(",") if r]
+    coarses = {}
+
+    def coarse_for(rule: str) -> Coarse:  # trained once per rule
+        if rule not in coarses:
+            nlist = nlist_for(rule, len(X))
+            coarses[rule] = train_coarse(
+                X, nlist, args.niter, min(args.train_max, args.points_per_centroid * nlist), 1234
+            )
+        return coarses[rule]
+
+    def rank(vectors: np.ndarray, offs: np.ndarray, batch: int) -> dict:
+        if cands is None:
+            return ranked(Q, vectors, offs, ids, qids, batch)
+        return ranked_among(Q, vectors, offs, cands, ids, qids)
+
+    cands = centroid_candidates(Q, coarse_for(rules[0]), offsets, args.candidates) if args.candidates else None
+    result["candidates"] = args.candidates
+    if cands is not None:
+        result["note"] = (
+            f"MaxSim over decoded vectors among each query's {args.candidates} best documents by centroid MaxSim"
+        )
     if not (args.no_flat or args.no_exact):
         flat1 = np.concatenate(docs).astype(np.float32)
         off1 = np.concatenate([[0], np.cumsum([len(x) for x in docs])])
-        emit({"codec": "flat", "pool": 1, **score_run(ranked(Q, flat1, off1, ids, qids, 4), data.qrels)})
+        emit({"codec": "flat", "pool": 1, **score_run(rank(flat1, off1, 4), data.qrels)})
         del flat1
     if not args.no_flat:
-        emit({"codec": "flat", "pool": args.pool_factor, **score_run(ranked(Q, X, offsets, ids, qids, 8), data.qrels)})
+        emit({"codec": "flat", "pool": args.pool_factor, **score_run(rank(X, offsets, 8), data.qrels)})
     rng = np.random.default_rng(0)
-    for rule in args.rules.split(","):
-        nlist = nlist_for(rule, len(X))
+    for rule in rules:
+        coarse = coarse_for(rule)
+        nlist = len(coarse.centroids)
         train_max = min(args.train_max, args.points_per_centroid * nlist)
-        coarse = train_coarse(X, nlist, args.niter, train_max, seed=1234)
         R = X - coarse.centroids[coarse.assign]
         sample = np.ascontiguousarray(R[rng.choice(len(R), min(len(R), args.code_train), replace=False)])
-        for code in args.codes.split(","):
-            enc = residual_code(code, R, sample)
+        for code in [c for c in args.codes.split(",") if c]:
+            enc = residual_code(code, R, sample, args.opq_niter, args.opq_train)
             decoded = coarse.centroids[coarse.assign] + enc.residuals
             fixed = nlist * d * 4 + enc.codebook_bytes
             row = {
@@ -218,7 +311,7 @@ def main() -> None:  # noqa: D103
                 "bytes_per_token_ids8": (len(X) * (enc.code_bytes + ID_BYTES) + fixed) / n_tokens,
                 "fixed_bytes": fixed,
                 "mse": float(np.mean(np.sum((decoded - X) ** 2, axis=1))),
-                **score_run(ranked(Q, decoded, offsets, ids, qids, 8), data.qrels),
+                **score_run(rank(decoded, offsets, 8), data.qrels),
                 "kmeans_train_vectors": min(train_max, len(X)),
                 "kmeans_s": round(coarse.train_s, 1),
                 "code_train_s": round(enc.train_s, 1),
@@ -227,6 +320,9 @@ def main() -> None:  # noqa: D103
                 "code_encode_s": round(enc.encode_s, 1),
                 "encode_vectors_per_s": round(len(X) / (coarse.assign_s + enc.encode_s)),
             }
+            emit(row)
+    if args.confirm:
+        for row in confirm(args.confirm, args, encoder, data, docs, Q):
             emit(row)
 
 

@@ -463,6 +463,10 @@ RESULTS_PAGES = (
                     "nfcorpus_dev120_full_corpus_plaid",
                     "nfcorpus_dev120_full_corpus_x3",
                     "scifact_train300_flat",
+                    "code_scifact_train_all",  # eval/results/code_rule.md: 20-24 B codes, all tuning queries
+                    "code_nfcorpus_dev_all",
+                    "code_confirm_nfcorpus_dev_PQ16x8",
+                    "code_confirm_scifact_train_PQ16x8",
                 )
             ),
             *(
