@@ -259,3 +259,18 @@ def test_runs_hold_each_live_documents_vectors_in_the_probed_lists(index):
     assert got == sorted(want) and len(got) > 0
     assert len(np.unique(docs)) == len(docs)
     assert set(docs.tolist()) <= set(snap.live_docs().tolist())
+
+
+def test_padded_tokens_change_no_candidate(index):
+    """Queries of 3-8 tokens zero-padded to 8 in one batch: the same candidates as each query alone, unpadded
+    (the lane scores only the used rows against the centroids, in one product for the batch)."""
+    snap = engine(index).snapshot
+    (lane,) = snap.sources()
+    Q = clustered_queries(6)
+    lengths = [3, 8, 5, 1, 7, 4]
+    for q, n in enumerate(lengths):
+        Q[q, n:] = 0
+    batch = lane.candidates(Q, SearchParams(k=10))
+    for q, n in enumerate(lengths):
+        np.testing.assert_array_equal(batch[q], lane.candidates(Q[q : q + 1, :n], SearchParams(k=10))[0])
+    assert len(lane.candidates(np.zeros((1, 8, DIM), np.float32), SearchParams(k=10))[0]) == 0
