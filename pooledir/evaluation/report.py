@@ -472,6 +472,8 @@ RESULTS_PAGES = (
             ),
             # issue 21: pq3 search lanes (eval/results/search_rule.md)
             *(f"search_study/{f}.cpu.json" for f in ("nfcorpus_dev120", "scifact_train150")),
+            # centroid-score pruning (search_rule.md, 10:44 UTC)
+            *(f"search_study/{f}_pruning.cpu.json" for f in ("nfcorpus_dev120", "scifact_train150")),
         ),
     ),
     ResultsPage(
