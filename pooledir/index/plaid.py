@@ -228,8 +228,9 @@ def _interaction(S: np.ndarray, ST: np.ndarray, docs: np.ndarray, lists: np.ndar
     simply counted twice (it cannot change a max). Both reductions give the same floats (max is exact; the sums
     run over the same (docs, Lq) layout).
     """
-    order = np.argsort(docs, kind="stable")
-    docs, lists = docs[order], lists[order]
+    if np.any(docs[1:] < docs[:-1]):  # one segment's pairs come in ascending order: no sort (0.3 ms at stage c)
+        order = np.argsort(docs, kind="stable")
+        docs, lists = docs[order], lists[order]
     first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
     return docs[first], _run_scores(S, ST, lists, first)
 

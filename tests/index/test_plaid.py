@@ -315,3 +315,21 @@ def test_the_default_lane_prunes_lists_and_still_finds_the_top_k(index, k, floor
     never = CentroidLane(default.centroids, list(snap.segments), ((None, 2.0),))
     for a, b in zip(never.candidates(Q, SearchParams(k=k)), plain.candidates(Q, SearchParams(k=k))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_pairs_already_in_document_order_are_not_sorted_again(monkeypatch):
+    """One segment's (doc, list) pairs come in ascending document order: the interaction skips the sort and
+    scores exactly as on the same pairs shuffled."""
+    rng = np.random.default_rng(5)
+    S = rng.standard_normal((6, 50)).astype(np.float32)
+    docs = np.repeat(np.arange(0, 200, 7), rng.integers(1, 30, 29))
+    lists = rng.integers(0, 50, len(docs))
+    shuffled = rng.permutation(len(docs))
+    want = _interaction(S, np.ascontiguousarray(S.T), docs[shuffled], lists[shuffled])
+    sorts = []
+    real = np.argsort
+    monkeypatch.setattr(np, "argsort", lambda a, *args, **kw: sorts.append(a is docs) or real(a, *args, **kw))
+    got = _interaction(S, np.ascontiguousarray(S.T), docs, lists)
+    assert not any(sorts)  # the ranks of _max_by_rank are still sorted, the documents not
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
