@@ -24,7 +24,7 @@ import numpy as np
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams
 from pooledir.evaluation import encode_cached, load_beir, machine_info, run_from_hits, score_run
-from pooledir.index.plaid import NPROBE_PER_CELL, CentroidLane
+from pooledir.index.plaid import NPROBE_PER_CELL, PLAID_THRESHOLDS, CentroidLane
 from pooledir.index.segments import Probe, search_ivf
 from pooledir.search import Hit, TokenAnn, search_embeddings
 
@@ -69,14 +69,22 @@ def legacy_ann(snap):
     return ann
 
 
-def lanes(snap, ncells: list[int], depths: list[float]) -> dict[str, tuple[object, dict]]:
-    """Lane name -> (candidate source, SearchParams knobs other than k)."""
-    out = {"tokens": (TokenAnn(legacy_ann(snap)), {})}
-    lane = CentroidLane(snap.centroids(), list(snap.segments))
-    for n in ncells:
-        for f in depths:
-            knobs = {"nprobe": n * NPROBE_PER_CELL, "candidates_per_token": max(1, round(32 * f))}
-            out[f"centroid-nc{n}-x{f:g}"] = (lane, knobs)
+#: centroid-score pruning variants (search_rule.md, 10:44 UTC): name -> (largest k, threshold) table
+PRUNING = {"plaid": PLAID_THRESHOLDS, "plaid-0.05": tuple((k, t - 0.05) for k, t in PLAID_THRESHOLDS)}
+
+
+def lanes(
+    snap, ncells: list[int], depths: list[float], pruning: list[str], tokens: bool = True
+) -> dict[str, tuple[object, dict]]:
+    """Lane name -> (candidate source, SearchParams knobs other than k); the per-token lane first, if asked for."""
+    out = {"tokens": (TokenAnn(legacy_ann(snap)), {})} if tokens else {}
+    centroids = snap.centroids()
+    for prune in [None, *pruning]:
+        lane = CentroidLane(centroids, list(snap.segments), PRUNING[prune] if prune else None)
+        for n in ncells:
+            for f in depths:
+                knobs = {"nprobe": n * NPROBE_PER_CELL, "candidates_per_token": max(1, round(32 * f))}
+                out[f"centroid-nc{n}-x{f:g}" + (f"-{prune}" if prune else "")] = (lane, knobs)
     return out
 
 
@@ -102,7 +110,7 @@ def measure(index, data, Q, named: dict, qids: list[str]) -> dict[str, dict]:
     ex100 = score_run(run_from_hits(qids, exact), data.qrels)
     ex10 = score_run(run_from_hits(qids, [h[:10] for h in exact]), data.qrels)
     out = {"exhaustive": {"ndcg@10": ex10["ndcg@10"], "recall@100": ex100["recall@100"]}}
-    base = float(np.median(times["tokens"]))
+    base = float(np.median(times[names[0]]))  # the per-token lane where measured, else the first lane
     for n in names:
         source, knobs = named[n]
         r100 = [
@@ -118,10 +126,21 @@ def measure(index, data, Q, named: dict, qids: list[str]) -> dict[str, dict]:
             "ndcg_share": ndcg / ex10["ndcg@10"],
             "recall_share": recall / ex100["recall@100"],
             "p50_ms": p50 * 1000,
-            "p50_ratio_to_tokens": p50 / base,
+            "p50_ratio_to_first": p50 / base,
         }
         print(n, json.dumps(out[n]), flush=True)
     return out
+
+
+def built(path: Path, data, docs, encoder, pool_factor: int) -> tuple[PooledIndex, float | None]:
+    """The default index of ``data`` at ``path`` and its build seconds (None: opened, built by an earlier run)."""
+    if (path / "built").exists():
+        return PooledIndex.open(path, device="cpu", encoder=encoder), None
+    index = PooledIndex.create(path, config=IndexConfig(pool_factor=pool_factor), device="cpu", encoder=encoder)
+    t = time.perf_counter()
+    index.add(data.documents, embeddings=docs)
+    (path / "built").write_text("")
+    return index, time.perf_counter() - t
 
 
 def parse_args() -> argparse.Namespace:  # noqa: D103
@@ -134,7 +153,13 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     ap.add_argument("--pool-factor", type=int, default=2)
     ap.add_argument("--ncells", default="2,4,8,16,32", help="lists a token in the centroid lane (nprobe = 4 x this)")
     ap.add_argument("--depths", default="0.5,1,2")
+    ap.add_argument("--pruning", default="", help=f"centroid-score pruning variants too: {','.join(PRUNING)}")
+    ap.add_argument("--no-tokens", action="store_true", help="leave the per-token lane out")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
+    ap.add_argument(
+        "--index", type=Path, help="keep the built index here; a folder built before is opened, not rebuilt"
+    )
+    ap.add_argument("--build-only", action="store_true", help="build --index and stop")
     return ap.parse_args()
 
 
@@ -147,14 +172,12 @@ def main() -> None:  # noqa: D103
     docs, _, Q = encode_cached(encoder, data, args.cache_dir)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        index = PooledIndex.create(
-            Path(tmp) / "i", config=IndexConfig(pool_factor=args.pool_factor), device="cpu", encoder=encoder
-        )
-        t = time.perf_counter()
-        index.add(data.documents, embeddings=docs)
-        build_s = time.perf_counter() - t
+        index, build_s = built(args.index or Path(tmp) / "i", data, docs, encoder, args.pool_factor)
+        if args.build_only:
+            return
+        ncells, depths = [int(x) for x in args.ncells.split(",")], [float(x) for x in args.depths.split(",")]
         named = lanes(
-            index._folder.snapshot, [int(x) for x in args.ncells.split(",")], [float(x) for x in args.depths.split(",")]
+            index._folder.snapshot, ncells, depths, [p for p in args.pruning.split(",") if p], not args.no_tokens
         )
         rows = measure(index, data, Q, named, list(data.queries))
         info = index.info()

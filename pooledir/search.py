@@ -246,10 +246,20 @@ def _search(
             results.append((np.empty(0, np.int64), np.empty(0, np.float32)))
             continue
         vectors, offsets = fetch(cands)
-        exact = maxsim(queries[q : q + 1], vectors, offsets)[0]
+        exact = maxsim(trailing_zeros_cut(queries[q : q + 1]), vectors, offsets)[0]
         top = np.argsort(-exact, kind="stable")[: params.k]
         results.append((cands[top], exact[top]))
     return results
+
+
+def trailing_zeros_cut(query: np.ndarray) -> np.ndarray:
+    """One query (1, Lq, d) without its trailing zero rows (padding without augmentation), at least one row.
+
+    A zero row adds a MaxSim term of exactly 0.0, so the scores stay the same up to float32 rounding (a product
+    or sum of fewer rows may be ordered differently); the product and the per-document max cost fewer rows.
+    """
+    rows = np.flatnonzero(np.any(query[0] != 0, axis=1))
+    return query[:, : int(rows[-1]) + 1 if len(rows) else 1]
 
 
 def _fill_up(

@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pooledir.corpus import Document
+from pooledir.maxsim import maxsim
 from pooledir.pooled_index import IndexConfig, PooledIndex
-from pooledir.search import SearchParams, exact_search, search_embeddings
+from pooledir.search import SearchParams, exact_search, search_embeddings, trailing_zeros_cut
 from tests.conftest import FakeEncoder
 from tests.engine import engine
 
@@ -254,3 +255,21 @@ def test_the_evaluations_flat_system_scores_every_document(tmp_path):
             assert np.allclose([h.score for h in hits], truth, atol=1e-4)
     finally:
         exact.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(used=st.integers(0, 32), gap=st.booleans(), docs=st.integers(1, 30), seed=st.integers(0, 10**6))
+def test_cutting_a_querys_trailing_zero_rows_keeps_its_maxsim(used, gap, docs, seed):
+    """Padding rows (zero, at the end) are cut before MaxSim; an interior zero row stays; every score is equal up
+    to float32 rounding (BLAS and numpy's sum may order a product or a sum of fewer rows differently)."""
+    rng = np.random.default_rng(seed)
+    query = np.zeros((1, 32, 16), np.float32)
+    query[0, :used] = rng.standard_normal((used, 16))
+    if gap and used > 2:
+        query[0, used // 2] = 0
+    counts = rng.integers(1, 40, docs)
+    vectors = rng.standard_normal((int(counts.sum()), 16)).astype(np.float32)
+    offsets = np.r_[0, np.cumsum(counts)]
+    cut = trailing_zeros_cut(query)
+    assert cut.shape[1] == max(used, 1)
+    np.testing.assert_allclose(maxsim(cut, vectors, offsets), maxsim(query, vectors, offsets), rtol=1e-6, atol=1e-6)

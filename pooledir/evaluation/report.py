@@ -476,6 +476,8 @@ RESULTS_PAGES = (
             ),
             # issue 21: pq3 search lanes (eval/results/search_rule.md)
             *(f"search_study/{f}.cpu.json" for f in ("nfcorpus_dev120", "scifact_train150")),
+            # centroid-score pruning (search_rule.md, 10:44 UTC)
+            *(f"search_study/{f}_pruning.cpu.json" for f in ("nfcorpus_dev120", "scifact_train150")),
         ),
     ),
     ResultsPage(
@@ -527,6 +529,9 @@ RESULTS_PAGES = (
             "latency/scifact_test.cpu.json",  # pooledir's default vs PLAID nbits 2, one process, encoding included
             "latency/scifact_test_run2.cpu.json",
             "latency/scifact_test_f26bb5e.cpu.json",  # the same benchmark at the code before the lane's speed-up
+            # second speed pass (pruning, padding rows cut): this branch and 259f252, alternated run by run
+            *(f"latency/scifact_test_pass2_run{i}.cpu.json" for i in (1, 2, 3, 4)),
+            *(f"latency/scifact_test_259f252_run{i}.cpu.json" for i in (1, 2, 3)),
             "doc_encoding_scifact192.cpu.json",
             "doc_encoding_scifact200.cpu.json",
             "load_scifact_m64.cpu.json",

@@ -5,8 +5,10 @@ For one query (Lq tokens), over every pq3 segment of a snapshot (colbert-ai's ``
 
 a. ``S = Q·Cᵀ``: query tokens x every centroid of the shared quantizer, one BLAS call (the float32
    centroids are copied once per quantizer, :class:`CentroidLane`);
-b. per token its ``ncells`` best lists; the documents in the union of those lists (the mapped ``lists``,
-   ``starts``, ``rows`` of each segment; dead rows dropped) each get a cheap score, the centroid
+b. per token its ``ncells`` best lists, less those whose best score over the tokens is under a threshold by
+   k (PLAID's centroid-score pruning, 0.05 lower: :data:`THRESHOLDS`); the documents in the union of those
+   lists (the mapped ``lists``, ``starts``, ``rows`` of each segment; dead rows dropped) each get a cheap
+   score, the centroid
    interaction over the probed lists they hold (per token the best ``S`` of those lists, summed); the
    best ``ndocs`` go on;
 c. those get the full centroid interaction: the list number of **every** vector of theirs (the first
@@ -21,7 +23,7 @@ read from the memory map where they lie.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -41,6 +43,11 @@ REFERENCE_CANDIDATES = 32
 #: ``SearchParams.nprobe`` per list a query token probes here (ncells = nprobe / 4: the default nprobe 32, tuned
 #: for per-token ANN, probes 8 lists a token, the best Recall@100 on NFCorpus dev: eval/results/search_study/)
 NPROBE_PER_CELL = 4
+#: PLAID's centroid_score_threshold by k (colbert-ai searcher.py): (largest k, threshold); None: every larger k
+PLAID_THRESHOLDS: tuple[tuple[int | None, float], ...] = ((10, 0.5), (100, 0.45), (None, 0.4))
+#: the lane's default, 0.05 under PLAID's: PLAID's own lost 0.009 of Recall@100 (share of exhaustive) on NFCorpus
+#: dev, these 0.002 and no nDCG@10, for a p50 0.92-0.98x (eval/results/search_rule.md, pruning)
+THRESHOLDS: tuple[tuple[int | None, float], ...] = ((10, 0.45), (100, 0.4), (None, 0.35))
 #: share of the centroid-scored documents that are decoded and scored by exact MaxSim (PLAID: ndocs / 4)
 RESCORE_SHARE = 4
 
@@ -54,11 +61,14 @@ class LaneDepths:
     ncells : lists probed per query token (PLAID's ncells; ``SearchParams.nprobe / 4``).
     ndocs : documents kept after the cheap score of step b (PLAID's ndocs).
     rescore : documents kept after the full centroid interaction, decoded and scored by exact MaxSim.
+    threshold : step b drops the probed lists whose best score over the query's tokens is below this
+        (PLAID's centroid-score pruning); None keeps every probed list.
     """
 
     ncells: int
     ndocs: int
     rescore: int
+    threshold: float | None = None
 
 
 def plaid_ndocs(k: int) -> int:
@@ -81,6 +91,13 @@ def depths_for(params: SearchParams) -> LaneDepths:
     return lane_depths(params.k, ncells, params.candidates_per_token / REFERENCE_CANDIDATES, params.rerank)
 
 
+def threshold_for(k: int, table: tuple[tuple[int | None, float], ...] | None) -> float | None:
+    """The pruning threshold for ``k`` from a (largest k, threshold) table (None: no pruning)."""
+    if table is None:
+        return None
+    return next(t for most, t in table if most is None or k <= most)
+
+
 def centroids_of(quantizer: faiss.IndexIVFPQ) -> np.ndarray:
     """The shared quantizer's coarse centroids as one float32 (nlist, d) array (a copy, made once)."""
     return np.ascontiguousarray(quantizer.quantizer.reconstruct_n(0, quantizer.nlist), dtype=np.float32)
@@ -90,31 +107,38 @@ class CentroidLane:
     """Candidate documents of the pq3 segments of one snapshot by PLAID's centroid interaction.
 
     ``centroids`` is shared by every snapshot of the same quantizer; ``segments`` are the snapshot's pq3
-    readers (their files mapped, their live bitmaps and document tables as of that commit).
+    readers (their files mapped, their live bitmaps and document tables as of that commit); ``thresholds``
+    the centroid-score pruning of step b by k (None: none).
     """
 
-    def __init__(self, centroids: np.ndarray, segments: list[SegmentReader]) -> None:
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        segments: list[SegmentReader],
+        thresholds: tuple[tuple[int | None, float], ...] | None = THRESHOLDS,
+    ) -> None:
         self.centroids = centroids
         self.segments = [s for s in segments if s.n_live > 0]
+        self.thresholds = thresholds
 
     def candidates(self, queries: np.ndarray, params: SearchParams) -> list[np.ndarray]:
         """Per query (nq, Lq, d) the doc_ints to score by exact MaxSim, at the depths of ``params`` (SearchParams)."""
-        return self.at_depths(queries, depths_for(params))
+        depths = replace(depths_for(params), threshold=threshold_for(params.k, self.thresholds))
+        return self.at_depths(queries, depths)
 
     def at_depths(self, queries: np.ndarray, depths: LaneDepths) -> list[np.ndarray]:
         """Per query (nq, Lq, d) the doc_ints to score by exact MaxSim (at most ``depths.rescore``)."""
-        nq, lq, dim = queries.shape
-        S = (queries.reshape(nq * lq, dim) @ self.centroids.T).reshape(nq, lq, -1)
-        out = []
-        for q in range(nq):
-            used = np.any(queries[q] != 0, axis=1)  # zero rows (padding without augmentation) match nothing
-            out.append(self._one(S[q][used], depths) if used.any() else np.empty(0, np.int64))
-        return out
+        used = np.any(queries != 0, axis=2)  # (nq, Lq): zero rows (padding without augmentation) match nothing
+        S = queries[used] @ self.centroids.T  # only the used rows: a query without augmentation uses about half
+        ends = np.cumsum(used.sum(axis=1))
+        return [self._one(S[a:b], depths) if b > a else np.empty(0, np.int64) for a, b in zip(ends - used.sum(1), ends)]
 
     def _one(self, S: np.ndarray, depths: LaneDepths) -> np.ndarray:
         """Steps b and c for one query's centroid scores S (Lq, nlist)."""
         ncells = min(depths.ncells, S.shape[1])
         cells = np.unique(np.argpartition(-S, ncells - 1, axis=1)[:, :ncells])
+        if depths.threshold is not None:
+            cells = _pruned(S, cells, depths.threshold)
         docs, lists, first = self._runs(cells)
         if len(docs) == 0:
             return docs
@@ -169,6 +193,12 @@ class CentroidLane:
         return np.concatenate(out_docs), np.concatenate(out_lists)
 
 
+def _pruned(S: np.ndarray, cells: np.ndarray, threshold: float) -> np.ndarray:
+    """The ``cells`` whose best score over the query tokens (rows of S) reaches ``threshold``; all if none does."""
+    keep = cells[S[:, cells].max(axis=0) >= threshold]
+    return keep if len(keep) else cells
+
+
 def _pq3(seg: SegmentReader) -> PQ3File:
     """A pq3 segment's mapped file (the lane is only given pq3 segments: ``Snapshot.sources``)."""
     return cast("PQ3File", seg.file)
@@ -198,8 +228,9 @@ def _interaction(S: np.ndarray, ST: np.ndarray, docs: np.ndarray, lists: np.ndar
     simply counted twice (it cannot change a max). Both reductions give the same floats (max is exact; the sums
     run over the same (docs, Lq) layout).
     """
-    order = np.argsort(docs, kind="stable")
-    docs, lists = docs[order], lists[order]
+    if np.any(docs[1:] < docs[:-1]):  # one segment's pairs come in ascending order: no sort (0.3 ms at stage c)
+        order = np.argsort(docs, kind="stable")
+        docs, lists = docs[order], lists[order]
     first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
     return docs[first], _run_scores(S, ST, lists, first)
 

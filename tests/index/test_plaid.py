@@ -12,13 +12,17 @@ import pytest
 from pooledir.corpus import Document
 from pooledir.index.plaid import (
     LONG_RUNS,
+    PLAID_THRESHOLDS,
+    THRESHOLDS,
     CentroidLane,
     _interaction,
     _max_by_rank,
     _max_by_token,
+    _pruned,
     _stable_order,
     lane_depths,
     plaid_ndocs,
+    threshold_for,
 )
 from pooledir.pooled_index import IndexConfig, PooledIndex
 from pooledir.search import SearchParams, exact_search, search_embeddings
@@ -94,24 +98,27 @@ def test_depths_grow_with_k_as_plaids():
 
 @pytest.mark.parametrize("k", [10, 100])
 def test_the_lane_finds_the_exhaustive_top_k(index, k):
-    """Recall of the exact top k (exhaustive MaxSim over the same decoded vectors) among the lane's candidates
-    and in the answer of a default search: >= 0.95 (0.99-1.0 measured), answers of length k, never a dead doc."""
+    """Recall of the exact top k (exhaustive MaxSim over the same decoded vectors) among the unpruned lane's
+    candidates and in its answers: >= 0.95 (0.99-1.0 measured), answers of length k, never a dead doc.
+    (The default lane prunes lists by an absolute centroid score: see the pruning tests below.)"""
     snap = engine(index).snapshot
     Q = clustered_queries(20)
     live = snap.live_docs()
     truth = exact_search(Q, live, snap.fetch, k)
-    (lane,) = snap.sources()
-    assert isinstance(lane, CentroidLane)
+    (default,) = snap.sources()
+    assert isinstance(default, CentroidLane) and default.thresholds == THRESHOLDS
+    lane = CentroidLane(default.centroids, list(snap.segments), thresholds=None)
     cands = lane.candidates(Q, SearchParams(k=k))
-    answers = index.search_embeddings(Q, SearchParams(k=k))
+    store = engine(index).store
+    answers = [store.ext_ids(d) for d, _ in search_embeddings(Q, lane, snap.fetch, SearchParams(k=k), live)]
     found = [len(set(c.tolist()) & set(t.tolist())) / k for c, (t, _) in zip(cands, truth)]
-    ext = [set(engine(index).store.ext_ids(t)) for t, _ in truth]
-    got = [len({h.id for h in hits} & want) / k for hits, want in zip(answers, ext)]
+    ext = [set(store.ext_ids(t)) for t, _ in truth]
+    got = [len(set(hits) & want) / k for hits, want in zip(answers, ext)]
     assert np.mean(found) >= 0.95 and np.mean(got) >= 0.95, (np.mean(found), np.mean(got))
     assert all(len(c) <= lane_depths(k, 32, rerank=64).rescore for c in cands)
     assert all(len(h) == k for h in answers)
     dead = {f"d{i}" for i in range(0, N_DOCS, 5)}
-    assert not any(h.id in dead for hits in answers for h in hits)
+    assert not any(h in dead for hits in answers for h in hits)
 
 
 def test_dead_vectors_never_come_back(index):
@@ -259,3 +266,70 @@ def test_runs_hold_each_live_documents_vectors_in_the_probed_lists(index):
     assert got == sorted(want) and len(got) > 0
     assert len(np.unique(docs)) == len(docs)
     assert set(docs.tolist()) <= set(snap.live_docs().tolist())
+
+
+def test_padded_tokens_change_no_candidate(index):
+    """Queries of 3-8 tokens zero-padded to 8 in one batch: the same candidates as each query alone, unpadded
+    (the lane scores only the used rows against the centroids, in one product for the batch)."""
+    snap = engine(index).snapshot
+    (lane,) = snap.sources()
+    Q = clustered_queries(6)
+    lengths = [3, 8, 5, 1, 7, 4]
+    for q, n in enumerate(lengths):
+        Q[q, n:] = 0
+    batch = lane.candidates(Q, SearchParams(k=10))
+    for q, n in enumerate(lengths):
+        np.testing.assert_array_equal(batch[q], lane.candidates(Q[q : q + 1, :n], SearchParams(k=10))[0])
+    assert len(lane.candidates(np.zeros((1, 8, DIM), np.float32), SearchParams(k=10))[0]) == 0
+
+
+def test_pruning_drops_the_lists_below_the_threshold_unless_it_would_drop_all():
+    S = np.array([[0.9, 0.3, 0.55, 0.1], [0.2, 0.49, 0.4, 0.6]], np.float32)
+    cells = np.array([0, 1, 2, 3])
+    np.testing.assert_array_equal(_pruned(S, cells, 0.5), [0, 2, 3])  # best over the tokens: .9 .49 .55 .6
+    np.testing.assert_array_equal(_pruned(S, cells[[1]], 0.5), [1])  # none reaches it: nothing is cut
+    assert [threshold_for(k, PLAID_THRESHOLDS) for k in (1, 10, 11, 100, 101, 5000)] == [0.5, 0.5, 0.45, 0.45, 0.4, 0.4]
+    assert [threshold_for(k, THRESHOLDS) for k in (10, 100, 101)] == [0.45, 0.4, 0.35]
+    assert threshold_for(10, None) is None
+
+
+@pytest.mark.parametrize(("k", "floor"), [(10, 0.95), (100, 0.9)])
+def test_the_default_lane_prunes_lists_and_still_finds_the_top_k(index, k, floor):
+    """The default thresholds (0.45 at k=10, 0.4 at k=100, over the fixture's 32-d unit vectors) cut probed lists;
+    a default search's answers keep >= 0.95 of the exact top 10 and >= 0.9 of the top 100 (measured: 1.0 and
+    0.914; unpruned 0.95+ as above: an absolute threshold depends on the vectors' score scale, and this fixture's
+    top 100, a seventh of its documents, lies in low-scored lists). A threshold no list reaches prunes nothing."""
+    snap = engine(index).snapshot
+    (default,) = snap.sources()
+    Q = clustered_queries(20)
+    truth = exact_search(Q, snap.live_docs(), snap.fetch, k)
+    ext = [set(engine(index).store.ext_ids(t)) for t, _ in truth]
+    answers = index.search_embeddings(Q, SearchParams(k=k))
+    got = [len({h.id for h in hits} & want) / k for hits, want in zip(answers, ext)]
+    assert np.mean(got) >= floor, np.mean(got)
+    assert all(len(h) == k for h in answers)
+    S = Q[0] @ default.centroids.T
+    cells = np.unique(np.argpartition(-S, 7, axis=1)[:, :8])
+    assert 0 < len(_pruned(S, cells, threshold_for(k, THRESHOLDS))) < len(cells)
+    plain = CentroidLane(default.centroids, list(snap.segments), thresholds=None)
+    never = CentroidLane(default.centroids, list(snap.segments), ((None, 2.0),))
+    for a, b in zip(never.candidates(Q, SearchParams(k=k)), plain.candidates(Q, SearchParams(k=k))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pairs_already_in_document_order_are_not_sorted_again(monkeypatch):
+    """One segment's (doc, list) pairs come in ascending document order: the interaction skips the sort and
+    scores exactly as on the same pairs shuffled."""
+    rng = np.random.default_rng(5)
+    S = rng.standard_normal((6, 50)).astype(np.float32)
+    docs = np.repeat(np.arange(0, 200, 7), rng.integers(1, 30, 29))
+    lists = rng.integers(0, 50, len(docs))
+    shuffled = rng.permutation(len(docs))
+    want = _interaction(S, np.ascontiguousarray(S.T), docs[shuffled], lists[shuffled])
+    sorts = []
+    real = np.argsort
+    monkeypatch.setattr(np, "argsort", lambda a, *args, **kw: sorts.append(a is docs) or real(a, *args, **kw))
+    got = _interaction(S, np.ascontiguousarray(S.T), docs, lists)
+    assert not any(sorts)  # the ranks of _max_by_rank are still sorted, the documents not
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
