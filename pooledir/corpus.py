@@ -282,7 +282,7 @@ def count_documents(path: str | Path) -> int | None:
     if kind != "txt-folder" and not source.is_file():
         return None
     if kind == "parquet":
-        return _parquet_file(source).metadata.num_rows
+        return int(_parquet_file(source).metadata.num_rows)
     if kind == "txt":
         return 1
     if kind == "txt-folder":
