@@ -29,4 +29,5 @@ def maxsim(queries: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.
     q = np.asarray(queries, dtype=np.float32).reshape(nq * lq, d)  # asarray: no copy when already float32
     sims = q @ np.asarray(vectors, dtype=np.float32).T  # (nq*Lq, N)
     per_doc = np.maximum.reduceat(sims, offsets[:-1], axis=1)  # (nq*Lq, n_docs): max over each doc's vectors
-    return per_doc.reshape(nq, lq, -1).sum(axis=1)
+    scores: np.ndarray = per_doc.reshape(nq, lq, -1).sum(axis=1)
+    return scores
