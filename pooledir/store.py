@@ -19,10 +19,11 @@ import math
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias, overload
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVar, overload
 
 import numpy as np
 
@@ -34,6 +35,8 @@ from pooledir.lexical import ensure_table, has_table
 DocInts: TypeAlias = Sequence[int] | np.ndarray
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -148,12 +151,11 @@ class DocStore:
         ``mode=ro`` reads a WAL left beside the file (when its -shm file is there); without them
         sqlite cannot make them in a read-only folder, and ``immutable=1`` reads the file alone.
         """
-        args: dict[str, Any] = {"isolation_level": None, "check_same_thread": False, "timeout": 60}
         if not self.read_only:
-            return sqlite3.connect(str(self.path), **args)
+            return _sqlite_connect(str(self.path), uri=False)
         uri = "file:" + urllib.parse.quote(str(self.path.absolute()))
         for mode in ("mode=ro", "immutable=1"):
-            conn = sqlite3.connect(f"{uri}?{mode}", uri=True, **args)
+            conn = _sqlite_connect(f"{uri}?{mode}", uri=True)
             try:
                 conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             except sqlite3.OperationalError:
@@ -472,7 +474,9 @@ class _Transaction:
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             try:
                 self.conn.execute("COMMIT")
@@ -500,6 +504,11 @@ class _Transaction:
                 pass  # the first error is the one to report; an open transaction ends with the connection
 
 
-def _chunks(items: list, size: int):
+def _sqlite_connect(database: str, uri: bool) -> sqlite3.Connection:
+    """Autocommit (transactions are explicit), shared across threads, 60 s of waiting on another writer's lock."""
+    return sqlite3.connect(database, isolation_level=None, check_same_thread=False, timeout=60, uri=uri)
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
