@@ -15,10 +15,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pooledir.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pooledir" / "onnx"
 
 
-def _require_onnxruntime():
+def _require_onnxruntime() -> Any:
+    """The onnxruntime module (typed at this boundary: its classes are built by pybind11), or an InputError."""
     try:
         import onnxruntime
     except ImportError:
@@ -56,7 +61,7 @@ def _fingerprint(path: Path, quantize: bool) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def export_onnx(model, projection, out: Path) -> None:
+def export_onnx(model: torch.nn.Module, projection: torch.nn.Module, out: Path) -> None:
     """Export ``normalize(projection(model(ids, mask)[0]))`` with dynamic batch and length axes, atomically."""
     import torch
 
@@ -65,7 +70,7 @@ def export_onnx(model, projection, out: Path) -> None:
             super().__init__()
             self.model, self.projection = model, projection
 
-        def forward(self, input_ids, attention_mask):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
             return torch.nn.functional.normalize(self.projection(hidden), p=2, dim=2)
 
@@ -118,8 +123,8 @@ class OnnxRuntimeEncoder:
     def __init__(
         self,
         checkpoint_path: Path,
-        model,
-        projection,
+        model: torch.nn.Module,
+        projection: torch.nn.Module,
         quantize: bool = False,
         threads: int | None = None,
         cache_dir: Path | None = None,
@@ -143,7 +148,9 @@ class OnnxRuntimeEncoder:
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.quantized = quantize
 
-    def _build(self, checkpoint_path: Path, model, projection, quantize: bool) -> None:
+    def _build(
+        self, checkpoint_path: Path, model: torch.nn.Module, projection: torch.nn.Module, quantize: bool
+    ) -> None:
         log.info("exporting %s to ONNX (once; cached at %s)", checkpoint_path, self.path)
         if not quantize:
             export_onnx(model, projection, self.path)
@@ -160,4 +167,5 @@ class OnnxRuntimeEncoder:
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Unit token vectors (B, L, dim), float32, for int64 ids and attention mask (B, L)."""
         feeds = {"input_ids": ids.astype(np.int64, copy=False), "attention_mask": mask.astype(np.int64, copy=False)}
-        return self.session.run(None, feeds)[0]
+        vectors: np.ndarray = self.session.run(None, feeds)[0]
+        return vectors
