@@ -21,19 +21,30 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from pooledir.corpus import Document, check_documents
 from pooledir.durable import fsync_dir, write_durably
 from pooledir.errors import IndexCorruptError, InputError
-from pooledir.index.folder import open_folder
-from pooledir.index.segments import SegmentReader, file_digest, live_bitmap, write_array
+from pooledir.index.codecs import SegmentCodec
+from pooledir.index.folder import IndexFolder, open_folder
+from pooledir.index.segments import Faiss, SegmentReader, file_digest, live_bitmap, write_array
 from pooledir.index.snapshot import quantizer_path, segment_path
 from pooledir.store import NewDoc, SegmentRow
 
 FORMAT = "pooledir-segment"
 FORMAT_VERSION = 1
+
+
+class _Checked(NamedTuple):
+    """A detached segment checked against the index: its folder, segment.json, docs.jsonl rows, row starts."""
+
+    path: Path
+    meta: dict[str, Any]
+    rows: list[dict[str, Any]]
+    starts: np.ndarray
 
 
 def build_segment(
@@ -96,7 +107,7 @@ def build_segment(
     return out
 
 
-def _read_detached(path: Path, dim: int) -> tuple[dict, list[dict]]:
+def _read_detached(path: Path, dim: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """segment.json and docs.jsonl of a detached segment, checked against each other."""
     try:
         meta = json.loads((path / "segment.json").read_text())
@@ -134,14 +145,14 @@ def _copy_durably(src: Path, dst: Path) -> None:
         write_durably(dst, lambda out: shutil.copyfileobj(f, out, 1 << 22))
 
 
-def attach(folder, paths: Sequence[Path]) -> int:
+def attach(folder: IndexFolder, paths: Sequence[Path]) -> int:
     """Check detached segments, copy them in, and reference them all in one commit; returns documents attached."""
     if not paths:
         raise InputError("no segment folders given")
     with folder.writing():
         snap, config = folder.snapshot, folder.config
         want = folder.target_codec(snap.quantizer if config.backend == "ivfpq" else None)
-        digest = file_digest(quantizer_path(folder.path, snap.quantizer_id)) if want.uses_quantizer else None
+        digest = _quantizer_digest(folder) if want.uses_quantizer else None
         seen: set[str] = set()
         checked = [_check_detached(folder, path, want, digest, seen) for path in paths]
         new_files, docs, segs = _copy_in(folder, checked, want)
@@ -158,7 +169,17 @@ def attach(folder, paths: Sequence[Path]) -> int:
     return len(docs)
 
 
-def _check_detached(folder, path: Path, want, digest: str | None, seen: set[str]) -> tuple:
+def _quantizer_digest(folder: IndexFolder) -> str:
+    """The digest of the current quantizer's file (a codec that uses a quantizer implies one is installed)."""
+    q_id = folder.snapshot.quantizer_id
+    if q_id is None:
+        raise IndexCorruptError(f"{folder.path}: its segments use a quantizer, but none is recorded in the index")
+    return file_digest(quantizer_path(folder.path, q_id))
+
+
+def _check_detached(
+    folder: IndexFolder, path: Path, want: SegmentCodec, digest: str | None, seen: set[str]
+) -> _Checked:
     """(path, meta, rows, starts) of one detached segment, checked against the index and the ``seen`` ids."""
     config, snap = folder.config, folder.snapshot
     meta, rows = _read_detached(path, folder.dim)
@@ -182,10 +203,12 @@ def _check_detached(folder, path: Path, want, digest: str | None, seen: set[str]
         SegmentReader(-1, want.kind, file, meta["n_vectors"], starts, counts, np.arange(len(rows)), live).close()
     except (IndexCorruptError, FileNotFoundError, ValueError) as e:
         raise InputError(f"{path}: the segment file is unreadable or does not match docs.jsonl: {e}") from None
-    return path, meta, rows, starts
+    return _Checked(path, meta, rows, starts)
 
 
-def _copy_in(folder, checked: list[tuple], want) -> tuple[list[Path], list[NewDoc], list[SegmentRow]]:
+def _copy_in(
+    folder: IndexFolder, checked: list[_Checked], want: SegmentCodec
+) -> tuple[list[Path], list[NewDoc], list[SegmentRow]]:
     """Copy checked segments into the folder under new ids (fsynced); their files, documents and segment rows.
 
     On any failure the files copied so far are removed.
@@ -225,7 +248,7 @@ def _copy_in(folder, checked: list[tuple], want) -> tuple[list[Path], list[NewDo
     return new_files, docs, segs
 
 
-def train_for_attach(folder, sample: np.ndarray, n_total: int) -> None:
+def train_for_attach(folder: IndexFolder, sample: np.ndarray, n_total: int) -> None:
     """Train the quantizer of an index that holds no vectors yet, on ``sample``, in one commit.
 
     For builds that train once and then build every segment elsewhere against that quantizer
@@ -243,7 +266,7 @@ def train_for_attach(folder, sample: np.ndarray, n_total: int) -> None:
     install_quantizer(folder, quantizer, n_total)
 
 
-def install_quantizer(folder, quantizer, n_total: int) -> None:
+def install_quantizer(folder: IndexFolder, quantizer: Faiss, n_total: int) -> None:
     """Make a trained quantizer the current one of an index that holds no vectors yet, in one commit.
 
     Several indexes given the same quantizer (the partitions of one corpus) encode vectors alike.
