@@ -31,10 +31,11 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -43,6 +44,7 @@ from pooledir.errors import IndexCorruptError, InputError
 from pooledir.index.codecs import SegmentCodec, codec_for
 from pooledir.index.manifest import FORMAT_VERSION, IndexConfig, read_manifest
 from pooledir.index.segments import (
+    Faiss,
     SegmentReader,
     planned_nlist,
     ranges,
@@ -54,6 +56,9 @@ from pooledir.index.snapshot import SEGMENTS, Snapshot, load_snapshot, quantizer
 from pooledir.store import DocStore, NewDoc, SegmentRow
 
 log = logging.getLogger(__name__)
+
+#: what a write that only deleted documents (and added one segment) did: deleted doc_ints (, reader, row)
+_Delta: TypeAlias = tuple[np.ndarray] | tuple[np.ndarray, SegmentReader, SegmentRow]
 
 #: vectors decoded at a time while re-encoding (bounds the memory of compaction and training)
 CHUNK = 262_144
@@ -120,7 +125,7 @@ class Batch:
 
     ids: list[str]
     texts: list[str]
-    metadata: list[dict]
+    metadata: list[dict[str, Any]]
     n_tokens: list[int]
     vectors: list[np.ndarray]
     #: more ids whose rows this batch replaces (a long document's old passages), deleted in the same commit
@@ -149,7 +154,7 @@ class IndexFolder:
         self.format_version = format_version
         #: the kind of the quantized segments this folder writes: format 2 folders keep writing ``pq``
         self.pq_kind = "pq3" if format_version >= 3 else "pq"
-        self._delta: tuple | None = None  # what the write in progress did, for the next snapshot
+        self._delta: _Delta | None = None  # what the write in progress did, for the next snapshot
         self.snapshot: Snapshot = self._load(None)
 
     @classmethod
@@ -213,7 +218,7 @@ class IndexFolder:
             raise read_only_error(self.path)
 
     @contextmanager
-    def writing(self):
+    def writing(self) -> Iterator[None]:
         """Hold the folder's write lock with the newest commit loaded; load the commit made, whatever happens.
 
         A write that only deleted documents and added one segment leaves ``self._delta`` (deleted
@@ -233,7 +238,7 @@ class IndexFolder:
                 delta, self._delta = self._delta, None
                 self.snapshot = self._next_snapshot(delta if done else None)
 
-    def _next_snapshot(self, delta: tuple | None) -> Snapshot:
+    def _next_snapshot(self, delta: _Delta | None) -> Snapshot:
         old = self.snapshot
         self.store.pin()
         commit = int(self.store.get_meta("commit", "0"))
@@ -243,7 +248,7 @@ class IndexFolder:
             return old.after_write(commit, *delta)
         return self._load(self.snapshot)
 
-    def _commit(self, new_files: list[Path], change, fold: bool = True) -> None:
+    def _commit(self, new_files: list[Path], change: Callable[[], object], fold: bool = True) -> None:
         """Run ``change`` (row edits) and bump the counter in one transaction; on error drop ``new_files``.
 
         ``fold``: then truncate the sqlite WAL (after bulk writes, so the folder holds its real size);
@@ -283,7 +288,9 @@ class IndexFolder:
             fsync_dir(seg_dir)
             fsync_dir(self.path)
 
-    def _write_segment_files(self, seg_id: int, codec: SegmentCodec, data, exact: np.ndarray | None) -> list[Path]:
+    def _write_segment_files(
+        self, seg_id: int, codec: SegmentCodec, data: object, exact: np.ndarray | None
+    ) -> list[Path]:
         files = [segment_path(self.path, seg_id, codec.suffix)]
         try:
             codec.write(data, files[0])
@@ -296,11 +303,11 @@ class IndexFolder:
             raise
         return files
 
-    def _target_quantizer(self):
+    def _target_quantizer(self) -> Faiss | None:
         """The quantizer new vectors are encoded with: None = keep them exact (flat backend, or not yet trained)."""
         return self.snapshot.quantizer if self.config.backend == "ivfpq" else None
 
-    def target_codec(self, quantizer) -> SegmentCodec:
+    def target_codec(self, quantizer: Faiss | None) -> SegmentCodec:
         """The codec new segments are written with: flat without a quantizer, else this folder's format's."""
         return codec_for("flat" if quantizer is None else self.pq_kind)
 
@@ -508,7 +515,7 @@ class IndexFolder:
         self.snapshot = self._load(self.snapshot)
         self._remove_unreferenced()
 
-    def _train(self, idx: list[int], keep_codec: bool = True):
+    def _train(self, idx: list[int], keep_codec: bool = True) -> Faiss:
         """Train a quantizer on a sample of the live vectors (exact where kept, else decoded).
 
         ``keep_codec``: as many sub-quantizers as the current quantizer has, unless the config names a number.
