@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -37,6 +38,18 @@ from scipy.spatial.distance import squareform
 
 from pooledir.device import resolve_device
 from pooledir.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+#: what _cosines takes and gives back: numpy (n, d) on the CPU path, torch (B, n, d) on the batched one
+_Rows = TypeVar("_Rows", np.ndarray, "torch.Tensor")
+
+
+class _Progress(Protocol):
+    """The part of a tqdm bar the torch path uses."""
+
+    def update(self, n: int = 1) -> object: ...
 
 
 def n_clusters(n_tokens: int, pool_factor: int, protected_tokens: int = 1) -> int:
@@ -51,7 +64,8 @@ def ward_tree(X: np.ndarray) -> np.ndarray:
     """Ward linkage matrix (scipy) of the rows of ``X`` on cosine distances: ``linkage(pdist(X, "cosine"), "ward")``."""
     dist = 1.0 - _cosines(X.astype(np.float64))
     np.fill_diagonal(dist, 0.0)
-    return linkage(squareform(np.maximum(dist, 0.0), checks=False), "ward")
+    tree: np.ndarray = linkage(squareform(np.maximum(dist, 0.0), checks=False), "ward")
+    return tree
 
 
 def ward_labels(X: np.ndarray, k: int) -> np.ndarray:
@@ -63,22 +77,25 @@ def ward_labels(X: np.ndarray, k: int) -> np.ndarray:
     n = len(X)
     if k >= n:
         return np.arange(n)
-    return fcluster(ward_tree(X), k, "maxclust") - 1
+    labels: np.ndarray = fcluster(ward_tree(X), k, "maxclust") - 1
+    return labels
 
 
 def ward_threshold_labels(X: np.ndarray, threshold: float) -> np.ndarray:
     """Cluster labels (0..m-1) of the rows of ``X``: every Ward merge of height <= ``threshold`` applied, none above."""
     if len(X) < 2:
         return np.arange(len(X))
-    return fcluster(ward_tree(X), threshold, "distance") - 1
+    labels: np.ndarray = fcluster(ward_tree(X), threshold, "distance") - 1
+    return labels
 
 
-def _cosines(X):
+def _cosines(X: _Rows) -> _Rows:
     """Cosine similarity matrix of the rows of ``X`` (numpy (n, d) or torch (B, n, d))."""
     norms = (X * X).sum(-1) ** 0.5
     norms[norms == 0] = 1.0
     Xn = X / norms[..., None]
-    return Xn @ Xn.swapaxes(-1, -2)
+    sims: _Rows = Xn @ Xn.swapaxes(-1, -2)
+    return sims
 
 
 def _cluster_means(X: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -112,14 +129,14 @@ def pool_document(
     return np.concatenate([X[:protected_tokens].astype(np.float32), means]).astype(np.float16)
 
 
-def check_pool_factor(pool_factor) -> int:
+def check_pool_factor(pool_factor: object) -> int:
     """``pool_factor`` as an int, or :class:`InputError`: an integer >= 1 (numpy ints too; not bools or floats)."""
     if isinstance(pool_factor, (bool, np.bool_)) or not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
         raise InputError(f"pool_factor={pool_factor!r} must be an integer >= 1 (1 = no pooling)")
     return int(pool_factor)
 
 
-def check_pool_threshold(pool_threshold) -> float | None:
+def check_pool_threshold(pool_threshold: object) -> float | None:
     """``pool_threshold`` as a float (or None), or :class:`InputError`: a finite number >= 0."""
     if pool_threshold is None:
         return None
@@ -209,7 +226,14 @@ def pool_embeddings(
     return out
 
 
-def _pool_torch(embeddings, pool_factor, protected_tokens, device, batch_size, bar) -> list[np.ndarray]:
+def _pool_torch(
+    embeddings: Sequence[np.ndarray],
+    pool_factor: int,
+    protected_tokens: int,
+    device: str,
+    batch_size: int,
+    bar: _Progress,
+) -> list[np.ndarray]:
     import torch
 
     lengths = np.array([len(e) for e in embeddings])
@@ -240,7 +264,7 @@ def _pool_torch(embeddings, pool_factor, protected_tokens, device, batch_size, b
     return out  # type: ignore[return-value]
 
 
-def ward_labels_torch(X, lengths, k):
+def ward_labels_torch(X: torch.Tensor, lengths: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched Ward clustering of padded documents.
 
     Parameters
@@ -295,7 +319,7 @@ def ward_labels_torch(X, lengths, k):
     return labels, size > 0
 
 
-def _torch_cluster_means(X, labels, alive):
+def _torch_cluster_means(X: torch.Tensor, labels: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     """Unit-normalised means per slot (B, n, d); slots that are not alive hold zeros."""
     import torch
 
