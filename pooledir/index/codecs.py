@@ -15,9 +15,10 @@ Three kinds, one class each, looked up by the kind a segment row records (:func:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from pooledir.durable import write_durably
 from pooledir.errors import IndexCorruptError
 from pooledir.index.segments import (
     FOOTER,
+    Faiss,
     Probe,
     SegmentFile,
     SegmentReader,
@@ -39,6 +41,11 @@ from pooledir.index.segments import (
     verify_file,
     write_segment,
 )
+
+#: per source segment of a merge: (reader, starts, counts) of the documents to keep
+MergePart: TypeAlias = tuple[SegmentReader, np.ndarray, np.ndarray]
+#: a pq3 file's header fields: magic, version, n, code_size, dim, nlist, pq_m, nbits, n_lists
+PQ3Head: TypeAlias = tuple[bytes, int, int, int, int, int, int, int, int]
 
 #: vectors encoded or decoded at a time (bounds the temporary memory of encoding and reconstruction)
 CHUNK = 65_536
@@ -59,19 +66,20 @@ class SegmentCodec:
     copy_merge: bool = False  # merges copy codes (no decode/re-encode) when every part is of this kind
     centroid_lane: bool = False  # searched by PLAID's centroid interaction (pooledir.index.plaid), not per token
 
-    def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer) -> object:
+    def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer: Faiss) -> object:
         """Encode vectors (float32 chunks, in local-id order) into this codec's in-memory segment data."""
         raise NotImplementedError
 
-    def write(self, data, path: Path) -> None:
+    # data is Any: each codec reads back only what its own encode/merge made (a faiss index, or PQ3Data)
+    def write(self, data: Any, path: Path) -> None:
         """Write segment data durably (temp file, fsync, rename) with the checksum footer."""
         raise NotImplementedError
 
-    def open(self, path: Path, n_vectors: int, dim: int, quantizer, exact_path: Path | None) -> SegmentFile:
+    def open(self, path: Path, n_vectors: int, dim: int, quantizer: Faiss, exact_path: Path | None) -> SegmentFile:
         """Map a segment file and check it against its commit row and the quantizer."""
         return open_segment_file(path, self.kind, n_vectors, dim, quantizer, exact_path)
 
-    def merge(self, parts: list[tuple], quantizer) -> object:
+    def merge(self, parts: list[MergePart], quantizer: Faiss) -> object:
         """Segment data holding the kept documents of ``parts`` ((reader, starts, counts)), without re-encoding."""
         raise NotImplementedError
 
@@ -81,14 +89,14 @@ class FlatCodec(SegmentCodec):
 
     kind = "flat"
 
-    def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer) -> object:
+    def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer: Faiss) -> object:
         """Add the chunks to an ``IndexFlatIP``."""
         index = encode_segment(np.empty((0, dim), np.float32))
         for chunk in chunks:
             index.add(np.ascontiguousarray(chunk, dtype=np.float32))
         return index
 
-    def write(self, data, path: Path) -> None:
+    def write(self, data: Faiss, path: Path) -> None:
         """Write the faiss index with its footer."""
         write_segment(data, path)
 
@@ -100,7 +108,7 @@ class PQCodec(FlatCodec):
     uses_quantizer = True
     copy_merge = True
 
-    def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer) -> object:
+    def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer: Faiss) -> object:
         """Add the chunks to a clone of the quantizer under ids 0..n-1."""
         index = encode_segment(np.empty((0, dim), np.float32), quantizer)
         done = 0
@@ -111,7 +119,7 @@ class PQCodec(FlatCodec):
             done += len(chunk)
         return index
 
-    def merge(self, parts: list[tuple], quantizer) -> object:
+    def merge(self, parts: list[MergePart], quantizer: Faiss) -> object:
         """Copy the kept codes list by list (:func:`merge_pq`)."""
         return merge_pq(parts, quantizer)
 
@@ -180,18 +188,19 @@ class PQ3Codec(SegmentCodec):
     copy_merge = True
     centroid_lane = True
 
-    def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer) -> PQ3Data:
+    def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer: Faiss) -> PQ3Data:
         """``sa_encode`` the chunks (:func:`~pooledir.index.segments.sa_encode`) and index their list numbers."""
         parts = [sa_encode(quantizer, c) for c in _split(chunks)]
         codes = np.concatenate(parts) if parts else np.empty((0, quantizer.sa_code_size()), np.uint8)
         return self._data(codes, dim, quantizer)
 
-    def merge(self, parts: list[tuple], quantizer) -> PQ3Data:
+    def merge(self, parts: list[MergePart], quantizer: Faiss) -> PQ3Data:
         """Copy the kept documents' code rows (document-major: slices) and rebuild the inverted rows."""
-        codes = [np.asarray(r.file.codes[ranges(s, c)]) for r, s, c in parts]
-        return self._data(np.concatenate(codes), parts[0][0].file.dim, quantizer)
+        files = [_pq3_file(r) for r, _, _ in parts]
+        codes = [np.asarray(f.codes[ranges(s, c)]) for f, (_, s, c) in zip(files, parts)]
+        return self._data(np.concatenate(codes), files[0].dim, quantizer)
 
-    def _data(self, codes: np.ndarray, dim: int, quantizer) -> PQ3Data:
+    def _data(self, codes: np.ndarray, dim: int, quantizer: Faiss) -> PQ3Data:
         lists, starts, rows = inverted(list_numbers(codes, quantizer.coarse_code_size()))
         return PQ3Data(
             codes, lists, starts, rows, dim, int(quantizer.nlist), int(quantizer.pq.M), int(quantizer.pq.nbits)
@@ -205,7 +214,7 @@ class PQ3Codec(SegmentCodec):
         )
         arrays = {"codes": data.codes, "lists": data.lists, "starts": data.starts, "rows": data.rows}
 
-        def payload(put) -> None:
+        def payload(put: Callable[[bytes], int]) -> None:
             put(head + b"\x00" * (_HEADER_BYTES - len(head)))
             for name, _, size in _sections(n, code_size, len(data.lists)):
                 put(np.ascontiguousarray(arrays[name]).tobytes())
@@ -213,7 +222,7 @@ class PQ3Codec(SegmentCodec):
 
         write_durably(path, lambda f: _write_checksummed(f, payload))
 
-    def open(self, path: Path, n_vectors: int, dim: int, quantizer, exact_path: Path | None) -> PQ3File:
+    def open(self, path: Path, n_vectors: int, dim: int, quantizer: Faiss, exact_path: Path | None) -> PQ3File:
         """Map and check a ``.pq3`` file (:meth:`PQ3File.open`)."""
         return PQ3File.open(path, n_vectors, dim, quantizer, exact_path)
 
@@ -224,10 +233,17 @@ def _split(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
             yield c[i : i + CHUNK]
 
 
+def _pq3_file(reader: SegmentReader) -> PQ3File:
+    """The mapped pq3 file of an open reader; anything else is a caller's bug (merges group segments by kind)."""
+    if not isinstance(reader.file, PQ3File):
+        raise ValueError(f"segment {reader.seg_id} is not an open pq3 segment; a pq3 merge takes only those")
+    return reader.file
+
+
 class PQ3File(SegmentFile):
     """A mapped ``.pq3`` file: codes and inverted index as numpy views of one read-only memory map."""
 
-    def __init__(self, path: Path, mm: np.ndarray, head: tuple, quantizer, exact: np.ndarray | None) -> None:
+    def __init__(self, path: Path, mm: np.ndarray, head: PQ3Head, quantizer: Faiss, exact: np.ndarray | None) -> None:
         self.index = None
         self.kind = "pq3"
         self.exact = exact
@@ -244,7 +260,7 @@ class PQ3File(SegmentFile):
         self.coarse_size = code_size - quantizer.pq.code_size
 
     @classmethod
-    def open(cls, path: Path, n_vectors: int, dim: int, quantizer, exact_path: Path | None) -> PQ3File:
+    def open(cls, path: Path, n_vectors: int, dim: int, quantizer: Faiss, exact_path: Path | None) -> PQ3File:
         """Map a ``.pq3`` file; its checksum, header, quantizer and inverted index are checked."""
         stamp = _stamp(path)  # FileNotFoundError: a newer commit dropped it (the caller reloads)
         if not verify_file(path):
@@ -310,13 +326,13 @@ class PQ3File(SegmentFile):
             return np.asarray(self.exact[local], dtype=np.float32)
         local = np.asarray(local, dtype=np.int64)
         if len(local) <= CHUNK:  # one decode, no copy into a second buffer
-            return self.quantizer.sa_decode(np.ascontiguousarray(self.codes[local]))
+            return np.asarray(self.quantizer.sa_decode(np.ascontiguousarray(self.codes[local])))  # typed, no copy
         out = np.empty((len(local), self.dim), dtype=np.float32)
         for i in range(0, len(local), CHUNK):
             out[i : i + CHUNK] = self.quantizer.sa_decode(np.ascontiguousarray(self.codes[local[i : i + CHUNK]]))
         return out
 
-    def search(self, probe: Probe, k: int, reader) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, probe: Probe, k: int, reader: SegmentReader) -> tuple[np.ndarray, np.ndarray]:
         """Per token top-``k`` (score, local id) among the live vectors of its probed lists, read from the map.
 
         The per-token lane over a pq3 segment (``Snapshot.ann``; searches use the centroid lane,
@@ -339,7 +355,7 @@ class PQ3File(SegmentFile):
         return D, ids
 
     def _decoded(self, rows: np.ndarray) -> np.ndarray:
-        return self.quantizer.sa_decode(np.ascontiguousarray(self.codes[rows]))
+        return np.asarray(self.quantizer.sa_decode(np.ascontiguousarray(self.codes[rows])))  # typed, no copy
 
     def rows_of_lists(self, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(local rows, the list of each) of the vectors in ``lists`` that this segment holds, read from the map."""
