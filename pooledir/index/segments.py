@@ -77,8 +77,6 @@ ASSIGN_BLOCK_BYTES = 1 << 26
 #: below this many rows faiss's own sa_encode is as fast (threading overhead dominates either way, 2 loaded cores:
 #: 28 vs 37 ms at 50 rows, equal at 500, 318 vs 73 ms at 5,000 with 1,740 lists)
 BLAS_ASSIGN_MIN_ROWS = 1024
-#: a quantizer whose centroids all have norm 1 within this (float16 rounding: < 2**-11) is spherical
-UNIT_NORM_TOLERANCE = 2e-3
 #: PQ codebooks train on at most this many residuals per codeword (faiss's default 256: 65,536 per sub-quantizer)
 PQ_POINTS_PER_CENTROID = 256
 #: dimensions per sub-quantizer of a new (format 3) index: dim/8 = 16 at 128 d (1 bit a dimension), the rule in
@@ -259,12 +257,7 @@ def train_quantizer(
     Lists are sized for the ``n_total`` vectors the index holds (:func:`default_nlist`; ``legacy``: format 2's
     :func:`default_nlist_v2` and dim/2 sub-quantizers), never beyond what the sample can train; PQ bits drop
     only when the sample is smaller than 2**bits. On CPU the coarse k-means and the residuals run on numpy's
-    BLAS (:func:`assign_lists`): faiss's own flat search assigned 2-3x slower here.
-
-    On CPU a new (format 3) quantizer's centroids are cluster means (:func:`l2_kmeans`) and a vector goes to its
-    nearest centroid: on NFCorpus dev that kept more nDCG@10 than unit centroids with inner-product assignment
-    (eval/results/code_rule.md). ``legacy`` (format 2: faiss's own ``add`` encodes its segments, by inner
-    product) and GPU training stay spherical (:func:`spherical_kmeans`).
+    BLAS (:func:`spherical_kmeans`, :func:`assign_lists`): faiss's own flat search assigned 2-3x slower here.
     """
     faiss = _faiss()
 
@@ -290,7 +283,7 @@ def train_quantizer(
     if use_gpu and nbits == 8 and faiss_gpu_available():
         index = _train_on_gpu(index, x, pq_m)
     else:
-        _train_on_cpu(index, x, spherical=legacy)
+        _train_on_cpu(index, x)
     # before anything is encoded; the PQ stays as trained on residuals to the float32 centroids (< 2**-11 apart):
     # re-training it on the rounded ones moved NFCorpus dev nDCG@10 by -0.0013, rounding alone by +0.0005
     # (eval/results/quantizer_fp16_nfcorpus_dev120.cpu.json)
@@ -309,23 +302,21 @@ def _train_on_gpu(index: Faiss, x: np.ndarray, pq_m: int) -> Faiss:
     return faiss.index_gpu_to_cpu(gpu)
 
 
-def _train_on_cpu(index: Faiss, x: np.ndarray, spherical: bool) -> None:
-    """Coarse k-means and the residuals on numpy's BLAS, then faiss trains the PQ on those residuals.
+def _train_on_cpu(index: Faiss, x: np.ndarray) -> None:
+    """Coarse spherical k-means and the residuals on numpy's BLAS, then faiss trains the PQ on those residuals.
 
-    What faiss's ``IndexIVF.train`` does (k-means on at most 256 points a centroid, spherical for inner
-    product unless ``spherical`` is False, then the PQ on residuals to the assigned centroid), with the
-    assignments computed as one GEMM per block.
+    What faiss's ``IndexIVF.train`` does (spherical k-means for inner product, at most 256 points a centroid,
+    then the PQ on residuals to the assigned centroid), with the assignments computed as one GEMM per block.
     Residuals are computed only for the points the PQ trains on (faiss would sample ``2**nbits`` x
     ``PQ_POINTS_PER_CENTROID`` = 65,536 of them at 8 bits), in place: for a 262,144-vector sample a quarter of
     the assignments, and one 32 MB array instead of two 134 MB temporaries.
     """
-    kmeans = spherical_kmeans if spherical else l2_kmeans
-    centroids = kmeans(x, int(index.nlist), int(index.cp.niter), int(index.cp.max_points_per_centroid))
+    centroids = spherical_kmeans(x, int(index.nlist), int(index.cp.niter), int(index.cp.max_points_per_centroid))
     index.quantizer.add(centroids)
     n_pq = (1 << int(index.pq.nbits)) * int(index.pq.cp.max_points_per_centroid)
     if len(x) > n_pq:
         x = x[np.sort(np.random.default_rng(1234).choice(len(x), n_pq, replace=False))]
-    residuals = centroids[assign_lists(centroids, x, inner_product=spherical)]
+    residuals = centroids[assign_lists(centroids, x)]
     np.subtract(x, residuals, out=residuals)
     index.pq.train(residuals)
     index.is_trained = True
@@ -340,37 +331,22 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int, max_points_per_centroid:
     a large one. On 200k SciFact-style vectors and 4,096 lists it fit as well (held-out squared residual
     0.4332 vs 0.4326) in 74 s against faiss's 204 s on 2 loaded cores.
     """
-    return _lloyd(x, k, niter, max_points_per_centroid, spherical=True)
-
-
-def l2_kmeans(x: np.ndarray, k: int, niter: int, max_points_per_centroid: int = 256) -> np.ndarray:
-    """(k, d) float32 centroids, each its cluster's mean: Lloyd's iterations with L2 (nearest) assignment.
-
-    :func:`spherical_kmeans` without re-normalising (same seeding, sample cap and split of empty clusters). Unit
-    vectors' cluster means are shorter than 1: a residual to the mean is smaller than one to the unit centroid.
-    """
-    return _lloyd(x, k, niter, max_points_per_centroid, spherical=False)
-
-
-def _lloyd(x: np.ndarray, k: int, niter: int, max_points_per_centroid: int, spherical: bool) -> np.ndarray:
     rng = np.random.default_rng(1234)
     if len(x) > k * max_points_per_centroid:  # faiss's own cap on the points k-means looks at
         x = x[np.sort(rng.choice(len(x), k * max_points_per_centroid, replace=False))]
     centroids = x[rng.choice(len(x), k, replace=False)].copy()
     for _ in range(niter):
-        sums, counts = _cluster_sums(x, assign_lists(centroids, x, inner_product=spherical), k)
-        centroids = sums if spherical else sums / np.maximum(counts, 1)[:, None].astype(np.float32)
+        sums, counts = _cluster_sums(x, assign_lists(centroids, x), k)
+        centroids = sums.astype(np.float32)
         _split_clusters(centroids, counts, rng)
-        if spherical:
-            centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
 def _split_clusters(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> None:
     """Give each empty cluster half of a cluster drawn by size (faiss's ``split_clusters``): two nudged copies.
 
-    ``centroids`` holds the clusters' means, or their sums (spherical: normalised after, so scaling a sum
-    only scales its direction).
+    ``centroids`` holds the clusters' sums (normalised after): scaling a sum only scales its direction.
     """
     sign = np.where(np.arange(centroids.shape[1]) % 2 == 0, 1.0, -1.0).astype(np.float32) / 1024
     for e in np.flatnonzero(counts == 0):
@@ -392,28 +368,12 @@ def _cluster_sums(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray
     return np.asarray(onehot @ x, dtype=np.float32), np.bincount(assign, minlength=k)
 
 
-def unit_centroids(centroids: np.ndarray) -> bool:
-    """Whether every centroid has norm 1 up to float16 rounding: a spherical quantizer (assigns by inner product)."""
-    norms = np.linalg.norm(centroids, axis=1)
-    return bool(np.all(np.abs(norms - 1) <= UNIT_NORM_TOLERANCE))
-
-
-def assign_lists(centroids: np.ndarray, x: np.ndarray, inner_product: bool | None = None) -> np.ndarray:
-    """The list of each row of ``x``, int64: one GEMM per block of rows.
-
-    By highest inner product with a centroid where ``inner_product`` (default: :func:`unit_centroids`, what
-    faiss's flat inner-product quantizer does), else the nearest centroid (max of x·c − |c|²/2).
-    """
-    if inner_product is None:
-        inner_product = unit_centroids(centroids)
-    half = None if inner_product else 0.5 * np.einsum("ij,ij->i", centroids, centroids)
+def assign_lists(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The list (highest inner product with a centroid) of each row of ``x``, int64: one GEMM per block of rows."""
     out = np.empty(len(x), dtype=np.int64)
     block = max(64, ASSIGN_BLOCK_BYTES // (4 * max(len(centroids), 1)))
     for i in range(0, len(x), block):
-        scores = x[i : i + block] @ centroids.T
-        if half is not None:
-            scores -= half
-        out[i : i + block] = np.argmax(scores, axis=1)
+        out[i : i + block] = np.argmax(x[i : i + block] @ centroids.T, axis=1)
     return out
 
 
@@ -428,21 +388,17 @@ def coarse_centroids(index: Faiss) -> np.ndarray:
 def sa_encode(index: Faiss, x: np.ndarray) -> np.ndarray:
     """``index.sa_encode(x)``: list number, then the PQ code of the residual; lists from :func:`assign_lists`.
 
-    A spherical quantizer's: the same codes as faiss's (up to exact ties between two centroids), at the speed of
-    numpy's BLAS; a batch of fewer than :data:`BLAS_ASSIGN_MIN_ROWS` rows (a single-document write) goes through
-    faiss as it is. An L2 quantizer's (means as centroids): each vector in its nearest centroid's list, which
-    faiss's inner-product quantizer would not pick, so every batch is assigned here.
+    The same codes as faiss's (up to exact ties between two centroids), at the speed of numpy's BLAS; a batch
+    of fewer than :data:`BLAS_ASSIGN_MIN_ROWS` rows (a single-document write) goes through faiss as it is.
     """
     faiss = _faiss()
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    centroids = coarse_centroids(index)
-    spherical = unit_centroids(centroids)
-    if len(x) < BLAS_ASSIGN_MIN_ROWS and spherical:
+    if len(x) < BLAS_ASSIGN_MIN_ROWS:
         return np.asarray(index.sa_encode(x), dtype=np.uint8)
     codes = np.empty((len(x), index.sa_code_size()), dtype=np.uint8)
     if len(x):
-        lists = assign_lists(centroids, x, inner_product=spherical)
+        lists = assign_lists(coarse_centroids(index), x)
         index.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes), True)
     return codes
 

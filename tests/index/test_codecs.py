@@ -17,7 +17,6 @@ from pooledir.index.segments import (
     SegmentReader,
     live_bitmap,
     read_quantizer,
-    sa_encode,
     train_quantizer,
     write_faiss,
 )
@@ -64,9 +63,9 @@ def test_pq3_scores_are_the_inner_products_with_the_decoded_vectors(tmp_path, qu
     reader = pq3_reader(tmp_path, quantizer, x, [10] * 100)
     q = unit(8, 2)
     D, ids = reader.search(probe(quantizer, q, nprobe), 20)
-    decoded = quantizer.sa_decode(sa_encode(quantizer, x))
+    decoded = quantizer.sa_decode(quantizer.sa_encode(x))
     np.testing.assert_allclose(reader.reconstruct(np.arange(1000)), decoded, atol=1e-6)
-    lists = list_numbers(sa_encode(quantizer, x), quantizer.coarse_code_size())
+    lists = list_numbers(quantizer.sa_encode(x), quantizer.coarse_code_size())
     _, assign = quantizer.quantizer.search(q, nprobe)
     for t in range(len(q)):
         ok = np.flatnonzero(np.isin(lists, assign[t]))
@@ -272,7 +271,7 @@ def test_non_8_bit_pq3_codes_store_and_decode_as_faiss_does(tmp_path, quantizers
     head = PQ3_HEADER.unpack(reader.file.path.read_bytes()[: PQ3_HEADER.size])
     assert head[3] == 1 + -(-8 * nbits // 8) == quantizer.sa_code_size()  # 1 B list number (32 lists) + PQ bytes
     assert (head[6], head[7]) == (8, nbits)
-    decoded = quantizer.sa_decode(sa_encode(quantizer, x))
+    decoded = quantizer.sa_decode(quantizer.sa_encode(x))
     np.testing.assert_array_equal(reader.reconstruct(np.arange(1000)), decoded)
     D, ids = reader.search(probe(quantizer, unit(8, 2), 32), 20)  # all lists probed: the flat top 20 of decoded
     for t, q in enumerate(unit(8, 2)):

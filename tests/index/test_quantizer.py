@@ -21,12 +21,10 @@ from pooledir.index.segments import (
     FOOTER,
     assign_lists,
     coarse_centroids,
-    l2_kmeans,
     read_quantizer,
     sa_encode,
     spherical_kmeans,
     train_quantizer,
-    unit_centroids,
     write_faiss,
 )
 from pooledir.pooled_index import PooledIndex
@@ -57,26 +55,6 @@ def coarse_on_disk(path: Path):
 @pytest.fixture(scope="module")
 def trained():
     return train_quantizer(unit(6000, 0, 32), 6000, nlist=64, pq_m=4, pq_nbits=8)
-
-
-@pytest.fixture(scope="module")
-def spherical():
-    """A quantizer as every CPU-trained one was before L2 centroids (format 2 still trains them): unit centroids."""
-    return train_quantizer(unit(6000, 0, 32), 6000, nlist=64, pq_m=4, pq_nbits=8, legacy=True)
-
-
-def l2_nearest(q, x: np.ndarray) -> np.ndarray:
-    flat = faiss.IndexFlatL2(q.d)
-    flat.add(centroids(q))
-    return flat.search(x, 1)[1][:, 0]
-
-
-def faiss_codes(q, x: np.ndarray, lists: np.ndarray) -> np.ndarray:
-    """faiss's own codes for ``x`` in the given lists (what ``sa_encode`` writes after its quantizer's assignment)."""
-    codes = np.empty((len(x), q.sa_code_size()), dtype=np.uint8)
-    lists = np.ascontiguousarray(lists, dtype=np.int64)
-    q.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(lists), faiss.swig_ptr(codes), True)
-    return codes
 
 
 def test_new_quantizer_files_hold_float16_centroids_and_encode_alike_after_a_reload(tmp_path, trained):
@@ -161,65 +139,20 @@ def clustered(n: int, seed: int, k: int = 50, dim: int = DIM) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_blas_sa_encode_writes_faiss_own_codes(spherical):
+def test_blas_sa_encode_writes_faiss_own_codes(trained):
     """The codes pq3 segments store are faiss's ``sa_encode`` codes: list number first, then the residual's PQ code."""
     x = unit(3000, 2, 32)
-    assert unit_centroids(centroids(spherical))
-    assert np.array_equal(sa_encode(spherical, x), spherical.sa_encode(x))
-    assert sa_encode(spherical, x[:0]).shape == (0, spherical.sa_code_size())
-
-
-def test_an_l2_quantizer_encodes_every_batch_in_its_nearest_centroids_list(trained):
-    """faiss's inner-product quantizer would pick other lists for cluster means: small batches are assigned here too."""
-    x = unit(3000, 2, 32)
-    want = faiss_codes(trained, x, l2_nearest(trained, x))
-    assert not unit_centroids(centroids(trained))
-    assert np.array_equal(sa_encode(trained, x), want)
-    assert np.array_equal(sa_encode(trained, x[:10]), want[:10])  # below BLAS_ASSIGN_MIN_ROWS: the same lists
-    assert not np.array_equal(trained.sa_encode(x), want)  # what faiss's own path would have written
+    assert np.array_equal(sa_encode(trained, x), trained.sa_encode(x))
     assert sa_encode(trained, x[:0]).shape == (0, trained.sa_code_size())
 
 
-def test_assign_lists_is_the_flat_quantizers_nearest_list_in_blocks(trained, spherical, monkeypatch):
+def test_assign_lists_is_the_flat_quantizers_nearest_list_in_blocks(trained, monkeypatch):
     import pooledir.index.segments as segments
 
     x = unit(1000, 3, 32)
-    _, want = spherical.quantizer.search(x, 1)  # unit centroids: highest inner product, as faiss's IndexFlatIP
+    _, want = trained.quantizer.search(x, 1)
     monkeypatch.setattr(segments, "ASSIGN_BLOCK_BYTES", 4 * 64 * 100)  # blocks of 100 rows: several GEMMs
-    assert np.array_equal(assign_lists(coarse_centroids(spherical), x), want[:, 0])
-    assert np.array_equal(assign_lists(coarse_centroids(trained), x), l2_nearest(trained, x))  # cluster means: L2
-
-
-def test_new_quantizers_train_cluster_means_that_leave_less_residual_than_unit_centroids(trained, spherical):
-    """Unit vectors' cluster means are shorter than 1: residuals to them (and the PQ's error) are smaller.
-
-    Fails before L2 centroids: a new quantizer's centroids were spherical k-means's, its residuals the same.
-    """
-    held = unit(2000, 1, 32)
-
-    def residual(q) -> tuple[float, float]:
-        c = centroids(q)
-        coarse = np.sum((held - c[assign_lists(c, held)]) ** 2, axis=1).mean()
-        decoded = q.sa_decode(sa_encode(q, held))
-        return float(coarse), float(np.sum((held - decoded) ** 2, axis=1).mean())
-
-    (coarse, pq), (coarse_unit, pq_unit) = residual(trained), residual(spherical)
-    assert coarse <= 0.8 * coarse_unit and pq <= 0.8 * pq_unit, (coarse, coarse_unit, pq, pq_unit)
-    assert np.allclose(centroids(trained), l2_kmeans(unit(6000, 0, 32), 64, 10), atol=1e-3)  # float16-rounded
-
-
-def test_l2_kmeans_fits_as_well_as_faiss_kmeans():
-    """Same objective as faiss's (L2) k-means: held-out mean squared distance to the nearest centroid."""
-    train, held = unit(8000, 4), unit(2000, 5)
-    mine = l2_kmeans(train, 64, 10)
-    km = faiss.Kmeans(DIM, 64, niter=10, seed=1234, min_points_per_centroid=1)
-    km.train(train)
-
-    def fit(c: np.ndarray) -> float:
-        d = (held**2).sum(1)[:, None] - 2 * held @ c.T + (c**2).sum(1)[None, :]
-        return float(d.min(axis=1).mean())
-
-    assert fit(mine) <= fit(km.centroids) + 0.005, (fit(mine), fit(km.centroids))
+    assert np.array_equal(assign_lists(coarse_centroids(trained), x), want[:, 0])
 
 
 def test_spherical_kmeans_fits_as_well_as_faiss_clustering():
