@@ -247,6 +247,7 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     )
     ap.add_argument("--codes", default="PQ16,PQ24,PQ32", help="','-separated PQm, OPQm or RQm; xB: B-bit codes")
     ap.add_argument("--niter", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1234, help="seed of the k-means training sample")
     ap.add_argument("--points-per-centroid", type=int, default=256, help="k-means sample: this many a centroid")
     ap.add_argument("--train-max", type=int, default=200_000, help="and at most this many vectors")
     ap.add_argument("--code-train", type=int, default=65_536, help="residuals sampled to train each code")
@@ -285,6 +286,7 @@ def main() -> None:  # noqa: D103
         "pool_threshold": args.pool_threshold,
         "protected_tokens": args.protected_tokens,
         "niter": args.niter,
+        "seed": args.seed,
         "points_per_centroid": args.points_per_centroid,
         "train_max": args.train_max,
         "code_train": args.code_train,
@@ -309,7 +311,7 @@ def main() -> None:  # noqa: D103
         if (rule, kmeans) not in coarses:
             nlist = nlist_for(rule, len(X))
             coarses[rule, kmeans] = train_coarse(
-                X, nlist, args.niter, min(args.train_max, args.points_per_centroid * nlist), 1234, kmeans
+                X, nlist, args.niter, min(args.train_max, args.points_per_centroid * nlist), args.seed, kmeans
             )
         return coarses[rule, kmeans]
 
