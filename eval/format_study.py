@@ -33,6 +33,7 @@ import numpy as np
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams, maxsim, pool_embeddings
 from pooledir.evaluation import encode_cached, load_beir, machine_info, run_from_hits, score_run
+from pooledir.index import segments
 
 LIST_BYTES = 2  # the list number in an IVF standalone code for <= 65,536 lists
 ROW_BYTES = 4  # a uint32 local row per vector in the inverted lists
@@ -40,8 +41,10 @@ ID_BYTES = 8  # today's faiss id per vector
 
 
 def nlist_for(rule: str, n_vectors: int) -> int:
-    """List count for ``rule``: ``k`` means k·√N, ``plaid`` PLAID's 2**floor(log2(16·√N))."""
+    """List count for ``rule``: ``k`` means k·√N, ``plaid`` PLAID's 2**floor(log2(16·√N)), ``=n`` n lists."""
     root = math.sqrt(n_vectors)
+    if rule.startswith("="):
+        return int(rule[1:])
     if rule == "plaid":
         return 2 ** int(math.floor(math.log2(16 * root)))
     return int(round(float(rule) * root))
@@ -68,19 +71,52 @@ class Code:
     encode_s: float
 
 
-def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: int) -> Coarse:
-    """k-means (L2) on a seeded sample of at most ``train_max`` vectors, then assign every vector."""
+def l2_lists(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The nearest (L2) centroid of each row of ``x``: argmax of x·c - |c|²/2, one GEMM per block of rows."""
+    half = 0.5 * np.einsum("ij,ij->i", centroids, centroids)
+    block = max(64, segments.ASSIGN_BLOCK_BYTES // (4 * len(centroids)))
+    out = np.empty(len(x), dtype=np.int64)
+    for i in range(0, len(x), block):
+        out[i : i + block] = np.argmax(x[i : i + block] @ centroids.T - half, axis=1)
+    return out
+
+
+def l2_kmeans(x: np.ndarray, k: int, niter: int) -> np.ndarray:
+    """Plain Lloyd's k-means on numpy's BLAS, L2 assignment, centroids left as the clusters' means.
+
+    :func:`segments.spherical_kmeans` without re-normalising: same seed, same split of empty clusters.
+    """
+    rng = np.random.default_rng(1234)
+    centroids = x[rng.choice(len(x), k, replace=False)].copy()
+    for _ in range(niter):
+        sums, counts = segments._cluster_sums(x, l2_lists(centroids, x), k)
+        centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        segments._split_clusters(centroids, counts, rng)
+    return np.ascontiguousarray(centroids, dtype=np.float32)
+
+
+def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: int, kmeans: str = "faiss") -> Coarse:
+    """k-means on a seeded sample of at most ``train_max`` vectors, then assign every vector.
+
+    ``kmeans``: ``faiss`` (faiss's L2 k-means, L2 assignment), ``l2`` (:func:`l2_kmeans`, L2 assignment) or
+    ``spherical`` (the engine's :func:`segments.spherical_kmeans`, unit centroids, inner-product assignment).
+    """
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
     sample = X if len(X) <= train_max else X[np.sort(rng.choice(len(X), train_max, replace=False))]
-    km = faiss.Kmeans(X.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=train_max)
-    km.train(np.ascontiguousarray(sample))
+    sample = np.ascontiguousarray(sample)
+    if kmeans == "faiss":
+        km = faiss.Kmeans(X.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=train_max)
+        km.train(sample)
+        centroids = km.centroids
+    elif kmeans == "l2":
+        centroids = l2_kmeans(sample, nlist, niter)
+    else:
+        centroids = segments.spherical_kmeans(sample, nlist, niter, max(1, train_max // nlist + 1))
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    index = faiss.IndexFlatL2(X.shape[1])
-    index.add(km.centroids)
-    _, assign = index.search(X, 1)
-    return Coarse(km.centroids, assign[:, 0], train_s, time.perf_counter() - t)
+    assign = segments.assign_lists(centroids, X) if kmeans == "spherical" else l2_lists(centroids, X)
+    return Coarse(centroids, assign, train_s, time.perf_counter() - t)
 
 
 def residual_code(code: str, R: np.ndarray, sample: np.ndarray, opq_niter: int = 50, opq_train: int = 65_536) -> Code:
@@ -202,9 +238,16 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
     ap.add_argument("--pool-factor", type=int, default=2)
     ap.add_argument("--pool-threshold", type=float, help="adaptive pooling at this Ward merge height instead")
     ap.add_argument("--protected-tokens", type=int, default=1)
-    ap.add_argument("--rules", default="4,8,16,plaid", help="','-separated: k (k·√N lists) or plaid")
+    ap.add_argument("--rules", default="4,8,16,plaid", help="','-separated: k (k·√N lists), plaid or =n (n lists)")
+    ap.add_argument(
+        "--kmeans",
+        default="faiss",
+        help="','-separated coarse trainings, each run for every rule: faiss (L2), l2 (numpy L2 Lloyd's, the"
+        " engine's seeding) or spherical (the engine's spherical k-means, inner-product assignment)",
+    )
     ap.add_argument("--codes", default="PQ16,PQ24,PQ32", help="','-separated PQm, OPQm or RQm; xB: B-bit codes")
     ap.add_argument("--niter", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1234, help="seed of the k-means training sample")
     ap.add_argument("--points-per-centroid", type=int, default=256, help="k-means sample: this many a centroid")
     ap.add_argument("--train-max", type=int, default=200_000, help="and at most this many vectors")
     ap.add_argument("--code-train", type=int, default=65_536, help="residuals sampled to train each code")
@@ -243,6 +286,7 @@ def main() -> None:  # noqa: D103
         "pool_threshold": args.pool_threshold,
         "protected_tokens": args.protected_tokens,
         "niter": args.niter,
+        "seed": args.seed,
         "points_per_centroid": args.points_per_centroid,
         "train_max": args.train_max,
         "code_train": args.code_train,
@@ -263,13 +307,13 @@ def main() -> None:  # noqa: D103
     rules = [r for r in args.rules.split(",") if r]
     coarses = {}
 
-    def coarse_for(rule: str) -> Coarse:  # trained once per rule
-        if rule not in coarses:
+    def coarse_for(rule: str, kmeans: str = "faiss") -> Coarse:  # trained once per rule and k-means
+        if (rule, kmeans) not in coarses:
             nlist = nlist_for(rule, len(X))
-            coarses[rule] = train_coarse(
-                X, nlist, args.niter, min(args.train_max, args.points_per_centroid * nlist), 1234
+            coarses[rule, kmeans] = train_coarse(
+                X, nlist, args.niter, min(args.train_max, args.points_per_centroid * nlist), args.seed, kmeans
             )
-        return coarses[rule]
+        return coarses[rule, kmeans]
 
     def rank(vectors: np.ndarray, offs: np.ndarray, batch: int) -> dict:
         if cands is None:
@@ -290,8 +334,9 @@ def main() -> None:  # noqa: D103
     if not args.no_flat:
         emit({"codec": "flat", "pool": args.pool_factor, **score_run(rank(X, offsets, 8), data.qrels)})
     rng = np.random.default_rng(0)
-    for rule in rules:
-        coarse = coarse_for(rule)
+    for rule, kmeans in [(r, k) for r in rules for k in args.kmeans.split(",")]:
+        coarse = coarse_for(rule, kmeans)
+        coarses.pop((rule, kmeans))  # 499k assignments and centroids: keep one at a time
         nlist = len(coarse.centroids)
         train_max = min(args.train_max, args.points_per_centroid * nlist)
         R = X - coarse.centroids[coarse.assign]
@@ -303,7 +348,10 @@ def main() -> None:  # noqa: D103
             row = {
                 "codec": f"IVF{nlist},{code}",
                 "rule": rule,
+                "kmeans": kmeans,
+                "assignment": "inner product" if kmeans == "spherical" else "L2",
                 "nlist": nlist,
+                "residual_energy": float(np.mean(np.sum(R**2, axis=1))),
                 "code": code,
                 "pool": args.pool_factor,
                 "code_bytes_per_vector": enc.code_bytes,

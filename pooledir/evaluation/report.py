@@ -467,6 +467,9 @@ RESULTS_PAGES = (
                     "code_nfcorpus_dev_all",
                     "code_confirm_nfcorpus_dev_PQ16x8",
                     "code_confirm_scifact_train_PQ16x8",
+                    "assign_nfcorpus_dev_PQ16x8",  # code_rule.md: 6,721 vs 8,192 lists x L2 vs spherical/IP
+                    "assign_nfcorpus_dev_PQ16x8_seed7",
+                    "assign_confirm_nfcorpus_dev_PQ16x8",  # the engine with L2 centroids (experiment, reverted)
                 )
             ),
             *(
