@@ -6,8 +6,8 @@ For one query (Lq tokens), over every pq3 segment of a snapshot (colbert-ai's ``
 a. ``S = Q·Cᵀ``: query tokens x every centroid of the shared quantizer, one BLAS call (the float32
    centroids are copied once per quantizer, :class:`CentroidLane`);
 b. per token its ``ncells`` best lists, less those whose best score over the tokens is under a threshold by
-   k (PLAID's centroid-score pruning, 0.05 lower: :data:`THRESHOLDS`); the documents in the union of those
-   lists (the mapped ``lists``, ``starts``, ``rows`` of each segment; dead rows dropped) each get a cheap
+   k (PLAID's centroid-score pruning, 0.05 lower, opt-in: :data:`THRESHOLDS`); the documents in the union of
+   those lists (the mapped ``lists``, ``starts``, ``rows`` of each segment; dead rows dropped) each get a cheap
    score, the centroid
    interaction over the probed lists they hold (per token the best ``S`` of those lists, summed); the
    best ``ndocs`` go on;
@@ -45,8 +45,9 @@ REFERENCE_CANDIDATES = 32
 NPROBE_PER_CELL = 4
 #: PLAID's centroid_score_threshold by k (colbert-ai searcher.py): (largest k, threshold); None: every larger k
 PLAID_THRESHOLDS: tuple[tuple[int | None, float], ...] = ((10, 0.5), (100, 0.45), (None, 0.4))
-#: the lane's default, 0.05 under PLAID's: PLAID's own lost 0.009 of Recall@100 (share of exhaustive) on NFCorpus
-#: dev, these 0.002 and no nDCG@10, for a p50 0.92-0.98x (eval/results/search_rule.md, pruning)
+#: opt-in (CentroidLane(thresholds=THRESHOLDS)), 0.05 under PLAID's: PLAID's own lost 0.009 of Recall@100
+#: (share of exhaustive) on NFCorpus dev, these 0.002 and no nDCG@10, for a p50 0.92-0.98x
+#: (eval/results/search_rule.md, pruning)
 THRESHOLDS: tuple[tuple[int | None, float], ...] = ((10, 0.45), (100, 0.4), (None, 0.35))
 #: share of the centroid-scored documents that are decoded and scored by exact MaxSim (PLAID: ndocs / 4)
 RESCORE_SHARE = 4
@@ -115,7 +116,7 @@ class CentroidLane:
         self,
         centroids: np.ndarray,
         segments: list[SegmentReader],
-        thresholds: tuple[tuple[int | None, float], ...] | None = THRESHOLDS,
+        thresholds: tuple[tuple[int | None, float], ...] | None = None,
     ) -> None:
         self.centroids = centroids
         self.segments = [s for s in segments if s.n_live > 0]

@@ -100,13 +100,13 @@ def test_depths_grow_with_k_as_plaids():
 def test_the_lane_finds_the_exhaustive_top_k(index, k):
     """Recall of the exact top k (exhaustive MaxSim over the same decoded vectors) among the unpruned lane's
     candidates and in its answers: >= 0.95 (0.99-1.0 measured), answers of length k, never a dead doc.
-    (The default lane prunes lists by an absolute centroid score: see the pruning tests below.)"""
+    (Pruning lists by an absolute centroid score is opt-in: see the pruning tests below.)"""
     snap = engine(index).snapshot
     Q = clustered_queries(20)
     live = snap.live_docs()
     truth = exact_search(Q, live, snap.fetch, k)
     (default,) = snap.sources()
-    assert isinstance(default, CentroidLane) and default.thresholds == THRESHOLDS
+    assert isinstance(default, CentroidLane) and default.thresholds is None  # pruning is opt-in
     lane = CentroidLane(default.centroids, list(snap.segments), thresholds=None)
     cands = lane.candidates(Q, SearchParams(k=k))
     store = engine(index).store
@@ -294,18 +294,21 @@ def test_pruning_drops_the_lists_below_the_threshold_unless_it_would_drop_all():
 
 
 @pytest.mark.parametrize(("k", "floor"), [(10, 0.95), (100, 0.9)])
-def test_the_default_lane_prunes_lists_and_still_finds_the_top_k(index, k, floor):
-    """The default thresholds (0.45 at k=10, 0.4 at k=100, over the fixture's 32-d unit vectors) cut probed lists;
-    a default search's answers keep >= 0.95 of the exact top 10 and >= 0.9 of the top 100 (measured: 1.0 and
-    0.914; unpruned 0.95+ as above: an absolute threshold depends on the vectors' score scale, and this fixture's
-    top 100, a seventh of its documents, lies in low-scored lists). A threshold no list reaches prunes nothing."""
+def test_the_pruned_lane_cuts_lists_and_still_finds_the_top_k(index, k, floor):
+    """The tuned thresholds (0.45 at k=10, 0.4 at k=100, over the fixture's 32-d unit vectors) cut probed lists;
+    a pruned search's answers keep >= 0.95 of the exact top 10 and >= 0.9 of the top 100 (measured: 1.0 and
+    0.914; unpruned 0.95+ as above: an absolute threshold depends on the vectors' score scale, which is why
+    pruning is opt-in). A threshold no list reaches prunes nothing."""
     snap = engine(index).snapshot
     (default,) = snap.sources()
     Q = clustered_queries(20)
-    truth = exact_search(Q, snap.live_docs(), snap.fetch, k)
+    live = snap.live_docs()
+    truth = exact_search(Q, live, snap.fetch, k)
     ext = [set(engine(index).store.ext_ids(t)) for t, _ in truth]
-    answers = index.search_embeddings(Q, SearchParams(k=k))
-    got = [len({h.id for h in hits} & want) / k for hits, want in zip(answers, ext)]
+    pruned = CentroidLane(default.centroids, list(snap.segments), THRESHOLDS)
+    found = search_embeddings(Q, pruned, snap.fetch, SearchParams(k=k), live)
+    answers = [engine(index).store.ext_ids(d) for d, _ in found]
+    got = [len(set(hits) & want) / k for hits, want in zip(answers, ext)]
     assert np.mean(got) >= floor, np.mean(got)
     assert all(len(h) == k for h in answers)
     S = Q[0] @ default.centroids.T
