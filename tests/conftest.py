@@ -2,11 +2,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import string
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the suite Ctrl-C back when it was started with SIGINT ignored.
+
+    A non-interactive shell starts a background job (``make test &``, some CI runners) with SIGINT ignored,
+    every child inherits that, and Python keeps an inherited SIG_IGN: the Ctrl-C tests' builds would then
+    never see their SIGINT and would run to the end. A handler here is reset to the default in each child
+    at exec, so the builds the tests start answer SIGINT as a user's terminal would.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -193,7 +193,8 @@ def start_and_stop(args, corpus_lines, pipe_path, out, sig, at_least):
 
     pipe = CorpusPipe(pipe_path, corpus_lines, may_write)
     command = CLI + [args[0], str(pipe_path), *args[2:]]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # a hung build shows its threads' stacks (SIGABRT below)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         while committed(out) < at_least:
             assert proc.poll() is None, proc.communicate()
@@ -202,7 +203,12 @@ def start_and_stop(args, corpus_lines, pipe_path, out, sig, at_least):
         os.kill(proc.pid, sig)
     finally:
         pipe.close()
-        _, stderr = proc.communicate(timeout=120)
+        try:
+            _, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to stderr
+            _, stderr = proc.communicate()
+            pytest.fail(f"the build did not end after {sig!r}; its stacks:\n{stderr}")
     return proc.returncode, stderr, written
 
 
