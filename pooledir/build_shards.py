@@ -66,6 +66,21 @@ class EncodeConfig:
         if not 0 <= self.part < self.parts:
             raise InputError(f"part={self.part} must be between 0 and parts - 1 = {self.parts - 1}")
 
+    def shard_spec(self, checkpoint: str, record: EncoderRecord) -> ShardSpec:
+        """The spec every shard of this encode carries: the encoder's (checkpoint, record) and this pooling.
+
+        The one place a :class:`ShardSpec` is made from an encoder, so a local and a Ray encode of the same
+        corpus with the same encoder write shards that index together.
+        """
+        return ShardSpec(
+            dim=record.dim,
+            pool_factor=self.pool_factor,
+            protected_tokens=self.protected_tokens,
+            checkpoint=checkpoint,
+            encoder=record,
+            shard_docs=self.shard_docs,
+        )
+
 
 @dataclass
 class EncodeReport:
@@ -105,16 +120,8 @@ def encode_corpus(
 
     config = config or EncodeConfig()
     config.check()
-    checkpoint, settings = encoder_record(encoder)
+    spec = config.shard_spec(*encoder_record(encoder))
     pooling = pipeline.PoolSpec(config.pool_factor, config.protected_tokens)
-    spec = ShardSpec(
-        dim=encoder.dim,
-        pool_factor=config.pool_factor,
-        protected_tokens=config.protected_tokens,
-        checkpoint=checkpoint,
-        encoder=settings,
-        shard_docs=config.shard_docs,
-    )
     # several parts share one folder: each goes on beside the shards the others already wrote
     writer = ShardWriter.open(out, spec, resume=resume or config.parts > 1)
     done = writer.completed()

@@ -268,3 +268,19 @@ def test_an_adaptive_index_takes_unpooled_shards_only(tmp_path, tiny_encoder, ti
     build_index_from_shards([raw], idx, BuildConfig(chunk_docs=10), show_progress=False)
     want = pool_embeddings(tiny_encoder.encode_documents([d.text for d in tiny_docs[:30]]), pool_threshold=0.3)
     assert idx.info()["vectors"] == sum(len(p) for p in want)
+
+
+def test_a_local_and_a_ray_encode_make_the_same_spec(tmp_path, tiny_ckpt, tiny_encoder, tiny_docs):
+    """Issue 18: build_shards and distributed/encode each built a ShardSpec field by field; one rule now.
+
+    The Ray driver's spec (its probe encoder, loaded on CPU without Ray) equals the folder a local encode
+    wrote with the same checkpoint and config, and both equal EncodeConfig.shard_spec of the encoder's record.
+    """
+    from pooledir.build_shards import encoder_record
+    from pooledir.distributed.encode import _shard_spec
+
+    config = EncodeConfig(pool_factor=3, protected_tokens=2, shard_docs=7, chunk_docs=5)
+    encode_corpus(iter(tiny_docs[:10]), tmp_path / "s", tiny_encoder, config, show_progress=False)
+    local = read_shard_manifest(tmp_path / "s").spec
+    assert local == _shard_spec(tiny_ckpt, {}, config) == config.shard_spec(*encoder_record(tiny_encoder))
+    assert (local.dim, local.pool_factor, local.protected_tokens, local.shard_docs) == (tiny_encoder.dim, 3, 2, 7)

@@ -371,16 +371,9 @@ def _shard_spec(checkpoint: str | Path, settings: dict[str, Any], config: Encode
     from pooledir.encoder import ColBERTEncoder
 
     probe = ColBERTEncoder(checkpoint, device="cpu", **settings)
-    record_checkpoint, record = encoder_record(probe)
+    record = encoder_record(probe)
     del probe
-    return ShardSpec(
-        dim=record.dim,
-        pool_factor=config.pool_factor,
-        protected_tokens=config.protected_tokens,
-        checkpoint=record_checkpoint,
-        encoder=record,
-        shard_docs=config.shard_docs,
-    )
+    return config.shard_spec(*record)
 
 
 def _resume_checks(out: Path, plan: list[ShardTask], done: dict[int, ShardInfo]) -> list[ShardTask]:
