@@ -123,7 +123,7 @@ def encode_corpus(
     spec = config.shard_spec(*encoder_record(encoder))
     pooling = pipeline.PoolSpec(config.pool_factor, config.protected_tokens)
     # several parts share one folder: each goes on beside the shards the others already wrote
-    writer = ShardWriter.open(out, spec, resume=resume or config.parts > 1)
+    writer = ShardWriter.open(out, spec, resume=resume or config.parts > 1, parts=config.parts)
     done = writer.completed()
     report = EncodeReport()
     t_start = time.perf_counter()

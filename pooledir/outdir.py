@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import signal
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ from pooledir.errors import InputError
 #: the lock every encoder of a shard folder holds (exclusively, or shared by the parts of a split encode); the
 #: folder's own ``.lock`` is its manifest's, taken for a moment by each writer
 ENCODE_LOCK = ".encode.lock"
+#: taken for a moment by each part of a split encode as it starts, so two parts check each other in turn
+PARTS_LOCK = ".encode-parts.lock"
+_PART_LOCK_RE = re.compile(r"\.encode-part-(\d+)-of-(\d+)\.lock")
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,9 @@ def claim_shard_folder(out: Path, may_continue: bool, part: int = 0, parts: int 
     """Hold the shard folder ``out`` for one encode: new or empty, or with ``may_continue`` one with shards.
 
     One encode holds the folder alone; the ``parts`` of a split encode share it, each part once. A second
-    encode of the folder (or of the same part) is refused at once with :class:`InputError`, as are a file
-    and, without ``may_continue``, a folder that holds files; nothing is touched then. If the block fails
+    encode of the folder (or of the same part) is refused at once with :class:`InputError`, as are a file,
+    without ``may_continue`` a folder that holds files, and a part whose part count differs from another
+    part's (one encoding now, or one whose shards record their count); nothing is touched then. If the block fails
     before any shard is complete, the claim removes what it made (the folders it created, or the contents
     of the empty folder it was given), unless another part is encoding there.
     """
@@ -96,7 +101,10 @@ def claim_shard_folder(out: Path, may_continue: bool, part: int = 0, parts: int 
     with ExitStack() as locks:
         shared = locks.enter_context(_hold(out, out / ENCODE_LOCK, shared=parts > 1))
         if parts > 1:
-            locks.enter_context(_hold(out, out / f".encode-part-{part}-of-{parts}.lock", shared=False))
+            with open(out / PARTS_LOCK, "a") as mutex:  # parts start one at a time: the later of two is refused
+                fcntl.flock(mutex, fcntl.LOCK_EX)
+                locks.enter_context(_hold(out, out / _part_lock(part, parts), shared=False))
+                _refuse_other_part_counts(out, part, parts)
         fresh = not _holds_files(out)
         if not fresh and not may_continue:  # filled between the first look and the lock
             raise InputError(f"{out} exists and is not empty; pick a new folder, or resume the encode there")
@@ -106,6 +114,46 @@ def claim_shard_folder(out: Path, may_continue: bool, part: int = 0, parts: int 
             if fresh and not any(out.glob("shard-*.json")) and _alone(shared):
                 cleanup_on_failure(out, created)
             raise
+
+
+def _part_lock(part: int, parts: int) -> str:
+    """The lock file one part of a split encode holds (exclusively) while it runs."""
+    return f".encode-part-{part}-of-{parts}.lock"
+
+
+def _refuse_other_part_counts(out: Path, part: int, parts: int) -> None:
+    """:class:`InputError` when a part with another part count encodes ``out`` now or wrote its shards."""
+    from pooledir.shards import recorded_part_counts
+
+    running = {}
+    for lock in out.glob(".encode-part-*-of-*.lock"):
+        match = _PART_LOCK_RE.fullmatch(lock.name)
+        if match and int(match[2]) != parts and _held(lock):
+            running[int(match[2])] = f"part {match[1]}/{match[2]} is encoding it now"
+    recorded = recorded_part_counts(out)
+    for other, numbers in recorded.items():
+        if other != parts:
+            running.setdefault(other, f"shard {numbers[0]} was written as part {numbers[0] % other}/{other}")
+    if running:
+        other, why = min(running.items())
+        raise InputError(
+            f"{out} is split into {other} parts ({why}), but this encode is part {part}/{parts}: every part of "
+            f"one folder needs the same part count; run it as K/{other}, or pick another folder"
+        )
+
+
+def _held(lock: Path) -> bool:
+    """Whether another process holds ``lock`` (a part that is running)."""
+    try:
+        f = open(lock)
+    except FileNotFoundError:  # removed a moment ago by a part that failed before its first shard
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 def _holds_files(out: Path) -> bool:

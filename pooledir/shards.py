@@ -14,10 +14,11 @@ indexed one after the other. A shard is five files::
 
 The header is self-describing: format, version, dim, pool factor, protected tokens, checkpoint,
 encoder settings, shard_docs, the shard's number, first corpus position and counts, the sha256 of
-its ids and of each of its four data files. ``manifest.json`` (the same folder-level fields plus
-the list of completed shards) is re-derived from the headers under a lock after every shard, and
-``end.json`` records the corpus length once a writer has read to its end. Every file is written
-to a temporary name, fsynced, renamed, and the folder fsynced.
+its ids and of each of its four data files; a shard written by one part of a split encode also records
+``parts``, the split's part count (so a later part with another count is refused). ``manifest.json``
+(the same folder-level fields plus the list of completed shards) is re-derived from the headers under
+a lock after every shard, and ``end.json`` records the corpus length once a writer has read to its end.
+Every file is written to a temporary name, fsynced, renamed, and the folder fsynced.
 """
 
 from __future__ import annotations
@@ -263,6 +264,16 @@ def read_shard_manifest(path: str | os.PathLike[str]) -> ShardManifest:
     return ShardManifest(path, spec, [listed[n] for n in sorted(listed)], end)
 
 
+def recorded_part_counts(path: str | os.PathLike[str]) -> dict[int, list[int]]:
+    """Part counts the shard headers of ``path`` record (shards of split encodes), each with its shard numbers."""
+    counts: dict[int, list[int]] = {}
+    for header in _headers(Path(path)):
+        parts = _load_json(header, "shard header").get("parts")
+        if isinstance(parts, int) and parts > 1:
+            counts.setdefault(parts, []).append(int(header.stem.split("-")[1]))
+    return counts
+
+
 def check_compatible(manifests: Sequence[ShardManifest]) -> ShardSpec:
     """The spec shared by several shard folders, or a :class:`ShardError` naming what differs."""
     first = manifests[0]
@@ -378,16 +389,21 @@ class ShardWriter:
     which is what makes the shard complete, and refreshes manifest.json.
     """
 
-    def __init__(self, path: Path, spec: ShardSpec, tmp_suffix: str = ".tmp") -> None:
+    def __init__(self, path: Path, spec: ShardSpec, tmp_suffix: str = ".tmp", parts: int = 1) -> None:
         self.path = path
         self.spec = spec
+        #: the part count of the split encode this writer is one part of (1: not split); headers record it
+        self.parts = parts
         #: suffix of an open shard's files; writers that may retry one shard at once give each try its own
         self.tmp_suffix = tmp_suffix
         self._cur: dict[str, Any] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], spec: ShardSpec, resume: bool = False) -> ShardWriter:
-        """Start a shard folder at ``path`` (new or empty), or with ``resume`` continue one with the same spec."""
+    def open(cls, path: str | os.PathLike[str], spec: ShardSpec, resume: bool = False, parts: int = 1) -> ShardWriter:
+        """Start a shard folder at ``path`` (new or empty), or with ``resume`` continue one with the same spec.
+
+        ``parts``: the part count of the split encode this writer is one part of, recorded in its headers.
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ShardError(f"{path} is a file; pick a folder for the shards")
@@ -403,7 +419,7 @@ class ShardWriter:
                         "resume with the same ones or pick a new folder"
                     )
         path.mkdir(parents=True, exist_ok=True)
-        return cls(path, spec)
+        return cls(path, spec, parts=parts)
 
     def completed(self) -> dict[int, ShardInfo]:
         """Completed shards by number (their headers exist)."""
@@ -491,9 +507,9 @@ class ShardWriter:
             os.replace(files[role], final[role])
         fsync_dir(self.path)
         header_path = self.path / (info.name + ".json")
-        write_json_durably(
-            header_path, {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self.spec)} | asdict(info)
-        )
+        split = {"parts": self.parts} if self.parts > 1 else {}  # an unsplit encode's headers stay as they were
+        header = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self.spec)} | asdict(info) | split
+        write_json_durably(header_path, header)
         self.update_manifest()
         return info
 

@@ -284,3 +284,54 @@ def test_a_local_and_a_ray_encode_make_the_same_spec(tmp_path, tiny_ckpt, tiny_e
     local = read_shard_manifest(tmp_path / "s").spec
     assert local == _shard_spec(tiny_ckpt, {}, config) == config.shard_spec(*encoder_record(tiny_encoder))
     assert (local.dim, local.pool_factor, local.protected_tokens, local.shard_docs) == (tiny_encoder.dim, 3, 2, 7)
+
+
+def test_split_encodes_with_different_part_counts_are_refused(tmp_path, tiny_encoder, tiny_docs, shards):
+    """Issue 18: `--part 0/2` and `--part 1/3` shared one folder (each held its own part lock), before or after.
+
+    The later one is refused with one line naming both counts: while the first runs (its part lock is held),
+    and after it finished (its shards' headers record parts=2); nothing of the folder changes; K/2 goes on.
+    """
+    from pooledir.build_shards import encode_shard_folder
+    from pooledir.errors import InputError
+
+    out = tmp_path / "split"
+
+    def part(k, n):
+        return EncodeConfig(shard_docs=25, chunk_docs=10, part=k, parts=n)
+
+    refused = []
+
+    def while_part_0_of_2_runs():
+        with pytest.raises(InputError) as e:
+            encode_shard_folder(tiny_docs, out, tiny_encoder, part(1, 3), show_progress=False)
+        refused.append(str(e.value))
+        return tiny_encoder
+
+    assert encode_shard_folder(tiny_docs, out, while_part_0_of_2_runs, part(0, 2), show_progress=False).encoded
+    assert refused == [
+        f"{out} is split into 2 parts (part 0/2 is encoding it now), but this encode is part 1/3: every part of "
+        "one folder needs the same part count; run it as K/2, or pick another folder"
+    ]
+    assert sorted(p.name for p in out.glob("shard-*.json")) == [f"shard-0000{n}.json" for n in (0, 2, 4)]
+    assert json.loads((out / "shard-00002.json").read_text())["parts"] == 2
+    assert "parts" not in json.loads((shards / "shard-00000.json").read_text())  # an unsplit encode's, unchanged
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(InputError) as e:
+        encode_shard_folder(tiny_docs, out, tiny_encoder, part(2, 3), show_progress=False)
+    assert str(e.value).startswith(f"{out} is split into 2 parts (shard 0 was written as part 0/2), but this encode")
+    assert "is part 2/3: every part" in str(e.value) and "\n" not in str(e.value)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {k: v for k, v in after.items() if k in before} == before and not any(out.glob("*.tmp"))
+    assert encode_shard_folder(tiny_docs, out, tiny_encoder, part(1, 2), show_progress=False).encoded
+    assert read_shard_manifest(out).complete
+    # the command line says it in one line, exit 2, before a model loads
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in tiny_docs))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["encode", str(corpus), "--out", str(out), "--part", "0/3", "--device", "cpu"]
+    r = subprocess.run([sys.executable, "-m", "pooledir.cli", *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {out} is split into 2 parts (shard 0 was written")
+    assert len(r.stderr.strip().splitlines()) == 1 and "part 0/3" in r.stderr
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {k: v for k, v in after.items() if k in before} == before
