@@ -259,12 +259,16 @@ def encode_shard_folder(
             # resume=True: the claim checked the folder (it holds its lock files now)
             return encode_corpus(docs, out, loaded, config, resume=True, show_progress=show_progress, total=total)
         except BaseException as e:
-            _raise_keeping_shards(e, out, hooks)
+            raise_keeping_shards(e, out, hooks)
             raise
 
 
-def _raise_keeping_shards(error: BaseException, out: Path, hooks: BuildHooks) -> None:
-    """For an encode that completed shards: say they are kept and how to continue (a pooledir error, reworded)."""
+def raise_keeping_shards(error: BaseException, out: Path, hooks: BuildHooks) -> None:
+    """For an encode that completed shards: say they are kept and how to continue (a pooledir error, reworded).
+
+    Called with the error that stopped a claimed encode (local or Ray); an interruption is told to
+    ``hooks.stopped`` and left for the caller to raise again.
+    """
     done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
     if not done:
         return  # the claim removes what this encode made

@@ -317,21 +317,16 @@ def _encode_ray(
     address: str | None,
     kwargs: dict[str, Any],
 ) -> None:
-    """``pooledir encode --ray``: the shards written by Ray actors; completed ones are kept when it fails."""
-    from pooledir.distributed import connect
-    from pooledir.distributed.encode import encode_corpus_ray
-    from pooledir.errors import PooledirError
+    """``pooledir encode --ray``: the shards written by Ray actors; completed ones are kept when it fails.
 
-    connect(address)
-    ckpt = ckpt or default_checkpoint()
-    try:
-        report = encode_corpus_ray(corpus, out, ckpt, config, resume=resume, **kwargs)
-    except PooledirError as e:
-        done = len(list(out.glob("shard-*.json"))) if out.is_dir() else 0
-        if not done or resume and "cannot resume" in str(e):
-            raise
-        kept = f"the {done} completed shards in {out} are kept"
-        raise type(e)(f"{e} ({kept}: fix that, then continue with: {resume_command()})") from None
+    The folder is claimed as a local encode claims it, before the cluster is joined or the checkpoint read.
+    """
+    from pooledir.distributed.encode import encode_corpus_ray
+
+    checkpoint = ckpt or default_checkpoint  # called once the folder is claimed
+    report = encode_corpus_ray(
+        corpus, out, checkpoint, config, resume=resume, address=address, hooks=_hooks(), **kwargs
+    )
     typer.echo(
         f"encoded {report.encoded} documents into {len(report.shards_written)} shards with {report.actors} Ray "
         f"actors ({report.tokens} token vectors -> {report.vectors} after pooling x{config.pool_factor})"

@@ -25,7 +25,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -35,9 +35,11 @@ import numpy as np
 
 from pooledir import pipeline
 from pooledir.build import batches
-from pooledir.build_shards import EncodeConfig, EncodeReport, encoder_record
+from pooledir.build_folder import BuildHooks
+from pooledir.build_shards import EncodeConfig, EncodeReport, encoder_record, raise_keeping_shards
 from pooledir.corpus import Document, _parquet_file, _read_parquet, _resolve, document_from_json_line, iter_corpus
 from pooledir.errors import CheckpointError, InputError, PooledirError
+from pooledir.outdir import claim_shard_folder
 from pooledir.shards import ShardError, ShardInfo, ShardSpec, ShardWriter, ids_digest, read_shard_header, shard_name
 
 log = logging.getLogger(__name__)
@@ -277,7 +279,7 @@ def _py(value: Any) -> Any:
 def encode_corpus_ray(
     corpus: str | Path,
     out: str | Path,
-    checkpoint: str | Path,
+    checkpoint: str | Path | Callable[[], str | Path],
     config: EncodeConfig | None = None,
     *,
     settings: dict[str, Any] | None = None,
@@ -286,19 +288,25 @@ def encode_corpus_ray(
     batch_size: int = 32,
     resume: bool = False,
     show_progress: bool = True,
+    address: str | None = None,
+    hooks: BuildHooks | None = None,
     fault_marker: str | Path | None = None,
 ) -> DistributedEncodeReport:
-    """Encode (and pool) ``corpus`` into the shard folder ``out`` on the connected Ray cluster.
+    """Encode (and pool) ``corpus`` into the shard folder ``out`` on a Ray cluster.
 
     The same shards as :func:`pooledir.build_shards.encode_corpus` (ids, lengths, vectors to float16
     rounding), written by ``actors`` encoder actors (default: one per GPU, else one per CPU), each
-    with one GPU where the cluster has GPUs. Call :func:`pooledir.distributed.connect` first; the
-    corpus and ``out`` must be paths every worker can reach (a shared file system).
+    with one GPU where the cluster has GPUs. The corpus and ``out`` must be paths every worker can
+    reach (a shared file system). ``out`` is claimed first, as by :func:`pooledir.build_shards.encode_shard_folder`
+    (:func:`pooledir.outdir.claim_shard_folder`): an encode into a folder another encode (local or Ray)
+    writes is refused at once, and one that fails before completing a shard leaves nothing it made.
 
     Parameters
     ----------
-    corpus, out, checkpoint, config
+    corpus, out, config
         As for :func:`pooledir.build_shards.encode_corpus` (``config.parts`` must be 1).
+    checkpoint
+        The encoder's checkpoint, or a callable that gives it, called once the folder is claimed.
     actors, device, batch_size
         Encoder actors; their device (``auto``: CUDA where the cluster has GPUs); documents per encoder batch.
     resume, show_progress
@@ -306,40 +314,78 @@ def encode_corpus_ray(
     settings
         Encoder settings (lengths, conventions) overriding the checkpoint's, as a resumed encode
         reads them from the folder.
+    address
+        The cluster to join once the folder is claimed (:func:`pooledir.distributed.connect`; None: a
+        local one), unless this process is connected already.
+    hooks
+        ``resume_hint`` and ``stopped`` of :class:`pooledir.build_folder.BuildHooks`: an encode that fails
+        after completing shards keeps them and says how to continue, as a local encode does.
     fault_marker
         For tests: the first actor that can create this file kills its own process in the middle of
         a shard, as a preempted worker would.
     """
-    from tqdm.auto import tqdm
-
-    from pooledir.distributed import require_ray, user_error
+    from pooledir.distributed import connect, require_ray
 
     ray = require_ray()
     config = config or EncodeConfig()
     config.check()
     if config.parts != 1:
         raise InputError("a distributed encode writes every shard itself; parts must be 1")
+    _resolve(Path(corpus))  # a missing corpus fails before anything is created
     t_start = time.perf_counter()
-    spec = _shard_spec(checkpoint, dict(settings or {}), config)
-    writer = ShardWriter.open(out, spec, resume=resume)
+    out = Path(out)
+    with claim_shard_folder(out, may_continue=resume):
+        try:
+            connect(address)  # after the claim: an encode that is refused starts no cluster
+            spec = _shard_spec(checkpoint() if callable(checkpoint) else checkpoint, dict(settings or {}), config)
+            writer = ShardWriter.open(out, spec, resume=True)  # the claim checked the folder (it holds its locks)
+            plan = plan_shards(corpus, config.shard_docs, config.limit)
+            pool = _actor_pool(ray.cluster_resources(), actors, device)
+            run = _first_round(corpus, writer, config, pool, batch_size, fault_marker)
+            report = _encode_claimed(ray, plan, writer, run, show_progress)
+        except BaseException as e:
+            raise_keeping_shards(e, out, hooks or BuildHooks())
+            raise
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def _first_round(
+    corpus: str | Path,
+    writer: ShardWriter,
+    config: EncodeConfig,
+    pool: _ActorPool,
+    batch_size: int,
+    fault_marker: str | Path | None,
+) -> _Round:
+    """What every round's actors are made with (:class:`ShardEncoder`'s arguments), for one run of the encode."""
     out = writer.path.resolve()
-    plan = plan_shards(corpus, config.shard_docs, config.limit)
-    done = writer.completed()
-    pool = _actor_pool(ray.cluster_resources(), actors, device)
-    run_id = uuid.uuid4().hex[:8]
     ctor = {
         "corpus": str(Path(corpus).resolve()),
         "out": str(out),
-        "spec": asdict(spec),
-        "settings": spec.encoder.settings(),
+        "spec": asdict(writer.spec),
+        "settings": writer.spec.encoder.settings(),
         "device": pool.device,
         "batch_size": batch_size,
         "chunk_docs": config.chunk_docs,
-        "run_id": run_id,
+        "run_id": uuid.uuid4().hex[:8],
         "threads": None if pool.gpus else pool.cpus_per_actor,
         "fault_marker": None if fault_marker is None else str(fault_marker),
     }
-    report = DistributedEncodeReport(actors=pool.actors, shards_skipped=len(done))
+    return _Round(ctor, pool, out)
+
+
+def _encode_claimed(
+    ray: Any, plan: list[ShardTask], writer: ShardWriter, run: _Round, show_progress: bool
+) -> DistributedEncodeReport:
+    """The shards of ``plan`` not complete yet, written by rounds of actors; then checked and finished."""
+    from tqdm.auto import tqdm
+
+    from pooledir.distributed import user_error
+
+    out = run.out
+    done = writer.completed()
+    report = DistributedEncodeReport(actors=run.pool.actors, shards_skipped=len(done))
     total = sum(t.documents for t in plan)
     bar = tqdm(total=total, desc="encode (ray)", unit="doc", disable=not show_progress, smoothing=0.05)
     bar.update(sum(t.documents for t in plan if t.number in done))
@@ -348,7 +394,7 @@ def encode_corpus_ray(
     ray_bars = data_context.enable_progress_bars
     data_context.enable_progress_bars = ray_bars and not show_progress  # the driver's own bar instead
     try:
-        _run_rounds(ray, todo, plan, writer, _Round(ctor, pool, out), report, bar)
+        _run_rounds(ray, todo, plan, writer, run, report, bar)
     except Exception as e:
         err = user_error(e)
         if err is not None:
@@ -357,12 +403,11 @@ def encode_corpus_ray(
     finally:
         bar.close()
         data_context.enable_progress_bars = ray_bars
-    report.abandoned_tries = _remove_dead_tries(out, run_id)
+    report.abandoned_tries = _remove_dead_tries(out, run.ctor["run_id"])
     _check_complete(out, plan)
     writer.finish(total)
     report.documents = total
     report.shards_written.sort()
-    report.seconds = time.perf_counter() - t_start
     return report
 
 
