@@ -20,7 +20,8 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -34,6 +35,18 @@ from pooledir.service.concurrency import QueryBatcher, ReadSide
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an index cannot serve now (``/readyz``), and which kind of why.
+
+    ``corrupt``: a file failed verification; ``unreachable``: a part of the index did not answer (a Ray
+    partition whose replica died or timed out).
+    """
+
+    kind: Literal["corrupt", "unreachable"]
+    message: str
 
 
 class IndexView(Protocol):
@@ -87,7 +100,7 @@ class IndexHandle(Protocol):
         """``fn(view)`` on the newest commit (document lookups, counts, stats)."""
         ...
 
-    def problem(self) -> str | None:
+    def problem(self) -> Problem | None:
         """Why this index cannot serve now, else None (``/readyz``)."""
         ...
 
@@ -174,13 +187,13 @@ class LocalIndexHandle:
             self._corrupt = None  # a newer commit loaded and read fine
         return out
 
-    def problem(self) -> str | None:
+    def problem(self) -> Problem | None:
         """Why this index cannot serve (a corrupt file found by a read, or now), else None."""
         try:
             self.read(lambda index: index.verify())  # cheap: a stat per segment file, one store read
         except IndexCorruptError:
             pass
-        return self._corrupt[1] if self._corrupt is not None else None
+        return Problem("corrupt", self._corrupt[1]) if self._corrupt is not None else None
 
     def _write(self, fn: Callable[[PooledIndex], int]) -> int:
         with self.write_lock:

@@ -38,6 +38,7 @@ from pooledir.lexical import Stats
 from pooledir.pipeline import WriteBatch
 from pooledir.pooled_index import Hit, IndexConfig, PooledIndex, read_manifest
 from pooledir.search import SearchParams
+from pooledir.service.handles import Problem
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -217,7 +218,9 @@ class ShardedHandle:
         return _unwrap(answer)
 
     def _unavailable(self, i: int, error: Exception) -> PartitionUnavailableError:
-        return PartitionUnavailableError(f"partition {i} of {self.name} {_unreachable(error)}; retry later")
+        return PartitionUnavailableError(
+            f"partition {i} of {self.name} does not answer ({_reason(error)}); retry later"
+        )
 
     def _by_owner(self, items: list[T], key: Callable[[T], str]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}
@@ -324,35 +327,41 @@ class ShardedHandle:
         """Run ``fn`` on the partitions seen as one index (len, get, info)."""
         return fn(self.index)
 
-    def problem(self) -> str | None:
+    def problem(self) -> Problem | None:
         """Why this index cannot serve now, else None: every partition verifies its files, all at once.
 
-        Names each partition that answers with an error (a damaged or missing file) or does not answer
-        (its actor died, no replica runs, nothing within ``probe_timeout_s``), with the reason.
+        Names each partition that answers with an error (a damaged or missing file: ``corrupt``) or does not
+        answer (its actor died, no replica runs, nothing within ``probe_timeout_s``: ``unreachable``), with
+        the reason. The problem is ``corrupt`` if any partition is, else ``unreachable``.
         """
         deadline = time.monotonic() + self.probe_timeout_s
-        problems: dict[int, str] = {}
+        corrupt: dict[int, str] = {}
+        unreachable: dict[int, str] = {}
         calls = []
         for i, partition in enumerate(self.partitions):
             try:
                 calls.append((i, partition.verify.remote()))
             except Exception as e:  # Ray's: the deployment is gone
-                problems[i] = _unreachable(e)
+                unreachable[i] = f"unreachable ({_reason(e)})"
         for i, call in calls:
             try:
                 _unwrap(call.result(timeout_s=max(0.0, deadline - time.monotonic())))
             except PooledirError as e:
-                problems[i] = str(e)
+                corrupt[i] = str(e)
             except Exception as e:  # Ray's: the actor died, no replica is running, a timeout
-                problems[i] = _unreachable(e)
-        return "; ".join(f"partition {i}: {why}" for i, why in sorted(problems.items())) or None
+                unreachable[i] = f"unreachable ({_reason(e)})"
+        if not corrupt and not unreachable:
+            return None
+        message = "; ".join(f"partition {i}: {why}" for i, why in sorted((corrupt | unreachable).items()))
+        return Problem("corrupt" if corrupt else "unreachable", message)
 
     def close(self) -> None:
         """Nothing to close here: the partitions are Ray Serve's, the batcher the registry's."""
 
 
-def _unreachable(error: Exception) -> str:
-    return f"does not answer ({type(error).__name__}: {str(error)[:200]})"
+def _reason(error: Exception) -> str:
+    """Ray's failure, in short: its class and the start of its message."""
+    return f"{type(error).__name__}: {str(error)[:200]}"
 
 
 class Ingress:

@@ -182,18 +182,24 @@ def readyz(handle):
     return r.status_code, r.json()
 
 
-def test_readyz_names_a_partition_whose_actor_died(two_partitions):
-    """Issue 18: ShardedHandle.problem() was always None, so /readyz said ready over a dead partition."""
+def test_readyz_names_a_partition_whose_actor_died_unreachable_not_corrupt(two_partitions):
+    """Issue 18: ShardedHandle.problem() was always None, so /readyz said ready over a dead partition; then it
+    said so, but with status "corrupt", as for a damaged file: the body now says which."""
+    from pooledir.service.handles import Problem
+
     handle, _ = two_partitions
     assert handle.problem() is None
     assert readyz(handle) == (200, {"status": "ready", "indexes": ["split"]})
     handle.partitions[1] = DeadPartition()
     problem = handle.problem()
-    assert problem == (
-        "partition 1: does not answer (ActorDiedError: The actor died unexpectedly before finishing this task.)"
+    assert problem == Problem(
+        "unreachable",
+        "partition 1: unreachable (ActorDiedError: The actor died unexpectedly before finishing this task.)",
     )
-    code, body = readyz(handle)
-    assert code == 503 and body["detail"] == {"split": problem}
+    assert readyz(handle) == (
+        503,
+        {"status": "unreachable", "indexes": ["split"], "detail": {"split": problem.message}},
+    )
 
 
 def test_readyz_names_a_partition_that_does_not_answer_in_time(two_partitions):
@@ -201,29 +207,53 @@ def test_readyz_names_a_partition_that_does_not_answer_in_time(two_partitions):
     silent = SilentPartition()
     handle.partitions[0] = silent
     problem = handle.problem()
-    assert problem is not None and problem.startswith("partition 0: does not answer (TimeoutError: Timed out waiting")
-    assert "partition 1" not in problem
+    assert problem is not None and problem.kind == "unreachable"
+    assert problem.message.startswith("partition 0: unreachable (TimeoutError: Timed out waiting")
+    assert "partition 1" not in problem.message
     # bounded by the handle's probe timeout, never an unbounded wait
     assert silent.timeouts and all(t is not None and 0 <= t <= handle.probe_timeout_s for t in silent.timeouts)
+    code, body = readyz(handle)  # the message carries the time left, which differs from one probe to the next
+    assert code == 503 and body["status"] == "unreachable" and list(body["detail"]) == ["split"]
+    assert body["detail"]["split"].startswith("partition 0: unreachable (TimeoutError: Timed out waiting")
+
+
+def damage(segment, stamp, good):
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF  # bit rot: the same size, a checksum that no longer matches
+    segment.write_bytes(bytes(damaged))
+    os.utime(segment, ns=(stamp + 10**9, stamp + 10**9))  # a new mtime however coarse the clock: it is re-read
 
 
 def test_readyz_names_a_partition_with_a_damaged_file_and_recovers_with_it(two_partitions):
     handle, parts = two_partitions
     segment = sorted((parts[0] / "segments").iterdir())[0]
-    good = segment.read_bytes()
-    damaged = bytearray(good)
-    damaged[len(good) // 2] ^= 0xFF  # bit rot: the same size, a checksum that no longer matches
-    segment.write_bytes(bytes(damaged))
-    stamp = segment.stat().st_mtime_ns
-    os.utime(segment, ns=(stamp + 10**9, stamp + 10**9))  # a new mtime however coarse the clock: it is re-read
+    good, stamp = segment.read_bytes(), segment.stat().st_mtime_ns
+    damage(segment, stamp, good)
     problem = handle.problem()
-    assert problem is not None and problem.startswith("partition 0: ") and "partition 1" not in problem
-    assert "corrupt" in problem and segment.name in problem
+    assert problem is not None and problem.kind == "corrupt"
+    assert problem.message.startswith("partition 0: ") and "partition 1" not in problem.message
+    assert "corrupt" in problem.message and segment.name in problem.message
+    assert "unreachable" not in problem.message
     code, body = readyz(handle)
-    assert code == 503 and body["status"] == "corrupt" and body["detail"] == {"split": problem}
+    assert code == 503 and body["status"] == "corrupt" and body["detail"] == {"split": problem.message}
     segment.write_bytes(good)
     os.utime(segment, ns=(stamp + 2 * 10**9, stamp + 2 * 10**9))
     assert handle.problem() is None  # ready again once the file is whole
+
+
+def test_readyz_with_one_partition_corrupt_and_one_unreachable_names_each(two_partitions):
+    """Both at once: each partition named with its own kind; the body's status is the graver one, corrupt."""
+    handle, parts = two_partitions
+    segment = sorted((parts[0] / "segments").iterdir())[0]
+    damage(segment, segment.stat().st_mtime_ns, segment.read_bytes())
+    handle.partitions[1] = DeadPartition()
+    problem = handle.problem()
+    assert problem is not None and problem.kind == "corrupt"
+    first, second = problem.message.split("; partition 1: ")
+    assert first.startswith("partition 0: ") and "corrupt" in first and segment.name in first
+    assert second.startswith("unreachable (ActorDiedError: ")
+    code, body = readyz(handle)
+    assert code == 503 and body["status"] == "corrupt" and body["detail"] == {"split": problem.message}
 
 
 def test_a_request_that_reaches_a_dead_partition_is_a_json_503_not_a_traceback(two_partitions, tiny_docs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from pooledir.service.handles import Problem
 from pooledir.service.registry import Registry
 from pooledir.service.schemas import Health
 
@@ -19,7 +20,11 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
 async def readyz(request: Request, response: Response) -> Health:
-    """Every configured index is open and answering: 503 while starting, or while an index is corrupt."""
+    """Every configured index is open and answering: 503 while starting, or while an index is corrupt or unreachable.
+
+    The body's status says which: ``corrupt`` if any index has a file that fails verification, else
+    ``unreachable`` (a partition that does not answer); ``detail`` names each index and why.
+    """
     registry = getattr(request.app.state, "registry", None)
     if registry is None:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -27,11 +32,13 @@ async def readyz(request: Request, response: Response) -> Health:
     problems = await run_in_threadpool(_problems, registry)
     if problems:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Health(status="corrupt", indexes=sorted(registry.handles), detail=problems)
+        kind = "corrupt" if any(p.kind == "corrupt" for p in problems.values()) else "unreachable"
+        detail = {name: p.message for name, p in problems.items()}
+        return Health(status=kind, indexes=sorted(registry.handles), detail=detail)
     return Health(status="ready", indexes=sorted(registry.handles))
 
 
-def _problems(registry: Registry) -> dict[str, str]:
+def _problems(registry: Registry) -> dict[str, Problem]:
     """Index name -> why it cannot serve, for the indexes that cannot (the check loads a newer commit if any)."""
     problems = {name: handle.problem() for name, handle in registry.handles.items()}
-    return {name: message for name, message in problems.items() if message}
+    return {name: problem for name, problem in problems.items() if problem is not None}
