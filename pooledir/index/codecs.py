@@ -127,9 +127,13 @@ class PQCodec(FlatCodec):
 # -- pq3 -----------------------------------------------------------------------------------------------------------
 @dataclass
 class PQ3Data:
-    """A pq3 segment in memory: codes (n, code_size) in local-id order and the inverted index over them."""
+    """A pq3 segment in memory: codes in local-id order, in parts as encoded or copied, and their inverted index.
 
-    codes: np.ndarray
+    The parts are written one after the other, never joined: a merge of N vectors holds their codes once.
+    """
+
+    parts: list[np.ndarray]  # (n_i, code_size) uint8 each; concatenated they are the segment's codes
+    code_size: int
     lists: np.ndarray  # uint32 (L,): list numbers present, ascending
     starts: np.ndarray  # uint32 (L + 1,): rows of lists[j] are rows[starts[j]:starts[j + 1]]
     rows: np.ndarray  # uint32 (n,): local ids, grouped by list
@@ -140,19 +144,29 @@ class PQ3Data:
 
 
 def list_numbers(codes: np.ndarray, coarse_size: int) -> np.ndarray:
-    """The list number each faiss sa code starts with (little-endian, ``coarse_size`` bytes)."""
-    out = np.zeros(len(codes), dtype=np.int64)
-    for b in range(coarse_size):
-        out |= codes[:, b].astype(np.int64) << (8 * b)
-    return out
+    """The list number each faiss sa code starts with (little-endian, its first ``coarse_size`` bytes).
+
+    Viewed as the narrowest unsigned type that holds it (uint16 up to 65,536 lists): 2 bytes a vector, not 8,
+    and numpy sorts 16-bit keys stably by radix.
+    """
+    head = np.asarray(codes)[:, :coarse_size]
+    width = 1 << max(coarse_size - 1, 0).bit_length()  # 1, 2, 4 or 8 bytes: a dtype the head can be viewed as
+    if width != coarse_size:
+        head = np.pad(head, ((0, 0), (0, width - coarse_size)))
+    return np.ascontiguousarray(head).view(f"<u{width}").ravel()
 
 
-def inverted(list_no: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lists present, their starts, local rows grouped by list) of the list number of each vector."""
-    order = np.argsort(list_no, kind="stable")
-    lists, counts = np.unique(list_no[order], return_counts=True)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    return lists.astype(np.uint32), starts.astype(np.uint32), order.astype(np.uint32)
+def inverted(list_no: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lists present, their starts, local rows grouped by list) of the list number of each vector.
+
+    Counted per list (``nlist`` counters), not by ``np.unique`` over a sorted copy: besides the list numbers
+    only the stable order (then its uint32 copy) is as long as the segment.
+    """
+    counts = np.bincount(list_no, minlength=nlist)
+    lists = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts[lists])])
+    order = np.argsort(list_no, kind="stable").astype(np.uint32)
+    return lists.astype(np.uint32), starts.astype(np.uint32), order
 
 
 def _pad(n: int) -> int:
@@ -190,34 +204,36 @@ class PQ3Codec(SegmentCodec):
 
     def encode(self, chunks: Iterable[np.ndarray], dim: int, quantizer: Faiss) -> PQ3Data:
         """``sa_encode`` the chunks (:func:`~pooledir.index.segments.sa_encode`) and index their list numbers."""
-        parts = [sa_encode(quantizer, c) for c in _split(chunks)]
-        codes = np.concatenate(parts) if parts else np.empty((0, quantizer.sa_code_size()), np.uint8)
-        return self._data(codes, dim, quantizer)
+        return self._data([sa_encode(quantizer, c) for c in _split(chunks)], dim, quantizer)
 
     def merge(self, parts: list[MergePart], quantizer: Faiss) -> PQ3Data:
         """Copy the kept documents' code rows (document-major: slices) and rebuild the inverted rows."""
         files = [_pq3_file(r) for r, _, _ in parts]
         codes = [np.asarray(f.codes[ranges(s, c)]) for f, (_, s, c) in zip(files, parts)]
-        return self._data(np.concatenate(codes), files[0].dim, quantizer)
+        return self._data(codes, files[0].dim, quantizer)
 
-    def _data(self, codes: np.ndarray, dim: int, quantizer: Faiss) -> PQ3Data:
-        lists, starts, rows = inverted(list_numbers(codes, quantizer.coarse_code_size()))
-        return PQ3Data(
-            codes, lists, starts, rows, dim, int(quantizer.nlist), int(quantizer.pq.M), int(quantizer.pq.nbits)
+    def _data(self, parts: list[np.ndarray], dim: int, quantizer: Faiss) -> PQ3Data:
+        coarse = quantizer.coarse_code_size()
+        listed = [list_numbers(p, coarse) for p in parts]
+        lists, starts, rows = inverted(
+            np.concatenate(listed) if listed else np.empty(0, np.uint16), int(quantizer.nlist)
         )
+        nlist, pq_m, nbits = int(quantizer.nlist), int(quantizer.pq.M), int(quantizer.pq.nbits)
+        return PQ3Data(parts, int(quantizer.sa_code_size()), lists, starts, rows, dim, nlist, pq_m, nbits)
 
     def write(self, data: PQ3Data, path: Path) -> None:
         """Header, codes, lists, starts, rows (each 8-byte aligned), then the checksum footer."""
-        n, code_size = data.codes.shape
+        n, code_size = len(data.rows), data.code_size
         head = PQ3_HEADER.pack(
             PQ3_MAGIC, PQ3_VERSION, n, code_size, data.dim, data.nlist, data.pq_m, data.nbits, len(data.lists)
         )
-        arrays = {"codes": data.codes, "lists": data.lists, "starts": data.starts, "rows": data.rows}
+        arrays = {"codes": data.parts, "lists": [data.lists], "starts": [data.starts], "rows": [data.rows]}
 
-        def payload(put: Callable[[bytes], int]) -> None:
+        def payload(put: Callable[[bytes | memoryview], int]) -> None:
             put(head + b"\x00" * (_HEADER_BYTES - len(head)))
             for name, _, size in _sections(n, code_size, len(data.lists)):
-                put(np.ascontiguousarray(arrays[name]).tobytes())
+                for array in arrays[name]:  # the arrays' own bytes (a view): no bytes copy of a segment
+                    put(np.ascontiguousarray(array).data.cast("B"))
                 put(b"\x00" * _pad(size))
 
         write_durably(path, lambda f: _write_checksummed(f, payload))
@@ -292,26 +308,29 @@ class PQ3File(SegmentFile):
         return file
 
     def _check_structure(self) -> None:
-        """List numbers within the quantizer's lists, an inverted index that covers rows 0..n-1 once."""
+        """List numbers within the quantizer's lists, an inverted index that covers rows 0..n-1 once.
+
+        Read in runs of about ``CHUNK`` rows, whole lists at a time: opening a segment holds no array as long
+        as the segment (a 10^7-vector one took 200 MB when it was read at once).
+        """
         n = len(self.codes)
         bad = f"{self.path} is corrupt or does not match its quantizer"
-        listed = list_numbers(self.codes, self.coarse_size)
-        if n and (
-            listed.max() >= self.quantizer.nlist or (len(self.lists) and self.lists.max() >= self.quantizer.nlist)
-        ):
-            raise IndexCorruptError(f"{bad}: a code names a list past the quantizer's {self.quantizer.nlist}")
         starts = self.starts.astype(np.int64)
-        if (
-            starts[0] != 0
-            or starts[-1] != n
-            or np.any(np.diff(starts) <= 0)
-            or np.any(np.diff(self.lists.astype(np.int64)) <= 0)
-        ):
+        lists = np.asarray(self.lists)
+        if len(lists) and lists.max() >= self.quantizer.nlist:
+            raise IndexCorruptError(f"{bad}: a code names a list past the quantizer's {self.quantizer.nlist}")
+        if starts[0] != 0 or starts[-1] != n or np.any(np.diff(starts) <= 0) or np.any(np.diff(lists) <= 0):
             raise IndexCorruptError(f"{bad}: its inverted lists are out of order")
-        if n and (
-            self.rows.max() >= n or not np.array_equal(np.repeat(self.lists, np.diff(starts)), listed[self.rows])
-        ):
-            raise IndexCorruptError(f"{bad}: its inverted lists disagree with its codes")
+        cuts = np.unique(np.searchsorted(starts, np.arange(0, n, CHUNK), side="right") - 1)
+        for a, b in zip(cuts, [*cuts[1:], len(lists)]):  # lists a..b-1: rows starts[a]:starts[b]
+            rows = np.asarray(self.rows[starts[a] : starts[b]], dtype=np.int64)
+            if len(rows) and rows.max() >= n:
+                raise IndexCorruptError(f"{bad}: its inverted lists disagree with its codes")
+            listed = list_numbers(np.asarray(self.codes[rows]), self.coarse_size)
+            if len(listed) and listed.max() >= self.quantizer.nlist:
+                raise IndexCorruptError(f"{bad}: a code names a list past the quantizer's {self.quantizer.nlist}")
+            if not np.array_equal(np.repeat(lists[a:b], np.diff(starts[a : b + 1])), listed):
+                raise IndexCorruptError(f"{bad}: its inverted lists disagree with its codes")
 
     def _direct_map(self) -> None:
         return None

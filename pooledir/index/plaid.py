@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from pooledir.index.codecs import list_numbers
 from pooledir.index.segments import SegmentReader, ranges
 
 if TYPE_CHECKING:
@@ -207,11 +208,7 @@ def _pq3(seg: SegmentReader) -> PQ3File:
 
 def _list_numbers(codes: np.ndarray, rows: np.ndarray, coarse_size: int) -> np.ndarray:
     """List number of each row (the little-endian first ``coarse_size`` bytes of its code), one gather."""
-    head = np.asarray(codes)[rows, :coarse_size]  # asarray: a plain view, not a memmap per index operation
-    width = 1 << max(coarse_size - 1, 0).bit_length()  # 1, 2, 4 or 8 bytes: a dtype the head can be viewed as
-    if width != coarse_size:
-        head = np.pad(head, ((0, 0), (0, width - coarse_size)))
-    return np.ascontiguousarray(head).view(f"<u{width}").ravel()
+    return list_numbers(np.asarray(codes)[rows, :coarse_size], coarse_size)  # asarray: no memmap per operation
 
 
 #: pairs per document from which on the centroid interaction reduces each token's run at once (a long run per

@@ -134,11 +134,14 @@ FOOTER_MAGIC = b"pdcrc32\x00"
 _CHECK_CHUNK = 1 << 22
 
 
-def _write_checksummed(f: IO[bytes], write: Callable[[Callable[[bytes], int]], object]) -> None:
-    """``write(put)`` the payload through ``put``, then the footer that records its length and CRC-32."""
+def _write_checksummed(f: IO[bytes], write: Callable[[Callable[[bytes | memoryview], int]], object]) -> None:
+    """``write(put)`` the payload through ``put``, then the footer that records its length and CRC-32.
+
+    ``put`` takes bytes or a byte-format memoryview (an array's own memory, not a copy of it).
+    """
     state = [0, 0]
 
-    def put(data: bytes) -> int:
+    def put(data: bytes | memoryview) -> int:
         state[0] += len(data)
         state[1] = zlib.crc32(data, state[1])
         return f.write(data)
