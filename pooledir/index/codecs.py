@@ -233,7 +233,8 @@ class PQ3Codec(SegmentCodec):
             put(head + b"\x00" * (_HEADER_BYTES - len(head)))
             for name, _, size in _sections(n, code_size, len(data.lists)):
                 for array in arrays[name]:  # the arrays' own bytes (a view): no bytes copy of a segment
-                    put(np.ascontiguousarray(array).data.cast("B"))
+                    if array.size:  # an empty part has no bytes (and a memoryview of it cannot be cast)
+                        put(np.ascontiguousarray(array).data.cast("B"))
                 put(b"\x00" * _pad(size))
 
         write_durably(path, lambda f: _write_checksummed(f, payload))

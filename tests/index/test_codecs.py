@@ -358,3 +358,11 @@ def test_a_pq3_merge_holds_its_codes_once(tmp_path, quantizer):
     assert peak < code_bytes + 16 * n, (peak, code_bytes)
     merged = codec.open(tmp_path / "merged.pq3", n, DIM, quantizer, None)
     assert np.array_equal(np.asarray(merged.codes), np.concatenate([np.asarray(r.file.codes) for r in readers]))
+
+
+def test_a_pq3_segment_of_no_vectors_writes_and_opens(tmp_path, quantizer):
+    """A merge whose parts are all empty (every document of it deleted) still writes a valid file."""
+    codec = PQ3Codec()
+    codec.write(codec.encode([np.empty((0, DIM), np.float32)], DIM, quantizer), tmp_path / "empty.pq3")
+    file = codec.open(tmp_path / "empty.pq3", 0, DIM, quantizer, None)
+    assert file.codes.shape == (0, quantizer.sa_code_size()) and len(file.rows) == 0
