@@ -12,8 +12,10 @@ of a prefix that ends just before a run of whitespace are the first tokens of
 the whole text. The prefix is grown (doubling) until it alone yields more
 than ``max_tokens`` tokens, which proves the cut is past the kept tokens.
 Text without whitespace (Chinese, Japanese, long URLs) is cut anywhere,
-and such a cut is accepted only when the tokens kept from it and from a prefix
-twice as long agree.
+and such a cut is accepted only when the tokens kept from it and from a longer
+prefix agree: twice as long, and at least ``LOOKAHEAD`` characters longer, so a
+word cut short cannot hide that the whole word is one [UNK] (WordPiece turns a
+word of more than 100 characters into one [UNK]; a piece of it into sub-words).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Callable
 
 #: a whitespace character right after a non-whitespace one: the start of a whitespace run
 _RUN_START = re.compile(r"(?<=\S)\s")
+#: characters past a cut inside a word that must tokenize the same: more than WordPiece's longest word (100)
+LOOKAHEAD = 128
 
 
 def clip_text(text: str, max_tokens: int, head_ids: Callable[[str], list[int]], min_chars: int) -> str:
@@ -52,7 +56,7 @@ def clip_text(text: str, max_tokens: int, head_ids: Callable[[str], list[int]], 
                 return prefix
         else:
             head = head_ids(text[:cut])
-            if len(head) > max_tokens and head == head_ids(text[: 2 * cut]):
+            if len(head) > max_tokens and head == head_ids(text[: max(2 * cut, cut + LOOKAHEAD)]):
                 return text[:cut]
         cut *= 2
     return text
