@@ -8,6 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Hypothesis draws the same examples on every run (a clean clone's CI has no example database, so random draws
+# would make a rare failure a red CI at random); POOLEDIR_HYPOTHESIS_EXPLORE=1 draws new ones to hunt for bugs.
+settings.register_profile("pooledir", derandomize=os.environ.get("POOLEDIR_HYPOTHESIS_EXPLORE") != "1")
+settings.load_profile("pooledir")
 
 
 def pytest_configure(config: pytest.Config) -> None:
