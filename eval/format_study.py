@@ -342,6 +342,11 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
         type=int,
         help="score only each query's N best documents by centroid MaxSim (the first rule's lists), not all",
     )
+    ap.add_argument(
+        "--engine-quantizer",
+        default="",
+        help="','-separated sample seeds (0: the folder's draw): a row each for segments.train_quantizer's codes",
+    )
     ap.add_argument("--confirm", help="PQmxB: also build the engine's index at this code and score its search")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()
@@ -400,6 +405,33 @@ def code_rows(args, coarse: Coarse, X, offsets, Q, ref: Reference | None, rank, 
             "code_encode_s": round(enc.encode_s, 1),
             "encode_vectors_per_s": round(len(X) / (coarse.assign_s + enc.encode_s)),
         }
+
+
+def engine_row(seed: int, X, offsets, Q, ref: Reference | None, rank, qrels) -> dict:
+    """The engine's own quantizer (:func:`segments.train_quantizer`) on a seeded sample, its codes decoded.
+
+    The sample is drawn as the index folder draws it (``rng(seed).choice`` of ``IndexConfig.train_sample``
+    vectors, sorted; seed 0 is the folder's own draw over one segment holding ``X``), so this row is the engine's
+    index minus the folder: float16 centroids, its list count, its PQ draw from the k-means sample.
+    """
+    n_sample = IndexConfig().train_sample
+    t = time.perf_counter()
+    pick = np.sort(np.random.default_rng(seed).choice(len(X), min(len(X), n_sample), replace=False))
+    q = segments.train_quantizer(np.ascontiguousarray(X[pick]), len(X), None, None, 8)
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    decoded = np.asarray(q.sa_decode(segments.sa_encode(q, X)))
+    encode_s = time.perf_counter() - t
+    return {
+        "codec": f"engine IVF{q.nlist},PQ{q.pq.M}x{q.pq.nbits}",
+        "engine_sample_seed": seed,
+        "nlist": int(q.nlist),
+        "mse": float(np.mean(np.sum((decoded - X) ** 2, axis=1))),
+        **(score_error(ref, Q, decoded, offsets) if ref is not None else {}),
+        **scored(rank(decoded, offsets, 8), qrels),
+        "train_s": round(train_s, 1),
+        "encode_decode_s": round(encode_s, 1),
+    }
 
 
 def main() -> None:  # noqa: D103
@@ -475,6 +507,8 @@ def main() -> None:  # noqa: D103
     if not args.no_flat:
         emit({"codec": "flat", "pool": args.pool_factor, **scored(flat2, data.qrels)})
     ref = reference(Q, X, offsets, flat2, ids, qids) if flat2 is not None else None
+    for seed in [int(x) for x in args.engine_quantizer.split(",") if x]:
+        emit(engine_row(seed, X, offsets, Q, ref, rank, data.qrels))
     for rule, kmeans, niter in [(r, k, int(n)) for r in rules for k in args.kmeans.split(",") for n in niters]:
         coarse = coarse_for(rule, kmeans, niter)
         coarses.pop((rule, kmeans, niter))  # 499k assignments and centroids: keep one at a time
