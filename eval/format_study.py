@@ -292,11 +292,36 @@ def per_query_ndcg(run: dict, qrels: dict) -> dict[str, float]:
 
 
 def write(out: Path, result: dict) -> None:
-    """Atomically rewrite the result JSON."""
+    """Atomically rewrite the result JSON; rows' per-query nDCG@10 go to ``<out>.per_query.tsv`` beside it.
+
+    The JSON's rows stay one line each on the results pages; the TSV (a query a line, a column per row that has
+    them, headed by the row's index) is what paired comparisons between rows read.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    rows = [{k: v for k, v in r.items() if k != "ndcg10_per_query"} for r in result["rows"]]
+    per_query = {i: r["ndcg10_per_query"] for i, r in enumerate(result["rows"]) if "ndcg10_per_query" in r}
+    for path, text in (
+        (per_query_path(out), per_query_tsv(per_query) if per_query else None),
+        (out, json.dumps({**result, "rows": rows}, indent=2)),
+    ):
+        if text is not None:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+
+
+def per_query_path(out: Path) -> Path:
+    """The per-query nDCG@10 TSV beside the result JSON ``out``."""
+    return out.with_name(out.name.removesuffix(".json") + ".per_query.tsv")
+
+
+def per_query_tsv(per_query: dict[int, dict[str, float]]) -> str:
+    """``query`` then one column per row index, a line per query."""
+    cols = sorted(per_query)
+    lines = ["\t".join(["query", *(f"row{i}" for i in cols)])]
+    for q in next(iter(per_query.values())):
+        lines.append("\t".join([q, *(f"{per_query[i][q]:.5f}" for i in cols)]))
+    return "\n".join(lines) + "\n"
 
 
 def parse_args() -> argparse.Namespace:  # noqa: D103
