@@ -472,6 +472,7 @@ RESULTS_PAGES = (
                     "assign_confirm_nfcorpus_dev_PQ16x8",  # the engine with L2 centroids (experiment, reverted)
                     "gap_nfcorpus_dev_seed1234",  # code_rule.md (s10): the PQ's training residuals, in/out of sample
                     "gap_split_nfcorpus_dev_seed1234",
+                    "gap_engine_faiss_nfcorpus_dev",  # the engine's own quantizer, 2 draws; faiss k-means
                 )
             ),
             *(
