@@ -185,9 +185,14 @@ def ranked(Q: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, ids: list[st
 
 
 def confirm(
-    code: str, args: argparse.Namespace, encoder: ColBERTEncoder, data, docs: list, Q: np.ndarray
+    code: str, args: argparse.Namespace, encoder: ColBERTEncoder, data, docs: list, Q: np.ndarray, probe=None
 ) -> list[dict]:
-    """The engine itself at ``code`` (``PQmxB``): its default search and ``exhaustive=True``, k=100, every query."""
+    """The engine itself at ``code`` (``PQmxB``): its default search and ``exhaustive=True``, k=100, every query.
+
+    ``probe`` (``(X, offsets, ref, rank)``): also score, as this study scores its rows, the probe's pooled vectors
+    through the engine's quantizer and the vectors the engine stores, to tell a loss in its quantizer from one in
+    its index or its search.
+    """
     m, _, bits = code.removeprefix("PQ").partition("x")
     config = IndexConfig(
         pool_factor=args.pool_factor, protected_tokens=args.protected_tokens, pq_m=int(m), pq_nbits=int(bits or 8)
@@ -212,9 +217,11 @@ def confirm(
                     "backend": info["backend"],
                     "build_s": round(build_s, 1),
                     "search_s": round(search_s, 1),
-                    **score_run(run_from_hits(qids, hits), data.qrels),
+                    **scored(run_from_hits(qids, hits), data.qrels),
                 }
             )
+        if probe is not None:
+            rows += engine_vs_probe(index, data, Q, *probe)
         index.close()
     return rows
 
@@ -432,6 +439,33 @@ def code_rows(args, coarse: Coarse, X, offsets, Q, ref: Reference | None, rank, 
         }
 
 
+def engine_vs_probe(index: PooledIndex, data, Q, X, offsets, ref: Reference | None, rank) -> list[dict]:
+    """Rows scoring (a) the probe's pooled vectors coded by the engine's quantizer, (b) the engine's stored vectors."""
+    q = index.quantizer
+    coded = np.asarray(q.sa_decode(segments.sa_encode(q, X)))
+    ids = [d.id for d in data.documents]
+    doc_ints = index.doc_store.lookup(ids)
+    stored, offs = index._folder.snapshot.fetch(np.array([doc_ints[i] for i in ids], dtype=np.int64))
+    same_layout = bool(np.array_equal(offs, offsets))
+    rows = [
+        {"codec": "engine quantizer, probe's pooled vectors", **score_error_or_none(ref, Q, coded, offsets)},
+        {
+            "codec": "engine stored vectors",
+            "same_counts_as_probe": same_layout,
+            "max_abs_vs_probe_coded": float(np.max(np.abs(stored - coded))) if same_layout else None,
+            **(score_error_or_none(ref, Q, stored, offs) if same_layout else {}),
+        },
+    ]
+    rows[0].update(scored(rank(coded, offsets, 8), data.qrels))
+    rows[1].update(scored(rank(stored, offs, 8), data.qrels))
+    return rows
+
+
+def score_error_or_none(ref: Reference | None, Q, decoded, offsets) -> dict:
+    """:func:`score_error`, or nothing without a reference."""
+    return score_error(ref, Q, decoded, offsets) if ref is not None else {}
+
+
 def engine_row(seed: int, X, offsets, Q, ref: Reference | None, rank, qrels) -> dict:
     """The engine's own quantizer (:func:`segments.train_quantizer`) on a seeded sample, its codes decoded.
 
@@ -541,7 +575,7 @@ def main() -> None:  # noqa: D103
         for row in code_rows(args, coarse, X, offsets, Q, ref, rank, data.qrels, n_tokens):
             emit({**setting, **row})
     if args.confirm:
-        for row in confirm(args.confirm, args, encoder, data, docs, Q):
+        for row in confirm(args.confirm, args, encoder, data, docs, Q, (X, offsets, ref, rank)):
             emit(row)
 
 

@@ -473,6 +473,7 @@ RESULTS_PAGES = (
                     "gap_nfcorpus_dev_seed1234",  # code_rule.md (s10): the PQ's training residuals, in/out of sample
                     "gap_split_nfcorpus_dev_seed1234",
                     "gap_engine_faiss_nfcorpus_dev",  # the engine's own quantizer, 2 draws; faiss k-means
+                    "gap_confirm_nfcorpus_dev_PQ16x8",  # the engine's index at today's code, with diagnostics
                 )
             ),
             *(
