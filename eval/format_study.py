@@ -551,7 +551,8 @@ def main() -> None:  # noqa: D103
             return ranked(Q, vectors, offs, ids, qids, batch)
         return ranked_among(Q, vectors, offs, cands, ids, qids)
 
-    cands = centroid_candidates(Q, coarse_for(rules[0]), offsets, args.candidates) if args.candidates else None
+    first = coarse_for(rules[0], args.kmeans.split(",")[0]) if args.candidates else None  # reused by its rows
+    cands = centroid_candidates(Q, first, offsets, args.candidates) if first is not None else None
     result["candidates"] = args.candidates
     if cands is not None:
         result["note"] = (
