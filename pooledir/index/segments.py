@@ -283,7 +283,7 @@ def train_quantizer(
     if use_gpu and nbits == 8 and faiss_gpu_available():
         index = _train_on_gpu(index, x, pq_m)
     else:
-        _train_on_cpu(index, x, n_total)
+        _train_on_cpu(index, x)
     # before anything is encoded; the PQ stays as trained on residuals to the float32 centroids (< 2**-11 apart):
     # re-training it on the rounded ones moved NFCorpus dev nDCG@10 by -0.0013, rounding alone by +0.0005
     # (eval/results/quantizer_fp16_nfcorpus_dev120.cpu.json)
@@ -302,40 +302,22 @@ def _train_on_gpu(index: Faiss, x: np.ndarray, pq_m: int) -> Faiss:
     return faiss.index_gpu_to_cpu(gpu)
 
 
-def split_for_pq(x: np.ndarray, n_pq: int, n_total: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(k-means points, PQ points): ``n_pq`` seeded points held out of the k-means when the index is larger.
-
-    When the index holds more vectors than the sample (``n_total > len(x)``), most vectors it encodes were never
-    seen by the k-means, and their residuals are larger than those of the points a centroid was fitted on
-    (NFCorpus dev, 39 points a list: 8.6% more energy); the PQ then trains on points the k-means did not see,
-    provided as many remain for the k-means. Otherwise ``(x, None)``: the PQ draws from the k-means points.
-    """
-    if n_total <= len(x) or len(x) < 2 * n_pq:
-        return x, None
-    held = np.zeros(len(x), dtype=bool)
-    held[np.random.default_rng(1234).choice(len(x), n_pq, replace=False)] = True
-    return x[~held], x[held]
-
-
-def _train_on_cpu(index: Faiss, x: np.ndarray, n_total: int = 0) -> None:
+def _train_on_cpu(index: Faiss, x: np.ndarray) -> None:
     """Coarse spherical k-means and the residuals on numpy's BLAS, then faiss trains the PQ on those residuals.
 
     What faiss's ``IndexIVF.train`` does (spherical k-means for inner product, at most 256 points a centroid,
     then the PQ on residuals to the assigned centroid), with the assignments computed as one GEMM per block.
     Residuals are computed only for the points the PQ trains on (faiss would sample ``2**nbits`` x
     ``PQ_POINTS_PER_CENTROID`` = 65,536 of them at 8 bits), in place: for a 262,144-vector sample a quarter of
-    the assignments, and one 32 MB array instead of two 134 MB temporaries. For an index larger than its sample
-    those points are held out of the k-means (:func:`split_for_pq`).
+    the assignments, and one 32 MB array instead of two 134 MB temporaries.
     """
-    n_pq = (1 << int(index.pq.nbits)) * int(index.pq.cp.max_points_per_centroid)
-    fit, held = split_for_pq(x, n_pq, n_total)
-    centroids = spherical_kmeans(fit, int(index.nlist), int(index.cp.niter), int(index.cp.max_points_per_centroid))
+    centroids = spherical_kmeans(x, int(index.nlist), int(index.cp.niter), int(index.cp.max_points_per_centroid))
     index.quantizer.add(centroids)
-    if held is None and len(x) > n_pq:
-        held = x[np.sort(np.random.default_rng(1234).choice(len(x), n_pq, replace=False))]
-    held = x if held is None else held
-    residuals = centroids[assign_lists(centroids, held)]
-    np.subtract(held, residuals, out=residuals)
+    n_pq = (1 << int(index.pq.nbits)) * int(index.pq.cp.max_points_per_centroid)
+    if len(x) > n_pq:
+        x = x[np.sort(np.random.default_rng(1234).choice(len(x), n_pq, replace=False))]
+    residuals = centroids[assign_lists(centroids, x)]
+    np.subtract(x, residuals, out=residuals)
     index.pq.train(residuals)
     index.is_trained = True
     index.precompute_table()

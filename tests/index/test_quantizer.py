@@ -178,37 +178,3 @@ def test_spherical_kmeans_splits_empty_clusters_off_large_ones():
     c = spherical_kmeans(x, 8, 5)
     assert np.isfinite(c).all() and np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
     assert len(np.unique(assign_lists(c, x))) == 3  # every point keeps a centroid of its own
-
-
-def test_the_pq_of_a_larger_index_trains_on_sample_points_the_kmeans_did_not_see(monkeypatch):
-    """Issue 21 (code_rule.md, s10): the vectors a PQ encodes were mostly outside the k-means sample; so are its own.
-
-    A sample of a 4x larger index: the PQ's 4,096 training points (16 codewords x 256) are held out of the
-    k-means. A sample that is the whole index: they are k-means points, as before (they are what it encodes).
-    """
-    import pooledir.index.segments as segments
-
-    seen: dict[str, list[np.ndarray]] = {"kmeans": [], "assign": []}
-    real_kmeans, real_assign = segments.spherical_kmeans, segments.assign_lists
-
-    def kmeans(x: np.ndarray, *args: int) -> np.ndarray:
-        seen["kmeans"].append(x.copy())
-        return real_kmeans(x, *args)
-
-    def assign(c: np.ndarray, x: np.ndarray) -> np.ndarray:
-        seen["assign"].append(x.copy())
-        return real_assign(c, x)
-
-    monkeypatch.setattr(segments, "spherical_kmeans", kmeans)
-    monkeypatch.setattr(segments, "assign_lists", assign)
-
-    def rows(a: np.ndarray) -> set[bytes]:
-        return {r.tobytes() for r in a}
-
-    x = unit(10_000, 8)
-    train_quantizer(x, 40_000, nlist=64, pq_m=4, pq_nbits=4)
-    fit, pq = seen["kmeans"][-1], seen["assign"][-1]  # the last assignment: the PQ's residuals
-    assert len(pq) == 4096 and len(fit) == 10_000 - 4096 and not rows(pq) & rows(fit)
-    train_quantizer(x, 10_000, nlist=64, pq_m=4, pq_nbits=4)
-    fit, pq = seen["kmeans"][-1], seen["assign"][-1]
-    assert len(pq) == 4096 and len(fit) == 10_000 and rows(pq) <= rows(fit)
