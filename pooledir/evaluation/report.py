@@ -476,6 +476,7 @@ RESULTS_PAGES = (
                     "gap_split_nfcorpus_dev_seed7",
                     "gap_engine_faiss_nfcorpus_dev",  # the engine's own quantizer, 2 draws; faiss k-means
                     "gap_confirm_nfcorpus_dev_PQ16x8",  # the engine's index at today's code, with diagnostics
+                    "gap_split_confirm_nfcorpus_dev_PQ16x8",  # the engine with factor 3 (experiment, reverted)
                     "gap_codestudy_nfcorpus_dev",  # the code study's 98.10% row re-run: another PQ draw
                 )
             ),
