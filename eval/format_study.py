@@ -58,6 +58,8 @@ class Coarse:
     assign: np.ndarray
     train_s: float
     assign_s: float
+    sample_rows: np.ndarray  # the rows of X the k-means trained on (sorted)
+    spherical: bool  # unit centroids, inner-product assignment
 
 
 @dataclass
@@ -103,8 +105,8 @@ def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: in
     """
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
-    sample = X if len(X) <= train_max else X[np.sort(rng.choice(len(X), train_max, replace=False))]
-    sample = np.ascontiguousarray(sample)
+    rows = np.arange(len(X)) if len(X) <= train_max else np.sort(rng.choice(len(X), train_max, replace=False))
+    sample = np.ascontiguousarray(X[rows])
     if kmeans == "faiss":
         km = faiss.Kmeans(X.shape[1], nlist, niter=niter, seed=seed, max_points_per_centroid=train_max)
         km.train(sample)
@@ -116,7 +118,24 @@ def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: in
     train_s = time.perf_counter() - t
     t = time.perf_counter()
     assign = segments.assign_lists(centroids, X) if kmeans == "spherical" else l2_lists(centroids, X)
-    return Coarse(centroids, assign, train_s, time.perf_counter() - t)
+    return Coarse(centroids, assign, train_s, time.perf_counter() - t, rows, kmeans == "spherical")
+
+
+def pq_sample_rows(coarse: Coarse, n_vectors: int, source: str, n: int, seed: int) -> np.ndarray:
+    """Rows whose residuals train the code: ``n`` drawn from ``source``.
+
+    ``all``: every vector (this study before s10); ``kmeans``: the k-means training sample, as the engine
+    (:func:`segments._train_on_cpu`) draws them; ``heldout``: vectors the k-means never saw, whose residuals are
+    distributed like those of the vectors the code will encode.
+    """
+    if source == "kmeans":
+        pool = coarse.sample_rows
+    elif source == "heldout":
+        pool = np.setdiff1d(np.arange(n_vectors), coarse.sample_rows)
+    else:
+        pool = np.arange(n_vectors)
+    rng = np.random.default_rng(seed)
+    return np.sort(pool[rng.choice(len(pool), min(len(pool), n), replace=False)])
 
 
 def residual_code(code: str, R: np.ndarray, sample: np.ndarray, opq_niter: int = 50, opq_train: int = 65_536) -> Code:
@@ -135,6 +154,9 @@ def residual_code(code: str, R: np.ndarray, sample: np.ndarray, opq_niter: int =
         quantizer.max_beam_size = 1  # greedy: the default beam of 5 is 5x the encode time
     else:
         quantizer = faiss.ProductQuantizer(d, m, bits)
+        # faiss's Clustering keeps at most 256 points a codeword (65,536 at 8 bits) unless raised: before s10 a
+        # larger --code-train was silently subsampled back to 65,536
+        quantizer.cp.max_points_per_centroid = max(256, -(-len(sample) // 2**bits))
     opq = faiss.OPQMatrix(d, m) if code.startswith("OPQ") else None
     if opq is not None:
         opq.niter, opq.max_train_points = opq_niter, opq_train
@@ -163,9 +185,14 @@ def ranked(Q: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, ids: list[st
 
 
 def confirm(
-    code: str, args: argparse.Namespace, encoder: ColBERTEncoder, data, docs: list, Q: np.ndarray
+    code: str, args: argparse.Namespace, encoder: ColBERTEncoder, data, docs: list, Q: np.ndarray, probe=None
 ) -> list[dict]:
-    """The engine itself at ``code`` (``PQmxB``): its default search and ``exhaustive=True``, k=100, every query."""
+    """The engine itself at ``code`` (``PQmxB``): its default search and ``exhaustive=True``, k=100, every query.
+
+    ``probe`` (``(X, offsets, ref, rank)``): also score, as this study scores its rows, the probe's pooled vectors
+    through the engine's quantizer and the vectors the engine stores, to tell a loss in its quantizer from one in
+    its index or its search.
+    """
     m, _, bits = code.removeprefix("PQ").partition("x")
     config = IndexConfig(
         pool_factor=args.pool_factor, protected_tokens=args.protected_tokens, pq_m=int(m), pq_nbits=int(bits or 8)
@@ -190,9 +217,11 @@ def confirm(
                     "backend": info["backend"],
                     "build_s": round(build_s, 1),
                     "search_s": round(search_s, 1),
-                    **score_run(run_from_hits(qids, hits), data.qrels),
+                    **scored(run_from_hits(qids, hits), data.qrels),
                 }
             )
+        if probe is not None:
+            rows += engine_vs_probe(index, data, Q, *probe)
         index.close()
     return rows
 
@@ -219,12 +248,87 @@ def ranked_among(Q: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, cands:
     return run
 
 
+def pair_scores(Q: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """(nq, n) MaxSim of query i with documents ``docs[i]`` over ``vectors``."""
+    out = np.empty(docs.shape, dtype=np.float32)
+    for qi, dq in enumerate(docs):
+        lo, n = offsets[dq], offsets[dq + 1] - offsets[dq]
+        rows = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(n.sum())
+        out[qi] = maxsim(Q[qi : qi + 1], vectors[rows], np.concatenate([[0], np.cumsum(n)]))[0]
+    return out
+
+
+@dataclass
+class Reference:
+    """Pooled flat MaxSim (the uncompressed vectors) over each query's 100 best documents by it.
+
+    The yardstick of :func:`score_error`, which does not jump with one query as nDCG@10 over 324 queries does.
+    """
+
+    docs: np.ndarray  # (nq, 100) document indices, best first
+    scores: np.ndarray  # (nq, 100) their pooled flat MaxSim
+
+
+def reference(Q: np.ndarray, X: np.ndarray, offsets: np.ndarray, run: dict, ids: list[str], qids: list[str]):
+    """The pooled flat run's top 100 of every query, as a :class:`Reference`."""
+    pos = {d: i for i, d in enumerate(ids)}
+    docs = np.array([[pos[d] for d, _ in sorted(run[q].items(), key=lambda x: -x[1])[:100]] for q in qids])
+    return Reference(docs, pair_scores(Q, X, offsets, docs))
+
+
+def score_error(ref: Reference, Q: np.ndarray, decoded: np.ndarray, offsets: np.ndarray) -> dict[str, float]:
+    """How far decoded MaxSim is from pooled flat on each query's 100 best flat documents.
+
+    ``score_mae``: mean |decoded - flat| MaxSim (summed over the query's tokens) over those 100 x queries pairs;
+    ``score_bias``: the mean signed error; ``top10_kept``: share of flat's top 10 that stays in the decoded
+    scores' top 10 of the same 100 documents (a rank measure that one query moves by 1/(10·nq)).
+    """
+    s = pair_scores(Q, decoded, offsets, ref.docs)
+    err = s - ref.scores
+    top = np.argsort(-s, axis=1)[:, :10]
+    kept = np.mean([len(set(t) & set(range(10))) / 10 for t in top])
+    return {"score_mae": float(np.mean(np.abs(err))), "score_bias": float(np.mean(err)), "top10_kept": float(kept)}
+
+
+def per_query_ndcg(run: dict, qrels: dict) -> dict[str, float]:
+    """nDCG@10 of every judged query (pytrec_eval), for paired comparisons between rows."""
+    import pytrec_eval
+
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
+    return {q: round(m["ndcg_cut_10"], 5) for q, m in evaluator.evaluate({q: run.get(q, {}) for q in qrels}).items()}
+
+
 def write(out: Path, result: dict) -> None:
-    """Atomically rewrite the result JSON."""
+    """Atomically rewrite the result JSON; rows' per-query nDCG@10 go to ``<out>.per_query.tsv`` beside it.
+
+    The JSON's rows stay one line each on the results pages; the TSV (a query a line, a column per row that has
+    them, headed by the row's index) is what paired comparisons between rows read.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    rows = [{k: v for k, v in r.items() if k != "ndcg10_per_query"} for r in result["rows"]]
+    per_query = {i: r["ndcg10_per_query"] for i, r in enumerate(result["rows"]) if "ndcg10_per_query" in r}
+    for path, text in (
+        (per_query_path(out), per_query_tsv(per_query) if per_query else None),
+        (out, json.dumps({**result, "rows": rows}, indent=2)),
+    ):
+        if text is not None:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+
+
+def per_query_path(out: Path) -> Path:
+    """The per-query nDCG@10 TSV beside the result JSON ``out``."""
+    return out.with_name(out.name.removesuffix(".json") + ".per_query.tsv")
+
+
+def per_query_tsv(per_query: dict[int, dict[str, float]]) -> str:
+    """``query`` then one column per row index, a line per query."""
+    cols = sorted(per_query)
+    lines = ["\t".join(["query", *(f"row{i}" for i in cols)])]
+    for q in next(iter(per_query.values())):
+        lines.append("\t".join([q, *(f"{per_query[i][q]:.5f}" for i in cols)]))
+    return "\n".join(lines) + "\n"
 
 
 def parse_args() -> argparse.Namespace:  # noqa: D103
@@ -246,11 +350,21 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
         " engine's seeding) or spherical (the engine's spherical k-means, inner-product assignment)",
     )
     ap.add_argument("--codes", default="PQ16,PQ24,PQ32", help="','-separated PQm, OPQm or RQm; xB: B-bit codes")
-    ap.add_argument("--niter", type=int, default=10)
+    ap.add_argument("--niter", default="10", help="k-means iterations; ','-separated: one coarse quantizer each")
     ap.add_argument("--seed", type=int, default=1234, help="seed of the k-means training sample")
     ap.add_argument("--points-per-centroid", type=int, default=256, help="k-means sample: this many a centroid")
     ap.add_argument("--train-max", type=int, default=200_000, help="and at most this many vectors")
-    ap.add_argument("--code-train", type=int, default=65_536, help="residuals sampled to train each code")
+    ap.add_argument(
+        "--code-train", default="65536", help="residuals sampled to train each code; ','-separated: a row each"
+    )
+    ap.add_argument(
+        "--pq-from",
+        default="all",
+        help="','-separated: where the code's training residuals come from: all (every vector), kmeans (the"
+        " k-means sample, as the engine draws them) or heldout (vectors the k-means did not see)",
+    )
+    ap.add_argument("--pq-seed", type=int, default=0, help="seed of the code's training-residual draw")
+    ap.add_argument("--no-score-error", action="store_true", help="skip the score error against pooled flat")
     ap.add_argument("--opq-niter", type=int, default=50, help="OPQ rotation rounds (faiss's default 50)")
     ap.add_argument("--opq-train", type=int, default=65_536, help="residuals the OPQ rotation trains on")
     ap.add_argument("--no-flat", action="store_true", help="skip the flat x1 and pooled flat rows")
@@ -260,9 +374,123 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
         type=int,
         help="score only each query's N best documents by centroid MaxSim (the first rule's lists), not all",
     )
+    ap.add_argument(
+        "--engine-quantizer",
+        default="",
+        help="','-separated sample seeds (0: the folder's draw): a row each for segments.train_quantizer's codes",
+    )
     ap.add_argument("--confirm", help="PQmxB: also build the engine's index at this code and score its search")
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()
+
+
+def scored(run: dict, qrels: dict) -> dict:
+    """:func:`score_run`'s means and every query's nDCG@10 (``ndcg10_per_query``) for paired comparisons."""
+    return {**score_run(run, qrels), "ndcg10_per_query": per_query_ndcg(run, qrels)}
+
+
+def code_rows(args, coarse: Coarse, X, offsets, Q, ref: Reference | None, rank, qrels, n_tokens: int):
+    """One row per (code training source, code training size, code) over ``coarse``'s lists."""
+    nlist, d = coarse.centroids.shape
+    train_max = min(args.train_max, args.points_per_centroid * nlist)
+    R = X - coarse.centroids[coarse.assign]
+    held = np.ones(len(X), dtype=bool)
+    held[coarse.sample_rows] = False
+    energy = np.sum(R**2, axis=1)
+    for source, n_train, code in [
+        (s, int(n), c)
+        for s in args.pq_from.split(",")
+        for n in str(args.code_train).split(",")
+        for c in args.codes.split(",")
+        if c
+    ]:
+        sample = np.ascontiguousarray(R[pq_sample_rows(coarse, len(X), source, n_train, args.pq_seed)])
+        enc = residual_code(code, R, sample, args.opq_niter, args.opq_train)
+        decoded = coarse.centroids[coarse.assign] + enc.residuals
+        sq = np.sum((decoded - X) ** 2, axis=1)
+        fixed = nlist * d * 4 + enc.codebook_bytes
+        yield {
+            "codec": f"IVF{nlist},{code}",
+            "assignment": "inner product" if coarse.spherical else "L2",
+            "nlist": nlist,
+            "pq_from": source,
+            "code_train": len(sample),
+            "residual_energy": float(np.mean(energy)),
+            "residual_energy_sample": float(np.mean(energy[~held])),
+            "residual_energy_heldout": float(np.mean(energy[held])) if held.any() else None,
+            "code": code,
+            "pool": args.pool_factor,
+            "code_bytes_per_vector": enc.code_bytes,
+            "bytes_per_token": (len(X) * (LIST_BYTES + enc.code_bytes + ROW_BYTES) + fixed) / n_tokens,
+            "bytes_per_token_ids8": (len(X) * (enc.code_bytes + ID_BYTES) + fixed) / n_tokens,
+            "fixed_bytes": fixed,
+            "mse": float(np.mean(sq)),
+            "mse_sample": float(np.mean(sq[~held])),
+            "mse_heldout": float(np.mean(sq[held])) if held.any() else None,
+            **(score_error(ref, Q, decoded, offsets) if ref is not None else {}),
+            **scored(rank(decoded, offsets, 8), qrels),
+            "kmeans_train_vectors": min(train_max, len(X)),
+            "kmeans_s": round(coarse.train_s, 1),
+            "code_train_s": round(enc.train_s, 1),
+            "train_s": round(coarse.train_s + enc.train_s, 1),
+            "assign_s": round(coarse.assign_s, 1),
+            "code_encode_s": round(enc.encode_s, 1),
+            "encode_vectors_per_s": round(len(X) / (coarse.assign_s + enc.encode_s)),
+        }
+
+
+def engine_vs_probe(index: PooledIndex, data, Q, X, offsets, ref: Reference | None, rank) -> list[dict]:
+    """Rows scoring (a) the probe's pooled vectors coded by the engine's quantizer, (b) the engine's stored vectors."""
+    q = index.quantizer
+    coded = np.asarray(q.sa_decode(segments.sa_encode(q, X)))
+    ids = [d.id for d in data.documents]
+    doc_ints = index.doc_store.lookup(ids)
+    stored, offs = index._folder.snapshot.fetch(np.array([doc_ints[i] for i in ids], dtype=np.int64))
+    same_layout = bool(np.array_equal(offs, offsets))
+    rows = [
+        {"codec": "engine quantizer, probe's pooled vectors", **score_error_or_none(ref, Q, coded, offsets)},
+        {
+            "codec": "engine stored vectors",
+            "same_counts_as_probe": same_layout,
+            "max_abs_vs_probe_coded": float(np.max(np.abs(stored - coded))) if same_layout else None,
+            **(score_error_or_none(ref, Q, stored, offs) if same_layout else {}),
+        },
+    ]
+    rows[0].update(scored(rank(coded, offsets, 8), data.qrels))
+    rows[1].update(scored(rank(stored, offs, 8), data.qrels))
+    return rows
+
+
+def score_error_or_none(ref: Reference | None, Q, decoded, offsets) -> dict:
+    """:func:`score_error`, or nothing without a reference."""
+    return score_error(ref, Q, decoded, offsets) if ref is not None else {}
+
+
+def engine_row(seed: int, X, offsets, Q, ref: Reference | None, rank, qrels) -> dict:
+    """The engine's own quantizer (:func:`segments.train_quantizer`) on a seeded sample, its codes decoded.
+
+    The sample is drawn as the index folder draws it (``rng(seed).choice`` of ``IndexConfig.train_sample``
+    vectors, sorted; seed 0 is the folder's own draw over one segment holding ``X``), so this row is the engine's
+    index minus the folder: float16 centroids, its list count, its PQ draw from the k-means sample.
+    """
+    n_sample = IndexConfig().train_sample
+    t = time.perf_counter()
+    pick = np.sort(np.random.default_rng(seed).choice(len(X), min(len(X), n_sample), replace=False))
+    q = segments.train_quantizer(np.ascontiguousarray(X[pick]), len(X), None, None, 8)
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    decoded = np.asarray(q.sa_decode(segments.sa_encode(q, X)))
+    encode_s = time.perf_counter() - t
+    return {
+        "codec": f"engine IVF{q.nlist},PQ{q.pq.M}x{q.pq.nbits}",
+        "engine_sample_seed": seed,
+        "nlist": int(q.nlist),
+        "mse": float(np.mean(np.sum((decoded - X) ** 2, axis=1))),
+        **(score_error(ref, Q, decoded, offsets) if ref is not None else {}),
+        **scored(rank(decoded, offsets, 8), qrels),
+        "train_s": round(train_s, 1),
+        "encode_decode_s": round(encode_s, 1),
+    }
 
 
 def main() -> None:  # noqa: D103
@@ -274,7 +502,7 @@ def main() -> None:  # noqa: D103
     X = np.ascontiguousarray(np.concatenate(pooled).astype(np.float32))
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pooled])])
     ids, qids = [d.id for d in data.documents], list(data.queries)
-    n_tokens, d = sum(len(x) for x in docs), X.shape[1]
+    n_tokens = sum(len(x) for x in docs)
     result = {
         "dataset": data.name,
         "split": args.split,
@@ -290,6 +518,8 @@ def main() -> None:  # noqa: D103
         "points_per_centroid": args.points_per_centroid,
         "train_max": args.train_max,
         "code_train": args.code_train,
+        "pq_from": args.pq_from,
+        "pq_seed": args.pq_seed,
         "opq_niter": args.opq_niter,
         "opq_train": args.opq_train,
         "machine": machine_info(),
@@ -306,21 +536,23 @@ def main() -> None:  # noqa: D103
 
     rules = [r for r in args.rules.split(",") if r]
     coarses = {}
+    niters = [int(n) for n in str(args.niter).split(",")]
 
-    def coarse_for(rule: str, kmeans: str = "faiss") -> Coarse:  # trained once per rule and k-means
-        if (rule, kmeans) not in coarses:
+    def coarse_for(rule: str, kmeans: str = "faiss", niter: int = niters[0]) -> Coarse:  # once per setting
+        if (rule, kmeans, niter) not in coarses:
             nlist = nlist_for(rule, len(X))
-            coarses[rule, kmeans] = train_coarse(
-                X, nlist, args.niter, min(args.train_max, args.points_per_centroid * nlist), args.seed, kmeans
+            coarses[rule, kmeans, niter] = train_coarse(
+                X, nlist, niter, min(args.train_max, args.points_per_centroid * nlist), args.seed, kmeans
             )
-        return coarses[rule, kmeans]
+        return coarses[rule, kmeans, niter]
 
     def rank(vectors: np.ndarray, offs: np.ndarray, batch: int) -> dict:
         if cands is None:
             return ranked(Q, vectors, offs, ids, qids, batch)
         return ranked_among(Q, vectors, offs, cands, ids, qids)
 
-    cands = centroid_candidates(Q, coarse_for(rules[0]), offsets, args.candidates) if args.candidates else None
+    first = coarse_for(rules[0], args.kmeans.split(",")[0]) if args.candidates else None  # reused by its rows
+    cands = centroid_candidates(Q, first, offsets, args.candidates) if first is not None else None
     result["candidates"] = args.candidates
     if cands is not None:
         result["note"] = (
@@ -329,48 +561,22 @@ def main() -> None:  # noqa: D103
     if not (args.no_flat or args.no_exact):
         flat1 = np.concatenate(docs).astype(np.float32)
         off1 = np.concatenate([[0], np.cumsum([len(x) for x in docs])])
-        emit({"codec": "flat", "pool": 1, **score_run(rank(flat1, off1, 4), data.qrels)})
+        emit({"codec": "flat", "pool": 1, **scored(rank(flat1, off1, 4), data.qrels)})
         del flat1
+    flat2 = rank(X, offsets, 8) if not (args.no_flat and args.no_score_error) else None
     if not args.no_flat:
-        emit({"codec": "flat", "pool": args.pool_factor, **score_run(rank(X, offsets, 8), data.qrels)})
-    rng = np.random.default_rng(0)
-    for rule, kmeans in [(r, k) for r in rules for k in args.kmeans.split(",")]:
-        coarse = coarse_for(rule, kmeans)
-        coarses.pop((rule, kmeans))  # 499k assignments and centroids: keep one at a time
-        nlist = len(coarse.centroids)
-        train_max = min(args.train_max, args.points_per_centroid * nlist)
-        R = X - coarse.centroids[coarse.assign]
-        sample = np.ascontiguousarray(R[rng.choice(len(R), min(len(R), args.code_train), replace=False)])
-        for code in [c for c in args.codes.split(",") if c]:
-            enc = residual_code(code, R, sample, args.opq_niter, args.opq_train)
-            decoded = coarse.centroids[coarse.assign] + enc.residuals
-            fixed = nlist * d * 4 + enc.codebook_bytes
-            row = {
-                "codec": f"IVF{nlist},{code}",
-                "rule": rule,
-                "kmeans": kmeans,
-                "assignment": "inner product" if kmeans == "spherical" else "L2",
-                "nlist": nlist,
-                "residual_energy": float(np.mean(np.sum(R**2, axis=1))),
-                "code": code,
-                "pool": args.pool_factor,
-                "code_bytes_per_vector": enc.code_bytes,
-                "bytes_per_token": (len(X) * (LIST_BYTES + enc.code_bytes + ROW_BYTES) + fixed) / n_tokens,
-                "bytes_per_token_ids8": (len(X) * (enc.code_bytes + ID_BYTES) + fixed) / n_tokens,
-                "fixed_bytes": fixed,
-                "mse": float(np.mean(np.sum((decoded - X) ** 2, axis=1))),
-                **score_run(rank(decoded, offsets, 8), data.qrels),
-                "kmeans_train_vectors": min(train_max, len(X)),
-                "kmeans_s": round(coarse.train_s, 1),
-                "code_train_s": round(enc.train_s, 1),
-                "train_s": round(coarse.train_s + enc.train_s, 1),
-                "assign_s": round(coarse.assign_s, 1),
-                "code_encode_s": round(enc.encode_s, 1),
-                "encode_vectors_per_s": round(len(X) / (coarse.assign_s + enc.encode_s)),
-            }
-            emit(row)
+        emit({"codec": "flat", "pool": args.pool_factor, **scored(flat2, data.qrels)})
+    ref = reference(Q, X, offsets, flat2, ids, qids) if flat2 is not None else None
+    for seed in [int(x) for x in args.engine_quantizer.split(",") if x]:
+        emit(engine_row(seed, X, offsets, Q, ref, rank, data.qrels))
+    for rule, kmeans, niter in [(r, k, int(n)) for r in rules for k in args.kmeans.split(",") for n in niters]:
+        coarse = coarse_for(rule, kmeans, niter)
+        coarses.pop((rule, kmeans, niter))  # 499k assignments and centroids: keep one at a time
+        setting = {"rule": rule, "kmeans": kmeans, "niter": niter}
+        for row in code_rows(args, coarse, X, offsets, Q, ref, rank, data.qrels, n_tokens):
+            emit({**setting, **row})
     if args.confirm:
-        for row in confirm(args.confirm, args, encoder, data, docs, Q):
+        for row in confirm(args.confirm, args, encoder, data, docs, Q, (X, offsets, ref, rank)):
             emit(row)
 
 

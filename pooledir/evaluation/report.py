@@ -470,6 +470,14 @@ RESULTS_PAGES = (
                     "assign_nfcorpus_dev_PQ16x8",  # code_rule.md: 6,721 vs 8,192 lists x L2 vs spherical/IP
                     "assign_nfcorpus_dev_PQ16x8_seed7",
                     "assign_confirm_nfcorpus_dev_PQ16x8",  # the engine with L2 centroids (experiment, reverted)
+                    "gap_nfcorpus_dev_seed1234",  # code_rule.md (s10): the PQ's training residuals, in/out of sample
+                    "gap_split_nfcorpus_dev_seed1234",
+                    "gap_nfcorpus_dev_seed7",
+                    "gap_split_nfcorpus_dev_seed7",
+                    "gap_engine_faiss_nfcorpus_dev",  # the engine's own quantizer, 2 draws; faiss k-means
+                    "gap_confirm_nfcorpus_dev_PQ16x8",  # the engine's index at today's code, with diagnostics
+                    "gap_split_confirm_nfcorpus_dev_PQ16x8",  # the engine with factor 3 (experiment, reverted)
+                    "gap_codestudy_nfcorpus_dev",  # the code study's 98.10% row re-run: another PQ draw
                 )
             ),
             *(
