@@ -228,6 +228,23 @@ def test_search_checks_queries_before_loading_the_model(built, capsys, monkeypat
     one_error_line(code, err, "query 1 is empty")
 
 
+def test_search_prune_reaches_the_search_params(built, capsys, monkeypatch):
+    from pooledir.pooled_index import PooledIndex
+
+    seen = []
+    real = PooledIndex.search
+
+    def spy(self, queries, *args, params=None, **kwargs):
+        seen.append(params)
+        return real(self, queries, *args, params=params, **kwargs)
+
+    monkeypatch.setattr(PooledIndex, "search", spy)
+    for flags in ((), ("--prune",)):
+        code, out, _ = cli(capsys, "search", built, "cancer", "-k", "2", "--json", *flags)
+        assert code == 0 and len(json.loads(out.splitlines()[0])["results"]) == 2
+    assert [p.prune for p in seen] == [False, True]
+
+
 def test_info_names_the_device(built, capsys):
     code, out, _ = cli(capsys, "info", built)
     assert code == 0 and "device: cpu" in out

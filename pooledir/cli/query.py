@@ -14,6 +14,7 @@ from pooledir.cli._common import (
     Candidates,
     Device,
     NProbe,
+    Prune,
     QueryBackend,
     Rerank,
     holding,
@@ -29,6 +30,7 @@ def search(
     nprobe: NProbe = None,
     candidates: Candidates = None,
     rerank: Rerank = None,
+    prune: Prune = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     mode: Annotated[
         str, typer.Option(help="dense (MaxSim), lexical (BM25 over the text) or hybrid (both, fused).")
@@ -41,7 +43,7 @@ def search(
     from pooledir.search import SearchParams
 
     check_mode(mode)
-    params = SearchParams.from_optional(k, nprobe, candidates, rerank)
+    params = SearchParams.from_optional(k, nprobe, candidates, rerank, prune)
     with open_index(index_dir, encodes=True, device=device, query_backend=query_backend) as idx:
         results = idx.search(queries, params=params, with_text=True, mode=mode)
     for query, hits in zip(queries, results):

@@ -110,7 +110,7 @@ class CentroidLane:
 
     ``centroids`` is shared by every snapshot of the same quantizer; ``segments`` are the snapshot's pq3
     readers (their files mapped, their live bitmaps and document tables as of that commit); ``thresholds``
-    the centroid-score pruning of step b by k (None: none).
+    the centroid-score pruning of step b by k (None: :data:`THRESHOLDS` where ``SearchParams.prune`` asks, else none).
     """
 
     def __init__(
@@ -125,7 +125,8 @@ class CentroidLane:
 
     def candidates(self, queries: np.ndarray, params: SearchParams) -> list[np.ndarray]:
         """Per query (nq, Lq, d) the doc_ints to score by exact MaxSim, at the depths of ``params`` (SearchParams)."""
-        depths = replace(depths_for(params), threshold=threshold_for(params.k, self.thresholds))
+        table = self.thresholds if self.thresholds is not None else THRESHOLDS if params.prune else None
+        depths = replace(depths_for(params), threshold=threshold_for(params.k, table))
         return self.at_depths(queries, depths)
 
     def at_depths(self, queries: np.ndarray, depths: LaneDepths) -> list[np.ndarray]:

@@ -76,6 +76,9 @@ class SearchOptions(BaseModel):
     rerank: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = Field(
         None, description="candidates scored by full MaxSim"
     )
+    prune: StrictBool = Field(
+        False, description="centroid-score pruning in format-3 indexes' candidate lists (faster; SearchParams.prune)"
+    )
     with_text: StrictBool = False
     filter: dict[FilterField, FilterValue] | None = Field(
         None,

@@ -320,6 +320,24 @@ def test_the_pruned_lane_cuts_lists_and_still_finds_the_top_k(index, k, floor):
         np.testing.assert_array_equal(a, b)
 
 
+def test_search_params_prune_turns_on_the_tuned_thresholds(index):
+    """``SearchParams(prune=True)`` (the CLI's ``--prune``, the service's ``"prune": true``) gives the candidates
+    of a lane built with :data:`THRESHOLDS`, and the facade's answers are those of that lane; off by default."""
+    snap = engine(index).snapshot
+    (default,) = snap.sources()
+    assert default.thresholds is None
+    Q = clustered_queries(20)
+    pruned = CentroidLane(default.centroids, list(snap.segments), THRESHOLDS)
+    on, off = SearchParams(k=10, prune=True), SearchParams(k=10)
+    got, want, plain = default.candidates(Q, on), pruned.candidates(Q, off), default.candidates(Q, off)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert any(len(a) != len(b) or (a != b).any() for a, b in zip(got, plain))  # the knob changes the lists
+    found = search_embeddings(Q, pruned, snap.fetch, off, snap.live_docs())
+    answers = index.search_embeddings(Q, on)
+    assert [[h.id for h in hits] for hits in answers] == [engine(index).store.ext_ids(d) for d, _ in found]
+
+
 def test_pairs_already_in_document_order_are_not_sorted_again(monkeypatch):
     """One segment's (doc, list) pairs come in ascending document order: the interaction skips the sort and
     scores exactly as on the same pairs shuffled."""

@@ -71,6 +71,7 @@ def test_lone_surrogates_are_422_with_a_message(shared_client, method, url, body
         ({"query": "x", "nprobe": "4"}, "valid integer"),
         ({"query": "x", "rerank": False}, "valid integer"),
         ({"query": "x", "with_text": 1}, "valid boolean"),
+        ({"query": "x", "prune": "yes"}, "valid boolean"),
         ({"query": "x" * 2001}, "query 0 has 2001 characters; this service takes at most 2000"),
         ({"queries": ["ok", "y" * 2500]}, "query 1 has 2500 characters"),
     ],
@@ -81,6 +82,14 @@ def test_filters_and_knobs_are_strict(shared_client, body, message):
     assert r.status_code == 422, r.text
     assert message in detail_text(r)
     assert_nothing_lost(client)
+
+
+def test_prune_is_a_search_knob(shared_client):
+    for body in ({"query": "cancer", "k": 3, "prune": True}, {"query": "cancer", "k": 3, "prune": False}):
+        r = send(shared_client, "POST", SEARCH, body)
+        assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+    r = send(shared_client, "POST", BATCH, {"queries": ["cancer", "cells"], "k": 2, "prune": True})
+    assert r.status_code == 200 and [len(x) for x in r.json()["results"]] == [2, 2], r.text
 
 
 def test_extreme_filter_values_inside_the_range_work(shared_client):

@@ -25,7 +25,7 @@ router = APIRouter(prefix="/indexes/{name}/search", tags=["search"])
 def _params(opts: SearchOptions, max_k: int) -> SearchParams:
     if opts.k > max_k:
         raise HTTPException(422, f"k={opts.k} is above this service's limit {max_k}")
-    return SearchParams.from_optional(opts.k, opts.nprobe, opts.candidates_per_token, opts.rerank)
+    return SearchParams.from_optional(opts.k, opts.nprobe, opts.candidates_per_token, opts.rerank, opts.prune)
 
 
 def _run(handle: IndexHandle, queries: list[str], opts: SearchOptions, settings: Settings) -> list[list[Hit]]:
