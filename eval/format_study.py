@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ def confirm(
 
     ``probe`` (``(X, offsets, ref, rank)``): also score, as this study scores its rows, the probe's pooled vectors
     through the engine's quantizer and the vectors the engine stores, to tell a loss in its quantizer from one in
-    its index or its search.
+    its index or its search. Sizes are the engine folder's over the tokens before pooling (:func:`folder_bytes`).
     """
     m, _, bits = code.removeprefix("PQ").partition("x")
     config = IndexConfig(
@@ -204,6 +205,7 @@ def confirm(
         index.add(data.documents, embeddings=docs)
         build_s = time.perf_counter() - t
         info = index.info()
+        sizes = folder_bytes(index, sum(len(x) for x in docs))
         rows = []
         for name, params in (("default", SearchParams(k=100)), ("exhaustive", SearchParams(k=100, exhaustive=True))):
             t = time.perf_counter()
@@ -215,6 +217,7 @@ def confirm(
                     "code": code,
                     "pool": args.pool_factor,
                     "backend": info["backend"],
+                    **sizes,
                     "build_s": round(build_s, 1),
                     "search_s": round(search_s, 1),
                     **scored(run_from_hits(qids, hits), data.qrels),
@@ -224,6 +227,29 @@ def confirm(
             rows += engine_vs_probe(index, data, Q, *probe)
         index.close()
     return rows
+
+
+def folder_bytes(index: PooledIndex, n_tokens: int) -> dict:
+    """The engine folder's bytes per original token, as the harness counts them for ``format3/*`` runs.
+
+    ``bytes_per_token``: segments + quantizer + the document store less its text and metadata (the harness's
+    ``search_bytes`` of a dense search); ``vector_bytes_per_token``: segments + quantizer only;
+    ``folder_bytes_per_token``: every file of the folder.
+    """
+    files = index.describe().bytes
+    vectors = sum(v for k, v in files.items() if k.startswith(("segments", "quantizer")))
+    store = sum(v for k, v in files.items() if k.startswith("docs.sqlite"))
+    con = sqlite3.connect(f"file:{index.path / 'docs.sqlite'}?mode=ro", uri=True)
+    try:
+        sql = "SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB)) + LENGTH(metadata)), 0) FROM docs"
+        (text,) = con.execute(sql).fetchone()
+    finally:
+        con.close()
+    return {
+        "bytes_per_token": (vectors + max(0, store - text)) / n_tokens,
+        "vector_bytes_per_token": vectors / n_tokens,
+        "folder_bytes_per_token": sum(files.values()) / n_tokens,
+    }
 
 
 def centroid_candidates(Q: np.ndarray, coarse: Coarse, offsets: np.ndarray, n: int) -> list[np.ndarray]:
@@ -379,7 +405,11 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
         default="",
         help="','-separated sample seeds (0: the folder's draw): a row each for segments.train_quantizer's codes",
     )
-    ap.add_argument("--confirm", help="PQmxB: also build the engine's index at this code and score its search")
+    ap.add_argument(
+        "--confirm",
+        help="','-separated PQmxB: also build the engine's index at each code and score its search (the exact and"
+        " flat rows are computed once for all of them)",
+    )
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()
 
@@ -575,9 +605,9 @@ def main() -> None:  # noqa: D103
         setting = {"rule": rule, "kmeans": kmeans, "niter": niter}
         for row in code_rows(args, coarse, X, offsets, Q, ref, rank, data.qrels, n_tokens):
             emit({**setting, **row})
-    if args.confirm:
-        for row in confirm(args.confirm, args, encoder, data, docs, Q, (X, offsets, ref, rank)):
-            emit(row)
+    for code in [c for c in (args.confirm or "").split(",") if c]:
+        for row in confirm(code, args, encoder, data, docs, Q, (X, offsets, ref, rank)):
+            emit({**row, "code": code})
 
 
 if __name__ == "__main__":
