@@ -35,6 +35,7 @@ import numpy as np
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams, maxsim, pool_embeddings
 from pooledir.evaluation import encode_cached, load_beir, machine_info, run_from_hits, score_run
 from pooledir.index import segments
+from pooledir.lexical import TABLE as LEXICAL_TABLE
 
 LIST_BYTES = 2  # the list number in an IVF standalone code for <= 65,536 lists
 ROW_BYTES = 4  # a uint32 local row per vector in the inverted lists
@@ -232,9 +233,10 @@ def confirm(
 def folder_bytes(index: PooledIndex, n_tokens: int) -> dict:
     """The engine folder's bytes per original token, as the harness counts them for ``format3/*`` runs.
 
-    ``bytes_per_token``: segments + quantizer + the document store less its text and metadata (the harness's
-    ``search_bytes`` of a dense search); ``vector_bytes_per_token``: segments + quantizer only;
-    ``folder_bytes_per_token``: every file of the folder.
+    ``bytes_per_token``: segments + quantizer + the document store less its text, metadata and lexical (FTS5)
+    tables (the harness's ``search_bytes`` of a dense search); ``vector_bytes_per_token``: segments + quantizer
+    only; ``folder_bytes_per_token``: every file of the folder. (Before 2026-12-07 15:50 UTC ``bytes_per_token``
+    here still counted the FTS5 tables: ``code3_*`` rows.)
     """
     files = index.describe().bytes
     vectors = sum(v for k, v in files.items() if k.startswith(("segments", "quantizer")))
@@ -243,10 +245,12 @@ def folder_bytes(index: PooledIndex, n_tokens: int) -> dict:
     try:
         sql = "SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB)) + LENGTH(metadata)), 0) FROM docs"
         (text,) = con.execute(sql).fetchone()
+        sql = f"SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE '{LEXICAL_TABLE}%'"
+        (lexical,) = con.execute(sql).fetchone()
     finally:
         con.close()
     return {
-        "bytes_per_token": (vectors + max(0, store - text)) / n_tokens,
+        "bytes_per_token": (vectors + max(0, store - text - lexical)) / n_tokens,
         "vector_bytes_per_token": vectors / n_tokens,
         "folder_bytes_per_token": sum(files.values()) / n_tokens,
     }
