@@ -208,7 +208,8 @@ def confirm(
         info = index.info()
         sizes = folder_bytes(index, sum(len(x) for x in docs))
         rows = []
-        for name, params in (("default", SearchParams(k=100)), ("exhaustive", SearchParams(k=100, exhaustive=True))):
+        searches = (("default", SearchParams(k=100)), ("exhaustive", SearchParams(k=100, exhaustive=True)))
+        for name, params in searches[: 1 if args.confirm_lean else 2]:
             t = time.perf_counter()
             hits = index.search_embeddings(Q, params)
             search_s = time.perf_counter() - t
@@ -225,7 +226,7 @@ def confirm(
                 }
             )
         if probe is not None:
-            rows += engine_vs_probe(index, data, Q, *probe)
+            rows += engine_vs_probe(index, data, Q, *probe, lean=args.confirm_lean)
         index.close()
     return rows
 
@@ -414,6 +415,11 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
         help="','-separated PQmxB: also build the engine's index at each code and score its search (the exact and"
         " flat rows are computed once for all of them)",
     )
+    ap.add_argument(
+        "--confirm-lean",
+        action="store_true",
+        help="engine rows: the default search and the stored vectors only (no exhaustive search, no probe-coded row)",
+    )
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()
 
@@ -473,8 +479,13 @@ def code_rows(args, coarse: Coarse, X, offsets, Q, ref: Reference | None, rank, 
         }
 
 
-def engine_vs_probe(index: PooledIndex, data, Q, X, offsets, ref: Reference | None, rank) -> list[dict]:
-    """Rows scoring (a) the probe's pooled vectors coded by the engine's quantizer, (b) the engine's stored vectors."""
+def engine_vs_probe(
+    index: PooledIndex, data, Q, X, offsets, ref: Reference | None, rank, lean: bool = False
+) -> list[dict]:
+    """Rows scoring (a) the probe's pooled vectors coded by the engine's quantizer, (b) the engine's stored vectors.
+
+    ``lean``: (b) only, with (a)'s equality check (``max_abs_vs_probe_coded``) still made.
+    """
     q = index.quantizer
     coded = np.asarray(q.sa_decode(segments.sa_encode(q, X)))
     ids = [d.id for d in data.documents]
@@ -490,9 +501,10 @@ def engine_vs_probe(index: PooledIndex, data, Q, X, offsets, ref: Reference | No
             **(score_error_or_none(ref, Q, stored, offs) if same_layout else {}),
         },
     ]
-    rows[0].update(scored(rank(coded, offsets, 8), data.qrels))
+    if not lean:
+        rows[0].update(scored(rank(coded, offsets, 8), data.qrels))
     rows[1].update(scored(rank(stored, offs, 8), data.qrels))
-    return rows
+    return rows[1:] if lean else rows
 
 
 def score_error_or_none(ref: Reference | None, Q, decoded, offsets) -> dict:
