@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import numpy as np
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams, maxsim, pool_embeddings
 from pooledir.evaluation import encode_cached, load_beir, machine_info, run_from_hits, score_run
 from pooledir.index import segments
+from pooledir.lexical import TABLE as LEXICAL_TABLE
 
 LIST_BYTES = 2  # the list number in an IVF standalone code for <= 65,536 lists
 ROW_BYTES = 4  # a uint32 local row per vector in the inverted lists
@@ -191,7 +193,7 @@ def confirm(
 
     ``probe`` (``(X, offsets, ref, rank)``): also score, as this study scores its rows, the probe's pooled vectors
     through the engine's quantizer and the vectors the engine stores, to tell a loss in its quantizer from one in
-    its index or its search.
+    its index or its search. Sizes are the engine folder's over the tokens before pooling (:func:`folder_bytes`).
     """
     m, _, bits = code.removeprefix("PQ").partition("x")
     config = IndexConfig(
@@ -204,8 +206,10 @@ def confirm(
         index.add(data.documents, embeddings=docs)
         build_s = time.perf_counter() - t
         info = index.info()
+        sizes = folder_bytes(index, sum(len(x) for x in docs))
         rows = []
-        for name, params in (("default", SearchParams(k=100)), ("exhaustive", SearchParams(k=100, exhaustive=True))):
+        searches = (("default", SearchParams(k=100)), ("exhaustive", SearchParams(k=100, exhaustive=True)))
+        for name, params in searches[: 1 if args.confirm_lean else 2]:
             t = time.perf_counter()
             hits = index.search_embeddings(Q, params)
             search_s = time.perf_counter() - t
@@ -215,15 +219,42 @@ def confirm(
                     "code": code,
                     "pool": args.pool_factor,
                     "backend": info["backend"],
+                    **sizes,
                     "build_s": round(build_s, 1),
                     "search_s": round(search_s, 1),
                     **scored(run_from_hits(qids, hits), data.qrels),
                 }
             )
         if probe is not None:
-            rows += engine_vs_probe(index, data, Q, *probe)
+            rows += engine_vs_probe(index, data, Q, *probe, lean=args.confirm_lean)
         index.close()
     return rows
+
+
+def folder_bytes(index: PooledIndex, n_tokens: int) -> dict:
+    """The engine folder's bytes per original token, as the harness counts them for ``format3/*`` runs.
+
+    ``bytes_per_token``: segments + quantizer + the document store less its text, metadata and lexical (FTS5)
+    tables (the harness's ``search_bytes`` of a dense search); ``vector_bytes_per_token``: segments + quantizer
+    only; ``folder_bytes_per_token``: every file of the folder. (Before 2026-12-07 15:50 UTC ``bytes_per_token``
+    here still counted the FTS5 tables: ``code3_*`` rows.)
+    """
+    files = index.describe().bytes
+    vectors = sum(v for k, v in files.items() if k.startswith(("segments", "quantizer")))
+    store = sum(v for k, v in files.items() if k.startswith("docs.sqlite"))
+    con = sqlite3.connect(f"file:{index.path / 'docs.sqlite'}?mode=ro", uri=True)
+    try:
+        sql = "SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB)) + LENGTH(metadata)), 0) FROM docs"
+        (text,) = con.execute(sql).fetchone()
+        sql = f"SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name LIKE '{LEXICAL_TABLE}%'"
+        (lexical,) = con.execute(sql).fetchone()
+    finally:
+        con.close()
+    return {
+        "bytes_per_token": (vectors + max(0, store - text - lexical)) / n_tokens,
+        "vector_bytes_per_token": vectors / n_tokens,
+        "folder_bytes_per_token": sum(files.values()) / n_tokens,
+    }
 
 
 def centroid_candidates(Q: np.ndarray, coarse: Coarse, offsets: np.ndarray, n: int) -> list[np.ndarray]:
@@ -379,7 +410,16 @@ def parse_args() -> argparse.Namespace:  # noqa: D103
         default="",
         help="','-separated sample seeds (0: the folder's draw): a row each for segments.train_quantizer's codes",
     )
-    ap.add_argument("--confirm", help="PQmxB: also build the engine's index at this code and score its search")
+    ap.add_argument(
+        "--confirm",
+        help="','-separated PQmxB: also build the engine's index at each code and score its search (the exact and"
+        " flat rows are computed once for all of them)",
+    )
+    ap.add_argument(
+        "--confirm-lean",
+        action="store_true",
+        help="engine rows: the default search and the stored vectors only (no exhaustive search, no probe-coded row)",
+    )
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pooledir-eval"))
     return ap.parse_args()
 
@@ -439,8 +479,13 @@ def code_rows(args, coarse: Coarse, X, offsets, Q, ref: Reference | None, rank, 
         }
 
 
-def engine_vs_probe(index: PooledIndex, data, Q, X, offsets, ref: Reference | None, rank) -> list[dict]:
-    """Rows scoring (a) the probe's pooled vectors coded by the engine's quantizer, (b) the engine's stored vectors."""
+def engine_vs_probe(
+    index: PooledIndex, data, Q, X, offsets, ref: Reference | None, rank, lean: bool = False
+) -> list[dict]:
+    """Rows scoring (a) the probe's pooled vectors coded by the engine's quantizer, (b) the engine's stored vectors.
+
+    ``lean``: (b) only, with (a)'s equality check (``max_abs_vs_probe_coded``) still made.
+    """
     q = index.quantizer
     coded = np.asarray(q.sa_decode(segments.sa_encode(q, X)))
     ids = [d.id for d in data.documents]
@@ -456,9 +501,10 @@ def engine_vs_probe(index: PooledIndex, data, Q, X, offsets, ref: Reference | No
             **(score_error_or_none(ref, Q, stored, offs) if same_layout else {}),
         },
     ]
-    rows[0].update(scored(rank(coded, offsets, 8), data.qrels))
+    if not lean:
+        rows[0].update(scored(rank(coded, offsets, 8), data.qrels))
     rows[1].update(scored(rank(stored, offs, 8), data.qrels))
-    return rows
+    return rows[1:] if lean else rows
 
 
 def score_error_or_none(ref: Reference | None, Q, decoded, offsets) -> dict:
@@ -575,9 +621,9 @@ def main() -> None:  # noqa: D103
         setting = {"rule": rule, "kmeans": kmeans, "niter": niter}
         for row in code_rows(args, coarse, X, offsets, Q, ref, rank, data.qrels, n_tokens):
             emit({**setting, **row})
-    if args.confirm:
-        for row in confirm(args.confirm, args, encoder, data, docs, Q, (X, offsets, ref, rank)):
-            emit(row)
+    for code in [c for c in (args.confirm or "").split(",") if c]:
+        for row in confirm(code, args, encoder, data, docs, Q, (X, offsets, ref, rank)):
+            emit({**row, "code": code})
 
 
 if __name__ == "__main__":

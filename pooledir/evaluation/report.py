@@ -478,6 +478,8 @@ RESULTS_PAGES = (
                     "gap_confirm_nfcorpus_dev_PQ16x8",  # the engine's index at today's code, with diagnostics
                     "gap_split_confirm_nfcorpus_dev_PQ16x8",  # the engine with factor 3 (experiment, reverted)
                     "gap_codestudy_nfcorpus_dev",  # the code study's 98.10% row re-run: another PQ draw
+                    "code3_nfcorpus_dev",  # code_rule.md (s11): the engine at PQ16x8, PQ16x10, PQ32x6
+                    "code3_scifact_train",
                 )
             ),
             *(
