@@ -129,6 +129,18 @@ def test_a_failed_index_leaves_nothing_that_blocks_the_retry(tmp_path, tiny_ckpt
     assert code == 0 and "40 documents" in out_text, err
 
 
+def test_index_records_the_pq_shape_it_was_given(tmp_path, tiny_ckpt, tiny_beir, capsys):
+    out = tmp_path / "idx"
+    args = ("index", tiny_beir, "--out", out, "--checkpoint", tiny_ckpt, "--device", "cpu", "--pq-m", "8")
+    code, _, err = cli(capsys, *args, "--pq-nbits", "6")
+    assert code == 0, err
+    code, text, _ = cli(capsys, "info", out, "--json")
+    config = json.loads(text)["config"]
+    assert code == 0 and (config["pq_m"], config["pq_nbits"]) == (8, 6)
+    code, _, err = cli(capsys, *args[:3], tmp_path / "bad", *args[4:], "--pq-nbits", "17")
+    one_error_line(code, err, "pq_nbits=17 must be between 1 and 16")
+
+
 def test_out_that_cannot_be_an_index_folder(tmp_path, tiny_ckpt, tiny_beir, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep me")

@@ -59,8 +59,20 @@ def index(
     ] = None,
     index_type: Annotated[str, typer.Option("--index", help="ivfpq (compressed) or flat (exact).")] = "ivfpq",
     keep_exact: Annotated[bool, typer.Option(help="Also store float16 vectors for exact MaxSim.")] = False,
-    nlist: Annotated[int | None, typer.Option(help="IVF lists (default: ≈4·√vectors of the first add).")] = None,
-    pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers (default: dim/2).")] = None,
+    nlist: Annotated[
+        int | None,
+        typer.Option(
+            help="IVF lists (default: PLAID's 2^floor(log2(16·√N)) for N vectors, at most 1 per 39 trained on)."
+        ),
+    ] = None,
+    pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers (default: dim/8, 16 for 128-d vectors).")] = None,
+    pq_nbits: Annotated[
+        int | None,
+        typer.Option(
+            help="Bits per sub-quantizer code (default 8). --pq-m 32 --pq-nbits 6 (24-byte codes) kept more nDCG@10 "
+            "than the default on the tuning sets, at about 1.3x its bytes (eval/results/code_rule.md)."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Index only the first N documents.")] = None,
     batch_size: Annotated[int, typer.Option(help="Documents per encoder batch.")] = 32,
     chunk_docs: Annotated[
@@ -98,7 +110,7 @@ def index(
     check_backends(document_backend=document_backend)
     _check_sources(corpus, embeddings, use_ray, split_passages or passage_stride is not None)
     config = _index_config(
-        index_type, pool_factor, pool_threshold, keep_exact, nlist, pq_m, passage_stride, train_sample
+        index_type, pool_factor, pool_threshold, keep_exact, (nlist, pq_m, pq_nbits), passage_stride, train_sample
     )
     options = BuildOptions(
         checkpoint=checkpoint,
@@ -147,15 +159,18 @@ def _index_config(
     pool_factor: int | None,
     pool_threshold: float | None,
     keep_exact: bool,
-    nlist: int | None,
-    pq_m: int | None,
+    shape: tuple[int | None, int | None, int | None],
     passage_stride: int | None,
     train_sample: int | None,
 ) -> IndexConfig:
-    """The new index's settings from the options, checked (pool factor 2 unless told)."""
+    """The new index's settings from the options, checked (pool factor 2 unless told).
+
+    ``shape``: nlist, pq_m, pq_nbits (None: the index's defaults).
+    """
     from pooledir.errors import InputError
     from pooledir.pooled_index import IndexConfig
 
+    nlist, pq_m, pq_nbits = shape
     if pool_threshold is not None and pool_factor is not None:
         raise InputError(
             f"--pool-threshold {pool_threshold:g} and --pool-factor {pool_factor} both choose how far documents "
@@ -172,6 +187,8 @@ def _index_config(
     )
     if train_sample is not None:
         config = replace(config, train_sample=train_sample)
+    if pq_nbits is not None:
+        config = replace(config, pq_nbits=pq_nbits)
     config.check()
     return config
 
