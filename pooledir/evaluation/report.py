@@ -480,6 +480,8 @@ RESULTS_PAGES = (
                     "gap_codestudy_nfcorpus_dev",  # the code study's 98.10% row re-run: another PQ draw
                     "code3_nfcorpus_dev",  # code_rule.md (s11): the engine at PQ16x8, PQ16x10, PQ32x6
                     "code3_scifact_train",
+                    "code3_speed_nfcorpus_dev",  # code_rule.md (s11 addendum): the speed guard, one process, interleaved
+                    "code3_speed_scifact_train",
                 )
             ),
             *(
