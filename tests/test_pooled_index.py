@@ -115,7 +115,7 @@ def test_a_commit_that_is_not_a_number_is_corruption(flat, tiny_encoder):
 
 def test_pq_m_must_divide_the_dimension_at_creation(tmp_path, tiny_encoder):
     """faiss would only fail when the index trains, thousands of documents later."""
-    with pytest.raises(InputError, match=r"pq_m=7 must divide the vector dimension 16; pass a divisor such as 2"):
+    with pytest.raises(InputError, match=r"pq_m=7 must divide the vector dimension 16; pass a divisor such as 4"):
         PooledIndex.create(tmp_path / "i", config=IndexConfig(pq_m=7), device="cpu", encoder=tiny_encoder)
     assert not (tmp_path / "i").exists()
 
@@ -207,7 +207,8 @@ def test_retraining_keeps_the_codec_the_index_was_trained_with(
     """An index trained under an older default (here 1 sub-quantizer) keeps it when re-trained later."""
     import pooledir.index.segments as segments
 
-    monkeypatch.setattr(segments, "default_pq_m", lambda dim, legacy=False: 1)  # the default when the index was made
+    # the default when the index was made
+    monkeypatch.setattr(segments, "default_pq_m", lambda dim, legacy=False, nbits=None: 1)
     idx = make_index(tmp_path / "old", tiny_encoder, tiny_docs, tiny_embeddings)
     assert idx.info()["backend"]["pq_m"] == 1
     monkeypatch.undo()  # today's default differs

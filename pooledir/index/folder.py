@@ -518,7 +518,7 @@ class IndexFolder:
     def _train(self, idx: list[int], keep_codec: bool = True) -> Faiss:
         """Train a quantizer on a sample of the live vectors (exact where kept, else decoded).
 
-        ``keep_codec``: as many sub-quantizers as the current quantizer has, unless the config names a number.
+        ``keep_codec``: as many sub-quantizers and bits as the current quantizer has, unless the config names them.
         """
         snap, c = self.snapshot, self.config
         sizes = np.array([snap.segments[i].n_live for i in idx], dtype=np.int64)
@@ -539,9 +539,11 @@ class IndexFolder:
                 at += len(mine)
         # a re-training keeps the codec the index was trained with unless the config names one: an index made
         # before the default changed (pq_m 16 -> 64) must not grow 2.5x, and re-encode lossily, on re-training
-        pq_m = c.pq_m or (int(snap.quantizer.pq.M) if snap.quantizer is not None and keep_codec else None)
+        q = snap.quantizer if keep_codec else None
+        pq_m = c.pq_m or (int(q.pq.M) if q is not None else None)
+        pq_nbits = c.pq_nbits or (kept_nbits(q, min(snap.trained_vectors, c.train_sample)) if q is not None else None)
         legacy = self.pq_kind == "pq"
-        return train_quantizer(sample, total, c.nlist, pq_m, c.pq_nbits, self.use_gpu, legacy)
+        return train_quantizer(sample, total, c.nlist, pq_m, pq_nbits, self.use_gpu, legacy)
 
     def close(self) -> None:
         """Release the snapshot and the store."""
@@ -595,3 +597,13 @@ def _live_exact(seg: SegmentReader) -> np.ndarray:
     if seg.exact is None:  # keep_exact is fixed at creation: every segment of such an index has its copy
         raise IndexCorruptError(f"a segment of kind {seg.kind!r} has no exact copy, though the index keeps them")
     return np.asarray(seg.exact[ranges(seg.starts, seg.counts)])
+
+
+def kept_nbits(quantizer: Faiss, n_trained: int) -> int | None:
+    """The bits a re-training keeps from ``quantizer`` (trained on ``n_trained`` vectors), or None (the default).
+
+    :func:`~pooledir.index.segments.train_quantizer` lowers the bits of a sample smaller than 2**bits to
+    floor(log2(n)): bits that a small sample forced are not a codec to keep once the index has grown.
+    """
+    bits = int(quantizer.pq.nbits)
+    return bits if n_trained >= 2 << bits else None

@@ -103,7 +103,10 @@ class IndexConfig:
         ``pool_factor``. Set with the default ``pool_factor`` only, as the factor is then unused.
     protected_tokens : leading vectors never pooled (1 = [CLS]).
     nlist, pq_m, pq_nbits : IVF-PQ shape; ``None`` = ``2**floor(log2(16·√N))`` lists (N at training, at least
-        39 training vectors a list) and dim/4 sub-quantizers (format 2 folders: ≈4·√N lists and dim/2).
+        39 training vectors a list) and dim/4 sub-quantizers of 6 bits (PQ32x6 at 128 d: eval/results/
+        format_rule.md and code_rule.md's s11 rule); with ``pq_nbits=8`` (what manifests before s11 record)
+        dim/8; format 2 folders: ≈4·√N lists, dim/2 and 8 bits. A re-training keeps the sub-quantizers and
+        bits the index has unless these name them.
     keep_exact : also keep float16 vectors so MaxSim scores exactly (more disk).
     train_sample : vectors sampled to train IVF-PQ.
     train_min_vectors : an IVF-PQ index keeps its vectors exact (flat segments) until it holds this
@@ -125,7 +128,7 @@ class IndexConfig:
     protected_tokens: int = 1
     nlist: int | None = None
     pq_m: int | None = None
-    pq_nbits: int = 8
+    pq_nbits: int | None = None
     keep_exact: bool = False
     train_sample: int = 262_144
     train_min_vectors: int = 10_000
@@ -150,7 +153,7 @@ class IndexConfig:
             raise InputError(f"protected_tokens={self.protected_tokens} must be >= 0")
         if self.nlist is not None and self.nlist < 1:
             raise InputError(f"nlist={self.nlist} must be >= 1")
-        if not 1 <= self.pq_nbits <= 16:
+        if self.pq_nbits is not None and not 1 <= self.pq_nbits <= 16:
             raise InputError(f"pq_nbits={self.pq_nbits} must be between 1 and 16")
         if self.train_sample < 1:
             raise InputError(f"train_sample={self.train_sample} must be >= 1")

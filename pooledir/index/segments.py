@@ -79,9 +79,15 @@ ASSIGN_BLOCK_BYTES = 1 << 26
 BLAS_ASSIGN_MIN_ROWS = 1024
 #: PQ codebooks train on at most this many residuals per codeword (faiss's default 256: 65,536 per sub-quantizer)
 PQ_POINTS_PER_CENTROID = 256
-#: dimensions per sub-quantizer of a new (format 3) index: dim/8 = 16 at 128 d (1 bit a dimension), the rule in
-#: eval/results/format_rule.md applied to eval/results/format_study/
-DIMS_PER_SUBQUANTIZER = 8
+#: the code of a new (format 3) index whose config names none: PQ32x6 at 128 d (dim/4 sub-quantizers of 6 bits,
+#: 24 B a vector), eval/results/code_rule.md's s11 rule on the engine's own index (format_study/code3_*)
+DIMS_PER_SUBQUANTIZER = 4
+PQ_NBITS = 6
+#: sub-quantizers of an 8-bit format 3 code: dim/8 (PQ16x8 at 128 d), the default before s11 (format_rule.md);
+#: every manifest written before s11 records ``pq_nbits: 8`` and so keeps that code
+DIMS_PER_SUBQUANTIZER_8BIT = 8
+#: bits per PQ code of a format 2 folder (every format 2 manifest records them; a config without them gets these)
+LEGACY_PQ_NBITS = 8
 
 
 def default_nlist(n_vectors: int, n_train: int | None = None) -> int:
@@ -112,19 +118,33 @@ def planned_nlist(n_total: int, n_sample: int, legacy: bool = False) -> int:
     return min(auto, max(1, n_sample))
 
 
-def default_pq_m(dim: int, legacy: bool = False) -> int:
-    """dim/8 sub-quantizers (16 for 128-d) for format 3, dim/2 for format 2, rounded down to a GPU-legal divisor.
+def default_pq_m(dim: int, legacy: bool = False, nbits: int | None = None) -> int:
+    """Sub-quantizers when the config names none, rounded down to a GPU-legal divisor of ``dim``.
 
-    Format 2 (coarse lists ≈4·√N): dim/2 was the smallest of dim/8, dim/4, dim/2 that kept >= 99% on both
-    tuning sets (eval/results/codec_rule.md). Format 3 (PLAID's finer lists): no PQ16/PQ32 candidate kept 99%
-    of exact unpooled nDCG@10 on NFCorpus dev in the codec study; PQ16 had the highest share there (98.5%
-    against 97.2%), so eval/results/format_rule.md's fallback picks it, at half PQ32's code bytes.
+    Format 3 at :data:`PQ_NBITS` bits (``nbits`` None): dim/4 (32 for 128-d), eval/results/code_rule.md's s11
+    rule, which found PQ32x6's score error 26% below PQ16x8's on NFCorpus dev on the engine's own index. Format 3
+    at other bits (the ``pq_nbits: 8`` older manifests record): dim/8, the PQ16x8 of eval/results/format_rule.md.
+    Format 2 (coarse lists ≈4·√N): dim/2, the smallest of dim/8, dim/4, dim/2 that kept >= 99% on both tuning
+    sets (eval/results/codec_rule.md).
     """
-    want = dim // 2 if legacy else dim // DIMS_PER_SUBQUANTIZER
+    if legacy:
+        want = dim // 2
+    elif nbits is None or nbits == PQ_NBITS:
+        want = dim // DIMS_PER_SUBQUANTIZER
+    else:
+        want = dim // DIMS_PER_SUBQUANTIZER_8BIT
     for m in sorted(GPU_PQ_M, reverse=True):
         if m <= max(1, want) and dim % m == 0:
             return m
     return 1
+
+
+def default_pq_nbits(legacy: bool = False) -> int:
+    """Bits per PQ code when the config names none: :data:`PQ_NBITS` for format 3, 8 for format 2.
+
+    Manifests written before the s11 default (eval/results/code_rule.md) record ``pq_nbits: 8`` and keep it.
+    """
+    return LEGACY_PQ_NBITS if legacy else PQ_NBITS
 
 
 # -- durable files ------------------------------------------------------------------------------------------------
@@ -251,22 +271,24 @@ def train_quantizer(
     n_total: int,
     nlist: int | None,
     pq_m: int | None,
-    pq_nbits: int,
+    pq_nbits: int | None,
     use_gpu: bool = False,
     legacy: bool = False,
 ) -> Faiss:
     """An empty, trained ``IndexIVFPQ`` (inner product, by residual): coarse centroids + PQ codebooks.
 
     Lists are sized for the ``n_total`` vectors the index holds (:func:`default_nlist`; ``legacy``: format 2's
-    :func:`default_nlist_v2` and dim/2 sub-quantizers), never beyond what the sample can train; PQ bits drop
-    only when the sample is smaller than 2**bits. On CPU the coarse k-means and the residuals run on numpy's
-    BLAS (:func:`spherical_kmeans`, :func:`assign_lists`): faiss's own flat search assigned 2-3x slower here.
+    :func:`default_nlist_v2` and dim/2 sub-quantizers), never beyond what the sample can train; ``pq_m`` and
+    ``pq_nbits`` None: :func:`default_pq_m`, :func:`default_pq_nbits`. PQ bits drop only when the sample is
+    smaller than 2**bits. On CPU the coarse k-means and the residuals run on numpy's BLAS
+    (:func:`spherical_kmeans`, :func:`assign_lists`): faiss's own flat search assigned 2-3x slower here.
     """
     faiss = _faiss()
 
     n, dim = sample.shape
     nlist = min(nlist, max(1, n)) if nlist else planned_nlist(n_total, n, legacy)
-    pq_m = pq_m or default_pq_m(dim, legacy)
+    pq_nbits = pq_nbits or default_pq_nbits(legacy)
+    pq_m = pq_m or default_pq_m(dim, legacy, pq_nbits)  # the bits asked for, not those a small sample lowers
     nbits = pq_nbits
     if n < (1 << nbits):  # faiss needs >= 2**nbits training points per codebook
         nbits = max(1, int(math.log2(max(n, 2))))
@@ -283,7 +305,7 @@ def train_quantizer(
     if not legacy:
         index.cp.niter = COARSE_NITER
     x = np.ascontiguousarray(sample, dtype=np.float32)
-    if use_gpu and nbits == 8 and faiss_gpu_available():
+    if use_gpu and nbits == 8 and faiss_gpu_available():  # faiss's GPU IVF-PQ: 8-bit codes only; others on CPU
         index = _train_on_gpu(index, x, pq_m)
     else:
         _train_on_cpu(index, x)

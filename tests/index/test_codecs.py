@@ -95,7 +95,7 @@ def test_pq3_index_against_the_flat_oracle(tmp_path):
     agree (0.88 measured).
     """
     flat = create(tmp_path / "flat", backend="flat")
-    pq3 = create(tmp_path / "pq3", backend="ivfpq", train_min_vectors=1000, pq_m=8)
+    pq3 = create(tmp_path / "pq3", backend="ivfpq", train_min_vectors=1000, pq_m=8, pq_nbits=8)  # the stated code
     ids, seeds = [f"d{i}" for i in range(300)], list(range(300))
     add(flat, ids, seeds)
     add(pq3, ids, seeds)
@@ -221,8 +221,9 @@ def test_a_one_document_pq3_segment_is_small(tmp_path):
     idx = pq3_folder(tmp_path / "i")
     one = idx.info()["segments"][1]
     size = segment_file(tmp_path / "i", one["id"]).stat().st_size
-    code_size = engine(idx).snapshot.quantizer.sa_code_size()  # 1 byte of list number (8 lists) + pq_m dim/8 = 2
-    assert code_size == 3
+    # 1 byte of list number (8 lists) + the default PQ's dim/4 = 4 codes of 6 bits = 3 bytes
+    code_size = engine(idx).snapshot.quantizer.sa_code_size()
+    assert code_size == 4
     assert size <= 64 + one["vectors"] * (code_size + 4) + 4 * (2 * one["vectors"] + 1) + 3 * 8 + FOOTER.size
 
 

@@ -122,7 +122,7 @@ def test_untrained_ivfpq_stays_exact_then_trains_once_big_enough(tmp_path):
     info = idx.info()
     assert info["backend"]["trained"] and info["trained_vectors"] == info["vectors"]
     assert [s["kind"] for s in info["segments"]] == ["pq3"]
-    assert info["backend"]["pq_nbits"] == 8  # trained on enough vectors for full codebooks
+    assert info["backend"]["pq_nbits"] == 6  # the default's bits: trained on enough vectors for full codebooks
     add(idx, ["b"], [2])
     assert [s["kind"] for s in idx.info()["segments"]] == ["pq3", "pq3"]
     assert not idx.info()["retrain_recommended"]

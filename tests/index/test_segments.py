@@ -153,7 +153,9 @@ def test_a_full_disk_at_the_commit_is_one_error_and_nothing_is_committed(tmp_pat
 
 
 def test_defaults():
-    assert default_pq_m(128) == 16 and default_pq_m(96) == 12 and default_pq_m(384) == 48 and default_pq_m(6) == 1
+    # format 3: dim/4 at the default 6 bits (PQ32x6 at 128 d, code_rule.md s11), dim/8 at 8 bits (older manifests)
+    assert default_pq_m(128) == 32 and default_pq_m(96) == 24 and default_pq_m(384) == 96 and default_pq_m(6) == 1
+    assert default_pq_m(128, nbits=8) == 16 and default_pq_m(384, nbits=8) == 48 and default_pq_m(128, nbits=6) == 32
     assert default_pq_m(128, legacy=True) == 64 and default_pq_m(6, legacy=True) == 3  # format 2 folders
     assert default_nlist(1_000_000) == 8192 and default_nlist(100) == 2 and default_nlist(5) == 1
     assert default_nlist(1_000_000, n_train=262_144) == 262_144 // 39  # >= 39 training vectors a list
