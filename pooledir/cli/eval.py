@@ -62,7 +62,9 @@ def eval_beir(
     pool_thresholds: Annotated[
         str, typer.Option(help="Comma-separated Ward merge heights for adaptive pooling (extra pooledir runs).")
     ] = "",
-    pq_m: Annotated[str, typer.Option(help="Comma-separated PQ sub-quantizer counts for IVF-PQ (default dim/8).")] = "",
+    pq_m: Annotated[
+        str, typer.Option(help="Comma-separated PQ sub-quantizer counts for IVF-PQ (default: the index default).")
+    ] = "",
     refine: Annotated[str, typer.Option(help="IVF-PQ refine stage (float16 copy): off, on or off,on.")] = "off",
     modes: Annotated[str, typer.Option(help="Comma-separated search modes: dense, lexical, hybrid.")] = "dense",
     fusion: Annotated[

@@ -294,7 +294,10 @@ _CHECK_SETS = ("cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
 
 #: datasets of the format-3 checks (issue 21), and the files each has under eval/results/format3/
 FORMAT3_SETS = ("scifact", "nfcorpus", "cranfield", "cisi", "med", "vaswani", "agentset-dbpedia-5k")
-FORMAT3_KINDS = ("default", "exact", "peers", "plaid4", "peers_x3")
+FORMAT3_KINDS = ("code3", "default", "exact", "peers", "plaid4", "peers_x3")
+#: the runs of today's format-3 default (PQ32x6 since session 11, eval/results/code_rule.md); ``default`` holds
+#: those of the default before it (PQ16x8, eval/results/format_rule.md), kept beside it
+CURRENT = "code3"
 #: datasets whose format-3 default also ran at pool x3 (``format3/default_x3_<dataset>.cpu.json``)
 FORMAT3_X3_SETS: tuple[str, ...] = FORMAT3_SETS
 
@@ -333,7 +336,7 @@ def format3_more(results_dir: Path) -> list[str]:
     header = [
         "dataset (test qrels)",
         "PLAID nbits=4, pool x2",
-        "default, pool x3",
+        "PQ16x8 default before s11, pool x3",
         "PLAID nbits=2, pool x3",
         "fast-plaid nbits=2, pool x3",
     ]
@@ -342,10 +345,11 @@ def format3_more(results_dir: Path) -> list[str]:
 
 
 def format3_summary(results_dir: Path) -> list[str]:
-    """Per dataset: the format-3 default against exact unpooled search, PLAID nbits=2 and fast-plaid nbits=2."""
+    """Per dataset: the format-3 default against exact unpooled search, PLAID and fast-plaid (nbits 2), PQ16x8."""
     rows = []
     for d in FORMAT3_SETS:
-        ours = _run(results_dir, f"format3/default_{d}.cpu.json", system="pooledir", index="ivfpq", pool_factor=2)
+        ours = _run(results_dir, f"format3/{CURRENT}_{d}.cpu.json", **_DEFAULT3)
+        before = _run(results_dir, f"format3/default_{d}.cpu.json", **_DEFAULT3)
         exact = _run(results_dir, f"format3/exact_{d}.cpu.json", **_EXACT)
         plaid = _run(results_dir, f"format3/peers_{d}.cpu.json", **_PLAID2)
         fast = _run(results_dir, f"format3/peers_{d}.cpu.json", system="fast-plaid", nbits=2, pool_factor=2)
@@ -361,6 +365,8 @@ def format3_summary(results_dir: Path) -> list[str]:
                 f"{ours['bytes_per_token'] / plaid['bytes_per_token']:.2f}",
                 f"{ours['recall@100']:.3f} / {plaid['recall@100']:.3f}",
                 "yes" if both else "no",
+                f"{before['ndcg@10']:.4f} ({before['ndcg@10'] / exact['ndcg@10']:.1%}) / "
+                f"{before['bytes_per_token']:.1f} / {before['recall@100']:.3f}",
             ]
         )
     header = [
@@ -372,6 +378,7 @@ def format3_summary(results_dir: Path) -> list[str]:
         "default / PLAID bytes",
         "Recall@100: default / PLAID",
         "PLAID beaten on both axes",
+        "PQ16x8 (the default before s11): nDCG@10 (share) / B per token / Recall@100",
     ]
     lines = ["## Summary", ""] + _table(header, rows) + [""] + format3_more(results_dir)
     return [ln.replace("\\|", "|") for ln in lines]
@@ -382,8 +389,9 @@ RESULTS_PAGES = (
     ResultsPage(
         "format3",
         "Format 3 against PLAID and fast-plaid on every dataset",
-        "The default index (format 3: PLAID's list-count rule, PQ16 residual codes stored document-major, uint32 "
-        "inverted rows, pool x2; rule in `eval/results/format_rule.md`) on the test qrels of every dataset, "
+        "The default index (format 3: PLAID's list-count rule, PQ32x6 residual codes stored document-major, uint32 "
+        "inverted rows, pool x2; rules in `eval/results/format_rule.md` and `eval/results/code_rule.md`, whose "
+        "s11 rule replaced PQ16x8 codes) on the test qrels of every dataset, "
         "beside exact unpooled search and the peers fed the same cached, pooled vectors. The default, the "
         "exact runs and the peers ran in separate processes over the same embedding cache.",
         format3_files(),
@@ -480,7 +488,7 @@ RESULTS_PAGES = (
                     "gap_codestudy_nfcorpus_dev",  # the code study's 98.10% row re-run: another PQ draw
                     "code3_nfcorpus_dev",  # code_rule.md (s11): the engine at PQ16x8, PQ16x10, PQ32x6
                     "code3_scifact_train",
-                    "code3_speed_nfcorpus_dev",  # code_rule.md (s11 addendum): the speed guard, one process, interleaved
+                    "code3_speed_nfcorpus_dev",  # code_rule.md (s11 addendum): the speed guard, interleaved
                     "code3_speed_scifact_train",
                 )
             ),
@@ -782,7 +790,7 @@ def _headline_ndcg_rows(f3: Callable[..., dict[str, Any]]) -> list[tuple[str, st
     """SciFact's and NFCorpus's nDCG@10: exact unpooled, the default and PLAID on the same pooled vectors."""
     rows = []
     for name, label in (("scifact", "SciFact"), ("nfcorpus", "NFCorpus")):
-        exact, default = f3("exact", name, **_EXACT), f3("default", name, **_DEFAULT3)
+        exact, default = f3("exact", name, **_EXACT), f3(CURRENT, name, **_DEFAULT3)
         plaid = f3("peers", name, **_PLAID2)
         rows.append(
             (
@@ -803,9 +811,9 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
         return _run(d, f"format3/{kind}_{name}.cpu.json", **match)
 
     rows = _headline_ndcg_rows(f3)
-    kept = {s: f3("default", s, **_DEFAULT3)["ndcg@10"] / f3("exact", s, **_EXACT)["ndcg@10"] for s in FORMAT3_SETS}
+    kept = {s: f3(CURRENT, s, **_DEFAULT3)["ndcg@10"] / f3("exact", s, **_EXACT)["ndcg@10"] for s in FORMAT3_SETS}
     ratio = {
-        s: f3("default", s, **_DEFAULT3)["bytes_per_token"] / f3("peers", s, **_PLAID2)["bytes_per_token"]
+        s: f3(CURRENT, s, **_DEFAULT3)["bytes_per_token"] / f3("peers", s, **_PLAID2)["bytes_per_token"]
         for s in FORMAT3_SETS
     }
     low = min(kept, key=lambda s: kept[s])
@@ -816,7 +824,7 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
             "format3",
         )
     )
-    ours, plaid = f3("default", "scifact", **_DEFAULT3), f3("peers", "scifact", **_PLAID2)
+    ours, plaid = f3(CURRENT, "scifact", **_DEFAULT3), f3("peers", "scifact", **_PLAID2)
     fast = f3("peers", "scifact", system="fast-plaid", nbits=2, pool_factor=2)
     rows.append(
         (
@@ -849,7 +857,7 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
     big3 = max((r for r in f3_runs if r["design"] == "segments" and not r["pinned"]), key=lambda r: r["vectors"])
     rows.append(
         (
-            f"segment engine at {big3['vectors']:,} synthetic vectors (format 3 default)",
+            f"segment engine at {big3['vectors']:,} synthetic vectors (format 3, PQ16x8: the default before s11)",
             f"build {big3['build_vectors_per_s']:,.0f} vectors/s; search p50 {big3['search_p50_ms']:.1f} ms; "
             f"upsert p50 {big3['upsert_p50_ms']:.1f} ms; delete p50 {big3['delete_p50_ms']:.1f} ms; "
             f"build peak RSS {big3['build_peak_rss_mb'] / 1000:.2f} GB",
@@ -863,7 +871,7 @@ def headline_markdown(results_dir: Path, link_prefix: str = "docs/results/") -> 
     """The headline table as Markdown, each row linking to the page it was measured on."""
     machines = {
         _machine(json.loads((Path(results_dir) / f).read_text()))
-        for f in ("format3/peers_scifact.cpu.json", "format3/default_scifact.cpu.json")
+        for f in ("format3/peers_scifact.cpu.json", f"format3/{CURRENT}_scifact.cpu.json")
     }
     lines = _table(
         ["what", "result", "measured"],
