@@ -555,8 +555,9 @@ RESULTS_PAGES = (
             # second speed pass (pruning, padding rows cut): this branch and 259f252, alternated run by run
             *(f"latency/scifact_test_pass2_run{i}.cpu.json" for i in (1, 2, 3, 4)),
             *(f"latency/scifact_test_259f252_run{i}.cpu.json" for i in (1, 2, 3)),
-            # the default as it is now (pruning opt-in since 7df61a5), four runs back to back
+            # PQ16x8 with pruning opt-in (since 7df61a5), then the PQ32x6 default: four runs back to back each
             *(f"latency/scifact_test_s10_run{i}.cpu.json" for i in (1, 2, 3, 4)),
+            *(f"latency/scifact_test_s11_run{i}.cpu.json" for i in (1, 2, 3, 4)),  # at the PQ32x6 default
             "doc_encoding_scifact192.cpu.json",
             "doc_encoding_scifact200.cpu.json",
             "load_scifact_m64.cpu.json",
@@ -783,7 +784,7 @@ _DEFAULT3 = {"system": "pooledir", "index": "ivfpq", "pool_factor": 2}
 
 
 #: the same-process latency runs (at the current search code and defaults) the README headline quotes
-HEADLINE_LATENCY = tuple(f"latency/scifact_test_s10_run{i}.cpu.json" for i in range(1, 5))
+HEADLINE_LATENCY = tuple(f"latency/scifact_test_s11_run{i}.cpu.json" for i in range(1, 5))
 
 
 def _headline_ndcg_rows(f3: Callable[..., dict[str, Any]]) -> list[tuple[str, str, str]]:
