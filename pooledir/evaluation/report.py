@@ -531,6 +531,7 @@ RESULTS_PAGES = (
         (
             "bench_scale.cpu.json",
             "bench_scale_format3.cpu.json",  # the format-3 defaults (pq3, PLAID's list rule), issue 21
+            "bench_scale_code3.cpu.json",  # the PQ32x6 default (s11) at 10^5 and 10^6
             "quantizer_fp16_nfcorpus_dev120.cpu.json",  # float16 coarse centroids: bytes, nDCG@10, assignment
             "bench_scale.before_perf.cpu.json",
             "bench_coarse.cpu.json",
