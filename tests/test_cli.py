@@ -139,6 +139,7 @@ def test_index_records_the_pq_shape_it_was_given(tmp_path, tiny_ckpt, tiny_beir,
     assert code == 0 and (config["pq_m"], config["pq_nbits"]) == (8, 6)
     code, _, err = cli(capsys, *args[:3], tmp_path / "bad", *args[4:], "--pq-nbits", "17")
     one_error_line(code, err, "pq_nbits=17 must be between 1 and 16")
+    assert not (tmp_path / "bad").exists()  # refused before anything was made
 
 
 def test_out_that_cannot_be_an_index_folder(tmp_path, tiny_ckpt, tiny_beir, capsys):

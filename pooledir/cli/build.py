@@ -186,12 +186,11 @@ def _index_config(
         keep_exact=keep_exact,
         nlist=nlist,
         pq_m=pq_m,
+        pq_nbits=pq_nbits,
         passage_stride=passage_stride,
     )
     if train_sample is not None:
         config = replace(config, train_sample=train_sample)
-    if pq_nbits is not None:
-        config = replace(config, pq_nbits=pq_nbits)
     config.check()
     return config
 
