@@ -5,7 +5,7 @@ dim/8 sub-quantizers, ``COARSE_NITER`` iterations, the k-means on numpy's BLAS) 
 vectors, then encodes vectors with faiss's ``sa_encode`` (its flat coarse quantizer), with
 :func:`pooledir.index.segments.sa_encode` (lists assigned by GEMM) and with an HNSW graph over the same centroids,
 and reports vectors/s and how often each assigns faiss's list. ``--compare-kmeans`` also times faiss's own
-spherical ``Clustering`` (what ``IndexIVF.train`` ran before) against ``segments.spherical_kmeans`` at the
+spherical ``Clustering`` (what ``IndexIVF.train`` ran before) against ``coarse.spherical_kmeans`` at the
 same list count and reports each one's mean squared residual on the encoded (held-out) vectors. Prints one
 JSON object.
 
@@ -79,7 +79,8 @@ def compare_kmeans(sample: np.ndarray, held: np.ndarray, nlist: int) -> dict:
     """Seconds and held-out mean squared residual (2 - 2·max q·c for unit vectors) of both k-means."""
     import faiss
 
-    from pooledir.index.segments import COARSE_NITER, spherical_kmeans
+    from pooledir.index.coarse import spherical_kmeans
+    from pooledir.index.segments import COARSE_NITER
 
     def fit(c: np.ndarray) -> float:
         best = np.concatenate([(held[i : i + 8192] @ c.T).max(axis=1) for i in range(0, len(held), 8192)])

@@ -34,7 +34,7 @@ import numpy as np
 
 from pooledir import ColBERTEncoder, IndexConfig, PooledIndex, SearchParams, maxsim, pool_embeddings
 from pooledir.evaluation import encode_cached, load_beir, machine_info, run_from_hits, score_run
-from pooledir.index import segments
+from pooledir.index import coarse, segments
 from pooledir.lexical import TABLE as LEXICAL_TABLE
 
 LIST_BYTES = 2  # the list number in an IVF standalone code for <= 65,536 lists
@@ -78,7 +78,7 @@ class Code:
 def l2_lists(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The nearest (L2) centroid of each row of ``x``: argmax of x·c - |c|²/2, one GEMM per block of rows."""
     half = 0.5 * np.einsum("ij,ij->i", centroids, centroids)
-    block = max(64, segments.ASSIGN_BLOCK_BYTES // (4 * len(centroids)))
+    block = max(64, coarse.ASSIGN_BLOCK_BYTES // (4 * len(centroids)))
     out = np.empty(len(x), dtype=np.int64)
     for i in range(0, len(x), block):
         out[i : i + block] = np.argmax(x[i : i + block] @ centroids.T - half, axis=1)
@@ -88,14 +88,14 @@ def l2_lists(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
 def l2_kmeans(x: np.ndarray, k: int, niter: int) -> np.ndarray:
     """Plain Lloyd's k-means on numpy's BLAS, L2 assignment, centroids left as the clusters' means.
 
-    :func:`segments.spherical_kmeans` without re-normalising: same seed, same split of empty clusters.
+    :func:`coarse.spherical_kmeans` without re-normalising: same seed, same split of empty clusters.
     """
     rng = np.random.default_rng(1234)
     centroids = x[rng.choice(len(x), k, replace=False)].copy()
     for _ in range(niter):
-        sums, counts = segments._cluster_sums(x, l2_lists(centroids, x), k)
+        sums, counts = coarse._cluster_sums(x, l2_lists(centroids, x), k)
         centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-        segments._split_clusters(centroids, counts, rng)
+        coarse._split_clusters(centroids, counts, rng)
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
@@ -103,7 +103,7 @@ def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: in
     """k-means on a seeded sample of at most ``train_max`` vectors, then assign every vector.
 
     ``kmeans``: ``faiss`` (faiss's L2 k-means, L2 assignment), ``l2`` (:func:`l2_kmeans`, L2 assignment) or
-    ``spherical`` (the engine's :func:`segments.spherical_kmeans`, unit centroids, inner-product assignment).
+    ``spherical`` (the engine's :func:`coarse.spherical_kmeans`, unit centroids, inner-product assignment).
     """
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -116,10 +116,10 @@ def train_coarse(X: np.ndarray, nlist: int, niter: int, train_max: int, seed: in
     elif kmeans == "l2":
         centroids = l2_kmeans(sample, nlist, niter)
     else:
-        centroids = segments.spherical_kmeans(sample, nlist, niter, max(1, train_max // nlist + 1))
+        centroids = coarse.spherical_kmeans(sample, nlist, niter, max(1, train_max // nlist + 1))
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    assign = segments.assign_lists(centroids, X) if kmeans == "spherical" else l2_lists(centroids, X)
+    assign = coarse.assign_lists(centroids, X) if kmeans == "spherical" else l2_lists(centroids, X)
     return Coarse(centroids, assign, train_s, time.perf_counter() - t, rows, kmeans == "spherical")
 
 

@@ -47,6 +47,8 @@ import numpy as np
 from pooledir.device import faiss_gpu_available
 from pooledir.durable import write_durably
 from pooledir.errors import IndexCorruptError
+from pooledir.index import coarse
+from pooledir.index.coarse import assign_lists, spherical_kmeans, two_level_kmeans
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,6 @@ LISTS_PER_ROOT_N = 16
 MIN_POINTS_PER_LIST = 39
 #: k-means iterations of the coarse quantizer: thousands of centroids on 2 cores must train in minutes
 COARSE_NITER = 10
-#: bytes of the float32 score block one GEMM of :func:`assign_lists` fills (rows per block = this / 4·nlist)
-ASSIGN_BLOCK_BYTES = 1 << 26
 #: below this many rows faiss's own sa_encode is as fast (threading overhead dominates either way, 2 loaded cores:
 #: 28 vs 37 ms at 50 rows, equal at 500, 318 vs 73 ms at 5,000 with 1,740 lists)
 BLAS_ASSIGN_MIN_ROWS = 1024
@@ -90,6 +90,11 @@ DIMS_PER_SUBQUANTIZER_8BIT = 8
 LEGACY_PQ_NBITS = 8
 
 
+def plaid_nlist(n_vectors: int) -> int:
+    """PLAID's list rule, uncapped: ``2**floor(log2(LISTS_PER_ROOT_N·√N))``."""
+    return 1 << int(math.floor(math.log2(max(LISTS_PER_ROOT_N * math.sqrt(max(n_vectors, 1)), 1))))
+
+
 def default_nlist(n_vectors: int, n_train: int | None = None) -> int:
     """PLAID's ``2**floor(log2(16·√N))`` lists, capped so a list gets ``MIN_POINTS_PER_LIST`` training vectors.
 
@@ -97,8 +102,7 @@ def default_nlist(n_vectors: int, n_train: int | None = None) -> int:
     flat nDCG@10 where ≈2,256 lists + PQ32 kept 98.2% (issue 21): finer lists buy code precision.
     """
     n_train = n_vectors if n_train is None else n_train
-    rule = 1 << int(math.floor(math.log2(max(LISTS_PER_ROOT_N * math.sqrt(max(n_vectors, 1)), 1))))
-    return max(1, min(rule, n_train // MIN_POINTS_PER_LIST))
+    return max(1, min(plaid_nlist(n_vectors), n_train // MIN_POINTS_PER_LIST))
 
 
 def default_nlist_v2(n_vectors: int) -> int:
@@ -116,6 +120,19 @@ def planned_nlist(n_total: int, n_sample: int, legacy: bool = False) -> int:
     n = max(n_total, n_sample)
     auto = default_nlist_v2(n) if legacy else default_nlist(n, n_sample)
     return min(auto, max(1, n_sample))
+
+
+def training_sample_size(n_total: int, train_sample: int, legacy: bool = False) -> int:
+    """Vectors a quantizer for ``n_total`` trains on: ``train_sample``, or past PLAID's 16,384-list mark more.
+
+    From the size where PLAID's rule asks for :data:`~pooledir.index.coarse.TWO_LEVEL_LISTS` lists (2**20
+    vectors) the sample holds ``MIN_POINTS_PER_LIST`` vectors a list, so the lists keep growing with √N
+    (eval/results/scale_rule.md; 1.28M vectors, 655 MB, at 10**7). Below it, and for format 2, ``train_sample``.
+    """
+    want = train_sample
+    if not legacy and plaid_nlist(n_total) >= coarse.TWO_LEVEL_LISTS:
+        want = max(train_sample, plaid_nlist(n_total) * MIN_POINTS_PER_LIST)
+    return max(0, min(n_total, want))
 
 
 def default_pq_m(dim: int, legacy: bool = False, nbits: int | None = None) -> int:
@@ -281,7 +298,8 @@ def train_quantizer(
     :func:`default_nlist_v2` and dim/2 sub-quantizers), never beyond what the sample can train; ``pq_m`` and
     ``pq_nbits`` None: :func:`default_pq_m`, :func:`default_pq_nbits`. PQ bits drop only when the sample is
     smaller than 2**bits. On CPU the coarse k-means and the residuals run on numpy's BLAS
-    (:func:`spherical_kmeans`, :func:`assign_lists`): faiss's own flat search assigned 2-3x slower here.
+    (:mod:`pooledir.index.coarse`; two-level k-means from ``TWO_LEVEL_LISTS`` lists on): faiss's own flat
+    search assigned 2-3x slower here.
     """
     faiss = _faiss()
 
@@ -336,7 +354,11 @@ def _train_on_cpu(index: Faiss, x: np.ndarray) -> None:
     ``PQ_POINTS_PER_CENTROID`` = 65,536 of them at 8 bits), in place: for a 262,144-vector sample a quarter of
     the assignments, and one 32 MB array instead of two 134 MB temporaries.
     """
-    centroids = spherical_kmeans(x, int(index.nlist), int(index.cp.niter), int(index.cp.max_points_per_centroid))
+    nlist, niter = int(index.nlist), int(index.cp.niter)
+    if nlist >= coarse.TWO_LEVEL_LISTS:
+        centroids = two_level_kmeans(x, nlist, niter)
+    else:
+        centroids = spherical_kmeans(x, nlist, niter, int(index.cp.max_points_per_centroid))
     index.quantizer.add(centroids)
     n_pq = (1 << int(index.pq.nbits)) * int(index.pq.cp.max_points_per_centroid)
     if len(x) > n_pq:
@@ -346,60 +368,6 @@ def _train_on_cpu(index: Faiss, x: np.ndarray) -> None:
     index.pq.train(residuals)
     index.is_trained = True
     index.precompute_table()
-
-
-def spherical_kmeans(x: np.ndarray, k: int, niter: int, max_points_per_centroid: int = 256) -> np.ndarray:
-    """(k, d) float32 unit centroids: Lloyd's iterations with inner-product assignment, means re-normalised.
-
-    faiss's ``Clustering`` with ``spherical`` (what ``IndexIVF.train`` runs for inner product): seeded on
-    random distinct points, at most ``max_points_per_centroid`` points a centroid, an empty cluster split off
-    a large one. On 200k SciFact-style vectors and 4,096 lists it fit as well (held-out squared residual
-    0.4332 vs 0.4326) in 74 s against faiss's 204 s on 2 loaded cores.
-    """
-    rng = np.random.default_rng(1234)
-    if len(x) > k * max_points_per_centroid:  # faiss's own cap on the points k-means looks at
-        x = x[np.sort(rng.choice(len(x), k * max_points_per_centroid, replace=False))]
-    centroids = x[rng.choice(len(x), k, replace=False)].copy()
-    for _ in range(niter):
-        sums, counts = _cluster_sums(x, assign_lists(centroids, x), k)
-        centroids = sums.astype(np.float32)
-        _split_clusters(centroids, counts, rng)
-        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    return np.ascontiguousarray(centroids, dtype=np.float32)
-
-
-def _split_clusters(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> None:
-    """Give each empty cluster half of a cluster drawn by size (faiss's ``split_clusters``): two nudged copies.
-
-    ``centroids`` holds the clusters' sums (normalised after): scaling a sum only scales its direction.
-    """
-    sign = np.where(np.arange(centroids.shape[1]) % 2 == 0, 1.0, -1.0).astype(np.float32) / 1024
-    for e in np.flatnonzero(counts == 0):
-        weights = np.maximum(counts - 1, 0).astype(np.float64)
-        if weights.sum() == 0:
-            return
-        j = rng.choice(len(counts), p=weights / weights.sum())
-        centroids[e] = centroids[j] * (1 + sign)
-        centroids[j] = centroids[j] * (1 - sign)
-        counts[e] = counts[j] // 2
-        counts[j] -= counts[e]
-
-
-def _cluster_sums(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per cluster, the sum of its points (one sparse one-hot product) and their count."""
-    import scipy.sparse as sp
-
-    onehot = sp.csr_matrix((np.ones(len(x), np.float32), (assign, np.arange(len(x)))), shape=(k, len(x)))
-    return np.asarray(onehot @ x, dtype=np.float32), np.bincount(assign, minlength=k)
-
-
-def assign_lists(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The list (highest inner product with a centroid) of each row of ``x``, int64: one GEMM per block of rows."""
-    out = np.empty(len(x), dtype=np.int64)
-    block = max(64, ASSIGN_BLOCK_BYTES // (4 * max(len(centroids), 1)))
-    for i in range(0, len(x), block):
-        out[i : i + block] = np.argmax(x[i : i + block] @ centroids.T, axis=1)
-    return out
 
 
 def coarse_centroids(index: Faiss) -> np.ndarray:

@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 
 from pooledir.errors import IndexCorruptError
+from pooledir.index.coarse import assign_lists, spherical_kmeans
 from pooledir.index.segments import (
     FOOTER,
-    assign_lists,
     coarse_centroids,
     read_quantizer,
     sa_encode,
-    spherical_kmeans,
     train_quantizer,
     write_faiss,
 )
@@ -147,11 +146,11 @@ def test_blas_sa_encode_writes_faiss_own_codes(trained):
 
 
 def test_assign_lists_is_the_flat_quantizers_nearest_list_in_blocks(trained, monkeypatch):
-    import pooledir.index.segments as segments
+    import pooledir.index.coarse as coarse
 
     x = unit(1000, 3, 32)
     _, want = trained.quantizer.search(x, 1)
-    monkeypatch.setattr(segments, "ASSIGN_BLOCK_BYTES", 4 * 64 * 100)  # blocks of 100 rows: several GEMMs
+    monkeypatch.setattr(coarse, "ASSIGN_BLOCK_BYTES", 4 * 64 * 100)  # blocks of 100 rows: several GEMMs
     assert np.array_equal(assign_lists(coarse_centroids(trained), x), want[:, 0])
 
 
