@@ -9,7 +9,9 @@ single-file engine (commit 6e06448, checked out with ``git worktree`` into ``--o
 
 The index is built with its own defaults (the format-3 codec, list count and sub-quantizers it picks);
 ``--pinned`` pins what eval/results/bench_scale.cpu.json (format 2) ran at: ≈4·√N lists capped at 4,096
-and pq_m 16.
+and pq_m 16. ``--train-sample N`` trains on up to N vectors instead of the default 262,144, which lets the
+list count follow PLAID's rule past 6,721 lists (N/39 at most; two-level training from 16,384 lists on,
+eval/results/scale_rule.md).
 
     python eval/bench_scale.py --sizes 100000,1000000 --design both
     python eval/bench_scale.py --sizes 10000000 --design segments
@@ -117,20 +119,24 @@ def add(index, docs, vecs, design: str):
 
 
 # -- workers ------------------------------------------------------------------------------------------------------
-def build_config(size: int, pinned: bool):
+def build_config(size: int, pinned: bool, train_sample: int | None = None):
     """The index's defaults, or (``pinned``) what bench_scale.cpu.json and the single-file design ran at."""
     from pooledir.pooled_index import IndexConfig
 
     # pq_m 16 and ≈4·√N lists capped at 4,096: format 2's runs (bench_scale.cpu.json) and 6e06448's
-    return IndexConfig(pool_factor=1, nlist=nlist_for(size), pq_m=16) if pinned else IndexConfig(pool_factor=1)
+    if pinned:
+        return IndexConfig(pool_factor=1, nlist=nlist_for(size), pq_m=16)
+    return IndexConfig(pool_factor=1, **({"train_sample": train_sample} if train_sample else {}))
 
 
-def worker_build(design: str, size: int, folder: Path, chunk_docs: int, pinned: bool) -> dict:
+def worker_build(
+    design: str, size: int, folder: Path, chunk_docs: int, pinned: bool, train_sample: int | None = None
+) -> dict:
     from pooledir.pooled_index import PooledIndex
 
     c = centers()
     n_docs = n_docs_for(size)
-    config = build_config(size, pinned or design == "single")
+    config = build_config(size, pinned or design == "single", train_sample)
     index = PooledIndex.create(folder, config=config, device="cpu", encoder=FakeEncoder())
     load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
@@ -155,6 +161,7 @@ def worker_build(design: str, size: int, folder: Path, chunk_docs: int, pinned: 
         "vectors": vectors,
         "documents": n_docs,
         "pinned": pinned or design == "single",
+        "train_sample": config.train_sample,
         "nlist": shape.get("nlist"),
         "pq_m": shape.get("pq_m"),
         "codec": shape.get("codec", "single-file ivfpq"),
@@ -323,6 +330,7 @@ def main() -> None:
     ap.add_argument("--old-tree", type=Path, default=Path("/tmp/pooledir-old-6e06448"))
     ap.add_argument("--keep", action="store_true", help="keep the built index folders")
     ap.add_argument("--pinned", action="store_true", help="nlist ≈4·√N (<= 4096) and pq_m 16, as format 2's runs")
+    ap.add_argument("--train-sample", type=int, help="vectors the quantizer trains on (default: the index's)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="the JSON the rows are merged into")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--worker", nargs=4, metavar=("STEP", "DESIGN", "SIZE", "FOLDER"))
@@ -330,7 +338,7 @@ def main() -> None:
     if args.worker:
         step, design, size, folder = args.worker
         fn = worker_build if step == "build" else worker_ops
-        extra = (args.chunk_docs, args.pinned) if step == "build" else ()
+        extra = (args.chunk_docs, args.pinned, args.train_sample) if step == "build" else ()
         print(json.dumps(fn(design, int(float(size)), Path(folder), *extra)))
         return
     if not args.plot_only:
@@ -343,6 +351,7 @@ def main() -> None:
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 chunk = ["--chunk-docs", str(args.chunk_docs)] + (["--pinned"] if args.pinned else [])
+                chunk += ["--train-sample", str(args.train_sample)] if args.train_sample else []
                 row = {"design": design, "size": size}
                 row |= run_worker(["build", design, str(size), str(folder)], design, args.old_tree, chunk)
                 row |= run_worker(["ops", design, str(size), str(folder)], design, args.old_tree)

@@ -1,12 +1,13 @@
 """The coarse quantizer's numerics: spherical k-means and the nearest list of each vector.
 
 Both run on numpy's BLAS (one GEMM per block of rows), which on 2 cores was 2-3x faster than faiss's own flat
-search and clustering. Past :data:`TWO_LEVEL_LISTS` lists (PLAID's list rule from 2**20 vectors on) a flat GEMM
-over every centroid no longer fits a build on 2 cores, so training is two-level (:func:`two_level_kmeans`, the
-scheme of ``faiss.contrib.clustering.two_level_clustering``) and batches are assigned through groups of
-centroids (faiss's ``IndexIVFFlat`` over the centroids, :data:`GROUP_PROBE` groups probed):
-eval/results/scale_rule.md. Any list is a valid list for a vector (its code is the residual to that list's
-centroid), so an approximate assignment costs precision, never correctness.
+search and clustering. From :data:`TWO_LEVEL_LISTS` lists on (an index whose ``train_sample`` lets PLAID's list
+rule go past the default 6,721: 39 training vectors a list) a flat GEMM over every centroid no longer fits a
+build on 2 cores, so training is two-level (:func:`two_level_kmeans`, the scheme of
+``faiss.contrib.clustering.two_level_clustering``) and batches are assigned through groups of centroids
+(faiss's ``IndexIVFFlat`` over the centroids, :data:`GROUP_PROBE` groups probed): eval/results/scale_rule.md.
+Any list is a valid list for a vector (its code is the residual to that list's centroid), so an approximate
+assignment costs precision, never correctness.
 
 This module knows arrays and faiss only; :mod:`pooledir.index.segments` builds quantizers with it.
 """
@@ -24,7 +25,8 @@ import numpy as np
 #: bytes of the float32 score block one GEMM of :func:`exact_lists` fills (rows per block = this / 4·nlist)
 ASSIGN_BLOCK_BYTES = 1 << 26
 #: from this many lists on, training is two-level and batches are assigned through centroid groups
-#: (eval/results/scale_rule.md: PLAID's rule asks for 16,384 lists from 2**20 vectors on)
+#: (eval/results/scale_rule.md: PLAID's rule asks for 16,384 lists from 2**20 vectors on, which a
+#: ``train_sample`` of at least 16,384·39 = 638,976 vectors allows; the default 262,144 caps lists at 6,721)
 TWO_LEVEL_LISTS = 16384
 #: centroid groups searched for a vector's list past TWO_LEVEL_LISTS (scale_rule.md: at 16,384 lists 98.1% of
 #: SciFact vectors got their exact nearest centroid, 0.0016 lower inner product on average, 2.7x faster)

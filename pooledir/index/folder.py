@@ -49,7 +49,6 @@ from pooledir.index.segments import (
     planned_nlist,
     ranges,
     train_quantizer,
-    training_sample_size,
     write_array,
     write_faiss,
 )
@@ -413,8 +412,7 @@ class IndexFolder:
             return False
         if snap.n_live < c.retrain_factor * max(snap.trained_vectors, 1):
             return False
-        legacy = self.pq_kind == "pq"
-        want = planned_nlist(snap.n_live, training_sample_size(snap.n_live, c.train_sample, legacy), legacy)
+        want = planned_nlist(snap.n_live, min(snap.n_live, c.train_sample), legacy=self.pq_kind == "pq")
         return want != int(snap.quantizer.nlist)
 
     def compact(self, retrain: bool | None = None) -> None:
@@ -528,8 +526,7 @@ class IndexFolder:
         if total == 0:
             raise InputError("the index holds no vectors to train on")
         rng = np.random.default_rng(0)
-        legacy = self.pq_kind == "pq"
-        pick = np.sort(rng.choice(total, training_sample_size(total, c.train_sample, legacy), replace=False))
+        pick = np.sort(rng.choice(total, min(total, c.train_sample), replace=False))
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         sample = np.empty((len(pick), self.dim), dtype=np.float32)  # filled in place: no list + concatenate copy
         at = 0
@@ -545,6 +542,7 @@ class IndexFolder:
         q = snap.quantizer if keep_codec else None
         pq_m = c.pq_m or (int(q.pq.M) if q is not None else None)
         pq_nbits = c.pq_nbits or (kept_nbits(q, min(snap.trained_vectors, c.train_sample)) if q is not None else None)
+        legacy = self.pq_kind == "pq"
         return train_quantizer(sample, total, c.nlist, pq_m, pq_nbits, self.use_gpu, legacy)
 
     def close(self) -> None:

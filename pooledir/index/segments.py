@@ -90,11 +90,6 @@ DIMS_PER_SUBQUANTIZER_8BIT = 8
 LEGACY_PQ_NBITS = 8
 
 
-def plaid_nlist(n_vectors: int) -> int:
-    """PLAID's list rule, uncapped: ``2**floor(log2(LISTS_PER_ROOT_N·√N))``."""
-    return 1 << int(math.floor(math.log2(max(LISTS_PER_ROOT_N * math.sqrt(max(n_vectors, 1)), 1))))
-
-
 def default_nlist(n_vectors: int, n_train: int | None = None) -> int:
     """PLAID's ``2**floor(log2(16·√N))`` lists, capped so a list gets ``MIN_POINTS_PER_LIST`` training vectors.
 
@@ -102,7 +97,8 @@ def default_nlist(n_vectors: int, n_train: int | None = None) -> int:
     flat nDCG@10 where ≈2,256 lists + PQ32 kept 98.2% (issue 21): finer lists buy code precision.
     """
     n_train = n_vectors if n_train is None else n_train
-    return max(1, min(plaid_nlist(n_vectors), n_train // MIN_POINTS_PER_LIST))
+    rule = 1 << int(math.floor(math.log2(max(LISTS_PER_ROOT_N * math.sqrt(max(n_vectors, 1)), 1))))
+    return max(1, min(rule, n_train // MIN_POINTS_PER_LIST))
 
 
 def default_nlist_v2(n_vectors: int) -> int:
@@ -120,19 +116,6 @@ def planned_nlist(n_total: int, n_sample: int, legacy: bool = False) -> int:
     n = max(n_total, n_sample)
     auto = default_nlist_v2(n) if legacy else default_nlist(n, n_sample)
     return min(auto, max(1, n_sample))
-
-
-def training_sample_size(n_total: int, train_sample: int, legacy: bool = False) -> int:
-    """Vectors a quantizer for ``n_total`` trains on: ``train_sample``, or past PLAID's 16,384-list mark more.
-
-    From the size where PLAID's rule asks for :data:`~pooledir.index.coarse.TWO_LEVEL_LISTS` lists (2**20
-    vectors) the sample holds ``MIN_POINTS_PER_LIST`` vectors a list, so the lists keep growing with √N
-    (eval/results/scale_rule.md; 1.28M vectors, 655 MB, at 10**7). Below it, and for format 2, ``train_sample``.
-    """
-    want = train_sample
-    if not legacy and plaid_nlist(n_total) >= coarse.TWO_LEVEL_LISTS:
-        want = max(train_sample, plaid_nlist(n_total) * MIN_POINTS_PER_LIST)
-    return max(0, min(n_total, want))
 
 
 def default_pq_m(dim: int, legacy: bool = False, nbits: int | None = None) -> int:

@@ -1,7 +1,8 @@
 """The coarse quantizer's numerics (pooledir.index.coarse): two-level k-means and grouped list assignment.
 
-Past ``TWO_LEVEL_LISTS`` lists (16,384: PLAID's rule from 2**20 vectors on) training is two-level and batches are
-assigned through centroid groups (eval/results/scale_rule.md). The tests lower the mark so small data crosses it.
+From ``TWO_LEVEL_LISTS`` lists on (16,384, which a ``train_sample`` of 638,976 allows past 2**20 vectors) training
+is two-level and batches are assigned through centroid groups (eval/results/scale_rule.md). The tests lower the
+mark so small data crosses it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 
 import pooledir.index.coarse as coarse
 from pooledir.index.coarse import _shares, assign_lists, exact_lists, group_index, spherical_kmeans, two_level_kmeans
-from pooledir.index.segments import MIN_POINTS_PER_LIST, training_sample_size
+from pooledir.index.segments import MIN_POINTS_PER_LIST
 from tests.index.test_folder import EVERYTHING, add, create, doc_vectors, queries, results
 
 DIM = 16
@@ -75,22 +76,10 @@ def test_grouped_assignment_mostly_finds_the_exact_nearest_list_and_is_cached(mo
     assert np.array_equal(exact_lists(c[:100], x), assign_lists(c[:100], x))  # below the mark: exact
 
 
-def test_the_sample_grows_with_the_lists_past_two_to_the_twenty_vectors():
-    assert training_sample_size(10**6, 262_144) == 262_144  # PLAID's rule: 8,192 lists, below the mark
-    assert training_sample_size(2**20, 262_144) == 16_384 * MIN_POINTS_PER_LIST
-    assert training_sample_size(10**7, 262_144) == 32_768 * MIN_POINTS_PER_LIST
-    assert training_sample_size(10**7, 2_000_000) == 2_000_000  # a larger configured sample stays
-    assert training_sample_size(10**7, 262_144, legacy=True) == 262_144  # format 2 keeps its sample
-    assert training_sample_size(1000, 262_144) == 1000
+def test_an_index_past_the_mark_trains_two_level_and_keeps_the_flat_oracles_answers(tmp_path, monkeypatch):
+    """With the mark lowered to 64 lists, 700 documents (~4,900 vectors) get min(PLAID's 1,024, 4,900 / 39) lists.
 
-
-def test_an_index_past_the_mark_trains_more_lists_than_its_sample_setting_and_keeps_the_flat_oracles_answers(
-    tmp_path, monkeypatch
-):
-    """With the mark lowered to 64 lists, 700 documents (~4,900 vectors) train on all their vectors, not 1,000.
-
-    train_sample 1,000 would cap the lists at 1,000 / 39 = 25; past the mark the sample holds 39 vectors a list,
-    so the index gets min(PLAID's 1,024, 4,900 / 39) lists, trained two-level and assigned through groups. Its
+    Those are trained two-level and assigned through groups (a spy counts the two-level trainings). The
     searches keep most of the flat index's top 10 (uniform random 16-d vectors, pq_m 8 at 6 bits, 3 of 11 groups
     probed; measured: 0.750 overlap, largest MaxSim error 0.274; flat k-means at 125 lists: 0.783 and 0.192).
     """
@@ -105,13 +94,13 @@ def test_an_index_past_the_mark_trains_more_lists_than_its_sample_setting_and_ke
     monkeypatch.setattr(coarse, "GROUP_PROBE", 3)
     monkeypatch.setattr("pooledir.index.segments.two_level_kmeans", spy)
     flat = create(tmp_path / "flat", backend="flat")
-    pq3 = create(tmp_path / "pq3", backend="ivfpq", train_min_vectors=4500, train_sample=1000, pq_m=8)
+    pq3 = create(tmp_path / "pq3", backend="ivfpq", train_min_vectors=4500, pq_m=8)
     ids, seeds = [f"d{i}" for i in range(700)], list(range(700))
     add(flat, ids, seeds)
     add(pq3, ids, seeds)
     n = pq3.info()["vectors"]
     nlist = pq3.info()["backend"]["nlist"]
-    assert nlist == n // MIN_POINTS_PER_LIST > 1000 // MIN_POINTS_PER_LIST and calls == [nlist]
+    assert nlist == n // MIN_POINTS_PER_LIST >= 64 and calls == [nlist]
     Q = queries(12)
     exact, approx = results(flat, Q), results(pq3, Q)
     overlap = np.mean([len({i for i, _ in a} & {i for i, _ in b}) / 10 for a, b in zip(exact, approx)])
