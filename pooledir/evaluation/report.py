@@ -531,7 +531,10 @@ RESULTS_PAGES = (
         (
             "bench_scale.cpu.json",
             "bench_scale_format3.cpu.json",  # the format-3 defaults (pq3, PLAID's list rule), issue 21
-            "bench_scale_code3.cpu.json",  # the PQ32x6 default (s11) at 10^5 and 10^6
+            "bench_scale_code3.cpu.json",  # the PQ32x6 default: 10^5 and 10^6 (s11), 10^7 and 5·10^7 (s12)
+            "bench_scale_lists.cpu.json",  # train_sample 1,277,952: lists past the 6,721 cap (s12, opt-in)
+            "scale_check/scifact_train_pf1_capped_lists.cpu.json",  # scale_rule.md's check: 6,721 lists
+            "scale_check/scifact_train_pf1_grown_lists.cpu.json",  # and 16,384 two-level lists
             "quantizer_fp16_nfcorpus_dev120.cpu.json",  # float16 coarse centroids: bytes, nDCG@10, assignment
             "bench_scale.before_perf.cpu.json",
             "bench_coarse.cpu.json",
@@ -855,11 +858,12 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
             "speed",
         )
     )
-    f3_runs = json.loads((d / "bench_scale_format3.cpu.json").read_text())["runs"]
-    big3 = max((r for r in f3_runs if r["design"] == "segments" and not r["pinned"]), key=lambda r: r["vectors"])
+    scale_runs = json.loads((d / "bench_scale_code3.cpu.json").read_text())["runs"]
+    big3 = max((r for r in scale_runs if r["design"] == "segments" and not r["pinned"]), key=lambda r: r["vectors"])
     rows.append(
         (
-            f"segment engine at {big3['vectors']:,} synthetic vectors (format 3, PQ16x8: the default before s11)",
+            f"segment engine at {big3['vectors']:,} synthetic vectors (format 3, the PQ32x6 default, "
+            f"{big3['nlist']:,} lists)",
             f"build {big3['build_vectors_per_s']:,.0f} vectors/s; search p50 {big3['search_p50_ms']:.1f} ms; "
             f"upsert p50 {big3['upsert_p50_ms']:.1f} ms; delete p50 {big3['delete_p50_ms']:.1f} ms; "
             f"build peak RSS {big3['build_peak_rss_mb'] / 1000:.2f} GB",

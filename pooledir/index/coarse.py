@@ -132,8 +132,13 @@ def assign_lists(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
     """
     if len(centroids) < TWO_LEVEL_LISTS or not len(x):
         return exact_lists(centroids, x)
-    _, lists = group_index(centroids).search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return np.asarray(lists[:, 0], dtype=np.int64)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    _, found = group_index(centroids).search(x, 1)
+    lists = np.asarray(found[:, 0], dtype=np.int64)
+    none = lists < 0  # every probed group empty (faiss answers -1): rare, and exact assignment always answers
+    if none.any():
+        lists[none] = exact_lists(centroids, x[none])
+    return lists
 
 
 _groups: OrderedDict[tuple[tuple[int, ...], int], Any] = OrderedDict()
@@ -144,7 +149,7 @@ def group_index(centroids: np.ndarray) -> Any:
     """Faiss's ``IndexIVFFlat`` (inner product) holding the centroids in √nlist groups, probing GROUP_PROBE.
 
     Built once per set of centroids (keyed by their CRC-32: a quantizer's centroids never change after
-    training) and kept for the last few: about 0.1 s to build for 16,384 centroids.
+    training) and kept for the last few: 0.06 s to build for 6,721 centroids here.
     """
     import faiss
 

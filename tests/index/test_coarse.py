@@ -109,3 +109,20 @@ def test_an_index_past_the_mark_trains_two_level_and_keeps_the_flat_oracles_answ
     errors = [abs(s - float((q @ truth[d].T).max(axis=1).sum())) for q, hits in zip(Q, approx) for d, s in hits]
     assert max(errors) < 0.35, max(errors)
     assert results(pq3, Q, EVERYTHING) == approx
+
+
+def test_a_row_no_probed_group_answers_gets_its_exact_list(monkeypatch):
+    """faiss answers -1 when every probed group is empty; such rows fall back to the exact nearest list."""
+
+    class EmptyGroups:
+        def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            labels = np.full((len(x), k), -1, dtype=np.int64)
+            labels[::2] = 3  # every other row found list 3
+            return np.zeros((len(x), k), dtype=np.float32), labels
+
+    monkeypatch.setattr(coarse, "TWO_LEVEL_LISTS", 8)
+    monkeypatch.setattr(coarse, "group_index", lambda centroids: EmptyGroups())
+    c = spherical_kmeans(clustered(2_000, 6), 16, 5)
+    x = clustered(50, 7)
+    got = assign_lists(c, x)
+    assert (got[::2] == 3).all() and np.array_equal(got[1::2], exact_lists(c, x[1::2]))
