@@ -95,6 +95,40 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
+def anon_mb() -> float:
+    """Anonymous resident memory of this process (RssAnon): its own arrays, not the pages of mapped files."""
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1e3
+    return float("nan")
+
+
+class AnonPeak:
+    """The highest :func:`anon_mb` seen, sampled every ``interval`` s by a daemon thread.
+
+    ``ru_maxrss`` (``peak_mb``) counts the resident pages of memory-mapped segment files too (a merge reads its
+    sources through their maps, an open checks them): page cache the kernel may drop, not memory the build holds.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import threading
+
+        self.peak = anon_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, anon_mb())
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MB."""
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, anon_mb())
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -138,6 +172,7 @@ def worker_build(
     n_docs = n_docs_for(size)
     config = build_config(size, pinned or design == "single", train_sample)
     index = PooledIndex.create(folder, config=config, device="cpu", encoder=FakeEncoder())
+    anon = AnonPeak()
     load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     vectors, build_s = 0, 0.0  # build_s: time in add() only; generating the synthetic vectors is not the index's
@@ -170,6 +205,7 @@ def worker_build(
         "build_vectors_per_s": vectors / build_s,
         "build_load_avg_1min": load,
         "build_peak_rss_mb": peak_mb(),
+        "build_peak_anon_mb": anon.stop(),
         "disk_bytes": folder_bytes(folder),
     }
 
@@ -182,11 +218,11 @@ def worker_ops(design: str, size: int, folder: Path) -> dict:
 
     c = centers()
     load = [os.getloadavg()[0]]
-    base = rss_mb()
+    base, base_anon = rss_mb(), anon_mb()
     t = time.perf_counter()
     index = PooledIndex.open(folder, device="cpu", encoder=FakeEncoder())
     open_s = time.perf_counter() - t
-    open_rss = rss_mb()
+    open_rss, open_anon = rss_mb(), anon_mb() - base_anon
     rng = np.random.default_rng(7)
     n_docs = n_docs_for(size)
     params = SearchParams(**SEARCH)
@@ -216,6 +252,7 @@ def worker_ops(design: str, size: int, folder: Path) -> dict:
         "open_s": open_s,
         "open_rss_mb": open_rss - base,
         "process_rss_after_open_mb": open_rss,
+        "open_anon_mb": open_anon,
         "search_p50_ms": search_ms,
         "upsert_p50_ms": 1000 * float(np.median(up)),
         "upsert_max_ms": 1000 * float(np.max(up)),

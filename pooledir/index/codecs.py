@@ -125,14 +125,50 @@ class PQCodec(FlatCodec):
 
 
 # -- pq3 -----------------------------------------------------------------------------------------------------------
-@dataclass
-class PQ3Data:
-    """A pq3 segment in memory: codes in local-id order, in parts as encoded or copied, and their inverted index.
+@dataclass(frozen=True)
+class CodeRuns:
+    """Some documents' code rows in a mapped pq3 file, read ``CHUNK`` rows at a time: a merge's source.
 
-    The parts are written one after the other, never joined: a merge of N vectors holds their codes once.
+    A merge copies these rows into the new file without holding them: they are read once to list their
+    list numbers and once to be written, a chunk at a time, straight from the page cache.
     """
 
-    parts: list[np.ndarray]  # (n_i, code_size) uint8 each; concatenated they are the segment's codes
+    codes: np.ndarray  # (n, code_size) uint8, the source file's mapped codes
+    starts: np.ndarray  # int64, first row of each kept document
+    counts: np.ndarray  # int64, its rows
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The rows in order, ``CHUNK`` at a time (the last fewer); a chunk may cut a document's rows in two."""
+        ends = np.cumsum(self.counts)
+        begins = ends - self.counts
+        total = int(ends[-1]) if len(ends) else 0
+        for a in range(0, total, CHUNK):
+            b = min(a + CHUNK, total)
+            i, j = int(np.searchsorted(ends, a, side="right")), int(np.searchsorted(begins, b, side="left"))
+            starts, counts = self.starts[i:j].copy(), self.counts[i:j].copy()
+            starts[0] += a - begins[i]  # the first document's rows before this chunk
+            counts[0] -= a - begins[i]
+            counts[-1] -= ends[j - 1] - b  # and the last one's after it
+            yield np.asarray(self.codes[ranges(starts, counts)])
+
+
+def _code_chunks(part: np.ndarray | CodeRuns) -> Iterable[np.ndarray]:
+    return part.chunks() if isinstance(part, CodeRuns) else (part,)
+
+
+@dataclass
+class PQ3Data:
+    """A pq3 segment to write: codes in local-id order, in parts as encoded or to copy, and their inverted index.
+
+    The parts are written one after the other, never joined. Encoded parts are arrays; a merge's parts are
+    :class:`CodeRuns` of the source files, so a merge of N vectors holds 6 bytes a vector (list numbers and
+    rows), not their codes.
+    """
+
+    parts: list[np.ndarray | CodeRuns]  # (n_i, code_size) uint8 rows each; in order they are the segment's codes
     code_size: int
     lists: np.ndarray  # uint32 (L,): list numbers present, ascending
     starts: np.ndarray  # uint32 (L + 1,): rows of lists[j] are rows[starts[j]:starts[j + 1]]
@@ -159,14 +195,24 @@ def list_numbers(codes: np.ndarray, coarse_size: int) -> np.ndarray:
 def inverted(list_no: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lists present, their starts, local rows grouped by list) of the list number of each vector.
 
-    Counted per list (``nlist`` counters), not by ``np.unique`` over a sorted copy: besides the list numbers
-    only the stable order (then its uint32 copy) is as long as the segment.
+    A counting sort (``nlist`` counters) placed ``CHUNK`` rows at a time: the rows of a list ascending, as a
+    stable argsort orders them, with nothing as long as the segment but the list numbers and the uint32 rows.
     """
-    counts = np.bincount(list_no, minlength=nlist)
+    counts = np.zeros(nlist, dtype=np.int64)
+    for at in range(0, len(list_no), CHUNK):  # bincount copies its input as int64: a chunk at a time
+        counts += np.bincount(list_no[at : at + CHUNK], minlength=nlist)
     lists = np.flatnonzero(counts)
     starts = np.concatenate([[0], np.cumsum(counts[lists])])
-    order = np.argsort(list_no, kind="stable").astype(np.uint32)
-    return lists.astype(np.uint32), starts.astype(np.uint32), order
+    rows = np.empty(len(list_no), dtype=np.uint32)
+    fill = np.cumsum(counts) - counts  # the next free slot of each list
+    for at in range(0, len(list_no), CHUNK):
+        keys = list_no[at : at + CHUNK]
+        order = np.argsort(keys, kind="stable")
+        ranked = keys[order]
+        rank = np.arange(len(keys)) - np.searchsorted(ranked, ranked)  # place within its list in this chunk
+        rows[fill[ranked] + rank] = at + order
+        fill += np.bincount(keys, minlength=nlist)
+    return lists.astype(np.uint32), starts.astype(np.uint32), rows
 
 
 def _pad(n: int) -> int:
@@ -207,17 +253,15 @@ class PQ3Codec(SegmentCodec):
         return self._data([sa_encode(quantizer, c) for c in _split(chunks)], dim, quantizer)
 
     def merge(self, parts: list[MergePart], quantizer: Faiss) -> PQ3Data:
-        """Copy the kept documents' code rows (document-major: slices) and rebuild the inverted rows."""
+        """The kept documents' code rows (document-major: slices), copied when written; inverted rows rebuilt."""
         files = [_pq3_file(r) for r, _, _ in parts]
-        codes = [np.asarray(f.codes[ranges(s, c)]) for f, (_, s, c) in zip(files, parts)]
-        return self._data(codes, files[0].dim, quantizer)
+        runs: list[np.ndarray | CodeRuns] = [
+            CodeRuns(f.codes, np.asarray(s, np.int64), np.asarray(c, np.int64)) for f, (_, s, c) in zip(files, parts)
+        ]
+        return self._data(runs, files[0].dim, quantizer)
 
-    def _data(self, parts: list[np.ndarray], dim: int, quantizer: Faiss) -> PQ3Data:
-        coarse = quantizer.coarse_code_size()
-        listed = [list_numbers(p, coarse) for p in parts]
-        lists, starts, rows = inverted(
-            np.concatenate(listed) if listed else np.empty(0, np.uint16), int(quantizer.nlist)
-        )
+    def _data(self, parts: list[np.ndarray | CodeRuns], dim: int, quantizer: Faiss) -> PQ3Data:
+        lists, starts, rows = inverted(_list_numbers_of(parts, quantizer.coarse_code_size()), int(quantizer.nlist))
         nlist, pq_m, nbits = int(quantizer.nlist), int(quantizer.pq.M), int(quantizer.pq.nbits)
         return PQ3Data(parts, int(quantizer.sa_code_size()), lists, starts, rows, dim, nlist, pq_m, nbits)
 
@@ -227,7 +271,8 @@ class PQ3Codec(SegmentCodec):
         head = PQ3_HEADER.pack(
             PQ3_MAGIC, PQ3_VERSION, n, code_size, data.dim, data.nlist, data.pq_m, data.nbits, len(data.lists)
         )
-        arrays = {"codes": data.parts, "lists": [data.lists], "starts": [data.starts], "rows": [data.rows]}
+        codes = (chunk for part in data.parts for chunk in _code_chunks(part))
+        arrays = {"codes": codes, "lists": [data.lists], "starts": [data.starts], "rows": [data.rows]}
 
         def payload(put: Callable[[bytes | memoryview], int]) -> None:
             put(head + b"\x00" * (_HEADER_BYTES - len(head)))
@@ -242,6 +287,12 @@ class PQ3Codec(SegmentCodec):
     def open(self, path: Path, n_vectors: int, dim: int, quantizer: Faiss, exact_path: Path | None) -> PQ3File:
         """Map and check a ``.pq3`` file (:meth:`PQ3File.open`)."""
         return PQ3File.open(path, n_vectors, dim, quantizer, exact_path)
+
+
+def _list_numbers_of(parts: list[np.ndarray | CodeRuns], coarse_size: int) -> np.ndarray:
+    """The list number of every code of the parts, in order (its chunks' arrays freed on return)."""
+    listed = [list_numbers(chunk, coarse_size) for part in parts for chunk in _code_chunks(part)]
+    return np.concatenate(listed) if listed else np.empty(0, np.uint16)
 
 
 def _split(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
