@@ -864,8 +864,7 @@ def headline_rows(results_dir: Path) -> list[tuple[str, str, str]]:
     big3 = max((r for r in scale_runs if r["design"] == "segments" and not r["pinned"]), key=lambda r: r["vectors"])
     rows.append(
         (
-            f"segment engine at {big3['vectors']:,} synthetic vectors (format 3, the PQ32x6 default, "
-            f"{big3['nlist']:,} lists)",
+            f"segment engine at {big3['vectors']:,} synthetic vectors (the PQ32x6 default, {big3['nlist']:,} lists)",
             f"build {big3['build_vectors_per_s']:,.0f} vectors/s; search p50 {big3['search_p50_ms']:.1f} ms; "
             f"upsert p50 {big3['upsert_p50_ms']:.1f} ms; delete p50 {big3['delete_p50_ms']:.1f} ms; "
             f"build peak RSS {big3['build_peak_rss_mb'] / 1000:.2f} GB",
