@@ -57,6 +57,13 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int, max_points_per_centroid:
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
+def train_centroids(x: np.ndarray, k: int, niter: int, max_points_per_centroid: int = 256) -> np.ndarray:
+    """(k, d) unit centroids of ``x``: :func:`two_level_kmeans` from :data:`TWO_LEVEL_LISTS` on, else flat."""
+    if k >= TWO_LEVEL_LISTS:
+        return two_level_kmeans(x, k, niter)
+    return spherical_kmeans(x, k, niter, max_points_per_centroid)
+
+
 def two_level_kmeans(x: np.ndarray, k: int, niter: int) -> np.ndarray:
     """(k, d) unit centroids: √k groups by :func:`spherical_kmeans`, then each group's share of the k lists.
 

@@ -47,8 +47,7 @@ import numpy as np
 from pooledir.device import faiss_gpu_available
 from pooledir.durable import write_durably
 from pooledir.errors import IndexCorruptError
-from pooledir.index import coarse
-from pooledir.index.coarse import assign_lists, spherical_kmeans, two_level_kmeans
+from pooledir.index.coarse import assign_lists, train_centroids
 
 log = logging.getLogger(__name__)
 
@@ -337,11 +336,7 @@ def _train_on_cpu(index: Faiss, x: np.ndarray) -> None:
     ``PQ_POINTS_PER_CENTROID`` = 65,536 of them at 8 bits), in place: for a 262,144-vector sample a quarter of
     the assignments, and one 32 MB array instead of two 134 MB temporaries.
     """
-    nlist, niter = int(index.nlist), int(index.cp.niter)
-    if nlist >= coarse.TWO_LEVEL_LISTS:
-        centroids = two_level_kmeans(x, nlist, niter)
-    else:
-        centroids = spherical_kmeans(x, nlist, niter, int(index.cp.max_points_per_centroid))
+    centroids = train_centroids(x, int(index.nlist), int(index.cp.niter), int(index.cp.max_points_per_centroid))
     index.quantizer.add(centroids)
     n_pq = (1 << int(index.pq.nbits)) * int(index.pq.cp.max_points_per_centroid)
     if len(x) > n_pq:

@@ -92,7 +92,7 @@ def test_an_index_past_the_mark_trains_two_level_and_keeps_the_flat_oracles_answ
 
     monkeypatch.setattr(coarse, "TWO_LEVEL_LISTS", 64)
     monkeypatch.setattr(coarse, "GROUP_PROBE", 3)
-    monkeypatch.setattr("pooledir.index.segments.two_level_kmeans", spy)
+    monkeypatch.setattr(coarse, "two_level_kmeans", spy)
     flat = create(tmp_path / "flat", backend="flat")
     pq3 = create(tmp_path / "pq3", backend="ivfpq", train_min_vectors=4500, pq_m=8)
     ids, seeds = [f"d{i}" for i in range(700)], list(range(700))
