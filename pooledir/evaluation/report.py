@@ -501,6 +501,8 @@ RESULTS_PAGES = (
             *(f"search_study/{f}.cpu.json" for f in ("nfcorpus_dev120", "scifact_train150")),
             # centroid-score pruning (search_rule.md, 10:44 UTC)
             *(f"search_study/{f}_pruning.cpu.json" for f in ("nfcorpus_dev120", "scifact_train150")),
+            # the k <= 10 depth (eval/results/depth_rule.md, session 13)
+            *(f"search_study/{f}_depth.cpu.json" for f in ("nfcorpus_dev", "scifact_train")),
         ),
     ),
     ResultsPage(
