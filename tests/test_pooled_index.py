@@ -265,7 +265,7 @@ def test_zero_query_rows_fetch_nothing_and_score_nothing(
     searched = []
     real_one = CentroidLane._one  # the pq3 segments' candidate generation, one query at a time
     monkeypatch.setattr(
-        CentroidLane, "_one", lambda self, S, depths: searched.append(len(S)) or real_one(self, S, depths)
+        CentroidLane, "_one", lambda self, ST, depths: searched.append(ST.shape[1]) or real_one(self, ST, depths)
     )
     a, b = idx.search_embeddings(Q), idx.search_embeddings(padded)
     assert searched == [Q.shape[1]] * 4  # the zero rows never reached candidate generation

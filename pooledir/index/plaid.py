@@ -3,7 +3,7 @@
 For one query (Lq tokens), over every pq3 segment of a snapshot (colbert-ai's ``IndexScorer.retrieve`` /
 ``score_pids``, with pooledir's per-segment inverted rows in place of PLAID's centroid -> passage lists):
 
-a. ``S = Q·Cᵀ``: query tokens x every centroid of the shared quantizer, one BLAS call (the float32
+a. ``S = Q·Cᵀ``: query tokens x every centroid of the shared quantizer, one BLAS call (run as C·Qᵀ; the float32
    centroids are copied once per quantizer, :class:`CentroidLane`);
 b. per token its ``ncells`` best lists, less those whose best score over the tokens is under a threshold by
    k (PLAID's centroid-score pruning, 0.05 lower, opt-in: :data:`THRESHOLDS`); the documents in the union of
@@ -132,12 +132,17 @@ class CentroidLane:
     def at_depths(self, queries: np.ndarray, depths: LaneDepths) -> list[np.ndarray]:
         """Per query (nq, Lq, d) the doc_ints to score by exact MaxSim (at most ``depths.rescore``)."""
         used = np.any(queries != 0, axis=2)  # (nq, Lq): zero rows (padding without augmentation) match nothing
-        S = queries[used] @ self.centroids.T  # only the used rows: a query without augmentation uses about half
+        # (nlist, used rows): only the used rows, as a query without augmentation uses about half; OpenBLAS runs
+        # this shape faster than queries @ centroids.T (6,721 lists x 32 tokens on one thread: 0.74 vs 1.22 ms)
+        ST = self.centroids @ queries[used].T
         ends = np.cumsum(used.sum(axis=1))
-        return [self._one(S[a:b], depths) if b > a else np.empty(0, np.int64) for a, b in zip(ends - used.sum(1), ends)]
+        starts = ends - used.sum(axis=1)
+        return [self._one(ST[:, a:b], depths) if b > a else np.empty(0, np.int64) for a, b in zip(starts, ends)]
 
-    def _one(self, S: np.ndarray, depths: LaneDepths) -> np.ndarray:
-        """Steps b and c for one query's centroid scores S (Lq, nlist)."""
+    def _one(self, ST: np.ndarray, depths: LaneDepths) -> np.ndarray:
+        """Steps b and c for one query's centroid scores, given transposed: ST (nlist, Lq)."""
+        ST = np.ascontiguousarray(ST)  # a list's scores are one row (no copy for a batch of one query)
+        S = np.ascontiguousarray(ST.T)  # (Lq, nlist): a token's scores are one row
         ncells = min(depths.ncells, S.shape[1])
         cells = np.unique(np.argpartition(-S, ncells - 1, axis=1)[:, :ncells])
         if depths.threshold is not None:
@@ -145,7 +150,6 @@ class CentroidLane:
         docs, lists, first = self._runs(cells)
         if len(docs) == 0:
             return docs
-        ST = np.ascontiguousarray(S.T)
         cheap = _run_scores(S, ST, lists, first)
         if np.any(docs[1:] < docs[:-1]):  # merged or several segments: ascending, as _top's ties expect
             order = np.argsort(docs)
@@ -208,8 +212,16 @@ def _pq3(seg: SegmentReader) -> PQ3File:
 
 
 def _list_numbers(codes: np.ndarray, rows: np.ndarray, coarse_size: int) -> np.ndarray:
-    """List number of each row (the little-endian first ``coarse_size`` bytes of its code), one gather."""
-    return list_numbers(np.asarray(codes)[rows, :coarse_size], coarse_size)  # asarray: no memmap per operation
+    """List number of each row (the little-endian first ``coarse_size`` bytes of its code), one gather.
+
+    Where the list number is a whole uint16 / uint32 / uint64 and a code a whole number of them (the default
+    PQ32x6 code: 2 + 24 bytes), the codes are viewed as that type and the numbers gathered directly: 34k rows
+    took 0.3 ms so and 1.2 ms through a byte gather and a copy (2 cores).
+    """
+    codes = np.asarray(codes)  # asarray: no memmap per operation
+    if coarse_size in (2, 4, 8) and codes.shape[1] % coarse_size == 0 and codes.flags.c_contiguous:
+        return np.asarray(codes.view(f"<u{coarse_size}")[rows, 0])
+    return list_numbers(codes[rows, :coarse_size], coarse_size)
 
 
 #: pairs per document from which on the centroid interaction reduces each token's run at once (a long run per
