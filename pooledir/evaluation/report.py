@@ -537,6 +537,8 @@ RESULTS_PAGES = (
             "bench_scale_lists.cpu.json",  # train_sample 1,277,952: lists past the 6,721 cap (s12, opt-in)
             "bench_scale_stream.cpu.json",  # the default with streamed pq3 merges, peak anonymous memory (s12)
             "bench_scale_stream_before.cpu.json",  # 10^7 at the engine before them, measured the same way
+            "bench_scale_assign.cpu.json",  # 16 MB assignment blocks (s13): 10^6 and 10^7
+            "bench_scale_assign_before.cpu.json",  # the engine before them, the runs interleaved with those
             "scale_check/scifact_train_pf1_capped_lists.cpu.json",  # scale_rule.md's check: 6,721 lists
             "scale_check/scifact_train_pf1_grown_lists.cpu.json",  # and 16,384 two-level lists
             "quantizer_fp16_nfcorpus_dev120.cpu.json",  # float16 coarse centroids: bytes, nDCG@10, assignment
