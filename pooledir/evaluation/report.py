@@ -503,6 +503,7 @@ RESULTS_PAGES = (
             *(f"search_study/{f}_pruning.cpu.json" for f in ("nfcorpus_dev120", "scifact_train150")),
             # the k <= 10 depth (eval/results/depth_rule.md, session 13)
             *(f"search_study/{f}_depth.cpu.json" for f in ("nfcorpus_dev", "scifact_train")),
+            *(f"search_study/{f}_depth_deeper.cpu.json" for f in ("nfcorpus_dev", "scifact_train")),  # x2, x4
         ),
     ),
     ResultsPage(
