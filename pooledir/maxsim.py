@@ -28,7 +28,8 @@ def maxsim(queries: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.
     nq, lq, d = queries.shape
     q = np.asarray(queries, dtype=np.float32).reshape(nq * lq, d)  # asarray: no copy when already float32
     # (N, nq*Lq): OpenBLAS runs this shape faster than q @ vectors.T (32 x 128 by 128 x 8k on one thread:
-    # 0.71 vs 1.20 ms), with the same floats; the max over each document's rows is exact either way
+    # 0.71 vs 1.20 ms; on this machine the same floats, checked over 100 SciFact searches); the max over each
+    # document's rows is exact, and the sum below runs in the old layout
     sims = np.asarray(vectors, dtype=np.float32) @ q.T
     per_doc = np.maximum.reduceat(sims, offsets[:-1], axis=0)  # (n_docs, nq*Lq): max over each doc's vectors
     scores: np.ndarray = np.ascontiguousarray(per_doc.T).reshape(nq, lq, -1).sum(axis=1)  # summed as before
