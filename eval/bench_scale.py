@@ -334,6 +334,9 @@ def plot(results: Path) -> None:
         label = "segments (this engine)" if design == "segments" else "single file (6e06448)"
         axes[0].plot(x, [r["build_peak_rss_mb"] for r in rows], style, label=f"{label}: build peak")
         axes[0].plot(x, [r["process_rss_after_open_mb"] for r in rows], style, alpha=0.5, label=f"{label}: after open")
+        if all("build_peak_anon_mb" in r for r in rows):  # recorded from session 12 on
+            anon = [r["build_peak_anon_mb"] for r in rows]
+            axes[0].plot(x, anon, style, alpha=0.8, label=f"{label}: build peak, anonymous")
         axes[1].plot(x, [r["upsert_p50_ms"] for r in rows], style, label=f"{label}: upsert")
         axes[1].plot(x, [r["delete_p50_ms"] for r in rows], style, alpha=0.5, label=f"{label}: delete")
         axes[2].plot(x, [r["search_p50_ms"] for r in rows], style, label=label)
