@@ -42,6 +42,10 @@ DIM = 128
 PER_DOC = 100
 N_CLUSTERS = 4096
 SEARCH = {"k": 10, "nprobe": 32, "candidates_per_token": 32, "rerank": 64}
+#: single-query searches timed after SEARCH_WARMUP untimed ones; runs before session 13 timed 20 after 10 (their
+#: rows have no ``search_queries``), whose p50 moved by up to a third between runs of the same engine
+SEARCH_QUERIES = 100
+SEARCH_WARMUP = 10
 
 
 class FakeEncoder:
@@ -226,14 +230,15 @@ def worker_ops(design: str, size: int, folder: Path) -> dict:
     rng = np.random.default_rng(7)
     n_docs = n_docs_for(size)
     params = SearchParams(**SEARCH)
-    qdocs, qvecs = make_docs(int(rng.integers(0, n_docs - 30)), 30, c)
+    n_q = SEARCH_WARMUP + SEARCH_QUERIES
+    qdocs, qvecs = make_docs(int(rng.integers(0, max(1, n_docs - n_q))), n_q, c)
     lat = []
-    for v in qvecs:  # warm-up, then 20 timed single-query searches
+    for v in qvecs:  # warm-up, then SEARCH_QUERIES timed single-query searches
         Q = v[None, :32] + 0.02 * rng.standard_normal((1, 32, DIM)).astype(np.float32)
         t = time.perf_counter()
         index.search_embeddings(Q, params)
         lat.append(time.perf_counter() - t)
-    search_ms = 1000 * float(np.median(lat[10:]))
+    search_ms = 1000 * float(np.median(lat[SEARCH_WARMUP:]))
     up = []
     for i in range(20):
         target = int(rng.integers(0, n_docs))
@@ -254,6 +259,7 @@ def worker_ops(design: str, size: int, folder: Path) -> dict:
         "process_rss_after_open_mb": open_rss,
         "open_anon_mb": open_anon,
         "search_p50_ms": search_ms,
+        "search_queries": SEARCH_QUERIES,
         "upsert_p50_ms": 1000 * float(np.median(up)),
         "upsert_max_ms": 1000 * float(np.max(up)),
         "delete_p50_ms": 1000 * float(np.median(de)),
