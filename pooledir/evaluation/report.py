@@ -540,6 +540,7 @@ RESULTS_PAGES = (
             "bench_scale_stream_before.cpu.json",  # 10^7 at the engine before them, measured the same way
             "bench_scale_assign.cpu.json",  # 16 MB assignment blocks (s13): 10^6, 10^7 and 5·10^7
             "bench_scale_assign_before.cpu.json",  # the engine before them, the runs interleaved with those
+            "bench_scale_search100.cpu.json",  # the same engine, search p50 over 100 queries instead of 20
             "scale_check/scifact_train_pf1_capped_lists.cpu.json",  # scale_rule.md's check: 6,721 lists
             "scale_check/scifact_train_pf1_grown_lists.cpu.json",  # and 16,384 two-level lists
             "quantizer_fp16_nfcorpus_dev120.cpu.json",  # float16 coarse centroids: bytes, nDCG@10, assignment
