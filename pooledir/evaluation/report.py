@@ -298,14 +298,14 @@ FORMAT3_KINDS = ("code3", "default", "exact", "peers", "plaid4", "peers_x3")
 #: the runs of today's format-3 default (PQ32x6 since session 11, eval/results/code_rule.md); ``default`` holds
 #: those of the default before it (PQ16x8, eval/results/format_rule.md), kept beside it
 CURRENT = "code3"
-#: datasets whose format-3 default also ran at pool x3 (``format3/default_x3_<dataset>.cpu.json``)
+#: datasets whose format-3 default also ran at pool x3 (``format3/<CURRENT or default>_x3_<dataset>.cpu.json``)
 FORMAT3_X3_SETS: tuple[str, ...] = FORMAT3_SETS
 
 
 def format3_files(kinds: tuple[str, ...] = FORMAT3_KINDS) -> tuple[str, ...]:
-    """``format3/<kind>_<dataset>.cpu.json`` for every dataset and kind, and the default's pool-x3 runs."""
+    """``format3/<kind>_<dataset>.cpu.json`` for every dataset and kind, and both defaults' pool-x3 runs."""
     files = [f"format3/{k}_{d}.cpu.json" for d in FORMAT3_SETS for k in kinds]
-    return tuple(files + [f"format3/default_x3_{d}.cpu.json" for d in FORMAT3_X3_SETS])
+    return tuple(files + [f"format3/{k}_x3_{d}.cpu.json" for k in ("default", CURRENT) for d in FORMAT3_X3_SETS])
 
 
 def _cell(run: dict[str, Any] | None) -> str:
@@ -318,17 +318,19 @@ def _cell(run: dict[str, Any] | None) -> str:
 def format3_more(results_dir: Path) -> list[str]:
     """Per dataset: PLAID nbits=4 at pool x2, and every system at pool x3 (the issue's other peer settings)."""
     rows = []
+    x3 = {"system": "pooledir", "index": "ivfpq", "pool_factor": 3}
     for d in FORMAT3_SETS:
-        ours = (
-            _run(results_dir, f"format3/default_x3_{d}.cpu.json", system="pooledir", index="ivfpq", pool_factor=3)
+        before, ours = (
+            (_run(results_dir, f"format3/{k}_x3_{d}.cpu.json", **x3) for k in ("default", CURRENT))
             if d in FORMAT3_X3_SETS
-            else None
+            else (None, None)
         )
         rows.append(
             [
                 d,
                 _cell(_run(results_dir, f"format3/plaid4_{d}.cpu.json", system="plaid", nbits=4, pool_factor=2)),
                 _cell(ours),
+                _cell(before),
                 _cell(_run(results_dir, f"format3/peers_x3_{d}.cpu.json", system="plaid", nbits=2, pool_factor=3)),
                 _cell(_run(results_dir, f"format3/peers_x3_{d}.cpu.json", system="fast-plaid", nbits=2, pool_factor=3)),
             ]
@@ -336,6 +338,7 @@ def format3_more(results_dir: Path) -> list[str]:
     header = [
         "dataset (test qrels)",
         "PLAID nbits=4, pool x2",
+        "default (PQ32x6), pool x3",
         "PQ16x8 default before s11, pool x3",
         "PLAID nbits=2, pool x3",
         "fast-plaid nbits=2, pool x3",
