@@ -393,3 +393,16 @@ def test_merge_sources_and_inverted_rows_come_out_alike_at_any_chunk_size(monkey
     assert np.array_equal(lists, np.unique(keys)) and rows.dtype == np.uint32
     assert np.array_equal(rows, np.argsort(keys, kind="stable"))  # rows of a list ascending
     assert np.array_equal(np.diff(list_starts), np.bincount(keys)[lists])
+
+
+@pytest.mark.parametrize("coarse_size, width", [(2, 26), (2, 27), (4, 36), (3, 27), (1, 9)])
+def test_list_numbers_of_rows_are_the_codes_little_endian_heads(coarse_size, width):
+    """Of every code or of some rows: through a uint16/32 view where a code is a whole number of them, else bytes."""
+    codes = np.random.default_rng(width).integers(0, 256, (300, width), dtype=np.uint8)
+    rows = np.array([5, 0, 299, 5, 17])
+    want = [int.from_bytes(codes[r, :coarse_size].tobytes(), "little") for r in rows]
+    assert list_numbers(codes, coarse_size, rows).tolist() == want
+    assert list_numbers(codes, coarse_size).tolist() == [
+        int.from_bytes(c[:coarse_size].tobytes(), "little") for c in codes
+    ]
+    assert list_numbers(codes[:, :width], coarse_size, rows[:0]).tolist() == []

@@ -16,7 +16,6 @@ from pooledir.index.plaid import (
     THRESHOLDS,
     CentroidLane,
     _interaction,
-    _list_numbers,
     _max_by_rank,
     _max_by_token,
     _pruned,
@@ -240,16 +239,6 @@ def test_the_centroid_interaction_equals_a_double_loop(per_doc):
     first = np.flatnonzero(np.r_[True, docs[o][1:] != docs[o][:-1]])
     by_token, by_rank = _max_by_token(S, lists[o], first), _max_by_rank(np.ascontiguousarray(S.T), lists[o], first)
     assert np.array_equal(by_token, by_rank)
-
-
-@pytest.mark.parametrize("coarse_size, width", [(2, 26), (2, 27), (4, 36), (3, 27), (1, 9)])
-def test_list_numbers_of_rows_are_the_codes_little_endian_heads(coarse_size, width):
-    """Through a view of the codes as uint16/32 where a code is a whole number of them, else a byte gather."""
-    codes = np.random.default_rng(width).integers(0, 256, (300, width), dtype=np.uint8)
-    rows = np.array([5, 0, 299, 5, 17])
-    want = [int.from_bytes(codes[r, :coarse_size].tobytes(), "little") for r in rows]
-    assert _list_numbers(codes, rows, coarse_size).tolist() == want
-    assert _list_numbers(codes[:, :width], rows[:0], coarse_size).tolist() == []
 
 
 @pytest.mark.parametrize("top", [40, 1 << 16, 1 << 31, 1 << 40])
