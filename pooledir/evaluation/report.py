@@ -318,7 +318,7 @@ def _cell(run: dict[str, Any] | None) -> str:
 def format3_more(results_dir: Path) -> list[str]:
     """Per dataset: PLAID nbits=4 at pool x2, and every system at pool x3 (the issue's other peer settings)."""
     rows = []
-    x3 = {"system": "pooledir", "index": "ivfpq", "pool_factor": 3}
+    x3 = _DEFAULT3 | {"pool_factor": 3}  # the default's run at pool x3
     for d in FORMAT3_SETS:
         before, ours = (
             (_run(results_dir, f"format3/{k}_x3_{d}.cpu.json", **x3) for k in ("default", CURRENT))
