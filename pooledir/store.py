@@ -206,6 +206,11 @@ class DocStore:
         row = self._probe.execute("SELECT value FROM meta WHERE key = 'commit'").fetchone()
         return int(row[0]) if row else 0
 
+    def end_transaction(self) -> None:
+        """Roll back a transaction an interrupt left open (between BEGIN and COMMIT); never raises."""
+        self._pinned = False
+        _roll_back(self.conn)
+
     def transaction(self) -> _Transaction:
         """``with store.transaction():`` commits on success, rolls back on any error."""
         self.unpin()
@@ -482,10 +487,10 @@ class _Transaction:
                 self.conn.execute("COMMIT")
                 return
             except sqlite3.Error as e:
-                self._rollback()
+                _roll_back(self.conn)
                 self._raise_full(e)
                 raise
-        self._rollback()
+        _roll_back(self.conn)
         self._raise_full(exc)
 
     def _raise_full(self, e: BaseException | None) -> None:
@@ -495,13 +500,14 @@ class _Transaction:
                 "(free some space, then run the command again)"
             ) from e
 
-    def _rollback(self) -> None:
-        """Roll back what is left: sqlite may have rolled back already (a full disk), which must not mask the error."""
-        if self.conn.in_transaction:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the first error is the one to report; an open transaction ends with the connection
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Roll back what is left: sqlite may have rolled back already (a full disk), which must not mask the error."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the first error is the one to report; an open transaction ends with the connection
 
 
 def _sqlite_connect(database: str, uri: bool) -> sqlite3.Connection:

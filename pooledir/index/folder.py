@@ -254,17 +254,34 @@ class IndexFolder:
         ``fold``: then truncate the sqlite WAL (after bulk writes, so the folder holds its real size);
         small writes leave it to sqlite's automatic checkpoint, sparing them the extra fsyncs.
         A committed transaction is durable in the WAL either way.
+
+        An exception can arrive after sqlite committed (a Ctrl-C between COMMIT and the end of the block): the
+        files are dropped only when the counter on disk shows the commit did not land, else it lists them.
         """
+        before = self.store.latest_commit()  # the folder lock is held: no one else moves it meanwhile
         try:
             with self.store.transaction():
                 change()
                 self.store.bump_commit()
         except BaseException:
-            for f in new_files:
-                f.unlink(missing_ok=True)
+            self.store.end_transaction()  # one an interrupt left open (between BEGIN and COMMIT)
+            if not self._landed(before):
+                for f in new_files:
+                    f.unlink(missing_ok=True)
             raise
         if fold:
             self.store.checkpoint()
+
+    def _landed(self, before: int) -> bool:
+        """Whether a commit after ``before`` is on disk.
+
+        True when that cannot be read: the files are kept then, and the next write removes them if no commit
+        lists them.
+        """
+        try:
+            return self.store.latest_commit() != before
+        except sqlite3.Error:
+            return True
 
     def _remove_unreferenced(self) -> None:
         """Remove segment and quantizer files the commit does not refer to (a crashed write, or dropped ones).

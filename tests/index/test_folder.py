@@ -113,6 +113,35 @@ def test_delete_never_starves_candidates(tmp_path):
     assert [h.id for h in hits] == ["far"]
 
 
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_ctrl_c_at_the_commit_leaves_every_file_the_newest_commit_lists(tmp_path, monkeypatch, landed):
+    """A KeyboardInterrupt just after sqlite's COMMIT (or just before it) cannot cost the index a file.
+
+    The race a Ctrl-C'd build met at random: the write's files were dropped as if nothing had committed.
+    """
+    from pooledir import store
+
+    idx = create(tmp_path / "i", backend="flat")
+    add(idx, ["a", "b"], [1, 2])
+    real_exit = store._Transaction.__exit__
+
+    def interrupted(self, *exc_info):
+        if landed:
+            real_exit(self, *exc_info)
+        raise KeyboardInterrupt  # before COMMIT: the transaction is still open
+
+    monkeypatch.setattr(store._Transaction, "__exit__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        add(idx, ["c"], [3])
+    monkeypatch.undo()
+    expected = ["a", "b", "c"] if landed else ["a", "b"]
+    with PooledIndex.open(tmp_path / "i", device="cpu") as again:
+        assert sorted(again.row_ids()) == expected
+        assert results(again, queries()) == results(idx, queries())
+    add(idx, ["d"], [4])  # the interrupted write left the store unlocked
+    assert len(idx) == len(expected) + 1
+
+
 def test_untrained_ivfpq_stays_exact_then_trains_once_big_enough(tmp_path):
     idx = create(tmp_path / "i", backend="ivfpq", train_min_vectors=300)
     add(idx, ["a"], [1])
