@@ -3,13 +3,18 @@
 Outside :mod:`pooledir.index` (whose segment writer has its own copy until the format change lands),
 every small file pooledir writes goes through :func:`write_durably`, and every versioned JSON header it
 reads back (shard headers and manifests, the partition layout) through :func:`read_versioned_json`.
+A step that must not be cut in half by a Ctrl-C (installing a commit's snapshot, removing a failed build's
+files) runs inside :func:`ctrl_c_deferred`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,3 +78,23 @@ def read_versioned_json(
     if found != version or type(found) is not int:
         raise error(f"{path} has format_version {found!r}; this pooledir reads {version}" + (f": {fix}" if fix else ""))
     return data
+
+
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold SIGINT back inside the block (main thread only); deliver it once the block is done.
+
+    For short steps whose halves disagree (a commit's snapshot half installed): the Ctrl-C then lands after
+    the step, where the writer is whole, instead of inside it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, None)

@@ -15,13 +15,13 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pooledir.durable import ctrl_c_deferred
 from pooledir.errors import InputError
 
 #: the lock every encoder of a shard folder holds (exclusively, or shared by the parts of a split encode); the
@@ -209,7 +209,7 @@ def cleanup_on_failure(out: Path, created: Path | None) -> None:
 
     A second Ctrl-C while this runs is held back until it is done, so no half-removed folder is left.
     """
-    with _sigint_deferred():
+    with ctrl_c_deferred():
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
             return
@@ -222,21 +222,3 @@ def cleanup_on_failure(out: Path, created: Path | None) -> None:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
-
-
-@contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold SIGINT back inside the block (main thread only); deliver it once the block is done."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(signal.SIGINT, None)

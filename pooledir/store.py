@@ -133,7 +133,6 @@ class DocStore:
         # the lexical lane (pooledir/lexical.py): its triggers write it in every transaction that changes docs;
         # a writable store gets it built once, a read-only one serves dense search alone without it
         self.lexical = has_table(self.conn) if self.read_only else ensure_table(self.conn)
-        self._pinned = False
         self._probe: sqlite3.Connection | None = None
 
     @classmethod
@@ -180,7 +179,7 @@ class DocStore:
         try:
             self.unpin()
         except sqlite3.Error:
-            self._pinned = False  # a damaged or vanished database: closing ends the transaction anyway
+            pass  # a damaged or vanished database: closing ends the transaction anyway
         self.conn.close()
         if self._probe is not None:
             self._probe.close()
@@ -191,13 +190,11 @@ class DocStore:
         self.unpin()
         self.conn.execute("BEGIN")
         self.conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # a read takes the WAL snapshot
-        self._pinned = True
 
     def unpin(self) -> None:
         """End the pinned read transaction (before a write, or to load a newer commit)."""
-        if self._pinned:
+        if self.conn.in_transaction:  # also one a Ctrl-C left open, cutting pin() after its BEGIN
             self.conn.execute("COMMIT")
-            self._pinned = False
 
     def latest_commit(self) -> int:
         """The newest commit on disk, read outside the pinned snapshot."""
@@ -208,7 +205,6 @@ class DocStore:
 
     def end_transaction(self) -> None:
         """Roll back a transaction an interrupt left open (between BEGIN and COMMIT); never raises."""
-        self._pinned = False
         _roll_back(self.conn)
 
     def transaction(self) -> _Transaction:

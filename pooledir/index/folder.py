@@ -32,14 +32,14 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
 
-from pooledir.durable import fsync_dir
+from pooledir.durable import ctrl_c_deferred, fsync_dir
 from pooledir.errors import IndexCorruptError, InputError
 from pooledir.index.codecs import SegmentCodec, codec_for
 from pooledir.index.manifest import FORMAT_VERSION, IndexConfig, read_manifest
@@ -155,6 +155,7 @@ class IndexFolder:
         #: the kind of the quantized segments this folder writes: format 2 folders keep writing ``pq``
         self.pq_kind = "pq3" if format_version >= 3 else "pq"
         self._delta: _Delta | None = None  # what the write in progress did, for the next snapshot
+        self._ctrl_c_held = ExitStack()  # from a write's commit to its snapshot (see _commit)
         self.snapshot: Snapshot = self._load(None)
 
     @classmethod
@@ -208,7 +209,8 @@ class IndexFolder:
         """Load the newest commit if there is one; returns True when something changed."""
         if not self.is_stale():
             return False
-        self.snapshot = self._load(self.snapshot)
+        with ctrl_c_deferred():  # the store pinned at the new commit and the snapshot showing it, or neither
+            self.snapshot = self._load(self.snapshot)
         return True
 
     # -- the write protocol -----------------------------------------------------------------------------------
@@ -235,8 +237,9 @@ class IndexFolder:
                 yield
                 done = True
             finally:
-                delta, self._delta = self._delta, None
-                self.snapshot = self._next_snapshot(delta if done else None)
+                with self._ctrl_c_held:  # a Ctrl-C held back since a commit (see _commit) lands after its snapshot
+                    delta, self._delta = self._delta, None
+                    self.snapshot = self._next_snapshot(delta if done else None)
 
     def _next_snapshot(self, delta: _Delta | None) -> Snapshot:
         old = self.snapshot
@@ -255,9 +258,11 @@ class IndexFolder:
         small writes leave it to sqlite's automatic checkpoint, sparing them the extra fsyncs.
         A committed transaction is durable in the WAL either way.
 
-        An exception can arrive after sqlite committed (a Ctrl-C between COMMIT and the end of the block): the
-        files are dropped only when the counter on disk shows the commit did not land, else it lists them.
+        From here to the new snapshot's installation at the end of :meth:`writing` a Ctrl-C is held back: the
+        writer never shows the old snapshot over the new commit. Any other error after sqlite committed leaves
+        the files: they are dropped only when the counter on disk shows the commit did not land.
         """
+        self._ctrl_c_held.enter_context(ctrl_c_deferred())
         before = self.store.latest_commit()  # the folder lock is held: no one else moves it meanwhile
         try:
             with self.store.transaction():

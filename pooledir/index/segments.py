@@ -559,7 +559,7 @@ class SegmentFile:
             self._stamp = stamp
 
     def __del__(self) -> None:
-        if self._placeholder is not None and self.index is not None:
+        if getattr(self, "_placeholder", None) is not None and self.index is not None:  # __init__ may have been cut
             self.index.quantizer = self._placeholder
             self.index.own_fields = True
             self._placeholder = None
