@@ -15,10 +15,15 @@ pytestmark = [
 
 
 def ndcg10(run: dict, qrels: dict) -> float:
+    return float(np.mean(ndcg10_per_query(run, qrels)))
+
+
+def ndcg10_per_query(run: dict, qrels: dict) -> np.ndarray:
     import pytrec_eval
 
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"})
-    return float(np.mean([m["ndcg_cut_10"] for m in evaluator.evaluate(run).values()]))
+    scores = evaluator.evaluate(run)
+    return np.array([scores[q]["ndcg_cut_10"] for q in sorted(scores)])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def test_index_grown_one_document_at_a_time_ends_as_good_as_a_bulk_build(tmp_pat
     from pooledir import IndexConfig, PooledIndex, SearchParams
 
     encoder, docs, embeddings, qids, Q, qrels = scifact_sample
-    scores, exhaustive = {}, {}
+    scores, exhaustive, per_query = {}, {}, {}
     for name in ("bulk", "grown"):
         idx = PooledIndex.create(tmp_path / name, config=IndexConfig(), device="cpu", encoder=encoder)
         if name == "bulk":
@@ -79,10 +84,18 @@ def test_index_grown_one_document_at_a_time_ends_as_good_as_a_bulk_build(tmp_pat
             results = idx.search_embeddings(Q, params)
             run = {q: {h.id: h.score for h in hits if h.id != q} for q, hits in zip(qids, results)}
             out[name] = ndcg10(run, qrels)
-    print(f"nDCG@10 bulk {scores['bulk']:.4f}  grown one at a time {scores['grown']:.4f}  exhaustive {exhaustive}")
+            if params.exhaustive:
+                per_query[name] = ndcg10_per_query(run, qrels)
     # the index itself (exhaustive MaxSim over its decoded codes): the two train on different samples with
-    # different list counts (1,028 lists grown, 1,740 bulk); measured 0.8455 grown against 0.8484 bulk
-    assert abs(exhaustive["grown"] - exhaustive["bulk"]) <= 0.01
+    # different list counts (1,028 lists grown, 1,740 bulk), and k-means follows the machine's float rounding:
+    # 0.8455 grown against 0.8484 bulk on one machine, 0.8426 against 0.8553 on another (OpenBLAS's AVX2
+    # kernels). So the grown index may not be worse than the bulk one by more than 3 standard errors of the
+    # paired per-query difference (not a fixed margin that one machine's rounding passes and another's fails)
+    diff = per_query["grown"] - per_query["bulk"]
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    print(f"nDCG@10 bulk {scores['bulk']:.4f}  grown one at a time {scores['grown']:.4f}  exhaustive {exhaustive}")
+    print(f"exhaustive grown - bulk {diff.mean():+.4f}, standard error {se:.4f} over {len(diff)} queries")
+    assert diff.mean() >= -3 * se
     # the default search over it: the centroid lane ranks by centroid scores before decoding, which the grown
     # index's coarser lists (about 66 vectors a list against 39) make less precise: 0.8293 against 0.8455
     # exhaustive measured (deeper search, candidates_per_token 128, recovers it); the bulk build loses nothing
