@@ -93,9 +93,9 @@ def l2_kmeans(x: np.ndarray, k: int, niter: int) -> np.ndarray:
     rng = np.random.default_rng(1234)
     centroids = x[rng.choice(len(x), k, replace=False)].copy()
     for _ in range(niter):
-        sums, counts = coarse._cluster_sums(x, l2_lists(centroids, x), k)
+        sums, counts = coarse.cluster_sums(x, l2_lists(centroids, x), k)
         centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-        coarse._split_clusters(centroids, counts, rng)
+        coarse.split_clusters(centroids, counts, rng)
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 

@@ -52,9 +52,9 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int, max_points_per_centroid:
         x = x[np.sort(rng.choice(len(x), k * max_points_per_centroid, replace=False))]
     centroids = x[rng.choice(len(x), k, replace=False)].copy()
     for _ in range(niter):
-        sums, counts = _cluster_sums(x, exact_lists(centroids, x), k)
+        sums, counts = cluster_sums(x, exact_lists(centroids, x), k)
         centroids = sums.astype(np.float32)
-        _split_clusters(centroids, counts, rng)
+        split_clusters(centroids, counts, rng)
         centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
@@ -100,7 +100,7 @@ def _shares(sizes: np.ndarray, k: int) -> np.ndarray:
     return share
 
 
-def _split_clusters(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> None:
+def split_clusters(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> None:
     """Give each empty cluster half of a cluster drawn by size (faiss's ``split_clusters``): two nudged copies.
 
     ``centroids`` holds the clusters' sums (normalised after): scaling a sum only scales its direction.
@@ -117,7 +117,7 @@ def _split_clusters(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Ge
         counts[j] -= counts[e]
 
 
-def _cluster_sums(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def cluster_sums(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per cluster, the sum of its points (one sparse one-hot product) and their count."""
     import scipy.sparse as sp
 
