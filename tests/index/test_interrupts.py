@@ -47,11 +47,13 @@ def interrupt_at(n: int) -> Iterator[list[int]]:
                 signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
         return on_line
 
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's, whatever ran the tests
     sys.settrace(lambda frame, event, arg: on_line if frame.f_code.co_filename in OWN_FILES else None)
     try:
         yield seen
     finally:
         sys.settrace(None)
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True)
