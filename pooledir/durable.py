@@ -85,16 +85,21 @@ def ctrl_c_deferred() -> Iterator[None]:
     """Hold SIGINT back inside the block (main thread only); deliver it once the block is done.
 
     For short steps whose halves disagree (a commit's snapshot half installed): the Ctrl-C then lands after
-    the step, where the writer is whole, instead of inside it.
+    the step, where the writer is whole, instead of inside it. It lands as the handler in force says: Python's
+    KeyboardInterrupt, the caller's own handler, the default action (the process ends) or nothing (ignored).
+    Other threads, which Python never hands a signal, and a handler not set from Python run the block as is.
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
         if received and callable(previous):
             previous(signal.SIGINT, None)
+        elif received and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)

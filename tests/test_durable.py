@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from pooledir.durable import read_versioned_json, write_durably, write_json_durably
+from pooledir.durable import ctrl_c_deferred, read_versioned_json, write_durably, write_json_durably
 from pooledir.errors import FormatError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +100,36 @@ def test_files_are_replaced_only_through_the_durable_helper():
         and not str(p.relative_to(ROOT)).startswith("pooledir/index/")
     }
     assert found <= RENAMES_ELSEWHERE | {"pooledir/durable.py"}, found - RENAMES_ELSEWHERE
+
+
+def test_a_ctrl_c_inside_the_deferred_block_lands_at_its_end():
+    """Python's handler: KeyboardInterrupt after the block's last line, not inside; then the handler is back."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.getsignal(signal.SIGINT)  # a few bytecodes: the handler has run by now
+                done.append(True)
+        assert done == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with ctrl_c_deferred():  # nothing received: nothing delivered
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("handler, returncode", [("SIG_IGN", 0), ("SIG_DFL", -signal.SIGINT)])
+def test_a_ctrl_c_held_back_is_ignored_or_ends_the_process_as_the_handler_said(handler, returncode):
+    """Ignored: nothing happens after the block. The default action: the process ends by SIGINT after it."""
+    code = (
+        "import os, signal; from pooledir.durable import ctrl_c_deferred\n"
+        f"signal.signal(signal.SIGINT, signal.{handler})\n"
+        "with ctrl_c_deferred():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    print('inside', flush=True)\n"
+        "print('after', flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == returncode, r.stderr
+    assert r.stdout.split() == (["inside", "after"] if handler == "SIG_IGN" else ["inside"])
