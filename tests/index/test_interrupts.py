@@ -91,7 +91,7 @@ def _trained(path: Path) -> PooledIndex:
 
 
 #: one write of each path of the protocol: a segment added (the path of a build's chunks: every line), documents
-#: deleted, small segments merged, an add that trains the quantizer, a re-training (1,600 trials: about 50 s on
+#: deleted, small segments merged, an add that trains the quantizer, a re-training (about 1,900 trials, 50 s on
 #: one of 2 cores)
 WRITES = {
     "upsert": Write(_flat, lambda idx: add(idx, ["d1", "new"], [60, 61])),
